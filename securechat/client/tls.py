@@ -1,0 +1,89 @@
+"""How the client trusts a server: a CA file, or a pinned certificate fingerprint.
+
+There is no unverified mode.  A self-hosted relay usually has a
+self-signed certificate, so like ssh's known_hosts the client can pin the
+SHA-256 fingerprint of the certificate it saw first (TOFU) and refuses any
+other certificate after that.
+"""
+
+import hashlib
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.python.compat import nativeString
+from zope.interface import implementer
+
+
+class FingerprintMismatch(Exception):
+    """The server presented a certificate other than the pinned one."""
+
+    def __init__(self, expected, seen):
+        super().__init__(
+            f"the server certificate fingerprint is {seen}, but {expected} is pinned: "
+            "someone may be intercepting the connection (or the server's certificate changed)"
+        )
+        self.expected = expected
+        self.seen = seen
+
+
+def normalise_fingerprint(text):
+    hexdigits = text.replace(":", "").strip().upper()
+    if len(hexdigits) != 64 or any(c not in "0123456789ABCDEF" for c in hexdigits):
+        raise ValueError(f"not a SHA-256 fingerprint: {text!r}")
+    return ":".join(hexdigits[i : i + 2] for i in range(0, 64, 2))
+
+
+def certificate_fingerprint(x509):
+    der = x509.to_cryptography().public_bytes(Encoding.DER)
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def ca_file_options(hostname, ca_file):
+    """Verify the chain against ``ca_file`` and the name against ``hostname``."""
+    with open(ca_file, "rb") as f:
+        roots = ssl.trustRootFromCertificates(
+            [ssl.Certificate.loadPEM(pem) for pem in _split_pem(f.read())]
+        )
+    return ssl.optionsForClientTLS(
+        nativeString(hostname),
+        trustRoot=roots,
+        extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
+    )
+
+
+def _split_pem(data):
+    marker = b"-----END CERTIFICATE-----"
+    return [chunk + marker for chunk in data.split(marker) if b"-----BEGIN" in chunk]
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class PinnedCertificate:
+    """Accepts exactly the certificate whose SHA-256 fingerprint is ``expected``.
+
+    With ``expected=None`` it accepts any certificate and records what it
+    saw in ``seen``: the caller must then pin that fingerprint (first use).
+    """
+
+    def __init__(self, expected=None):
+        self.expected = normalise_fingerprint(expected) if expected else None
+        self.seen = None
+        self.mismatch = None
+
+    def _verify(self, conn, x509, errno, depth, ok):
+        if depth != 0:
+            return True
+        self.seen = certificate_fingerprint(x509)
+        if self.expected is not None and self.seen != self.expected:
+            self.mismatch = FingerprintMismatch(self.expected, self.seen)
+            return False
+        return True
+
+    def clientConnectionForTLS(self, tlsProtocol):
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.set_verify(SSL.VERIFY_PEER, self._verify)
+        connection = SSL.Connection(context, None)
+        connection.set_app_data(tlsProtocol)
+        return connection

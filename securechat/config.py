@@ -1,0 +1,148 @@
+"""The server's ini file turned into typed, validated settings.
+
+Every option, its default and its check live in ``OPTIONS`` below, so a
+wrong value stops start-up with the file, section, key and problem named,
+and ``etc/securechat.ini`` can document exactly this table.
+"""
+
+import configparser
+import ipaddress
+import os
+from dataclasses import dataclass
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator who has to fix it."""
+
+
+def _port(text):
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return port
+
+
+def _interface(text):
+    ipaddress.ip_address(text)  # ValueError names the problem
+    return text
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _path(text):
+    return text.strip()
+
+
+def _database(text):
+    text = text.strip()
+    if not text:
+        raise ValueError("must be a SQLite file path or a postgresql:// URL")
+    if "://" in text and not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("only postgresql:// URLs or SQLite file paths are supported")
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    section: str
+    key: str
+    default: str
+    parse: object
+
+
+OPTIONS = (
+    Option("server", "interface", "127.0.0.1", _interface),
+    Option("server", "port", "6697", _port),
+    Option("server", "data_dir", "securechat-data", _path),
+    Option("tls", "certificate", "", _path),
+    Option("tls", "private_key", "", _path),
+    Option("store", "database", "securechat.sqlite3", _database),
+    Option("limits", "argon2_concurrency", "2", _positive),
+    Option("limits", "login_attempts_per_account", "10", _positive),
+    Option("limits", "login_attempts_per_address", "30", _positive),
+    Option("limits", "login_window_seconds", "60", _positive),
+    Option("limits", "requests_per_second", "2000", _positive),
+    Option("limits", "request_burst", "4000", _positive),
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Validated settings; paths are absolute (relative ones are taken from the data dir)."""
+
+    interface: str
+    port: int
+    data_dir: str
+    certificate: str
+    private_key: str
+    database: str
+    argon2_concurrency: int
+    login_attempts_per_account: int
+    login_attempts_per_address: int
+    login_window_seconds: int
+    requests_per_second: int
+    request_burst: int
+    source: str
+
+    @property
+    def uses_postgres(self):
+        return self.database.startswith(("postgresql://", "postgres://"))
+
+
+def load(path=None):
+    """Read ``path`` (or the defaults alone when None) into a ServerConfig."""
+    parser = configparser.ConfigParser(interpolation=None)
+    source = path or "(defaults)"
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                parser.read_file(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}")
+        except configparser.Error as e:
+            raise ConfigError(f"{path}: not a valid ini file: {e}")
+        _refuse_unknown(parser, source)
+    values = {}
+    for option in OPTIONS:
+        raw = parser.get(option.section, option.key, fallback=option.default)
+        try:
+            values[option.key] = option.parse(raw)
+        except ValueError as e:
+            raise ConfigError(
+                f"{source}: [{option.section}] {option.key} = {raw!r}: {e}"
+            ) from None
+    return _resolve_paths(values, source)
+
+
+def _refuse_unknown(parser, source):
+    """A misspelt key would silently fall back to its default: say so instead."""
+    known = {(o.section, o.key) for o in OPTIONS}
+    sections = {o.section for o in OPTIONS}
+    for section in parser.sections():
+        if section not in sections:
+            raise ConfigError(f"{source}: [{section}]: unknown section")
+        for key in parser[section]:
+            if (section, key) not in known:
+                raise ConfigError(f"{source}: [{section}] {key}: unknown key")
+
+
+def _resolve_paths(values, source):
+    data_dir = os.path.abspath(values["data_dir"])
+    values["data_dir"] = data_dir
+    cert, key = values["certificate"], values["private_key"]
+    if bool(cert) != bool(key):
+        raise ConfigError(
+            f"{source}: [tls] certificate and private_key must be set together (or both left empty)"
+        )
+    for name in ("certificate", "private_key"):
+        if values[name]:
+            values[name] = os.path.join(data_dir, values[name])
+    db = values["database"]
+    if "://" not in db:
+        values["database"] = os.path.join(data_dir, db)
+    return ServerConfig(source=source, **values)

@@ -1,0 +1,160 @@
+"""The device key directory: upload, query and claim of published keys.
+
+The server cannot read messages, but it can refuse keys that their owner
+did not sign: every device key set is self-signed with the device's
+Ed25519 key, every one-time and fallback key is signed by that same key,
+and a user's device list is signed by the user's identity key.  What is
+signed is the canonical JSON given in docs/protocol.rst.
+"""
+
+import json
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from securechat import wire
+from securechat.store import errors as store_errors
+from securechat.wire import ProtocolError, canonical_json
+
+
+def verify_signature(public_key_b64, signed_obj, signature_b64, what):
+    """Raise ProtocolError ``bad_signature`` unless the signature covers ``signed_obj``."""
+    try:
+        VerifyKey(wire.b64decode(public_key_b64)).verify(
+            canonical_json(signed_obj), wire.b64decode(signature_b64)
+        )
+    except (BadSignatureError, ValueError):
+        raise ProtocolError("bad_signature", f"the signature of the {what} does not verify")
+
+
+def one_time_key_payload(user, device, kid, key, fallback):
+    """What a device signs for each one-time (or fallback) key it publishes."""
+    return {"user": user, "device": device, "kid": kid, "key": key, "fallback": fallback}
+
+
+class KeyDirectory:
+    def __init__(self, store):
+        self._store = store
+
+    async def upload(self, user, device, fields):
+        """Store a device's signed keys; answer with the device's key counts."""
+        device_keys = fields["device_keys"]
+        if device_keys is not None:
+            await self._upload_device_keys(user, device, device_keys, fields["signature"])
+        signing_key = await self._device_signing_key(user, device)
+        otks = fields["one_time_keys"] or {}
+        checked = []
+        for kid, signed in otks.items():
+            payload = one_time_key_payload(user, device, kid, signed["key"], False)
+            verify_signature(signing_key, payload, signed["signature"], f"one-time key {kid}")
+            checked.append((kid, signed["key"], signed["signature"]))
+        fallback = fields["fallback_key"] or {}
+        for kid, signed in fallback.items():
+            payload = one_time_key_payload(user, device, kid, signed["key"], True)
+            verify_signature(signing_key, payload, signed["signature"], f"fallback key {kid}")
+        try:
+            if checked:
+                await self._store.add_one_time_keys(user, device, checked)
+        except store_errors.KeyConflict as e:
+            raise ProtocolError("key_conflict", str(e) or "a one-time key id was already used")
+        for kid, signed in fallback.items():
+            await self._store.set_fallback_key(user, device, kid, signed["key"], signed["signature"])
+        return await self._store.key_counts(user, device)
+
+    async def _upload_device_keys(self, user, device, device_keys, signature):
+        if signature is None:
+            raise ProtocolError("missing_field", "field 'signature' is missing")
+        if device_keys["user"] != user or device_keys["device"] != device:
+            raise ProtocolError(
+                "bad_field", "device_keys must name the logged-in user and device"
+            )
+        verify_signature(device_keys["ed25519"], device_keys, signature, "device keys")
+        try:
+            await self._store.set_device_keys(
+                user, device, canonical_json(device_keys).decode("utf-8"), signature
+            )
+        except store_errors.KeyConflict:
+            raise ProtocolError(
+                "key_conflict", f"device {device} already published other identity keys"
+            )
+
+    async def _device_signing_key(self, user, device):
+        for row in await self._store.get_devices(user):
+            if row["device"] == device:
+                return json.loads(row["device_keys"])["ed25519"]
+        raise ProtocolError(
+            "no_device_keys", "upload this device's identity keys before its one-time keys"
+        )
+
+    async def publish_device_list(self, user, device_list, signature):
+        """Store the user's signed device list after checking it against the known devices."""
+        account = await self._store.get_account(user)
+        if device_list["user"] != user:
+            raise ProtocolError("bad_field", "device_list.user must be the logged-in user")
+        verify_signature(account["identity_key"], device_list, signature, "device list")
+        known = {
+            row["device"]: json.loads(row["device_keys"])
+            for row in await self._store.get_devices(user)
+        }
+        for dev, keys in device_list["devices"].items():
+            published = known.get(dev)
+            if published is None or (published["curve25519"], published["ed25519"]) != (
+                keys["curve25519"],
+                keys["ed25519"],
+            ):
+                raise ProtocolError(
+                    "unknown_device", f"device {dev} has not published these keys"
+                )
+        try:
+            await self._store.set_device_list(
+                user, device_list["version"], canonical_json(device_list).decode("utf-8"), signature
+            )
+        except store_errors.StaleVersion:
+            raise ProtocolError(
+                "stale_version", "the device list version must be above the published one"
+            )
+        return {"version": device_list["version"]}
+
+    async def query(self, users):
+        """Identity key, signed device list and signed device keys of each user."""
+        result = {}
+        for user in users:
+            account = await self._store.get_account(user)
+            if account is None:
+                raise ProtocolError("unknown_user", f"no user named {user!r}")
+            listed = await self._store.get_device_list(user)
+            result[user] = {
+                "identity_key": account["identity_key"],
+                "device_list": json.loads(listed["device_list"]) if listed else None,
+                "device_list_signature": listed["signature"] if listed else None,
+                "devices": {
+                    row["device"]: {
+                        "device_keys": json.loads(row["device_keys"]),
+                        "signature": row["signature"],
+                    }
+                    for row in await self._store.get_devices(user)
+                },
+            }
+        return {"users": result}
+
+    async def claim(self, wanted):
+        """One key per requested device: a one-time key, or the flagged fallback key."""
+        pairs = []
+        for user, devices in wanted.items():
+            current = {row["device"] for row in await self._store.get_devices(user)}
+            if not current and await self._store.get_account(user) is None:
+                raise ProtocolError("unknown_user", f"no user named {user!r}")
+            for device in devices:
+                if device not in current:
+                    raise ProtocolError("unknown_device", f"user {user} has no device {device}")
+                pairs.append((user, device))
+        claimed = await self._store.claim_keys(pairs)
+        keys = {}
+        for (user, device), key in claimed.items():
+            keys.setdefault(user, {})[device] = {
+                "kid": key["kid"],
+                "key": key["key"],
+                "signature": key["signature"],
+                "fallback": bool(key["fallback"]),
+            }
+        return {"keys": keys}

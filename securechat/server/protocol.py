@@ -1,0 +1,60 @@
+"""Framing only: bytes in, lines to the session; frames out, batched per reactor turn."""
+
+from twisted.protocols.basic import LineReceiver
+
+from securechat import wire
+from securechat.server.session import ConnectionSession
+
+
+class RelayProtocol(LineReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = wire.MAX_LINE_BYTES
+
+    def __init__(self, server):
+        self._server = server
+        self._outbox = []
+        self._flush_call = None
+        self.session = None
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.session = ConnectionSession(
+            self._server,
+            getattr(peer, "host", str(peer)),
+            send=self.send_line,
+            disconnect=self._disconnect,
+            pause=self.transport.pauseProducing,
+            resume=self.transport.resumeProducing,
+        )
+        self._server.connection_opened(self)
+
+    def lineReceived(self, line):
+        self.session.line_received(line.rstrip(b"\r"))
+
+    def lineLengthExceeded(self, line):
+        self.session.line_too_long()
+
+    def send_line(self, data):
+        """Queue one frame; everything queued in this reactor turn goes out in one write."""
+        self._outbox.append(data)
+        if self._flush_call is None:
+            self._flush_call = self._server.clock.callLater(0, self._flush)
+
+    def _flush(self):
+        self._flush_call = None
+        if self._outbox and self.transport is not None:
+            self._outbox.append(b"")
+            self.transport.write(b"\n".join(self._outbox))
+            self._outbox = []
+
+    def _disconnect(self):
+        self._flush()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._server.connection_closed(self)
+        if self.session is not None:
+            self.session.connection_lost()

@@ -1,0 +1,227 @@
+"""Presence and routing: who is online, where an envelope goes, and in what order.
+
+The store is the source of truth: an envelope is first committed for every
+recipient device, then the sender hears "accepted", then online devices get
+it pushed.  Each online device has a ``DeliveryCursor`` that pushes its queue
+strictly in sequence order; when the cursor is caught up a new envelope is
+pushed straight from memory, otherwise the cursor reads the missing part of
+the queue from the store.
+"""
+
+import json
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from securechat.store import errors as store_errors
+from securechat.wire import ProtocolError
+
+FETCH_PAGE = 500
+
+
+def envelope_body(sender, sender_device, fields, to=None, to_dev=None, room=None, now_ms=None):
+    """The JSON text stored and delivered for one envelope (``ct`` passes through untouched)."""
+    return json.dumps(
+        {
+            "v": 1,
+            "id": fields["id"],
+            "from": sender,
+            "from_dev": sender_device,
+            "to": to,
+            "to_dev": to_dev,
+            "room": room,
+            "kind": fields["kind"],
+            "sid": fields["sid"],
+            "otype": fields.get("otype"),
+            "ct": fields["ct"],
+            "ts": now_ms if now_ms is not None else int(time.time() * 1000),
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def delivery_line(seq, body):
+    """The pushed frame: built by splicing, so the body is never parsed again."""
+    return b'{"event":"envelope","seq":%d,"envelope":%s}' % (seq, body.encode("utf-8"))
+
+
+class DeliveryCursor:
+    """Pushes one online device's queue in order, each envelope once per connection."""
+
+    log = Logger()
+
+    def __init__(self, store, user, device, push_line):
+        self._store = store
+        self._user = user
+        self._device = device
+        self._push_line = push_line
+        self._sent_seq = 0
+        self._pumping = False
+        self._dirty = False
+        self.closed = False
+
+    def notify(self, seq, body):
+        """A new envelope was committed for this device."""
+        if self.closed:
+            return
+        if not self._pumping and seq == self._sent_seq + 1:
+            self._sent_seq = seq
+            self._push_line(delivery_line(seq, body))
+        else:
+            self.pump()
+
+    def pump(self):
+        """Read and push everything after the last pushed seq (one reader at a time)."""
+        if self._pumping:
+            self._dirty = True
+            return defer.succeed(None)
+        self._pumping = True
+        d = defer.ensureDeferred(self._drain())
+        d.addErrback(lambda f: self.log.failure("delivery to {user}/{device} failed", f,
+                                                user=self._user, device=self._device))
+        return d
+
+    async def _drain(self):
+        try:
+            while not self.closed:
+                self._dirty = False
+                rows = await self._store.fetch_queue(
+                    self._user, self._device, self._sent_seq, FETCH_PAGE
+                )
+                for row in rows:
+                    if self.closed:
+                        return
+                    self._push_row(row)
+                if len(rows) < FETCH_PAGE and not self._dirty:
+                    return
+        finally:
+            self._pumping = False
+
+    def _push_row(self, row):
+        self._sent_seq = row["seq"]
+        if row["intact"]:
+            self._push_line(delivery_line(row["seq"], row["body"]))
+            return
+        self.log.error(
+            "Stored envelope {id} for {user}/{device} (seq {seq}) fails its digest check",
+            id=row["id"], user=self._user, device=self._device, seq=row["seq"],
+        )
+        self._push_line(
+            b'{"event":"corrupt","seq":%d,"id":"%s"}' % (row["seq"], row["id"].encode("ascii"))
+        )
+
+
+class Relay:
+    """Routes envelopes (unicast, room multicast, broadcast) to stored queues and online devices."""
+
+    log = Logger()
+
+    def __init__(self, store):
+        self._store = store
+        self._online = {}
+
+    # -- presence ---------------------------------------------------------
+
+    def attach(self, user, device, session):
+        """A device logged in; a previous connection of the same device is replaced."""
+        previous = self._online.get((user, device))
+        cursor = DeliveryCursor(self._store, user, device, session.push_line)
+        self._online[(user, device)] = (session, cursor)
+        if previous is not None:
+            previous[1].closed = True
+            previous[0].replaced()
+        return cursor
+
+    def detach(self, user, device, session):
+        current = self._online.get((user, device))
+        if current is not None and current[0] is session:
+            current[1].closed = True
+            del self._online[(user, device)]
+
+    def cursor(self, user, device):
+        entry = self._online.get((user, device))
+        return entry[1] if entry else None
+
+    def online_count(self):
+        return len(self._online)
+
+    # -- routing ----------------------------------------------------------
+
+    async def send_unicast(self, sender, sender_device, envelopes):
+        """One ciphertext per recipient device; the set must be exactly the current devices."""
+        covered = set()
+        for env in envelopes:
+            target = (env["to"], env["to_dev"])
+            if target in covered:
+                raise ProtocolError(
+                    "bad_field", f"two envelopes for device {env['to']}/{env['to_dev']}"
+                )
+            covered.add(target)
+        required = set()
+        for user in {to for to, _ in covered} | {sender}:
+            devices = await self._store.get_devices(user)
+            if not devices and user != sender and await self._store.get_account(user) is None:
+                raise ProtocolError("unknown_user", f"no user named {user!r}")
+            required.update((user, row["device"]) for row in devices)
+        required.discard((sender, sender_device))
+        missing, extra = required - covered, covered - required
+        if missing or extra:
+            raise ProtocolError(
+                "devices_mismatch",
+                "the envelopes must cover exactly the recipients' current devices"
+                " and your other devices",
+                {"missing": _as_map(missing), "extra": _as_map(extra)},
+            )
+        now = int(time.time() * 1000)
+        batch = [
+            {
+                "id": env["id"],
+                "sender": sender,
+                "sender_device": sender_device,
+                "recipients": [(env["to"], env["to_dev"])],
+                "body": envelope_body(sender, sender_device, env, env["to"], env["to_dev"], None, now),
+            }
+            for env in envelopes
+        ]
+        await self._commit_and_deliver(batch)
+        return {"accepted": [env["id"] for env in envelopes]}
+
+    async def send_to_devices(self, sender, sender_device, fields, recipients, room):
+        """One ciphertext fanned out to ``recipients`` (room multicast and broadcast)."""
+        recipients = [r for r in recipients if r != (sender, sender_device)]
+        body = envelope_body(sender, sender_device, fields, room=room)
+        batch = [
+            {
+                "id": fields["id"],
+                "sender": sender,
+                "sender_device": sender_device,
+                "recipients": recipients,
+                "body": body,
+            }
+        ]
+        await self._commit_and_deliver(batch)
+        return {"accepted": [fields["id"]], "recipients": len(recipients)}
+
+    async def _commit_and_deliver(self, batch):
+        if len({item["id"] for item in batch}) != len(batch):
+            raise ProtocolError("duplicate_envelope", "two envelopes in one request share an id")
+        try:
+            placed = await self._store.enqueue(batch)
+        except store_errors.DuplicateEnvelope as e:
+            raise ProtocolError(
+                "duplicate_envelope", f"envelope id {e.envelope_id} was already used"
+            )
+        for item, seqs in zip(batch, placed):
+            for user, device, seq in seqs:
+                cursor = self.cursor(user, device)
+                if cursor is not None:
+                    cursor.notify(seq, item["body"])
+
+
+def _as_map(pairs):
+    result = {}
+    for user, device in sorted(pairs):
+        result.setdefault(user, []).append(device)
+    return result

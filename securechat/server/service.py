@@ -1,0 +1,90 @@
+"""The running server as a twisted Service: open the store, then listen on TLS."""
+
+import os
+import re
+
+from nacl.utils import random as random_bytes
+from twisted.application import service
+from twisted.internet import defer, endpoints, task
+from twisted.logger import Logger
+
+from securechat.server.auth import SecretHasher
+from securechat.server.factory import RelayFactory
+from securechat.server.tls import server_context_factory
+from securechat.store import make_store
+
+PRUNE_INTERVAL = 60
+
+
+def redact(database):
+    """A database URL fit for a log line: the password is replaced."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", database)
+
+
+class RelayService(service.Service):
+    """Starts the store before accepting connections; stops listening before closing it."""
+
+    log = Logger()
+
+    def __init__(self, config, reactor):
+        self.config = config
+        self.reactor = reactor
+        self.store = make_store(config.database, config.data_dir)
+        self.factory = None
+        self.port = None
+        self.fingerprint = None
+        self._pruner = None
+        self._started = None
+
+    def startService(self):
+        super().startService()
+        os.makedirs(self.config.data_dir, mode=0o700, exist_ok=True)
+        self._started = defer.ensureDeferred(self._start())
+        self._started.addErrback(self._failed_to_start)
+
+    async def _start(self):
+        context, self.fingerprint = server_context_factory(self.config)
+        await self.store.start()
+        hasher = SecretHasher(self.reactor, self.config.argon2_concurrency)
+        dummy_hash = await hasher.hash(random_bytes(32))
+        self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, dummy_hash)
+        endpoint = endpoints.SSL4ServerEndpoint(
+            self.reactor, self.config.port, context, interface=self.config.interface
+        )
+        self.port = await endpoint.listen(self.factory)
+        self._pruner = task.LoopingCall(self._prune)
+        self._pruner.clock = self.reactor
+        self._pruner.start(PRUNE_INTERVAL, now=False)
+        address = self.port.getHost()
+        self.log.info(
+            "securechat relay listening on {host}:{port} (TLS), store {database}",
+            host=address.host, port=address.port, database=redact(self.config.database),
+        )
+
+    def _prune(self):
+        self.factory.login_per_account.prune()
+        self.factory.login_per_address.prune()
+
+    def _failed_to_start(self, failure):
+        self.log.failure("securechat relay failed to start", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def _stop(self):
+        if self._pruner is not None and self._pruner.running:
+            self._pruner.stop()
+        if self.port is not None:
+            await self.port.stopListening()
+            for protocol in list(self.factory.connections):
+                protocol.transport.abortConnection()
+        await self.store.stop()
+
+    def stopService(self):
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+
+def make_service(config, reactor):
+    top = service.MultiService()
+    RelayService(config, reactor).setServiceParent(top)
+    return top

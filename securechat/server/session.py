@@ -1,0 +1,229 @@
+"""What one connection may do, and in which state: anonymous, logged in, closed.
+
+The protocol object only frames lines; this object gives them meaning.  It
+answers every request with a result or an error frame carrying the same
+``rid``, and it talks back through two calls only (``send``, ``disconnect``)
+so tests can drive it without sockets.
+"""
+
+from twisted.cred import error as cred_error
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from securechat import wire
+from securechat.server.auth import DeviceSecret, IDevice
+from securechat.server.ratelimit import TokenBucket
+from securechat.store import errors as store_errors
+from securechat.wire import ProtocolError
+
+MAX_PENDING = 256
+"""Requests in progress per connection before we stop reading from it (backpressure)."""
+
+REFUSALS_BEFORE_DISCONNECT = 100
+"""Rate-limited requests in a row after which a flooding connection is dropped."""
+
+
+class ConnectionSession:
+    log = Logger()
+
+    def __init__(self, server, peer_host, send, disconnect, pause, resume):
+        self._server = server
+        self._peer = peer_host
+        self._send = send
+        self._disconnect = disconnect
+        self._pause = pause
+        self._resume = resume
+        self._bucket = TokenBucket(server.clock, server.config.requests_per_second,
+                                   server.config.request_burst)
+        self._refusals = 0
+        self._pending = 0
+        self._paused = False
+        self.state = "anonymous"
+        self.user = None
+        self.device = None
+        self._logout = None
+
+    # -- framing callbacks ------------------------------------------------
+
+    def line_received(self, line):
+        if self.state == "closed":
+            return
+        rid = None
+        try:
+            frame = wire.decode(line)
+            rid = frame.get("rid") if isinstance(frame.get("rid"), (int, str)) else None
+            op, rid, fields = wire.parse_request(frame)
+        except ProtocolError as e:
+            self._answer_error(rid, e)
+            return
+        if not self._bucket.take():
+            self._refusals += 1
+            self._answer_error(rid, ProtocolError("rate_limited", "too many requests; slow down"))
+            if self._refusals >= REFUSALS_BEFORE_DISCONNECT:
+                self.log.warn("Disconnecting {peer}: request flood", peer=self._peer)
+                self._disconnect()
+            return
+        self._refusals = 0
+        self._start(op, rid, fields)
+
+    def line_too_long(self):
+        self._answer_error(
+            None,
+            ProtocolError("line_too_long", f"a line may hold at most {wire.MAX_LINE_BYTES} bytes"),
+        )
+        self._disconnect()
+
+    def connection_lost(self):
+        self.state = "closed"
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
+
+    # -- called by the relay ----------------------------------------------
+
+    def push_line(self, line):
+        if self.state != "closed":
+            self._send(line)
+
+    def replaced(self):
+        """The same device logged in on another connection: this one ends."""
+        self.push_line(wire.encode({"event": "replaced", "message": "this device logged in elsewhere"}))
+        self.connection_lost()
+        self._disconnect()
+
+    # -- request dispatch ---------------------------------------------------
+
+    def _start(self, op, rid, fields):
+        if op not in wire.ANONYMOUS_OPS and self.state != "authenticated":
+            self._answer_error(rid, ProtocolError("not_logged_in", f"log in before {op!r}"))
+            return
+        handler = getattr(self, "op_" + op.replace(".", "_"))
+        self._pending += 1
+        if self._pending >= MAX_PENDING and not self._paused:
+            self._paused = True
+            self._pause()
+        d = defer.ensureDeferred(handler(fields))
+        d.addCallbacks(lambda result: self._answer(rid, result), lambda f: self._failed(rid, op, f))
+        d.addBoth(self._finished)
+
+    def _finished(self, _):
+        self._pending -= 1
+        if self._paused and self._pending < MAX_PENDING // 2:
+            self._paused = False
+            self._resume()
+
+    def _answer(self, rid, result):
+        if self.state != "closed":
+            self._send(wire.encode({"rid": rid, "result": result}))
+
+    def _answer_error(self, rid, error):
+        if self.state != "closed":
+            self._send(wire.encode({"rid": rid, "error": error.to_error()}))
+
+    def _failed(self, rid, op, failure):
+        if failure.check(ProtocolError):
+            self._answer_error(rid, failure.value)
+        else:
+            self.log.failure("{op} failed", failure, op=op)
+            self._answer_error(rid, ProtocolError("internal", f"the server failed to handle {op!r}"))
+
+    # -- anonymous ops ------------------------------------------------------
+
+    async def op_ping(self, fields):
+        return {"pong": True}
+
+    async def op_register(self, fields):
+        self._check_address_limit()
+        hashed = await self._server.hasher.hash(wire.b64decode(fields["secret"]))
+        try:
+            await self._server.store.create_account(fields["user"], hashed, fields["identity_key"])
+        except store_errors.UserExists:
+            raise ProtocolError("user_exists", f"user name {fields['user']!r} is taken")
+        self.log.info("Registered user {user}", user=fields["user"])
+        return {"user": fields["user"]}
+
+    async def op_login(self, fields):
+        if self.state == "authenticated":
+            raise ProtocolError("already_logged_in", "this connection is already logged in")
+        user, device = fields["user"], fields["device"]
+        self._check_address_limit()
+        if not self._server.login_per_account.allow(user):
+            raise ProtocolError("rate_limited", f"too many login attempts for {user}; wait a minute")
+        creds = DeviceSecret(user, device, wire.b64decode(fields["secret"]))
+        try:
+            _, avatar, logout = await self._server.portal.login(creds, self, IDevice)
+        except cred_error.UnauthorizedLogin:
+            raise ProtocolError("auth_failed", "wrong user name or password")
+        if self.state == "closed":
+            logout()
+            raise ProtocolError("closed", "connection closed during login")
+        self.state = "authenticated"
+        self.user, self.device, self._logout = avatar.user, avatar.device, logout
+        counts = await self._server.store.key_counts(user, device)
+        queued = await self._server.store.queue_length(user, device)
+        self._server.clock.callLater(0, self._start_delivery)
+        return {"user": user, "device": device, "queued": queued, **counts}
+
+    def _start_delivery(self):
+        cursor = self._server.relay.cursor(self.user, self.device)
+        if cursor is not None and self.state == "authenticated":
+            cursor.pump()
+
+    def _check_address_limit(self):
+        if not self._server.login_per_address.allow(self._peer):
+            raise ProtocolError("rate_limited", "too many attempts from your address; wait a minute")
+
+    # -- authenticated ops --------------------------------------------------
+
+    async def op_logout(self, fields):
+        self.connection_lost()
+        self._server.clock.callLater(0, self._disconnect)
+        return {"bye": True}
+
+    async def op_keys_upload(self, fields):
+        return await self._server.keys.upload(self.user, self.device, fields)
+
+    async def op_keys_count(self, fields):
+        return await self._server.store.key_counts(self.user, self.device)
+
+    async def op_keys_query(self, fields):
+        return await self._server.keys.query(fields["users"])
+
+    async def op_keys_claim(self, fields):
+        return await self._server.keys.claim(fields["devices"])
+
+    async def op_devices_publish(self, fields):
+        return await self._server.keys.publish_device_list(
+            self.user, fields["device_list"], fields["signature"]
+        )
+
+    async def op_send(self, fields):
+        return await self._server.relay.send_unicast(self.user, self.device, fields["envelopes"])
+
+    async def op_room_send(self, fields):
+        return await self._server.rooms.send(self.user, self.device, fields)
+
+    async def op_broadcast(self, fields):
+        recipients = await self._server.store.all_devices()
+        return await self._server.relay.send_to_devices(
+            self.user, self.device, fields, recipients, None
+        )
+
+    async def op_ack(self, fields):
+        removed = await self._server.store.ack(self.user, self.device, fields["ids"])
+        return {"removed": removed}
+
+    async def op_room_create(self, fields):
+        return await self._server.rooms.create(self.user, fields["room"], fields["password"])
+
+    async def op_room_join(self, fields):
+        return await self._server.rooms.join(self.user, fields["room"], fields["password"])
+
+    async def op_room_leave(self, fields):
+        return await self._server.rooms.leave(self.user, fields["room"])
+
+    async def op_room_members(self, fields):
+        return await self._server.rooms.members(self.user, fields["room"])
+
+    async def op_rooms_list(self, fields):
+        return await self._server.rooms.list(self.user)

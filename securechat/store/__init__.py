@@ -1,0 +1,1 @@
+"""Storage: one interface (``IStore``), two backends (SQLite and PostgreSQL)."""

@@ -1,0 +1,152 @@
+"""The one storage interface the server talks to.
+
+Two backends implement it (``sqlite`` through twisted.enterprise.adbapi and
+``postgres`` through txpostgres); nothing outside ``securechat.store`` knows
+which one runs.  Every method returns a Deferred.  Values are plain Python:
+``str`` for text, ``int`` for counters and timestamps (milliseconds since the
+epoch), ``dict``/``list`` for results.  The server never hands the store a
+plaintext: envelope bodies are opaque JSON text produced by the relay.
+"""
+
+from zope.interface import Interface
+
+
+class IStore(Interface):
+    """Durable state of one securechat server (or of a cluster sharing PostgreSQL)."""
+
+    def start():
+        """Open connections and create or migrate the schema.  Fires with None."""
+
+    def stop():
+        """Close every connection.  Fires with None."""
+
+    # -- accounts ---------------------------------------------------------
+
+    def create_account(user, secret_hash, identity_key):
+        """Create an account.
+
+        ``secret_hash`` is the argon2id string of the login secret and
+        ``identity_key`` the user's Ed25519 identity key (base64).  Errbacks
+        with ``UserExists`` when the name is taken.
+        """
+
+    def get_account(user):
+        """Fire with ``{"user", "secret_hash", "identity_key", "created"}`` or None."""
+
+    def count_accounts():
+        """Fire with the number of accounts."""
+
+    # -- devices and their keys ------------------------------------------
+
+    def set_device_keys(user, device, device_keys, signature):
+        """Record a device's identity keys (JSON text) and their self-signature.
+
+        Creating the device row when needed.  A device's keys never change:
+        the same keys again are accepted, other keys errback with
+        ``KeyConflict``.
+        """
+
+    def get_devices(user):
+        """Fire with the current devices of ``user``.
+
+        A list of ``{"device", "device_keys", "signature"}`` ordered by
+        device id; only devices whose keys were uploaded are current.
+        """
+
+    def all_devices():
+        """Fire with every current device as a list of ``(user, device)``."""
+
+    def set_device_list(user, version, device_list, signature):
+        """Store the user's signed device list (JSON text).
+
+        ``version`` must be greater than the stored one, else errback with
+        ``StaleVersion``.
+        """
+
+    def get_device_list(user):
+        """Fire with ``{"version", "device_list", "signature"}`` or None."""
+
+    def add_one_time_keys(user, device, keys):
+        """Append one-time keys in the given order.
+
+        ``keys`` is a list of ``(kid, key, signature)``.  Uploading a kid
+        again with the same key and signature is a no-op; a kid that is
+        known with another key, or that was already handed out, errbacks
+        with ``KeyConflict`` and nothing of this call is stored.  Fires with
+        the number of unclaimed one-time keys of the device.
+        """
+
+    def set_fallback_key(user, device, kid, key, signature):
+        """Replace the device's fallback key; it is unused afterwards."""
+
+    def claim_keys(pairs):
+        """Claim one key for each ``(user, device)`` in ``pairs``.
+
+        One-time keys are handed out in upload order and exactly once, even
+        under concurrent claims from several connections or server nodes
+        (a handed-out kid is remembered and never re-issued).  When a device
+        has none left, its fallback key is returned and marked used.  Fires
+        with ``{(user, device): {"kid", "key", "signature", "fallback"}}``;
+        a device with neither is absent from the result.
+        """
+
+    def key_counts(user, device):
+        """Fire with ``{"otk_count": int, "fallback_used": bool, "has_fallback": bool}``."""
+
+    # -- envelopes --------------------------------------------------------
+
+    def enqueue(envelopes):
+        """Durably store envelopes for their recipient devices, atomically.
+
+        ``envelopes`` is a list of dicts ``{"id", "sender", "sender_device",
+        "recipients": [(user, device), ...], "body"}`` where ``body`` is the
+        envelope's JSON text (opaque to the store).  All of them are
+        committed in one transaction (fsynced) before the Deferred fires, or
+        none is.  Each recipient device gets the next number of its own
+        sequence (1, 2, 3 ... per device, never reused).  An ``id`` that was
+        ever stored before errbacks with ``DuplicateEnvelope(id)`` and
+        nothing is stored.  Fires with a list, in input order, of lists of
+        ``(user, device, seq)``.
+        """
+
+    def fetch_queue(user, device, after_seq, limit):
+        """Fire with up to ``limit`` queued envelopes of a device with seq > ``after_seq``.
+
+        Ordered by seq, as a list of ``{"seq", "id", "body", "intact"}``;
+        ``intact`` is False when the stored digest no longer matches the
+        body (corruption at rest).
+        """
+
+    def queue_length(user, device):
+        """Fire with the number of envelopes waiting for a device."""
+
+    def ack(user, device, ids):
+        """Remove the device's queued envelopes whose ids are in ``ids``.
+
+        Fires with the number removed.  Unknown ids are ignored (an ack can
+        arrive twice).  Only that device's copies are removed.
+        """
+
+    # -- rooms ------------------------------------------------------------
+
+    def create_room(room, owner, password_hash):
+        """Create a room owned (and joined) by ``owner``.
+
+        ``password_hash`` is an argon2id string or None.  Errbacks with
+        ``RoomExists`` when the name is taken.
+        """
+
+    def get_room(room):
+        """Fire with ``{"room", "owner", "password_hash", "created"}`` or None."""
+
+    def add_member(room, user):
+        """Add ``user`` to the room; fires with True if added, False if already a member."""
+
+    def remove_member(room, user):
+        """Remove ``user`` from the room; fires with True if removed, False if not a member."""
+
+    def room_members(room):
+        """Fire with the sorted list of member user names."""
+
+    def rooms_of(user):
+        """Fire with the sorted list of room names ``user`` belongs to."""

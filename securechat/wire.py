@@ -1,0 +1,285 @@
+"""Frames on the wire: one UTF-8 JSON object per line, and the schema of every request.
+
+Shared by the server and the client; no I/O here.  Every problem with a
+frame is a ``ProtocolError`` carrying a stable ``code`` (documented in
+docs/protocol.rst) and a message a person can act on.
+"""
+
+import base64
+import binascii
+import json
+import re
+
+MAX_LINE_BYTES = 1024 * 1024
+"""Longest accepted line, delimiter excluded (a frame of several envelopes fits)."""
+
+MAX_CIPHERTEXT_CHARS = 256 * 1024
+"""Longest accepted ``ct`` of one envelope (base64 characters)."""
+
+MAX_ENVELOPES_PER_SEND = 256
+MAX_BATCH_ITEMS = 512
+"""Longest list in any request (ids to ack, users to query, keys to upload...)."""
+
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+DEVICE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+ROOM_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+ENVELOPE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+KEY_ID_RE = re.compile(r"^[A-Za-z0-9_+/=-]{1,64}$")
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_+/=-]{1,128}$")
+REQUEST_ID_MAX = 64
+
+
+class ProtocolError(Exception):
+    """A frame or a request that breaks the protocol; ``code`` is stable, ``message`` human."""
+
+    def __init__(self, code, message, details=None):
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def to_error(self):
+        error = {"code": self.code, "message": self.message}
+        if self.details:
+            error.update(self.details)
+        return error
+
+
+def encode(frame):
+    """One frame as the bytes of one line (without the delimiter)."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def canonical_json(obj):
+    """The bytes that signatures cover: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def decode(line):
+    """Parse one received line into a dict, or raise ProtocolError."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError("bad_utf8", f"line is not valid UTF-8 (byte {e.start})") from None
+    try:
+        frame = json.loads(text)
+    except ValueError as e:
+        raise ProtocolError("bad_json", f"line is not valid JSON: {e}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("bad_frame", "a frame must be a JSON object")
+    return frame
+
+
+def request_id(frame):
+    """The ``rid`` of a request: a short string or an integer, echoed in the answer."""
+    rid = frame.get("rid")
+    if isinstance(rid, bool) or not isinstance(rid, (int, str)):
+        raise ProtocolError("bad_field", "field 'rid' must be an integer or a string")
+    if isinstance(rid, str) and len(rid) > REQUEST_ID_MAX:
+        raise ProtocolError("bad_field", f"field 'rid' is longer than {REQUEST_ID_MAX}")
+    return rid
+
+
+def pad_b64(text):
+    """Add the ``=`` padding that vodozemac leaves off (Python's decoder requires it)."""
+    return text + "=" * (-len(text) % 4)
+
+
+def b64decode(text):
+    """Decode standard base64 with padding; raise ValueError when it is not."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError("not valid base64") from None
+
+
+def b64encode(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+# -- field checkers: each returns the value or raises ProtocolError -------------
+
+
+def _bad(name, what):
+    return ProtocolError("bad_field", f"field '{name}' must be {what}")
+
+
+def text_matching(pattern, what):
+    def check(name, value):
+        if not isinstance(value, str) or not pattern.match(value):
+            raise _bad(name, what)
+        return value
+
+    return check
+
+
+def base64_bytes(min_len, max_len):
+    def check(name, value):
+        what = f"base64 (with padding) of {min_len} to {max_len} bytes"
+        if not isinstance(value, str) or len(value) > (max_len + 2) // 3 * 4:
+            raise _bad(name, what)
+        try:
+            raw = b64decode(value)
+        except ValueError:
+            raise _bad(name, what) from None
+        if not min_len <= len(raw) <= max_len:
+            raise _bad(name, what)
+        return value
+
+    return check
+
+
+def boolean(name, value):
+    if not isinstance(value, bool):
+        raise _bad(name, "true or false")
+    return value
+
+
+def integer(low, high):
+    def check(name, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _bad(name, f"an integer from {low} to {high}")
+        return value
+
+    return check
+
+
+def optional(checker):
+    def check(name, value):
+        return None if value is None else checker(name, value)
+
+    check.optional = True
+    return check
+
+
+def list_of(checker, max_items=MAX_BATCH_ITEMS):
+    def check(name, value):
+        if not isinstance(value, list) or len(value) > max_items:
+            raise _bad(name, f"a list of at most {max_items} items")
+        return [checker(f"{name}[{i}]", item) for i, item in enumerate(value)]
+
+    return check
+
+
+def obj(fields):
+    """A JSON object with exactly ``fields`` (a dict name -> checker)."""
+
+    def check(name, value):
+        if not isinstance(value, dict):
+            raise _bad(name, "an object")
+        return check_fields(value, fields, prefix=f"{name}.")
+
+    return check
+
+
+def map_of(key_checker, value_checker, max_items=MAX_BATCH_ITEMS):
+    """A JSON object used as a map: every key and every value checked."""
+
+    def check(name, value):
+        if not isinstance(value, dict) or len(value) > max_items:
+            raise _bad(name, f"an object of at most {max_items} entries")
+        return {
+            key_checker(f"{name} key", k): value_checker(f"{name}.{k}", v)
+            for k, v in value.items()
+        }
+
+    return check
+
+
+def check_fields(frame, fields, prefix=""):
+    """Check ``frame`` against ``fields``; unknown fields are refused (they hint at a bug)."""
+    checked = {}
+    for name, checker in fields.items():
+        value = frame.get(name)
+        if value is None and name not in frame and not getattr(checker, "optional", False):
+            raise ProtocolError("missing_field", f"field '{prefix}{name}' is missing")
+        checked[name] = checker(prefix + name, value)
+    return checked
+
+
+# -- the request schema ---------------------------------------------------------
+
+USER = text_matching(
+    USERNAME_RE, "a user name: 1-32 of a-z 0-9 . _ -, starting with a letter or digit"
+)
+DEVICE = text_matching(DEVICE_RE, "a device id: 1-32 of A-Z a-z 0-9 _ -")
+ROOM = text_matching(ROOM_RE, "a room name: 1-64 of a-z 0-9 . _ -, starting with a letter or digit")
+ENVELOPE_ID = text_matching(ENVELOPE_ID_RE, "an envelope id: 16-64 of A-Z a-z 0-9 _ -")
+KEY_ID = text_matching(KEY_ID_RE, "a key id: 1-64 base64 characters")
+SESSION_ID = text_matching(SESSION_ID_RE, "a session id: 1-128 base64 characters")
+PUBLIC_KEY = base64_bytes(32, 32)
+SIGNATURE = base64_bytes(64, 64)
+SECRET = base64_bytes(16, 64)
+PASSWORD = base64_bytes(16, 64)
+CIPHERTEXT = base64_bytes(1, MAX_CIPHERTEXT_CHARS * 3 // 4)
+KIND = text_matching(re.compile(r"^(olm|megolm)$"), "'olm' or 'megolm'")
+TIMESTAMP = integer(0, 2**53)
+VERSION = integer(1, 2**53)
+
+DEVICE_KEYS = obj({"user": USER, "device": DEVICE, "curve25519": PUBLIC_KEY, "ed25519": PUBLIC_KEY})
+SIGNED_KEY = obj({"key": PUBLIC_KEY, "signature": SIGNATURE})
+DEVICE_LIST = obj(
+    {
+        "user": USER,
+        "version": VERSION,
+        "devices": map_of(DEVICE, obj({"curve25519": PUBLIC_KEY, "ed25519": PUBLIC_KEY})),
+        "ts": TIMESTAMP,
+    }
+)
+
+ENVELOPE_FIELDS = {
+    "id": ENVELOPE_ID,
+    "kind": KIND,
+    "sid": SESSION_ID,
+    "otype": optional(integer(0, 1)),
+    "ct": CIPHERTEXT,
+}
+UNICAST_ENVELOPE = obj({**ENVELOPE_FIELDS, "to": USER, "to_dev": DEVICE})
+
+REQUESTS = {
+    "ping": {},
+    "register": {"user": USER, "secret": SECRET, "identity_key": PUBLIC_KEY},
+    "login": {"user": USER, "device": DEVICE, "secret": SECRET},
+    "logout": {},
+    "keys.upload": {
+        "device_keys": optional(DEVICE_KEYS),
+        "signature": optional(SIGNATURE),
+        "one_time_keys": optional(map_of(KEY_ID, SIGNED_KEY, max_items=100)),
+        "fallback_key": optional(map_of(KEY_ID, SIGNED_KEY, max_items=1)),
+    },
+    "keys.count": {},
+    "keys.query": {"users": list_of(USER, max_items=100)},
+    "keys.claim": {"devices": map_of(USER, list_of(DEVICE, max_items=64), max_items=100)},
+    "devices.publish": {"device_list": DEVICE_LIST, "signature": SIGNATURE},
+    "send": {"envelopes": list_of(UNICAST_ENVELOPE, max_items=MAX_ENVELOPES_PER_SEND)},
+    "room.send": {"room": ROOM, **ENVELOPE_FIELDS},
+    "broadcast": ENVELOPE_FIELDS,
+    "ack": {"ids": list_of(ENVELOPE_ID)},
+    "room.create": {"room": ROOM, "password": optional(PASSWORD)},
+    "room.join": {"room": ROOM, "password": optional(PASSWORD)},
+    "room.leave": {"room": ROOM},
+    "room.members": {"room": ROOM},
+    "rooms.list": {},
+}
+"""Every request op and its fields (besides ``op`` and ``rid``)."""
+
+ANONYMOUS_OPS = frozenset({"ping", "register", "login"})
+"""Ops allowed before login."""
+
+
+def parse_request(frame):
+    """Check a decoded frame against the schema: fire ``(op, rid, fields)`` or raise."""
+    rid = request_id(frame)
+    op = frame.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError("bad_field", "field 'op' must be a string")
+    fields = REQUESTS.get(op)
+    if fields is None:
+        raise ProtocolError("unknown_op", f"unknown op {op[:40]!r}")
+    body = {k: v for k, v in frame.items() if k not in ("op", "rid")}
+    extra = sorted(set(body) - set(fields))
+    if extra:
+        raise ProtocolError("bad_field", f"unknown field {extra[0][:40]!r} for op {op!r}")
+    return op, rid, check_fields(body, fields)

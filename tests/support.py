@@ -1,0 +1,171 @@
+"""Helpers for the tests: a real relay on 127.0.0.1, and test devices that sign like real ones.
+
+The test devices use PyNaCl keys (Ed25519 signatures interoperate with
+vodozemac's), so the server tests exercise real signature checks without
+the client's crypto package.
+"""
+
+import os
+import secrets
+import time
+
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
+from twisted.internet import defer, reactor, task
+
+from securechat import config as config_module
+from securechat import wire
+from securechat.client.protocol import connect
+from securechat.client.tls import ca_file_options
+from securechat.server.service import RelayService
+from securechat.server.tls import SELF_SIGNED_CERT
+
+
+def write_config(directory, port=0, database=None, extra=""):
+    """Write an ini file for a server whose data lives in ``directory``; return its path."""
+    lines = [
+        "[server]",
+        "interface = 127.0.0.1",
+        f"port = {port}",
+        f"data_dir = {directory}",
+    ]
+    if database:
+        lines += ["[store]", f"database = {database}"]
+    path = os.path.join(directory, "securechat.ini")
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n" + extra)
+    return path
+
+
+class RunningServer:
+    """An in-process relay listening on an ephemeral port of 127.0.0.1."""
+
+    def __init__(self, service):
+        self.service = service
+
+    @property
+    def port(self):
+        return self.service.port.getHost().port
+
+    @property
+    def cert_path(self):
+        return os.path.join(self.service.config.data_dir, SELF_SIGNED_CERT)
+
+    def stop(self):
+        return self.service.stopService()
+
+
+async def start_server(directory, database=None, extra=""):
+    settings = config_module.load(write_config(str(directory), database=database, extra=extra))
+    service = RelayService(settings, reactor)
+    service.startService()
+    await service._started
+    if service.port is None:
+        raise RuntimeError("the relay did not start (see the log)")
+    return RunningServer(service)
+
+
+async def poll_until(predicate, timeout=10.0, interval=0.01):
+    """Wait (without blocking the reactor) until ``predicate()`` is true, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await task.deferLater(reactor, interval, lambda: None)
+
+
+def new_envelope_id():
+    return secrets.token_hex(16)
+
+
+class ScriptedDevice:
+    """A user's device as the server sees it: signing keys, a connection, received events."""
+
+    def __init__(self, user, device="DEV1", secret=None, identity=None):
+        self.user = user
+        self.device = device
+        self.secret = secret or wire.b64encode(secrets.token_bytes(32))
+        self.identity = identity or SigningKey.generate()
+        self.signing = SigningKey.generate()
+        self.curve = PrivateKey.generate()
+        self.events = []
+        self.protocol = None
+
+    # -- keys -------------------------------------------------------------
+
+    def device_keys(self):
+        return {
+            "user": self.user,
+            "device": self.device,
+            "curve25519": wire.b64encode(bytes(self.curve.public_key)),
+            "ed25519": wire.b64encode(bytes(self.signing.verify_key)),
+        }
+
+    def sign(self, obj, key=None):
+        key = key or self.signing
+        return wire.b64encode(key.sign(wire.canonical_json(obj)).signature)
+
+    def one_time_key(self, kid, fallback=False):
+        key = wire.b64encode(bytes(PrivateKey.generate().public_key))
+        payload = {"user": self.user, "device": self.device, "kid": kid, "key": key,
+                   "fallback": fallback}
+        return {"key": key, "signature": self.sign(payload)}
+
+    # -- connection -------------------------------------------------------
+
+    async def connect(self, server):
+        options = ca_file_options("localhost", server.cert_path)
+        self.protocol = await connect(reactor, "127.0.0.1", server.port, options,
+                                      on_event=self.events.append)
+        return self.protocol
+
+    def request(self, op, **fields):
+        return self.protocol.request(op, **fields)
+
+    async def register(self, server):
+        if self.protocol is None:
+            await self.connect(server)
+        return await self.request(
+            "register", user=self.user, secret=self.secret,
+            identity_key=wire.b64encode(bytes(self.identity.verify_key)),
+        )
+
+    async def login(self, server, upload_keys=True, otks=0):
+        if self.protocol is None:
+            await self.connect(server)
+        result = await self.request("login", user=self.user, device=self.device, secret=self.secret)
+        if upload_keys:
+            await self.request(
+                "keys.upload",
+                device_keys=self.device_keys(),
+                signature=self.sign(self.device_keys()),
+                one_time_keys={f"k{i:04d}": self.one_time_key(f"k{i:04d}") for i in range(otks)},
+                fallback_key={"fb1": self.one_time_key("fb1", fallback=True)},
+            )
+        return result
+
+    def envelopes(self):
+        return [e for e in self.events if e.get("event") == "envelope"]
+
+    async def close(self):
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.loseConnection()
+            await self.protocol.closed_d
+        self.protocol = None
+
+
+def unicast(to, to_dev, ct=b"opaque ciphertext", envelope_id=None):
+    return {
+        "id": envelope_id or new_envelope_id(),
+        "to": to,
+        "to_dev": to_dev,
+        "kind": "olm",
+        "sid": "c2Vzc2lvbg",
+        "otype": 0,
+        "ct": wire.b64encode(ct),
+    }
+
+
+def cleanup(*devices):
+    return defer.gatherResults([defer.ensureDeferred(d.close()) for d in devices])

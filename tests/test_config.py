@@ -1,0 +1,60 @@
+"""Unit tests of the ini file loader: defaults, and errors that name file, section and key."""
+
+import os
+
+import pytest
+
+from securechat import config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "s.ini"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_a_file():
+    """No file means TLS on 127.0.0.1:6697 with SQLite in ./securechat-data."""
+    settings = config.load(None)
+    assert (settings.interface, settings.port) == ("127.0.0.1", 6697)
+    assert settings.data_dir == os.path.abspath("securechat-data")
+    assert settings.database == os.path.join(settings.data_dir, "securechat.sqlite3")
+    assert not settings.uses_postgres
+
+
+def test_shipped_example_config_is_valid():
+    """etc/securechat.ini loads and documents every option with its default."""
+    path = os.path.join(os.path.dirname(__file__), "..", "etc", "securechat.ini")
+    config.load(path)
+    text = open(path).read()
+    for option in config.OPTIONS:
+        assert f"{option.key} = {option.default}" in text, option.key
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[server]\nport = 99999\n", "[server] port"),
+    ("[server]\nport = http\n", "[server] port"),
+    ("[server]\ninterface = example\n", "[server] interface"),
+    ("[store]\ndatabase = mysql://x\n", "[store] database"),
+    ("[server]\nprot = 1\n", "[server] prot: unknown key"),
+    ("[sever]\n", "[sever]: unknown section"),
+    ("[tls]\ncertificate = a.pem\n", "[tls] certificate and private_key"),
+    ("[limits]\nrequest_burst = 0\n", "[limits] request_burst"),
+    ("not an ini", "not a valid ini file"),
+])
+def test_bad_values_name_file_section_and_key(tmp_path, text, words):
+    """Every bad value stops loading with the file and the key named."""
+    path = write(tmp_path, text)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    assert str(info.value).startswith(path)
+    assert words in str(info.value)
+
+
+def test_postgres_url_is_kept_and_paths_are_resolved(tmp_path):
+    """A postgresql:// URL is used as is; relative paths live in the data dir."""
+    path = write(tmp_path, f"[server]\ndata_dir = {tmp_path}\n[tls]\ncertificate = c.pem\n"
+                 "private_key = k.pem\n[store]\ndatabase = postgresql://u@127.0.0.1/db\n")
+    settings = config.load(path)
+    assert settings.uses_postgres and settings.database == "postgresql://u@127.0.0.1/db"
+    assert settings.certificate == str(tmp_path / "c.pem")

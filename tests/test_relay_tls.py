@@ -1,0 +1,207 @@
+"""Integration tests: a real relay on 127.0.0.1, real TLS connections, the SQLite store."""
+
+import pytest
+import pytest_twisted
+
+from securechat import wire
+from securechat.client.protocol import RemoteError
+from tests.support import ScriptedDevice, cleanup, new_envelope_id, poll_until, start_server, unicast
+
+
+@pytest.fixture
+def server(tmp_path):
+    running = pytest_twisted.blockon(pytest_twisted.ensureDeferred(start_server(tmp_path / "srv")))
+    yield running
+    pytest_twisted.blockon(running.stop())
+
+
+async def registered(server, *names, device="DEV1"):
+    devices = []
+    for name in names:
+        dev = ScriptedDevice(name, device)
+        await dev.register(server)
+        await dev.login(server, otks=3)
+        devices.append(dev)
+    return devices
+
+
+async def expect_error(code, d):
+    with pytest.raises(RemoteError) as info:
+        await d
+    assert info.value.code == code, info.value
+    return info.value
+
+
+@pytest_twisted.ensureDeferred
+async def test_register_login_and_wrong_secret(server):
+    """A registered device logs in with its secret; a wrong secret and an unknown user fail alike."""
+    alice = ScriptedDevice("alice")
+    await alice.register(server)
+    result = await alice.login(server, upload_keys=False)
+    assert result["user"] == "alice" and result["queued"] == 0
+    intruder = ScriptedDevice("alice")
+    await intruder.connect(server)
+    err1 = await expect_error("auth_failed", intruder.request(
+        "login", user="alice", device="X", secret=intruder.secret))
+    err2 = await expect_error("auth_failed", intruder.request(
+        "login", user="nobody", device="X", secret=intruder.secret))
+    assert err1.message == err2.message
+    await expect_error("user_exists", intruder.request(
+        "register", user="alice", secret=intruder.secret,
+        identity_key=wire.b64encode(bytes(intruder.identity.verify_key))))
+    await cleanup(alice, intruder)
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_claimed_in_order_once_then_fallback(server):
+    """One-time keys are claimed in upload order, once each, then the flagged fallback key."""
+    alice, bob = await registered(server, "alice", "bob")
+    kids = []
+    for _ in range(4):
+        result = await alice.request("keys.claim", devices={"bob": ["DEV1"]})
+        key = result["keys"]["bob"]["DEV1"]
+        kids.append((key["kid"], key["fallback"]))
+    assert kids == [("k0000", False), ("k0001", False), ("k0002", False), ("fb1", True)]
+    assert (await bob.request("keys.count"))["otk_count"] == 0
+    await expect_error("unknown_user", alice.request("keys.claim", devices={"mallory": ["D"]}))
+    await expect_error("unknown_device", alice.request("keys.claim", devices={"bob": ["NOPE"]}))
+    await cleanup(alice, bob)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsigned_or_forged_keys_are_refused(server):
+    """Keys whose signatures do not verify are refused; a re-upload of the same key is idempotent."""
+    (alice,) = await registered(server, "alice")
+    forged = alice.one_time_key("kX")
+    forged["signature"] = alice.one_time_key("kY")["signature"]
+    await expect_error("bad_signature", alice.request("keys.upload", one_time_keys={"kX": forged}))
+    good = alice.one_time_key("kZ")
+    first = await alice.request("keys.upload", one_time_keys={"kZ": good})
+    again = await alice.request("keys.upload", one_time_keys={"kZ": good})
+    assert first["otk_count"] == again["otk_count"] == 4
+    await expect_error("key_conflict", alice.request(
+        "keys.upload", one_time_keys={"kZ": alice.one_time_key("kZ")}))
+    await cleanup(alice)
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_list_signed_by_identity_key(server):
+    """A device list signed by the identity key is published and queried; a forged one is not."""
+    (alice,) = await registered(server, "alice")
+    keys = alice.device_keys()
+    listing = {"user": "alice", "version": 1, "ts": 1,
+               "devices": {"DEV1": {"curve25519": keys["curve25519"], "ed25519": keys["ed25519"]}}}
+    await expect_error("bad_signature", alice.request(
+        "devices.publish", device_list=listing, signature=alice.sign(listing)))
+    await alice.request("devices.publish", device_list=listing,
+                        signature=alice.sign(listing, alice.identity))
+    await expect_error("stale_version", alice.request(
+        "devices.publish", device_list=listing, signature=alice.sign(listing, alice.identity)))
+    result = await alice.request("keys.query", users=["alice"])
+    assert result["users"]["alice"]["device_list"] == listing
+    assert result["users"]["alice"]["devices"]["DEV1"]["device_keys"] == keys
+    await cleanup(alice)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unicast_online_and_offline_in_order(server):
+    """An online device gets envelopes pushed; an offline one gets its queue on login, in order."""
+    alice, bob = await registered(server, "alice", "bob")
+    env = unicast("bob", "DEV1", b"hello")
+    assert (await alice.request("send", envelopes=[env]))["accepted"] == [env["id"]]
+    await poll_until(lambda: len(bob.envelopes()) == 1)
+    pushed = bob.envelopes()[0]
+    assert pushed["envelope"]["ct"] == env["ct"] and pushed["envelope"]["from"] == "alice"
+    assert pushed["seq"] == 1
+    await bob.request("ack", ids=[env["id"]])
+    await bob.close()
+    ids = [unicast("bob", "DEV1", b"m%d" % i) for i in range(5)]
+    for e in ids:
+        await alice.request("send", envelopes=[e])
+    bob2 = ScriptedDevice("bob", "DEV1", secret=bob.secret)
+    result = await bob2.login(server, upload_keys=False)
+    assert result["queued"] == 5
+    await poll_until(lambda: len(bob2.envelopes()) == 5)
+    assert [e["envelope"]["id"] for e in bob2.envelopes()] == [e["id"] for e in ids]
+    assert [e["seq"] for e in bob2.envelopes()] == [2, 3, 4, 5, 6]
+    assert (await bob2.request("ack", ids=[e["id"] for e in ids]))["removed"] == 5
+    await bob2.close()
+    bob3 = ScriptedDevice("bob", "DEV1", secret=bob.secret)
+    assert (await bob3.login(server, upload_keys=False))["queued"] == 0
+    await cleanup(alice, bob3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_must_cover_exactly_the_current_devices(server):
+    """A send that misses a device or names an unknown one is refused with both lists."""
+    alice, bob = await registered(server, "alice", "bob")
+    bob_phone = ScriptedDevice("bob", "PHONE", secret=bob.secret)
+    await bob_phone.login(server)
+    err = await expect_error("devices_mismatch", alice.request(
+        "send", envelopes=[unicast("bob", "DEV1"), unicast("bob", "GHOST")]))
+    assert err.details == {"missing": {"bob": ["PHONE"]}, "extra": {"bob": ["GHOST"]}}
+    assert bob.envelopes() == [] and bob_phone.envelopes() == []
+    await alice.request("send", envelopes=[unicast("bob", "DEV1"), unicast("bob", "PHONE")])
+    await poll_until(lambda: len(bob.envelopes()) == 1 and len(bob_phone.envelopes()) == 1)
+    await cleanup(alice, bob, bob_phone)
+
+
+@pytest_twisted.ensureDeferred
+async def test_envelope_only_reaches_its_recipient_device(server):
+    """An envelope for one device is never pushed to another device or user."""
+    alice, bob, carol = await registered(server, "alice", "bob", "carol")
+    await alice.request("send", envelopes=[unicast("bob", "DEV1")])
+    await poll_until(lambda: len(bob.envelopes()) == 1)
+    await carol.request("ping")
+    assert carol.envelopes() == [] and alice.envelopes() == []
+    await cleanup(alice, bob, carol)
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_multicast_and_password(server):
+    """A room message is one ciphertext delivered to every member device; a wrong password joins nothing."""
+    alice, bob, carol = await registered(server, "alice", "bob", "carol")
+    password = wire.b64encode(b"correct horse battery")
+    await alice.request("room.create", room="ops", password=password)
+    await expect_error("wrong_password", bob.request(
+        "room.join", room="ops", password=wire.b64encode(b"wrong horse battery!")))
+    members = await alice.request("room.members", room="ops")
+    assert list(members["members"]) == ["alice"]
+    await bob.request("room.join", room="ops", password=password)
+    env = {"room": "ops", "id": new_envelope_id(), "kind": "megolm", "sid": "bWVnb2xt",
+           "ct": wire.b64encode(b"group ct")}
+    result = await alice.request("room.send", **env)
+    assert result["recipients"] == 1
+    await poll_until(lambda: len(bob.envelopes()) == 1)
+    assert bob.envelopes()[0]["envelope"]["room"] == "ops"
+    await expect_error("not_member", carol.request("room.send", **{**env, "id": new_envelope_id()}))
+    assert (await bob.request("rooms.list"))["rooms"] == ["ops"]
+    await bob.request("room.leave", room="ops")
+    await expect_error("not_member", bob.request("room.members", room="ops"))
+    await cleanup(alice, bob, carol)
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcast_reaches_every_device(server):
+    """A broadcast is stored for and pushed to every other registered device."""
+    alice, bob, carol = await registered(server, "alice", "bob", "carol")
+    result = await alice.request("broadcast", id=new_envelope_id(), kind="megolm", sid="YWxs",
+                                 ct=wire.b64encode(b"announcement"))
+    assert result["recipients"] == 2
+    await poll_until(lambda: len(bob.envelopes()) == 1 and len(carol.envelopes()) == 1)
+    assert alice.envelopes() == []
+    await cleanup(alice, bob, carol)
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_envelope_id_is_refused_and_stores_nothing(server):
+    """Re-using an envelope id is refused, and nothing of that request is stored."""
+    alice, bob = await registered(server, "alice", "bob")
+    await bob.close()
+    env = unicast("bob", "DEV1")
+    await alice.request("send", envelopes=[env])
+    await expect_error("duplicate_envelope", alice.request("send", envelopes=[env]))
+    await expect_error("duplicate_envelope", alice.request(
+        "broadcast", id=env["id"], kind="olm", sid="eA", ct=env["ct"]))
+    assert await server.service.store.queue_length("bob", "DEV1") == 1
+    await cleanup(alice)

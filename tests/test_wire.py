@@ -1,0 +1,62 @@
+"""Unit tests of the frame codec and request schema (no sockets)."""
+
+import pytest
+
+from securechat import wire
+from securechat.wire import ProtocolError
+
+
+def parse(frame):
+    return wire.parse_request(wire.decode(wire.encode(frame)))
+
+
+def test_valid_request_is_checked_and_returned():
+    """A well-formed request comes back as (op, rid, fields) with every field present."""
+    op, rid, fields = parse({"op": "room.join", "rid": 7, "room": "ops"})
+    assert (op, rid, fields) == ("room.join", 7, {"room": "ops", "password": None})
+
+
+@pytest.mark.parametrize("line, code", [
+    (b"\xc3\x28", "bad_utf8"),
+    (b"{", "bad_json"),
+    (b"42", "bad_frame"),
+])
+def test_undecodable_lines_have_stable_codes(line, code):
+    """Each way a line can fail to be a JSON object has its own code."""
+    with pytest.raises(ProtocolError) as info:
+        wire.decode(line)
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize("frame, code, words", [
+    ({"op": "nope", "rid": 1}, "unknown_op", "nope"),
+    ({"op": "ping"}, "bad_field", "rid"),
+    ({"op": "ping", "rid": True}, "bad_field", "rid"),
+    ({"op": "login", "rid": 1, "user": "Bad Name", "device": "d", "secret": "x"}, "bad_field", "user"),
+    ({"op": "login", "rid": 1, "user": "bob", "device": "d"}, "missing_field", "secret"),
+    ({"op": "ping", "rid": 1, "extra": 1}, "bad_field", "extra"),
+    ({"op": "ack", "rid": 1, "ids": ["x" * 16] * (wire.MAX_BATCH_ITEMS + 1)}, "bad_field", "ids"),
+])
+def test_bad_requests_name_the_field(frame, code, words):
+    """A schema violation names the offending field in its message."""
+    with pytest.raises(ProtocolError) as info:
+        parse(frame)
+    assert info.value.code == code
+    assert words in info.value.message
+
+
+def test_base64_must_be_padded_and_sized():
+    """Keys are padded base64 of exactly 32 bytes; vodozemac's unpadded form must be padded first."""
+    key = wire.b64encode(b"k" * 32)
+    check = wire.PUBLIC_KEY
+    assert check("k", key) == key
+    with pytest.raises(ProtocolError):
+        check("k", key.rstrip("="))
+    assert check("k", wire.pad_b64(key.rstrip("="))) == key
+    with pytest.raises(ProtocolError):
+        check("k", wire.b64encode(b"k" * 31))
+
+
+def test_canonical_json_is_sorted_and_compact():
+    """Signatures cover sorted keys, no spaces, UTF-8 (a known answer)."""
+    assert wire.canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode("utf-8")
