@@ -36,6 +36,7 @@ class ClientProtocol(LineReceiver):
         self.on_event = on_event or (lambda frame: None)
         self.connected_d = defer.Deferred()
         self.closed_d = defer.Deferred()
+        self.lost_reason = None
 
     def connectionMade(self):
         self.connected_d.callback(self)
@@ -68,6 +69,7 @@ class ClientProtocol(LineReceiver):
             self.on_event(frame)
 
     def connectionLost(self, reason=ConnectionDone):
+        self.lost_reason = reason.value
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(ConnectionClosed("the connection to the server was closed"))

@@ -1,0 +1,166 @@
+"""``securechat chat``: an interactive session; messages appear while you type.
+
+A line that does not start with ``/`` goes to the current conversation
+(chosen with ``/msg USER``).  Slash commands are listed by ``/help``.
+"""
+
+import shlex
+
+from twisted.internet import defer, stdio
+from twisted.protocols.basic import LineReceiver
+
+from securechat.client.cli import format_message
+from securechat.client.protocol import RemoteError
+from securechat.client.session import ClientError
+from securechat.client.contacts import TrustError
+from securechat.client.verification import VerificationFailed
+from securechat.crypto.fingerprint import key_fingerprint
+
+HELP = """\
+/msg USER [TEXT]   talk to USER from now on (and send TEXT if given)
+/join ROOM         join a room (asks nothing: rooms with passwords need the CLI)
+/rooms             the rooms you are in
+/who ROOM          the members of a room and their devices
+/verify USER       compare emoji with USER (they run /verify too)
+/trust USER        accept USER's changed identity key (unverified)
+/fingerprint       your own fingerprint
+/help              this text
+/quit              leave"""
+
+
+class ChatInput(LineReceiver):
+    delimiter = b"\n"
+
+    def __init__(self, chat):
+        self._chat = chat
+
+    def lineReceived(self, line):
+        self._chat.handle_line(line.decode("utf-8", "replace").strip())
+
+    def connectionLost(self, reason):
+        self._chat.quit()
+
+
+class Chat:
+    def __init__(self, commands, client):
+        self._commands = commands
+        self._client = client
+        self._peer = None
+        self._answers = defer.DeferredQueue()
+        self._verifying = False
+        self.done = defer.Deferred()
+        self._io = None
+
+    def show(self, text):
+        if self._io is not None:
+            self._io.sendLine(text.encode("utf-8"))
+
+    def start(self):
+        self._io = ChatInput(self)
+        stdio.StandardIO(self._io)
+        self.show(f"securechat: {self._client.user} (device {self._client.device}). /help for help.")
+
+    def handle_line(self, line):
+        if not line:
+            return
+        if self._verifying:
+            self._answers.put(line)
+            return
+        d = defer.ensureDeferred(self._dispatch(line))
+        d.addErrback(self._report)
+
+    def _report(self, failure):
+        error = failure.value
+        if isinstance(error, (ClientError, TrustError, VerificationFailed)):
+            self.show(f"! {error}")
+        elif isinstance(error, RemoteError):
+            self.show(f"! the server refused: {error.message}")
+        else:
+            self.show(f"! unexpected error: {error!r}")
+
+    async def _dispatch(self, line):
+        if not line.startswith("/"):
+            if self._peer is None:
+                self.show("! choose whom to talk to first: /msg USER")
+                return
+            await self._client.send_text(self._peer, line)
+            return
+        name, _, rest = line[1:].partition(" ")
+        handler = getattr(self, "do_" + name, None)
+        if handler is None:
+            self.show(f"! unknown command /{name}; /help lists them")
+            return
+        await handler(rest.strip())
+
+    async def do_help(self, rest):
+        self.show(HELP)
+
+    async def do_quit(self, rest):
+        self.quit()
+
+    async def do_msg(self, rest):
+        user, _, text = rest.partition(" ")
+        if not user:
+            self.show("! usage: /msg USER [TEXT]")
+            return
+        self._peer = user
+        self.show(f"talking to {user}")
+        if text:
+            await self._client.send_text(user, text)
+
+    async def do_join(self, rest):
+        result = await self._client.request("room.join", room=rest, password=None)
+        self.show(f"joined {rest}: " + ", ".join(result["members"]))
+
+    async def do_rooms(self, rest):
+        rooms = (await self._client.request("rooms.list"))["rooms"]
+        self.show("rooms: " + (", ".join(rooms) if rooms else "(none)"))
+
+    async def do_who(self, rest):
+        members = (await self._client.request("room.members", room=rest))["members"]
+        for user, devices in members.items():
+            self.show(f"  {user}: {', '.join(devices) or '(no device)'}")
+
+    async def do_fingerprint(self, rest):
+        self.show(f"{self._client.user}: {key_fingerprint(self._client.crypto.identity_key)}")
+
+    async def do_trust(self, rest):
+        await self._client.trusted_devices(rest, sending=False)
+        key = self._client.contacts.trust(rest)
+        self.show(f"accepted {rest}'s new key" if key else f"{rest}'s key has not changed")
+
+    async def do_verify(self, rest):
+        user = shlex.split(rest)[0] if rest else None
+        if not user:
+            self.show("! usage: /verify USER")
+            return
+        self._verifying = True
+        try:
+            await self._commands.run_verification(self._client, user, self._ask)
+        finally:
+            self._verifying = False
+
+    async def _ask(self):
+        self.show("Do they match? [y/N]")
+        answer = await self._answers.get()
+        return answer.lower() in ("y", "yes")
+
+    def message(self, record):
+        self.show(format_message(record))
+
+    def quit(self):
+        if not self.done.called:
+            self.done.callback(0)
+
+
+async def run_chat(commands):
+    holder = {}
+    client = commands.client(on_message=lambda record: holder["chat"].message(record))
+    chat = Chat(commands, client)
+    holder["chat"] = chat
+    await client.open()
+    chat.start()
+    try:
+        return await chat.done
+    finally:
+        await client.disconnect()

@@ -1,0 +1,219 @@
+"""Sending and receiving Olm-encrypted messages, with the ordering that keeps ratchets safe.
+
+Sending: look up and check the recipient's devices, start sessions from
+claimed one-time keys where needed, encrypt once per device (each session
+saved before anything leaves), send, retry once if the device set changed.
+
+Receiving, one envelope at a time in ``seq`` order: skip ids already seen
+(ack again), decrypt, check the inner header against the envelope, then
+save the new ratchet state, the plaintext and the seen id in ONE
+transaction, and only then acknowledge.  A crash anywhere leaves either the
+old state (the envelope is redelivered and decrypts again) or the new state
+with the id seen (the redelivery is skipped).
+"""
+
+import datetime
+import json
+import secrets
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from securechat import wire
+from securechat.client.contacts import TrustError, verify
+from securechat.client.protocol import RemoteError
+from securechat.crypto.device import DecryptError
+
+PAD_BUCKET = 256
+UNWEDGE_INTERVAL = 3600
+
+
+def new_id():
+    return secrets.token_urlsafe(16)
+
+
+def padded(inner):
+    """Inner JSON padded to a multiple of 256 bytes (hides the exact length of short messages)."""
+    data = wire.canonical_json({**inner, "pad": ""})
+    return wire.canonical_json({**inner, "pad": " " * (-len(data) % PAD_BUCKET)})
+
+
+def iso(ms):
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Sender:
+    def __init__(self, client):
+        self._client = client
+
+    async def send(self, users, payload, fresh=(), retry=True):
+        """Encrypt ``payload`` (a dict) for every device of ``users`` and our other devices.
+
+        Devices in ``fresh`` (``(user, device)`` pairs) get a new session even
+        if one exists: that is how a wedged session is replaced.
+        """
+        client = self._client
+        targets = await self._targets(users)
+        sessions = await self._start_sessions(
+            [t for t in targets
+             if (t[0], t[1]) in fresh or not client.crypto.has_session(t[2]["curve25519"])])
+        envelopes = []
+        for user, device, keys in targets:
+            inner = {**payload, "from": client.user, "from_dev": client.device,
+                     "from_ed25519": client.crypto.ed25519, "to": user, "to_dev": device,
+                     "to_ed25519": keys["ed25519"]}
+            sid, otype, ct = client.crypto.encrypt(user, device, keys["curve25519"],
+                                                   padded(inner), sessions.get((user, device)))
+            envelopes.append({"id": new_id(), "to": user, "to_dev": device, "kind": "olm",
+                              "sid": sid, "otype": otype, "ct": ct})
+        try:
+            return await client.request("send", envelopes=envelopes)
+        except RemoteError as e:
+            if e.code == "devices_mismatch" and retry:
+                client.forget_devices()
+                return await self.send(users, payload, fresh, retry=False)
+            raise
+
+    async def _targets(self, users):
+        client = self._client
+        targets = []
+        for user in sorted(set(users) | {client.user}):
+            devices = await client.trusted_devices(user, sending=True)
+            if not devices and user != client.user:
+                raise TrustError(f"{user} has no device to send to yet")
+            targets.extend((user, device, keys) for device, keys in sorted(devices.items())
+                           if (user, device) != (client.user, client.device))
+        return targets
+
+    async def _start_sessions(self, targets):
+        """Claim one signed one-time key per device without a session."""
+        if not targets:
+            return {}
+        wanted = {}
+        for user, device, _ in targets:
+            wanted.setdefault(user, []).append(device)
+        claimed = (await self._client.request("keys.claim", devices=wanted))["keys"]
+        keys = {}
+        for user, device, device_keys in targets:
+            key = claimed.get(user, {}).get(device)
+            if key is None:
+                raise TrustError(f"{user}'s device {device} has no one-time key left; try later")
+            signed = {"user": user, "device": device, "kid": key["kid"], "key": key["key"],
+                      "fallback": key["fallback"]}
+            if not verify(device_keys["ed25519"], signed, key["signature"]):
+                raise TrustError(f"the one-time key of {user}'s device {device} is not signed by it")
+            keys[(user, device)] = key["key"]
+        return keys
+
+
+class Receiver:
+    """Processes pushed envelopes strictly one after another."""
+
+    log = Logger()
+
+    def __init__(self, client, on_message, on_control):
+        self._client = client
+        self._on_message = on_message
+        self._on_control = on_control
+        self._lock = defer.DeferredLock()
+        self.processed = 0
+        self._last_unwedge = {}
+
+    def idle(self):
+        """Nothing is being processed or waiting to be."""
+        return not self._lock.locked and not self._lock.waiting
+
+    def envelope_event(self, frame):
+        d = self._lock.run(lambda: defer.ensureDeferred(self._process(frame)))
+        d.addErrback(lambda f: self.log.failure("could not process an envelope", f))
+        return d
+
+    async def _process(self, frame):
+        client, store = self._client, self._client.store
+        env = frame["envelope"]
+        try:
+            if not store.seen(env["id"]):
+                record = await self._open(env)
+                if record.get("type") == "msg":
+                    self._on_message(record)
+                else:
+                    self._on_control(record)
+            await client.request("ack", ids=[env["id"]])
+        finally:
+            self.processed += 1
+
+    async def _open(self, env):
+        """Decrypt and store one envelope; a failure is stored as a readable reason."""
+        client, store = self._client, self._client.store
+        now = int(time.time() * 1000)
+        base = {"id": env["id"], "from": env["from"], "from_dev": env["from_dev"],
+                "room": env.get("room"), "received_at": iso(env["ts"])}
+        warning = None
+        try:
+            devices = await client.trusted_devices(env["from"], sending=False)
+            warning = client.contacts.record(env["from"]).get("warning") if env["from"] != client.user else None
+            sender = devices.get(env["from_dev"])
+            if sender is None:
+                raise DecryptError(f"{env['from']}'s device {env['from_dev']} is not one we trust")
+            if env["kind"] != "olm":
+                raise DecryptError(f"{env['kind']} messages are not supported by this client")
+            with store.transaction():
+                plaintext = client.crypto.decrypt(env["from"], env["from_dev"],
+                                                  sender["curve25519"], env["sid"], env["otype"], env["ct"])
+                inner = self._check_inner(env, plaintext, sender)
+                record = {**base, "type": inner.get("type"), "mid": inner.get("mid"),
+                          "text": inner.get("body") if inner.get("type") == "msg" else None,
+                          "sent_at": iso(inner["ts"]) if isinstance(inner.get("ts"), int) else base["received_at"],
+                          "verified": client.contacts.is_verified(env["from"]) and warning is None,
+                          "warning": warning, "error": None, "inner": inner}
+                store.mark_seen(env["id"], now)
+                if record["type"] == "msg":
+                    store.add_message(env["id"], _public(record))
+            return record
+        except (DecryptError, TrustError, RemoteError) as e:
+            reason = getattr(e, "reason", None) or str(e)
+            record = {**base, "type": "msg", "text": None, "sent_at": base["received_at"],
+                      "verified": False, "warning": warning, "error": reason}
+            with store.transaction():
+                store.mark_seen(env["id"], now)
+                store.add_message(env["id"], record)
+            await self._maybe_unwedge(env)
+            return record
+
+    def _check_inner(self, env, plaintext, sender):
+        """The inner header must repeat who sent it to whom (no forwarding, no key swap)."""
+        client = self._client
+        try:
+            inner = json.loads(plaintext)
+        except ValueError:
+            raise DecryptError("the decrypted content is not a securechat message") from None
+        expected = {"from": env["from"], "from_dev": env["from_dev"],
+                    "from_ed25519": sender["ed25519"], "to": client.user,
+                    "to_dev": client.device, "to_ed25519": client.crypto.ed25519}
+        for key, value in expected.items():
+            if inner.get(key) != value:
+                raise DecryptError(
+                    f"the sealed header's '{key}' does not match the envelope (forwarded or forged)"
+                )
+        return inner
+
+    async def _maybe_unwedge(self, env):
+        """After a real decryption failure start a fresh session (at most once an hour per device)."""
+        if env["kind"] != "olm" or env["from"] == self._client.user:
+            return
+        peer = (env["from"], env["from_dev"])
+        now = time.monotonic()
+        if now - self._last_unwedge.get(peer, -UNWEDGE_INTERVAL) < UNWEDGE_INTERVAL:
+            return
+        self._last_unwedge[peer] = now
+        try:
+            await self._client.start_fresh_session(*peer)
+        except (TrustError, RemoteError) as e:
+            self.log.info("could not replace the session with {peer}: {e}", peer=peer, e=e)
+
+
+def _public(record):
+    """What the history keeps of a message (without the raw inner header)."""
+    return {k: v for k, v in record.items() if k != "inner"}

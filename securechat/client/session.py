@@ -1,0 +1,287 @@
+"""The client API every caller uses (the CLI, the tests, the benchmarks).
+
+``Client`` owns one device: its key store, its connection (TLS verified by
+a CA file or a pinned fingerprint), its published keys, and the sender and
+receiver pipelines.  Every public method returns a Deferred-compatible
+coroutine; errors are ``ClientError`` with an exit code the CLI passes on.
+"""
+
+import os
+import secrets
+import shutil
+import time
+
+from twisted.internet import defer, error as net_error
+from twisted.logger import Logger
+
+from securechat import wire
+from securechat.client import protocol as client_protocol
+from securechat.client.contacts import Contacts, TrustError
+from securechat.client.messaging import Receiver, Sender, new_id
+from securechat.client.protocol import RemoteError
+from securechat.client.tls import FingerprintMismatch, PinnedCertificate, ca_file_options
+from securechat.crypto import passwords
+from securechat.crypto.device import DeviceCrypto
+from securechat.crypto.keystore import KeyStore, KeyStoreError, WrongPassword
+
+OTK_TARGET = 50
+OTK_LOW_WATER = 25
+
+EXIT_ERROR = 1
+EXIT_AUTH = 3
+EXIT_UNREACHABLE = 4
+EXIT_CERTIFICATE = 5
+EXIT_UNKNOWN_USER = 6
+EXIT_UNTRUSTED = 7
+
+
+class ClientError(Exception):
+    def __init__(self, message, exit_code=EXIT_ERROR):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def new_device_id():
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(10))
+
+
+class Client:
+    log = Logger()
+
+    def __init__(self, reactor, settings, password, on_message=None, on_control=None):
+        self.reactor = reactor
+        self.settings = settings
+        self._password = password
+        self.user = settings.username
+        self.device = None
+        self.store = None
+        self.crypto = None
+        self.contacts = None
+        self.protocol = None
+        self.queued_at_login = 0
+        self._directory = {}
+        self._on_message = on_message or (lambda record: None)
+        self._on_control = on_control or (lambda record: None)
+        self.sender = Sender(self)
+        self.receiver = Receiver(self, self._message, self._control)
+        self.sent_lines = 0
+
+    def _message(self, record):
+        self._on_message(record)
+
+    def _control(self, record):
+        self._on_control(record)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def register(self):
+        """Create this device's keys, the account on the server, and publish the keys."""
+        directory = self.settings.data_dir
+        if KeyStore.exists(directory):
+            raise ClientError(f"{directory} already holds a registered device; use 'login'")
+        self.device = new_device_id()
+        self.store = KeyStore.create(directory, self._password, {
+            "user": self.user, "device": self.device, "server": self.settings.server})
+        self.crypto = DeviceCrypto.create(self.store)
+        self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
+        try:
+            await self._connect()
+            await self.request("register", user=self.user, secret=self._login_secret(),
+                               identity_key=self.crypto.identity_key)
+        except BaseException:
+            self._discard_new_store(directory)
+            raise
+        await self._login()
+        await self._publish_device()
+
+    def _discard_new_store(self, directory):
+        self.close()
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                os.remove(path)
+            else:
+                shutil.rmtree(path)
+
+    async def open(self):
+        """Unlock the key store, connect, log in, top up keys; then envelopes start arriving."""
+        try:
+            self.store = KeyStore.open(self.settings.data_dir, self._password)
+        except WrongPassword as e:
+            raise ClientError(str(e), EXIT_AUTH) from None
+        except KeyStoreError as e:
+            raise ClientError(str(e)) from None
+        self.device = self.store.meta("device")
+        self.crypto = DeviceCrypto.load(self.store)
+        self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
+        await self._connect()
+        counts = await self._login()
+        await self._top_up(counts)
+
+    def close(self):
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.loseConnection()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    async def disconnect(self):
+        """Close the connection and wait until it is closed, then the store."""
+        protocol = self.protocol
+        self.close()
+        if protocol is not None:
+            await protocol.closed_d
+
+    # -- connection -------------------------------------------------------------
+
+    def _tls(self):
+        settings = self.settings
+        if settings.ca_file:
+            return ca_file_options(settings.host, settings.ca_file), None
+        pin = settings.server_fingerprint or self.store.server_pin(settings.server)
+        creator = PinnedCertificate(pin)
+        return creator, creator
+
+    async def _connect(self):
+        creator, pinning = self._tls()
+        server = self.settings.server
+        try:
+            self.protocol = await client_protocol.connect(
+                self.reactor, self.settings.host, self.settings.port, creator,
+                on_event=self._event)
+        except (net_error.ConnectError, net_error.DNSLookupError) as e:
+            raise ClientError(f"cannot reach the server {server}: {e}", EXIT_UNREACHABLE) from None
+        try:
+            await self.request("ping")
+        except client_protocol.ConnectionClosed:
+            if pinning is not None and pinning.mismatch is not None:
+                raise ClientError(f"REFUSED: {pinning.mismatch}", EXIT_CERTIFICATE) from None
+            raise ClientError(
+                f"the TLS connection to {server} failed ({self.protocol.lost_reason}); "
+                "is the certificate trusted by the configured ca_file?", EXIT_CERTIFICATE
+            ) from None
+        if pinning is not None and pinning.expected is None:
+            with self.store.transaction():
+                self.store.pin_server(self.settings.server, pinning.seen)
+            self.log.info("pinned the certificate of {server}: {fp}", server=self.settings.server,
+                          fp=pinning.seen)
+
+    def request(self, op, **fields):
+        if self.protocol is None:
+            raise ClientError("not connected")
+        self.sent_lines += 1
+        return self.protocol.request(op, **fields)
+
+    def _event(self, frame):
+        if frame.get("event") == "envelope":
+            self.receiver.envelope_event(frame)
+        elif frame.get("event") == "corrupt":
+            self.log.error("the server reports a corrupted stored envelope {id}", id=frame.get("id"))
+
+    def _login_secret(self):
+        return wire.b64encode(passwords.login_secret(self._password, self.settings.server, self.user))
+
+    async def _login(self):
+        try:
+            result = await self.request("login", user=self.user, device=self.device,
+                                        secret=self._login_secret())
+        except RemoteError as e:
+            if e.code == "auth_failed":
+                raise ClientError("wrong user name or password", EXIT_AUTH) from None
+            raise ClientError(f"login refused: {e.message}", EXIT_AUTH) from None
+        self.queued_at_login = result["queued"]
+        return result
+
+    # -- keys ---------------------------------------------------------------------
+
+    async def _publish_device(self):
+        keys = self.crypto.device_keys(self.user, self.device)
+        otks = self.crypto.one_time_keys(self.user, self.device, OTK_TARGET)
+        fallback = self.crypto.fallback_key(self.user, self.device)
+        await self.request("keys.upload", device_keys=keys, signature=self.crypto.sign_as_device(keys),
+                           one_time_keys=otks, fallback_key=fallback)
+        self.crypto.mark_published()
+        version = int(self.store.meta("device_list_version", "0")) + 1
+        listing = {"user": self.user, "version": version, "ts": int(time.time() * 1000),
+                   "devices": {self.device: {"curve25519": keys["curve25519"],
+                                             "ed25519": keys["ed25519"]}}}
+        await self.request("devices.publish", device_list=listing,
+                           signature=self.crypto.sign_as_user(listing))
+        with self.store.transaction():
+            self.store.set_meta("device_list_version", str(version))
+
+    async def _top_up(self, counts):
+        """Keep enough one-time keys published, and always a fallback key.
+
+        Keys generated but never acknowledged (a lost answer) are sent again
+        first: the server accepts the same id and key twice.
+        """
+        otks, fallback = self.crypto.unpublished_keys(self.user, self.device)
+        missing = OTK_TARGET - counts["otk_count"] - len(otks)
+        if counts["otk_count"] < OTK_LOW_WATER and missing > 0:
+            otks = self.crypto.one_time_keys(self.user, self.device, missing)
+        if not counts["has_fallback"] and not fallback:
+            fallback = self.crypto.fallback_key(self.user, self.device)
+        if otks or fallback:
+            await self.request("keys.upload", one_time_keys=otks or None,
+                               fallback_key=fallback or None)
+            self.crypto.mark_published()
+
+    # -- the key directory ----------------------------------------------------------
+
+    async def trusted_devices(self, user, sending):
+        """Checked device keys of ``user`` (cached for this connection)."""
+        entry = self._directory.get(user)
+        if entry is None:
+            try:
+                result = await self.request("keys.query", users=[user])
+            except RemoteError as e:
+                if e.code == "unknown_user":
+                    raise ClientError(f"no user named {user} on this server",
+                                      EXIT_UNKNOWN_USER) from None
+                raise
+            entry = result["users"][user]
+            self._directory[user] = entry
+        return self.contacts.devices(user, entry, sending)
+
+    def forget_devices(self):
+        self._directory.clear()
+
+    # -- messaging ----------------------------------------------------------------------
+
+    async def send_text(self, user, text):
+        """Send a 1:1 message; fire with its message id once the server accepted it."""
+        mid = new_id()
+        payload = {"type": "msg", "mid": mid, "room": None, "ts": int(time.time() * 1000),
+                   "body": text}
+        try:
+            await self.sender.send([user], payload)
+        except TrustError as e:
+            raise ClientError(str(e), EXIT_UNTRUSTED) from None
+        except RemoteError as e:
+            raise ClientError(f"the server refused the message: {e.message}") from None
+        return mid
+
+    async def send_control(self, user, payload):
+        """An encrypted non-chat message (verification steps, dummies)."""
+        await self.sender.send([user], {"mid": new_id(), "room": None,
+                                        "ts": int(time.time() * 1000), **payload})
+
+    async def start_fresh_session(self, user, device):
+        await self.sender.send([user], {"type": "dummy", "mid": new_id(), "room": None,
+                                        "ts": int(time.time() * 1000)}, fresh={(user, device)})
+
+    async def drain(self, timeout):
+        """Wait until everything queued at login is processed (bounded by ``timeout`` seconds)."""
+        await self.wait_for(lambda: self.receiver.processed >= self.queued_at_login, timeout)
+
+    async def wait_for(self, predicate, timeout, interval=0.02):
+        deadline = self.reactor.seconds() + timeout
+        while not predicate():
+            if self.reactor.seconds() >= deadline:
+                return False
+            d = defer.Deferred()
+            self.reactor.callLater(interval, d.callback, None)
+            await d
+        return True

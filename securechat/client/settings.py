@@ -1,0 +1,80 @@
+"""The client's ini file: which server, which user, where the device's keys live.
+
+::
+
+    [client]
+    server = chat.example.org:6697
+    username = alice
+    data_dir = ~/.securechat/alice        ; relative paths: from this file's directory
+    ca_file = /etc/ssl/certs/ca.pem       ; optional: verify with a CA instead of pinning
+    server_fingerprint = AB:CD:...        ; optional: the pin, instead of trusting on first use
+"""
+
+import configparser
+import os
+from dataclasses import dataclass
+
+from securechat import wire
+from securechat.client.tls import normalise_fingerprint
+from securechat.config import ConfigError
+
+KEYS = ("server", "username", "data_dir", "ca_file", "server_fingerprint")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    host: str
+    port: int
+    username: str
+    data_dir: str
+    ca_file: str
+    server_fingerprint: str
+    source: str
+
+    @property
+    def server(self):
+        """The server's name as used in derivations and pins: ``host:port``."""
+        return f"{self.host.lower()}:{self.port}"
+
+
+def load(path):
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}")
+    except configparser.Error as e:
+        raise ConfigError(f"{path}: not a valid ini file: {e}")
+    if not parser.has_section("client"):
+        raise ConfigError(f"{path}: [client] section is missing")
+    section = parser["client"]
+    for key in section:
+        if key not in KEYS:
+            raise ConfigError(f"{path}: [client] {key}: unknown key")
+
+    def bad(key, problem):
+        return ConfigError(f"{path}: [client] {key} = {section.get(key)!r}: {problem}")
+
+    host, _, port = section.get("server", "").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise bad("server", "must be host:port")
+    username = section.get("username", "")
+    if not wire.USERNAME_RE.match(username):
+        raise bad("username", "1-32 of a-z 0-9 . _ -, starting with a letter or digit")
+    base = os.path.dirname(os.path.abspath(path))
+    data_dir = section.get("data_dir", "") or os.path.join("~", ".securechat", username)
+    data_dir = os.path.join(base, os.path.expanduser(data_dir))
+    ca_file = section.get("ca_file", "")
+    if ca_file:
+        ca_file = os.path.join(base, os.path.expanduser(ca_file))
+        if not os.path.exists(ca_file):
+            raise bad("ca_file", "no such file")
+    fingerprint = section.get("server_fingerprint", "")
+    if fingerprint:
+        try:
+            fingerprint = normalise_fingerprint(fingerprint)
+        except ValueError as e:
+            raise bad("server_fingerprint", str(e)) from None
+    return ClientSettings(host.strip("[]"), int(port), username, data_dir, ca_file, fingerprint,
+                          path)

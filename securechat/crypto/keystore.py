@@ -1,0 +1,253 @@
+"""The device's state at rest: one SQLite file, readable only by its owner, locked to one process.
+
+Nothing secret is stored in the clear.  A random 32-byte master key is
+wrapped with ``SecretBox`` under an argon2id key derived from the password;
+from the master key come the key vodozemac pickles the Account and sessions
+with, and the key that seals everything else (identity key, message
+history).  Each change that must not be half-done (a decrypt with the new
+ratchet state, the plaintext and the seen id) is one SQLite transaction.
+
+Two processes on one crypto store would fork the ratchets, so a lock file
+keeps it to one process at a time.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+
+import nacl.encoding
+import nacl.exceptions
+import nacl.hash
+import nacl.secret
+import nacl.utils
+
+from securechat.crypto import passwords
+
+STORE_FILE = "keystore.sqlite3"
+LOCK_FILE = "keystore.lock"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS olm_sessions (
+    session_id TEXT PRIMARY KEY, peer_user TEXT NOT NULL, peer_device TEXT NOT NULL,
+    peer_curve TEXT NOT NULL, pickle TEXT NOT NULL, last_used INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS olm_sessions_peer ON olm_sessions (peer_curve, last_used);
+CREATE TABLE IF NOT EXISTS seen (envelope_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    pos INTEGER PRIMARY KEY, envelope_id TEXT UNIQUE NOT NULL, sealed TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS contacts (user TEXT PRIMARY KEY, sealed TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS server_pins (server TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS group_sessions (
+    name TEXT PRIMARY KEY, pickle TEXT NOT NULL, sealed_meta TEXT NOT NULL);
+"""
+
+
+class KeyStoreError(Exception):
+    """A key store problem, phrased for the person at the keyboard."""
+
+
+class WrongPassword(KeyStoreError):
+    pass
+
+
+class StoreLocked(KeyStoreError):
+    pass
+
+
+def _subkey(master, purpose):
+    return nacl.hash.blake2b(
+        b"", key=master, person=purpose, digest_size=32, encoder=nacl.encoding.RawEncoder
+    )
+
+
+class KeyStore:
+    def __init__(self, directory, db, lock_fd, master):
+        self.directory = directory
+        self._db = db
+        self._lock_fd = lock_fd
+        self.pickle_key = _subkey(master, b"sc-pickle")
+        self._box = nacl.secret.SecretBox(_subkey(master, b"sc-seal"))
+
+    # -- opening ------------------------------------------------------------
+
+    @staticmethod
+    def exists(directory):
+        return os.path.exists(os.path.join(directory, STORE_FILE))
+
+    @classmethod
+    def create(cls, directory, password, meta):
+        """Make a new store protected by ``password``; ``meta`` (dict of str) is kept in it."""
+        if cls.exists(directory):
+            raise KeyStoreError(f"a key store already exists in {directory}")
+        db, lock_fd = cls._open_files(directory)
+        salt = nacl.utils.random(passwords.SALT_BYTES)
+        master = nacl.utils.random(32)
+        wrapped = nacl.secret.SecretBox(passwords.store_key(password, salt)).encrypt(master)
+        with db:
+            db.executescript(SCHEMA)
+            rows = {"kdf_salt": salt.hex(), "wrapped_master": wrapped.hex(), **meta}
+            db.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
+        return cls(directory, db, lock_fd, master)
+
+    @classmethod
+    def open(cls, directory, password):
+        """Unlock an existing store; WrongPassword when the password does not unwrap it."""
+        if not cls.exists(directory):
+            raise KeyStoreError(f"no key store in {directory}: run 'securechat register' first")
+        db, lock_fd = cls._open_files(directory)
+        db.executescript(SCHEMA)
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        key = passwords.store_key(password, bytes.fromhex(meta["kdf_salt"]))
+        try:
+            master = nacl.secret.SecretBox(key).decrypt(bytes.fromhex(meta["wrapped_master"]))
+        except nacl.exceptions.CryptoError:
+            db.close()
+            os.close(lock_fd)
+            raise WrongPassword("wrong password for this device's key store") from None
+        return cls(directory, db, lock_fd, master)
+
+    @staticmethod
+    def _open_files(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        lock_fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise StoreLocked(
+                f"another securechat process is using {directory}; one process per device"
+            ) from None
+        path = os.path.join(directory, STORE_FILE)
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db, lock_fd
+
+    def close(self):
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+            os.close(self._lock_fd)
+
+    # -- transactions and sealing ---------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """All writes inside commit together or not at all."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def seal(self, obj):
+        return self._box.encrypt(json.dumps(obj).encode("utf-8")).hex()
+
+    def unseal(self, text):
+        return json.loads(self._box.decrypt(bytes.fromhex(text)))
+
+    # -- plain values -----------------------------------------------------------
+
+    def meta(self, key, default=None):
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key, value):
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def secret(self, key):
+        """A sealed value stored under ``key`` in meta (None when absent)."""
+        sealed = self.meta("sealed:" + key)
+        return None if sealed is None else self.unseal(sealed)
+
+    def set_secret(self, key, value):
+        self.set_meta("sealed:" + key, self.seal(value))
+
+    # -- Olm sessions -------------------------------------------------------------
+
+    def sessions_with(self, peer_curve):
+        """Pickles of the sessions with one device, most recently used first."""
+        return self._db.execute(
+            "SELECT session_id, pickle FROM olm_sessions WHERE peer_curve = ? "
+            "ORDER BY last_used DESC", (peer_curve,)
+        ).fetchall()
+
+    def put_session(self, session_id, peer_user, peer_device, peer_curve, pickle, used_at):
+        self._db.execute(
+            "INSERT OR REPLACE INTO olm_sessions VALUES (?, ?, ?, ?, ?, ?)",
+            (session_id, peer_user, peer_device, peer_curve, pickle, used_at),
+        )
+
+    def forget_sessions_beyond(self, peer_curve, keep):
+        self._db.execute(
+            "DELETE FROM olm_sessions WHERE peer_curve = ? AND session_id NOT IN ("
+            "SELECT session_id FROM olm_sessions WHERE peer_curve = ? "
+            "ORDER BY last_used DESC LIMIT ?)", (peer_curve, peer_curve, keep)
+        )
+
+    # -- group sessions (rooms) --------------------------------------------------
+
+    def group_session(self, name):
+        row = self._db.execute(
+            "SELECT pickle, sealed_meta FROM group_sessions WHERE name = ?", (name,)
+        ).fetchone()
+        return (row[0], self.unseal(row[1])) if row else (None, None)
+
+    def put_group_session(self, name, pickle, meta):
+        self._db.execute(
+            "INSERT OR REPLACE INTO group_sessions VALUES (?, ?, ?)", (name, pickle, self.seal(meta))
+        )
+
+    def drop_group_session(self, name):
+        self._db.execute("DELETE FROM group_sessions WHERE name = ?", (name,))
+
+    # -- received envelopes and history --------------------------------------------
+
+    def seen(self, envelope_id):
+        return self._db.execute(
+            "SELECT 1 FROM seen WHERE envelope_id = ?", (envelope_id,)
+        ).fetchone() is not None
+
+    def mark_seen(self, envelope_id, at):
+        self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (envelope_id, at))
+
+    def add_message(self, envelope_id, record):
+        self._db.execute(
+            "INSERT OR IGNORE INTO messages (envelope_id, sealed) VALUES (?, ?)",
+            (envelope_id, self.seal(record)),
+        )
+
+    def messages(self, after_pos=0):
+        """(pos, record) of the stored history, oldest first."""
+        return [
+            (pos, self.unseal(sealed))
+            for pos, sealed in self._db.execute(
+                "SELECT pos, sealed FROM messages WHERE pos > ? ORDER BY pos", (after_pos,)
+            )
+        ]
+
+    # -- contacts (pinned identities) ----------------------------------------------
+
+    def contact(self, user):
+        row = self._db.execute("SELECT sealed FROM contacts WHERE user = ?", (user,)).fetchone()
+        return self.unseal(row[0]) if row else None
+
+    def put_contact(self, user, record):
+        self._db.execute("INSERT OR REPLACE INTO contacts VALUES (?, ?)", (user, self.seal(record)))
+
+    # -- server certificate pins -----------------------------------------------------
+
+    def server_pin(self, server):
+        row = self._db.execute(
+            "SELECT fingerprint FROM server_pins WHERE server = ?", (server,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def pin_server(self, server, fingerprint):
+        self._db.execute("INSERT OR REPLACE INTO server_pins VALUES (?, ?)", (server, fingerprint))
