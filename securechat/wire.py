@@ -190,6 +190,9 @@ def map_of(key_checker, value_checker, max_items=MAX_BATCH_ITEMS):
 
 def check_fields(frame, fields, prefix=""):
     """Check ``frame`` against ``fields``; unknown fields are refused (they hint at a bug)."""
+    extra = sorted(set(frame) - set(fields))
+    if extra:
+        raise ProtocolError("bad_field", f"unknown field '{prefix}{extra[0][:40]}'")
     checked = {}
     for name, checker in fields.items():
         value = frame.get(name)
@@ -279,7 +282,4 @@ def parse_request(frame):
     if fields is None:
         raise ProtocolError("unknown_op", f"unknown op {op[:40]!r}")
     body = {k: v for k, v in frame.items() if k not in ("op", "rid")}
-    extra = sorted(set(body) - set(fields))
-    if extra:
-        raise ProtocolError("bad_field", f"unknown field {extra[0][:40]!r} for op {op!r}")
     return op, rid, check_fields(body, fields)

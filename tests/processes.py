@@ -81,3 +81,69 @@ class ServerProcess:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def write_client_config(directory, user, port, fingerprint=None, ca_file=None):
+    """A client ini for ``user`` whose device data lives under ``directory``/``user``."""
+    os.makedirs(directory, exist_ok=True)
+    lines = ["[client]", f"server = 127.0.0.1:{port}", f"username = {user}",
+             f"data_dir = {os.path.join(directory, user)}"]
+    if fingerprint:
+        lines.append(f"server_fingerprint = {fingerprint}")
+    if ca_file:
+        lines.append(f"ca_file = {ca_file}")
+    path = os.path.join(directory, f"{user}.ini")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+class CliResult:
+    def __init__(self, out, err, code):
+        self.out = out.decode("utf-8")
+        self.err = err.decode("utf-8")
+        self.code = code
+
+    def json_lines(self):
+        import json
+
+        return [json.loads(line) for line in self.out.splitlines() if line.startswith("{")]
+
+    def __repr__(self):
+        return f"CliResult(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+async def run_cli(config, *args, password="correct horse battery staple", stdin=None, timeout=120):
+    """Run the installed ``securechat`` CLI without blocking the reactor; fire a CliResult."""
+    from twisted.internet import defer, protocol
+
+    env = {k: v for k, v in os.environ.items() if k != "SECURECHAT_PASSWORD"}
+    env["SECURECHAT_PASSWORD"] = password
+    done = defer.Deferred()
+
+    class Collect(protocol.ProcessProtocol):
+        def __init__(self):
+            self.out, self.err = [], []
+
+        def connectionMade(self):
+            if stdin is not None:
+                self.transport.write(stdin)
+            self.transport.closeStdin()
+
+        def outReceived(self, data):
+            self.out.append(data)
+
+        def errReceived(self, data):
+            self.err.append(data)
+
+        def processEnded(self, reason):
+            done.callback(CliResult(b"".join(self.out), b"".join(self.err), reason.value.exitCode))
+
+    proc = Collect()
+    transport = reactor.spawnProcess(proc, executable("securechat"),
+                                     ["securechat", "--config", str(config), *args], env=env)
+    timer = reactor.callLater(timeout, transport.signalProcess, "KILL")
+    result = await done
+    if timer.active():
+        timer.cancel()
+    return result

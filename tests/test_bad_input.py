@@ -6,16 +6,12 @@ import pytest
 import pytest_twisted
 
 from securechat import wire
-from tests.support import ScriptedDevice, cleanup, poll_until, start_server, unicast
+from tests.support import ScriptedDevice, cleanup, poll_until, unicast
 
 
 @pytest.fixture
-def server(tmp_path):
-    extra = "[limits]\nrequests_per_second = 50\nrequest_burst = 100\nlogin_attempts_per_account = 3\n"
-    running = pytest_twisted.blockon(
-        pytest_twisted.ensureDeferred(start_server(tmp_path / "srv", extra=extra)))
-    yield running
-    pytest_twisted.blockon(running.stop())
+def server(start_relay):
+    return start_relay(extra="[limits]\nrequests_per_second = 50\nrequest_burst = 100\nlogin_attempts_per_account = 3\n")
 
 
 async def pair(server):

@@ -5,14 +5,12 @@ import pytest_twisted
 
 from securechat import wire
 from securechat.client.protocol import RemoteError
-from tests.support import ScriptedDevice, cleanup, new_envelope_id, poll_until, start_server, unicast
+from tests.support import ScriptedDevice, cleanup, new_envelope_id, poll_until, unicast
 
 
 @pytest.fixture
-def server(tmp_path):
-    running = pytest_twisted.blockon(pytest_twisted.ensureDeferred(start_server(tmp_path / "srv")))
-    yield running
-    pytest_twisted.blockon(running.stop())
+def server(start_relay):
+    return start_relay()
 
 
 async def registered(server, *names, device="DEV1"):

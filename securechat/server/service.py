@@ -40,7 +40,6 @@ class RelayService(service.Service):
         super().startService()
         os.makedirs(self.config.data_dir, mode=0o700, exist_ok=True)
         self._started = defer.ensureDeferred(self._start())
-        self._started.addErrback(self._failed_to_start)
 
     async def _start(self):
         context, self.fingerprint = server_context_factory(self.config)
@@ -65,10 +64,14 @@ class RelayService(service.Service):
         self.factory.login_per_account.prune()
         self.factory.login_per_address.prune()
 
-    def _failed_to_start(self, failure):
-        self.log.failure("securechat relay failed to start", failure)
-        if self.reactor.running:
+    def stop_reactor_if_start_fails(self):
+        """Under twistd a relay that cannot start must exit, not sit there doing nothing."""
+
+        def failed(failure):
+            self.log.failure("securechat relay failed to start", failure)
             self.reactor.stop()
+
+        self._started.addErrback(failed)
 
     async def _stop(self):
         if self._pruner is not None and self._pruner.running:
@@ -84,7 +87,15 @@ class RelayService(service.Service):
         return defer.ensureDeferred(self._stop())
 
 
+class _TwistdRoot(service.MultiService):
+    def startService(self):
+        super().startService()
+        for child in self:
+            child.stop_reactor_if_start_fails()
+
+
 def make_service(config, reactor):
-    top = service.MultiService()
+    """The service tree twistd runs: the relay, exiting the process if it cannot start."""
+    top = _TwistdRoot()
     RelayService(config, reactor).setServiceParent(top)
     return top

@@ -75,6 +75,10 @@ class ConnectionSession:
 
     def connection_lost(self):
         self.state = "closed"
+        self._release()
+
+    def _release(self):
+        """Leave the relay's presence table (cred's logout)."""
         if self._logout is not None:
             logout, self._logout = self._logout, None
             logout()
@@ -176,7 +180,8 @@ class ConnectionSession:
     # -- authenticated ops --------------------------------------------------
 
     async def op_logout(self, fields):
-        self.connection_lost()
+        self._release()
+        self.state = "anonymous"
         self._server.clock.callLater(0, self._disconnect)
         return {"bye": True}
 

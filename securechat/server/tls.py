@@ -94,8 +94,7 @@ def server_context_factory(config):
             cert_pem = f.read()
         with open(key_path, "rb") as f:
             key_pem = f.read()
-        cert = ssl.Certificate.loadPEM(cert_pem)
-        key = ssl.KeyPair.load(key_pem, ssl.crypto.FILETYPE_PEM)
+        identity = ssl.PrivateCertificate.loadPEM(key_pem + b"\n" + cert_pem)
     except OSError as e:
         raise ValueError(f"cannot read TLS file {e.filename}: {e.strerror}") from None
     except Exception as e:
@@ -105,8 +104,8 @@ def server_context_factory(config):
         log.info("Generated a self-signed certificate {path}", path=cert_path)
     log.info("TLS certificate SHA-256 fingerprint: {fingerprint}", fingerprint=fp)
     options = ssl.CertificateOptions(
-        privateKey=key.original,
-        certificate=cert.original,
+        privateKey=identity.privateKey.original,
+        certificate=identity.original,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
     return options, fp

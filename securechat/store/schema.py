@@ -1,0 +1,79 @@
+"""The database schema, written once for SQLite and PostgreSQL, and its version.
+
+Changelog:
+  1 — accounts, devices, keys, envelope queue, rooms.
+"""
+
+SCHEMA_VERSION = 1
+
+VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+
+STATEMENTS = [
+    """CREATE TABLE accounts (
+        user_id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        identity_key TEXT NOT NULL,
+        created BIGINT NOT NULL)""",
+    """CREATE TABLE devices (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        device_keys TEXT,
+        signature TEXT,
+        next_seq BIGINT NOT NULL DEFAULT 0,
+        next_otk BIGINT NOT NULL DEFAULT 0,
+        created BIGINT NOT NULL,
+        PRIMARY KEY (user_id, device_id))""",
+    """CREATE TABLE device_lists (
+        user_id TEXT PRIMARY KEY,
+        version BIGINT NOT NULL,
+        device_list TEXT NOT NULL,
+        signature TEXT NOT NULL)""",
+    """CREATE TABLE one_time_keys (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        pos BIGINT NOT NULL,
+        key TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id, kid))""",
+    "CREATE INDEX one_time_keys_order ON one_time_keys (user_id, device_id, pos)",
+    """CREATE TABLE claimed_kids (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id, kid))""",
+    """CREATE TABLE fallback_keys (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        key TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, device_id))""",
+    """CREATE TABLE envelope_ids (
+        id TEXT PRIMARY KEY,
+        sender TEXT NOT NULL,
+        sender_device TEXT NOT NULL,
+        created BIGINT NOT NULL)""",
+    """CREATE TABLE queue (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        envelope_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created BIGINT NOT NULL,
+        PRIMARY KEY (user_id, device_id, seq))""",
+    "CREATE INDEX queue_by_id ON queue (user_id, device_id, envelope_id)",
+    """CREATE TABLE rooms (
+        room TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        password_hash TEXT,
+        created BIGINT NOT NULL)""",
+    """CREATE TABLE room_members (
+        room TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        joined BIGINT NOT NULL,
+        PRIMARY KEY (room, user_id))""",
+    "CREATE INDEX room_members_by_user ON room_members (user_id)",
+]
