@@ -1,9 +1,13 @@
 """Shared fixtures: in-process relays and a real PostgreSQL server."""
 
+import os
+import uuid
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from tests.pgserver import TemporaryPostgres, create_database
 from tests.support import start_server
 
 
@@ -21,3 +25,23 @@ def start_relay(tmp_path):
     yield start
     for running in started:
         pytest_twisted.blockon(running.stop())
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn():
+    """A real PostgreSQL server: SECURECHAT_TEST_DATABASE, or a throwaway one started here."""
+    configured = os.environ.get("SECURECHAT_TEST_DATABASE")
+    if configured:
+        yield configured
+        return
+    server = TemporaryPostgres().start()
+    try:
+        yield server.dsn()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_postgres_dsn(postgres_dsn):
+    """A new, empty database on that server for one test."""
+    return create_database(postgres_dsn, f"sc_{uuid.uuid4().hex[:16]}")

@@ -1,0 +1,241 @@
+"""One contract for IStore, run against SQLite and a real PostgreSQL server."""
+
+import sqlite3
+
+import psycopg2
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from zope.interface.verify import verifyObject
+
+from securechat.store import IStore, make_store
+from securechat.store.errors import (
+    DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
+from securechat.store.sqlstore import digest
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite3")
+    return request.getfixturevalue("fresh_postgres_dsn")
+
+
+@pytest.fixture
+def store(database, tmp_path):
+    store = make_store(database, str(tmp_path))
+    pytest_twisted.blockon(defer.ensureDeferred(store.start()))
+    yield store
+    pytest_twisted.blockon(defer.ensureDeferred(store.stop()))
+
+
+def raw_sql(database, sql, args=()):
+    """Change the database behind the store's back (corruption, version bumps)."""
+    if database.startswith("postgresql://"):
+        connection = psycopg2.connect(database)
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql.replace("?", "%s"), args)
+        connection.close()
+    else:
+        connection = sqlite3.connect(database)
+        with connection:
+            connection.execute(sql, args)
+        connection.close()
+
+
+async def device(store, user, name="D1"):
+    if await store.get_account(user) is None:
+        await store.create_account(user, "hash", "idkey")
+    await store.set_device_keys(user, name, f'{{"device":"{name}"}}', "sig")
+
+
+def envelope(envelope_id, recipients, body="{}"):
+    return {"id": envelope_id, "sender": "alice", "sender_device": "A1",
+            "recipients": recipients, "body": body}
+
+
+def test_store_provides_the_interface(store):
+    """Both backends fully provide IStore."""
+    assert verifyObject(IStore, store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts(store):
+    """An account is created once and read back; a second one with the same name fails."""
+    await store.create_account("alice", "h1", "k1")
+    with pytest.raises(UserExists):
+        await store.create_account("alice", "h2", "k2")
+    account = await store.get_account("alice")
+    assert (account["user"], account["secret_hash"], account["identity_key"]) == ("alice", "h1", "k1")
+    assert await store.get_account("bob") is None
+    assert await store.count_accounts() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_keys_are_fixed_and_listed(store):
+    """Device keys can be re-sent unchanged but never replaced; only devices with keys are current."""
+    await device(store, "alice", "B")
+    await device(store, "alice", "A")
+    await store.set_device_keys("alice", "A", '{"device":"A"}', "sig")
+    with pytest.raises(KeyConflict):
+        await store.set_device_keys("alice", "A", '{"device":"other"}', "sig")
+    assert [d["device"] for d in await store.get_devices("alice")] == ["A", "B"]
+    assert await store.all_devices() == [("alice", "A"), ("alice", "B")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_list_versions_grow(store):
+    """A device list is replaced only by a higher version."""
+    await device(store, "alice")
+    await store.set_device_list("alice", 1, "list1", "s1")
+    with pytest.raises(StaleVersion):
+        await store.set_device_list("alice", 1, "list1b", "s1b")
+    await store.set_device_list("alice", 3, "list3", "s3")
+    assert await store.get_device_list("alice") == {"version": 3, "device_list": "list3",
+                                                    "signature": "s3"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_time_keys_fifo_once_then_fallback(store):
+    """Keys come out in upload order, once each, then the fallback key flagged and marked used."""
+    await device(store, "bob")
+    assert await store.add_one_time_keys("bob", "D1", [("k1", "K1", "s"), ("k2", "K2", "s")]) == 2
+    assert await store.add_one_time_keys("bob", "D1", [("k1", "K1", "s"), ("k3", "K3", "s")]) == 3
+    await store.set_fallback_key("bob", "D1", "f1", "F1", "s")
+    got = [(await store.claim_keys([("bob", "D1")]))[("bob", "D1")] for _ in range(5)]
+    assert [(k["kid"], k["fallback"]) for k in got] == [
+        ("k1", False), ("k2", False), ("k3", False), ("f1", True), ("f1", True)]
+    assert await store.key_counts("bob", "D1") == {"otk_count": 0, "fallback_used": True,
+                                                  "has_fallback": True}
+    assert await store.claim_keys([("bob", "NOPE")]) == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_conflicting_upload_stores_nothing(store):
+    """A kid re-used with another key, or already handed out, fails the whole upload."""
+    await device(store, "bob")
+    await store.add_one_time_keys("bob", "D1", [("k1", "K1", "s")])
+    with pytest.raises(KeyConflict):
+        await store.add_one_time_keys("bob", "D1", [("k9", "K9", "s"), ("k1", "other", "s")])
+    assert (await store.key_counts("bob", "D1"))["otk_count"] == 1
+    await store.claim_keys([("bob", "D1")])
+    with pytest.raises(KeyConflict):
+        await store.add_one_time_keys("bob", "D1", [("k1", "K1", "s")])
+    assert (await store.key_counts("bob", "D1"))["otk_count"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_claims_hand_out_each_key_once(store):
+    """30 simultaneous claims for 20 keys: 20 distinct kids, then only the fallback key."""
+    await device(store, "bob")
+    await store.add_one_time_keys("bob", "D1", [(f"k{i:02d}", f"K{i}", "s") for i in range(20)])
+    await store.set_fallback_key("bob", "D1", "fb", "FB", "s")
+    results = await defer.gatherResults(
+        [store.claim_keys([("bob", "D1")]) for _ in range(30)], consumeErrors=True)
+    keys = [r[("bob", "D1")] for r in results]
+    one_time = [k["kid"] for k in keys if not k["fallback"]]
+    assert sorted(one_time) == [f"k{i:02d}" for i in range(20)]
+    assert [k["kid"] for k in keys if k["fallback"]] == ["fb"] * 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_enqueue_sequences_per_device(store):
+    """Each recipient device numbers its envelopes 1, 2, 3 ... independently."""
+    await device(store, "bob", "B1")
+    await device(store, "bob", "B2")
+    placed = await store.enqueue([
+        envelope("e1", [("bob", "B1"), ("bob", "B2")]),
+        envelope("e2", [("bob", "B1")]),
+    ])
+    assert placed == [[("bob", "B1", 1), ("bob", "B2", 1)], [("bob", "B1", 2)]]
+    placed = await store.enqueue([envelope("e3", [("bob", "B2")], body='{"x":1}')])
+    assert placed == [[("bob", "B2", 2)]]
+    rows = await store.fetch_queue("bob", "B2", 0, 10)
+    assert [(r["seq"], r["id"], r["body"], r["intact"]) for r in rows] == [
+        (1, "e1", "{}", True), (2, "e3", '{"x":1}', True)]
+    assert [r["id"] for r in await store.fetch_queue("bob", "B1", 1, 10)] == ["e2"]
+    assert [r["id"] for r in await store.fetch_queue("bob", "B1", 0, 1)] == ["e1"]
+    assert await store.queue_length("bob", "B1") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_envelope_is_atomic(store):
+    """A batch with an id used before raises DuplicateEnvelope and stores nothing."""
+    await device(store, "bob")
+    await store.enqueue([envelope("e1", [("bob", "D1")])])
+    with pytest.raises(DuplicateEnvelope) as info:
+        await store.enqueue([envelope("e2", [("bob", "D1")]), envelope("e1", [("bob", "D1")])])
+    assert info.value.envelope_id == "e1"
+    assert [r["id"] for r in await store.fetch_queue("bob", "D1", 0, 10)] == ["e1"]
+    assert (await store.enqueue([envelope("e2", [("bob", "D1")])])) == [[("bob", "D1", 2)]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ack_removes_only_that_device_copy(store):
+    """An ack removes the acknowledging device's copy; unknown ids are ignored."""
+    await device(store, "bob", "B1")
+    await device(store, "bob", "B2")
+    await store.enqueue([envelope("e1", [("bob", "B1"), ("bob", "B2")])])
+    assert await store.ack("bob", "B1", ["e1", "unknown"]) == 1
+    assert await store.ack("bob", "B1", ["e1"]) == 0
+    assert await store.queue_length("bob", "B1") == 0
+    assert await store.queue_length("bob", "B2") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_corruption_at_rest_is_detected(store, database):
+    """A body changed behind the store's back fails its digest check."""
+    await device(store, "bob")
+    await store.enqueue([envelope("e1", [("bob", "D1")], body='{"ct":"AAAA"}')])
+    raw_sql(database, "UPDATE queue SET body = ? WHERE envelope_id = ?", ('{"ct":"AAAB"}', "e1"))
+    (row,) = await store.fetch_queue("bob", "D1", 0, 10)
+    assert row["intact"] is False and row["body"] == '{"ct":"AAAB"}'
+    assert digest('{"ct":"AAAA"}') != digest(row["body"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_survives_a_restart(database, tmp_path):
+    """What one store object committed, a new one on the same database reads."""
+    first = make_store(database, str(tmp_path))
+    await first.start()
+    await device(first, "bob")
+    await first.enqueue([envelope("e1", [("bob", "D1")])])
+    await first.stop()
+    second = make_store(database, str(tmp_path))
+    await second.start()
+    try:
+        assert [r["id"] for r in await second.fetch_queue("bob", "D1", 0, 10)] == ["e1"]
+        assert (await second.enqueue([envelope("e2", [("bob", "D1")])])) == [[("bob", "D1", 2)]]
+    finally:
+        await second.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_newer_schema_is_refused(database, tmp_path):
+    """A database written by a newer securechat is not touched: start() fails and says why."""
+    store = make_store(database, str(tmp_path))
+    await store.start()
+    await store.stop()
+    raw_sql(database, "UPDATE schema_version SET version = 999")
+    store = make_store(database, str(tmp_path))
+    with pytest.raises(StoreError) as info:
+        await store.start()
+    await store.stop()
+    assert "999" in str(info.value) and "newer" in str(info.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms(store):
+    """Rooms are created once with their owner as member; members join and leave."""
+    await store.create_room("ops", "alice", None)
+    with pytest.raises(RoomExists):
+        await store.create_room("ops", "bob", "hash")
+    assert (await store.get_room("ops"))["owner"] == "alice"
+    assert await store.get_room("nope") is None
+    assert await store.add_member("ops", "bob") is True
+    assert await store.add_member("ops", "bob") is False
+    assert await store.room_members("ops") == ["alice", "bob"]
+    assert await store.rooms_of("bob") == ["ops"]
+    assert await store.remove_member("ops", "bob") is True
+    assert await store.remove_member("ops", "bob") is False
+    assert await store.rooms_of("bob") == []
