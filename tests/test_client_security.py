@@ -35,7 +35,12 @@ def record_lines(server):
     def recording(addr):
         protocol = build(addr)
         handle = protocol.lineReceived
-        protocol.lineReceived = lambda line: (received.append(line), handle(line))
+
+        def record(line):
+            received.append(line)
+            handle(line)
+
+        protocol.lineReceived = record
         return protocol
 
     factory.buildProtocol = recording

@@ -145,8 +145,10 @@ class Chat:
         answer = await self._answers.get()
         return answer.lower() in ("y", "yes")
 
-    def message(self, record):
-        self.show(format_message(record))
+    def show_unread(self):
+        """Show every stored message not shown yet (received now or by another command)."""
+        if self._io is not None:
+            self._commands.show_unread(self._client, lambda record: self.show(format_message(record)))
 
     def quit(self):
         if not self.done.called:
@@ -155,11 +157,12 @@ class Chat:
 
 async def run_chat(commands):
     holder = {}
-    client = commands.client(on_message=lambda record: holder["chat"].message(record))
+    client = commands.client(on_message=lambda record: holder["chat"].show_unread())
     chat = Chat(commands, client)
     holder["chat"] = chat
     await client.open()
     chat.start()
+    chat.show_unread()
     try:
         return await chat.done
     finally:

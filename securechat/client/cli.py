@@ -12,6 +12,9 @@ import os
 import sys
 
 from twisted.internet import defer, task, threads
+from twisted.logger import (
+    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
+    textFileLogObserver)
 
 from securechat import config as server_config
 from securechat.client import settings as client_settings
@@ -130,22 +133,28 @@ class Commands:
         return 0
 
     async def cmd_inbox(self):
-        printed = []
-
-        def show(record):
-            printed.append(record)
-            self.out(message_json(record) if self.args.json else format_message(record))
-
-        client = self.client(on_message=show)
+        client = self.client()
         await client.open()
         try:
             await client.drain(timeout=60)
-            if not printed and self.args.wait > 0:
-                await client.wait_for(lambda: printed, self.args.wait)
-            await client.wait_for(lambda: client.receiver.idle(), 10)
+            if not client.unread() and self.args.wait > 0:
+                await client.wait_for(lambda: client.unread(), self.args.wait)
+            await client.wait_for(client.receiver.idle, 10)
+            self.show_unread(client)
         finally:
             await client.disconnect()
         return 0
+
+    def show_unread(self, client, show=None):
+        """Print what was received and not yet shown, then remember it was shown."""
+        show = show or (lambda record: self.out(
+            message_json(record) if self.args.json else format_message(record)))
+        unread = client.unread()
+        for _, record in unread:
+            show(record)
+        sys.stdout.flush()
+        if unread:
+            client.mark_read(unread[-1][0])
 
     async def cmd_fingerprint(self):
         client = self.client()
@@ -219,8 +228,18 @@ class Commands:
         return await run_chat(self)
 
 
+def log_problems_to_stderr():
+    """Warnings and errors (never message contents) go to stderr; the rest is dropped."""
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    log_problems_to_stderr()
 
     async def run(reactor):
         try:

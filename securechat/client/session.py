@@ -272,6 +272,18 @@ class Client:
         await self.sender.send([user], {"type": "dummy", "mid": new_id(), "room": None,
                                         "ts": int(time.time() * 1000)}, fresh={(user, device)})
 
+    def unread(self):
+        """Messages stored (by any command) but not yet shown: ``[(pos, record)]``.
+
+        Every command that connects receives, decrypts and stores what is
+        waiting; ``inbox`` and ``chat`` show it from here.
+        """
+        return self.store.messages(int(self.store.meta("shown_pos", "0")))
+
+    def mark_read(self, pos):
+        with self.store.transaction():
+            self.store.set_meta("shown_pos", str(pos))
+
     async def drain(self, timeout):
         """Wait until everything queued at login is processed (bounded by ``timeout`` seconds)."""
         await self.wait_for(lambda: self.receiver.processed >= self.queued_at_login, timeout)
