@@ -75,6 +75,15 @@ async def poll_until(predicate, timeout=10.0, interval=0.01):
         await task.deferLater(reactor, interval, lambda: None)
 
 
+async def poll_until_async(check, timeout=10.0, interval=0.05):
+    """Like poll_until for a check that is itself asynchronous (returns a coroutine)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await task.deferLater(reactor, interval, lambda: None)
+
+
 def new_envelope_id():
     return secrets.token_hex(16)
 

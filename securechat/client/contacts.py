@@ -84,6 +84,9 @@ class Contacts:
         record = self._store.contact(user)
         if record is None or not record.get("pending"):
             return None
+        if record["verified"]:
+            raise TrustError(f"{user} was verified, so a new key needs verifying too: "
+                             f"run 'securechat verify {user}'")
         updated = {**record, "identity_key": record["pending"], "pending": None, "verified": False}
         with self._store.transaction():
             self._store.put_contact(user, updated)
