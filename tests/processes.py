@@ -147,3 +147,49 @@ async def run_cli(config, *args, password="correct horse battery staple", stdin=
     if timer.active():
         timer.cancel()
     return result
+
+
+class InteractiveCli:
+    """A long-running ``securechat`` process (``chat``) fed line by line."""
+
+    def __init__(self, config, *args, password="correct horse battery staple"):
+        from twisted.internet import defer, protocol
+
+        self.output = []
+        self.ended = defer.Deferred()
+        outer = self
+
+        class Talk(protocol.ProcessProtocol):
+            def outReceived(self, data):
+                outer.output.append(data)
+
+            errReceived = outReceived
+
+            def processEnded(self, reason):
+                outer.ended.callback(reason.value.exitCode)
+
+        env = {k: v for k, v in os.environ.items() if k != "SECURECHAT_PASSWORD"}
+        env["SECURECHAT_PASSWORD"] = password
+        self.transport = reactor.spawnProcess(
+            Talk(), executable("securechat"), ["securechat", "--config", str(config), *args],
+            env=env)
+
+    def text(self):
+        return b"".join(self.output).decode("utf-8", "replace")
+
+    def type(self, line):
+        self.transport.write(line.encode("utf-8") + b"\n")
+
+    async def wait_for(self, needle, timeout=30):
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            if self.ended.called or time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} never appeared in:\n{self.text()}")
+            await task.deferLater(reactor, 0.05, lambda: None)
+
+    async def finish(self, timeout=30):
+        timer = reactor.callLater(timeout, self.transport.signalProcess, "KILL")
+        code = await self.ended
+        if timer.active():
+            timer.cancel()
+        return code

@@ -119,7 +119,6 @@ class Receiver:
         self._on_control = on_control
         self._lock = defer.DeferredLock()
         self.processed = 0
-        self._last_unwedge = {}
 
     def idle(self):
         """Nothing is being processed or waiting to be."""
@@ -204,10 +203,13 @@ class Receiver:
         if env["kind"] != "olm" or env["from"] == self._client.user:
             return
         peer = (env["from"], env["from_dev"])
-        now = time.monotonic()
-        if now - self._last_unwedge.get(peer, -UNWEDGE_INTERVAL) < UNWEDGE_INTERVAL:
+        store = self._client.store
+        key = f"unwedged:{peer[0]}:{peer[1]}"
+        now = time.time()
+        if now - float(store.meta(key, "0")) < UNWEDGE_INTERVAL:
             return
-        self._last_unwedge[peer] = now
+        with store.transaction():
+            store.set_meta(key, str(now))
         try:
             await self._client.start_fresh_session(*peer)
         except (TrustError, RemoteError) as e:
