@@ -272,14 +272,24 @@ ANONYMOUS_OPS = frozenset({"ping", "register", "login"})
 """Ops allowed before login."""
 
 
-def parse_request(frame):
-    """Check a decoded frame against the schema: fire ``(op, rid, fields)`` or raise."""
+def parse_header(frame):
+    """The ``(op, rid)`` of a decoded request; the op must exist."""
     rid = request_id(frame)
     op = frame.get("op")
     if not isinstance(op, str):
         raise ProtocolError("bad_field", "field 'op' must be a string")
-    fields = REQUESTS.get(op)
-    if fields is None:
+    if op not in REQUESTS:
         raise ProtocolError("unknown_op", f"unknown op {op[:40]!r}")
+    return op, rid
+
+
+def parse_fields(op, frame):
+    """The checked fields of a request whose header is valid."""
     body = {k: v for k, v in frame.items() if k not in ("op", "rid")}
-    return op, rid, check_fields(body, fields)
+    return check_fields(body, REQUESTS[op])
+
+
+def parse_request(frame):
+    """Check a decoded frame against the schema: ``(op, rid, fields)`` or ProtocolError."""
+    op, rid = parse_header(frame)
+    return op, rid, parse_fields(op, frame)

@@ -35,15 +35,16 @@ class ServerProcess:
 
     def __init__(self, workdir, config_path):
         self.workdir = str(workdir)
-        self.config_path = str(config_path)
+        self.config_path = None if config_path is None else str(config_path)
         self.log_path = os.path.join(self.workdir, "twistd.log")
         self.process = None
 
     def start(self):
         self._log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        options = [] if self.config_path is None else ["--config", self.config_path]
         self.process = subprocess.Popen(
             [executable("twistd"), "-n", "--pidfile=", "--logfile", self.log_path,
-             "securechat", "--config", self.config_path],
+             "securechat", *options],
             cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
 

@@ -94,3 +94,17 @@ async def test_sigkill_after_accepted_loses_nothing(server_process, tmp_path):
     await poll_until(lambda: len(bob.envelopes()) == 20)
     assert [e["envelope"]["id"] for e in bob.envelopes()] == [e["id"] for e in envelopes]
     await bob.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_options_means_defaults(tmp_path):
+    """`twistd -n securechat` alone listens on 127.0.0.1:6697 with SQLite in ./securechat-data."""
+    proc = ServerProcess(tmp_path, config_path=None)
+    proc.start()
+    try:
+        await proc.wait_listening()
+        assert "listening on 127.0.0.1:6697 (TLS)" in proc.log_text()
+        assert (tmp_path / "securechat-data" / "securechat.sqlite3").exists()
+        assert (tmp_path / "securechat-data" / "tls" / "server-cert.pem").exists()
+    finally:
+        proc.stop()

@@ -52,7 +52,10 @@ class ConnectionSession:
         try:
             frame = wire.decode(line)
             rid = frame.get("rid") if isinstance(frame.get("rid"), (int, str)) else None
-            op, rid, fields = wire.parse_request(frame)
+            op, rid = wire.parse_header(frame)
+            if op not in wire.ANONYMOUS_OPS and self.state != "authenticated":
+                raise ProtocolError("not_logged_in", f"log in before {op!r}")
+            fields = wire.parse_fields(op, frame)
         except ProtocolError as e:
             self._answer_error(rid, e)
             return
@@ -98,9 +101,6 @@ class ConnectionSession:
     # -- request dispatch ---------------------------------------------------
 
     def _start(self, op, rid, fields):
-        if op not in wire.ANONYMOUS_OPS and self.state != "authenticated":
-            self._answer_error(rid, ProtocolError("not_logged_in", f"log in before {op!r}"))
-            return
         handler = getattr(self, "op_" + op.replace(".", "_"))
         self._pending += 1
         if self._pending >= MAX_PENDING and not self._paused:

@@ -1,0 +1,95 @@
+"""Unit tests of the connection layer without sockets: StringTransport, task.Clock, a real SQLite store."""
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
+
+from securechat import config, wire
+from securechat.server.auth import SecretHasher
+from securechat.server.factory import RelayFactory
+from securechat.store import make_store
+
+
+@pytest.fixture
+def factory(tmp_path):
+    from twisted.internet import reactor
+
+    settings = config.load(None)
+    store = make_store(str(tmp_path / "unit.sqlite3"), str(tmp_path))
+    pytest_twisted.blockon(defer.ensureDeferred(store.start()))
+    clock = task.Clock()
+    hasher = SecretHasher(reactor, 1)
+    made = RelayFactory(settings, store, clock, hasher, dummy_hash="")
+    yield made
+    pytest_twisted.blockon(store.stop())
+
+
+def connect(factory):
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def frames(transport):
+    return [json.loads(line) for line in transport.value().splitlines() if line]
+
+
+def test_answers_are_batched_into_one_write_per_reactor_turn(factory):
+    """Several requests in one read are answered by a single write, after the reactor turn."""
+    protocol, transport = connect(factory)
+    writes = []
+    transport.write = lambda data: writes.append(data)
+    protocol.dataReceived(b'{"op":"ping","rid":1}\n{"op":"ping","rid":2}\n{"op":"nope","rid":3}\n')
+    assert writes == []
+    factory.clock.advance(0)
+    assert len(writes) == 1
+    answers = [json.loads(line) for line in writes[0].splitlines()]
+    assert [a["rid"] for a in answers] == [1, 2, 3]
+    assert answers[2]["error"]["code"] == "unknown_op"
+
+
+def test_requests_before_login_are_refused(factory):
+    """Every authenticated op answers not_logged_in on a fresh connection."""
+    protocol, transport = connect(factory)
+    for rid, op in enumerate(sorted(set(wire.REQUESTS) - wire.ANONYMOUS_OPS)):
+        protocol.dataReceived(json.dumps({"op": op, "rid": rid}).encode() + b"\n")
+    factory.clock.advance(0)
+    answers = frames(transport)
+    assert len(answers) == len(wire.REQUESTS) - len(wire.ANONYMOUS_OPS)
+    assert {f["error"]["code"] for f in answers} == {"not_logged_in"}
+
+
+def test_overlong_line_errors_then_disconnects(factory):
+    """A line over the limit gets line_too_long and the transport is closed."""
+    protocol, transport = connect(factory)
+    protocol.dataReceived(b"a" * (wire.MAX_LINE_BYTES + 1))
+    assert transport.disconnecting
+    assert frames(transport)[0]["error"]["code"] == "line_too_long"
+
+
+@pytest_twisted.ensureDeferred
+async def test_corrupt_envelope_is_announced_not_delivered(factory):
+    """A queued envelope whose digest fails is pushed as a 'corrupt' event, never as an envelope."""
+    store = factory.store
+    await store.create_account("bob", "h", "k")
+    await store.set_device_keys("bob", "B1", "{}", "s")
+    await store.enqueue([{"id": "e" * 16, "sender": "a", "sender_device": "A",
+                          "recipients": [("bob", "B1")], "body": '{"ct":"AAAA"}'}])
+    await store._engine.run(_corrupt)
+    pushed = []
+    cursor = factory.relay.attach("bob", "B1", _Sink(pushed))
+    await cursor.pump()
+    assert [json.loads(line) for line in pushed] == [{"event": "corrupt", "seq": 1, "id": "e" * 16}]
+
+
+async def _corrupt(txn):
+    await txn.execute("UPDATE queue SET body = ?", ('{"ct":"AAAB"}',))
+
+
+class _Sink:
+    def __init__(self, pushed):
+        self.push_line = pushed.append
