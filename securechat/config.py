@@ -10,6 +10,8 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from securechat.wire import USERNAME_RE
+
 
 class ConfigError(Exception):
     """A configuration problem, phrased for the operator who has to fix it."""
@@ -38,6 +40,21 @@ def _path(text):
     return text.strip()
 
 
+def _senders(text):
+    text = text.strip()
+    if text not in ("anyone", "admins"):
+        raise ValueError("must be 'anyone' or 'admins'")
+    return text
+
+
+def _user_list(text):
+    users = tuple(u.strip() for u in text.split(",") if u.strip())
+    for user in users:
+        if not USERNAME_RE.match(user):
+            raise ValueError(f"{user!r} is not a valid user name")
+    return users
+
+
 def _database(text):
     text = text.strip()
     if not text:
@@ -62,6 +79,10 @@ OPTIONS = (
     Option("tls", "certificate", "", _path),
     Option("tls", "private_key", "", _path),
     Option("store", "database", "securechat.sqlite3", _database),
+    Option("rooms", "history_days", "30", _positive),
+    Option("rooms", "history_max_messages", "10000", _positive),
+    Option("broadcast", "senders", "anyone", _senders),
+    Option("broadcast", "admins", "", _user_list),
     Option("limits", "argon2_concurrency", "2", _positive),
     Option("limits", "login_attempts_per_account", "10", _positive),
     Option("limits", "login_attempts_per_address", "30", _positive),
@@ -81,6 +102,10 @@ class ServerConfig:
     certificate: str
     private_key: str
     database: str
+    history_days: int
+    history_max_messages: int
+    senders: str
+    admins: tuple
     argon2_concurrency: int
     login_attempts_per_account: int
     login_attempts_per_address: int

@@ -241,6 +241,11 @@ ENVELOPE_FIELDS = {
 }
 UNICAST_ENVELOPE = obj({**ENVELOPE_FIELDS, "to": USER, "to_dev": DEVICE})
 
+BROADCAST_ROOM = "everyone"
+"""The reserved room every user belongs to: broadcasts are room messages to it."""
+
+HISTORY_PAGE_MAX = 500
+
 REQUESTS = {
     "ping": {},
     "register": {"user": USER, "secret": SECRET, "identity_key": PUBLIC_KEY},
@@ -264,6 +269,11 @@ REQUESTS = {
     "room.join": {"room": ROOM, "password": optional(PASSWORD)},
     "room.leave": {"room": ROOM},
     "room.members": {"room": ROOM},
+    "room.invite": {"room": ROOM, "user": USER},
+    "room.kick": {"room": ROOM, "user": USER},
+    "room.admin": {"room": ROOM, "user": USER, "admin": boolean},
+    "room.history": {"room": ROOM, "before": optional(integer(1, 2**62)),
+                     "limit": optional(integer(1, HISTORY_PAGE_MAX))},
     "rooms.list": {},
 }
 """Every request op and its fields (besides ``op`` and ``rid``)."""

@@ -155,6 +155,10 @@ async def test_envelope_only_reaches_its_recipient_device(server):
     await cleanup(alice, bob, carol)
 
 
+def of_kind(device, kind):
+    return [e["envelope"] for e in device.envelopes() if e["envelope"]["kind"] == kind]
+
+
 @pytest_twisted.ensureDeferred
 async def test_room_multicast_and_password(server):
     """A room message is one ciphertext delivered to every member device; a wrong password joins nothing."""
@@ -166,16 +170,41 @@ async def test_room_multicast_and_password(server):
     members = await alice.request("room.members", room="ops")
     assert list(members["members"]) == ["alice"]
     await bob.request("room.join", room="ops", password=password)
+    await poll_until(lambda: len(of_kind(alice, "membership")) == 1)
+    assert of_kind(alice, "membership")[0]["event"] == {"user": "bob", "action": "joined",
+                                                        "by": "bob"}
     env = {"room": "ops", "id": new_envelope_id(), "kind": "megolm", "sid": "bWVnb2xt",
            "ct": wire.b64encode(b"group ct")}
     result = await alice.request("room.send", **env)
     assert result["recipients"] == 1
-    await poll_until(lambda: len(bob.envelopes()) == 1)
-    assert bob.envelopes()[0]["envelope"]["room"] == "ops"
+    await poll_until(lambda: len(of_kind(bob, "megolm")) == 1)
+    assert of_kind(bob, "megolm")[0]["room"] == "ops"
     await expect_error("not_member", carol.request("room.send", **{**env, "id": new_envelope_id()}))
     assert (await bob.request("rooms.list"))["rooms"] == ["ops"]
+    history = await bob.request("room.history", room="ops")
+    assert [m["envelope"]["id"] for m in history["messages"]] == [env["id"]]
     await bob.request("room.leave", room="ops")
     await expect_error("not_member", bob.request("room.members", room="ops"))
+    await expect_error("not_member", bob.request("room.history", room="ops"))
+    await cleanup(alice, bob, carol)
+
+
+@pytest_twisted.ensureDeferred
+async def test_invite_kick_and_admins(server):
+    """Only the owner and admins invite and kick; the owner names admins; members see it all."""
+    alice, bob, carol = await registered(server, "alice", "bob", "carol")
+    await alice.request("room.create", room="ops", password=wire.b64encode(b"p" * 16))
+    await alice.request("room.invite", room="ops", user="bob")
+    await expect_error("forbidden", bob.request("room.invite", room="ops", user="carol"))
+    await expect_error("forbidden", bob.request("room.admin", room="ops", user="bob", admin=True))
+    await alice.request("room.admin", room="ops", user="bob", admin=True)
+    await bob.request("room.invite", room="ops", user="carol")
+    await expect_error("forbidden", bob.request("room.kick", room="ops", user="alice"))
+    await bob.request("room.kick", room="ops", user="carol")
+    await poll_until(lambda: len(of_kind(carol, "membership")) == 2)
+    assert [e["event"]["action"] for e in of_kind(carol, "membership")] == ["invited", "kicked"]
+    assert list((await alice.request("room.members", room="ops"))["members"]) == ["alice", "bob"]
+    await expect_error("unknown_user", alice.request("room.invite", room="ops", user="nobody"))
     await cleanup(alice, bob, carol)
 
 
@@ -186,6 +215,8 @@ async def test_broadcast_reaches_every_device(server):
     result = await alice.request("broadcast", id=new_envelope_id(), kind="megolm", sid="YWxs",
                                  ct=wire.b64encode(b"announcement"))
     assert result["recipients"] == 2
+    assert [e["room"] for e in (await bob.request("room.history", room="everyone"))["messages"]
+            for e in [e["envelope"]]] == ["everyone"]
     await poll_until(lambda: len(bob.envelopes()) == 1 and len(carol.envelopes()) == 1)
     assert alice.envelopes() == []
     await cleanup(alice, bob, carol)
@@ -203,3 +234,16 @@ async def test_duplicate_envelope_id_is_refused_and_stores_nothing(server):
         "broadcast", id=env["id"], kind="olm", sid="eA", ct=env["ct"]))
     assert await server.service.store.queue_length("bob", "DEV1") == 1
     await cleanup(alice)
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcast_restricted_to_admins(start_relay):
+    """With [broadcast] senders = admins, only the listed users may broadcast."""
+    server = start_relay(extra="[broadcast]\nsenders = admins\nadmins = alice\n", name="restricted")
+    alice, bob = await registered(server, "alice", "bob")
+    fields = {"kind": "megolm", "sid": "YWxs", "ct": wire.b64encode(b"x")}
+    await expect_error("forbidden", bob.request("broadcast", id=new_envelope_id(), **fields))
+    assert (await alice.request("broadcast", id=new_envelope_id(), **fields))["recipients"] == 1
+    await expect_error("room_exists", alice.request("room.create", room="everyone"))
+    await expect_error("forbidden", alice.request("room.join", room="everyone"))
+    await cleanup(alice, bob)

@@ -239,3 +239,34 @@ async def test_rooms(store):
     assert await store.remove_member("ops", "bob") is True
     assert await store.remove_member("ops", "bob") is False
     assert await store.rooms_of("bob") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_member_roles(store):
+    """The creator is owner; roles can be changed for members only."""
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "bob")
+    assert await store.member_role("ops", "alice") == "owner"
+    assert await store.member_role("ops", "bob") == "member"
+    assert await store.set_member_role("ops", "bob", "admin") is True
+    assert await store.member_role("ops", "bob") == "admin"
+    assert await store.set_member_role("ops", "carol", "admin") is False
+    assert await store.member_role("ops", "carol") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_history_is_kept_with_the_envelope_and_pruned(store):
+    """A room envelope lands in the room's history atomically; paging and pruning work."""
+    await device(store, "bob")
+    for i in range(5):
+        item = envelope(f"r{i}", [("bob", "D1")], body=f'{{"n":{i}}}')
+        await store.enqueue([{**item, "history": "ops"}])
+    await store.enqueue([envelope("direct", [("bob", "D1")])])
+    newest = await store.room_history("ops", None, 2)
+    assert [(h["pos"], h["id"]) for h in newest] == [(4, "r3"), (5, "r4")]
+    older = await store.room_history("ops", newest[0]["pos"], 10)
+    assert [h["id"] for h in older] == ["r0", "r1", "r2"]
+    assert await store.prune_history(0, 3) == 2
+    assert [h["id"] for h in await store.room_history("ops", None, 10)] == ["r2", "r3", "r4"]
+    assert await store.prune_history(2**53, 100) == 3
+    assert await store.room_history("ops", None, 10) == []

@@ -24,7 +24,7 @@ class RelayFactory(ServerFactory):
         self.relay = Relay(store)
         self.portal = make_portal(store, self.relay, self.hasher, dummy_hash)
         self.keys = KeyDirectory(store)
-        self.rooms = Rooms(store, self.relay, self.hasher)
+        self.rooms = Rooms(config, store, self.relay, self.hasher)
         window = config.login_window_seconds
         self.login_per_account = SlidingWindow(clock, config.login_attempts_per_account, window)
         self.login_per_address = SlidingWindow(clock, config.login_attempts_per_address, window)

@@ -189,7 +189,7 @@ class Relay:
         return {"accepted": [env["id"] for env in envelopes]}
 
     async def send_to_devices(self, sender, sender_device, fields, recipients, room):
-        """One ciphertext fanned out to ``recipients`` (room multicast and broadcast)."""
+        """One ciphertext fanned out to ``recipients`` (room multicast), kept in the room's history."""
         recipients = [r for r in recipients if r != (sender, sender_device)]
         body = envelope_body(sender, sender_device, fields, room=room)
         batch = [
@@ -199,10 +199,16 @@ class Relay:
                 "sender_device": sender_device,
                 "recipients": recipients,
                 "body": body,
+                "history": room,
             }
         ]
         await self._commit_and_deliver(batch)
         return {"accepted": [fields["id"]], "recipients": len(recipients)}
+
+    async def deliver_server_envelope(self, envelope_id, body, recipients):
+        """An envelope the server itself writes (membership events), queued like any other."""
+        await self._commit_and_deliver([{"id": envelope_id, "sender": "", "sender_device": "",
+                                         "recipients": recipients, "body": body}])
 
     async def _commit_and_deliver(self, batch):
         if len({item["id"] for item in batch}) != len(batch):

@@ -1,22 +1,48 @@
-"""Rooms: create, join (optionally with a password), leave, list, and multicast to members.
+"""Rooms: membership (create, join with an optional password, leave, invite, kick, admins),
+multicast of one ciphertext to every member device, ciphertext history, and the
+``everyone`` room that broadcasts go to.
 
 The server knows who is in a room (it must, to fan envelopes out) but not
-what is said there: a room message is one Megolm ciphertext that the relay
-stores once per member device.
+what is said there.  Members learn of joins and leaves through membership
+events the server queues for every member device, like any envelope, so an
+offline member sees them on login (and its client rotates its Megolm session
+before it next speaks).
 """
+
+import json
+import secrets
+import time
 
 from securechat import wire
 from securechat.store import errors as store_errors
-from securechat.wire import ProtocolError
+from securechat.wire import BROADCAST_ROOM, ProtocolError
+
+DAY_MS = 24 * 3600 * 1000
+HISTORY_PAGE = 100
+
+
+def membership_body(event_id, room, user, action, by):
+    """A server-authored envelope telling members who joined or left (not encrypted: the
+    server knows it anyway)."""
+    return json.dumps({
+        "v": 1, "id": event_id, "from": None, "from_dev": None, "to": None, "to_dev": None,
+        "room": room, "kind": "membership", "sid": None, "otype": None, "ct": None,
+        "event": {"user": user, "action": action, "by": by}, "ts": int(time.time() * 1000),
+    }, separators=(",", ":"))
 
 
 class Rooms:
-    def __init__(self, store, relay, hasher):
+    def __init__(self, config, store, relay, hasher):
+        self._config = config
         self._store = store
         self._relay = relay
         self._hasher = hasher
 
+    # -- membership ---------------------------------------------------------------
+
     async def create(self, user, room, password):
+        if room == BROADCAST_ROOM:
+            raise ProtocolError("room_exists", f"{room!r} is the room of every user")
         password_hash = None
         if password is not None:
             password_hash = await self._hasher.hash(wire.b64decode(password))
@@ -33,14 +59,46 @@ class Rooms:
                 raise ProtocolError("wrong_password", f"room {room!r} needs a password")
             if not await self._hasher.verify(info["password_hash"], wire.b64decode(password)):
                 raise ProtocolError("wrong_password", f"wrong password for room {room!r}")
-        added = await self._store.add_member(room, user)
-        return {"room": room, "joined": added, "members": await self._store.room_members(room)}
+        if await self._store.add_member(room, user):
+            await self._announce(room, user, "joined", user)
+        return {"room": room, "members": await self._store.room_members(room)}
 
     async def leave(self, user, room):
         await self._existing(room)
-        if not await self._store.remove_member(room, user):
+        if await self._store.member_role(room, user) is None:
             raise ProtocolError("not_member", f"you are not a member of room {room!r}")
+        await self._announce(room, user, "left", user)
+        await self._store.remove_member(room, user)
         return {"room": room}
+
+    async def invite(self, user, room, invitee):
+        """An admin adds a user directly (no password needed: the admin vouches)."""
+        await self._require_admin(user, room)
+        if await self._store.get_account(invitee) is None:
+            raise ProtocolError("unknown_user", f"no user named {invitee!r}")
+        if await self._store.add_member(room, invitee):
+            await self._announce(room, invitee, "invited", user)
+        return {"room": room, "members": await self._store.room_members(room)}
+
+    async def kick(self, user, room, member):
+        await self._require_admin(user, room)
+        role = await self._store.member_role(room, member)
+        if role is None:
+            raise ProtocolError("not_member", f"{member} is not a member of room {room!r}")
+        if role == "owner":
+            raise ProtocolError("forbidden", "the room's owner cannot be removed")
+        await self._announce(room, member, "kicked", user)
+        await self._store.remove_member(room, member)
+        return {"room": room, "members": await self._store.room_members(room)}
+
+    async def set_admin(self, user, room, member, admin):
+        if await self._store.member_role(room, user) != "owner":
+            raise ProtocolError("forbidden", "only the room's owner names admins")
+        role = await self._store.member_role(room, member)
+        if role is None or role == "owner":
+            raise ProtocolError("not_member", f"{member} is not a (non-owner) member of {room!r}")
+        await self._store.set_member_role(room, member, "admin" if admin else "member")
+        return {"room": room, "user": member, "role": "admin" if admin else "member"}
 
     async def members(self, user, room):
         members = await self._members_seen_by(user, room)
@@ -52,22 +110,59 @@ class Rooms:
     async def list(self, user):
         return {"rooms": await self._store.rooms_of(user)}
 
+    # -- messages ---------------------------------------------------------------------
+
     async def send(self, user, device, fields):
-        """Fan one ciphertext out to every member device but the sender's."""
+        """Fan one ciphertext out to every member device but the sender's, and keep it in history."""
         room = fields["room"]
-        members = await self._members_seen_by(user, room)
-        recipients = []
-        for member in members:
-            recipients.extend((member, row["device"]) for row in await self._store.get_devices(member))
+        if room == BROADCAST_ROOM and self._config.senders == "admins" \
+                and user not in self._config.admins:
+            raise ProtocolError("forbidden", "only the server's admins may broadcast here")
+        recipients = await self._member_devices(await self._members_seen_by(user, room))
         return await self._relay.send_to_devices(user, device, fields, recipients, room)
 
+    async def history(self, user, room, before, limit):
+        await self._members_seen_by(user, room)
+        entries = await self._store.room_history(room, before, limit or HISTORY_PAGE)
+        return {"room": room, "messages": [
+            {"pos": e["pos"], "envelope": json.loads(e["body"])} for e in entries]}
+
+    async def prune(self, now_ms):
+        return await self._store.prune_history(
+            now_ms - self._config.history_days * DAY_MS, self._config.history_max_messages)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _announce(self, room, user, action, by):
+        members = await self._store.room_members(room)
+        recipients = await self._member_devices(set(members) | {user})
+        if recipients:
+            event_id = "m" + secrets.token_hex(16)
+            await self._relay.deliver_server_envelope(
+                event_id, membership_body(event_id, room, user, action, by), recipients)
+
+    async def _member_devices(self, members):
+        devices = []
+        for member in sorted(members):
+            devices.extend((member, row["device"]) for row in await self._store.get_devices(member))
+        return devices
+
+    async def _require_admin(self, user, room):
+        await self._existing(room)
+        if await self._store.member_role(room, user) not in ("owner", "admin"):
+            raise ProtocolError("forbidden", f"only the owner and admins of {room!r} may do that")
+
     async def _existing(self, room):
+        if room == BROADCAST_ROOM:
+            raise ProtocolError("forbidden", f"every user is always in {room!r}")
         info = await self._store.get_room(room)
         if info is None:
             raise ProtocolError("unknown_room", f"no room named {room!r}")
         return info
 
     async def _members_seen_by(self, user, room):
+        if room == BROADCAST_ROOM:
+            return sorted({member for member, _ in await self._store.all_devices()})
         await self._existing(room)
         members = await self._store.room_members(room)
         if user not in members:

@@ -53,7 +53,7 @@ class RelayService(service.Service):
         self.port = await endpoint.listen(self.factory)
         self._pruner = task.LoopingCall(self._prune)
         self._pruner.clock = self.reactor
-        self._pruner.start(PRUNE_INTERVAL, now=False)
+        self._pruner.start(PRUNE_INTERVAL, now=True)
         address = self.port.getHost()
         self.log.info(
             "securechat relay listening on {host}:{port} (TLS), store {database}",
@@ -61,8 +61,12 @@ class RelayService(service.Service):
         )
 
     def _prune(self):
+        """Forget old rate-limit entries and room history past its retention."""
         self.factory.login_per_account.prune()
         self.factory.login_per_address.prune()
+        d = defer.ensureDeferred(self.factory.rooms.prune(int(self.reactor.seconds() * 1000)))
+        d.addErrback(lambda f: self.log.failure("pruning room history failed", f))
+        return d
 
     def stop_reactor_if_start_fails(self):
         """Under twistd a relay that cannot start must exit, not sit there doing nothing."""

@@ -209,10 +209,8 @@ class ConnectionSession:
         return await self._server.rooms.send(self.user, self.device, fields)
 
     async def op_broadcast(self, fields):
-        recipients = await self._server.store.all_devices()
-        return await self._server.relay.send_to_devices(
-            self.user, self.device, fields, recipients, None
-        )
+        return await self._server.rooms.send(
+            self.user, self.device, {**fields, "room": wire.BROADCAST_ROOM})
 
     async def op_ack(self, fields):
         removed = await self._server.store.ack(self.user, self.device, fields["ids"])
@@ -229,6 +227,20 @@ class ConnectionSession:
 
     async def op_room_members(self, fields):
         return await self._server.rooms.members(self.user, fields["room"])
+
+    async def op_room_invite(self, fields):
+        return await self._server.rooms.invite(self.user, fields["room"], fields["user"])
+
+    async def op_room_kick(self, fields):
+        return await self._server.rooms.kick(self.user, fields["room"], fields["user"])
+
+    async def op_room_admin(self, fields):
+        return await self._server.rooms.set_admin(
+            self.user, fields["room"], fields["user"], fields["admin"])
+
+    async def op_room_history(self, fields):
+        return await self._server.rooms.history(
+            self.user, fields["room"], fields["before"], fields["limit"])
 
     async def op_rooms_list(self, fields):
         return await self._server.rooms.list(self.user)

@@ -100,7 +100,8 @@ class IStore(Interface):
 
         ``envelopes`` is a list of dicts ``{"id", "sender", "sender_device",
         "recipients": [(user, device), ...], "body"}`` where ``body`` is the
-        envelope's JSON text (opaque to the store).  All of them are
+        envelope's JSON text (opaque to the store); an optional ``"history"``
+        names a room whose history keeps the body too, in the same transaction.  All of them are
         committed in one transaction (fsynced) before the Deferred fires, or
         none is.  Each recipient device gets the next number of its own
         sequence (1, 2, 3 ... per device, never reused).  An ``id`` that was
@@ -130,7 +131,7 @@ class IStore(Interface):
     # -- rooms ------------------------------------------------------------
 
     def create_room(room, owner, password_hash):
-        """Create a room owned (and joined) by ``owner``.
+        """Create a room owned (and joined, with role "owner") by ``owner``.
 
         ``password_hash`` is an argon2id string or None.  Errbacks with
         ``RoomExists`` when the name is taken.
@@ -142,6 +143,12 @@ class IStore(Interface):
     def add_member(room, user):
         """Add ``user`` to the room; fires with True if added, False if already a member."""
 
+    def member_role(room, user):
+        """Fire with "owner", "admin" or "member", or None for a non-member."""
+
+    def set_member_role(room, user, role):
+        """Set a member's role ("admin" or "member"); fires with False for a non-member."""
+
     def remove_member(room, user):
         """Remove ``user`` from the room; fires with True if removed, False if not a member."""
 
@@ -150,3 +157,13 @@ class IStore(Interface):
 
     def rooms_of(user):
         """Fire with the sorted list of room names ``user`` belongs to."""
+
+    def room_history(room, before_pos, limit):
+        """Fire with up to ``limit`` history entries of ``room`` before ``before_pos`` (None: newest).
+
+        Newest last, as a list of ``{"pos", "id", "body", "created"}``.
+        """
+
+    def prune_history(older_than, keep_per_room):
+        """Drop history entries created before ``older_than`` (ms), and beyond the newest
+        ``keep_per_room`` of each room; fires with the number removed."""

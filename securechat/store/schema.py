@@ -1,7 +1,7 @@
 """The database schema, written once for SQLite and PostgreSQL, and its version.
 
 Changelog:
-  1 — accounts, devices, keys, envelope queue, rooms.
+  1 — accounts, devices, keys, envelope queue, rooms with roles and ciphertext history.
 """
 
 SCHEMA_VERSION = 1
@@ -73,7 +73,19 @@ STATEMENTS = [
     """CREATE TABLE room_members (
         room TEXT NOT NULL,
         user_id TEXT NOT NULL,
+        role TEXT NOT NULL DEFAULT 'member',
         joined BIGINT NOT NULL,
         PRIMARY KEY (room, user_id))""",
     "CREATE INDEX room_members_by_user ON room_members (user_id)",
+    """CREATE TABLE room_history (
+        room TEXT NOT NULL,
+        pos BIGINT NOT NULL,
+        envelope_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created BIGINT NOT NULL,
+        PRIMARY KEY (room, pos))""",
+    "CREATE INDEX room_history_age ON room_history (created)",
+    """CREATE TABLE room_counters (
+        room TEXT PRIMARY KEY,
+        next_pos BIGINT NOT NULL)""",
 ]

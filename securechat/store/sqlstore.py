@@ -245,6 +245,9 @@ class SqlStore:
                         "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (user, device, seq, envelope["id"], envelope["body"], body_digest, created))
                     seqs.append((user, device, seq))
+                if envelope.get("history"):
+                    await _append_history(txn, envelope["history"], envelope["id"],
+                                          envelope["body"], created)
                 placed.append(seqs)
             return placed
 
@@ -292,7 +295,7 @@ class SqlStore:
                 "INSERT INTO rooms (room, owner, password_hash, created) VALUES (?, ?, ?, ?)",
                 (room, owner, password_hash, created))
             await txn.execute(
-                "INSERT INTO room_members (room, user_id, joined) VALUES (?, ?, ?)",
+                "INSERT INTO room_members (room, user_id, role, joined) VALUES (?, ?, 'owner', ?)",
                 (room, owner, created))
 
         return self._run(body)
@@ -314,6 +317,47 @@ class SqlStore:
                 "INSERT INTO room_members (room, user_id, joined) VALUES (?, ?, ?)",
                 (room, user, now_ms()))
             return True
+
+        return self._run(body)
+
+    def member_role(self, room, user):
+        async def body(txn):
+            rows = await txn.execute(
+                "SELECT role FROM room_members WHERE room = ? AND user_id = ?", (room, user))
+            return rows[0][0] if rows else None
+
+        return self._run(body)
+
+    def set_member_role(self, room, user, role):
+        async def body(txn):
+            rows = await txn.execute(
+                "UPDATE room_members SET role = ? WHERE room = ? AND user_id = ? RETURNING role",
+                (role, room, user))
+            return bool(rows)
+
+        return self._run(body)
+
+    def room_history(self, room, before_pos, limit):
+        async def body(txn):
+            rows = await txn.execute(
+                "SELECT pos, envelope_id, body, created FROM room_history WHERE room = ? "
+                "AND pos < ? ORDER BY pos DESC LIMIT ?",
+                (room, before_pos if before_pos is not None else 2**62, limit))
+            return [dict(zip(("pos", "id", "body", "created"), row)) for row in reversed(rows)]
+
+        return self._run(body)
+
+    def prune_history(self, older_than, keep_per_room):
+        async def body(txn):
+            rows = await txn.execute(
+                "DELETE FROM room_history WHERE created < ? RETURNING pos", (older_than,))
+            removed = len(rows)
+            for (room, newest) in await txn.execute("SELECT room, next_pos FROM room_counters"):
+                rows = await txn.execute(
+                    "DELETE FROM room_history WHERE room = ? AND pos <= ? RETURNING pos",
+                    (room, newest - keep_per_room))
+                removed += len(rows)
+            return removed
 
         return self._run(body)
 
@@ -341,6 +385,18 @@ class SqlStore:
             return [row[0] for row in rows]
 
         return self._run(body)
+
+
+async def _append_history(txn, room, envelope_id, body, created):
+    rows = await txn.execute(
+        "UPDATE room_counters SET next_pos = next_pos + 1 WHERE room = ? RETURNING next_pos",
+        (room,))
+    if not rows:
+        await txn.execute("INSERT INTO room_counters (room, next_pos) VALUES (?, 1)", (room,))
+        rows = [(1,)]
+    await txn.execute(
+        "INSERT INTO room_history (room, pos, envelope_id, body, created) VALUES (?, ?, ?, ?, ?)",
+        (room, rows[0][0], envelope_id, body, created))
 
 
 async def _otk_count(txn, user, device):
