@@ -236,10 +236,15 @@ async def test_duplicate_envelope_id_is_refused_and_stores_nothing(server):
     await cleanup(alice)
 
 
+@pytest.fixture
+def restricted(start_relay):
+    return start_relay(extra="[broadcast]\nsenders = admins\nadmins = alice\n")
+
+
 @pytest_twisted.ensureDeferred
-async def test_broadcast_restricted_to_admins(start_relay):
+async def test_broadcast_restricted_to_admins(restricted):
     """With [broadcast] senders = admins, only the listed users may broadcast."""
-    server = start_relay(extra="[broadcast]\nsenders = admins\nadmins = alice\n", name="restricted")
+    server = restricted
     alice, bob = await registered(server, "alice", "bob")
     fields = {"kind": "megolm", "sid": "YWxs", "ct": wire.b64encode(b"x")}
     await expect_error("forbidden", bob.request("broadcast", id=new_envelope_id(), **fields))
