@@ -114,12 +114,14 @@ class CliResult:
         return f"CliResult(code={self.code}, out={self.out!r}, err={self.err!r})"
 
 
-async def run_cli(config, *args, password="correct horse battery staple", stdin=None, timeout=120):
+async def run_cli(config, *args, password="correct horse battery staple", stdin=None, timeout=120,
+                  extra_env=None):
     """Run the installed ``securechat`` CLI without blocking the reactor; fire a CliResult."""
     from twisted.internet import defer, protocol
 
-    env = {k: v for k, v in os.environ.items() if k != "SECURECHAT_PASSWORD"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
     env["SECURECHAT_PASSWORD"] = password
+    env.update(extra_env or {})
     done = defer.Deferred()
 
     class Collect(protocol.ProcessProtocol):

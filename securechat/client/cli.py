@@ -23,6 +23,7 @@ from securechat.client.protocol import RemoteError
 from securechat.client.session import EXIT_UNTRUSTED, Client, ClientError
 from securechat.client.verification import Verification, VerificationFailed
 from securechat.crypto.fingerprint import key_fingerprint, safety_number
+from securechat.wire import BROADCAST_ROOM
 
 DEFAULT_CONFIG = os.path.join("~", ".config", "securechat", "client.ini")
 
@@ -48,7 +49,42 @@ def build_parser():
     verify.add_argument("user")
     trust = commands.add_parser("trust", help="accept USER's changed identity key (unverified)")
     trust.add_argument("user")
+    rooms = commands.add_parser("rooms", help="create or list rooms")
+    rooms_commands = rooms.add_subparsers(dest="rooms_command", required=True, metavar="ACTION")
+    create = rooms_commands.add_parser("create", help="create a room (you own it)")
+    create.add_argument("room")
+    create.add_argument("--password", action="store_true",
+                        help="protect it with a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
+    rooms_commands.add_parser("list", help="the rooms you are in")
+    join = commands.add_parser("join", help="join a room")
+    join.add_argument("room")
+    join.add_argument("--password", action="store_true",
+                      help="the room needs a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
+    for name, text in (("leave", "leave a room"), ("members", "a room's members and devices"),
+                       ("history", "the room's stored messages, decrypted where you can")):
+        commands.add_parser(name, help=text).add_argument("room")
+    say = commands.add_parser("say", help="send a message to a room")
+    say.add_argument("room")
+    say.add_argument("text", nargs="+")
+    broadcast = commands.add_parser("broadcast", help="send a message to every user")
+    broadcast.add_argument("text", nargs="+")
+    for name, text in (("invite", "add USER to ROOM (owner/admins)"),
+                       ("kick", "remove USER from ROOM (owner/admins)")):
+        action = commands.add_parser(name, help=text)
+        action.add_argument("room")
+        action.add_argument("user")
     return parser
+
+
+def read_room_password(wanted):
+    if not wanted:
+        return None
+    password = os.environ.get("SECURECHAT_ROOM_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise ClientError("set SECURECHAT_ROOM_PASSWORD or run in a terminal", 2)
+        password = getpass.getpass("Room password: ")
+    return password
 
 
 def read_password(confirm=False):
@@ -64,6 +100,8 @@ def read_password(confirm=False):
 
 
 def format_message(record):
+    if record.get("type") == "membership":
+        return f"[{record['sent_at']}] * {record['text']}"
     mark = "verified" if record.get("verified") else "unverified"
     where = f" in {record['room']}" if record.get("room") else ""
     head = f"[{record['sent_at']}] {record['from']}{where} ({mark})"
@@ -79,7 +117,8 @@ def format_message(record):
 
 def message_json(record):
     return json.dumps({
-        "id": record["id"], "from": record["from"], "from_device": record["from_dev"],
+        "id": record["id"], "type": record.get("type", "msg"), "from": record["from"],
+        "from_device": record["from_dev"],
         "room": record.get("room"), "text": record.get("text"), "sent_at": record["sent_at"],
         "verified": bool(record.get("verified")), "error": record.get("error"),
         "warning": record.get("warning"),
@@ -221,6 +260,87 @@ class Commands:
         self.out("Do they match? [y/N] ")
         answer = await threads.deferToThread(sys.stdin.readline)
         return answer.strip().lower() in ("y", "yes")
+
+    async def connected(self, action):
+        """Run ``action(client)`` on an open client, then disconnect; the exit code is 0."""
+        client = self.client()
+        await client.open()
+        try:
+            await action(client)
+        finally:
+            await client.disconnect()
+        return 0
+
+    async def cmd_rooms(self):
+        if self.args.rooms_command == "create":
+            password = read_room_password(self.args.password)
+
+            async def create(client):
+                await client.rooms.create(self.args.room, password)
+                self.out(f"created {self.args.room}" + (" (password protected)" if password else ""))
+
+            return await self.connected(create)
+
+        async def listing(client):
+            for room in (await client.request("rooms.list"))["rooms"]:
+                self.out(room)
+
+        return await self.connected(listing)
+
+    async def cmd_join(self):
+        password = read_room_password(self.args.password)
+
+        async def join(client):
+            result = await client.rooms.join(self.args.room, password)
+            self.out(f"joined {self.args.room}: {', '.join(result['members'])}")
+
+        return await self.connected(join)
+
+    async def cmd_leave(self):
+        async def leave(client):
+            await client.rooms.leave(self.args.room)
+            self.out(f"left {self.args.room}")
+
+        return await self.connected(leave)
+
+    async def cmd_members(self):
+        async def members(client):
+            result = await client.request("room.members", room=self.args.room)
+            for user, devices in result["members"].items():
+                self.out(f"{user}: {', '.join(devices) or '(no device)'}")
+
+        return await self.connected(members)
+
+    async def cmd_say(self):
+        return await self.connected(
+            lambda client: client.rooms.say(self.args.room, " ".join(self.args.text)))
+
+    async def cmd_broadcast(self):
+        return await self.connected(
+            lambda client: client.rooms.say(BROADCAST_ROOM, " ".join(self.args.text)))
+
+    async def cmd_history(self):
+        async def history(client):
+            for record in await client.rooms.history(self.args.room):
+                if record.get("error"):
+                    record = {**record, "error": None, "text": "(not decryptable on this device)"}
+                self.out(format_message(record))
+
+        return await self.connected(history)
+
+    async def cmd_invite(self):
+        async def invite(client):
+            await client.request("room.invite", room=self.args.room, user=self.args.user)
+            self.out(f"{self.args.user} is now in {self.args.room}")
+
+        return await self.connected(invite)
+
+    async def cmd_kick(self):
+        async def kick(client):
+            await client.request("room.kick", room=self.args.room, user=self.args.user)
+            self.out(f"{self.args.user} was removed from {self.args.room}")
+
+        return await self.connected(kick)
 
     async def cmd_chat(self):
         from securechat.client.chat import run_chat

@@ -134,8 +134,10 @@ class Receiver:
         env = frame["envelope"]
         try:
             if not store.seen(env["id"]):
-                record = await self._open(env)
-                if record.get("type") == "msg":
+                record = await self._open_any(env)
+                if record is None:
+                    pass
+                elif record.get("type") in ("msg", "membership"):
                     self._on_message(record)
                 else:
                     self._on_control(record)
@@ -143,8 +145,33 @@ class Receiver:
         finally:
             self.processed += 1
 
+    async def _open_any(self, env):
+        if env["kind"] == "megolm":
+            return await self._client.rooms.open_room_message(env)
+        if env["kind"] == "membership":
+            return self._membership(env)
+        return await self._open(env)
+
+    def _membership(self, env):
+        """A server notice that someone joined or left a room (the server knows that anyway)."""
+        event = env.get("event") or {}
+        action, user, by = event.get("action"), event.get("user"), event.get("by")
+        text = f"{user} {action} {env['room']}" + (f" (by {by})" if by and by != user else "")
+        record = {"id": env["id"], "type": "membership", "from": None, "from_dev": None,
+                  "room": env["room"], "text": text, "sent_at": iso(env["ts"]),
+                  "received_at": iso(env["ts"]), "verified": False, "warning": None,
+                  "error": None, "event": event}
+        with self._client.store.transaction():
+            self._client.store.mark_seen(env["id"], int(time.time() * 1000))
+            self._client.store.add_message(env["id"], record)
+        if user != self._client.user:
+            # Whoever left must not read what follows: the next message re-keys anyway
+            # (the member devices differ), dropping the session now makes it certain.
+            self._client.rooms.forget_outbound(env["room"])
+        return record
+
     async def _open(self, env):
-        """Decrypt and store one envelope; a failure is stored as a readable reason."""
+        """Decrypt and store one Olm envelope; a failure is stored as a readable reason."""
         client, store = self._client, self._client.store
         now = int(time.time() * 1000)
         base = {"id": env["id"], "from": env["from"], "from_dev": env["from_dev"],
@@ -162,6 +189,9 @@ class Receiver:
                 plaintext = client.crypto.decrypt(env["from"], env["from_dev"],
                                                   sender["curve25519"], env["sid"], env["otype"], env["ct"])
                 inner = self._check_inner(env, plaintext, sender)
+                if inner.get("type") == "room_key":
+                    client.rooms.accept_key(inner, env["from"], env["from_dev"],
+                                            sender["curve25519"])
                 record = {**base, "type": inner.get("type"), "mid": inner.get("mid"),
                           "text": inner.get("body") if inner.get("type") == "msg" else None,
                           "sent_at": iso(inner["ts"]) if isinstance(inner.get("ts"), int) else base["received_at"],

@@ -19,6 +19,7 @@ from securechat.client import protocol as client_protocol
 from securechat.client.contacts import Contacts, TrustError
 from securechat.client.messaging import Receiver, Sender, new_id
 from securechat.client.protocol import RemoteError
+from securechat.client.rooms import RoomClient
 from securechat.client.tls import FingerprintMismatch, PinnedCertificate, ca_file_options
 from securechat.crypto import passwords
 from securechat.crypto.device import DeviceCrypto
@@ -64,6 +65,7 @@ class Client:
         self._on_message = on_message or (lambda record: None)
         self._on_control = on_control or (lambda record: None)
         self.sender = Sender(self)
+        self.rooms = RoomClient(self)
         self.receiver = Receiver(self, self._message, self._control)
         self.sent_lines = 0
 

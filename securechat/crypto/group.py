@@ -93,10 +93,12 @@ class RoomCrypto:
             {"room": room, "sender": sender, "sender_device": sender_device, "seen": {}})
         return session.session_id
 
-    def decrypt(self, room, sender, sender_device, sender_curve, session_id, envelope_id, ct):
+    def decrypt(self, room, sender, sender_device, sender_curve, session_id, envelope_id, ct,
+                for_history=False):
         """Decrypt a room message (inside a transaction); DecryptError explains a failure.
 
-        Returns the plaintext, or None for a duplicate of a message already read.
+        Returns the plaintext, or None for a duplicate of a message already
+        read.  ``for_history`` re-reads old messages without recording them.
         """
         name = _inbound_name(room, sender_curve, session_id)
         pickle, meta = self._store.group_session(name)
@@ -113,17 +115,18 @@ class RoomCrypto:
         index = str(message.message_index())
         digest = hashlib.sha256(ct.encode("ascii")).hexdigest()
         known = meta["seen"].get(index)
-        if known is not None:
-            if known == [envelope_id, digest]:
-                return None
+        if known is not None and known != [envelope_id, digest]:
             raise DecryptError("a second, different message with an index already used "
                                "(replayed or forged)")
+        if known is not None and not for_history:
+            return None
         if int(index) < session.first_known_index:
             raise DecryptError("not decryptable on this device (sent before you received the key)")
         try:
             decrypted = session.decrypt(message)
         except vodozemac.MegolmDecryptionException:
             raise DecryptError("the room message fails its authentication (tampered)") from None
-        meta["seen"][index] = [envelope_id, digest]
-        self._store.put_group_session(name, session.pickle(self._store.pickle_key), meta)
+        if not for_history:
+            meta["seen"][index] = [envelope_id, digest]
+            self._store.put_group_session(name, session.pickle(self._store.pickle_key), meta)
         return decrypted.plaintext

@@ -1,0 +1,152 @@
+"""Room messaging on the client: one Megolm ciphertext per message, keys shared over Olm.
+
+Before each message the sender asks the server who is in the room, checks
+every member device against the pinned identities, and lets
+``RoomCrypto.outbound`` decide whether the Megolm session must be replaced
+(the member devices changed, 100 messages, 7 days).  Devices that have not
+received the current session key get it as an Olm-encrypted ``room_key``
+message first; then the one ciphertext goes to ``room.send`` and the server
+fans it out.
+"""
+
+import json
+import time
+
+from securechat import wire
+from securechat.client.contacts import TrustError
+from securechat.client.messaging import iso, new_id, padded
+from securechat.client.protocol import RemoteError
+from securechat.crypto.device import DecryptError
+from securechat.crypto.group import RoomCrypto
+from securechat.crypto.passwords import room_password_secret
+
+
+class RoomClient:
+    def __init__(self, client):
+        self._client = client
+
+    @property
+    def _crypto(self):
+        return RoomCrypto(self._client.store)
+
+    # -- membership -------------------------------------------------------------
+
+    async def create(self, room, password=None):
+        return await self._client.request("room.create", room=room,
+                                          password=self._password(room, password))
+
+    async def join(self, room, password=None):
+        return await self._client.request("room.join", room=room,
+                                          password=self._password(room, password))
+
+    async def leave(self, room):
+        result = await self._client.request("room.leave", room=room)
+        self.forget_outbound(room)
+        return result
+
+    def forget_outbound(self, room):
+        self._crypto.forget_outbound(room)
+
+    def accept_key(self, inner, sender, sender_device, sender_curve):
+        """A room key arrived over Olm (called inside that message's transaction)."""
+        room = inner.get("room")
+        if not isinstance(room, str) or not isinstance(inner.get("session_key"), str):
+            raise DecryptError("a malformed room key")
+        self._crypto.add_inbound(room, sender, sender_device, sender_curve, inner["session_key"])
+
+    def _password(self, room, password):
+        if password is None:
+            return None
+        return wire.b64encode(room_password_secret(password, room))
+
+    # -- sending ------------------------------------------------------------------
+
+    async def say(self, room, text):
+        """Encrypt once, share the key where needed, send; fire with the message id."""
+        client = self._client
+        members = (await client.request("room.members", room=room))["members"]
+        devices = {}
+        for user in members:
+            trusted = await client.trusted_devices(user, sending=True)
+            missing = set(members[user]) - set(trusted)
+            if missing:
+                raise TrustError(f"{user}'s device(s) {', '.join(sorted(missing))} are not "
+                                 f"signed by {user}'s identity key; not sending to {room}")
+            devices.update({(user, device): keys for device, keys in trusted.items()})
+        devices.pop((client.user, client.device), None)
+        crypto = self._crypto
+        session, meta, _ = crypto.outbound(room, set(devices))
+        shared = {tuple(d) for d in meta["shared_with"]}
+        unserved = sorted({user for user, device in devices if (user, device) not in shared})
+        if unserved:
+            await client.sender.send(unserved, {
+                "type": "room_key", "mid": new_id(), "room": room,
+                "ts": int(time.time() * 1000), "session_key": crypto.key_for_sharing(session)})
+        mid = new_id()
+        inner = {"type": "msg", "mid": mid, "room": room, "from": client.user,
+                 "from_dev": client.device, "ts": int(time.time() * 1000), "body": text}
+        session_id, ct = crypto.encrypt(room, session, meta, padded(inner),
+                                        [list(d) for d in devices])
+        await client.request("room.send", room=room, id=new_id(), kind="megolm",
+                             sid=session_id, ct=wire.pad_b64(ct))
+        return mid
+
+    # -- reading history ------------------------------------------------------------
+
+    async def history(self, room, limit=100):
+        """The room's stored ciphertext, decrypted where this device has the keys."""
+        client = self._client
+        page = await client.request("room.history", room=room, limit=limit)
+        records = []
+        for entry in page["messages"]:
+            env = entry["envelope"]
+            if env["kind"] == "membership":
+                continue
+            records.append(await self.open_room_message(env, for_history=True))
+        return records
+
+    async def open_room_message(self, env, for_history=False):
+        """Decrypt one Megolm envelope into a message record (or one with an ``error``)."""
+        client = self._client
+        base = {"id": env["id"], "from": env["from"], "from_dev": env["from_dev"],
+                "room": env["room"], "received_at": iso(env["ts"]), "sent_at": iso(env["ts"]),
+                "type": "msg", "text": None, "warning": None, "error": None,
+                "verified": client.contacts.is_verified(env["from"])}
+        try:
+            devices = await client.trusted_devices(env["from"], sending=False)
+            sender = devices.get(env["from_dev"])
+            if sender is None:
+                raise DecryptError(f"{env['from']}'s device {env['from_dev']} is not one we trust")
+            with client.store.transaction():
+                plaintext = self._crypto.decrypt(
+                    env["room"], env["from"], env["from_dev"], sender["curve25519"], env["sid"],
+                    env["id"], env["ct"], for_history=for_history)
+                if plaintext is None:
+                    return None
+                inner = check_room_inner(env, plaintext)
+                record = {**base, "mid": inner.get("mid"), "text": inner.get("body"),
+                          "sent_at": iso(inner["ts"]) if isinstance(inner.get("ts"), int)
+                          else base["sent_at"]}
+                if not for_history:
+                    client.store.mark_seen(env["id"], int(time.time() * 1000))
+                    client.store.add_message(env["id"], record)
+            return record
+        except (DecryptError, TrustError, RemoteError) as e:
+            record = {**base, "error": getattr(e, "reason", None) or str(e)}
+            if not for_history:
+                with client.store.transaction():
+                    client.store.mark_seen(env["id"], int(time.time() * 1000))
+                    client.store.add_message(env["id"], record)
+            return record
+
+
+def check_room_inner(env, plaintext):
+    """The sealed header must name the room and sender the envelope claims."""
+    try:
+        inner = json.loads(plaintext)
+    except ValueError:
+        raise DecryptError("the decrypted content is not a securechat message") from None
+    for key in ("room", "from", "from_dev"):
+        if inner.get(key) != env.get(key):
+            raise DecryptError(f"the sealed header's '{key}' does not match the envelope (forged)")
+    return inner

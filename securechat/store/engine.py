@@ -1,0 +1,71 @@
+"""What differs between SQLite and PostgreSQL, in one object per database (as Synapse does).
+
+The SQL of ``securechat.store.transactions`` is written once, with ``?``
+placeholders and only syntax both databases accept (``RETURNING``,
+``ON CONFLICT``).  The few remaining differences live here, so no query
+ever asks which database it runs on.
+
+``Txn`` is what a transaction body receives.  Its ``execute`` returns a
+Deferred of the result rows on both databases: with txpostgres the cursor
+answers asynchronously, with SQLite (in adbapi's thread) the Deferred has
+already fired, so the very same ``async def`` runs to completion there
+without ever yielding to the reactor.
+"""
+
+from twisted.internet import defer
+
+
+class SqliteEngine:
+    """SQLite 3.35+: placeholders as written; BEGIN IMMEDIATE already serialises writers."""
+
+    schema_lock = None
+
+    def convert(self, sql):
+        return sql
+
+    def configure(self, connection):
+        """Settings of every new connection: fsync each commit, so "committed" means on disk."""
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA busy_timeout=10000")
+
+
+class PostgresEngine:
+    """PostgreSQL through psycopg2: ``%s`` placeholders; nodes starting at once take turns.
+
+    The conversion is a plain replacement: the shared SQL never contains a
+    literal ``?`` or ``%``.
+    """
+
+    # Held until commit: two nodes starting on an empty database would both
+    # try to create the schema (CREATE TABLE IF NOT EXISTS races in PostgreSQL).
+    schema_lock = "SELECT pg_advisory_xact_lock(7301)"
+
+    def convert(self, sql):
+        return sql.replace("?", "%s")
+
+
+SQLITE = SqliteEngine()
+POSTGRES = PostgresEngine()
+
+
+def _rows(cursor):
+    return cursor.fetchall() if cursor.description else []
+
+
+class Txn:
+    """One open transaction, as the shared transaction bodies see it."""
+
+    def __init__(self, engine, cursor):
+        self.engine = engine
+        self._cursor = cursor
+
+    def execute(self, sql, args=()):
+        """Run one statement; a Deferred firing with its rows (tuples), [] when it has none.
+
+        Both cursors give themselves back from ``execute`` (txpostgres inside
+        a Deferred), so one callback reads the rows of either.
+        """
+        return defer.maybeDeferred(
+            self._cursor.execute, self.engine.convert(sql), args).addCallback(_rows)

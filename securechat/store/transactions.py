@@ -1,0 +1,373 @@
+"""Every store operation, written once as an ``async def txn_xxx(txn, ...)`` for both databases.
+
+Each function is the body of one database transaction: it awaits
+``txn.execute(sql, args)`` (see ``securechat.store.engine``) and raises a
+``StoreError`` to roll everything back.  The SQL must stay correct when
+several connections or server nodes run the same transaction at once on
+PostgreSQL (READ COMMITTED): uniqueness is decided by the database itself
+(``INSERT ... ON CONFLICT DO NOTHING RETURNING``, never check-then-insert),
+counters by ``UPDATE ... RETURNING``, and the one-time keys of a device by
+a lock on its row.  On SQLite every transaction is serial anyway.
+"""
+
+import hashlib
+import time
+
+from securechat.store.errors import (
+    DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
+from securechat.store.schema import SCHEMA_VERSION, STATEMENTS, VERSION_TABLE
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def digest(body):
+    """Hex SHA-256 of an envelope body: stored beside it to detect corruption at rest."""
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _record(names, row):
+    return dict(zip(names, row)) if row is not None else None
+
+
+async def _first(txn, sql, args=()):
+    rows = await txn.execute(sql, args)
+    return rows[0] if rows else None
+
+
+# -- schema -------------------------------------------------------------------------
+
+
+async def txn_migrate(txn):
+    """Create the schema on an empty database; refuse one written by a newer securechat."""
+    if txn.engine.schema_lock:
+        await txn.execute(txn.engine.schema_lock)
+    await txn.execute(VERSION_TABLE)
+    row = await _first(txn, "SELECT max(version) FROM schema_version")
+    version = row[0] or 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, newer than this securechat "
+            f"understands ({SCHEMA_VERSION}); upgrade securechat")
+    if version == 0:
+        for statement in STATEMENTS:
+            await txn.execute(statement)
+        await txn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+
+# -- accounts -----------------------------------------------------------------------
+
+
+async def txn_create_account(txn, user, secret_hash, identity_key):
+    if not await txn.execute(
+            "INSERT INTO accounts (user_id, secret_hash, identity_key, created) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
+            (user, secret_hash, identity_key, now_ms())):
+        raise UserExists(user)
+
+
+async def txn_get_account(txn, user):
+    return _record(("user", "secret_hash", "identity_key", "created"), await _first(
+        txn, "SELECT user_id, secret_hash, identity_key, created FROM accounts "
+             "WHERE user_id = ?", (user,)))
+
+
+async def txn_count_accounts(txn):
+    return (await _first(txn, "SELECT count(*) FROM accounts"))[0]
+
+
+# -- devices ------------------------------------------------------------------------
+
+
+async def txn_set_device_keys(txn, user, device, device_keys, signature):
+    await txn.execute(
+        "INSERT INTO devices (user_id, device_id, device_keys, signature, created) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE SET "
+        "device_keys = excluded.device_keys, signature = excluded.signature "
+        "WHERE devices.device_keys IS NULL", (user, device, device_keys, signature, now_ms()))
+    (stored,) = await _first(
+        txn, "SELECT device_keys FROM devices WHERE user_id = ? AND device_id = ?",
+        (user, device))
+    if stored != device_keys:
+        raise KeyConflict(f"device {device} already has other keys")
+
+
+async def txn_get_devices(txn, user):
+    rows = await txn.execute(
+        "SELECT device_id, device_keys, signature FROM devices WHERE user_id = ? "
+        "AND device_keys IS NOT NULL ORDER BY device_id", (user,))
+    return [_record(("device", "device_keys", "signature"), row) for row in rows]
+
+
+async def txn_all_devices(txn):
+    rows = await txn.execute(
+        "SELECT user_id, device_id FROM devices WHERE device_keys IS NOT NULL "
+        "ORDER BY user_id, device_id")
+    return [tuple(row) for row in rows]
+
+
+async def txn_set_device_list(txn, user, version, device_list, signature):
+    if not await txn.execute(
+            "INSERT INTO device_lists (user_id, version, device_list, signature) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "
+            "version = excluded.version, device_list = excluded.device_list, "
+            "signature = excluded.signature WHERE device_lists.version < excluded.version "
+            "RETURNING version", (user, version, device_list, signature)):
+        raise StaleVersion(f"device list version {version} is not above the stored one")
+
+
+async def txn_get_device_list(txn, user):
+    return _record(("version", "device_list", "signature"), await _first(
+        txn, "SELECT version, device_list, signature FROM device_lists WHERE user_id = ?",
+        (user,)))
+
+
+# -- one-time and fallback keys -----------------------------------------------------
+
+
+async def _lock_device(txn, user, device):
+    """Serialise the key operations of one device (a row lock on PostgreSQL).
+
+    Fires with the device's one-time key counter, or None for an unknown device.
+    """
+    row = await _first(
+        txn, "UPDATE devices SET next_otk = next_otk WHERE user_id = ? AND device_id = ? "
+             "RETURNING next_otk", (user, device))
+    return row[0] if row else None
+
+
+async def _otk_count(txn, user, device):
+    return (await _first(
+        txn, "SELECT count(*) FROM one_time_keys WHERE user_id = ? AND device_id = ?",
+        (user, device)))[0]
+
+
+async def txn_add_one_time_keys(txn, user, device, keys):
+    counter = await _lock_device(txn, user, device)
+    if counter is None:
+        raise KeyConflict(f"device {device} has no published identity keys")
+    for kid, key, signature in keys:
+        if await txn.execute(
+                "SELECT 1 FROM claimed_kids WHERE user_id = ? AND device_id = ? AND kid = ?",
+                (user, device, kid)):
+            raise KeyConflict(f"one-time key {kid} was already handed out")
+        counter += 1
+        if await txn.execute(
+                "INSERT INTO one_time_keys (user_id, device_id, kid, pos, key, signature) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id, kid) DO NOTHING "
+                "RETURNING kid", (user, device, kid, counter, key, signature)):
+            continue
+        counter -= 1
+        stored = await _first(
+            txn, "SELECT key, signature FROM one_time_keys "
+                 "WHERE user_id = ? AND device_id = ? AND kid = ?", (user, device, kid))
+        if tuple(stored) != (key, signature):
+            raise KeyConflict(f"one-time key {kid} is already published with another key")
+    await txn.execute(
+        "UPDATE devices SET next_otk = ? WHERE user_id = ? AND device_id = ?",
+        (counter, user, device))
+    return await _otk_count(txn, user, device)
+
+
+async def txn_set_fallback_key(txn, user, device, kid, key, signature):
+    await txn.execute(
+        "INSERT INTO fallback_keys (user_id, device_id, kid, key, signature, used) "
+        "VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT (user_id, device_id) DO UPDATE SET "
+        "kid = excluded.kid, key = excluded.key, signature = excluded.signature, used = 0",
+        (user, device, kid, key, signature))
+
+
+async def _claim_one_time_key(txn, user, device):
+    """The device's oldest one-time key, removed and its kid remembered for ever.
+
+    The caller holds the device's lock, so concurrent claims take turns and
+    each sees the keys the previous one left.
+    """
+    row = await _first(
+        txn, "DELETE FROM one_time_keys WHERE user_id = ? AND device_id = ? AND pos = ("
+             "SELECT min(pos) FROM one_time_keys WHERE user_id = ? AND device_id = ?) "
+             "RETURNING kid, key, signature", (user, device, user, device))
+    if row is None:
+        return None
+    await txn.execute(
+        "INSERT INTO claimed_kids (user_id, device_id, kid) VALUES (?, ?, ?)",
+        (user, device, row[0]))
+    return {**_record(("kid", "key", "signature"), row), "fallback": False}
+
+
+async def _use_fallback_key(txn, user, device):
+    row = await _first(
+        txn, "UPDATE fallback_keys SET used = 1 WHERE user_id = ? AND device_id = ? "
+             "RETURNING kid, key, signature", (user, device))
+    return {**_record(("kid", "key", "signature"), row), "fallback": True} if row else None
+
+
+async def txn_claim_keys(txn, pairs):
+    claimed = {}
+    # The same locking order as txn_enqueue.
+    for user, device in sorted(set(pairs)):
+        if await _lock_device(txn, user, device) is None:
+            continue
+        key = (await _claim_one_time_key(txn, user, device)
+               or await _use_fallback_key(txn, user, device))
+        if key is not None:
+            claimed[(user, device)] = key
+    return claimed
+
+
+async def txn_key_counts(txn, user, device):
+    row = await _first(
+        txn, "SELECT used FROM fallback_keys WHERE user_id = ? AND device_id = ?", (user, device))
+    return {"otk_count": await _otk_count(txn, user, device),
+            "fallback_used": bool(row and row[0]), "has_fallback": row is not None}
+
+
+# -- envelopes ----------------------------------------------------------------------
+
+
+async def _next_seq(txn, user, device):
+    return (await _first(
+        txn, "UPDATE devices SET next_seq = next_seq + 1 WHERE user_id = ? AND device_id = ? "
+             "RETURNING next_seq", (user, device)))[0]
+
+
+async def _append_history(txn, room, envelope_id, body, created):
+    (pos,) = await _first(
+        txn, "INSERT INTO room_counters (room, next_pos) VALUES (?, 1) ON CONFLICT (room) "
+             "DO UPDATE SET next_pos = room_counters.next_pos + 1 RETURNING next_pos", (room,))
+    await txn.execute(
+        "INSERT INTO room_history (room, pos, envelope_id, body, created) VALUES (?, ?, ?, ?, ?)",
+        (room, pos, envelope_id, body, created))
+
+
+async def txn_enqueue(txn, envelopes):
+    # Devices are locked in one global order (as claims do) before anything
+    # else, so concurrent batches for the same devices queue instead of deadlocking.
+    for user, device in sorted({tuple(r) for e in envelopes for r in e["recipients"]}):
+        if await _lock_device(txn, user, device) is None:
+            raise StoreError(f"no device {user}/{device}")
+    created = now_ms()
+    placed = []
+    for envelope in envelopes:
+        if not await txn.execute(
+                "INSERT INTO envelope_ids (id, sender, sender_device, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING RETURNING id",
+                (envelope["id"], envelope["sender"], envelope["sender_device"], created)):
+            raise DuplicateEnvelope(envelope["id"])
+        body_digest = digest(envelope["body"])
+        seqs = []
+        for user, device in envelope["recipients"]:
+            seq = await _next_seq(txn, user, device)
+            await txn.execute(
+                "INSERT INTO queue (user_id, device_id, seq, envelope_id, body, digest, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user, device, seq, envelope["id"], envelope["body"], body_digest, created))
+            seqs.append((user, device, seq))
+        if envelope.get("history"):
+            await _append_history(txn, envelope["history"], envelope["id"], envelope["body"],
+                                  created)
+        placed.append(seqs)
+    return placed
+
+
+async def txn_fetch_queue(txn, user, device, after_seq, limit):
+    rows = await txn.execute(
+        "SELECT seq, envelope_id, body, digest FROM queue "
+        "WHERE user_id = ? AND device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (user, device, after_seq, limit))
+    return [{"seq": seq, "id": envelope_id, "body": body, "intact": digest(body) == stored}
+            for seq, envelope_id, body, stored in rows]
+
+
+async def txn_queue_length(txn, user, device):
+    return (await _first(
+        txn, "SELECT count(*) FROM queue WHERE user_id = ? AND device_id = ?",
+        (user, device)))[0]
+
+
+async def txn_ack(txn, user, device, ids):
+    removed = 0
+    for envelope_id in ids:
+        removed += len(await txn.execute(
+            "DELETE FROM queue WHERE user_id = ? AND device_id = ? AND envelope_id = ? "
+            "RETURNING seq", (user, device, envelope_id)))
+    return removed
+
+
+# -- rooms --------------------------------------------------------------------------
+
+
+async def txn_create_room(txn, room, owner, password_hash):
+    created = now_ms()
+    if not await txn.execute(
+            "INSERT INTO rooms (room, owner, password_hash, created) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (room) DO NOTHING RETURNING room",
+            (room, owner, password_hash, created)):
+        raise RoomExists(room)
+    await txn.execute(
+        "INSERT INTO room_members (room, user_id, role, joined) VALUES (?, ?, 'owner', ?)",
+        (room, owner, created))
+
+
+async def txn_get_room(txn, room):
+    return _record(("room", "owner", "password_hash", "created"), await _first(
+        txn, "SELECT room, owner, password_hash, created FROM rooms WHERE room = ?", (room,)))
+
+
+async def txn_add_member(txn, room, user):
+    return bool(await txn.execute(
+        "INSERT INTO room_members (room, user_id, joined) VALUES (?, ?, ?) "
+        "ON CONFLICT (room, user_id) DO NOTHING RETURNING user_id", (room, user, now_ms())))
+
+
+async def txn_member_role(txn, room, user):
+    row = await _first(
+        txn, "SELECT role FROM room_members WHERE room = ? AND user_id = ?", (room, user))
+    return row[0] if row else None
+
+
+async def txn_set_member_role(txn, room, user, role):
+    return bool(await txn.execute(
+        "UPDATE room_members SET role = ? WHERE room = ? AND user_id = ? RETURNING role",
+        (role, room, user)))
+
+
+async def txn_remove_member(txn, room, user):
+    return bool(await txn.execute(
+        "DELETE FROM room_members WHERE room = ? AND user_id = ? RETURNING user_id",
+        (room, user)))
+
+
+async def txn_room_members(txn, room):
+    rows = await txn.execute(
+        "SELECT user_id FROM room_members WHERE room = ? ORDER BY user_id", (room,))
+    return [row[0] for row in rows]
+
+
+async def txn_rooms_of(txn, user):
+    rows = await txn.execute(
+        "SELECT room FROM room_members WHERE user_id = ? ORDER BY room", (user,))
+    return [row[0] for row in rows]
+
+
+async def txn_room_history(txn, room, before_pos, limit):
+    if before_pos is None:
+        rows = await txn.execute(
+            "SELECT pos, envelope_id, body, created FROM room_history WHERE room = ? "
+            "ORDER BY pos DESC LIMIT ?", (room, limit))
+    else:
+        rows = await txn.execute(
+            "SELECT pos, envelope_id, body, created FROM room_history WHERE room = ? "
+            "AND pos < ? ORDER BY pos DESC LIMIT ?", (room, before_pos, limit))
+    return [_record(("pos", "id", "body", "created"), row) for row in reversed(rows)]
+
+
+async def txn_prune_history(txn, older_than, keep_per_room):
+    removed = len(await txn.execute(
+        "DELETE FROM room_history WHERE created < ? RETURNING pos", (older_than,)))
+    for room, newest in await txn.execute("SELECT room, next_pos FROM room_counters"):
+        removed += len(await txn.execute(
+            "DELETE FROM room_history WHERE room = ? AND pos <= ? RETURNING pos",
+            (room, newest - keep_per_room)))
+    return removed
