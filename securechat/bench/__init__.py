@@ -1,0 +1,1 @@
+"""``securechat-bench``: load generator and measurements for the relay (docs/benchmarks.rst)."""

@@ -1,0 +1,105 @@
+"""``securechat-bench``: run one workload against a relay and print its figures.
+
+It starts its own ``twistd -n securechat`` (SQLite, or PostgreSQL with
+``--database``) unless ``--attach`` names a running relay, runs the workload
+for a bounded time, and prints one JSON object, then a table for people.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+from twisted.internet import defer, task
+
+from securechat.bench import workloads
+from securechat.bench.server import AttachedServer, ManagedServer, run_prefix
+
+DEFAULTS = {
+    "w1": dict(pairs=10, inflight=200, size=200, warmup=2.0, duration=10.0),
+    "w2": dict(pairs=50, rate=20.0, size=200, warmup=2.0, duration=10.0),
+    "w3": dict(members=50, rates=(100.0, 1000.0), size=200, warmup=1.0, duration=10.0),
+    "w4": dict(connections=10000),
+    "w5": dict(envelopes=10000, size=200, inflight=200),
+}
+NAMES = {"w1": "throughput", "w2": "latency", "w3": "room fan-out", "w4": "idle connections",
+         "w5": "offline drain"}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="securechat-bench", description=__doc__.split("\n")[0])
+    parser.add_argument("workload", choices=sorted(DEFAULTS),
+                        help="w1 throughput, w2 latency, w3 room fan-out, w4 idle connections, "
+                             "w5 offline drain")
+    parser.add_argument("--database", help="postgresql:// URL for the started relay "
+                                           "(default: its embedded SQLite)")
+    parser.add_argument("--attach", metavar="HOST:PORT", help="use a running relay instead")
+    parser.add_argument("--ca-file", help="certificate to verify an attached relay with")
+    parser.add_argument("--server-pid", type=int, help="pid of an attached relay (for /proc)")
+    parser.add_argument("--pairs", type=int, help="w1, w2: sender/receiver pairs")
+    parser.add_argument("--inflight", type=int, help="w1, w5: outstanding sends per pair")
+    parser.add_argument("--size", type=int, help="payload bytes")
+    parser.add_argument("--rate", type=float, action="append",
+                        help="w2: messages/s per pair; w3: messages/s (repeatable)")
+    parser.add_argument("--members", type=int, help="w3: room member devices")
+    parser.add_argument("--connections", type=int, help="w4: connections to open")
+    parser.add_argument("--envelopes", type=int, help="w5: envelopes to queue")
+    parser.add_argument("--warmup", type=float, help="seconds before measuring")
+    parser.add_argument("--duration", type=float, help="seconds measured")
+    return parser
+
+
+def workload_options(args):
+    options = dict(DEFAULTS[args.workload])
+    for key in ("pairs", "inflight", "size", "members", "connections", "envelopes", "warmup",
+                "duration"):
+        value = getattr(args, key)
+        if value is not None and key in options:
+            options[key] = value
+    if args.rate:
+        if "rates" in options:
+            options["rates"] = tuple(args.rate)
+        elif "rate" in options:
+            options["rate"] = args.rate[0]
+    return options
+
+
+def table(report):
+    width = max(len(k) for k in report)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in report.items())
+
+
+async def run(args):
+    if args.workload == "w4":
+        workloads.raise_fd_limit((args.connections or DEFAULTS["w4"]["connections"]) + 256)
+    if args.attach:
+        host, _, port = args.attach.rpartition(":")
+        if not args.ca_file:
+            raise SystemExit("securechat-bench: --attach needs --ca-file")
+        server = AttachedServer(host, int(port), args.ca_file, args.server_pid)
+    else:
+        server = ManagedServer(database=args.database)
+    await server.start()
+    try:
+        options = workload_options(args)
+        figures = await workloads.WORKLOADS[args.workload](server, run_prefix(), **options)
+    finally:
+        server.stop()
+    report = {"workload": args.workload, "name": NAMES[args.workload],
+              "store": "postgresql" if args.database else ("attached" if args.attach else "sqlite"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+                         f"{platform.python_version()}",
+              **figures}
+    print(json.dumps(report))
+    print(table(report), file=sys.stderr)
+    return report
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    task.react(lambda reactor: defer.ensureDeferred(run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Benchmark peers: real protocol clients with real keys and random opaque payloads.
+
+The relay cannot tell these payloads from ciphertext (it never looks), so
+what is measured is exactly the relay's work.  Each peer registers, logs in
+and publishes signed device keys like a real client, using the same
+protocol library as the CLI.
+"""
+
+import secrets
+import time
+
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
+from twisted.internet import reactor
+
+from securechat import wire
+from securechat.client.protocol import connect
+from securechat.client.tls import ca_file_options
+
+DEVICE = "BENCH"
+
+
+def percentile(samples, fraction):
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class Latencies:
+    """Send times by envelope id, and delivery latencies (ms) inside the measuring window."""
+
+    def __init__(self):
+        self.sent_at = {}
+        self.samples = []
+        self.measuring = False
+        self.delivered_in_window = 0
+        self.delivered = 0
+
+    def sent(self, envelope_id):
+        self.sent_at[envelope_id] = time.monotonic()
+
+    def arrived(self, envelope_id):
+        start = self.sent_at.get(envelope_id)
+        if start is None:
+            return
+        self.delivered += 1
+        if self.measuring:
+            self.delivered_in_window += 1
+            self.samples.append((time.monotonic() - start) * 1000)
+
+    def summary(self):
+        return {"p50_ms": _round(percentile(self.samples, 0.50)),
+                "p99_ms": _round(percentile(self.samples, 0.99)),
+                "max_ms": _round(max(self.samples) if self.samples else None)}
+
+
+def _round(value):
+    return None if value is None else round(value, 3)
+
+
+class Peer:
+    """One user with one device and one connection."""
+
+    def __init__(self, server, name, on_envelope=None):
+        self.server = server
+        self.user = name
+        self.secret = wire.b64encode(secrets.token_bytes(32))
+        self.signing = SigningKey.generate()
+        self.protocol = None
+        self._on_envelope = on_envelope
+        self._acks = []
+        self.on_acked = lambda removed: None
+
+    async def connect(self):
+        options = ca_file_options("localhost", self.server.cert_path)
+        self.protocol = await connect(reactor, self.server.host, self.server.port, options,
+                                      on_event=self._event)
+        return self
+
+    def _event(self, frame):
+        if frame.get("event") == "envelope":
+            envelope_id = frame["envelope"]["id"]
+            if self._on_envelope is not None:
+                self._on_envelope(self, envelope_id)
+            if not self._acks:
+                reactor.callLater(0, self._flush_acks)
+            self._acks.append(envelope_id)
+
+    def _flush_acks(self):
+        """One ack per reactor turn for everything that arrived in it (as a real client batches)."""
+        ids, self._acks = self._acks, []
+        for start in range(0, len(ids), wire.MAX_BATCH_ITEMS):
+            d = self.protocol.request("ack", ids=ids[start:start + wire.MAX_BATCH_ITEMS])
+            d.addCallback(lambda result: self.on_acked(result["removed"]))
+            d.addErrback(lambda f: None)
+
+    def request(self, op, **fields):
+        return self.protocol.request(op, **fields)
+
+    async def register_and_login(self, publish_keys=True):
+        await self.connect()
+        await self.request("register", user=self.user, secret=self.secret,
+                           identity_key=wire.b64encode(bytes(SigningKey.generate().verify_key)))
+        return await self.login(publish_keys)
+
+    async def login(self, publish_keys=False):
+        if self.protocol is None or self.protocol.transport is None:
+            await self.connect()
+        result = await self.request("login", user=self.user, device=DEVICE, secret=self.secret)
+        if publish_keys:
+            keys = {"user": self.user, "device": DEVICE,
+                    "curve25519": wire.b64encode(bytes(PrivateKey.generate().public_key)),
+                    "ed25519": wire.b64encode(bytes(self.signing.verify_key))}
+            signature = wire.b64encode(self.signing.sign(wire.canonical_json(keys)).signature)
+            await self.request("keys.upload", device_keys=keys, signature=signature)
+        return result
+
+    async def close(self):
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.loseConnection()
+            await self.protocol.closed_d
+        self.protocol = None
+
+
+def new_id():
+    return secrets.token_hex(16)
+
+
+def unicast(to, payload):
+    return {"id": new_id(), "to": to, "to_dev": DEVICE, "kind": "olm",
+            "sid": "YmVuY2g", "otype": 1, "ct": payload}
+
+
+def random_payload(size):
+    """``size`` random bytes as the base64 a real ciphertext would be."""
+    return wire.b64encode(secrets.token_bytes(size))

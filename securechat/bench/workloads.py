@@ -1,0 +1,256 @@
+"""The five workloads of docs/benchmarks.rst.  Each is bounded in time and count.
+
+Every workload returns a flat dict of figures.  Server CPU comes from
+/proc (user + system time of the relay process) over the measuring window;
+client CPU is this process's own, so a reader can tell a server-bound
+figure from a client-bound one.
+"""
+
+import resource
+import time
+
+from twisted.internet import defer, reactor, task
+
+from securechat.bench.peers import Latencies, Peer, new_id, random_payload, unicast
+
+DRAIN_TIMEOUT = 60
+SETUP_CONCURRENCY = 8
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def client_cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Window:
+    """Server and client CPU seconds spent between ``open`` and ``close``."""
+
+    def __init__(self, server):
+        self._sampler = server.sampler
+        self.server_cpu = self.client_cpu = self.seconds = 0.0
+
+    def open(self):
+        self._t = time.monotonic()
+        self._server = self._sampler.cpu_seconds() if self._sampler else 0.0
+        self._client = client_cpu()
+
+    def close(self):
+        self.seconds = time.monotonic() - self._t
+        self.server_cpu = (self._sampler.cpu_seconds() if self._sampler else 0.0) - self._server
+        self.client_cpu = client_cpu() - self._client
+
+    def figures(self, units, unit_name):
+        per = (lambda cpu: round(cpu * 1e6 / units, 2) if units else None)
+        return {
+            f"server_cpu_us_per_{unit_name}": per(self.server_cpu) if self._sampler else None,
+            f"client_cpu_us_per_{unit_name}": per(self.client_cpu),
+            "server_cpu_share": round(self.server_cpu / self.seconds, 3) if self._sampler else None,
+            "client_cpu_share": round(self.client_cpu / self.seconds, 3),
+        }
+
+
+async def bounded_gather(factories, concurrency=SETUP_CONCURRENCY):
+    """Run coroutine factories with at most ``concurrency`` at once (setup storms hurt argon2)."""
+    semaphore = defer.DeferredSemaphore(concurrency)
+    return await defer.gatherResults(
+        [semaphore.run(lambda f=f: defer.ensureDeferred(f())) for f in factories],
+        consumeErrors=True)
+
+
+async def wait_until(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        await sleep(0.01)
+    return predicate()
+
+
+async def make_pairs(server, prefix, count, latencies):
+    senders = [Peer(server, f"{prefix}s{i}") for i in range(count)]
+    receivers = [Peer(server, f"{prefix}r{i}", lambda peer, eid: latencies.arrived(eid))
+                 for i in range(count)]
+    await bounded_gather([p.register_and_login for p in senders + receivers])
+    return list(zip(senders, receivers))
+
+
+async def close_all(peers):
+    await defer.gatherResults([defer.ensureDeferred(p.close()) for p in peers])
+
+
+async def w1_throughput(server, prefix, pairs=10, inflight=200, size=200, warmup=2.0,
+                        duration=10.0):
+    """Pairs send as fast as ``inflight`` outstanding sends per pair allow."""
+    latencies = Latencies()
+    couples = await make_pairs(server, prefix, pairs, latencies)
+    payload = random_payload(size)
+    state = {"accepted": 0, "running": True}
+
+    async def lane(sender, receiver):
+        while state["running"]:
+            envelope = unicast(receiver.user, payload)
+            latencies.sent(envelope["id"])
+            await sender.request("send", envelopes=[envelope])
+            state["accepted"] += 1
+
+    lanes = [defer.ensureDeferred(lane(s, r)) for s, r in couples for _ in range(inflight)]
+    await sleep(warmup)
+    window = Window(server)
+    latencies.measuring = True
+    window.open()
+    await sleep(duration)
+    window.close()
+    latencies.measuring = False
+    state["running"] = False
+    await defer.gatherResults(lanes, consumeErrors=True)
+    await wait_until(lambda: latencies.delivered >= state["accepted"], DRAIN_TIMEOUT)
+    await close_all([p for c in couples for p in c])
+    delivered = latencies.delivered_in_window
+    return {"pairs": pairs, "inflight_per_pair": inflight, "payload_bytes": size,
+            "window_s": round(window.seconds, 2),
+            "delivered_per_s": round(delivered / window.seconds, 1),
+            **latencies.summary(), **window.figures(delivered, "message"),
+            "accepted": state["accepted"], "lost": state["accepted"] - latencies.delivered}
+
+
+async def w2_latency(server, prefix, pairs=50, rate=20.0, size=200, warmup=2.0, duration=10.0):
+    """Pairs each send ``rate`` messages a second: what latency does a light load see?"""
+    latencies = Latencies()
+    couples = await make_pairs(server, prefix, pairs, latencies)
+    payload = random_payload(size)
+    state = {"accepted": 0}
+
+    def tick(sender, receiver):
+        envelope = unicast(receiver.user, payload)
+        latencies.sent(envelope["id"])
+        d = sender.request("send", envelopes=[envelope])
+        d.addCallback(lambda _: state.__setitem__("accepted", state["accepted"] + 1))
+        d.addErrback(lambda f: None)
+
+    loops = []
+    for sender, receiver in couples:
+        loop = task.LoopingCall(tick, sender, receiver)
+        loop.start(1.0 / rate, now=False)
+        loops.append(loop)
+    await sleep(warmup)
+    window = Window(server)
+    latencies.measuring = True
+    window.open()
+    await sleep(duration)
+    window.close()
+    latencies.measuring = False
+    for loop in loops:
+        loop.stop()
+    await wait_until(lambda: latencies.delivered >= state["accepted"], DRAIN_TIMEOUT)
+    await close_all([p for c in couples for p in c])
+    delivered = latencies.delivered_in_window
+    return {"pairs": pairs, "rate_per_pair": rate, "offered_per_s": pairs * rate,
+            "window_s": round(window.seconds, 2),
+            "delivered_per_s": round(delivered / window.seconds, 1), **latencies.summary(),
+            **window.figures(delivered, "message"),
+            "accepted": state["accepted"], "lost": state["accepted"] - latencies.delivered}
+
+
+async def w3_fanout(server, prefix, members=50, rates=(100.0, 1000.0), size=200, warmup=1.0,
+                    duration=10.0):
+    """One sender, one room of ``members`` devices, at each rate in turn."""
+    latencies = Latencies()
+    sender = Peer(server, f"{prefix}owner")
+    audience = [Peer(server, f"{prefix}m{i}", lambda peer, eid: latencies.arrived(eid))
+                for i in range(members)]
+    await bounded_gather([p.register_and_login for p in [sender] + audience])
+    room = f"{prefix}room"
+    await sender.request("room.create", room=room)
+    for member in audience:
+        await sender.request("room.invite", room=room, user=member.user)
+    payload = random_payload(size)
+    results = {"members": members, "payload_bytes": size}
+    for rate in rates:
+        latencies.samples, latencies.delivered_in_window = [], 0
+
+        def tick():
+            envelope_id = new_id()
+            latencies.sent(envelope_id)
+            d = sender.request("room.send", room=room, id=envelope_id, kind="megolm",
+                               sid="YmVuY2g", ct=payload)
+            d.addErrback(lambda f: None)
+
+        loop = task.LoopingCall(tick)
+        loop.start(1.0 / rate, now=False)
+        await sleep(warmup)
+        window = Window(server)
+        latencies.measuring = True
+        window.open()
+        await sleep(duration)
+        window.close()
+        latencies.measuring = False
+        loop.stop()
+        delivered = latencies.delivered_in_window
+        label = f"at_{int(rate)}"
+        figures = {"deliveries_per_s": round(delivered / window.seconds, 1),
+                   **latencies.summary(), **window.figures(delivered, "delivery")}
+        results.update({f"{label}_{k}": v for k, v in figures.items()})
+        await wait_until(lambda: not sender.protocol._pending, DRAIN_TIMEOUT)
+    await close_all([sender] + audience)
+    return results
+
+
+async def w4_connections(server, prefix, connections=10000):
+    """Authenticated idle connections: memory per connection, and how long opening them takes."""
+    before = server.sampler.rss_kib() if server.sampler else None
+    peers = [Peer(server, f"{prefix}c{i}") for i in range(connections)]
+    started = time.monotonic()
+    await bounded_gather([lambda p=p: p.register_and_login(publish_keys=False) for p in peers],
+                         concurrency=64)
+    opened = time.monotonic() - started
+    await sleep(1.0)
+    alive = sum(1 for p in peers if p.protocol is not None and p.protocol.transport is not None)
+    after = server.sampler.rss_kib() if server.sampler else None
+    await close_all(peers)
+    return {"connections": connections, "held": alive, "open_s": round(opened, 2),
+            "opens_per_s": round(connections / opened, 1),
+            "server_rss_before_kib": before, "server_rss_after_kib": after,
+            "server_kib_per_connection": round((after - before) / connections, 2)
+            if server.sampler else None}
+
+
+async def w5_offline_drain(server, prefix, envelopes=10000, size=200, inflight=200):
+    """Envelopes queued for an offline device; time from its login to the last acknowledgement."""
+    sender = Peer(server, f"{prefix}sender")
+    acked = {"count": 0}
+    receiver = Peer(server, f"{prefix}offline")
+    await sender.register_and_login()
+    await receiver.register_and_login()
+    await receiver.close()
+    payload = random_payload(size)
+    remaining = {"n": envelopes}
+
+    async def lane():
+        while remaining["n"] > 0:
+            remaining["n"] -= 1
+            await sender.request("send", envelopes=[unicast(receiver.user, payload)])
+
+    await defer.gatherResults([defer.ensureDeferred(lane()) for _ in range(inflight)])
+    receiver.on_acked = lambda removed: acked.__setitem__("count", acked["count"] + removed)
+    window = Window(server)
+    window.open()
+    await receiver.login()
+    drained = await wait_until(lambda: acked["count"] >= envelopes, DRAIN_TIMEOUT)
+    window.close()
+    await close_all([sender, receiver])
+    return {"envelopes": envelopes, "drained": drained, "acknowledged": acked["count"],
+            "login_to_last_ack_s": round(window.seconds, 3),
+            **window.figures(acked["count"], "envelope")}
+
+
+def raise_fd_limit(wanted):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(max(soft, wanted), hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+WORKLOADS = {"w1": w1_throughput, "w2": w2_latency, "w3": w3_fanout, "w4": w4_connections,
+             "w5": w5_offline_drain}
