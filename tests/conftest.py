@@ -7,7 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.pgserver import TemporaryPostgres, create_database
+from tests.pgserver import TemporaryPostgres, create_database, drop_database
 from tests.support import start_server
 
 
@@ -35,13 +35,13 @@ def postgres_dsn():
         yield configured
         return
     server = TemporaryPostgres().start()
-    try:
-        yield server.dsn()
-    finally:
-        server.stop()
+    yield server.dsn()
+    server.stop()
 
 
 @pytest.fixture
 def fresh_postgres_dsn(postgres_dsn):
-    """A new, empty database on that server for one test."""
-    return create_database(postgres_dsn, f"sc_{uuid.uuid4().hex[:16]}")
+    """A new, empty database on that server for one test (dropped afterwards)."""
+    name = f"sc_{uuid.uuid4().hex[:16]}"
+    yield create_database(postgres_dsn, name)
+    drop_database(postgres_dsn, name)

@@ -1,6 +1,7 @@
 """Unit tests of the connection layer without sockets: StringTransport, task.Clock, a real SQLite store."""
 
 import json
+import sqlite3
 
 import pytest
 import pytest_twisted
@@ -23,6 +24,7 @@ def factory(tmp_path):
     clock = task.Clock()
     hasher = SecretHasher(reactor, 1)
     made = RelayFactory(settings, store, clock, hasher, dummy_hash="")
+    made.config_database = str(tmp_path / "unit.sqlite3")
     yield made
     pytest_twisted.blockon(store.stop())
 
@@ -79,15 +81,14 @@ async def test_corrupt_envelope_is_announced_not_delivered(factory):
     await store.set_device_keys("bob", "B1", "{}", "s")
     await store.enqueue([{"id": "e" * 16, "sender": "a", "sender_device": "A",
                           "recipients": [("bob", "B1")], "body": '{"ct":"AAAA"}'}])
-    await store._engine.run(_corrupt)
+    database = sqlite3.connect(factory.config_database)
+    with database:
+        database.execute("UPDATE queue SET body = ?", ('{"ct":"AAAB"}',))
+    database.close()
     pushed = []
     cursor = factory.relay.attach("bob", "B1", _Sink(pushed))
     await cursor.pump()
     assert [json.loads(line) for line in pushed] == [{"event": "corrupt", "seq": 1, "id": "e" * 16}]
-
-
-async def _corrupt(txn):
-    await txn.execute("UPDATE queue SET body = ?", ('{"ct":"AAAB"}',))
 
 
 class _Sink:

@@ -9,9 +9,11 @@ from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from securechat.store import IStore, make_store
+from securechat.store.postgres import PostgresStore
+from securechat.store.sqlite import SqliteStore
 from securechat.store.errors import (
     DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
-from securechat.store.sqlstore import digest
+from securechat.store.transactions import digest
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -60,6 +62,18 @@ def test_store_provides_the_interface(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_make_store_picks_the_backend(tmp_path):
+    """A postgres URL gives PostgreSQL; anything else is a SQLite path, relative to the data dir."""
+    assert isinstance(make_store("postgresql://u@h/db", str(tmp_path)), PostgresStore)
+    assert isinstance(make_store("postgres://u@h/db", str(tmp_path)), PostgresStore)
+    relative = make_store("sub/store.db", str(tmp_path))
+    assert isinstance(relative, SqliteStore)
+    await relative.start()
+    await relative.stop()
+    assert (tmp_path / "sub" / "store.db").exists()
+
+
+@pytest_twisted.ensureDeferred
 async def test_accounts(store):
     """An account is created once and read back; a second one with the same name fails."""
     await store.create_account("alice", "h1", "k1")
@@ -101,12 +115,17 @@ async def test_one_time_keys_fifo_once_then_fallback(store):
     await device(store, "bob")
     assert await store.add_one_time_keys("bob", "D1", [("k1", "K1", "s"), ("k2", "K2", "s")]) == 2
     assert await store.add_one_time_keys("bob", "D1", [("k1", "K1", "s"), ("k3", "K3", "s")]) == 3
+    assert await store.key_counts("bob", "D1") == {"otk_count": 3, "fallback_used": False,
+                                                  "has_fallback": False}
     await store.set_fallback_key("bob", "D1", "f1", "F1", "s")
     got = [(await store.claim_keys([("bob", "D1")]))[("bob", "D1")] for _ in range(5)]
     assert [(k["kid"], k["fallback"]) for k in got] == [
         ("k1", False), ("k2", False), ("k3", False), ("f1", True), ("f1", True)]
     assert await store.key_counts("bob", "D1") == {"otk_count": 0, "fallback_used": True,
                                                   "has_fallback": True}
+    await store.set_fallback_key("bob", "D1", "f2", "F2", "s")
+    assert (await store.key_counts("bob", "D1"))["fallback_used"] is False
+    assert (await store.claim_keys([("bob", "D1")]))[("bob", "D1")]["kid"] == "f2"
     assert await store.claim_keys([("bob", "NOPE")]) == {}
 
 
@@ -139,6 +158,23 @@ async def test_concurrent_claims_hand_out_each_key_once(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_nodes_claim_each_key_once(store, database, tmp_path):
+    """Claims through two store objects (two relay nodes) on one database never share a key."""
+    await device(store, "bob")
+    await store.add_one_time_keys("bob", "D1", [(f"k{i:02d}", f"K{i}", "s") for i in range(20)])
+    other = make_store(database, str(tmp_path))
+    await other.start()
+    try:
+        results = await defer.gatherResults(
+            [node.claim_keys([("bob", "D1"), ("bob", "D1")]) for node in [store, other] * 12],
+            consumeErrors=True)
+    finally:
+        await other.stop()
+    kids = [r[("bob", "D1")]["kid"] for r in results if r]
+    assert sorted(kids) == [f"k{i:02d}" for i in range(20)] and len(results) - len(kids) == 4
+
+
+@pytest_twisted.ensureDeferred
 async def test_enqueue_sequences_per_device(store):
     """Each recipient device numbers its envelopes 1, 2, 3 ... independently."""
     await device(store, "bob", "B1")
@@ -168,6 +204,44 @@ async def test_duplicate_envelope_is_atomic(store):
     assert info.value.envelope_id == "e1"
     assert [r["id"] for r in await store.fetch_queue("bob", "D1", 0, 10)] == ["e1"]
     assert (await store.enqueue([envelope("e2", [("bob", "D1")])])) == [[("bob", "D1", 2)]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_enqueues_number_each_device_gaplessly(store):
+    """Simultaneous batches for the same devices, in either order, get seqs 1..N per device."""
+    await device(store, "bob", "B1")
+    await device(store, "bob", "B2")
+    orders = [[("bob", "B1"), ("bob", "B2")], [("bob", "B2"), ("bob", "B1")]]
+    placed = await defer.gatherResults(
+        [store.enqueue([envelope(f"e{i}", orders[i % 2])]) for i in range(20)],
+        consumeErrors=True)
+    for name in ("B1", "B2"):
+        seqs = sorted(seq for batch in placed for (_, dev, seq) in batch[0] if dev == name)
+        assert seqs == list(range(1, 21))
+        assert await store.queue_length("bob", name) == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_duplicates_are_refused(store):
+    """The same envelope id (or user name) sent at once is stored once; the others are refused."""
+    await device(store, "bob")
+    outcomes = await defer.DeferredList(
+        [store.enqueue([envelope("same", [("bob", "D1")])]) for _ in range(6)]
+        + [store.create_account("carol", "h", "k") for _ in range(6)], consumeErrors=True)
+    failures = [result.value for ok, result in outcomes if not ok]
+    assert sorted(type(f).__name__ for f in failures) == (
+        ["DuplicateEnvelope"] * 5 + ["UserExists"] * 5)
+    assert await store.queue_length("bob", "D1") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_enqueue_to_an_unknown_device_stores_nothing(store):
+    """A batch naming a device that does not exist fails as a whole."""
+    await device(store, "bob")
+    with pytest.raises(StoreError):
+        await store.enqueue([envelope("e1", [("bob", "D1")]), envelope("e2", [("bob", "GONE")])])
+    assert await store.queue_length("bob", "D1") == 0
+    assert await store.enqueue([envelope("e1", [("bob", "D1")])]) == [[("bob", "D1", 1)]]
 
 
 @pytest_twisted.ensureDeferred

@@ -53,6 +53,21 @@ class Window:
         }
 
 
+class InFlight:
+    """Requests sent on a timer, so the end of a run can wait for their answers."""
+
+    def __init__(self):
+        self._pending = set()
+
+    def track(self, d):
+        self._pending.add(d)
+        d.addErrback(lambda f: None)
+        d.addBoth(lambda _: self._pending.discard(d))
+
+    def settled(self):
+        return defer.gatherResults(list(self._pending), consumeErrors=True)
+
+
 async def bounded_gather(factories, concurrency=SETUP_CONCURRENCY):
     """Run coroutine factories with at most ``concurrency`` at once (setup storms hurt argon2)."""
     semaphore = defer.DeferredSemaphore(concurrency)
@@ -122,12 +137,14 @@ async def w2_latency(server, prefix, pairs=50, rate=20.0, size=200, warmup=2.0, 
     payload = random_payload(size)
     state = {"accepted": 0}
 
+    in_flight = InFlight()
+
     def tick(sender, receiver):
         envelope = unicast(receiver.user, payload)
         latencies.sent(envelope["id"])
         d = sender.request("send", envelopes=[envelope])
         d.addCallback(lambda _: state.__setitem__("accepted", state["accepted"] + 1))
-        d.addErrback(lambda f: None)
+        in_flight.track(d)
 
     loops = []
     for sender, receiver in couples:
@@ -143,6 +160,7 @@ async def w2_latency(server, prefix, pairs=50, rate=20.0, size=200, warmup=2.0, 
     latencies.measuring = False
     for loop in loops:
         loop.stop()
+    await in_flight.settled()
     await wait_until(lambda: latencies.delivered >= state["accepted"], DRAIN_TIMEOUT)
     await close_all([p for c in couples for p in c])
     delivered = latencies.delivered_in_window
@@ -167,15 +185,15 @@ async def w3_fanout(server, prefix, members=50, rates=(100.0, 1000.0), size=200,
         await sender.request("room.invite", room=room, user=member.user)
     payload = random_payload(size)
     results = {"members": members, "payload_bytes": size}
+    in_flight = InFlight()
     for rate in rates:
         latencies.samples, latencies.delivered_in_window = [], 0
 
         def tick():
             envelope_id = new_id()
             latencies.sent(envelope_id)
-            d = sender.request("room.send", room=room, id=envelope_id, kind="megolm",
-                               sid="YmVuY2g", ct=payload)
-            d.addErrback(lambda f: None)
+            in_flight.track(sender.request("room.send", room=room, id=envelope_id,
+                                           kind="megolm", sid="YmVuY2g", ct=payload))
 
         loop = task.LoopingCall(tick)
         loop.start(1.0 / rate, now=False)
@@ -192,7 +210,7 @@ async def w3_fanout(server, prefix, members=50, rates=(100.0, 1000.0), size=200,
         figures = {"deliveries_per_s": round(delivered / window.seconds, 1),
                    **latencies.summary(), **window.figures(delivered, "delivery")}
         results.update({f"{label}_{k}": v for k, v in figures.items()})
-        await wait_until(lambda: not sender.protocol._pending, DRAIN_TIMEOUT)
+        await in_flight.settled()
     await close_all([sender] + audience)
     return results
 

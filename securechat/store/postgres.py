@@ -1,48 +1,41 @@
-"""PostgreSQL through txpostgres: for production and for several relay nodes on one database.
+"""PostgreSQL through txpostgres: for production, and for several relay nodes on one database.
 
-Queries are asynchronous on the reactor thread (no thread pool).  SQL is
-shared with SQLite and written with ``?`` placeholders, which this engine
-turns into psycopg2's ``%s``.
+Queries run asynchronously on the reactor thread (no thread pool), on a
+pool of connections, so transactions really do run concurrently; the shared
+transaction bodies are written to stay correct when they do.  ``dsn`` may be
+a ``postgresql://user:password@host:port/database`` URL (psycopg2 accepts it).
 """
 
 from twisted.internet import defer
 from txpostgres import txpostgres
 
+from securechat.store.engine import POSTGRES, Txn
 from securechat.store.sqlstore import SqlStore
 
 POOL_SIZE = 4
 
 
-class _Txn:
-    def __init__(self, cursor):
-        self._cursor = cursor
-
-    async def execute(self, sql, args=()):
-        await self._cursor.execute(sql.replace("?", "%s"), args)
-        return self._cursor.fetchall() if self._cursor.description else []
-
-
-class PostgresEngine:
+class PostgresStore(SqlStore):
     def __init__(self, dsn):
         self._dsn = dsn
         self._pool = None
 
-    async def start(self):
-        self._pool = txpostgres.ConnectionPool(None, self._dsn, min=POOL_SIZE)
-        await self._pool.start()
+    async def _connect(self):
+        pool = txpostgres.ConnectionPool(None, self._dsn, min=POOL_SIZE)
+        await pool.start()
+        self._pool = pool
 
-    def stop(self):
-        if self._pool is None:
-            return defer.succeed(None)
+    def _open(self):
+        return defer.ensureDeferred(self._connect())
+
+    def _close(self):
         pool, self._pool = self._pool, None
-        pool.close()
+        if pool is not None:
+            pool.close()
         return defer.succeed(None)
 
-    def run(self, body, *args):
-        # An async def handed straight to runInteraction would never run (and the
-        # empty transaction would commit): wrap it in a Deferred.
-        return self._pool.runInteraction(lambda cursor: defer.ensureDeferred(body(_Txn(cursor), *args)))
-
-
-def PostgresStore(dsn):
-    return SqlStore(PostgresEngine(dsn))
+    def _run(self, body, *args):
+        # runInteraction wants a Deferred: an async def handed to it directly
+        # would never run, and the empty transaction would commit.
+        return self._pool.runInteraction(
+            lambda cursor: defer.ensureDeferred(body(Txn(POSTGRES, cursor), *args)))

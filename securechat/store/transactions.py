@@ -36,6 +36,18 @@ async def _first(txn, sql, args=()):
     return rows[0] if rows else None
 
 
+async def _lock_device(txn, user, device):
+    """Serialise the transactions that touch one device's keys or queue (a row lock on PostgreSQL).
+
+    Always take several in sorted order, so two transactions never deadlock.
+    Fires with the device's one-time key counter, or None for an unknown device.
+    """
+    row = await _first(
+        txn, "UPDATE devices SET next_otk = next_otk WHERE user_id = ? AND device_id = ? "
+             "RETURNING next_otk", (user, device))
+    return row[0] if row else None
+
+
 # -- schema -------------------------------------------------------------------------
 
 
@@ -126,17 +138,6 @@ async def txn_get_device_list(txn, user):
 # -- one-time and fallback keys -----------------------------------------------------
 
 
-async def _lock_device(txn, user, device):
-    """Serialise the key operations of one device (a row lock on PostgreSQL).
-
-    Fires with the device's one-time key counter, or None for an unknown device.
-    """
-    row = await _first(
-        txn, "UPDATE devices SET next_otk = next_otk WHERE user_id = ? AND device_id = ? "
-             "RETURNING next_otk", (user, device))
-    return row[0] if row else None
-
-
 async def _otk_count(txn, user, device):
     return (await _first(
         txn, "SELECT count(*) FROM one_time_keys WHERE user_id = ? AND device_id = ?",
@@ -205,7 +206,6 @@ async def _use_fallback_key(txn, user, device):
 
 async def txn_claim_keys(txn, pairs):
     claimed = {}
-    # The same locking order as txn_enqueue.
     for user, device in sorted(set(pairs)):
         if await _lock_device(txn, user, device) is None:
             continue
@@ -242,8 +242,6 @@ async def _append_history(txn, room, envelope_id, body, created):
 
 
 async def txn_enqueue(txn, envelopes):
-    # Devices are locked in one global order (as claims do) before anything
-    # else, so concurrent batches for the same devices queue instead of deadlocking.
     for user, device in sorted({tuple(r) for e in envelopes for r in e["recipients"]}):
         if await _lock_device(txn, user, device) is None:
             raise StoreError(f"no device {user}/{device}")

@@ -1,0 +1,55 @@
+"""securechat-bench keeps working: every workload in a tiny configuration, on both stores.
+
+No timing is asserted (figures belong in docs/benchmarks.rst); only that each
+workload runs, reports its figures and loses nothing.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.processes import executable
+
+TINY = {
+    "w1": ["--pairs", "2", "--inflight", "5", "--warmup", "0.2", "--duration", "0.5"],
+    "w2": ["--pairs", "2", "--rate", "20", "--warmup", "0.2", "--duration", "0.5"],
+    "w3": ["--members", "3", "--rate", "20", "--warmup", "0.2", "--duration", "0.5"],
+    "w4": ["--connections", "5"],
+    "w5": ["--envelopes", "50", "--inflight", "5"],
+}
+EXPECTED = {
+    "w1": ("delivered_per_s", "p99_ms", "server_cpu_us_per_message", "client_cpu_us_per_message"),
+    "w2": ("p50_ms", "p99_ms", "max_ms"),
+    "w3": ("at_20_deliveries_per_s", "at_20_p99_ms", "at_20_server_cpu_us_per_delivery"),
+    "w4": ("held", "server_kib_per_connection", "open_s"),
+    "w5": ("login_to_last_ack_s", "acknowledged"),
+}
+
+
+def test_help_lists_the_workloads():
+    """`securechat-bench --help` describes the tool and its workloads."""
+    out = subprocess.run([executable("securechat-bench"), "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "w5 offline drain" in out.stdout
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+@pytest.mark.parametrize("workload", sorted(TINY))
+def test_workload_runs_and_loses_nothing(workload, store, request):
+    """Each workload runs in seconds against a relay it starts, and reports its figures."""
+    args = [executable("securechat-bench"), workload, *TINY[workload]]
+    if store == "postgres":
+        args += ["--database", request.getfixturevalue("fresh_postgres_dsn")]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert report["workload"] == workload
+    assert report["store"] == ("postgresql" if store == "postgres" else "sqlite")
+    for key in EXPECTED[workload]:
+        assert report[key] is not None, key
+    assert report.get("lost", 0) == 0
+    if workload == "w4":
+        assert report["held"] == 5
+    if workload == "w5":
+        assert report["acknowledged"] == 50
