@@ -344,3 +344,20 @@ async def test_room_history_is_kept_with_the_envelope_and_pruned(store):
     assert [h["id"] for h in await store.room_history("ops", None, 10)] == ["r2", "r3", "r4"]
     assert await store.prune_history(2**53, 100) == 3
     assert await store.room_history("ops", None, 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_writes_share_commits_but_not_errors(store):
+    """Enqueues and acks fired together all commit, except the one with a used id, which alone fails."""
+    await device(store, "bob", "B1")
+    await store.enqueue([envelope("old", [("bob", "B1")])])
+    calls = [store.enqueue([envelope(f"n{i}", [("bob", "B1")])]) for i in range(10)]
+    calls.append(store.enqueue([envelope("old", [("bob", "B1")])]))
+    calls.append(store.ack("bob", "B1", ["old"]))
+    outcomes = await defer.DeferredList(calls, consumeErrors=True)
+    assert [ok for ok, _ in outcomes] == [True] * 10 + [False, True]
+    assert outcomes[10][1].check(DuplicateEnvelope)
+    assert outcomes[11][1] == 1
+    rows = await store.fetch_queue("bob", "B1", 0, 100)
+    assert [r["id"] for r in rows] == [f"n{i}" for i in range(10)]
+    assert [r["seq"] for r in rows] == list(range(2, 12))

@@ -4,6 +4,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from securechat.server.auth import make_portal
+from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
 from securechat.server.protocol import RelayProtocol
 from securechat.server.ratelimit import SlidingWindow
@@ -21,10 +22,11 @@ class RelayFactory(ServerFactory):
         self.store = store
         self.clock = clock
         self.hasher = hasher
-        self.relay = Relay(store)
+        self.devices = DeviceDirectory(store)
+        self.relay = Relay(store, self.devices)
         self.portal = make_portal(store, self.relay, self.hasher, dummy_hash)
-        self.keys = KeyDirectory(store)
-        self.rooms = Rooms(config, store, self.relay, self.hasher)
+        self.keys = KeyDirectory(store, self.devices)
+        self.rooms = Rooms(config, store, self.devices, self.relay, self.hasher)
         window = config.login_window_seconds
         self.login_per_account = SlidingWindow(clock, config.login_attempts_per_account, window)
         self.login_per_address = SlidingWindow(clock, config.login_attempts_per_address, window)

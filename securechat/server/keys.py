@@ -33,8 +33,9 @@ def one_time_key_payload(user, device, kid, key, fallback):
 
 
 class KeyDirectory:
-    def __init__(self, store):
+    def __init__(self, store, directory):
         self._store = store
+        self._directory = directory
 
     async def upload(self, user, device, fields):
         """Store a device's signed keys; answer with the device's key counts."""
@@ -73,6 +74,7 @@ class KeyDirectory:
             await self._store.set_device_keys(
                 user, device, canonical_json(device_keys).decode("utf-8"), signature
             )
+            self._directory.changed(user)
         except store_errors.KeyConflict:
             raise ProtocolError(
                 "key_conflict", f"device {device} already published other identity keys"

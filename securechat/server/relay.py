@@ -118,8 +118,9 @@ class Relay:
 
     log = Logger()
 
-    def __init__(self, store):
+    def __init__(self, store, directory):
         self._store = store
+        self._directory = directory
         self._online = {}
 
     # -- presence ---------------------------------------------------------
@@ -161,10 +162,10 @@ class Relay:
             covered.add(target)
         required = set()
         for user in {to for to, _ in covered} | {sender}:
-            devices = await self._store.get_devices(user)
+            devices = await self._directory.devices(user)
             if not devices and user != sender and await self._store.get_account(user) is None:
                 raise ProtocolError("unknown_user", f"no user named {user!r}")
-            required.update((user, row["device"]) for row in devices)
+            required.update((user, device) for device in devices)
         required.discard((sender, sender_device))
         missing, extra = required - covered, covered - required
         if missing or extra:

@@ -32,9 +32,10 @@ def membership_body(event_id, room, user, action, by):
 
 
 class Rooms:
-    def __init__(self, config, store, relay, hasher):
+    def __init__(self, config, store, directory, relay, hasher):
         self._config = config
         self._store = store
+        self._directory = directory
         self._relay = relay
         self._hasher = hasher
 
@@ -104,7 +105,7 @@ class Rooms:
         members = await self._members_seen_by(user, room)
         result = {}
         for member in members:
-            result[member] = [row["device"] for row in await self._store.get_devices(member)]
+            result[member] = list(await self._directory.devices(member))
         return {"room": room, "members": result}
 
     async def list(self, user):
@@ -144,7 +145,7 @@ class Rooms:
     async def _member_devices(self, members):
         devices = []
         for member in sorted(members):
-            devices.extend((member, row["device"]) for row in await self._store.get_devices(member))
+            devices.extend((member, device) for device in await self._directory.devices(member))
         return devices
 
     async def _require_admin(self, user, room):

@@ -13,8 +13,64 @@ from securechat.store import transactions as t
 from securechat.store.interface import IStore
 
 
+class GroupCommit:
+    """Writes that arrive while a group is committing share the next transaction.
+
+    Under load a commit (and its fsync) then serves many senders at once;
+    with one writer at a time it adds no delay.  Each caller still gets its
+    own result, or its own StoreError.
+    """
+
+    def __init__(self, run):
+        self._run = run
+        self._waiting = []
+        self._busy = False
+
+    def submit(self, devices, body, *args):
+        d = defer.Deferred()
+        self._waiting.append((devices, body, args, d))
+        if not self._busy:
+            self._commit()
+        return d
+
+    def _commit(self):
+        batch, self._waiting = self._waiting, []
+        self._busy = True
+        devices = {device for entry in batch for device in entry[0]}
+        done = self._run(t.txn_group, devices, [(body, args) for _, body, args, _ in batch])
+        done.addCallbacks(self._answer, self._fail_all, callbackArgs=(batch,),
+                          errbackArgs=(batch,))
+        done.addBoth(self._next)
+
+    @staticmethod
+    def _answer(outcomes, batch):
+        for (_, _, _, d), outcome in zip(batch, outcomes):
+            if isinstance(outcome, Exception):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+
+    @staticmethod
+    def _fail_all(failure, batch):
+        for _, _, _, d in batch:
+            d.errback(failure)
+
+    def _next(self, _):
+        self._busy = False
+        if self._waiting:
+            self._commit()
+
+
 @implementer(IStore)
 class SqlStore:
+    _group = None
+
+    @property
+    def _writes(self):
+        if self._group is None:
+            self._group = GroupCommit(self._run)
+        return self._group
+
     def _open(self):
         """Open the connections; a Deferred."""
         raise NotImplementedError
@@ -78,7 +134,8 @@ class SqlStore:
         return self._run(t.txn_key_counts, user, device)
 
     def enqueue(self, envelopes):
-        return self._run(t.txn_enqueue, envelopes)
+        devices = {tuple(r) for envelope in envelopes for r in envelope["recipients"]}
+        return self._writes.submit(devices, t.txn_enqueue, envelopes)
 
     def fetch_queue(self, user, device, after_seq, limit):
         return self._run(t.txn_fetch_queue, user, device, after_seq, limit)
@@ -87,7 +144,7 @@ class SqlStore:
         return self._run(t.txn_queue_length, user, device)
 
     def ack(self, user, device, ids):
-        return self._run(t.txn_ack, user, device, ids)
+        return self._writes.submit((), t.txn_ack, user, device, ids)
 
     def create_room(self, room, owner, password_hash):
         return self._run(t.txn_create_room, room, owner, password_hash)

@@ -369,3 +369,30 @@ async def txn_prune_history(txn, older_than, keep_per_room):
             "DELETE FROM room_history WHERE room = ? AND pos <= ? RETURNING pos",
             (room, newest - keep_per_room)))
     return removed
+
+
+# -- group commit ---------------------------------------------------------------------
+
+
+async def txn_group(txn, devices, ops):
+    """Run several operations in one transaction (one fsync), each isolated by a savepoint.
+
+    ``ops`` is a list of ``(body, args)``.  An operation that raises a
+    StoreError is rolled back to its savepoint and its error returned in its
+    place; the others commit.  ``devices`` (every device any op touches) are
+    locked first, in sorted order, so a group never deadlocks with another
+    transaction that locks devices in that same order.
+    """
+    for user, device in sorted(devices):
+        await _lock_device(txn, user, device)
+    outcomes = []
+    for body, args in ops:
+        await txn.execute("SAVEPOINT op")
+        try:
+            outcome = await body(txn, *args)
+        except StoreError as e:
+            await txn.execute("ROLLBACK TO SAVEPOINT op")
+            outcome = e
+        await txn.execute("RELEASE SAVEPOINT op")
+        outcomes.append(outcome)
+    return outcomes
