@@ -227,9 +227,12 @@ async def txn_key_counts(txn, user, device):
 
 
 async def _next_seq(txn, user, device):
-    return (await _first(
+    row = await _first(
         txn, "UPDATE devices SET next_seq = next_seq + 1 WHERE user_id = ? AND device_id = ? "
-             "RETURNING next_seq", (user, device)))[0]
+             "RETURNING next_seq", (user, device))
+    if row is None:
+        raise StoreError(f"no device {user}/{device}")
+    return row[0]
 
 
 async def _append_history(txn, room, envelope_id, body, created):
@@ -242,9 +245,10 @@ async def _append_history(txn, room, envelope_id, body, created):
 
 
 async def txn_enqueue(txn, envelopes):
-    for user, device in sorted({tuple(r) for e in envelopes for r in e["recipients"]}):
-        if await _lock_device(txn, user, device) is None:
-            raise StoreError(f"no device {user}/{device}")
+    if txn.engine.row_locks:
+        for user, device in sorted({tuple(r) for e in envelopes for r in e["recipients"]}):
+            if await _lock_device(txn, user, device) is None:
+                raise StoreError(f"no device {user}/{device}")
     created = now_ms()
     placed = []
     for envelope in envelopes:
@@ -383,8 +387,9 @@ async def txn_group(txn, devices, ops):
     locked first, in sorted order, so a group never deadlocks with another
     transaction that locks devices in that same order.
     """
-    for user, device in sorted(devices):
-        await _lock_device(txn, user, device)
+    if txn.engine.row_locks:
+        for user, device in sorted(devices):
+            await _lock_device(txn, user, device)
     outcomes = []
     for body, args in ops:
         await txn.execute("SAVEPOINT op")
