@@ -119,18 +119,26 @@ class ServerConfig:
         return self.database.startswith(("postgresql://", "postgres://"))
 
 
+def read_ini(path):
+    """Parse an ini file; a missing or malformed file is a ConfigError naming it."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}")
+    except configparser.Error as e:
+        raise ConfigError(f"{path}: not a valid ini file: {e}")
+    return parser
+
+
 def load(path=None):
     """Read ``path`` (or the defaults alone when None) into a ServerConfig."""
-    parser = configparser.ConfigParser(interpolation=None)
     source = path or "(defaults)"
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                parser.read_file(f)
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}")
-        except configparser.Error as e:
-            raise ConfigError(f"{path}: not a valid ini file: {e}")
+    if path is None:
+        parser = configparser.ConfigParser(interpolation=None)
+    else:
+        parser = read_ini(path)
         _refuse_unknown(parser, source)
     values = {}
     for option in OPTIONS:

@@ -2,8 +2,10 @@
 and its CPU time and memory read from /proc."""
 
 import os
+import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,47 +37,56 @@ class ProcSampler:
         return 0
 
 
-class ManagedServer:
-    """A relay started for one benchmark run, in a scratch directory, removed afterwards."""
+class RelayProcess:
+    """One ``twistd -n securechat`` process, run from ``workdir`` (so the installed plugin is used).
 
-    def __init__(self, database=None, port=0, extra_config=""):
-        self.workdir = tempfile.mkdtemp(prefix="securechat-bench-")
-        self.port = port or _free_port()
-        self.host = "127.0.0.1"
-        self.cert_path = os.path.join(self.workdir, "data", "tls", "server-cert.pem")
+    Shared by the benchmark tool and the end-to-end tests.
+    """
+
+    def __init__(self, workdir, config_path=None):
+        self.workdir = str(workdir)
+        self.config_path = None if config_path is None else str(config_path)
         self.log_path = os.path.join(self.workdir, "twistd.log")
-        lines = ["[server]", "interface = 127.0.0.1", f"port = {self.port}",
-                 f"data_dir = {os.path.join(self.workdir, 'data')}",
-                 "[limits]", "requests_per_second = 1000000", "request_burst = 1000000",
-                 "login_attempts_per_address = 1000000", "argon2_concurrency = 2"]
-        if database:
-            lines += ["[store]", f"database = {database}"]
-        self.config_path = os.path.join(self.workdir, "bench.ini")
-        with open(self.config_path, "w") as f:
-            f.write("\n".join(lines) + "\n" + extra_config)
         self.process = None
-        self.sampler = None
+        self._log_offset = 0
 
-    async def start(self):
+    def start(self):
+        self._log_offset = len(self.log_text())
+        options = [] if self.config_path is None else ["--config", self.config_path]
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         self.process = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "--logfile", self.log_path, "securechat",
-             "--config", self.config_path], cwd=self.workdir,
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
-        while "securechat relay listening on" not in self._log():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the relay did not start:\n{self._log()}")
-            await task.deferLater(reactor, 0.05, lambda: None)
-        self.sampler = ProcSampler(self.process.pid)
-        return self
+            [twistd, "-n", "--pidfile=", "--logfile", self.log_path, "securechat", *options],
+            cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
-    def _log(self):
+    def log_text(self):
         try:
             with open(self.log_path, encoding="utf-8", errors="replace") as f:
                 return f.read()
         except OSError:
             return ""
+
+    def new_log_text(self):
+        """What this start of the process logged (a restart appends to the same file)."""
+        return self.log_text()[self._log_offset:]
+
+    async def wait_listening(self, timeout=START_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while "securechat relay listening on" not in self.new_log_text():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"twistd exited with {self.process.returncode}:\n"
+                                   f"{self.log_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"twistd did not start within {timeout} s:\n{self.log_text()}")
+            await task.deferLater(reactor, 0.05, lambda: None)
+
+    def fingerprint(self):
+        found = re.findall(r"fingerprint: ([0-9A-F:]{95})", self.log_text())
+        return found[-1] if found else None
+
+    def kill(self):
+        """SIGKILL: no shutdown code runs, as in a power cut or an OOM kill."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
 
     def stop(self):
         if self.process is not None and self.process.poll() is None:
@@ -83,7 +94,37 @@ class ManagedServer:
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self.kill()
+
+
+class ManagedServer:
+    """A relay started for one benchmark run, in a scratch directory, removed afterwards."""
+
+    def __init__(self, database=None):
+        self.workdir = tempfile.mkdtemp(prefix="securechat-bench-")
+        self.port = _free_port()
+        self.host = "127.0.0.1"
+        self.cert_path = os.path.join(self.workdir, "data", "tls", "server-cert.pem")
+        lines = ["[server]", "interface = 127.0.0.1", f"port = {self.port}",
+                 f"data_dir = {os.path.join(self.workdir, 'data')}",
+                 "[limits]", "requests_per_second = 1000000", "request_burst = 1000000",
+                 "login_attempts_per_address = 1000000", "argon2_concurrency = 2"]
+        if database:
+            lines += ["[store]", f"database = {database}"]
+        config_path = os.path.join(self.workdir, "bench.ini")
+        with open(config_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.relay = RelayProcess(self.workdir, config_path)
+        self.sampler = None
+
+    async def start(self):
+        self.relay.start()
+        await self.relay.wait_listening()
+        self.sampler = ProcSampler(self.relay.process.pid)
+        return self
+
+    def stop(self):
+        self.relay.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

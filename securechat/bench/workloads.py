@@ -53,6 +53,18 @@ class Window:
         }
 
 
+async def measure(server, latencies, warmup, duration):
+    """Let the load settle for ``warmup`` seconds, then measure ``duration`` seconds of it."""
+    await sleep(warmup)
+    window = Window(server)
+    latencies.measuring = True
+    window.open()
+    await sleep(duration)
+    window.close()
+    latencies.measuring = False
+    return window
+
+
 class InFlight:
     """Requests sent on a timer, so the end of a run can wait for their answers."""
 
@@ -64,8 +76,9 @@ class InFlight:
         d.addErrback(lambda f: None)
         d.addBoth(lambda _: self._pending.discard(d))
 
-    def settled(self):
-        return defer.gatherResults(list(self._pending), consumeErrors=True)
+    def settled(self, timeout=DRAIN_TIMEOUT):
+        """Wait (at most ``timeout`` seconds) until every tracked request is answered."""
+        return defer.ensureDeferred(wait_until(lambda: not self._pending, timeout))
 
 
 async def bounded_gather(factories, concurrency=SETUP_CONCURRENCY):
@@ -111,13 +124,7 @@ async def w1_throughput(server, prefix, pairs=10, inflight=200, size=200, warmup
             state["accepted"] += 1
 
     lanes = [defer.ensureDeferred(lane(s, r)) for s, r in couples for _ in range(inflight)]
-    await sleep(warmup)
-    window = Window(server)
-    latencies.measuring = True
-    window.open()
-    await sleep(duration)
-    window.close()
-    latencies.measuring = False
+    window = await measure(server, latencies, warmup, duration)
     state["running"] = False
     await defer.gatherResults(lanes, consumeErrors=True)
     await wait_until(lambda: latencies.delivered >= state["accepted"], DRAIN_TIMEOUT)
@@ -151,13 +158,7 @@ async def w2_latency(server, prefix, pairs=50, rate=20.0, size=200, warmup=2.0, 
         loop = task.LoopingCall(tick, sender, receiver)
         loop.start(1.0 / rate, now=False)
         loops.append(loop)
-    await sleep(warmup)
-    window = Window(server)
-    latencies.measuring = True
-    window.open()
-    await sleep(duration)
-    window.close()
-    latencies.measuring = False
+    window = await measure(server, latencies, warmup, duration)
     for loop in loops:
         loop.stop()
     await in_flight.settled()
@@ -197,13 +198,7 @@ async def w3_fanout(server, prefix, members=50, rates=(100.0, 1000.0), size=200,
 
         loop = task.LoopingCall(tick)
         loop.start(1.0 / rate, now=False)
-        await sleep(warmup)
-        window = Window(server)
-        latencies.measuring = True
-        window.open()
-        await sleep(duration)
-        window.close()
-        latencies.measuring = False
+        window = await measure(server, latencies, warmup, duration)
         loop.stop()
         delivered = latencies.delivered_in_window
         label = f"at_{int(rate)}"

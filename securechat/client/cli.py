@@ -29,7 +29,7 @@ DEFAULT_CONFIG = os.path.join("~", ".config", "securechat", "client.ini")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="securechat", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="securechat", description="securechat: an end-to-end encrypted messenger for the terminal")
     parser.add_argument("--config", default=os.environ.get("SECURECHAT_CONFIG", DEFAULT_CONFIG),
                         help="client ini file (default: $SECURECHAT_CONFIG or %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -140,6 +140,16 @@ class Commands:
         return Client(self.reactor, self.settings, read_password(confirm),
                       on_message=on_message, on_control=self._control)
 
+    async def connected(self, action):
+        """Run ``action(client)`` on an open client, then disconnect; the exit code is 0."""
+        client = self.client()
+        await client.open()
+        try:
+            await action(client)
+        finally:
+            await client.disconnect()
+        return 0
+
     def _control(self, record):
         if record.get("type") == "verify.start":
             self.pending_starts.append(record)
@@ -155,34 +165,25 @@ class Commands:
         return 0
 
     async def cmd_login(self):
-        client = self.client()
-        await client.open()
-        self.out(f"logged in as {client.user} (device {client.device}); "
-                 f"{client.queued_at_login} message(s) waiting")
-        await client.disconnect()
-        return 0
+        async def report(client):
+            self.out(f"logged in as {client.user} (device {client.device}); "
+                     f"{client.queued_at_login} message(s) waiting")
+
+        return await self.connected(report)
 
     async def cmd_send(self):
-        client = self.client()
-        await client.open()
-        try:
-            await client.send_text(self.args.user, " ".join(self.args.text))
-        finally:
-            await client.disconnect()
-        return 0
+        return await self.connected(
+            lambda client: client.send_text(self.args.user, " ".join(self.args.text)))
 
     async def cmd_inbox(self):
-        client = self.client()
-        await client.open()
-        try:
+        async def inbox(client):
             await client.drain(timeout=60)
             if not client.unread() and self.args.wait > 0:
                 await client.wait_for(lambda: client.unread(), self.args.wait)
             await client.wait_for(client.receiver.idle, 10)
             self.show_unread(client)
-        finally:
-            await client.disconnect()
-        return 0
+
+        return await self.connected(inbox)
 
     def show_unread(self, client, show=None):
         """Print what was received and not yet shown, then remember it was shown."""
@@ -196,27 +197,22 @@ class Commands:
             client.mark_read(unread[-1][0])
 
     async def cmd_fingerprint(self):
-        client = self.client()
-        await client.open()
-        try:
+        async def fingerprint(client):
             own = client.crypto.identity_key
             if self.args.user is None:
                 self.out(f"{client.user}: {key_fingerprint(own)}")
-                return 0
+                return
             await client.trusted_devices(self.args.user, sending=False)
             record = client.contacts.record(self.args.user)
             theirs = record.get("pending") or record["identity_key"]
-            self.out(f"{self.args.user}: {key_fingerprint(theirs)}"
-                     f" ({'verified' if client.contacts.is_verified(self.args.user) else 'unverified'})")
+            state = "verified" if client.contacts.is_verified(self.args.user) else "unverified"
+            self.out(f"{self.args.user}: {key_fingerprint(theirs)} ({state})")
             self.out("safety number: " + safety_number(client.user, own, self.args.user, theirs))
-            return 0
-        finally:
-            await client.disconnect()
+
+        return await self.connected(fingerprint)
 
     async def cmd_trust(self):
-        client = self.client()
-        await client.open()
-        try:
+        async def trust(client):
             await client.trusted_devices(self.args.user, sending=False)
             key = client.contacts.trust(self.args.user)
             if key is None:
@@ -224,9 +220,8 @@ class Commands:
             else:
                 self.out(f"accepted {self.args.user}'s new identity key {key_fingerprint(key)}"
                          " (unverified: run 'securechat verify' to verify it)")
-            return 0
-        finally:
-            await client.disconnect()
+
+        return await self.connected(trust)
 
     async def cmd_verify(self):
         client = self.client()
@@ -260,16 +255,6 @@ class Commands:
         self.out("Do they match? [y/N] ")
         answer = await threads.deferToThread(sys.stdin.readline)
         return answer.strip().lower() in ("y", "yes")
-
-    async def connected(self, action):
-        """Run ``action(client)`` on an open client, then disconnect; the exit code is 0."""
-        client = self.client()
-        await client.open()
-        try:
-            await action(client)
-        finally:
-            await client.disconnect()
-        return 0
 
     async def cmd_rooms(self):
         if self.args.rooms_command == "create":

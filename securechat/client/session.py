@@ -20,7 +20,7 @@ from securechat.client.contacts import Contacts, TrustError
 from securechat.client.messaging import Receiver, Sender, new_id
 from securechat.client.protocol import RemoteError
 from securechat.client.rooms import RoomClient
-from securechat.client.tls import FingerprintMismatch, PinnedCertificate, ca_file_options
+from securechat.client.tls import PinnedCertificate, ca_file_options
 from securechat.crypto import passwords
 from securechat.crypto.device import DeviceCrypto
 from securechat.crypto.keystore import KeyStore, KeyStoreError, WrongPassword

@@ -10,13 +10,12 @@
     server_fingerprint = AB:CD:...        ; optional: the pin, instead of trusting on first use
 """
 
-import configparser
 import os
 from dataclasses import dataclass
 
 from securechat import wire
 from securechat.client.tls import normalise_fingerprint
-from securechat.config import ConfigError
+from securechat.config import ConfigError, read_ini
 
 KEYS = ("server", "username", "data_dir", "ca_file", "server_fingerprint")
 
@@ -38,14 +37,7 @@ class ClientSettings:
 
 
 def load(path):
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}")
-    except configparser.Error as e:
-        raise ConfigError(f"{path}: not a valid ini file: {e}")
+    parser = read_ini(path)
     if not parser.has_section("client"):
         raise ConfigError(f"{path}: [client] section is missing")
     section = parser["client"]

@@ -28,12 +28,6 @@ class PostgresStore(SqlStore):
     def _open(self):
         return defer.ensureDeferred(self._connect())
 
-    def _close(self):
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-        return defer.succeed(None)
-
     def _run(self, body, *args):
         # runInteraction wants a Deferred: an async def handed to it directly
         # would never run, and the empty transaction would commit.

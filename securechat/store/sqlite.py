@@ -46,11 +46,5 @@ class SqliteStore(SqlStore):
             cp_min=1, cp_max=1, cp_openfun=SQLITE.configure)
         return defer.succeed(None)
 
-    def _close(self):
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-        return defer.succeed(None)
-
     def _run(self, body, *args):
         return self._pool.runInteraction(_interaction, body, args)

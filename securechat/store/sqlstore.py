@@ -75,9 +75,14 @@ class SqlStore:
         """Open the connections; a Deferred."""
         raise NotImplementedError
 
+    _pool = None
+
     def _close(self):
-        """Close the connections (again is harmless); a Deferred."""
-        raise NotImplementedError
+        """Close the connection pool (again is harmless); a Deferred."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        return defer.succeed(None)
 
     def _run(self, body, *args):
         """Run ``body(txn, *args)`` as one transaction; a Deferred of its result."""
