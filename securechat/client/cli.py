@@ -141,10 +141,15 @@ class Commands:
                       on_message=on_message, on_control=self._control)
 
     async def connected(self, action):
-        """Run ``action(client)`` on an open client, then disconnect; the exit code is 0."""
+        """Run ``action(client)`` on an open client, then disconnect; the exit code is 0.
+
+        What was waiting is processed first (room keys, new sessions, key
+        changes), so the action sees the same state ``inbox`` would.
+        """
         client = self.client()
         await client.open()
         try:
+            await client.drain(timeout=60)
             await action(client)
         finally:
             await client.disconnect()
@@ -177,7 +182,6 @@ class Commands:
 
     async def cmd_inbox(self):
         async def inbox(client):
-            await client.drain(timeout=60)
             if not client.unread() and self.args.wait > 0:
                 await client.wait_for(lambda: client.unread(), self.args.wait)
             await client.wait_for(client.receiver.idle, 10)

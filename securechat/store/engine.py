@@ -19,8 +19,6 @@ class SqliteEngine:
     """SQLite 3.35+: placeholders as written; BEGIN IMMEDIATE already serialises writers."""
 
     schema_lock = None
-    # BEGIN IMMEDIATE on the single connection already serialises every writer.
-    row_locks = False
 
     def convert(self, sql):
         return sql
@@ -43,8 +41,6 @@ class PostgresEngine:
     # Held until commit: two nodes starting on an empty database would both
     # try to create the schema (CREATE TABLE IF NOT EXISTS races in PostgreSQL).
     schema_lock = "SELECT pg_advisory_xact_lock(7301)"
-    # Concurrent transactions must take device rows in one (sorted) order.
-    row_locks = True
 
     def convert(self, sql):
         return sql.replace("?", "%s")

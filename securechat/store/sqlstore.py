@@ -16,19 +16,21 @@ from securechat.store.interface import IStore
 class GroupCommit:
     """Writes that arrive while a group is committing share the next transaction.
 
-    Under load a commit (and its fsync) then serves many senders at once;
-    with one writer at a time it adds no delay.  Each caller still gets its
-    own result, or its own StoreError.
+    Under load a commit (and its fsync) then serves many callers at once;
+    with one caller at a time it adds no delay.  ``group_body(txn, items)``
+    returns one outcome per item: a result, or the StoreError of that caller
+    alone.
     """
 
-    def __init__(self, run):
+    def __init__(self, run, group_body):
         self._run = run
+        self._group_body = group_body
         self._waiting = []
         self._busy = False
 
-    def submit(self, devices, body, *args):
+    def submit(self, item):
         d = defer.Deferred()
-        self._waiting.append((devices, body, args, d))
+        self._waiting.append((item, d))
         if not self._busy:
             self._commit()
         return d
@@ -36,15 +38,14 @@ class GroupCommit:
     def _commit(self):
         batch, self._waiting = self._waiting, []
         self._busy = True
-        devices = {device for entry in batch for device in entry[0]}
-        done = self._run(t.txn_group, devices, [(body, args) for _, body, args, _ in batch])
+        done = self._run(self._group_body, [item for item, _ in batch])
         done.addCallbacks(self._answer, self._fail_all, callbackArgs=(batch,),
                           errbackArgs=(batch,))
         done.addBoth(self._next)
 
     @staticmethod
     def _answer(outcomes, batch):
-        for (_, _, _, d), outcome in zip(batch, outcomes):
+        for (_, d), outcome in zip(batch, outcomes):
             if isinstance(outcome, Exception):
                 d.errback(outcome)
             else:
@@ -52,7 +53,7 @@ class GroupCommit:
 
     @staticmethod
     def _fail_all(failure, batch):
-        for _, _, _, d in batch:
+        for _, d in batch:
             d.errback(failure)
 
     def _next(self, _):
@@ -63,13 +64,15 @@ class GroupCommit:
 
 @implementer(IStore)
 class SqlStore:
-    _group = None
+    _groups = None
 
-    @property
-    def _writes(self):
-        if self._group is None:
-            self._group = GroupCommit(self._run)
-        return self._group
+    def _group(self, group_body):
+        """The group committer of one kind of write (created on first use)."""
+        if self._groups is None:
+            self._groups = {}
+        if group_body not in self._groups:
+            self._groups[group_body] = GroupCommit(self._run, group_body)
+        return self._groups[group_body]
 
     def _open(self):
         """Open the connections; a Deferred."""
@@ -139,8 +142,7 @@ class SqlStore:
         return self._run(t.txn_key_counts, user, device)
 
     def enqueue(self, envelopes):
-        devices = {tuple(r) for envelope in envelopes for r in envelope["recipients"]}
-        return self._writes.submit(devices, t.txn_enqueue, envelopes)
+        return self._group(t.txn_enqueue_group).submit(envelopes)
 
     def fetch_queue(self, user, device, after_seq, limit):
         return self._run(t.txn_fetch_queue, user, device, after_seq, limit)
@@ -149,7 +151,7 @@ class SqlStore:
         return self._run(t.txn_queue_length, user, device)
 
     def ack(self, user, device, ids):
-        return self._writes.submit((), t.txn_ack, user, device, ids)
+        return self._group(t.txn_ack_group).submit((user, device, ids))
 
     def create_room(self, room, owner, password_hash):
         return self._run(t.txn_create_room, room, owner, password_hash)

@@ -226,51 +226,140 @@ async def txn_key_counts(txn, user, device):
 # -- envelopes ----------------------------------------------------------------------
 
 
-async def _next_seq(txn, user, device):
-    row = await _first(
-        txn, "UPDATE devices SET next_seq = next_seq + 1 WHERE user_id = ? AND device_id = ? "
-             "RETURNING next_seq", (user, device))
-    if row is None:
-        raise StoreError(f"no device {user}/{device}")
-    return row[0]
+ROWS_PER_INSERT = 250
+"""Rows of one multi-row INSERT (7 columns each stays far below SQLite's variable limit)."""
 
 
-async def _append_history(txn, room, envelope_id, body, created):
-    (pos,) = await _first(
-        txn, "INSERT INTO room_counters (room, next_pos) VALUES (?, 1) ON CONFLICT (room) "
-             "DO UPDATE SET next_pos = room_counters.next_pos + 1 RETURNING next_pos", (room,))
-    await txn.execute(
-        "INSERT INTO room_history (room, pos, envelope_id, body, created) VALUES (?, ?, ?, ?, ?)",
-        (room, pos, envelope_id, body, created))
+def _chunks(items, size=ROWS_PER_INSERT):
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-async def txn_enqueue(txn, envelopes):
-    if txn.engine.row_locks:
-        for user, device in sorted({tuple(r) for e in envelopes for r in e["recipients"]}):
-            if await _lock_device(txn, user, device) is None:
-                raise StoreError(f"no device {user}/{device}")
+async def _insert_rows(txn, table, columns, rows):
+    """One multi-row INSERT per chunk: a group of envelopes costs a few statements, not many."""
+    placeholders = "(" + ", ".join("?" * len(columns)) + ")"
+    for chunk in _chunks(rows):
+        await txn.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+            + ", ".join([placeholders] * len(chunk)),
+            tuple(value for row in chunk for value in row))
+
+
+async def _known_ids(txn, ids):
+    known = set()
+    for chunk in _chunks(sorted(ids)):
+        rows = await txn.execute(
+            f"SELECT id FROM envelope_ids WHERE id IN ({', '.join('?' * len(chunk))})",
+            tuple(chunk))
+        known.update(row[0] for row in rows)
+    return known
+
+
+async def _existing_devices(txn, users):
+    found = set()
+    for chunk in _chunks(sorted(users)):
+        rows = await txn.execute(
+            f"SELECT user_id, device_id FROM devices WHERE user_id IN ({', '.join('?' * len(chunk))})",
+            tuple(chunk))
+        found.update((user, device) for user, device in rows)
+    return found
+
+
+async def _reserve_seqs(txn, counts):
+    """Take ``counts[device]`` sequence numbers per (existing) device; the first of each.
+
+    The UPDATE also locks the device row until commit, devices in sorted
+    order, so concurrent groups (or nodes) never deadlock.
+    """
+    first = {}
+    for (user, device), count in sorted(counts.items()):
+        (last,) = await _first(
+            txn, "UPDATE devices SET next_seq = next_seq + ? WHERE user_id = ? AND device_id = ? "
+                 "RETURNING next_seq", (count, user, device))
+        first[(user, device)] = last - count + 1
+    return first
+
+
+def _screen(batches, known):
+    """Decide which batches fail before anything is written: re-used or repeated ids."""
+    outcomes = [None] * len(batches)
+    seen = set()
+    for index, batch in enumerate(batches):
+        ids = [envelope["id"] for envelope in batch]
+        repeated = next((i for i in ids if i in known or i in seen or ids.count(i) > 1), None)
+        if repeated is not None:
+            outcomes[index] = DuplicateEnvelope(repeated)
+        else:
+            seen.update(ids)
+    return outcomes
+
+
+async def txn_enqueue_group(txn, batches):
+    """Store several ``enqueue`` calls in one transaction; one outcome per call.
+
+    A call whose ids were used before (or twice) gets DuplicateEnvelope, a
+    call naming an unknown device a StoreError; nothing of a failed call is
+    written, and the others are stored as if each had been alone, in order.
+    """
+    outcomes = _screen(batches, await _known_ids(
+        txn, {envelope["id"] for batch in batches for envelope in batch}))
+    existing = await _existing_devices(
+        txn, {r[0] for batch in batches for e in batch for r in e["recipients"]})
+    counts = {}
+    for index, batch in enumerate(batches):
+        recipients = [tuple(r) for e in batch for r in e["recipients"]]
+        missing = set(recipients) - existing
+        if outcomes[index] is None and missing:
+            outcomes[index] = StoreError("no device " + ", ".join(
+                f"{user}/{device}" for user, device in sorted(missing)))
+        if outcomes[index] is None:
+            for recipient in recipients:
+                counts[recipient] = counts.get(recipient, 0) + 1
+    first = await _reserve_seqs(txn, counts)
     created = now_ms()
-    placed = []
-    for envelope in envelopes:
-        if not await txn.execute(
-                "INSERT INTO envelope_ids (id, sender, sender_device, created) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (id) DO NOTHING RETURNING id",
-                (envelope["id"], envelope["sender"], envelope["sender_device"], created)):
-            raise DuplicateEnvelope(envelope["id"])
-        body_digest = digest(envelope["body"])
-        seqs = []
-        for user, device in envelope["recipients"]:
-            seq = await _next_seq(txn, user, device)
-            await txn.execute(
-                "INSERT INTO queue (user_id, device_id, seq, envelope_id, body, digest, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (user, device, seq, envelope["id"], envelope["body"], body_digest, created))
-            seqs.append((user, device, seq))
-        if envelope.get("history"):
-            await _append_history(txn, envelope["history"], envelope["id"], envelope["body"],
-                                  created)
-        placed.append(seqs)
-    return placed
+    ids, queue, history = [], [], []
+    for index, batch in enumerate(batches):
+        if outcomes[index] is not None:
+            continue
+        placed = []
+        for envelope in batch:
+            ids.append((envelope["id"], envelope["sender"], envelope["sender_device"], created))
+            body_digest = digest(envelope["body"])
+            seqs = []
+            for user, device in envelope["recipients"]:
+                seq = first[(user, device)]
+                first[(user, device)] += 1
+                queue.append((user, device, seq, envelope["id"], envelope["body"], body_digest,
+                              created))
+                seqs.append((user, device, seq))
+            if envelope.get("history"):
+                history.append((envelope["history"], envelope["id"], envelope["body"]))
+            placed.append(seqs)
+        outcomes[index] = placed
+    await _insert_rows(txn, "envelope_ids", ("id", "sender", "sender_device", "created"), ids)
+    await _insert_rows(txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body",
+                                      "digest", "created"), queue)
+    await _append_history(txn, history, created)
+    return outcomes
+
+
+async def _append_history(txn, entries, created):
+    """Keep room bodies in their rooms' history, numbered per room."""
+    per_room = {}
+    for room, _, _ in entries:
+        per_room[room] = per_room.get(room, 0) + 1
+    next_pos = {}
+    for room, count in sorted(per_room.items()):
+        (last,) = await _first(
+            txn, "INSERT INTO room_counters (room, next_pos) VALUES (?, ?) ON CONFLICT (room) "
+                 "DO UPDATE SET next_pos = room_counters.next_pos + ? RETURNING next_pos",
+            (room, count, count))
+        next_pos[room] = last - count + 1
+    rows = []
+    for room, envelope_id, body in entries:
+        rows.append((room, next_pos[room], envelope_id, body, created))
+        next_pos[room] += 1
+    await _insert_rows(txn, "room_history", ("room", "pos", "envelope_id", "body", "created"),
+                       rows)
 
 
 async def txn_fetch_queue(txn, user, device, after_seq, limit):
@@ -288,13 +377,17 @@ async def txn_queue_length(txn, user, device):
         (user, device)))[0]
 
 
-async def txn_ack(txn, user, device, ids):
-    removed = 0
-    for envelope_id in ids:
-        removed += len(await txn.execute(
-            "DELETE FROM queue WHERE user_id = ? AND device_id = ? AND envelope_id = ? "
-            "RETURNING seq", (user, device, envelope_id)))
-    return removed
+async def txn_ack_group(txn, acks):
+    """Several ``ack`` calls ``(user, device, ids)`` in one transaction; removed counts."""
+    outcomes = []
+    for user, device, ids in acks:
+        removed = 0
+        for chunk in _chunks(sorted(set(ids))):
+            removed += len(await txn.execute(
+                "DELETE FROM queue WHERE user_id = ? AND device_id = ? AND envelope_id IN ("
+                + ", ".join("?" * len(chunk)) + ") RETURNING seq", (user, device, *chunk)))
+        outcomes.append(removed)
+    return outcomes
 
 
 # -- rooms --------------------------------------------------------------------------
@@ -373,31 +466,3 @@ async def txn_prune_history(txn, older_than, keep_per_room):
             "DELETE FROM room_history WHERE room = ? AND pos <= ? RETURNING pos",
             (room, newest - keep_per_room)))
     return removed
-
-
-# -- group commit ---------------------------------------------------------------------
-
-
-async def txn_group(txn, devices, ops):
-    """Run several operations in one transaction (one fsync), each isolated by a savepoint.
-
-    ``ops`` is a list of ``(body, args)``.  An operation that raises a
-    StoreError is rolled back to its savepoint and its error returned in its
-    place; the others commit.  ``devices`` (every device any op touches) are
-    locked first, in sorted order, so a group never deadlocks with another
-    transaction that locks devices in that same order.
-    """
-    if txn.engine.row_locks:
-        for user, device in sorted(devices):
-            await _lock_device(txn, user, device)
-    outcomes = []
-    for body, args in ops:
-        await txn.execute("SAVEPOINT op")
-        try:
-            outcome = await body(txn, *args)
-        except StoreError as e:
-            await txn.execute("ROLLBACK TO SAVEPOINT op")
-            outcome = e
-        await txn.execute("RELEASE SAVEPOINT op")
-        outcomes.append(outcome)
-    return outcomes
