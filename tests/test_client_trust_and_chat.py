@@ -95,5 +95,13 @@ async def test_interactive_chat_sends_and_shows_incoming(server, tmp_path):
     assert [m["text"] for m in got] == ["hello from the chat", "and a second line"]
     assert (await run_cli(bob, "send", "alice", "live reply")).code == 0
     await chat.wait_for("bob (unverified): live reply")
+    chat.type("/create lobby")
+    await chat.wait_for("created lobby")
+    chat.type("/room lobby hello lobby")
+    await chat.wait_for("talking in lobby")
+    await poll_until_async(
+        lambda: server.service.store.room_history("lobby", None, 5), timeout=30)
+    chat.type("/history lobby")
+    await chat.wait_for("alice in lobby (unverified): hello lobby")
     chat.type("/quit")
     assert await chat.finish() == 0

@@ -154,13 +154,15 @@ async def w2_latency(server, prefix, pairs=50, rate=20.0, size=200, warmup=2.0, 
         in_flight.track(d)
 
     loops = []
-    for sender, receiver in couples:
+    for index, (sender, receiver) in enumerate(couples):
+        # Spread the pairs over the period: in lockstep they would arrive as bursts.
         loop = task.LoopingCall(tick, sender, receiver)
-        loop.start(1.0 / rate, now=False)
+        reactor.callLater(index / (pairs * rate), loop.start, 1.0 / rate, now=True)
         loops.append(loop)
     window = await measure(server, latencies, warmup, duration)
     for loop in loops:
-        loop.stop()
+        if loop.running:
+            loop.stop()
     await in_flight.settled()
     await wait_until(lambda: latencies.delivered >= state["accepted"], DRAIN_TIMEOUT)
     await close_all([p for c in couples for p in c])

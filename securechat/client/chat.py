@@ -9,18 +9,26 @@ import shlex
 from twisted.internet import defer, stdio
 from twisted.protocols.basic import LineReceiver
 
-from securechat.client.cli import format_message
+from securechat.client.cli import format_history, format_message
 from securechat.client.protocol import RemoteError
 from securechat.client.session import ClientError
 from securechat.client.contacts import TrustError
 from securechat.client.verification import VerificationFailed
 from securechat.crypto.fingerprint import key_fingerprint
+from securechat.wire import BROADCAST_ROOM
 
 HELP = """\
 /msg USER [TEXT]   talk to USER from now on (and send TEXT if given)
-/join ROOM         join a room (asks nothing: rooms with passwords need the CLI)
+/room ROOM [TEXT]  talk in ROOM from now on (and say TEXT if given)
+/create ROOM       create a room (rooms with passwords: the CLI's 'rooms create --password')
+/join ROOM         join a room (rooms with passwords: the CLI's 'join --password')
+/leave ROOM        leave a room
 /rooms             the rooms you are in
 /who ROOM          the members of a room and their devices
+/history ROOM      the room's stored messages, decrypted where this device can
+/invite ROOM USER  add USER to ROOM (owner and admins)
+/kick ROOM USER    remove USER from ROOM (owner and admins)
+/broadcast TEXT    send TEXT to every user
 /verify USER       compare emoji with USER (they run /verify too)
 /trust USER        accept USER's changed identity key (unverified)
 /fingerprint       your own fingerprint
@@ -81,9 +89,11 @@ class Chat:
     async def _dispatch(self, line):
         if not line.startswith("/"):
             if self._peer is None:
-                self.show("! choose whom to talk to first: /msg USER")
-                return
-            await self._client.send_text(self._peer, line)
+                self.show("! choose whom to talk to first: /msg USER or /room ROOM")
+            elif self._peer.startswith("#"):
+                await self._client.rooms.say(self._peer[1:], line)
+            else:
+                await self._client.send_text(self._peer, line)
             return
         name, _, rest = line[1:].partition(" ")
         handler = getattr(self, "do_" + name, None)
@@ -108,9 +118,44 @@ class Chat:
         if text:
             await self._client.send_text(user, text)
 
+    async def do_room(self, rest):
+        room, _, text = rest.partition(" ")
+        if not room:
+            self.show("! usage: /room ROOM [TEXT]")
+            return
+        self._peer = "#" + room
+        self.show(f"talking in {room}")
+        if text:
+            await self._client.rooms.say(room, text)
+
+    async def do_create(self, rest):
+        await self._client.rooms.create(rest)
+        self.show(f"created {rest}")
+
     async def do_join(self, rest):
-        result = await self._client.request("room.join", room=rest, password=None)
+        result = await self._client.rooms.join(rest)
         self.show(f"joined {rest}: " + ", ".join(result["members"]))
+
+    async def do_leave(self, rest):
+        await self._client.rooms.leave(rest)
+        self.show(f"left {rest}")
+
+    async def do_history(self, rest):
+        for record in await self._client.rooms.history(rest):
+            self.show(format_history(record))
+
+    async def do_invite(self, rest):
+        room, _, user = rest.partition(" ")
+        await self._client.request("room.invite", room=room, user=user.strip())
+        self.show(f"{user.strip()} is now in {room}")
+
+    async def do_kick(self, rest):
+        room, _, user = rest.partition(" ")
+        await self._client.request("room.kick", room=room, user=user.strip())
+        self.show(f"{user.strip()} was removed from {room}")
+
+    async def do_broadcast(self, rest):
+        await self._client.rooms.say(BROADCAST_ROOM, rest)
 
     async def do_rooms(self, rest):
         rooms = (await self._client.request("rooms.list"))["rooms"]

@@ -115,6 +115,13 @@ def format_message(record):
     return "\n".join(lines)
 
 
+def format_history(record):
+    """A history line: what this device cannot decrypt is said so, not shown as an error."""
+    if record.get("error"):
+        record = {**record, "error": None, "text": "(not decryptable on this device)"}
+    return format_message(record)
+
+
 def message_json(record):
     return json.dumps({
         "id": record["id"], "type": record.get("type", "msg"), "from": record["from"],
@@ -311,9 +318,7 @@ class Commands:
     async def cmd_history(self):
         async def history(client):
             for record in await client.rooms.history(self.args.room):
-                if record.get("error"):
-                    record = {**record, "error": None, "text": "(not decryptable on this device)"}
-                self.out(format_message(record))
+                self.out(format_history(record))
 
         return await self.connected(history)
 

@@ -39,6 +39,7 @@ class ClientProtocol(LineReceiver):
         self.lost_reason = None
 
     def connectionMade(self):
+        self.transport.setTcpNoDelay(True)
         self.connected_d.callback(self)
 
     def request(self, op, **fields):

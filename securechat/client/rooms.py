@@ -19,6 +19,7 @@ from securechat.client.protocol import RemoteError
 from securechat.crypto.device import DecryptError
 from securechat.crypto.group import RoomCrypto
 from securechat.crypto.passwords import room_password_secret
+from securechat.client.deferreds import returns_deferred
 
 
 class RoomClient:
@@ -31,14 +32,17 @@ class RoomClient:
 
     # -- membership -------------------------------------------------------------
 
+    @returns_deferred
     async def create(self, room, password=None):
         return await self._client.request("room.create", room=room,
                                           password=self._password(room, password))
 
+    @returns_deferred
     async def join(self, room, password=None):
         return await self._client.request("room.join", room=room,
                                           password=self._password(room, password))
 
+    @returns_deferred
     async def leave(self, room):
         result = await self._client.request("room.leave", room=room)
         self.forget_outbound(room)
@@ -61,6 +65,7 @@ class RoomClient:
 
     # -- sending ------------------------------------------------------------------
 
+    @returns_deferred
     async def say(self, room, text):
         """Encrypt once, share the key where needed, send; fire with the message id."""
         client = self._client
@@ -75,13 +80,19 @@ class RoomClient:
             devices.update({(user, device): keys for device, keys in trusted.items()})
         devices.pop((client.user, client.device), None)
         crypto = self._crypto
-        session, meta, _ = crypto.outbound(room, set(devices))
+        session, meta, rotated = crypto.outbound(room, set(devices))
+        key = crypto.key_for_sharing(session)
+        if rotated:
+            # Keep the key for ourselves too, so this device can read its own messages
+            # in the room's history.
+            with client.store.transaction():
+                crypto.add_inbound(room, client.user, client.device, client.crypto.curve25519, key)
         shared = {tuple(d) for d in meta["shared_with"]}
         unserved = sorted({user for user, device in devices if (user, device) not in shared})
         if unserved:
             await client.sender.send(unserved, {
                 "type": "room_key", "mid": new_id(), "room": room,
-                "ts": int(time.time() * 1000), "session_key": crypto.key_for_sharing(session)})
+                "ts": int(time.time() * 1000), "session_key": key})
         mid = new_id()
         inner = {"type": "msg", "mid": mid, "room": room, "from": client.user,
                  "from_dev": client.device, "ts": int(time.time() * 1000), "body": text}
@@ -93,6 +104,7 @@ class RoomClient:
 
     # -- reading history ------------------------------------------------------------
 
+    @returns_deferred
     async def history(self, room, limit=100):
         """The room's stored ciphertext, decrypted where this device has the keys."""
         client = self._client
@@ -105,6 +117,7 @@ class RoomClient:
             records.append(await self.open_room_message(env, for_history=True))
         return records
 
+    @returns_deferred
     async def open_room_message(self, env, for_history=False):
         """Decrypt one Megolm envelope into a message record (or one with an ``error``)."""
         client = self._client

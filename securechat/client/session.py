@@ -20,6 +20,7 @@ from securechat.client.contacts import Contacts, TrustError
 from securechat.client.messaging import Receiver, Sender, new_id
 from securechat.client.protocol import RemoteError
 from securechat.client.rooms import RoomClient
+from securechat.client.deferreds import returns_deferred
 from securechat.client.tls import PinnedCertificate, ca_file_options
 from securechat.crypto import passwords
 from securechat.crypto.device import DeviceCrypto
@@ -77,6 +78,7 @@ class Client:
 
     # -- lifecycle ------------------------------------------------------------
 
+    @returns_deferred
     async def register(self):
         """Create this device's keys, the account on the server, and publish the keys."""
         directory = self.settings.data_dir
@@ -106,6 +108,7 @@ class Client:
             else:
                 shutil.rmtree(path)
 
+    @returns_deferred
     async def open(self):
         """Unlock the key store, connect, log in, top up keys; then envelopes start arriving."""
         try:
@@ -128,6 +131,7 @@ class Client:
             self.store.close()
             self.store = None
 
+    @returns_deferred
     async def disconnect(self):
         """Close the connection and wait until it is closed, then the store."""
         protocol = self.protocol
@@ -232,6 +236,7 @@ class Client:
 
     # -- the key directory ----------------------------------------------------------
 
+    @returns_deferred
     async def trusted_devices(self, user, sending):
         """Checked device keys of ``user`` (cached for this connection)."""
         entry = self._directory.get(user)
@@ -252,6 +257,7 @@ class Client:
 
     # -- messaging ----------------------------------------------------------------------
 
+    @returns_deferred
     async def send_text(self, user, text):
         """Send a 1:1 message; fire with its message id once the server accepted it."""
         mid = new_id()
@@ -265,11 +271,13 @@ class Client:
             raise ClientError(f"the server refused the message: {e.message}") from None
         return mid
 
+    @returns_deferred
     async def send_control(self, user, payload):
         """An encrypted non-chat message (verification steps, dummies)."""
         await self.sender.send([user], {"mid": new_id(), "room": None,
                                         "ts": int(time.time() * 1000), **payload})
 
+    @returns_deferred
     async def start_fresh_session(self, user, device):
         await self.sender.send([user], {"type": "dummy", "mid": new_id(), "room": None,
                                         "ts": int(time.time() * 1000)}, fresh={(user, device)})
@@ -286,10 +294,12 @@ class Client:
         with self.store.transaction():
             self.store.set_meta("shown_pos", str(pos))
 
+    @returns_deferred
     async def drain(self, timeout):
         """Wait until everything queued at login is processed (bounded by ``timeout`` seconds)."""
         await self.wait_for(lambda: self.receiver.processed >= self.queued_at_login, timeout)
 
+    @returns_deferred
     async def wait_for(self, predicate, timeout, interval=0.02):
         deadline = self.reactor.seconds() + timeout
         while not predicate():

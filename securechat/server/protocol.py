@@ -17,6 +17,8 @@ class RelayProtocol(LineReceiver):
         self.session = None
 
     def connectionMade(self):
+        # Small frames must leave at once: Nagle plus delayed ACKs would add ~40 ms.
+        self.transport.setTcpNoDelay(True)
         peer = self.transport.getPeer()
         self.session = ConnectionSession(
             self._server,

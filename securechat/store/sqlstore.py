@@ -13,6 +13,11 @@ from securechat.store import transactions as t
 from securechat.store.interface import IStore
 
 
+ACK_GATHER_SECONDS = 0.01
+"""Acks wait this long to share a transaction: nothing waits on them but the client's ack
+answer, and at modest rates they would otherwise take one commit each."""
+
+
 class GroupCommit:
     """Writes that arrive while a group is committing share the next transaction.
 
@@ -22,9 +27,10 @@ class GroupCommit:
     alone.
     """
 
-    def __init__(self, run, group_body):
+    def __init__(self, run, group_body, gather=0.0):
         self._run = run
         self._group_body = group_body
+        self._gather = gather
         self._waiting = []
         self._busy = False
 
@@ -32,7 +38,13 @@ class GroupCommit:
         d = defer.Deferred()
         self._waiting.append((item, d))
         if not self._busy:
-            self._commit()
+            if self._gather:
+                from twisted.internet import reactor
+
+                self._busy = True
+                reactor.callLater(self._gather, self._commit)
+            else:
+                self._commit()
         return d
 
     def _commit(self):
@@ -66,12 +78,12 @@ class GroupCommit:
 class SqlStore:
     _groups = None
 
-    def _group(self, group_body):
+    def _group(self, group_body, gather=0.0):
         """The group committer of one kind of write (created on first use)."""
         if self._groups is None:
             self._groups = {}
         if group_body not in self._groups:
-            self._groups[group_body] = GroupCommit(self._run, group_body)
+            self._groups[group_body] = GroupCommit(self._run, group_body, gather)
         return self._groups[group_body]
 
     def _open(self):
@@ -151,7 +163,7 @@ class SqlStore:
         return self._run(t.txn_queue_length, user, device)
 
     def ack(self, user, device, ids):
-        return self._group(t.txn_ack_group).submit((user, device, ids))
+        return self._group(t.txn_ack_group, gather=ACK_GATHER_SECONDS).submit((user, device, ids))
 
     def create_room(self, room, owner, password_hash):
         return self._run(t.txn_create_room, room, owner, password_hash)

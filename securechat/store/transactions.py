@@ -244,14 +244,18 @@ async def _insert_rows(txn, table, columns, rows):
             tuple(value for row in chunk for value in row))
 
 
-async def _known_ids(txn, ids):
-    known = set()
-    for chunk in _chunks(sorted(ids)):
-        rows = await txn.execute(
-            f"SELECT id FROM envelope_ids WHERE id IN ({', '.join('?' * len(chunk))})",
-            tuple(chunk))
-        known.update(row[0] for row in rows)
-    return known
+async def _claim_ids(txn, batches, created):
+    """Record every new envelope id (the database decides uniqueness); the ids that were new."""
+    rows = [(e["id"], e["sender"], e["sender_device"], created)
+            for batch in batches for e in batch]
+    fresh = set()
+    for chunk in _chunks(list({row[0]: row for row in rows}.values())):
+        inserted = await txn.execute(
+            "INSERT INTO envelope_ids (id, sender, sender_device, created) VALUES "
+            + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + " ON CONFLICT (id) DO NOTHING RETURNING id",
+            tuple(value for row in chunk for value in row))
+        fresh.update(row[0] for row in inserted)
+    return fresh
 
 
 async def _existing_devices(txn, users):
@@ -279,18 +283,26 @@ async def _reserve_seqs(txn, counts):
     return first
 
 
-def _screen(batches, known):
-    """Decide which batches fail before anything is written: re-used or repeated ids."""
+def _screen(batches, fresh):
+    """Which calls fail: any id that was not new, or that the group uses twice."""
     outcomes = [None] * len(batches)
-    seen = set()
+    owner = {}
     for index, batch in enumerate(batches):
         ids = [envelope["id"] for envelope in batch]
-        repeated = next((i for i in ids if i in known or i in seen or ids.count(i) > 1), None)
+        repeated = next((i for i in ids if i not in fresh or owner.setdefault(i, index) != index),
+                        None)
+        if repeated is None and len(set(ids)) != len(ids):
+            repeated = next(i for i in ids if ids.count(i) > 1)
         if repeated is not None:
             outcomes[index] = DuplicateEnvelope(repeated)
-        else:
-            seen.update(ids)
     return outcomes
+
+
+async def _release_ids(txn, ids):
+    """Forget ids recorded for calls that failed (so nothing of them remains)."""
+    for chunk in _chunks(sorted(ids)):
+        await txn.execute(
+            f"DELETE FROM envelope_ids WHERE id IN ({', '.join('?' * len(chunk))})", tuple(chunk))
 
 
 async def txn_enqueue_group(txn, batches):
@@ -300,8 +312,9 @@ async def txn_enqueue_group(txn, batches):
     call naming an unknown device a StoreError; nothing of a failed call is
     written, and the others are stored as if each had been alone, in order.
     """
-    outcomes = _screen(batches, await _known_ids(
-        txn, {envelope["id"] for batch in batches for envelope in batch}))
+    created = now_ms()
+    fresh = await _claim_ids(txn, batches, created)
+    outcomes = _screen(batches, fresh)
     existing = await _existing_devices(
         txn, {r[0] for batch in batches for e in batch for r in e["recipients"]})
     counts = {}
@@ -315,14 +328,12 @@ async def txn_enqueue_group(txn, batches):
             for recipient in recipients:
                 counts[recipient] = counts.get(recipient, 0) + 1
     first = await _reserve_seqs(txn, counts)
-    created = now_ms()
-    ids, queue, history = [], [], []
+    queue, history = [], []
     for index, batch in enumerate(batches):
         if outcomes[index] is not None:
             continue
         placed = []
         for envelope in batch:
-            ids.append((envelope["id"], envelope["sender"], envelope["sender_device"], created))
             body_digest = digest(envelope["body"])
             seqs = []
             for user, device in envelope["recipients"]:
@@ -335,7 +346,11 @@ async def txn_enqueue_group(txn, batches):
                 history.append((envelope["history"], envelope["id"], envelope["body"]))
             placed.append(seqs)
         outcomes[index] = placed
-    await _insert_rows(txn, "envelope_ids", ("id", "sender", "sender_device", "created"), ids)
+    failed = {e["id"] for batch, outcome in zip(batches, outcomes)
+              if isinstance(outcome, Exception) for e in batch} & fresh
+    claimed_by_others = {e["id"] for batch, outcome in zip(batches, outcomes)
+                         if not isinstance(outcome, Exception) for e in batch}
+    await _release_ids(txn, failed - claimed_by_others)
     await _insert_rows(txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body",
                                       "digest", "created"), queue)
     await _append_history(txn, history, created)
