@@ -1,12 +1,13 @@
-"""Which devices each user has now, cached: every send needs it, and it rarely changes.
+"""Cached views of state every message needs and that rarely changes: devices, rooms.
 
 A device becomes current when it publishes its keys through this server,
-which then forgets its cached answer.  (With several relay nodes on one
+which then forgets its cached answer; room membership changes go through
+``RoomDirectory`` itself.  (With several relay nodes on one
 PostgreSQL database a node would also have to hear of other nodes' key
 uploads; until cross-node routing exists, run one node per database.)
 """
 
-MAX_CACHED_USERS = 100_000
+MAX_CACHED = 100_000
 
 
 class DeviceDirectory:
@@ -19,10 +20,57 @@ class DeviceDirectory:
         cached = self._cache.get(user)
         if cached is None:
             cached = tuple(row["device"] for row in await self._store.get_devices(user))
-            if len(self._cache) >= MAX_CACHED_USERS:
+            if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()
             self._cache[user] = cached
         return cached
 
     def changed(self, user):
         self._cache.pop(user, None)
+
+
+class RoomDirectory:
+    """Rooms and their members, cached: every room message needs them; joins are rare.
+
+    Every membership change goes through ``add_member``/``remove_member``
+    here, so the cache never serves a stale member list (on one node).
+    """
+
+    def __init__(self, store):
+        self._store = store
+        self._rooms = {}
+        self._members = {}
+
+    async def room(self, room):
+        """The room's record, or None (unknown rooms are not cached: they may be created)."""
+        info = self._rooms.get(room)
+        if info is None:
+            info = await self._store.get_room(room)
+            if info is not None:
+                self._remember(self._rooms, room, info)
+        return info
+
+    async def members(self, room):
+        members = self._members.get(room)
+        if members is None:
+            members = tuple(await self._store.room_members(room))
+            self._remember(self._members, room, members)
+        return members
+
+    async def add_member(self, room, user):
+        try:
+            return await self._store.add_member(room, user)
+        finally:
+            self._members.pop(room, None)
+
+    async def remove_member(self, room, user):
+        try:
+            return await self._store.remove_member(room, user)
+        finally:
+            self._members.pop(room, None)
+
+    @staticmethod
+    def _remember(cache, key, value):
+        if len(cache) >= MAX_CACHED:
+            cache.clear()
+        cache[key] = value

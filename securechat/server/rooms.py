@@ -14,6 +14,7 @@ import secrets
 import time
 
 from securechat import wire
+from securechat.server.directory import RoomDirectory
 from securechat.store import errors as store_errors
 from securechat.wire import BROADCAST_ROOM, ProtocolError
 
@@ -36,6 +37,7 @@ class Rooms:
         self._config = config
         self._store = store
         self._directory = directory
+        self._rooms = RoomDirectory(store)
         self._relay = relay
         self._hasher = hasher
 
@@ -60,16 +62,16 @@ class Rooms:
                 raise ProtocolError("wrong_password", f"room {room!r} needs a password")
             if not await self._hasher.verify(info["password_hash"], wire.b64decode(password)):
                 raise ProtocolError("wrong_password", f"wrong password for room {room!r}")
-        if await self._store.add_member(room, user):
+        if await self._rooms.add_member(room, user):
             await self._announce(room, user, "joined", user)
-        return {"room": room, "members": await self._store.room_members(room)}
+        return {"room": room, "members": list(await self._rooms.members(room))}
 
     async def leave(self, user, room):
         await self._existing(room)
         if await self._store.member_role(room, user) is None:
             raise ProtocolError("not_member", f"you are not a member of room {room!r}")
         await self._announce(room, user, "left", user)
-        await self._store.remove_member(room, user)
+        await self._rooms.remove_member(room, user)
         return {"room": room}
 
     async def invite(self, user, room, invitee):
@@ -77,9 +79,9 @@ class Rooms:
         await self._require_admin(user, room)
         if await self._store.get_account(invitee) is None:
             raise ProtocolError("unknown_user", f"no user named {invitee!r}")
-        if await self._store.add_member(room, invitee):
+        if await self._rooms.add_member(room, invitee):
             await self._announce(room, invitee, "invited", user)
-        return {"room": room, "members": await self._store.room_members(room)}
+        return {"room": room, "members": list(await self._rooms.members(room))}
 
     async def kick(self, user, room, member):
         await self._require_admin(user, room)
@@ -89,8 +91,8 @@ class Rooms:
         if role == "owner":
             raise ProtocolError("forbidden", "the room's owner cannot be removed")
         await self._announce(room, member, "kicked", user)
-        await self._store.remove_member(room, member)
-        return {"room": room, "members": await self._store.room_members(room)}
+        await self._rooms.remove_member(room, member)
+        return {"room": room, "members": list(await self._rooms.members(room))}
 
     async def set_admin(self, user, room, member, admin):
         if await self._store.member_role(room, user) != "owner":
@@ -135,7 +137,7 @@ class Rooms:
     # -- helpers ------------------------------------------------------------------------
 
     async def _announce(self, room, user, action, by):
-        members = await self._store.room_members(room)
+        members = await self._rooms.members(room)
         recipients = await self._member_devices(set(members) | {user})
         if recipients:
             event_id = "m" + secrets.token_hex(16)
@@ -156,7 +158,7 @@ class Rooms:
     async def _existing(self, room):
         if room == BROADCAST_ROOM:
             raise ProtocolError("forbidden", f"every user is always in {room!r}")
-        info = await self._store.get_room(room)
+        info = await self._rooms.room(room)
         if info is None:
             raise ProtocolError("unknown_room", f"no room named {room!r}")
         return info
@@ -165,7 +167,7 @@ class Rooms:
         if room == BROADCAST_ROOM:
             return sorted({member for member, _ in await self._store.all_devices()})
         await self._existing(room)
-        members = await self._store.room_members(room)
+        members = await self._rooms.members(room)
         if user not in members:
             raise ProtocolError("not_member", f"you are not a member of room {room!r}")
         return members
