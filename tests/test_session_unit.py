@@ -94,3 +94,30 @@ async def test_corrupt_envelope_is_announced_not_delivered(factory):
 class _Sink:
     def __init__(self, pushed):
         self.push_line = pushed.append
+        self.writable = lambda: defer.succeed(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_reader_gets_its_queue_page_by_page(factory):
+    """While the connection's send buffer is full, the queue is not read further from the store."""
+    from securechat.server.protocol import WriteGate
+    from securechat.server.relay import FETCH_PAGE
+    from tests.support import poll_until
+
+    store = factory.store
+    await store.create_account("bob", "h", "k")
+    await store.set_device_keys("bob", "B1", "{}", "s")
+    total = FETCH_PAGE * 2 + 10
+    await store.enqueue([{"id": f"e{i:015d}", "sender": "a", "sender_device": "A",
+                          "recipients": [("bob", "B1")], "body": "{}"} for i in range(total)])
+    pushed, gate = [], WriteGate()
+    sink = _Sink(pushed)
+    sink.writable = gate.wait
+    gate.pauseProducing()
+    done = factory.relay.attach("bob", "B1", sink).pump()
+    await poll_until(lambda: len(pushed) == FETCH_PAGE)
+    await store.queue_length("bob", "B1")
+    assert len(pushed) == FETCH_PAGE and not done.called
+    gate.resumeProducing()
+    await done
+    assert len(pushed) == total

@@ -1,9 +1,45 @@
 """Framing only: bytes in, lines to the session; frames out, batched per reactor turn."""
 
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 
 from securechat import wire
 from securechat.server.session import ConnectionSession
+
+
+@implementer(IPushProducer)
+class WriteGate:
+    """Closed while the transport's send buffer is full: queue delivery waits on it.
+
+    Registered with the transport as our producer, so a device that reads
+    slowly makes its queue be read from the store page by page as it drains,
+    instead of the whole queue piling up in the relay's memory.
+    """
+
+    def __init__(self):
+        self.open = True
+        self._waiting = []
+
+    def pauseProducing(self):
+        self.open = False
+
+    def resumeProducing(self):
+        self.open = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def stopProducing(self):
+        self.resumeProducing()
+
+    def wait(self):
+        if self.open:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
 
 
 class RelayProtocol(LineReceiver):
@@ -15,17 +51,20 @@ class RelayProtocol(LineReceiver):
         self._outbox = []
         self._flush_call = None
         self.session = None
+        self.gate = WriteGate()
 
     def connectionMade(self):
         # Small frames must leave at once: Nagle plus delayed ACKs would add ~40 ms.
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:  # TCP (through TLS); in-memory test transports have none
             no_delay(True)
+        self.transport.registerProducer(self.gate, True)
         peer = self.transport.getPeer()
         self.session = ConnectionSession(
             self._server,
             getattr(peer, "host", str(peer)),
             send=self.send_line,
+            writable=self.gate.wait,
             disconnect=self._disconnect,
             pause=self.transport.pauseProducing,
             resume=self.transport.resumeProducing,
@@ -59,6 +98,7 @@ class RelayProtocol(LineReceiver):
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        self.gate.stopProducing()
         self._server.connection_closed(self)
         if self.session is not None:
             self.session.connection_lost()

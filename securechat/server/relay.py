@@ -52,11 +52,12 @@ class DeliveryCursor:
 
     log = Logger()
 
-    def __init__(self, store, user, device, push_line):
+    def __init__(self, store, user, device, push_line, writable):
         self._store = store
         self._user = user
         self._device = device
         self._push_line = push_line
+        self._writable = writable
         self._sent_seq = 0
         self._pumping = False
         self._dirty = False
@@ -96,6 +97,7 @@ class DeliveryCursor:
                     self._push_row(row)
                 if len(rows) < FETCH_PAGE and not self._dirty:
                     return
+                await self._writable()
         finally:
             self._pumping = False
 
@@ -128,7 +130,7 @@ class Relay:
     def attach(self, user, device, session):
         """A device logged in; a previous connection of the same device is replaced."""
         previous = self._online.get((user, device))
-        cursor = DeliveryCursor(self._store, user, device, session.push_line)
+        cursor = DeliveryCursor(self._store, user, device, session.push_line, session.writable)
         self._online[(user, device)] = (session, cursor)
         if previous is not None:
             previous[1].closed = True

@@ -2,7 +2,8 @@
 
 The protocol object only frames lines; this object gives them meaning.  It
 answers every request with a result or an error frame carrying the same
-``rid``, and it talks back through two calls only (``send``, ``disconnect``)
+``rid``, and it talks back through a few calls only (``send``, ``writable``,
+``disconnect``, ``pause``/``resume`` reading)
 so tests can drive it without sockets.
 """
 
@@ -26,10 +27,11 @@ REFUSALS_BEFORE_DISCONNECT = 100
 class ConnectionSession:
     log = Logger()
 
-    def __init__(self, server, peer_host, send, disconnect, pause, resume):
+    def __init__(self, server, peer_host, send, writable, disconnect, pause, resume):
         self._server = server
         self._peer = peer_host
         self._send = send
+        self.writable = writable
         self._disconnect = disconnect
         self._pause = pause
         self._resume = resume
