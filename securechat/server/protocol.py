@@ -92,6 +92,8 @@ class RelayProtocol(LineReceiver):
 
     def _disconnect(self):
         self._flush()
+        # A TLS transport with a registered producer would wait for it before closing.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def connectionLost(self, reason):
