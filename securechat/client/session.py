@@ -63,18 +63,10 @@ class Client:
         self.protocol = None
         self.queued_at_login = 0
         self._directory = {}
-        self._on_message = on_message or (lambda record: None)
-        self._on_control = on_control or (lambda record: None)
         self.sender = Sender(self)
         self.rooms = RoomClient(self)
-        self.receiver = Receiver(self, self._message, self._control)
-        self.sent_lines = 0
-
-    def _message(self, record):
-        self._on_message(record)
-
-    def _control(self, record):
-        self._on_control(record)
+        self.receiver = Receiver(self, on_message or (lambda record: None),
+                                 on_control or (lambda record: None))
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -176,7 +168,6 @@ class Client:
     def request(self, op, **fields):
         if self.protocol is None:
             raise ClientError("not connected")
-        self.sent_lines += 1
         return self.protocol.request(op, **fields)
 
     def _event(self, frame):

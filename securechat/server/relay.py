@@ -147,9 +147,6 @@ class Relay:
         entry = self._online.get((user, device))
         return entry[1] if entry else None
 
-    def online_count(self):
-        return len(self._online)
-
     # -- routing ----------------------------------------------------------
 
     async def send_unicast(self, sender, sender_device, envelopes):

@@ -7,6 +7,8 @@ answers every request with a result or an error frame carrying the same
 so tests can drive it without sockets.
 """
 
+import math
+
 from twisted.cred import error as cred_error
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -154,7 +156,9 @@ class ConnectionSession:
         user, device = fields["user"], fields["device"]
         self._check_address_limit()
         if not self._server.login_per_account.allow(user):
-            raise ProtocolError("rate_limited", f"too many login attempts for {user}; wait a minute")
+            wait = math.ceil(self._server.login_per_account.retry_after(user))
+            raise ProtocolError("rate_limited",
+                                f"too many login attempts for {user}; try again in {wait} s")
         creds = DeviceSecret(user, device, wire.b64decode(fields["secret"]))
         try:
             _, avatar, logout = await self._server.portal.login(creds, self, IDevice)
@@ -177,7 +181,9 @@ class ConnectionSession:
 
     def _check_address_limit(self):
         if not self._server.login_per_address.allow(self._peer):
-            raise ProtocolError("rate_limited", "too many attempts from your address; wait a minute")
+            wait = math.ceil(self._server.login_per_address.retry_after(self._peer))
+            raise ProtocolError("rate_limited",
+                                f"too many attempts from your address; try again in {wait} s")
 
     # -- authenticated ops --------------------------------------------------
 

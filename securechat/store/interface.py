@@ -30,11 +30,11 @@ class IStore(Interface):
         with ``UserExists`` when the name is taken.
         """
 
-    def get_account(user):
-        """Fire with ``{"user", "secret_hash", "identity_key", "created"}`` or None."""
-
     def count_accounts():
         """Fire with the number of accounts."""
+
+    def get_account(user):
+        """Fire with ``{"user", "secret_hash", "identity_key", "created"}`` or None."""
 
     # -- devices and their keys ------------------------------------------
 

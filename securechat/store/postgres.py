@@ -17,8 +17,8 @@ POOL_SIZE = 4
 
 class PostgresStore(SqlStore):
     def __init__(self, dsn):
+        super().__init__()
         self._dsn = dsn
-        self._pool = None
 
     async def _connect(self):
         pool = txpostgres.ConnectionPool(None, self._dsn, min=POOL_SIZE)

@@ -34,8 +34,8 @@ def _interaction(cursor, body, args):
 
 class SqliteStore(SqlStore):
     def __init__(self, path):
+        super().__init__()
         self._path = path
-        self._pool = None
 
     def _open(self):
         os.makedirs(os.path.dirname(os.path.abspath(self._path)), mode=0o700, exist_ok=True)

@@ -6,7 +6,7 @@ and closes its connections and says how to run a transaction body
 ``securechat.store.transactions``.
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from zope.interface import implementer
 
 from securechat.store import transactions as t
@@ -39,8 +39,6 @@ class GroupCommit:
         self._waiting.append((item, d))
         if not self._busy:
             if self._gather:
-                from twisted.internet import reactor
-
                 self._busy = True
                 reactor.callLater(self._gather, self._commit)
             else:
@@ -76,12 +74,12 @@ class GroupCommit:
 
 @implementer(IStore)
 class SqlStore:
-    _groups = None
+    def __init__(self):
+        self._pool = None
+        self._groups = {}
 
     def _group(self, group_body, gather=0.0):
         """The group committer of one kind of write (created on first use)."""
-        if self._groups is None:
-            self._groups = {}
         if group_body not in self._groups:
             self._groups[group_body] = GroupCommit(self._run, group_body, gather)
         return self._groups[group_body]
@@ -89,8 +87,6 @@ class SqlStore:
     def _open(self):
         """Open the connections; a Deferred."""
         raise NotImplementedError
-
-    _pool = None
 
     def _close(self):
         """Close the connection pool (again is harmless); a Deferred."""

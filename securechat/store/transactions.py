@@ -79,14 +79,14 @@ async def txn_create_account(txn, user, secret_hash, identity_key):
         raise UserExists(user)
 
 
+async def txn_count_accounts(txn):
+    return (await _first(txn, "SELECT count(*) FROM accounts"))[0]
+
+
 async def txn_get_account(txn, user):
     return _record(("user", "secret_hash", "identity_key", "created"), await _first(
         txn, "SELECT user_id, secret_hash, identity_key, created FROM accounts "
              "WHERE user_id = ?", (user,)))
-
-
-async def txn_count_accounts(txn):
-    return (await _first(txn, "SELECT count(*) FROM accounts"))[0]
 
 
 # -- devices ------------------------------------------------------------------------
