@@ -99,77 +99,107 @@ def b64encode(data):
     return base64.b64encode(data).decode("ascii")
 
 
-# -- field checkers: each returns the value or raises ProtocolError -------------
+# -- field checkers: each returns the value or raises _Invalid -----------------
+#
+# Checkers see values only, never names: the name of a bad field (like
+# ``envelopes[3].ct``) is put together while the error travels up, so a
+# valid request (the hot path: every message) builds no strings at all.
 
 
-def _bad(name, what):
-    return ProtocolError("bad_field", f"field '{name}' must be {what}")
+class _Invalid(Exception):
+    """A field failed its check; ``path`` grows by one segment at each level it passes."""
+
+    def __init__(self, code, before, after=""):
+        super().__init__(code)
+        self.code, self.before, self.after, self.path = code, before, after, ""
+
+    def at(self, segment):
+        self.path = segment + self.path
+        return self
+
+    def protocol_error(self):
+        return ProtocolError(self.code, f"{self.before}'{self.path}'{self.after}")
+
+
+def _bad(what):
+    return _Invalid("bad_field", "field ", f" must be {what}")
 
 
 def text_matching(pattern, what):
-    def check(name, value):
+    def check(value):
         if not isinstance(value, str) or not pattern.match(value):
-            raise _bad(name, what)
+            raise _bad(what)
         return value
 
     return check
 
 
 def base64_bytes(min_len, max_len):
-    def check(name, value):
-        what = f"base64 (with padding) of {min_len} to {max_len} bytes"
+    what = f"base64 (with padding) of {min_len} to {max_len} bytes"
+
+    def check(value):
         if not isinstance(value, str) or len(value) > (max_len + 2) // 3 * 4:
-            raise _bad(name, what)
+            raise _bad(what)
         try:
             raw = b64decode(value)
         except ValueError:
-            raise _bad(name, what) from None
+            raise _bad(what) from None
         if not min_len <= len(raw) <= max_len:
-            raise _bad(name, what)
+            raise _bad(what)
         return value
 
     return check
 
 
-def boolean(name, value):
+def boolean(value):
     if not isinstance(value, bool):
-        raise _bad(name, "true or false")
+        raise _bad("true or false")
     return value
 
 
 def integer(low, high):
-    def check(name, value):
+    def check(value):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _bad(name, f"an integer from {low} to {high}")
+            raise _bad(f"an integer from {low} to {high}")
         return value
 
     return check
 
 
 def optional(checker):
-    def check(name, value):
-        return None if value is None else checker(name, value)
+    def check(value):
+        return None if value is None else checker(value)
 
     check.optional = True
     return check
 
 
 def list_of(checker, max_items=MAX_BATCH_ITEMS):
-    def check(name, value):
+    def check(value):
         if not isinstance(value, list) or len(value) > max_items:
-            raise _bad(name, f"a list of at most {max_items} items")
-        return [checker(f"{name}[{i}]", item) for i, item in enumerate(value)]
+            raise _bad(f"a list of at most {max_items} items")
+        checked = []
+        for i, item in enumerate(value):
+            try:
+                checked.append(checker(item))
+            except _Invalid as e:
+                raise e.at(f"[{i}]") from None
+        return checked
 
     return check
 
 
 def obj(fields):
     """A JSON object with exactly ``fields`` (a dict name -> checker)."""
+    schema = _Schema(fields)
 
-    def check(name, value):
+    def check(value):
         if not isinstance(value, dict):
-            raise _bad(name, "an object")
-        return check_fields(value, fields, prefix=f"{name}.")
+            raise _bad("an object")
+        try:
+            return schema.check(value)
+        except _Invalid as e:
+            raise e.at(".") from None
 
     return check
 
@@ -177,29 +207,50 @@ def obj(fields):
 def map_of(key_checker, value_checker, max_items=MAX_BATCH_ITEMS):
     """A JSON object used as a map: every key and every value checked."""
 
-    def check(name, value):
+    def check(value):
         if not isinstance(value, dict) or len(value) > max_items:
-            raise _bad(name, f"an object of at most {max_items} entries")
-        return {
-            key_checker(f"{name} key", k): value_checker(f"{name}.{k}", v)
-            for k, v in value.items()
-        }
+            raise _bad(f"an object of at most {max_items} entries")
+        checked = {}
+        for k, v in value.items():
+            try:
+                key = key_checker(k)
+            except _Invalid as e:
+                raise e.at(" key") from None
+            try:
+                checked[key] = value_checker(v)
+            except _Invalid as e:
+                raise e.at(f".{k}") from None
+        return checked
 
     return check
 
 
-def check_fields(frame, fields, prefix=""):
-    """Check ``frame`` against ``fields``; unknown fields are refused (they hint at a bug)."""
-    extra = sorted(set(frame) - set(fields))
-    if extra:
-        raise ProtocolError("bad_field", f"unknown field '{prefix}{extra[0][:40]}'")
-    checked = {}
-    for name, checker in fields.items():
-        value = frame.get(name)
-        if value is None and name not in frame and not getattr(checker, "optional", False):
-            raise ProtocolError("missing_field", f"field '{prefix}{name}' is missing")
-        checked[name] = checker(prefix + name, value)
-    return checked
+class _Schema:
+    """The fields of one object: unknown ones are refused (they hint at a bug).
+
+    ``passed_over`` names fields that may be present and are checked elsewhere.
+    """
+
+    def __init__(self, fields, passed_over=()):
+        self.fields = fields
+        self.names = frozenset(fields).union(passed_over)
+        self.required = frozenset(
+            name for name, checker in fields.items() if not getattr(checker, "optional", False))
+
+    def check(self, frame):
+        if not self.names.issuperset(frame):
+            extra = sorted(set(frame) - self.names)[0]
+            raise _Invalid("bad_field", "unknown field ").at(extra[:40])
+        if not self.required.issubset(frame):
+            missing = next(name for name in self.fields if name in self.required - set(frame))
+            raise _Invalid("missing_field", "field ", " is missing").at(missing)
+        checked = {}
+        for name, checker in self.fields.items():
+            try:
+                checked[name] = checker(frame.get(name))
+            except _Invalid as e:
+                raise e.at(name) from None
+        return checked
 
 
 # -- the request schema ---------------------------------------------------------
@@ -293,10 +344,16 @@ def parse_header(frame):
     return op, rid
 
 
+_REQUEST_SCHEMAS = {op: _Schema(fields, passed_over=("op", "rid"))
+                    for op, fields in REQUESTS.items()}
+
+
 def parse_fields(op, frame):
-    """The checked fields of a request whose header is valid."""
-    body = {k: v for k, v in frame.items() if k not in ("op", "rid")}
-    return check_fields(body, REQUESTS[op])
+    """The checked fields of a request whose header is valid (``op`` and ``rid`` left out)."""
+    try:
+        return _REQUEST_SCHEMAS[op].check(frame)
+    except _Invalid as e:
+        raise e.protocol_error() from None
 
 
 def parse_request(frame):

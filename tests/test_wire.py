@@ -48,13 +48,18 @@ def test_bad_requests_name_the_field(frame, code, words):
 def test_base64_must_be_padded_and_sized():
     """Keys are padded base64 of exactly 32 bytes; vodozemac's unpadded form must be padded first."""
     key = wire.b64encode(b"k" * 32)
-    check = wire.PUBLIC_KEY
-    assert check("k", key) == key
-    with pytest.raises(ProtocolError):
-        check("k", key.rstrip("="))
-    assert check("k", wire.pad_b64(key.rstrip("="))) == key
-    with pytest.raises(ProtocolError):
-        check("k", wire.b64encode(b"k" * 31))
+
+    def upload(curve25519):
+        keys = {"user": "bob", "device": "D", "curve25519": curve25519, "ed25519": key}
+        return parse({"op": "keys.upload", "rid": 1, "device_keys": keys,
+                      "signature": wire.b64encode(b"s" * 64)})
+
+    assert upload(key)[2]["device_keys"]["curve25519"] == key
+    assert upload(wire.pad_b64(key.rstrip("=")))[2]["device_keys"]["curve25519"] == key
+    for bad in (key.rstrip("="), wire.b64encode(b"k" * 31)):
+        with pytest.raises(ProtocolError) as info:
+            upload(bad)
+        assert "'device_keys.curve25519' must be base64" in info.value.message
 
 
 def test_canonical_json_is_sorted_and_compact():

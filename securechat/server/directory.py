@@ -11,15 +11,28 @@ MAX_CACHED = 100_000
 
 
 class DeviceDirectory:
+    """The current devices of each user, read from the store once and then served from memory.
+
+    Only existing accounts are remembered (an unknown name may be
+    registered a moment later), so ``cached`` answering None means "ask
+    ``devices``", never "no such user".
+    """
+
     def __init__(self, store):
         self._store = store
         self._cache = {}
 
+    def cached(self, user):
+        """The sorted device ids of ``user`` if already known, else None (no store access)."""
+        return self._cache.get(user)
+
     async def devices(self, user):
-        """The sorted device ids of ``user`` (empty for a user with none, or no such user)."""
+        """The sorted device ids of ``user``; None when there is no such account."""
         cached = self._cache.get(user)
         if cached is None:
             cached = tuple(row["device"] for row in await self._store.get_devices(user))
+            if not cached and await self._store.get_account(user) is None:
+                return None
             if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()
             self._cache[user] = cached

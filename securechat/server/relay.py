@@ -149,25 +149,33 @@ class Relay:
 
     # -- routing ----------------------------------------------------------
 
-    async def send_unicast(self, sender, sender_device, envelopes):
-        """One ciphertext per recipient device; the set must be exactly the current devices."""
-        covered = set()
-        for env in envelopes:
-            target = (env["to"], env["to_dev"])
-            if target in covered:
-                raise ProtocolError(
-                    "bad_field", f"two envelopes for device {env['to']}/{env['to_dev']}"
-                )
-            covered.add(target)
-        required = set()
-        for user in {to for to, _ in covered} | {sender}:
-            devices = await self._directory.devices(user)
-            if not devices and user != sender and await self._store.get_account(user) is None:
+    def send_unicast(self, sender, sender_device, envelopes):
+        """One ciphertext per recipient device; the set must be exactly the current devices.
+
+        A plain function returning a Deferred, not a coroutine: this is the
+        hot path, and with the devices already in the directory's memory it
+        goes straight to the store without any intermediate Deferred.
+        """
+        covered = _covered_devices(envelopes)
+        users = {to for to, _ in covered}
+        users.add(sender)
+        if all(self._directory.cached(user) is not None for user in users):
+            return self._accept_unicast(sender, sender_device, envelopes, covered, users)
+        d = defer.ensureDeferred(self._load_devices(users))
+        d.addCallback(
+            lambda _: self._accept_unicast(sender, sender_device, envelopes, covered, users))
+        return d
+
+    async def _load_devices(self, users):
+        for user in sorted(users):
+            if await self._directory.devices(user) is None:
                 raise ProtocolError("unknown_user", f"no user named {user!r}")
-            required.update((user, device) for device in devices)
+
+    def _accept_unicast(self, sender, sender_device, envelopes, covered, users):
+        required = {(user, device) for user in users for device in self._directory.cached(user)}
         required.discard((sender, sender_device))
-        missing, extra = required - covered, covered - required
-        if missing or extra:
+        if required != covered:
+            missing, extra = required - covered, covered - required
             raise ProtocolError(
                 "devices_mismatch",
                 "the envelopes must cover exactly the recipients' current devices"
@@ -185,8 +193,8 @@ class Relay:
             }
             for env in envelopes
         ]
-        await self._commit_and_deliver(batch)
-        return {"accepted": [env["id"] for env in envelopes]}
+        accepted = {"accepted": [env["id"] for env in envelopes]}
+        return self._commit_and_deliver(batch).addCallback(lambda _: accepted)
 
     async def send_to_devices(self, sender, sender_device, fields, recipients, room):
         """One ciphertext fanned out to ``recipients`` (room multicast), kept in the room's history."""
@@ -205,25 +213,44 @@ class Relay:
         await self._commit_and_deliver(batch)
         return {"accepted": [fields["id"]], "recipients": len(recipients)}
 
-    async def deliver_server_envelope(self, envelope_id, body, recipients):
+    def deliver_server_envelope(self, envelope_id, body, recipients):
         """An envelope the server itself writes (membership events), queued like any other."""
-        await self._commit_and_deliver([{"id": envelope_id, "sender": "", "sender_device": "",
-                                         "recipients": recipients, "body": body}])
+        return self._commit_and_deliver([{"id": envelope_id, "sender": "", "sender_device": "",
+                                          "recipients": recipients, "body": body}])
 
-    async def _commit_and_deliver(self, batch):
+    def _commit_and_deliver(self, batch):
+        """Store ``batch`` durably, then push it to the recipients online; a Deferred."""
         if len({item["id"] for item in batch}) != len(batch):
             raise ProtocolError("duplicate_envelope", "two envelopes in one request share an id")
-        try:
-            placed = await self._store.enqueue(batch)
-        except store_errors.DuplicateEnvelope as e:
-            raise ProtocolError(
-                "duplicate_envelope", f"envelope id {e.envelope_id} was already used"
-            )
+        d = self._store.enqueue(batch)
+        d.addCallbacks(self._deliver, _refuse_duplicate, callbackArgs=(batch,))
+        return d
+
+    def _deliver(self, placed, batch):
         for item, seqs in zip(batch, placed):
             for user, device, seq in seqs:
-                cursor = self.cursor(user, device)
-                if cursor is not None:
-                    cursor.notify(seq, item["body"])
+                entry = self._online.get((user, device))
+                if entry is not None:
+                    entry[1].notify(seq, item["body"])
+
+
+def _covered_devices(envelopes):
+    """The (user, device) each envelope is for; a device may be named once."""
+    covered = set()
+    for env in envelopes:
+        target = (env["to"], env["to_dev"])
+        if target in covered:
+            raise ProtocolError(
+                "bad_field", f"two envelopes for device {env['to']}/{env['to_dev']}"
+            )
+        covered.add(target)
+    return covered
+
+
+def _refuse_duplicate(failure):
+    failure.trap(store_errors.DuplicateEnvelope)
+    raise ProtocolError(
+        "duplicate_envelope", f"envelope id {failure.value.envelope_id} was already used")
 
 
 def _as_map(pairs):

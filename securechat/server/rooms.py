@@ -107,7 +107,7 @@ class Rooms:
         members = await self._members_seen_by(user, room)
         result = {}
         for member in members:
-            result[member] = list(await self._directory.devices(member))
+            result[member] = list(await self._directory.devices(member) or ())
         return {"room": room, "members": result}
 
     async def list(self, user):
@@ -147,7 +147,8 @@ class Rooms:
     async def _member_devices(self, members):
         devices = []
         for member in sorted(members):
-            devices.extend((member, device) for device in await self._directory.devices(member))
+            devices.extend((member, device)
+                           for device in await self._directory.devices(member) or ())
         return devices
 
     async def _require_admin(self, user, room):

@@ -110,7 +110,7 @@ class ConnectionSession:
         if self._pending >= MAX_PENDING and not self._paused:
             self._paused = True
             self._pause()
-        d = defer.ensureDeferred(handler(fields))
+        d = defer.maybeDeferred(handler, fields)  # the hot ops return Deferreds, the rest coroutines
         d.addCallbacks(lambda result: self._answer(rid, result), lambda f: self._failed(rid, op, f))
         d.addBoth(self._finished)
 
@@ -210,8 +210,8 @@ class ConnectionSession:
             self.user, fields["device_list"], fields["signature"]
         )
 
-    async def op_send(self, fields):
-        return await self._server.relay.send_unicast(self.user, self.device, fields["envelopes"])
+    def op_send(self, fields):
+        return self._server.relay.send_unicast(self.user, self.device, fields["envelopes"])
 
     async def op_room_send(self, fields):
         return await self._server.rooms.send(self.user, self.device, fields)
@@ -220,9 +220,9 @@ class ConnectionSession:
         return await self._server.rooms.send(
             self.user, self.device, {**fields, "room": wire.BROADCAST_ROOM})
 
-    async def op_ack(self, fields):
-        removed = await self._server.store.ack(self.user, self.device, fields["ids"])
-        return {"removed": removed}
+    def op_ack(self, fields):
+        return self._server.store.ack(self.user, self.device, fields["ids"]).addCallback(
+            lambda removed: {"removed": removed})
 
     async def op_room_create(self, fields):
         return await self._server.rooms.create(self.user, fields["room"], fields["password"])
