@@ -13,6 +13,7 @@ from securechat.store.postgres import PostgresStore
 from securechat.store.sqlite import SqliteStore
 from securechat.store.errors import (
     DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
+from securechat.store.schema import STATEMENTS as SCHEMA_V1, VERSION_TABLE
 from securechat.store.transactions import digest
 
 
@@ -204,6 +205,53 @@ async def test_duplicate_envelope_is_atomic(store):
     assert info.value.envelope_id == "e1"
     assert [r["id"] for r in await store.fetch_queue("bob", "D1", 0, 10)] == ["e1"]
     assert (await store.enqueue([envelope("e2", [("bob", "D1")])])) == [[("bob", "D1", 2)]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_id_is_unique_per_queued_device_and_per_room_history(store):
+    """An id still queued for a recipient device, or kept in the room's history, is refused
+    (a retried send); once every copy is acknowledged it may be queued again (clients
+    de-duplicate by id), and the refused call leaves no trace and no gap in the numbering."""
+    await device(store, "bob")
+    await device(store, "carol")
+    await store.enqueue([envelope("e1", [("bob", "D1")])])
+    with pytest.raises(DuplicateEnvelope):
+        await store.enqueue([envelope("e1", [("carol", "D1"), ("bob", "D1")])])
+    assert await store.queue_length("carol", "D1") == 0
+    assert await store.enqueue([envelope("e1", [("carol", "D1")])]) == [[("carol", "D1", 1)]]
+    await store.ack("bob", "D1", ["e1"])
+    assert await store.enqueue([envelope("e1", [("bob", "D1")])]) == [[("bob", "D1", 2)]]
+    room_message = {**envelope("r1", [("bob", "D1")]), "history": "ops"}
+    await store.enqueue([room_message])
+    await store.ack("bob", "D1", ["r1"])
+    with pytest.raises(DuplicateEnvelope):
+        await store.enqueue([room_message])
+    assert [e["id"] for e in (await store.room_history("ops", None, 10))] == ["r1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_1_database_is_migrated_with_its_queue(database, tmp_path):
+    """A database written by schema version 1 (with its table of every envelope id) is
+    upgraded on start: queued envelopes stay, and the id table is gone."""
+    for statement in [VERSION_TABLE, *SCHEMA_V1,
+                      "INSERT INTO schema_version (version) VALUES (1)",
+                      "INSERT INTO accounts VALUES ('bob', 'h', 'k', 0)",
+                      "INSERT INTO devices (user_id, device_id, next_seq, created) "
+                      "VALUES ('bob', 'D1', 1, 0)",
+                      "INSERT INTO envelope_ids VALUES ('e1', 'alice', 'A1', 0)",
+                      f"INSERT INTO queue VALUES ('bob', 'D1', 1, 'e1', '{{}}', '{digest('{}')}', 0)"]:
+        raw_sql(database, statement)
+    store = make_store(database, str(tmp_path))
+    await store.start()
+    try:
+        assert [r["id"] for r in await store.fetch_queue("bob", "D1", 0, 10)] == ["e1"]
+        with pytest.raises(DuplicateEnvelope):
+            await store.enqueue([envelope("e1", [("bob", "D1")])])
+        assert await store.enqueue([envelope("e2", [("bob", "D1")])]) == [[("bob", "D1", 2)]]
+    finally:
+        await store.stop()
+    with pytest.raises(Exception, match="envelope_ids"):
+        raw_sql(database, "SELECT count(*) FROM envelope_ids")
 
 
 @pytest_twisted.ensureDeferred

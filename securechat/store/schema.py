@@ -2,13 +2,16 @@
 
 Changelog:
   1 — accounts, devices, keys, envelope queue, rooms with roles and ciphertext history.
+  2 — envelope ids are unique per recipient device (and per room's history) instead of
+      in a table of every id ever sent: that table grew without bound, kept who sent
+      each envelope forever, and its random-key inserts were half the cost of a send.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
-STATEMENTS = [
+STATEMENTS = [  # version 1; MIGRATIONS take it to SCHEMA_VERSION
     """CREATE TABLE accounts (
         user_id TEXT PRIMARY KEY,
         secret_hash TEXT NOT NULL,
@@ -89,3 +92,13 @@ STATEMENTS = [
         room TEXT PRIMARY KEY,
         next_pos BIGINT NOT NULL)""",
 ]
+
+MIGRATIONS = {
+    2: [
+        "DROP TABLE envelope_ids",
+        "DROP INDEX queue_by_id",
+        "CREATE UNIQUE INDEX queue_envelope ON queue (user_id, device_id, envelope_id)",
+        "CREATE UNIQUE INDEX room_history_envelope ON room_history (room, envelope_id)",
+    ],
+}
+"""The statements that take a database from the version before to the key's version."""

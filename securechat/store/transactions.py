@@ -15,7 +15,7 @@ import time
 
 from securechat.store.errors import (
     DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
-from securechat.store.schema import SCHEMA_VERSION, STATEMENTS, VERSION_TABLE
+from securechat.store.schema import MIGRATIONS, SCHEMA_VERSION, STATEMENTS, VERSION_TABLE
 
 
 def now_ms():
@@ -52,7 +52,11 @@ async def _lock_device(txn, user, device):
 
 
 async def txn_migrate(txn):
-    """Create the schema on an empty database; refuse one written by a newer securechat."""
+    """Create or upgrade the schema; refuse a database written by a newer securechat.
+
+    An empty database is created at version 1 and then migrated like any
+    other, so every migration runs on every fresh start too.
+    """
     if txn.engine.schema_lock:
         await txn.execute(txn.engine.schema_lock)
     await txn.execute(VERSION_TABLE)
@@ -65,7 +69,12 @@ async def txn_migrate(txn):
     if version == 0:
         for statement in STATEMENTS:
             await txn.execute(statement)
-        await txn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        await txn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        version = 1
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[target]:
+            await txn.execute(statement)
+        await txn.execute("UPDATE schema_version SET version = ?", (target,))
 
 
 # -- accounts -----------------------------------------------------------------------
@@ -234,28 +243,23 @@ def _chunks(items, size=ROWS_PER_INSERT):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-async def _insert_rows(txn, table, columns, rows):
-    """One multi-row INSERT per chunk: a group of envelopes costs a few statements, not many."""
+async def _insert_new_rows(txn, table, columns, rows, unique):
+    """Insert ``rows`` (a few multi-row INSERTs); the envelope ids of rows that broke a unique
+    index (the ``unique`` columns, ``envelope_id`` among them) and so were not inserted."""
     placeholders = "(" + ", ".join("?" * len(columns)) + ")"
+    positions = [columns.index(name) for name in unique]
+    conflicts = set()
     for chunk in _chunks(rows):
-        await txn.execute(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-            + ", ".join([placeholders] * len(chunk)),
-            tuple(value for row in chunk for value in row))
-
-
-async def _claim_ids(txn, batches, created):
-    """Record every new envelope id (the database decides uniqueness); the ids that were new."""
-    rows = [(e["id"], e["sender"], e["sender_device"], created)
-            for batch in batches for e in batch]
-    fresh = set()
-    for chunk in _chunks(list({row[0]: row for row in rows}.values())):
         inserted = await txn.execute(
-            "INSERT INTO envelope_ids (id, sender, sender_device, created) VALUES "
-            + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + " ON CONFLICT (id) DO NOTHING RETURNING id",
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+            + ", ".join([placeholders] * len(chunk))
+            + f" ON CONFLICT DO NOTHING RETURNING {', '.join(unique)}",
             tuple(value for row in chunk for value in row))
-        fresh.update(row[0] for row in inserted)
-    return fresh
+        if len(inserted) < len(chunk):
+            done = set(inserted)
+            conflicts.update(row[columns.index("envelope_id")] for row in chunk
+                             if tuple(row[p] for p in positions) not in done)
+    return conflicts
 
 
 async def _existing_devices(txn, users):
@@ -283,82 +287,95 @@ async def _reserve_seqs(txn, counts):
     return first
 
 
-def _screen(batches, fresh):
-    """Which calls fail: any id that was not new, or that the group uses twice."""
+def _screen(batches, existing):
+    """Which calls fail before touching the database: an id used twice in the group, or
+    a recipient device that does not exist."""
     outcomes = [None] * len(batches)
     owner = {}
     for index, batch in enumerate(batches):
         ids = [envelope["id"] for envelope in batch]
-        repeated = next((i for i in ids if i not in fresh or owner.setdefault(i, index) != index),
-                        None)
+        repeated = next((i for i in ids if owner.setdefault(i, index) != index), None)
         if repeated is None and len(set(ids)) != len(ids):
             repeated = next(i for i in ids if ids.count(i) > 1)
         if repeated is not None:
             outcomes[index] = DuplicateEnvelope(repeated)
+            continue
+        missing = {tuple(r) for e in batch for r in e["recipients"]} - existing
+        if missing:
+            outcomes[index] = StoreError("no device " + ", ".join(
+                f"{user}/{device}" for user, device in sorted(missing)))
     return outcomes
-
-
-async def _release_ids(txn, ids):
-    """Forget ids recorded for calls that failed (so nothing of them remains)."""
-    for chunk in _chunks(sorted(ids)):
-        await txn.execute(
-            f"DELETE FROM envelope_ids WHERE id IN ({', '.join('?' * len(chunk))})", tuple(chunk))
 
 
 async def txn_enqueue_group(txn, batches):
     """Store several ``enqueue`` calls in one transaction; one outcome per call.
 
-    A call whose ids were used before (or twice) gets DuplicateEnvelope, a
-    call naming an unknown device a StoreError; nothing of a failed call is
-    written, and the others are stored as if each had been alone, in order.
+    A call reusing an id still queued for one of its recipient devices (or
+    kept in its room's history), or using one twice, gets DuplicateEnvelope;
+    a call naming an unknown device a StoreError.  Nothing of a failed call
+    is written, and the others are stored as if each had been alone, in
+    order, with gapless sequence numbers.  The database's unique indexes
+    decide what is a duplicate: the rows are inserted with ``ON CONFLICT DO
+    NOTHING``; if anything conflicted, the attempt is rolled back to a
+    savepoint and made again without the calls that conflicted.
     """
     created = now_ms()
-    fresh = await _claim_ids(txn, batches, created)
-    outcomes = _screen(batches, fresh)
     existing = await _existing_devices(
         txn, {r[0] for batch in batches for e in batch for r in e["recipients"]})
+    outcomes = _screen(batches, existing)
+    while True:
+        await txn.execute("SAVEPOINT enqueue")
+        placed, conflicts = await _place(txn, batches, outcomes, created)
+        if not conflicts:
+            await txn.execute("RELEASE SAVEPOINT enqueue")
+            break
+        await txn.execute("ROLLBACK TO SAVEPOINT enqueue")
+        for index, batch in enumerate(batches):
+            repeated = next((e["id"] for e in batch if e["id"] in conflicts), None)
+            if outcomes[index] is None and repeated is not None:
+                outcomes[index] = DuplicateEnvelope(repeated)
+    return [outcome if outcome is not None else placed[index]
+            for index, outcome in enumerate(outcomes)]
+
+
+async def _place(txn, batches, outcomes, created):
+    """Number and insert the envelopes of the calls still standing; ``(placed, conflicts)``
+    where ``conflicts`` holds the ids the unique indexes refused."""
     counts = {}
-    for index, batch in enumerate(batches):
-        recipients = [tuple(r) for e in batch for r in e["recipients"]]
-        missing = set(recipients) - existing
-        if outcomes[index] is None and missing:
-            outcomes[index] = StoreError("no device " + ", ".join(
-                f"{user}/{device}" for user, device in sorted(missing)))
-        if outcomes[index] is None:
-            for recipient in recipients:
-                counts[recipient] = counts.get(recipient, 0) + 1
+    for batch, outcome in zip(batches, outcomes):
+        if outcome is None:
+            for envelope in batch:
+                for recipient in envelope["recipients"]:
+                    recipient = tuple(recipient)
+                    counts[recipient] = counts.get(recipient, 0) + 1
     first = await _reserve_seqs(txn, counts)
-    queue, history = [], []
-    for index, batch in enumerate(batches):
-        if outcomes[index] is not None:
+    placed, queue, history = {}, [], []
+    for index, (batch, outcome) in enumerate(zip(batches, outcomes)):
+        if outcome is not None:
             continue
-        placed = []
+        seqs_of_batch = []
         for envelope in batch:
             body_digest = digest(envelope["body"])
             seqs = []
             for user, device in envelope["recipients"]:
                 seq = first[(user, device)]
-                first[(user, device)] += 1
+                first[(user, device)] = seq + 1
                 queue.append((user, device, seq, envelope["id"], envelope["body"], body_digest,
                               created))
                 seqs.append((user, device, seq))
             if envelope.get("history"):
                 history.append((envelope["history"], envelope["id"], envelope["body"]))
-            placed.append(seqs)
-        outcomes[index] = placed
-    failed = {e["id"] for batch, outcome in zip(batches, outcomes)
-              if isinstance(outcome, Exception) for e in batch} & fresh
-    claimed_by_others = {e["id"] for batch, outcome in zip(batches, outcomes)
-                         if not isinstance(outcome, Exception) for e in batch}
-    await _release_ids(txn, failed - claimed_by_others)
-    await _insert_rows(txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body",
-                                      "digest", "created"), queue)
-    await _append_history(txn, history, created)
-    return outcomes
+            seqs_of_batch.append(seqs)
+        placed[index] = seqs_of_batch
+    conflicts = await _insert_new_rows(
+        txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body", "digest", "created"),
+        queue, unique=("user_id", "device_id", "envelope_id"))
+    conflicts |= await _append_history(txn, history, created)
+    return placed, conflicts
 
 
 async def _append_history(txn, entries, created):
-    """Keep room bodies in their rooms' history, numbered per room."""
+    """Keep room bodies in their rooms' history, numbered per room; the ids already there."""
     per_room = {}
     for room, _, _ in entries:
         per_room[room] = per_room.get(room, 0) + 1
@@ -373,8 +390,9 @@ async def _append_history(txn, entries, created):
     for room, envelope_id, body in entries:
         rows.append((room, next_pos[room], envelope_id, body, created))
         next_pos[room] += 1
-    await _insert_rows(txn, "room_history", ("room", "pos", "envelope_id", "body", "created"),
-                       rows)
+    return await _insert_new_rows(
+        txn, "room_history", ("room", "pos", "envelope_id", "body", "created"), rows,
+        unique=("room", "envelope_id"))
 
 
 async def txn_fetch_queue(txn, user, device, after_seq, limit):
