@@ -8,7 +8,6 @@ pushed straight from memory, otherwise the cursor reads the missing part of
 the queue from the store.
 """
 
-import json
 import time
 
 from twisted.internet import defer
@@ -20,26 +19,27 @@ from securechat.wire import ProtocolError
 FETCH_PAGE = 500
 
 
+_BODY = ('{"v":1,"id":"%s","from":"%s","from_dev":"%s","to":%s,"to_dev":%s,"room":%s,'
+         '"kind":"%s","sid":"%s","otype":%s,"ct":"%s","ts":%d}')
+
+
 def envelope_body(sender, sender_device, fields, to=None, to_dev=None, room=None, now_ms=None):
-    """The JSON text stored and delivered for one envelope (``ct`` passes through untouched)."""
-    return json.dumps(
-        {
-            "v": 1,
-            "id": fields["id"],
-            "from": sender,
-            "from_dev": sender_device,
-            "to": to,
-            "to_dev": to_dev,
-            "room": room,
-            "kind": fields["kind"],
-            "sid": fields["sid"],
-            "otype": fields.get("otype"),
-            "ct": fields["ct"],
-            "ts": now_ms if now_ms is not None else int(time.time() * 1000),
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    """The JSON text stored and delivered for one envelope (``ct`` passes through untouched).
+
+    Written by splicing, not by ``json.dumps`` (a tenth of the cost, on every
+    message): every value was checked by ``securechat.wire``'s schema to be
+    a name, an id, base64 or an integer, none of which holds a character
+    JSON would escape.
+    """
+    return _BODY % (
+        fields["id"], sender, sender_device, _json_text(to), _json_text(to_dev),
+        _json_text(room), fields["kind"], fields["sid"],
+        "null" if fields.get("otype") is None else int(fields["otype"]), fields["ct"],
+        now_ms if now_ms is not None else int(time.time() * 1000))
+
+
+def _json_text(value):
+    return "null" if value is None else '"' + value + '"'
 
 
 def delivery_line(seq, body):

@@ -54,6 +54,10 @@ def _rows(cursor):
     return cursor.fetchall() if cursor.description else []
 
 
+def _rowcount(cursor):
+    return cursor.rowcount
+
+
 class Txn:
     """One open transaction, as the shared transaction bodies see it."""
 
@@ -69,3 +73,12 @@ class Txn:
         """
         return defer.maybeDeferred(
             self._cursor.execute, self.engine.convert(sql), args).addCallback(_rows)
+
+    def count(self, sql, args=()):
+        """Run one INSERT, UPDATE or DELETE; a Deferred firing with the rows it changed.
+
+        Cheaper than ``RETURNING`` when only the number matters: no row
+        comes back to Python.
+        """
+        return defer.maybeDeferred(
+            self._cursor.execute, self.engine.convert(sql), args).addCallback(_rowcount)

@@ -11,6 +11,7 @@ a lock on its row.  On SQLite every transaction is serial anyway.
 """
 
 import hashlib
+import itertools
 import time
 
 from securechat.store.errors import (
@@ -243,23 +244,43 @@ def _chunks(items, size=ROWS_PER_INSERT):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-async def _insert_new_rows(txn, table, columns, rows, unique):
-    """Insert ``rows`` (a few multi-row INSERTs); the envelope ids of rows that broke a unique
-    index (the ``unique`` columns, ``envelope_id`` among them) and so were not inserted."""
+async def _insert_new_rows(txn, table, columns, rows):
+    """Insert ``rows`` (a few multi-row INSERTs); False as soon as one broke a unique index
+    (``ON CONFLICT DO NOTHING`` left it out), True when all went in."""
     placeholders = "(" + ", ".join("?" * len(columns)) + ")"
-    positions = [columns.index(name) for name in unique]
-    conflicts = set()
     for chunk in _chunks(rows):
-        inserted = await txn.execute(
+        inserted = await txn.count(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-            + ", ".join([placeholders] * len(chunk))
-            + f" ON CONFLICT DO NOTHING RETURNING {', '.join(unique)}",
-            tuple(value for row in chunk for value in row))
-        if len(inserted) < len(chunk):
-            done = set(inserted)
-            conflicts.update(row[columns.index("envelope_id")] for row in chunk
-                             if tuple(row[p] for p in positions) not in done)
-    return conflicts
+            + ", ".join([placeholders] * len(chunk)) + " ON CONFLICT DO NOTHING",
+            tuple(itertools.chain.from_iterable(chunk)))
+        if inserted < len(chunk):
+            return False
+    return True
+
+
+async def _ids_taken(txn, batches, outcomes):
+    """The ids of the standing calls already queued for one of their recipient devices or
+    kept in their room's history (the duplicates a failed insert ran into)."""
+    per_device, per_room = {}, {}
+    for batch, outcome in zip(batches, outcomes):
+        if outcome is None:
+            for envelope in batch:
+                for recipient in envelope["recipients"]:
+                    per_device.setdefault(tuple(recipient), set()).add(envelope["id"])
+                if envelope.get("history"):
+                    per_room.setdefault(envelope["history"], set()).add(envelope["id"])
+    taken = set()
+    for (user, device), ids in sorted(per_device.items()):
+        for chunk in _chunks(sorted(ids)):
+            taken.update(row[0] for row in await txn.execute(
+                "SELECT envelope_id FROM queue WHERE user_id = ? AND device_id = ? "
+                f"AND envelope_id IN ({', '.join('?' * len(chunk))})", (user, device, *chunk)))
+    for room, ids in sorted(per_room.items()):
+        for chunk in _chunks(sorted(ids)):
+            taken.update(row[0] for row in await txn.execute(
+                "SELECT envelope_id FROM room_history WHERE room = ? "
+                f"AND envelope_id IN ({', '.join('?' * len(chunk))})", (room, *chunk)))
+    return taken
 
 
 async def _existing_devices(txn, users):
@@ -316,8 +337,8 @@ async def txn_enqueue_group(txn, batches):
     is written, and the others are stored as if each had been alone, in
     order, with gapless sequence numbers.  The database's unique indexes
     decide what is a duplicate: the rows are inserted with ``ON CONFLICT DO
-    NOTHING``; if anything conflicted, the attempt is rolled back to a
-    savepoint and made again without the calls that conflicted.
+    NOTHING``; if any was left out, the attempt is rolled back to a
+    savepoint and made again without the calls whose ids were taken.
     """
     created = now_ms()
     existing = await _existing_devices(
@@ -325,22 +346,27 @@ async def txn_enqueue_group(txn, batches):
     outcomes = _screen(batches, existing)
     while True:
         await txn.execute("SAVEPOINT enqueue")
-        placed, conflicts = await _place(txn, batches, outcomes, created)
-        if not conflicts:
+        placed = await _place(txn, batches, outcomes, created)
+        if placed is not None:
             await txn.execute("RELEASE SAVEPOINT enqueue")
             break
         await txn.execute("ROLLBACK TO SAVEPOINT enqueue")
+        taken = await _ids_taken(txn, batches, outcomes)
+        refused = 0
         for index, batch in enumerate(batches):
-            repeated = next((e["id"] for e in batch if e["id"] in conflicts), None)
+            repeated = next((e["id"] for e in batch if e["id"] in taken), None)
             if outcomes[index] is None and repeated is not None:
                 outcomes[index] = DuplicateEnvelope(repeated)
+                refused += 1
+        if not refused:
+            raise StoreError("a unique index refused envelopes no query finds")
     return [outcome if outcome is not None else placed[index]
             for index, outcome in enumerate(outcomes)]
 
 
 async def _place(txn, batches, outcomes, created):
-    """Number and insert the envelopes of the calls still standing; ``(placed, conflicts)``
-    where ``conflicts`` holds the ids the unique indexes refused."""
+    """Number and insert the envelopes of the calls still standing: their seqs by call
+    index, or None when a unique index refused a row (an id already taken)."""
     counts = {}
     for batch, outcome in zip(batches, outcomes):
         if outcome is None:
@@ -367,15 +393,17 @@ async def _place(txn, batches, outcomes, created):
                 history.append((envelope["history"], envelope["id"], envelope["body"]))
             seqs_of_batch.append(seqs)
         placed[index] = seqs_of_batch
-    conflicts = await _insert_new_rows(
-        txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body", "digest", "created"),
-        queue, unique=("user_id", "device_id", "envelope_id"))
-    conflicts |= await _append_history(txn, history, created)
-    return placed, conflicts
+    if not await _insert_new_rows(
+            txn, "queue",
+            ("user_id", "device_id", "seq", "envelope_id", "body", "digest", "created"), queue):
+        return None
+    if not await _append_history(txn, history, created):
+        return None
+    return placed
 
 
 async def _append_history(txn, entries, created):
-    """Keep room bodies in their rooms' history, numbered per room; the ids already there."""
+    """Keep room bodies in their rooms' history, numbered per room; False if an id was there."""
     per_room = {}
     for room, _, _ in entries:
         per_room[room] = per_room.get(room, 0) + 1
@@ -391,8 +419,7 @@ async def _append_history(txn, entries, created):
         rows.append((room, next_pos[room], envelope_id, body, created))
         next_pos[room] += 1
     return await _insert_new_rows(
-        txn, "room_history", ("room", "pos", "envelope_id", "body", "created"), rows,
-        unique=("room", "envelope_id"))
+        txn, "room_history", ("room", "pos", "envelope_id", "body", "created"), rows)
 
 
 async def txn_fetch_queue(txn, user, device, after_seq, limit):
@@ -416,9 +443,9 @@ async def txn_ack_group(txn, acks):
     for user, device, ids in acks:
         removed = 0
         for chunk in _chunks(sorted(set(ids))):
-            removed += len(await txn.execute(
+            removed += await txn.count(
                 "DELETE FROM queue WHERE user_id = ? AND device_id = ? AND envelope_id IN ("
-                + ", ".join("?" * len(chunk)) + ") RETURNING seq", (user, device, *chunk)))
+                + ", ".join("?" * len(chunk)) + ")", (user, device, *chunk))
         outcomes.append(removed)
     return outcomes
 
