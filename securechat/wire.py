@@ -10,6 +10,8 @@ import binascii
 import json
 import re
 
+import orjson
+
 MAX_LINE_BYTES = 1024 * 1024
 """Longest accepted line, delimiter excluded (a frame of several envelopes fits)."""
 
@@ -46,8 +48,12 @@ class ProtocolError(Exception):
 
 
 def encode(frame):
-    """One frame as the bytes of one line (without the delimiter)."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """One frame as the bytes of one line (without the delimiter): compact UTF-8 JSON.
+
+    orjson, not the standard library: encoding and decoding frames is work
+    the relay does for every message, and orjson does it about four times faster.
+    """
+    return orjson.dumps(frame)
 
 
 def canonical_json(obj):
@@ -64,8 +70,8 @@ def decode(line):
     except UnicodeDecodeError as e:
         raise ProtocolError("bad_utf8", f"line is not valid UTF-8 (byte {e.start})") from None
     try:
-        frame = json.loads(text)
-    except ValueError as e:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
         raise ProtocolError("bad_json", f"line is not valid JSON: {e}") from None
     if not isinstance(frame, dict):
         raise ProtocolError("bad_frame", "a frame must be a JSON object")
