@@ -1,4 +1,10 @@
-"""Framing only: bytes in, lines to the session; frames out, batched per reactor turn."""
+"""Framing only: bytes in, lines to the session; frames out.
+
+Frames are handed to the transport one by one: Twisted's TLS transport
+already gathers the small writes of one reactor turn into one TLS record
+and one ``send``, so batching them here as well only cost a timer per
+connection and a reactor turn of latency.
+"""
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -48,8 +54,6 @@ class RelayProtocol(LineReceiver):
 
     def __init__(self, server):
         self._server = server
-        self._outbox = []
-        self._flush_call = None
         self.session = None
         self.gate = WriteGate()
 
@@ -78,28 +82,15 @@ class RelayProtocol(LineReceiver):
         self.session.line_too_long()
 
     def send_line(self, data):
-        """Queue one frame; everything queued in this reactor turn goes out in one write."""
-        self._outbox.append(data)
-        if self._flush_call is None:
-            self._flush_call = self._server.clock.callLater(0, self._flush)
-
-    def _flush(self):
-        self._flush_call = None
-        if self._outbox and self.transport is not None:
-            self._outbox.append(b"")
-            self.transport.write(b"\n".join(self._outbox))
-            self._outbox = []
+        if self.transport is not None:
+            self.transport.write(data + b"\n")
 
     def _disconnect(self):
-        self._flush()
         # A TLS transport with a registered producer would wait for it before closing.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def connectionLost(self, reason):
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
         self.gate.stopProducing()
         self._server.connection_closed(self)
         if self.session is not None:
