@@ -14,38 +14,44 @@ from securechat.store.interface import IStore
 
 
 ACK_GATHER_SECONDS = 0.01
-"""Acks wait this long to share a transaction: nothing waits on them but the client's ack
-answer, and at modest rates they would otherwise take one commit each."""
+"""How long an ack may wait for company: nothing waits on it but the client's ack answer,
+so it rides along with the next envelopes' commit, or commits with other acks after this."""
 
 
 class GroupCommit:
     """Writes that arrive while a group is committing share the next transaction.
 
     Under load a commit (and its fsync) then serves many callers at once;
-    with one caller at a time it adds no delay.  ``group_body(txn, items)``
-    returns one outcome per item: a result, or the StoreError of that caller
-    alone.
+    with one caller at a time it adds no delay, except for items submitted
+    with ``gather`` (acks): those wait that long for an urgent item to
+    share a commit with.  ``group_body(txn, items)`` returns one outcome per
+    item: a result, or the StoreError of that caller alone.
     """
 
-    def __init__(self, run, group_body, gather=0.0):
+    def __init__(self, run, group_body, clock=reactor):
         self._run = run
         self._group_body = group_body
-        self._gather = gather
+        self._clock = clock
         self._waiting = []
         self._busy = False
+        self._timer = None
 
-    def submit(self, item):
+    def submit(self, item, gather=0.0):
         d = defer.Deferred()
         self._waiting.append((item, d))
-        if not self._busy:
-            if self._gather:
-                self._busy = True
-                reactor.callLater(self._gather, self._commit)
-            else:
-                self._commit()
+        if self._busy:
+            return d
+        if not gather:
+            self._commit()
+        elif self._timer is None:
+            self._timer = self._clock.callLater(gather, self._commit)
         return d
 
     def _commit(self):
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
         batch, self._waiting = self._waiting, []
         self._busy = True
         done = self._run(self._group_body, [item for item, _ in batch])
@@ -76,13 +82,8 @@ class GroupCommit:
 class SqlStore:
     def __init__(self):
         self._pool = None
-        self._groups = {}
-
-    def _group(self, group_body, gather=0.0):
-        """The group committer of one kind of write (created on first use)."""
-        if group_body not in self._groups:
-            self._groups[group_body] = GroupCommit(self._run, group_body, gather)
-        return self._groups[group_body]
+        # Envelopes and acks share transactions: one fsync serves both.
+        self._writes = GroupCommit(self._run, t.txn_write_group)
 
     def _open(self):
         """Open the connections; a Deferred."""
@@ -150,7 +151,7 @@ class SqlStore:
         return self._run(t.txn_key_counts, user, device)
 
     def enqueue(self, envelopes):
-        return self._group(t.txn_enqueue_group).submit(envelopes)
+        return self._writes.submit(("enqueue", envelopes))
 
     def fetch_queue(self, user, device, after_seq, limit):
         return self._run(t.txn_fetch_queue, user, device, after_seq, limit)
@@ -159,7 +160,7 @@ class SqlStore:
         return self._run(t.txn_queue_length, user, device)
 
     def ack(self, user, device, ids):
-        return self._group(t.txn_ack_group, gather=ACK_GATHER_SECONDS).submit((user, device, ids))
+        return self._writes.submit(("ack", (user, device, ids)), gather=ACK_GATHER_SECONDS)
 
     def create_room(self, room, owner, password_hash):
         return self._run(t.txn_create_room, room, owner, password_hash)

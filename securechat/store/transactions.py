@@ -328,6 +328,25 @@ def _screen(batches, existing):
     return outcomes
 
 
+async def txn_write_group(txn, items):
+    """The ``("enqueue", batch)`` and ``("ack", (user, device, ids))`` calls of one group
+    commit, in one transaction; one outcome per item, in order.
+
+    Envelopes are stored before acks apply: an id acknowledged in the same
+    group as it is sent again is still queued then, so the resend is refused
+    as a duplicate (the safe side: that device already has it).
+    """
+    enqueues = [index for index, (kind, _) in enumerate(items) if kind == "enqueue"]
+    acks = [index for index, (kind, _) in enumerate(items) if kind == "ack"]
+    outcomes = [None] * len(items)
+    for indexes, body in ((enqueues, txn_enqueue_group), (acks, txn_ack_group)):
+        if indexes:
+            results = await body(txn, [items[index][1] for index in indexes])
+            for index, result in zip(indexes, results):
+                outcomes[index] = result
+    return outcomes
+
+
 async def txn_enqueue_group(txn, batches):
     """Store several ``enqueue`` calls in one transaction; one outcome per call.
 
