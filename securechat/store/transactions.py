@@ -296,15 +296,21 @@ async def _existing_devices(txn, users):
 async def _reserve_seqs(txn, counts):
     """Take ``counts[device]`` sequence numbers per (existing) device; the first of each.
 
-    The UPDATE also locks the device row until commit, devices in sorted
-    order, so concurrent groups (or nodes) never deadlock.
+    One UPDATE per distinct count (usually one for the whole group, however
+    many devices a room has), which also locks the device rows until commit.
     """
+    by_count = {}
+    for device, count in sorted(counts.items()):
+        by_count.setdefault(count, []).append(device)
     first = {}
-    for (user, device), count in sorted(counts.items()):
-        (last,) = await _first(
-            txn, "UPDATE devices SET next_seq = next_seq + ? WHERE user_id = ? AND device_id = ? "
-                 "RETURNING next_seq", (count, user, device))
-        first[(user, device)] = last - count + 1
+    for count, devices in sorted(by_count.items()):
+        for chunk in _chunks(devices):
+            rows = await txn.execute(
+                "UPDATE devices SET next_seq = next_seq + ? WHERE (user_id, device_id) IN (VALUES "
+                + ", ".join(["(?, ?)"] * len(chunk)) + ") RETURNING user_id, device_id, next_seq",
+                (count, *itertools.chain.from_iterable(chunk)))
+            for user, device, last in rows:
+                first[(user, device)] = last - count + 1
     return first
 
 
