@@ -283,18 +283,9 @@ async def _ids_taken(txn, batches, outcomes):
     return taken
 
 
-async def _existing_devices(txn, users):
-    found = set()
-    for chunk in _chunks(sorted(users)):
-        rows = await txn.execute(
-            f"SELECT user_id, device_id FROM devices WHERE user_id IN ({', '.join('?' * len(chunk))})",
-            tuple(chunk))
-        found.update((user, device) for user, device in rows)
-    return found
-
-
 async def _reserve_seqs(txn, counts):
-    """Take ``counts[device]`` sequence numbers per (existing) device; the first of each.
+    """Take ``counts[device]`` sequence numbers per device; the first of each (devices that
+    do not exist are left out).
 
     One UPDATE for the whole group however many devices it reaches (a room
     message to 50 devices is 1 statement, not 50); it also locks the device
@@ -313,9 +304,8 @@ async def _reserve_seqs(txn, counts):
     return first
 
 
-def _screen(batches, existing):
-    """Which calls fail before touching the database: an id used twice in the group, or
-    a recipient device that does not exist."""
+def _screen(batches):
+    """Which calls fail before touching the database: an id used twice in the group."""
     outcomes = [None] * len(batches)
     owner = {}
     for index, batch in enumerate(batches):
@@ -325,12 +315,27 @@ def _screen(batches, existing):
             repeated = next(i for i in ids if ids.count(i) > 1)
         if repeated is not None:
             outcomes[index] = DuplicateEnvelope(repeated)
-            continue
-        missing = {tuple(r) for e in batch for r in e["recipients"]} - existing
-        if missing:
-            outcomes[index] = StoreError("no device " + ", ".join(
-                f"{user}/{device}" for user, device in sorted(missing)))
     return outcomes
+
+
+def _refuse(batches, outcomes, missing, taken):
+    """Fail the standing calls that name a device in ``missing`` or an id in ``taken``;
+    how many were failed."""
+    refused = 0
+    for index, batch in enumerate(batches):
+        if outcomes[index] is not None:
+            continue
+        absent = {tuple(r) for e in batch for r in e["recipients"]} & missing
+        repeated = next((e["id"] for e in batch if e["id"] in taken), None)
+        if absent:
+            outcomes[index] = StoreError("no device " + ", ".join(
+                f"{user}/{device}" for user, device in sorted(absent)))
+        elif repeated is not None:
+            outcomes[index] = DuplicateEnvelope(repeated)
+        else:
+            continue
+        refused += 1
+    return refused
 
 
 async def txn_write_group(txn, items):
@@ -365,32 +370,25 @@ async def txn_enqueue_group(txn, batches):
     savepoint and made again without the calls whose ids were taken.
     """
     created = now_ms()
-    existing = await _existing_devices(
-        txn, {r[0] for batch in batches for e in batch for r in e["recipients"]})
-    outcomes = _screen(batches, existing)
+    outcomes = _screen(batches)
     while True:
         await txn.execute("SAVEPOINT enqueue")
-        placed = await _place(txn, batches, outcomes, created)
+        placed, missing = await _place(txn, batches, outcomes, created)
         if placed is not None:
             await txn.execute("RELEASE SAVEPOINT enqueue")
             break
         await txn.execute("ROLLBACK TO SAVEPOINT enqueue")
-        taken = await _ids_taken(txn, batches, outcomes)
-        refused = 0
-        for index, batch in enumerate(batches):
-            repeated = next((e["id"] for e in batch if e["id"] in taken), None)
-            if outcomes[index] is None and repeated is not None:
-                outcomes[index] = DuplicateEnvelope(repeated)
-                refused += 1
-        if not refused:
+        taken = set() if missing else await _ids_taken(txn, batches, outcomes)
+        if not _refuse(batches, outcomes, missing, taken):
             raise StoreError("a unique index refused envelopes no query finds")
     return [outcome if outcome is not None else placed[index]
             for index, outcome in enumerate(outcomes)]
 
 
 async def _place(txn, batches, outcomes, created):
-    """Number and insert the envelopes of the calls still standing: their seqs by call
-    index, or None when a unique index refused a row (an id already taken)."""
+    """Number and insert the envelopes of the calls still standing: ``(seqs by call index,
+    None)``; ``(None, devices)`` when some recipient devices do not exist, ``(None, set())``
+    when a unique index refused a row (an id already taken)."""
     counts = {}
     for batch, outcome in zip(batches, outcomes):
         if outcome is None:
@@ -399,6 +397,8 @@ async def _place(txn, batches, outcomes, created):
                     recipient = tuple(recipient)
                     counts[recipient] = counts.get(recipient, 0) + 1
     first = await _reserve_seqs(txn, counts)
+    if len(first) < len(counts):
+        return None, set(counts) - set(first)
     placed, queue, history = {}, [], []
     for index, (batch, outcome) in enumerate(zip(batches, outcomes)):
         if outcome is not None:
@@ -420,10 +420,10 @@ async def _place(txn, batches, outcomes, created):
     if not await _insert_new_rows(
             txn, "queue",
             ("user_id", "device_id", "seq", "envelope_id", "body", "digest", "created"), queue):
-        return None
+        return None, set()
     if not await _append_history(txn, history, created):
-        return None
-    return placed
+        return None, set()
+    return placed, None
 
 
 async def _append_history(txn, entries, created):
