@@ -289,7 +289,10 @@ async def _reserve_seqs(txn, counts):
 
     One UPDATE for the whole group however many devices it reaches (a room
     message to 50 devices is 1 statement, not 50); it also locks the device
-    rows until commit.
+    rows until commit.  Those rows are locked in whatever order PostgreSQL
+    visits them, which is safe because a node commits one write group at a
+    time (``GroupCommit``); several groups at once would need the locks
+    taken in sorted order first.
     """
     first = {}
     for chunk in _chunks(sorted(counts.items())):
