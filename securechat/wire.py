@@ -96,8 +96,8 @@ def pad_b64(text):
 def b64decode(text):
     """Decode standard base64 with padding; raise ValueError when it is not."""
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):  # ValueError: a str with non-ASCII characters
         raise ValueError("not valid base64") from None
 
 
@@ -151,6 +151,18 @@ def base64_bytes(min_len, max_len):
         except ValueError:
             raise _bad(what) from None
         if not min_len <= len(raw) <= max_len:
+            raise _bad(what)
+        return value
+
+    return check
+
+
+def one_of(*choices):
+    choices = frozenset(choices)
+    what = " or ".join(f"'{choice}'" for choice in sorted(choices, key=len))
+
+    def check(value):
+        if not isinstance(value, str) or value not in choices:
             raise _bad(what)
         return value
 
@@ -274,7 +286,7 @@ SIGNATURE = base64_bytes(64, 64)
 SECRET = base64_bytes(16, 64)
 PASSWORD = base64_bytes(16, 64)
 CIPHERTEXT = base64_bytes(1, MAX_CIPHERTEXT_CHARS * 3 // 4)
-KIND = text_matching(re.compile(r"^(olm|megolm)$"), "'olm' or 'megolm'")
+KIND = one_of("olm", "megolm")
 TIMESTAMP = integer(0, 2**53)
 VERSION = integer(1, 2**53)
 

@@ -111,16 +111,16 @@ class ConnectionSession:
             self._paused = True
             self._pause()
         d = defer.maybeDeferred(handler, fields)  # the hot ops return Deferreds, the rest coroutines
-        d.addCallbacks(lambda result: self._answer(rid, result), lambda f: self._failed(rid, op, f))
-        d.addBoth(self._finished)
+        d.addCallbacks(self._answer, self._failed, callbackArgs=(rid,), errbackArgs=(rid, op))
 
-    def _finished(self, _):
+    def _finished(self):
         self._pending -= 1
         if self._paused and self._pending < MAX_PENDING // 2:
             self._paused = False
             self._resume()
 
-    def _answer(self, rid, result):
+    def _answer(self, result, rid):
+        self._finished()
         if self.state != "closed":
             self._send(wire.encode({"rid": rid, "result": result}))
 
@@ -128,7 +128,8 @@ class ConnectionSession:
         if self.state != "closed":
             self._send(wire.encode({"rid": rid, "error": error.to_error()}))
 
-    def _failed(self, rid, op, failure):
+    def _failed(self, failure, rid, op):
+        self._finished()
         if failure.check(ProtocolError):
             self._answer_error(rid, failure.value)
         else:
