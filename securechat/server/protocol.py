@@ -8,7 +8,7 @@ connection and a reactor turn of latency.
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
-from twisted.protocols.basic import LineReceiver
+from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from securechat import wire
@@ -48,12 +48,16 @@ class WriteGate:
         return d
 
 
-class RelayProtocol(LineReceiver):
-    delimiter = b"\n"
-    MAX_LENGTH = wire.MAX_LINE_BYTES
+class RelayProtocol(Protocol):
+    """Splits the byte stream into lines (``\n``, an optional ``\r`` before it is dropped).
+
+    Not Twisted's LineReceiver: its line and raw modes and its own pausing
+    cost time on every line and are not needed here.
+    """
 
     def __init__(self, server):
         self._server = server
+        self._partial = b""
         self.session = None
         self.gate = WriteGate()
 
@@ -75,11 +79,21 @@ class RelayProtocol(LineReceiver):
         )
         self._server.connection_opened(self)
 
-    def lineReceived(self, line):
-        self.session.line_received(line.rstrip(b"\r"))
-
-    def lineLengthExceeded(self, line):
-        self.session.line_too_long()
+    def dataReceived(self, data):
+        session = self.session
+        if session.state == "closed":  # disconnecting: what is still arriving is dropped
+            return
+        lines = (self._partial + data).split(b"\n") if self._partial else data.split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if len(line) > wire.MAX_LINE_BYTES:
+                self._partial = b""
+                session.line_too_long()
+                return
+            session.line_received(line.rstrip(b"\r"))
+        if len(self._partial) > wire.MAX_LINE_BYTES:
+            self._partial = b""
+            session.line_too_long()
 
     def send_line(self, data):
         if self.transport is not None:

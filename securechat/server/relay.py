@@ -193,8 +193,7 @@ class Relay:
             }
             for env in envelopes
         ]
-        accepted = {"accepted": [env["id"] for env in envelopes]}
-        return self._commit_and_deliver(batch).addCallback(lambda _: accepted)
+        return self._commit_and_deliver(batch, {"accepted": [env["id"] for env in envelopes]})
 
     async def send_to_devices(self, sender, sender_device, fields, recipients, room):
         """One ciphertext fanned out to ``recipients`` (room multicast), kept in the room's history."""
@@ -210,28 +209,30 @@ class Relay:
                 "history": room,
             }
         ]
-        await self._commit_and_deliver(batch)
-        return {"accepted": [fields["id"]], "recipients": len(recipients)}
+        return await self._commit_and_deliver(
+            batch, {"accepted": [fields["id"]], "recipients": len(recipients)})
 
     def deliver_server_envelope(self, envelope_id, body, recipients):
         """An envelope the server itself writes (membership events), queued like any other."""
         return self._commit_and_deliver([{"id": envelope_id, "sender": "", "sender_device": "",
                                           "recipients": recipients, "body": body}])
 
-    def _commit_and_deliver(self, batch):
-        """Store ``batch`` durably, then push it to the recipients online; a Deferred."""
+    def _commit_and_deliver(self, batch, answer=None):
+        """Store ``batch`` durably, then push it to the recipients online; a Deferred firing
+        with ``answer`` (one callback for both: this runs for every message)."""
         if len({item["id"] for item in batch}) != len(batch):
             raise ProtocolError("duplicate_envelope", "two envelopes in one request share an id")
         d = self._store.enqueue(batch)
-        d.addCallbacks(self._deliver, _refuse_duplicate, callbackArgs=(batch,))
+        d.addCallbacks(self._deliver, _refuse_duplicate, callbackArgs=(batch, answer))
         return d
 
-    def _deliver(self, placed, batch):
+    def _deliver(self, placed, batch, answer):
         for item, seqs in zip(batch, placed):
             for user, device, seq in seqs:
                 entry = self._online.get((user, device))
                 if entry is not None:
                     entry[1].notify(seq, item["body"])
+        return answer
 
 
 def _covered_devices(envelopes):
