@@ -27,20 +27,22 @@ def server(start_relay):
 
 
 def record_lines(server):
-    """Keep a copy of every line the relay receives (after TLS, before parsing)."""
+    """Keep a copy of every byte the relay receives (after TLS, before parsing), as lines."""
     received = []
     factory = server.service.factory
     build = factory.buildProtocol
 
     def recording(addr):
         protocol = build(addr)
-        handle = protocol.lineReceived
+        handle = protocol.dataReceived
+        partial = [b""]
 
-        def record(line):
-            received.append(line)
-            handle(line)
+        def record(data):
+            *lines, partial[0] = (partial[0] + data).split(b"\n")
+            received.extend(lines)
+            handle(data)
 
-        protocol.lineReceived = record
+        protocol.dataReceived = record
         return protocol
 
     factory.buildProtocol = recording
