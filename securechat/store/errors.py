@@ -22,7 +22,8 @@ class StaleVersion(StoreError):
 
 
 class DuplicateEnvelope(StoreError):
-    """An envelope id was stored before; ``args[0]`` is the id."""
+    """An envelope id is still queued for a recipient device (or in its room's history),
+    or was given twice; ``args[0]`` is the id."""
 
     @property
     def envelope_id(self):

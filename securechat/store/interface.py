@@ -104,9 +104,11 @@ class IStore(Interface):
         names a room whose history keeps the body too, in the same transaction.  All of them are
         committed in one transaction (fsynced) before the Deferred fires, or
         none is.  Each recipient device gets the next number of its own
-        sequence (1, 2, 3 ... per device, never reused).  An ``id`` that was
-        ever stored before errbacks with ``DuplicateEnvelope(id)`` and
-        nothing is stored.  Fires with a list, in input order, of lists of
+        sequence (1, 2, 3 ... per device, never reused).  An ``id`` still
+        queued for one of its recipient devices (or kept in the history of
+        its room), or given twice, errbacks with ``DuplicateEnvelope(id)``
+        and nothing is stored; an id every recipient has acknowledged may be
+        stored again.  Fires with a list, in input order, of lists of
         ``(user, device, seq)``.
         """
 
