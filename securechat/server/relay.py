@@ -159,20 +159,25 @@ class Relay:
         covered = _covered_devices(envelopes)
         users = {to for to, _ in covered}
         users.add(sender)
-        if all(self._directory.cached(user) is not None for user in users):
-            return self._accept_unicast(sender, sender_device, envelopes, covered, users)
+        known = {user: self._directory.cached(user) for user in users}
+        if None not in known.values():
+            return self._accept_unicast(sender, sender_device, envelopes, covered, known)
         d = defer.ensureDeferred(self._load_devices(users))
         d.addCallback(
-            lambda _: self._accept_unicast(sender, sender_device, envelopes, covered, users))
+            lambda loaded: self._accept_unicast(sender, sender_device, envelopes, covered, loaded))
         return d
 
     async def _load_devices(self, users):
+        """``{user: device ids}`` read through the directory; unknown_user for a missing one."""
+        loaded = {}
         for user in sorted(users):
-            if await self._directory.devices(user) is None:
+            loaded[user] = await self._directory.devices(user)
+            if loaded[user] is None:
                 raise ProtocolError("unknown_user", f"no user named {user!r}")
+        return loaded
 
-    def _accept_unicast(self, sender, sender_device, envelopes, covered, users):
-        required = {(user, device) for user in users for device in self._directory.cached(user)}
+    def _accept_unicast(self, sender, sender_device, envelopes, covered, devices_of):
+        required = {(user, device) for user, devices in devices_of.items() for device in devices}
         required.discard((sender, sender_device))
         if required != covered:
             missing, extra = required - covered, covered - required
@@ -229,9 +234,9 @@ class Relay:
     def _deliver(self, placed, batch, answer):
         for item, seqs in zip(batch, placed):
             for user, device, seq in seqs:
-                entry = self._online.get((user, device))
-                if entry is not None:
-                    entry[1].notify(seq, item["body"])
+                cursor = self.cursor(user, device)
+                if cursor is not None:
+                    cursor.notify(seq, item["body"])
         return answer
 
 

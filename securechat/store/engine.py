@@ -71,8 +71,7 @@ class Txn:
         Both cursors give themselves back from ``execute`` (txpostgres inside
         a Deferred), so one callback reads the rows of either.
         """
-        return defer.maybeDeferred(
-            self._cursor.execute, self.engine.convert(sql), args).addCallback(_rows)
+        return self._execute(sql, args).addCallback(_rows)
 
     def count(self, sql, args=()):
         """Run one INSERT, UPDATE or DELETE; a Deferred firing with the rows it changed.
@@ -80,5 +79,7 @@ class Txn:
         Cheaper than ``RETURNING`` when only the number matters: no row
         comes back to Python.
         """
-        return defer.maybeDeferred(
-            self._cursor.execute, self.engine.convert(sql), args).addCallback(_rowcount)
+        return self._execute(sql, args).addCallback(_rowcount)
+
+    def _execute(self, sql, args):
+        return defer.maybeDeferred(self._cursor.execute, self.engine.convert(sql), args)
