@@ -6,11 +6,12 @@ import re
 
 from nacl.utils import random as random_bytes
 from twisted.application import service
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from securechat.server.auth import SecretHasher
 from securechat.server.factory import RelayFactory
+from securechat.server.listener import listen_tls
 from securechat.server.tls import server_context_factory
 from securechat.store import make_store
 
@@ -61,10 +62,8 @@ class RelayService(service.Service):
         hasher = SecretHasher(self.reactor, self.config.argon2_concurrency)
         dummy_hash = await hasher.hash(random_bytes(32))
         self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, dummy_hash)
-        endpoint = endpoints.SSL4ServerEndpoint(
-            self.reactor, self.config.port, context, interface=self.config.interface
-        )
-        self.port = await endpoint.listen(self.factory)
+        self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
+                               self.config.interface)
         tune_garbage_collector()
         self._pruner = task.LoopingCall(self._prune)
         self._pruner.clock = self.reactor
