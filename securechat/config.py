@@ -50,7 +50,7 @@ def _senders(text):
 def _user_list(text):
     users = tuple(u.strip() for u in text.split(",") if u.strip())
     for user in users:
-        if not USERNAME_RE.match(user):
+        if not USERNAME_RE.fullmatch(user):
             raise ValueError(f"{user!r} is not a valid user name")
     return users
 

@@ -22,12 +22,15 @@ MAX_ENVELOPES_PER_SEND = 256
 MAX_BATCH_ITEMS = 512
 """Longest list in any request (ids to ack, users to query, keys to upload...)."""
 
-USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
-DEVICE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-ROOM_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-ENVELOPE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-KEY_ID_RE = re.compile(r"^[A-Za-z0-9_+/=-]{1,64}$")
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_+/=-]{1,128}$")
+# Whole-string patterns: always used with ``fullmatch``.  (With ``match`` and
+# ``^...$``, "$" also matches before a final newline, so "alice\n" would pass
+# as a user name that looks like "alice".)
+USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+DEVICE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+ROOM_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+ENVELOPE_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+KEY_ID_RE = re.compile(r"[A-Za-z0-9_+/=-]{1,64}")
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9_+/=-]{1,128}")
 REQUEST_ID_MAX = 64
 
 
@@ -133,7 +136,7 @@ def _bad(what):
 
 def text_matching(pattern, what):
     def check(value):
-        if not isinstance(value, str) or not pattern.match(value):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
             raise _bad(what)
         return value
 

@@ -34,6 +34,9 @@ def test_undecodable_lines_have_stable_codes(line, code):
     ({"op": "ping", "rid": True}, "bad_field", "rid"),
     ({"op": "login", "rid": 1, "user": "Bad Name", "device": "d", "secret": "x"}, "bad_field", "user"),
     ({"op": "login", "rid": 1, "user": "bob", "device": "d"}, "missing_field", "secret"),
+    ({"op": "login", "rid": 1, "user": "alice\n", "device": "d", "secret": "x"}, "bad_field", "user"),
+    ({"op": "room.join", "rid": 1, "room": "ops\n"}, "bad_field", "room"),
+    ({"op": "ack", "rid": 1, "ids": ["a" * 16 + "\n"]}, "bad_field", "ids[0]"),
     ({"op": "ping", "rid": 1, "extra": 1}, "bad_field", "extra"),
     ({"op": "ack", "rid": 1, "ids": ["x" * 16] * (wire.MAX_BATCH_ITEMS + 1)}, "bad_field", "ids"),
 ])

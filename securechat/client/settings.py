@@ -52,7 +52,7 @@ def load(path):
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise bad("server", "must be host:port")
     username = section.get("username", "")
-    if not wire.USERNAME_RE.match(username):
+    if not wire.USERNAME_RE.fullmatch(username):
         raise bad("username", "1-32 of a-z 0-9 . _ -, starting with a letter or digit")
     base = os.path.dirname(os.path.abspath(path))
     data_dir = section.get("data_dir", "") or os.path.join("~", ".securechat", username)
