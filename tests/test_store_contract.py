@@ -305,6 +305,25 @@ async def test_ack_removes_only_that_device_copy(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_acks_sharing_a_commit_each_count_their_own_removals(store):
+    """Acks of several devices committed together: each removes only its device's copies,
+    and an id acknowledged twice in the group counts for the first ack only."""
+    for user, name in (("bob", "B1"), ("bob", "B2"), ("carol", "C1")):
+        await device(store, user, name)
+    await store.enqueue([envelope("e1", [("bob", "B1"), ("carol", "C1")]),
+                         envelope("e2", [("bob", "B1")]), envelope("e3", [("bob", "B1")])])
+    removed = await defer.gatherResults([
+        store.ack("bob", "B1", ["e1", "e2"]),
+        store.ack("bob", "B1", ["e2", "e3", "e2"]),
+        store.ack("carol", "C1", ["e1", "e3"]),
+        store.ack("bob", "B2", ["e1"]),
+    ])
+    assert removed == [2, 1, 1, 0]
+    assert await store.queue_length("bob", "B1") == 0
+    assert await store.queue_length("carol", "C1") == 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_corruption_at_rest_is_detected(store, database):
     """A body changed behind the store's back fails its digest check."""
     await device(store, "bob")
