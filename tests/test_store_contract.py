@@ -33,17 +33,20 @@ def store(database, tmp_path):
 
 
 def raw_sql(database, sql, args=()):
-    """Change the database behind the store's back (corruption, version bumps)."""
+    """Change (or read) the database behind the store's back (corruption, version bumps);
+    the rows of a SELECT."""
     if database.startswith("postgresql://"):
         connection = psycopg2.connect(database)
         with connection, connection.cursor() as cursor:
             cursor.execute(sql.replace("?", "%s"), args)
+            rows = cursor.fetchall() if cursor.description else []
         connection.close()
     else:
         connection = sqlite3.connect(database)
         with connection:
-            connection.execute(sql, args)
+            rows = connection.execute(sql, args).fetchall()
         connection.close()
+    return rows
 
 
 async def device(store, user, name="D1"):
@@ -232,7 +235,7 @@ async def test_an_id_is_unique_per_queued_device_and_per_room_history(store):
 @pytest_twisted.ensureDeferred
 async def test_a_version_1_database_is_migrated_with_its_queue(database, tmp_path):
     """A database written by schema version 1 (with its table of every envelope id) is
-    upgraded on start: queued envelopes stay, and the id table is gone."""
+    upgraded on start to the current version: queued envelopes stay, and the id table is gone."""
     for statement in [VERSION_TABLE, *SCHEMA_V1,
                       "INSERT INTO schema_version (version) VALUES (1)",
                       "INSERT INTO accounts VALUES ('bob', 'h', 'k', 0)",
@@ -244,7 +247,8 @@ async def test_a_version_1_database_is_migrated_with_its_queue(database, tmp_pat
     store = make_store(database, str(tmp_path))
     await store.start()
     try:
-        assert [r["id"] for r in await store.fetch_queue("bob", "D1", 0, 10)] == ["e1"]
+        assert [(r["id"], r["body"], r["intact"])
+                for r in await store.fetch_queue("bob", "D1", 0, 10)] == [("e1", "{}", True)]
         with pytest.raises(DuplicateEnvelope):
             await store.enqueue([envelope("e1", [("bob", "D1")])])
         assert await store.enqueue([envelope("e2", [("bob", "D1")])]) == [[("bob", "D1", 2)]]
@@ -411,6 +415,56 @@ async def test_room_history_is_kept_with_the_envelope_and_pruned(store):
     assert [h["id"] for h in await store.room_history("ops", None, 10)] == ["r2", "r3", "r4"]
     assert await store.prune_history(2**53, 100) == 3
     assert await store.room_history("ops", None, 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_message_body_is_stored_once(store, database):
+    """A room message to several devices is one history entry; its queue rows hold no copy,
+    and every device still gets the body, intact."""
+    members = [("bob", "B1"), ("bob", "B2"), ("carol", "C1")]
+    for user, name in members:
+        await device(store, user, name)
+    body = '{"ct":"' + "Q" * 400 + '"}'
+    await store.enqueue([{**envelope("r1", members, body=body), "history": "ops"}])
+    assert raw_sql(database, "SELECT count(*) FROM queue WHERE body IS NOT NULL") == [(0,)]
+    assert raw_sql(database, "SELECT count(*) FROM room_history WHERE body = ?", (body,)) == [(1,)]
+    for user, name in members:
+        (row,) = await store.fetch_queue(user, name, 0, 10)
+        assert (row["id"], row["body"], row["intact"]) == ("r1", body, True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pruned_history_stays_queued_for_devices_that_lack_it(store, database):
+    """History past its retention is dropped from the room, not from the queue of a device
+    that has not acknowledged it yet; the copy it keeps is still checked."""
+    await device(store, "bob", "B1")
+    await device(store, "carol", "C1")
+    for i in range(3):
+        item = envelope(f"r{i}", [("bob", "B1"), ("carol", "C1")], body=f'{{"n":{i}}}')
+        await store.enqueue([{**item, "history": "ops"}])
+    assert await store.ack("bob", "B1", ["r0", "r1", "r2"]) == 3
+    assert await store.prune_history(2**53, 100) == 3
+    assert await store.room_history("ops", None, 10) == []
+    rows = await store.fetch_queue("carol", "C1", 0, 10)
+    assert [(r["id"], r["body"], r["intact"]) for r in rows] == [
+        (f"r{i}", f'{{"n":{i}}}', True) for i in range(3)]
+    raw_sql(database, "UPDATE queue SET body = ? WHERE envelope_id = ?", ('{"n":9}', "r1"))
+    assert [r["intact"] for r in await store.fetch_queue("carol", "C1", 0, 10)] == [
+        True, False, True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_corrupted_room_message_is_detected_for_every_device(store, database):
+    """A shared body changed behind the store's back fails the digest check of each queued copy."""
+    await device(store, "bob", "B1")
+    await device(store, "carol", "C1")
+    members = [("bob", "B1"), ("carol", "C1")]
+    await store.enqueue([{**envelope("r1", members, body='{"ct":"AAAA"}'), "history": "ops"}])
+    raw_sql(database, "UPDATE room_history SET body = ? WHERE envelope_id = ?",
+            ('{"ct":"AAAB"}', "r1"))
+    for user, name in members:
+        (row,) = await store.fetch_queue(user, name, 0, 10)
+        assert row["intact"] is False and row["body"] == '{"ct":"AAAB"}'
 
 
 @pytest_twisted.ensureDeferred

@@ -5,9 +5,12 @@ Changelog:
   2 — envelope ids are unique per recipient device (and per room's history) instead of
       in a table of every id ever sent: that table grew without bound, kept who sent
       each envelope forever, and its random-key inserts were half the cost of a send.
+  3 — a room message's body is stored once, in the room's history (with its digest),
+      and its queue rows point at it (room, pos) instead of holding a copy each: a
+      message to a room of 50 devices wrote 51 copies, a broadcast one per device.
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -99,6 +102,29 @@ MIGRATIONS = {
         "DROP INDEX queue_by_id",
         "CREATE UNIQUE INDEX queue_envelope ON queue (user_id, device_id, envelope_id)",
         "CREATE UNIQUE INDEX room_history_envelope ON room_history (room, envelope_id)",
+    ],
+    3: [
+        "ALTER TABLE room_history ADD COLUMN digest TEXT",  # NULL for entries older than v3
+        """CREATE TABLE queue_v3 (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            envelope_id TEXT NOT NULL,
+            body TEXT,
+            digest TEXT,
+            room TEXT,
+            pos BIGINT,
+            created BIGINT NOT NULL,
+            PRIMARY KEY (user_id, device_id, seq),
+            CHECK ((body IS NOT NULL AND digest IS NOT NULL AND room IS NULL AND pos IS NULL)
+                   OR (body IS NULL AND digest IS NULL AND room IS NOT NULL
+                       AND pos IS NOT NULL)))""",
+        "INSERT INTO queue_v3 (user_id, device_id, seq, envelope_id, body, digest, created) "
+        "SELECT user_id, device_id, seq, envelope_id, body, digest, created FROM queue",
+        "DROP TABLE queue",
+        "ALTER TABLE queue_v3 RENAME TO queue",
+        "CREATE UNIQUE INDEX queue_envelope ON queue (user_id, device_id, envelope_id)",
+        "CREATE INDEX queue_shared_body ON queue (room, pos) WHERE room IS NOT NULL",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

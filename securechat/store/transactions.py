@@ -393,70 +393,85 @@ async def txn_enqueue_group(txn, batches):
 async def _place(txn, batches, outcomes, created):
     """Number and insert the envelopes of the calls still standing: ``(seqs by call index,
     None)``; ``(None, devices)`` when some recipient devices do not exist, ``(None, set())``
-    when a unique index refused a row (an id already taken)."""
+    when a unique index refused a row (an id already taken).
+
+    An envelope kept in a room's history is stored there once; its queue rows
+    name the history entry instead of holding a copy of the body each.
+    """
     counts = {}
+    history = []
     for batch, outcome in zip(batches, outcomes):
         if outcome is None:
             for envelope in batch:
                 for recipient in envelope["recipients"]:
                     recipient = tuple(recipient)
                     counts[recipient] = counts.get(recipient, 0) + 1
+                if envelope.get("history"):
+                    history.append(envelope)
     first = await _reserve_seqs(txn, counts)
     if len(first) < len(counts):
         return None, set(counts) - set(first)
-    placed, queue, history = {}, [], []
+    position = await _history_positions(txn, history)
+    placed, queue, kept = {}, [], []
     for index, (batch, outcome) in enumerate(zip(batches, outcomes)):
         if outcome is not None:
             continue
         seqs_of_batch = []
         for envelope in batch:
-            body_digest = digest(envelope["body"])
+            envelope_id, body = envelope["id"], envelope["body"]
+            room = envelope.get("history")
+            if room:
+                pos = position[room]
+                position[room] = pos + 1
+                kept.append((room, pos, envelope_id, body, digest(body), created))
+                own_body = own_digest = None
+            else:
+                pos, own_body, own_digest = None, body, digest(body)
             seqs = []
             for user, device in envelope["recipients"]:
                 seq = first[(user, device)]
                 first[(user, device)] = seq + 1
-                queue.append((user, device, seq, envelope["id"], envelope["body"], body_digest,
-                              created))
+                queue.append((user, device, seq, envelope_id, own_body, own_digest, room or None,
+                              pos, created))
                 seqs.append((user, device, seq))
-            if envelope.get("history"):
-                history.append((envelope["history"], envelope["id"], envelope["body"]))
             seqs_of_batch.append(seqs)
         placed[index] = seqs_of_batch
     if not await _insert_new_rows(
-            txn, "queue",
-            ("user_id", "device_id", "seq", "envelope_id", "body", "digest", "created"), queue):
+            txn, "room_history", ("room", "pos", "envelope_id", "body", "digest", "created"),
+            kept):
         return None, set()
-    if not await _append_history(txn, history, created):
+    if not await _insert_new_rows(
+            txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body", "digest", "room",
+                           "pos", "created"), queue):
         return None, set()
     return placed, None
 
 
-async def _append_history(txn, entries, created):
-    """Keep room bodies in their rooms' history, numbered per room; False if an id was there."""
+async def _history_positions(txn, envelopes):
+    """The first free history position of each room the envelopes go to, taking as many
+    positions as each room gets envelopes."""
     per_room = {}
-    for room, _, _ in entries:
-        per_room[room] = per_room.get(room, 0) + 1
-    next_pos = {}
+    for envelope in envelopes:
+        per_room[envelope["history"]] = per_room.get(envelope["history"], 0) + 1
+    first = {}
     for room, count in sorted(per_room.items()):
         (last,) = await _first(
             txn, "INSERT INTO room_counters (room, next_pos) VALUES (?, ?) ON CONFLICT (room) "
                  "DO UPDATE SET next_pos = room_counters.next_pos + ? RETURNING next_pos",
             (room, count, count))
-        next_pos[room] = last - count + 1
-    rows = []
-    for room, envelope_id, body in entries:
-        rows.append((room, next_pos[room], envelope_id, body, created))
-        next_pos[room] += 1
-    return await _insert_new_rows(
-        txn, "room_history", ("room", "pos", "envelope_id", "body", "created"), rows)
+        first[room] = last - count + 1
+    return first
 
 
 async def txn_fetch_queue(txn, user, device, after_seq, limit):
+    """A page of one device's queue; a room message's body comes from the room's history."""
     rows = await txn.execute(
-        "SELECT seq, envelope_id, body, digest FROM queue "
-        "WHERE user_id = ? AND device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        "SELECT q.seq, q.envelope_id, COALESCE(q.body, h.body), COALESCE(q.digest, h.digest) "
+        "FROM queue q LEFT JOIN room_history h ON h.room = q.room AND h.pos = q.pos "
+        "WHERE q.user_id = ? AND q.device_id = ? AND q.seq > ? ORDER BY q.seq LIMIT ?",
         (user, device, after_seq, limit))
-    return [{"seq": seq, "id": envelope_id, "body": body, "intact": digest(body) == stored}
+    return [{"seq": seq, "id": envelope_id, "body": body or "",
+             "intact": body is not None and digest(body) == stored}
             for seq, envelope_id, body, stored in rows]
 
 
@@ -560,10 +575,22 @@ async def txn_room_history(txn, room, before_pos, limit):
 
 
 async def txn_prune_history(txn, older_than, keep_per_room):
-    removed = len(await txn.execute(
-        "DELETE FROM room_history WHERE created < ? RETURNING pos", (older_than,)))
+    """Drop history entries past the retention; how many.
+
+    A device that has not yet received a dropped entry keeps it: the body is
+    first copied into that device's queue row (rare: the device has been
+    offline for longer than the retention).
+    """
+    removed = await _prune_history_where(txn, "h.created < ?", (older_than,))
     for room, newest in await txn.execute("SELECT room, next_pos FROM room_counters"):
-        removed += len(await txn.execute(
-            "DELETE FROM room_history WHERE room = ? AND pos <= ? RETURNING pos",
-            (room, newest - keep_per_room)))
+        removed += await _prune_history_where(
+            txn, "h.room = ? AND h.pos <= ?", (room, newest - keep_per_room))
     return removed
+
+
+async def _prune_history_where(txn, condition, args):
+    await txn.execute(
+        "UPDATE queue SET body = h.body, digest = h.digest, room = NULL, pos = NULL "
+        "FROM room_history h WHERE queue.room = h.room AND queue.pos = h.pos AND " + condition,
+        args)
+    return await txn.count("DELETE FROM room_history AS h WHERE " + condition, args)
