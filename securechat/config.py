@@ -55,6 +55,13 @@ def _user_list(text):
     return users
 
 
+def _key_exchange(text):
+    text = text.strip()
+    if text not in ("hybrid", "classic"):
+        raise ValueError("must be 'hybrid' (post-quantum X25519MLKEM768 preferred) or 'classic'")
+    return text
+
+
 def _database(text):
     text = text.strip()
     if not text:
@@ -78,6 +85,7 @@ OPTIONS = (
     Option("server", "data_dir", "securechat-data", _path),
     Option("tls", "certificate", "", _path),
     Option("tls", "private_key", "", _path),
+    Option("tls", "key_exchange", "hybrid", _key_exchange),
     Option("store", "database", "securechat.sqlite3", _database),
     Option("rooms", "history_days", "30", _positive),
     Option("rooms", "history_max_messages", "10000", _positive),
@@ -101,6 +109,7 @@ class ServerConfig:
     data_dir: str
     certificate: str
     private_key: str
+    key_exchange: str
     database: str
     history_days: int
     history_max_messages: int

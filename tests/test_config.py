@@ -39,6 +39,7 @@ def test_shipped_example_config_is_valid():
     ("[server]\nprot = 1\n", "[server] prot: unknown key"),
     ("[sever]\n", "[sever]: unknown section"),
     ("[tls]\ncertificate = a.pem\n", "[tls] certificate and private_key"),
+    ("[tls]\nkey_exchange = quantum\n", "[tls] key_exchange"),
     ("[limits]\nrequest_burst = 0\n", "[limits] request_burst"),
     ("not an ini", "not a valid ini file"),
 ])

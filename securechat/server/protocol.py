@@ -60,6 +60,8 @@ class RelayProtocol(Protocol):
         self._partial = b""
         self.session = None
         self.gate = WriteGate()
+        self.active = True  # read or written since the last IdleSweep (tls_memory)
+        self.buffers_released = False
 
     def connectionMade(self):
         # Small frames must leave at once: Nagle plus delayed ACKs would add ~40 ms.
@@ -80,6 +82,7 @@ class RelayProtocol(Protocol):
         self._server.connection_opened(self)
 
     def dataReceived(self, data):
+        self.active = True
         session = self.session
         if session.state == "closed":  # disconnecting: what is still arriving is dropped
             return
@@ -96,6 +99,7 @@ class RelayProtocol(Protocol):
             session.line_too_long()
 
     def send_line(self, data):
+        self.active = True
         if self.transport is not None:
             self.transport.write(data + b"\n")
 

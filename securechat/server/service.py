@@ -13,6 +13,7 @@ from securechat.server.auth import SecretHasher
 from securechat.server.factory import RelayFactory
 from securechat.server.listener import listen_tls
 from securechat.server.tls import server_context_factory
+from securechat.server.tls_memory import IdleSweep
 from securechat.store import make_store
 
 PRUNE_INTERVAL = 60
@@ -49,6 +50,7 @@ class RelayService(service.Service):
         self.port = None
         self.fingerprint = None
         self._pruner = None
+        self._idle_sweep = None
         self._started = None
 
     def startService(self):
@@ -68,6 +70,9 @@ class RelayService(service.Service):
         self._pruner = task.LoopingCall(self._prune)
         self._pruner.clock = self.reactor
         self._pruner.start(PRUNE_INTERVAL, now=True)
+        self._idle_sweep = task.LoopingCall(IdleSweep(self.factory.connections))
+        self._idle_sweep.clock = self.reactor
+        self._idle_sweep.start(IdleSweep.interval, now=False)
         address = self.port.getHost()
         self.log.info(
             "securechat relay listening on {host}:{port} (TLS), store {database}",
@@ -92,8 +97,9 @@ class RelayService(service.Service):
         self._started.addErrback(failed)
 
     async def _stop(self):
-        if self._pruner is not None and self._pruner.running:
-            self._pruner.stop()
+        for loop in (self._pruner, self._idle_sweep):
+            if loop is not None and loop.running:
+                loop.stop()
         if self.port is not None:
             await self.port.stopListening()
             for protocol in list(self.factory.connections):

@@ -18,6 +18,8 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 from twisted.logger import Logger
 
+from securechat.server.tls_memory import restrict_key_exchange
+
 log = Logger()
 
 SELF_SIGNED_CERT = os.path.join("tls", "server-cert.pem")
@@ -108,4 +110,6 @@ def server_context_factory(config):
         certificate=identity.original,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+    if config.key_exchange == "classic":
+        restrict_key_exchange(options.getContext())
     return options, fp
