@@ -15,7 +15,7 @@ TINY = {
     "w1": ["--pairs", "2", "--inflight", "5", "--warmup", "0.2", "--duration", "0.5"],
     "w2": ["--pairs", "2", "--rate", "20", "--warmup", "0.2", "--duration", "0.5"],
     "w3": ["--members", "3", "--rate", "20", "--warmup", "0.2", "--duration", "0.5"],
-    "w4": ["--connections", "5"],
+    "w4": ["--connections", "5", "--idle", "0"],
     "w5": ["--envelopes", "50", "--inflight", "5"],
 }
 EXPECTED = {

@@ -20,7 +20,7 @@ DEFAULTS = {
     "w1": dict(pairs=10, inflight=200, size=200, warmup=2.0, duration=10.0),
     "w2": dict(pairs=50, rate=20.0, size=200, warmup=2.0, duration=10.0),
     "w3": dict(members=50, rates=(100.0, 1000.0), size=200, warmup=1.0, duration=10.0),
-    "w4": dict(connections=10000),
+    "w4": dict(connections=10000, idle=25.0),
     "w5": dict(envelopes=10000, size=200, inflight=200),
 }
 NAMES = {"w1": "throughput", "w2": "latency", "w3": "room fan-out", "w4": "idle connections",
@@ -44,6 +44,8 @@ def build_parser():
                         help="w2: messages/s per pair; w3: messages/s (repeatable)")
     parser.add_argument("--members", type=int, help="w3: room member devices")
     parser.add_argument("--connections", type=int, help="w4: connections to open")
+    parser.add_argument("--idle", type=float,
+                        help="w4: seconds the connections stay idle before memory is sampled")
     parser.add_argument("--envelopes", type=int, help="w5: envelopes to queue")
     parser.add_argument("--warmup", type=float, help="seconds before measuring")
     parser.add_argument("--duration", type=float, help="seconds measured")
@@ -52,8 +54,8 @@ def build_parser():
 
 def workload_options(args):
     options = dict(DEFAULTS[args.workload])
-    for key in ("pairs", "inflight", "size", "members", "connections", "envelopes", "warmup",
-                "duration"):
+    for key in ("pairs", "inflight", "size", "members", "connections", "idle", "envelopes",
+                "warmup", "duration"):
         value = getattr(args, key)
         if value is not None and key in options:
             options[key] = value
