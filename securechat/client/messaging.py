@@ -7,9 +7,9 @@ saved before anything leaves), send, retry once if the device set changed.
 Receiving, one envelope at a time in ``seq`` order: skip ids already seen
 (ack again), decrypt, check the inner header against the envelope, then
 save the new ratchet state, the plaintext and the seen id in ONE
-transaction, and only then acknowledge.  A crash anywhere leaves either the
-old state (the envelope is redelivered and decrypts again) or the new state
-with the id seen (the redelivery is skipped).
+transaction, and only then acknowledge (in batches, ``acks.AckBatcher``).  A
+crash anywhere leaves either the old state (the envelope is redelivered and
+decrypts again) or the new state with the id seen (the redelivery is skipped).
 """
 
 import datetime
@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from securechat import wire
+from securechat.client.acks import AckBatcher
 from securechat.client.contacts import TrustError, verify
 from securechat.client.protocol import RemoteError
 from securechat.crypto.device import DecryptError
@@ -118,11 +119,12 @@ class Receiver:
         self._on_message = on_message
         self._on_control = on_control
         self._lock = defer.DeferredLock()
+        self.acks = AckBatcher(client.request)
         self.processed = 0
 
     def idle(self):
-        """Nothing is being processed or waiting to be."""
-        return not self._lock.locked and not self._lock.waiting
+        """Nothing is being processed, waiting to be, or waiting for its acknowledgement."""
+        return not self._lock.locked and not self._lock.waiting and self.acks.settled()
 
     def envelope_event(self, frame):
         d = self._lock.run(lambda: defer.ensureDeferred(self._process(frame)))
@@ -141,7 +143,7 @@ class Receiver:
                     self._on_message(record)
                 else:
                     self._on_control(record)
-            await client.request("ack", ids=[env["id"]])
+            self.acks.add(env["id"])
         finally:
             self.processed += 1
 

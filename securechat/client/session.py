@@ -28,6 +28,9 @@ from securechat.crypto.keystore import KeyStore, KeyStoreError, WrongPassword
 
 OTK_TARGET = 50
 OTK_LOW_WATER = 25
+ACK_SETTLE_SECONDS = 5
+"""How long closing waits for the server to confirm the last acknowledgements (a missed
+one only means the envelope is delivered again and skipped)."""
 
 EXIT_ERROR = 1
 EXIT_AUTH = 3
@@ -125,7 +128,11 @@ class Client:
 
     @returns_deferred
     async def disconnect(self):
-        """Close the connection and wait until it is closed, then the store."""
+        """Send the acknowledgements still waiting, close the connection and wait until it
+        is closed, then the store."""
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.receiver.acks.flush()
+            await self.wait_for(self.receiver.acks.settled, ACK_SETTLE_SECONDS)
         protocol = self.protocol
         self.close()
         if protocol is not None:

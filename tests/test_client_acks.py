@@ -1,0 +1,52 @@
+"""The client's batched acknowledgements (securechat.client.acks), under task.Clock."""
+
+from twisted.internet import defer, task
+
+from securechat import wire
+from securechat.client.acks import AckBatcher
+
+
+class Requests:
+    def __init__(self):
+        self.sent = []
+
+    def __call__(self, op, **fields):
+        d = defer.Deferred()
+        self.sent.append((op, fields["ids"], d))
+        return d
+
+
+def test_ids_processed_in_one_turn_share_one_request():
+    clock, requests = task.Clock(), Requests()
+    acks = AckBatcher(requests, clock)
+    for envelope_id in ("a", "b", "c"):
+        acks.add(envelope_id)
+    assert requests.sent == [] and not acks.settled()
+    clock.advance(0)
+    assert [(op, ids) for op, ids, _ in requests.sent] == [("ack", ["a", "b", "c"])]
+    assert not acks.settled()  # sent, not yet answered
+    requests.sent[0][2].callback({"removed": 3})
+    assert acks.settled()
+
+
+def test_a_full_batch_goes_at_once_and_the_rest_next_turn():
+    clock, requests = task.Clock(), Requests()
+    acks = AckBatcher(requests, clock)
+    for i in range(wire.MAX_BATCH_ITEMS + 2):
+        acks.add(f"id{i}")
+    assert [len(ids) for _, ids, _ in requests.sent] == [wire.MAX_BATCH_ITEMS]
+    clock.advance(0)
+    assert [len(ids) for _, ids, _ in requests.sent] == [wire.MAX_BATCH_ITEMS, 2]
+
+
+def test_a_failed_ack_is_logged_and_settles():
+    """A lost ack only means a redelivery (skipped by id): it must not wedge the client."""
+    clock = task.Clock()
+
+    def not_connected(op, **fields):
+        raise ConnectionError("not connected")
+
+    acks = AckBatcher(not_connected, clock)
+    acks.add("a")
+    clock.advance(0)
+    assert acks.settled()
