@@ -239,7 +239,7 @@ async def txn_key_counts(txn, user, device):
 ROWS_PER_INSERT = 2000
 """Rows of one multi-row INSERT or DELETE.  Large, because every statement costs the
 SQLite thread a turn at the interpreter lock and PostgreSQL a round trip; 2,000 rows
-of 7 columns stay below SQLite's limit of 32,766 variables (SQLite 3.32 and later)."""
+of up to 9 columns stay below SQLite's limit of 32,766 variables (SQLite 3.32+)."""
 
 
 def _chunks(items, size=ROWS_PER_INSERT):
