@@ -377,10 +377,11 @@ async def txn_enqueue_group(txn, batches):
     created = now_ms()
     outcomes = _screen(batches)
     while True:
-        await txn.execute("SAVEPOINT enqueue")
+        # No RELEASE afterwards: COMMIT ends the savepoint anyway, and each
+        # statement saved is a round trip to PostgreSQL saved.
+        await txn.with_next("SAVEPOINT enqueue")
         placed, missing = await _place(txn, batches, outcomes, created)
         if placed is not None:
-            await txn.execute("RELEASE SAVEPOINT enqueue")
             break
         await txn.execute("ROLLBACK TO SAVEPOINT enqueue")
         taken = set() if missing else await _ids_taken(txn, batches, outcomes)
