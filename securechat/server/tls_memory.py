@@ -1,7 +1,7 @@
 """OpenSSL memory per connection: the two settings pyOpenSSL has no public API for.
 
-An idle TLS 1.3 connection costs the relay about 34 KiB, nearly all of it
-OpenSSL's (docs/benchmarks.rst, W4).  Two parts of that can be given back:
+An idle TLS 1.3 connection cost the relay 38 KiB, nearly all of it OpenSSL's
+(docs/benchmarks.rst, W4).  Two parts of that can be given back:
 
 * **The memory BIOs.**  Twisted runs TLS over a pair of in-memory BIOs per
   connection, and a memory BIO keeps the capacity of the largest burst it ever
