@@ -15,6 +15,7 @@ from securechat.store.errors import (
     DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
 from securechat.store.schema import STATEMENTS as SCHEMA_V1, VERSION_TABLE
 from securechat.store.transactions import digest
+from tests.support import poll_until_async
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -336,6 +337,38 @@ async def test_corruption_at_rest_is_detected(store, database):
     (row,) = await store.fetch_queue("bob", "D1", 0, 10)
     assert row["intact"] is False and row["body"] == '{"ct":"AAAB"}'
     assert digest('{"ct":"AAAA"}') != digest(row["body"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgres_connections_come_back_after_the_server_drops_them(fresh_postgres_dsn,
+                                                                           tmp_path):
+    """What a PostgreSQL restart looks like to the relay (every connection closed by the
+    server): writes fail while the connections are down, then work again without
+    restarting the store, and nothing committed before is lost."""
+    store = make_store(fresh_postgres_dsn, str(tmp_path))
+    await store.start()
+    try:
+        await device(store, "bob")
+        await store.enqueue([envelope("before", [("bob", "D1")])])
+        database_name = fresh_postgres_dsn.rsplit("/", 1)[1]
+        killed = raw_sql(fresh_postgres_dsn,
+                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = ? AND pid <> pg_backend_pid()", (database_name,))
+        assert len(killed) >= 1
+
+        async def accepted():
+            try:
+                await store.enqueue([envelope("after", [("bob", "D1")])])
+            except Exception:  # down: refused, nothing stored (the sender would retry)
+                return False
+            return True
+
+        await poll_until_async(accepted, timeout=30, interval=0.2)
+        rows = await store.fetch_queue("bob", "D1", 0, 10)
+        assert [r["id"] for r in rows] == ["before", "after"]
+        assert [r["seq"] for r in rows] == [1, 2]
+    finally:
+        await store.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -7,12 +7,28 @@ a ``postgresql://user:password@host:port/database`` URL (psycopg2 accepts it).
 """
 
 from twisted.internet import defer
-from txpostgres import txpostgres
+from txpostgres import reconnection, txpostgres
 
 from securechat.store.engine import POSTGRES, Txn
 from securechat.store.sqlstore import SqlStore
 
 POOL_SIZE = 4
+
+
+def _reconnecting_connection(reactor, cooperator):
+    """A connection that reconnects by itself when PostgreSQL restarts or drops it.
+
+    While it is down its queries fail at once (the relay answers an error and
+    accepts nothing); txpostgres retries the connection at once, then after
+    1 s, 1.7 s ... up to every 10 s, and from then on the relay works again
+    without being restarted.
+    """
+    return txpostgres.Connection(reactor, cooperator,
+                                 detector=reconnection.DeadConnectionDetector())
+
+
+class _ReconnectingPool(txpostgres.ConnectionPool):
+    connectionFactory = staticmethod(_reconnecting_connection)
 
 
 class PostgresStore(SqlStore):
@@ -21,7 +37,7 @@ class PostgresStore(SqlStore):
         self._dsn = dsn
 
     async def _connect(self):
-        pool = txpostgres.ConnectionPool(None, self._dsn, min=POOL_SIZE)
+        pool = _ReconnectingPool(None, self._dsn, min=POOL_SIZE)
         await pool.start()
         self._pool = pool
 
