@@ -12,7 +12,8 @@ from securechat.store import IStore, make_store
 from securechat.store.postgres import PostgresStore
 from securechat.store.sqlite import SqliteStore
 from securechat.store.errors import (
-    DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
+    DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, StoreUnavailable,
+    UserExists)
 from securechat.store.schema import STATEMENTS as SCHEMA_V1, VERSION_TABLE
 from securechat.store.transactions import digest
 from tests.support import poll_until_async
@@ -343,8 +344,8 @@ async def test_corruption_at_rest_is_detected(store, database):
 async def test_postgres_connections_come_back_after_the_server_drops_them(fresh_postgres_dsn,
                                                                            tmp_path):
     """What a PostgreSQL restart looks like to the relay (every connection closed by the
-    server): writes fail while the connections are down, then work again without
-    restarting the store, and nothing committed before is lost."""
+    server): writes fail with StoreUnavailable while the connections are down, then work
+    again without restarting the store, and nothing committed before is lost."""
     store = make_store(fresh_postgres_dsn, str(tmp_path))
     await store.start()
     try:
@@ -359,7 +360,7 @@ async def test_postgres_connections_come_back_after_the_server_drops_them(fresh_
         async def accepted():
             try:
                 await store.enqueue([envelope("after", [("bob", "D1")])])
-            except Exception:  # down: refused, nothing stored (the sender would retry)
+            except StoreUnavailable:  # down: refused, nothing stored (the sender would retry)
                 return False
             return True
 

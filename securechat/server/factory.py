@@ -8,6 +8,7 @@ from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
 from securechat.server.protocol import RelayProtocol
 from securechat.server.ratelimit import SlidingWindow
+from securechat.server.outage import OutageLog
 from securechat.server.relay import Relay
 from securechat.server.rooms import Rooms
 
@@ -31,6 +32,7 @@ class RelayFactory(ServerFactory):
         self.login_per_account = SlidingWindow(clock, config.login_attempts_per_account, window)
         self.login_per_address = SlidingWindow(clock, config.login_attempts_per_address, window)
         self.connections = set()
+        self.store_outage = OutageLog(clock)
 
     def buildProtocol(self, addr):
         return RelayProtocol(self)

@@ -28,3 +28,8 @@ class DuplicateEnvelope(StoreError):
     @property
     def envelope_id(self):
         return self.args[0]
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (down, restarting, or it dropped the connection);
+    nothing of the failed call was stored."""

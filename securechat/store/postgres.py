@@ -6,10 +6,13 @@ transaction bodies are written to stay correct when they do.  ``dsn`` may be
 a ``postgresql://user:password@host:port/database`` URL (psycopg2 accepts it).
 """
 
+import psycopg2
+from psycopg2.extensions import TransactionRollbackError
 from twisted.internet import defer
 from txpostgres import reconnection, txpostgres
 
 from securechat.store.engine import POSTGRES, Txn
+from securechat.store.errors import StoreUnavailable
 from securechat.store.sqlstore import SqlStore
 
 POOL_SIZE = 4
@@ -47,5 +50,19 @@ class PostgresStore(SqlStore):
     def _run(self, body, *args):
         # runInteraction wants a Deferred: an async def handed to it directly
         # would never run, and the empty transaction would commit.
-        return self._pool.runInteraction(
+        d = self._pool.runInteraction(
             lambda cursor: defer.ensureDeferred(body(Txn(POSTGRES, cursor), *args)))
+        return d.addErrback(_unreachable)
+
+
+def _unreachable(failure):
+    """A lost or refused connection becomes StoreUnavailable; other errors pass through.
+
+    (A deadlock or serialization failure is an OperationalError too, but the
+    connection is fine: those stay what they are.)
+    """
+    lost = failure.check(reconnection.ConnectionDead, txpostgres.RollbackFailed,
+                         psycopg2.InterfaceError, psycopg2.OperationalError)
+    if lost and not failure.check(TransactionRollbackError):
+        raise StoreUnavailable(f"the database cannot be reached ({lost.__name__})")
+    return failure
