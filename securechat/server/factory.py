@@ -7,8 +7,8 @@ from securechat.server.auth import make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
 from securechat.server.protocol import RelayProtocol
-from securechat.server.ratelimit import SlidingWindow
 from securechat.server.outage import OutageLog
+from securechat.server.ratelimit import SlidingWindow
 from securechat.server.relay import Relay
 from securechat.server.rooms import Rooms
 

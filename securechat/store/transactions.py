@@ -427,13 +427,13 @@ async def _place(txn, batches, outcomes, created):
                 kept.append((room, pos, envelope_id, body, digest(body), created))
                 own_body = own_digest = None
             else:
-                pos, own_body, own_digest = None, body, digest(body)
+                room, pos, own_body, own_digest = None, None, body, digest(body)
             seqs = []
             for user, device in envelope["recipients"]:
                 seq = first[(user, device)]
                 first[(user, device)] = seq + 1
-                queue.append((user, device, seq, envelope_id, own_body, own_digest, room or None,
-                              pos, created))
+                queue.append((user, device, seq, envelope_id, own_body, own_digest, room, pos,
+                              created))
                 seqs.append((user, device, seq))
             seqs_of_batch.append(seqs)
         placed[index] = seqs_of_batch
