@@ -14,8 +14,9 @@ from securechat.store.sqlite import SqliteStore
 from securechat.store.errors import (
     DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, StoreUnavailable,
     UserExists)
-from securechat.store.schema import STATEMENTS as SCHEMA_V1, VERSION_TABLE
+from securechat.store.schema import MIGRATIONS, STATEMENTS as SCHEMA_V1, VERSION_TABLE
 from securechat.store.transactions import digest
+from securechat.wire import BROADCAST_ROOM
 from tests.support import poll_until_async
 
 
@@ -181,20 +182,20 @@ async def test_two_nodes_claim_each_key_once(store, database, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_enqueue_sequences_per_device(store):
-    """Each recipient device numbers its envelopes 1, 2, 3 ... independently."""
+async def test_enqueue_numbers_envelopes_in_one_sequence(store):
+    """Envelopes are numbered 1, 2, 3 ... in the order stored, whatever their recipients;
+    each device reads its own in that order."""
     await device(store, "bob", "B1")
     await device(store, "bob", "B2")
     placed = await store.enqueue([
         envelope("e1", [("bob", "B1"), ("bob", "B2")]),
         envelope("e2", [("bob", "B1")]),
     ])
-    assert placed == [[("bob", "B1", 1), ("bob", "B2", 1)], [("bob", "B1", 2)]]
-    placed = await store.enqueue([envelope("e3", [("bob", "B2")], body='{"x":1}')])
-    assert placed == [[("bob", "B2", 2)]]
+    assert placed == [1, 2]
+    assert await store.enqueue([envelope("e3", [("bob", "B2")], body='{"x":1}')]) == [3]
     rows = await store.fetch_queue("bob", "B2", 0, 10)
     assert [(r["seq"], r["id"], r["body"], r["intact"]) for r in rows] == [
-        (1, "e1", "{}", True), (2, "e3", '{"x":1}', True)]
+        (1, "e1", "{}", True), (3, "e3", '{"x":1}', True)]
     assert [r["id"] for r in await store.fetch_queue("bob", "B1", 1, 10)] == ["e2"]
     assert [r["id"] for r in await store.fetch_queue("bob", "B1", 0, 1)] == ["e1"]
     assert await store.queue_length("bob", "B1") == 2
@@ -209,7 +210,7 @@ async def test_duplicate_envelope_is_atomic(store):
         await store.enqueue([envelope("e2", [("bob", "D1")]), envelope("e1", [("bob", "D1")])])
     assert info.value.envelope_id == "e1"
     assert [r["id"] for r in await store.fetch_queue("bob", "D1", 0, 10)] == ["e1"]
-    assert (await store.enqueue([envelope("e2", [("bob", "D1")])])) == [[("bob", "D1", 2)]]
+    assert (await store.enqueue([envelope("e2", [("bob", "D1")])])) == [2]
 
 
 @pytest_twisted.ensureDeferred
@@ -223,9 +224,9 @@ async def test_an_id_is_unique_per_queued_device_and_per_room_history(store):
     with pytest.raises(DuplicateEnvelope):
         await store.enqueue([envelope("e1", [("carol", "D1"), ("bob", "D1")])])
     assert await store.queue_length("carol", "D1") == 0
-    assert await store.enqueue([envelope("e1", [("carol", "D1")])]) == [[("carol", "D1", 1)]]
+    assert await store.enqueue([envelope("e1", [("carol", "D1")])]) == [2]
     await store.ack("bob", "D1", ["e1"])
-    assert await store.enqueue([envelope("e1", [("bob", "D1")])]) == [[("bob", "D1", 2)]]
+    assert await store.enqueue([envelope("e1", [("bob", "D1")])]) == [3]
     room_message = {**envelope("r1", [("bob", "D1")]), "history": "ops"}
     await store.enqueue([room_message])
     await store.ack("bob", "D1", ["r1"])
@@ -253,7 +254,7 @@ async def test_a_version_1_database_is_migrated_with_its_queue(database, tmp_pat
                 for r in await store.fetch_queue("bob", "D1", 0, 10)] == [("e1", "{}", True)]
         with pytest.raises(DuplicateEnvelope):
             await store.enqueue([envelope("e1", [("bob", "D1")])])
-        assert await store.enqueue([envelope("e2", [("bob", "D1")])]) == [[("bob", "D1", 2)]]
+        assert await store.enqueue([envelope("e2", [("bob", "D1")])]) == [2]
     finally:
         await store.stop()
     with pytest.raises(Exception, match="envelope_ids"):
@@ -261,17 +262,19 @@ async def test_a_version_1_database_is_migrated_with_its_queue(database, tmp_pat
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_enqueues_number_each_device_gaplessly(store):
-    """Simultaneous batches for the same devices, in either order, get seqs 1..N per device."""
+async def test_concurrent_enqueues_are_numbered_gaplessly(store):
+    """Simultaneous batches for the same devices, in either order, get seqs 1..N, and each
+    device reads them all in that order."""
     await device(store, "bob", "B1")
     await device(store, "bob", "B2")
     orders = [[("bob", "B1"), ("bob", "B2")], [("bob", "B2"), ("bob", "B1")]]
     placed = await defer.gatherResults(
         [store.enqueue([envelope(f"e{i}", orders[i % 2])]) for i in range(20)],
         consumeErrors=True)
+    assert sorted(seq for (seq,) in placed) == list(range(1, 21))
     for name in ("B1", "B2"):
-        seqs = sorted(seq for batch in placed for (_, dev, seq) in batch[0] if dev == name)
-        assert seqs == list(range(1, 21))
+        rows = await store.fetch_queue("bob", name, 0, 100)
+        assert [r["seq"] for r in rows] == list(range(1, 21))
         assert await store.queue_length("bob", name) == 20
 
 
@@ -295,7 +298,7 @@ async def test_enqueue_to_an_unknown_device_stores_nothing(store):
     with pytest.raises(StoreError):
         await store.enqueue([envelope("e1", [("bob", "D1")]), envelope("e2", [("bob", "GONE")])])
     assert await store.queue_length("bob", "D1") == 0
-    assert await store.enqueue([envelope("e1", [("bob", "D1")])]) == [[("bob", "D1", 1)]]
+    assert await store.enqueue([envelope("e1", [("bob", "D1")])]) == [1]
 
 
 @pytest_twisted.ensureDeferred
@@ -384,7 +387,7 @@ async def test_data_survives_a_restart(database, tmp_path):
     await second.start()
     try:
         assert [r["id"] for r in await second.fetch_queue("bob", "D1", 0, 10)] == ["e1"]
-        assert (await second.enqueue([envelope("e2", [("bob", "D1")])])) == [[("bob", "D1", 2)]]
+        assert (await second.enqueue([envelope("e2", [("bob", "D1")])])) == [2]
     finally:
         await second.stop()
 
@@ -451,54 +454,176 @@ async def test_room_history_is_kept_with_the_envelope_and_pruned(store):
     assert await store.room_history("ops", None, 10) == []
 
 
+def room_message(envelope_id, body="{}", sender=("alice", "A1"), room="ops"):
+    return {"id": envelope_id, "sender": sender[0], "sender_device": sender[1],
+            "recipients": [], "body": body, "history": room}
+
+
+async def pending_ids(store, user, name):
+    return [r["id"] for r in await store.fetch_queue(user, name, 0, 100)]
+
+
 @pytest_twisted.ensureDeferred
-async def test_a_room_message_body_is_stored_once(store, database):
-    """A room message to several devices is one history entry; its queue rows hold no copy,
-    and every device still gets the body, intact."""
-    members = [("bob", "B1"), ("bob", "B2"), ("carol", "C1")]
-    for user, name in members:
-        await device(store, user, name)
+async def test_a_room_message_is_one_row_for_every_member_device(store, database):
+    """A room message is one history entry and no queue row; every member device (keys
+    published before or after its user joined) reads the same body, intact."""
+    await device(store, "bob", "B1")
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "bob")
+    await store.add_member("ops", "carol")
+    await device(store, "bob", "B2")
+    await device(store, "carol", "C1")
     body = '{"ct":"' + "Q" * 400 + '"}'
-    await store.enqueue([{**envelope("r1", members, body=body), "history": "ops"}])
-    assert raw_sql(database, "SELECT count(*) FROM queue WHERE body IS NOT NULL") == [(0,)]
+    await store.enqueue([room_message("r1", body)])
+    assert raw_sql(database, "SELECT count(*) FROM queue") == [(0,)]
     assert raw_sql(database, "SELECT count(*) FROM room_history WHERE body = ?", (body,)) == [(1,)]
-    for user, name in members:
+    for user, name in (("bob", "B1"), ("bob", "B2"), ("carol", "C1")):
         (row,) = await store.fetch_queue(user, name, 0, 10)
         assert (row["id"], row["body"], row["intact"]) == ("r1", body, True)
+        assert await store.queue_length(user, name) == 1
 
 
 @pytest_twisted.ensureDeferred
-async def test_pruned_history_stays_queued_for_devices_that_lack_it(store, database):
-    """History past its retention is dropped from the room, not from the queue of a device
-    that has not acknowledged it yet; the copy it keeps is still checked."""
+async def test_room_delivery_follows_membership(store):
+    """A device gets the room messages sent while its user is a member, except its own:
+    not those from before the join, still those from before a removal, none after it."""
+    for user, name in (("alice", "A1"), ("alice", "A2"), ("bob", "B1")):
+        await device(store, user, name)
+    await store.create_room("ops", "alice", None)
+    await store.enqueue([room_message("before-join")])
+    await store.add_member("ops", "bob")
+    await store.enqueue([room_message("while-member")])
+    await store.remove_member("ops", "bob")
+    await store.enqueue([room_message("after-removal")])
+    assert await pending_ids(store, "bob", "B1") == ["while-member"]
+    assert await pending_ids(store, "alice", "A1") == []
+    assert await pending_ids(store, "alice", "A2") == [
+        "before-join", "while-member", "after-removal"]
+    assert await store.ack("bob", "B1", ["while-member"]) == 1
+    assert await pending_ids(store, "bob", "B1") == []
+    await store.add_member("ops", "bob")
+    await store.enqueue([room_message("after-rejoin")])
+    assert await pending_ids(store, "bob", "B1") == ["after-rejoin"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_device_follows_the_broadcast_room(store):
+    """The broadcast room needs no membership: every device with keys reads it."""
+    await device(store, "bob", "B1")
+    await store.enqueue([room_message("b1", room=BROADCAST_ROOM)])
+    await device(store, "carol", "C1")
+    await store.enqueue([room_message("b2", room=BROADCAST_ROOM)])
+    assert await pending_ids(store, "bob", "B1") == ["b1", "b2"]
+    assert await pending_ids(store, "carol", "C1") == ["b2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_and_rooms_come_out_in_the_order_stored(store):
+    """A room's key sent 1:1 and the room message it opens reach a device in the order they
+    were stored, across pages, whichever table holds them."""
+    await device(store, "bob", "B1")
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "bob")
+    expected = []
+    for i in range(4):
+        await store.enqueue([envelope(f"key{i}", [("bob", "B1")])])
+        await store.enqueue([room_message(f"msg{i}")])
+        expected += [f"key{i}", f"msg{i}"]
+    assert await pending_ids(store, "bob", "B1") == expected
+    pages, after = [], 0
+    while rows := await store.fetch_queue("bob", "B1", after, 3):
+        pages.append([r["id"] for r in rows])
+        after = rows[-1]["seq"]
+    assert pages == [expected[0:3], expected[3:6], expected[6:8]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_ack_covers_the_earlier_messages(store):
+    """Acknowledging a room message moves the device past it and every earlier one of that
+    room, and counts the ids that were pending; other devices are not moved."""
+    await device(store, "bob", "B1")
+    await device(store, "bob", "B2")
+    await store.create_room("ops", "alice", None)
+    await store.create_room("dev", "alice", None)
+    await store.add_member("ops", "bob")
+    await store.add_member("dev", "bob")
+    for i in range(3):
+        await store.enqueue([room_message(f"ops{i}"), room_message(f"dev{i}", room="dev")])
+    assert await store.ack("bob", "B1", ["ops1", "unknown"]) == 1
+    assert await pending_ids(store, "bob", "B1") == ["dev0", "dev1", "ops2", "dev2"]
+    assert await store.ack("bob", "B1", ["ops0", "ops1"]) == 0
+    assert await store.ack("bob", "B1", ["ops2", "dev2"]) == 2
+    assert await store.queue_length("bob", "B1") == 0
+    assert await store.queue_length("bob", "B2") == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_is_kept_until_every_device_has_it(store):
+    """History past its retention is dropped only once every device following the room has
+    acknowledged it; a sender's own messages never hold it back."""
+    await device(store, "alice", "A1")
     await device(store, "bob", "B1")
     await device(store, "carol", "C1")
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "bob")
+    await store.add_member("ops", "carol")
     for i in range(3):
-        item = envelope(f"r{i}", [("bob", "B1"), ("carol", "C1")], body=f'{{"n":{i}}}')
-        await store.enqueue([{**item, "history": "ops"}])
-    assert await store.ack("bob", "B1", ["r0", "r1", "r2"]) == 3
-    assert await store.prune_history(2**53, 100) == 3
-    assert await store.room_history("ops", None, 10) == []
+        await store.enqueue([room_message(f"r{i}", body=f'{{"n":{i}}}')])
+    assert await store.ack("bob", "B1", ["r2"]) == 1
+    assert await store.prune_history(2**53, 100) == 0
     rows = await store.fetch_queue("carol", "C1", 0, 10)
     assert [(r["id"], r["body"], r["intact"]) for r in rows] == [
         (f"r{i}", f'{{"n":{i}}}', True) for i in range(3)]
-    raw_sql(database, "UPDATE queue SET body = ? WHERE envelope_id = ?", ('{"n":9}', "r1"))
-    assert [r["intact"] for r in await store.fetch_queue("carol", "C1", 0, 10)] == [
-        True, False, True]
+    assert await store.ack("carol", "C1", ["r1"]) == 1
+    assert await store.prune_history(2**53, 100) == 2
+    assert await store.ack("carol", "C1", ["r2"]) == 1
+    assert await store.prune_history(2**53, 100) == 1
+    assert await store.room_history("ops", None, 10) == []
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_corrupted_room_message_is_detected_for_every_device(store, database):
-    """A shared body changed behind the store's back fails the digest check of each queued copy."""
+    """A shared body changed behind the store's back fails the digest check for each device."""
     await device(store, "bob", "B1")
     await device(store, "carol", "C1")
-    members = [("bob", "B1"), ("carol", "C1")]
-    await store.enqueue([{**envelope("r1", members, body='{"ct":"AAAA"}'), "history": "ops"}])
+    await store.create_room("ops", "bob", None)
+    await store.add_member("ops", "carol")
+    await store.enqueue([room_message("r1", body='{"ct":"AAAA"}')])
     raw_sql(database, "UPDATE room_history SET body = ? WHERE envelope_id = ?",
             ('{"ct":"AAAB"}', "r1"))
-    for user, name in members:
+    for user, name in (("bob", "B1"), ("carol", "C1")):
         (row,) = await store.fetch_queue(user, name, 0, 10)
         assert row["intact"] is False and row["body"] == '{"ct":"AAAB"}'
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_3_database_keeps_its_queued_room_messages(database, tmp_path):
+    """Upgrading from schema version 3: a queued room message (a row pointing at the room's
+    history) is still delivered intact, and members' devices follow their rooms from then on."""
+    body = '{"ct":"AAAA"}'
+    for statement in [VERSION_TABLE, *SCHEMA_V1, *MIGRATIONS[2], *MIGRATIONS[3],
+                      "INSERT INTO schema_version (version) VALUES (3)",
+                      "INSERT INTO accounts VALUES ('bob', 'h', 'k', 0)",
+                      "INSERT INTO devices (user_id, device_id, device_keys, signature, "
+                      "next_seq, created) VALUES ('bob', 'B1', '{}', 's', 7, 0)",
+                      "INSERT INTO rooms VALUES ('ops', 'alice', NULL, 0)",
+                      "INSERT INTO room_members VALUES ('ops', 'bob', 'member', 0)",
+                      "INSERT INTO room_counters VALUES ('ops', 1)",
+                      "INSERT INTO room_history (room, pos, envelope_id, body, created, digest) "
+                      f"VALUES ('ops', 1, 'r1', '{body}', 0, '{digest(body)}')",
+                      "INSERT INTO queue (user_id, device_id, seq, envelope_id, room, pos, "
+                      "created) VALUES ('bob', 'B1', 7, 'r1', 'ops', 1, 0)"]:
+        raw_sql(database, statement)
+    store = make_store(database, str(tmp_path))
+    await store.start()
+    try:
+        assert [(r["seq"], r["id"], r["body"], r["intact"])
+                for r in await store.fetch_queue("bob", "B1", 0, 10)] == [(7, "r1", body, True)]
+        assert await store.enqueue([room_message("r2"),
+                                    room_message("b1", room=BROADCAST_ROOM)]) == [8, 9]
+        assert await pending_ids(store, "bob", "B1") == ["r1", "r2", "b1"]
+    finally:
+        await store.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -2,10 +2,11 @@
 
 The store is the source of truth: an envelope is first committed for every
 recipient device, then the sender hears "accepted", then online devices get
-it pushed.  Each online device has a ``DeliveryCursor`` that pushes its queue
-strictly in sequence order; when the cursor is caught up a new envelope is
-pushed straight from memory, otherwise the cursor reads the missing part of
-the queue from the store.
+it pushed.  Each online device has a ``DeliveryCursor`` that pushes what the
+store holds for it strictly in ``seq`` order; when the cursor is caught up a
+new envelope is pushed straight from memory, otherwise the cursor reads the
+missing part from the store.  Write groups commit one at a time and are
+announced in commit order, so a caught-up cursor sees ``seq`` only grow.
 """
 
 import time
@@ -42,13 +43,19 @@ def _json_text(value):
     return "null" if value is None else '"' + value + '"'
 
 
-def delivery_line(seq, body):
+def delivery_line(number, body):
     """The pushed frame: built by splicing, so the body is never parsed again."""
-    return b'{"event":"envelope","seq":%d,"envelope":%s}' % (seq, body.encode("utf-8"))
+    return b'{"event":"envelope","seq":%d,"envelope":%s}' % (number, body.encode("utf-8"))
 
 
 class DeliveryCursor:
-    """Pushes one online device's queue in order, each envelope once per connection."""
+    """Pushes one online device's envelopes in order, each once per connection.
+
+    The store's ``seq`` is shared by all devices (it orders a device's queue
+    and its rooms' entries together), so a device would learn from it how
+    much everybody sends; frames number the pushes of the connection instead
+    (1, 2, 3 ...).
+    """
 
     log = Logger()
 
@@ -59,6 +66,8 @@ class DeliveryCursor:
         self._push_line = push_line
         self._writable = writable
         self._sent_seq = 0
+        self._pushed = 0
+        self._caught_up = False
         self._pumping = False
         self._dirty = False
         self.closed = False
@@ -67,11 +76,16 @@ class DeliveryCursor:
         """A new envelope was committed for this device."""
         if self.closed:
             return
-        if not self._pumping and seq == self._sent_seq + 1:
-            self._sent_seq = seq
-            self._push_line(delivery_line(seq, body))
+        if self._caught_up and not self._pumping:
+            if seq > self._sent_seq:
+                self._sent_seq = seq
+                self._push(delivery_line, body)
         else:
             self.pump()
+
+    def _push(self, frame, content):
+        self._pushed += 1
+        self._push_line(frame(self._pushed, content))
 
     def pump(self):
         """Read and push everything after the last pushed seq (one reader at a time)."""
@@ -96,6 +110,7 @@ class DeliveryCursor:
                         return
                     self._push_row(row)
                 if len(rows) < FETCH_PAGE and not self._dirty:
+                    self._caught_up = True
                     return
                 await self._writable()
         finally:
@@ -104,15 +119,17 @@ class DeliveryCursor:
     def _push_row(self, row):
         self._sent_seq = row["seq"]
         if row["intact"]:
-            self._push_line(delivery_line(row["seq"], row["body"]))
+            self._push(delivery_line, row["body"])
             return
         self.log.error(
             "Stored envelope {id} for {user}/{device} (seq {seq}) fails its digest check",
             id=row["id"], user=self._user, device=self._device, seq=row["seq"],
         )
-        self._push_line(
-            b'{"event":"corrupt","seq":%d,"id":"%s"}' % (row["seq"], row["id"].encode("ascii"))
-        )
+        self._push(_corrupt_line, row["id"])
+
+
+def _corrupt_line(number, envelope_id):
+    return b'{"event":"corrupt","seq":%d,"id":"%s"}' % (number, envelope_id.encode("ascii"))
 
 
 class Relay:
@@ -231,9 +248,9 @@ class Relay:
         d.addCallbacks(self._deliver, _refuse_duplicate, callbackArgs=(batch, answer))
         return d
 
-    def _deliver(self, placed, batch, answer):
-        for item, seqs in zip(batch, placed):
-            for user, device, seq in seqs:
+    def _deliver(self, seqs, batch, answer):
+        for item, seq in zip(batch, seqs):
+            for user, device in item["recipients"]:
                 cursor = self.cursor(user, device)
                 if cursor is not None:
                     cursor.notify(seq, item["body"])

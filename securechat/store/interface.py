@@ -100,34 +100,41 @@ class IStore(Interface):
 
         ``envelopes`` is a list of dicts ``{"id", "sender", "sender_device",
         "recipients": [(user, device), ...], "body"}`` where ``body`` is the
-        envelope's JSON text (opaque to the store); an optional ``"history"``
-        names a room whose history keeps the body too, in the same transaction.  All of them are
-        committed in one transaction (fsynced) before the Deferred fires, or
-        none is.  Each recipient device gets the next number of its own
-        sequence (1, 2, 3 ... per device, never reused).  An ``id`` still
-        queued for one of its recipient devices (or kept in the history of
-        its room), or given twice, errbacks with ``DuplicateEnvelope(id)``
-        and nothing is stored; an id every recipient has acknowledged may be
-        stored again.  Fires with a list, in input order, of lists of
-        ``(user, device, seq)``.
+        envelope's JSON text (opaque to the store).  An optional ``"history"``
+        names a room: the envelope is then kept once, in that room's history,
+        and every device following the room (its members' devices with keys,
+        every device for the broadcast room) but the sender's reads it from
+        there; ``recipients`` are then only whom the caller pushes it to.
+        All of them are committed in one transaction (fsynced) before the
+        Deferred fires, or none is.  Each envelope gets the next number of
+        one sequence shared by all devices (``seq``: increasing, never
+        reused).  An ``id`` still queued for one of its recipient devices
+        (or kept in the history of its room), or given twice, errbacks with
+        ``DuplicateEnvelope(id)`` and nothing is stored; an id every
+        recipient has acknowledged may be stored again.  Fires with the
+        envelopes' seqs, in input order.
         """
 
     def fetch_queue(user, device, after_seq, limit):
-        """Fire with up to ``limit`` queued envelopes of a device with seq > ``after_seq``.
+        """Fire with up to ``limit`` envelopes a device has not acknowledged, seq > ``after_seq``.
 
-        Ordered by seq, as a list of ``{"seq", "id", "body", "intact"}``;
-        ``intact`` is False when the stored digest no longer matches the
-        body (corruption at rest).
+        Its queue and the entries of its rooms it has yet to receive, ordered
+        by seq, as a list of ``{"seq", "id", "body", "intact"}``; ``intact``
+        is False when the stored digest no longer matches the body
+        (corruption at rest).
         """
 
     def queue_length(user, device):
-        """Fire with the number of envelopes waiting for a device."""
+        """Fire with the number of envelopes waiting for a device (its rooms' included)."""
 
     def ack(user, device, ids):
-        """Remove the device's queued envelopes whose ids are in ``ids``.
+        """Acknowledge envelopes the device has received.
 
-        Fires with the number removed.  Unknown ids are ignored (an ack can
-        arrive twice).  Only that device's copies are removed.
+        A queued envelope is removed for that device only; a room entry moves
+        the device's position in that room past it, and so past the earlier
+        entries too (devices acknowledge in the order they receive).  Fires
+        with the number of ids that were still pending.  Unknown ids are
+        ignored (an ack can arrive twice).
         """
 
     # -- rooms ------------------------------------------------------------

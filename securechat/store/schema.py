@@ -8,9 +8,16 @@ Changelog:
   3 — a room message's body is stored once, in the room's history (with its digest),
       and its queue rows point at it (room, pos) instead of holding a copy each: a
       message to a room of 50 devices wrote 51 copies, a broadcast one per device.
+  4 — a room message is no longer queued per device at all: each device following a
+      room keeps its position in the room's history (room_cursors), moved by its acks,
+      so a message costs one row whatever the room's size.  Queue rows and history
+      entries are numbered by one sequence shared by all devices (seq_counter), so a
+      device still gets its envelopes and its rooms' in the order they were stored.
 """
 
-SCHEMA_VERSION = 3
+from securechat.wire import BROADCAST_ROOM
+
+SCHEMA_VERSION = 4
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -125,6 +132,47 @@ MIGRATIONS = {
         "ALTER TABLE queue_v3 RENAME TO queue",
         "CREATE UNIQUE INDEX queue_envelope ON queue (user_id, device_id, envelope_id)",
         "CREATE INDEX queue_shared_body ON queue (room, pos) WHERE room IS NOT NULL",
+    ],
+    4: [
+        "ALTER TABLE room_history ADD COLUMN seq BIGINT",  # NULL for entries older than v4
+        "ALTER TABLE room_history ADD COLUMN sender TEXT",
+        "ALTER TABLE room_history ADD COLUMN sender_device TEXT",
+        # The next history position each member device has not acknowledged; until_pos
+        # ends it at the last message sent while its user was a member.
+        """CREATE TABLE room_cursors (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            room TEXT NOT NULL,
+            next_pos BIGINT NOT NULL,
+            until_pos BIGINT,
+            PRIMARY KEY (user_id, device_id, room))""",
+        "CREATE INDEX room_cursors_by_room ON room_cursors (room, next_pos)",
+        "CREATE TABLE seq_counter (last_seq BIGINT NOT NULL)",
+        "INSERT INTO seq_counter (last_seq) SELECT COALESCE(max(seq), 0) FROM queue",
+        """CREATE TABLE queue_v4 (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            envelope_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            created BIGINT NOT NULL,
+            PRIMARY KEY (user_id, device_id, seq))""",
+        # Queue rows that pointed at a history entry get their own copy back.
+        "INSERT INTO queue_v4 (user_id, device_id, seq, envelope_id, body, digest, created) "
+        "SELECT q.user_id, q.device_id, q.seq, q.envelope_id, COALESCE(q.body, h.body), "
+        "COALESCE(q.digest, h.digest), q.created "
+        "FROM queue q LEFT JOIN room_history h ON h.room = q.room AND h.pos = q.pos",
+        "DROP TABLE queue",
+        "ALTER TABLE queue_v4 RENAME TO queue",
+        "CREATE UNIQUE INDEX queue_envelope ON queue (user_id, device_id, envelope_id)",
+        "ALTER TABLE devices DROP COLUMN next_seq",
+        # Every device with keys follows its user's rooms and the broadcast room from now on.
+        "INSERT INTO room_cursors (user_id, device_id, room, next_pos) "
+        "SELECT d.user_id, d.device_id, r.room, COALESCE(c.next_pos, 0) + 1 "
+        "FROM devices d JOIN (SELECT user_id, room FROM room_members UNION "
+        f"SELECT user_id, '{BROADCAST_ROOM}' FROM accounts) r ON r.user_id = d.user_id "
+        "LEFT JOIN room_counters c ON c.room = r.room WHERE d.device_keys IS NOT NULL",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

@@ -17,6 +17,7 @@ import time
 from securechat.store.errors import (
     DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
 from securechat.store.schema import MIGRATIONS, SCHEMA_VERSION, STATEMENTS, VERSION_TABLE
+from securechat.wire import BROADCAST_ROOM
 
 
 def now_ms():
@@ -113,6 +114,7 @@ async def txn_set_device_keys(txn, user, device, device_keys, signature):
         (user, device))
     if stored != device_keys:
         raise KeyConflict(f"device {device} already has other keys")
+    await _open_cursors(txn, user, device=device)
 
 
 async def txn_get_devices(txn, user):
@@ -260,6 +262,12 @@ async def _insert_new_rows(txn, table, columns, rows):
     return True
 
 
+def _queued_recipients(envelope):
+    """The devices that get a queue row of ``envelope``: none for a room message, which its
+    member devices read from the room's history (``room_cursors``)."""
+    return () if envelope.get("history") else envelope["recipients"]
+
+
 async def _ids_taken(txn, batches, outcomes):
     """The ids of the standing calls already queued for one of their recipient devices or
     kept in their room's history (the duplicates a failed insert ran into)."""
@@ -267,7 +275,7 @@ async def _ids_taken(txn, batches, outcomes):
     for batch, outcome in zip(batches, outcomes):
         if outcome is None:
             for envelope in batch:
-                for recipient in envelope["recipients"]:
+                for recipient in _queued_recipients(envelope):
                     per_device.setdefault(tuple(recipient), set()).add(envelope["id"])
                 if envelope.get("history"):
                     per_room.setdefault(envelope["history"], set()).add(envelope["id"])
@@ -285,28 +293,27 @@ async def _ids_taken(txn, batches, outcomes):
     return taken
 
 
-async def _reserve_seqs(txn, counts):
-    """Take ``counts[device]`` sequence numbers per device; the first of each (devices that
-    do not exist are left out).
+async def _missing_devices(txn, devices):
+    """Those of ``devices`` (user, device) the store does not know."""
+    known = set()
+    for chunk in _chunks(sorted(devices)):
+        known.update(tuple(row) for row in await txn.execute(
+            "SELECT user_id, device_id FROM devices WHERE (user_id, device_id) IN "
+            "(SELECT column1, column2 FROM (VALUES " + ", ".join(["(?, ?)"] * len(chunk))
+            + ") AS named)", tuple(itertools.chain.from_iterable(chunk))))
+    return set(devices) - known
 
-    One UPDATE for the whole group however many devices it reaches (a room
-    message to 50 devices is 1 statement, not 50); it also locks the device
-    rows until commit.  Those rows are locked in whatever order PostgreSQL
-    visits them, which is safe because a node commits one write group at a
-    time (``GroupCommit``); several groups at once would need the locks
-    taken in sorted order first.
+
+async def _take_seqs(txn, count):
+    """The first of ``count`` new numbers of the sequence every stored envelope gets.
+
+    One sequence for all devices, so that a device's queue rows and the room
+    entries it reads come out in the order they were stored; the counter's
+    row lock also orders concurrent writers on PostgreSQL.
     """
-    first = {}
-    for chunk in _chunks(sorted(counts.items())):
-        rows = await txn.execute(
-            "UPDATE devices SET next_seq = next_seq + v.column3 FROM (VALUES "
-            + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") AS v "
-            "WHERE devices.user_id = v.column1 AND devices.device_id = v.column2 "
-            "RETURNING devices.user_id, devices.device_id, devices.next_seq",
-            tuple(value for (user, device), count in chunk for value in (user, device, count)))
-        for user, device, last in rows:
-            first[(user, device)] = last - counts[(user, device)] + 1
-    return first
+    (last,) = await _first(
+        txn, "UPDATE seq_counter SET last_seq = last_seq + ? RETURNING last_seq", (count,))
+    return last - count + 1
 
 
 def _screen(batches):
@@ -330,7 +337,7 @@ def _refuse(batches, outcomes, missing, taken):
     for index, batch in enumerate(batches):
         if outcomes[index] is not None:
             continue
-        absent = {tuple(r) for e in batch for r in e["recipients"]} & missing
+        absent = {tuple(r) for e in batch for r in _queued_recipients(e)} & missing
         repeated = next((e["id"] for e in batch if e["id"] in taken), None)
         if absent:
             outcomes[index] = StoreError("no device " + ", ".join(
@@ -369,10 +376,10 @@ async def txn_enqueue_group(txn, batches):
     kept in its room's history), or using one twice, gets DuplicateEnvelope;
     a call naming an unknown device a StoreError.  Nothing of a failed call
     is written, and the others are stored as if each had been alone, in
-    order, with gapless sequence numbers.  The database's unique indexes
-    decide what is a duplicate: the rows are inserted with ``ON CONFLICT DO
-    NOTHING``; if any was left out, the attempt is rolled back to a
-    savepoint and made again without the calls whose ids were taken.
+    order.  The database's unique indexes decide what is a duplicate: the
+    rows are inserted with ``ON CONFLICT DO NOTHING``; if any was left out,
+    the attempt is rolled back to a savepoint and made again without the
+    calls whose ids were taken.
     """
     created = now_ms()
     outcomes = _screen(batches)
@@ -392,60 +399,81 @@ async def txn_enqueue_group(txn, batches):
 
 
 async def _place(txn, batches, outcomes, created):
-    """Number and insert the envelopes of the calls still standing: ``(seqs by call index,
+    """Number and store the envelopes of the calls still standing: ``(seqs by call index,
     None)``; ``(None, devices)`` when some recipient devices do not exist, ``(None, set())``
     when a unique index refused a row (an id already taken).
 
-    An envelope kept in a room's history is stored there once; its queue rows
-    name the history entry instead of holding a copy of the body each.
+    A room message is one history entry, whatever the number of member
+    devices (they read it through their ``room_cursors``); any other
+    envelope is one queue row per recipient device.
     """
-    counts = {}
-    history = []
-    for batch, outcome in zip(batches, outcomes):
-        if outcome is None:
-            for envelope in batch:
-                for recipient in envelope["recipients"]:
-                    recipient = tuple(recipient)
-                    counts[recipient] = counts.get(recipient, 0) + 1
-                if envelope.get("history"):
-                    history.append(envelope)
-    first = await _reserve_seqs(txn, counts)
-    if len(first) < len(counts):
-        return None, set(counts) - set(first)
-    position = await _history_positions(txn, history)
-    placed, queue, kept = {}, [], []
-    for index, (batch, outcome) in enumerate(zip(batches, outcomes)):
-        if outcome is not None:
-            continue
-        seqs_of_batch = []
+    standing = [(index, batch) for index, batch in enumerate(batches)
+                if outcomes[index] is None]
+    envelopes = [envelope for _, batch in standing for envelope in batch]
+    missing = await _missing_devices(
+        txn, {tuple(r) for envelope in envelopes for r in _queued_recipients(envelope)})
+    if missing:
+        return None, missing
+    seq = await _take_seqs(txn, len(envelopes))
+    position = await _history_positions(txn, [e for e in envelopes if e.get("history")])
+    placed, queue, kept, own = {}, [], [], _OwnEntries()
+    for index, batch in standing:
+        seqs = []
         for envelope in batch:
             envelope_id, body = envelope["id"], envelope["body"]
             room = envelope.get("history")
             if room:
                 pos = position[room]
                 position[room] = pos + 1
-                kept.append((room, pos, envelope_id, body, digest(body), created))
-                own_body = own_digest = None
+                sender = (envelope["sender"], envelope["sender_device"])
+                kept.append((room, pos, seq, envelope_id, body, digest(body), *sender, created))
+                own.add(room, sender, pos)
             else:
-                room, pos, own_body, own_digest = None, None, body, digest(body)
-            seqs = []
-            for user, device in envelope["recipients"]:
-                seq = first[(user, device)]
-                first[(user, device)] = seq + 1
-                queue.append((user, device, seq, envelope_id, own_body, own_digest, room, pos,
-                              created))
-                seqs.append((user, device, seq))
-            seqs_of_batch.append(seqs)
-        placed[index] = seqs_of_batch
+                body_digest = digest(body)
+                queue.extend((user, device, seq, envelope_id, body, body_digest, created)
+                             for user, device in envelope["recipients"])
+            seqs.append(seq)
+            seq += 1
+        placed[index] = seqs
     if not await _insert_new_rows(
-            txn, "room_history", ("room", "pos", "envelope_id", "body", "digest", "created"),
-            kept):
+            txn, "room_history", ("room", "pos", "seq", "envelope_id", "body", "digest",
+                                  "sender", "sender_device", "created"), kept):
         return None, set()
     if not await _insert_new_rows(
-            txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body", "digest", "room",
-                           "pos", "created"), queue):
+            txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body", "digest",
+                           "created"), queue):
         return None, set()
+    await own.skip(txn)
     return placed, None
+
+
+class _OwnEntries:
+    """A sender's device never receives its own room message, so it never acknowledges it:
+    its position moves past the message at once when nothing before it is pending (else
+    the entry would stay needed, and unprunable, until the device acknowledges a later one).
+
+    Consecutive messages of one device to one room are one run, moved over in
+    one statement.
+    """
+
+    def __init__(self):
+        self._runs = []  # [room, user, device, first pos, last pos]
+        self._last = {}
+
+    def add(self, room, sender, pos):
+        run = self._last.get((room, sender))
+        if run is not None and run[4] == pos - 1:
+            run[4] = pos
+            return
+        run = [room, *sender, pos, pos]
+        self._runs.append(run)
+        self._last[(room, sender)] = run
+
+    async def skip(self, txn):
+        for room, user, device, first, last in self._runs:
+            await txn.execute(
+                "UPDATE room_cursors SET next_pos = ? WHERE user_id = ? AND device_id = ? "
+                "AND room = ? AND next_pos = ?", (last + 1, user, device, room, first))
 
 
 async def _history_positions(txn, envelopes):
@@ -464,39 +492,55 @@ async def _history_positions(txn, envelopes):
     return first
 
 
+_PENDING_ROOM_ENTRIES = (
+    "FROM room_cursors c JOIN room_history h ON h.room = c.room AND h.pos >= c.next_pos "
+    "WHERE c.user_id = ? AND c.device_id = ? AND (c.until_pos IS NULL OR h.pos <= c.until_pos) "
+    "AND NOT (h.sender = c.user_id AND h.sender_device = c.device_id)")
+"""The room messages a device has yet to acknowledge: from its position in each of its
+rooms (up to its user's removal), except those it sent itself."""
+
+
 async def txn_fetch_queue(txn, user, device, after_seq, limit):
-    """A page of one device's queue; a room message's body comes from the room's history."""
+    """A page of what one device has yet to acknowledge: its queue rows and the pending
+    entries of its rooms' histories, merged in ``seq`` order."""
     rows = await txn.execute(
-        "SELECT q.seq, q.envelope_id, COALESCE(q.body, h.body), COALESCE(q.digest, h.digest) "
-        "FROM queue q LEFT JOIN room_history h ON h.room = q.room AND h.pos = q.pos "
-        "WHERE q.user_id = ? AND q.device_id = ? AND q.seq > ? ORDER BY q.seq LIMIT ?",
-        (user, device, after_seq, limit))
-    return [{"seq": seq, "id": envelope_id, "body": body or "",
-             "intact": body is not None and digest(body) == stored}
+        "SELECT seq, envelope_id, body, digest FROM queue "
+        "WHERE user_id = ? AND device_id = ? AND seq > ? "
+        "UNION ALL SELECT h.seq, h.envelope_id, h.body, h.digest "
+        + _PENDING_ROOM_ENTRIES + " AND h.seq > ? ORDER BY 1 LIMIT ?",
+        (user, device, after_seq, user, device, after_seq, limit))
+    return [{"seq": seq, "id": envelope_id, "body": body,
+             "intact": digest(body) == stored}
             for seq, envelope_id, body, stored in rows]
 
 
 async def txn_queue_length(txn, user, device):
-    return (await _first(
-        txn, "SELECT count(*) FROM queue WHERE user_id = ? AND device_id = ?",
-        (user, device)))[0]
+    (queued,) = await _first(
+        txn, "SELECT count(*) FROM queue WHERE user_id = ? AND device_id = ?", (user, device))
+    (pending,) = await _first(txn, "SELECT count(*) " + _PENDING_ROOM_ENTRIES, (user, device))
+    return queued + pending
 
 
 async def txn_ack_group(txn, acks):
     """Several ``ack`` calls ``(user, device, ids)`` in one transaction; removed counts.
 
-    One DELETE for all of them (per chunk of ids): each statement is a round
-    trip to PostgreSQL, and a group holds the acks of many devices.  An id
-    acknowledged twice in one group counts once, for the first call naming
-    it; every removed row is credited through one dict lookup, since this
-    runs for every delivered envelope.
+    A room message is acknowledged by moving the device's position in that
+    room past it (and so past every earlier one: a device acknowledges in
+    the order it receives); any other id removes the device's queue row.
+    One statement of each kind for all the calls (per chunk of ids): each
+    is a round trip to PostgreSQL, and a group holds the acks of many
+    devices.  An id acknowledged twice in one group counts once, for the
+    first call naming it; every acknowledged id is credited through one
+    dict lookup, since this runs for every delivered envelope.
     """
     first_call = {}
     for index in reversed(range(len(acks))):  # earlier calls overwrite later ones
         user, device, ids = acks[index]
         first_call.update({(user, device, envelope_id): index for envelope_id in ids})
     removed = [0] * len(acks)
-    for chunk in _chunks(list(first_call)):
+    in_rooms = await _advance_room_cursors(txn, first_call, removed)
+    rest = [key for key in first_call if key not in in_rooms]
+    for chunk in _chunks(rest):
         for row in await txn.execute(
                 "DELETE FROM queue WHERE (user_id, device_id, envelope_id) IN "
                 "(SELECT column1, column2, column3 FROM (VALUES "
@@ -505,6 +549,54 @@ async def txn_ack_group(txn, acks):
                 tuple(itertools.chain.from_iterable(chunk))):
             removed[first_call[tuple(row)]] += 1
     return removed
+
+
+async def _advance_room_cursors(txn, first_call, removed):
+    """Move each device's position past the pending room entries it acknowledged, crediting
+    ``removed``; the acknowledged (user, device, id) that named one."""
+    found, targets = set(), {}
+    for chunk in _chunks(list(first_call)):
+        for user, device, envelope_id, room, pos in await txn.execute(
+                "SELECT c.user_id, c.device_id, h.envelope_id, c.room, h.pos FROM (VALUES "
+                + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") AS acked "
+                "JOIN room_cursors c ON c.user_id = acked.column1 "
+                "AND c.device_id = acked.column2 "
+                "JOIN room_history h ON h.room = c.room AND h.envelope_id = acked.column3 "
+                "WHERE h.pos >= c.next_pos AND (c.until_pos IS NULL OR h.pos <= c.until_pos)",
+                tuple(itertools.chain.from_iterable(chunk))):
+            key = (user, device, envelope_id)
+            found.add(key)
+            removed[first_call[key]] += 1
+            cursor = (user, device, room)
+            targets[cursor] = max(targets.get(cursor, 0), pos + 1)
+    for chunk in _chunks(sorted(targets.items())):
+        await txn.execute(
+            "UPDATE room_cursors SET next_pos = moved.column4 FROM (VALUES "
+            + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + ") AS moved "
+            "WHERE room_cursors.user_id = moved.column1 AND room_cursors.device_id = "
+            "moved.column2 AND room_cursors.room = moved.column3 "
+            "AND room_cursors.next_pos < moved.column4",
+            tuple(value for cursor, pos in chunk for value in (*cursor, pos)))
+    return found
+
+
+async def _open_cursors(txn, user, room=None, device=None):
+    """Start devices following rooms from the next message on: the user's devices with
+    keys into ``room`` (a join; a rejoin starts afresh), or one new ``device`` into all
+    its user's rooms and the broadcast room (kept where it is if it already follows)."""
+    if room is not None:
+        rooms, args, devices = "SELECT ? AS room", (room, user), ""
+        conflict = "DO UPDATE SET next_pos = excluded.next_pos, until_pos = NULL"
+    else:
+        rooms = "SELECT room FROM room_members WHERE user_id = ? UNION SELECT ?"
+        args, devices = (user, BROADCAST_ROOM, user, device), "AND d.device_id = ?"
+        conflict = "DO NOTHING"
+    await txn.execute(
+        "INSERT INTO room_cursors (user_id, device_id, room, next_pos) "
+        "SELECT d.user_id, d.device_id, r.room, COALESCE(c.next_pos, 0) + 1 "
+        f"FROM devices d JOIN ({rooms}) r ON true LEFT JOIN room_counters c ON c.room = r.room "
+        f"WHERE d.user_id = ? AND d.device_keys IS NOT NULL {devices} "
+        f"ON CONFLICT (user_id, device_id, room) {conflict}", args)
 
 
 # -- rooms --------------------------------------------------------------------------
@@ -520,6 +612,7 @@ async def txn_create_room(txn, room, owner, password_hash):
     await txn.execute(
         "INSERT INTO room_members (room, user_id, role, joined) VALUES (?, ?, 'owner', ?)",
         (room, owner, created))
+    await _open_cursors(txn, owner, room=room)
 
 
 async def txn_get_room(txn, room):
@@ -528,9 +621,12 @@ async def txn_get_room(txn, room):
 
 
 async def txn_add_member(txn, room, user):
-    return bool(await txn.execute(
-        "INSERT INTO room_members (room, user_id, joined) VALUES (?, ?, ?) "
-        "ON CONFLICT (room, user_id) DO NOTHING RETURNING user_id", (room, user, now_ms())))
+    if not await txn.execute(
+            "INSERT INTO room_members (room, user_id, joined) VALUES (?, ?, ?) "
+            "ON CONFLICT (room, user_id) DO NOTHING RETURNING user_id", (room, user, now_ms())):
+        return False
+    await _open_cursors(txn, user, room=room)
+    return True
 
 
 async def txn_member_role(txn, room, user):
@@ -546,9 +642,22 @@ async def txn_set_member_role(txn, room, user, role):
 
 
 async def txn_remove_member(txn, room, user):
-    return bool(await txn.execute(
-        "DELETE FROM room_members WHERE room = ? AND user_id = ? RETURNING user_id",
-        (room, user)))
+    """The user's devices still get what was sent while it was a member, nothing later."""
+    if not await txn.execute(
+            "DELETE FROM room_members WHERE room = ? AND user_id = ? RETURNING user_id",
+            (room, user)):
+        return False
+    await txn.execute(
+        "UPDATE room_cursors SET until_pos = COALESCE("
+        "(SELECT next_pos FROM room_counters WHERE room = ?), 0) WHERE room = ? AND user_id = ?",
+        (room, room, user))
+    await _close_finished_cursors(txn)
+    return True
+
+
+async def _close_finished_cursors(txn):
+    await txn.execute(
+        "DELETE FROM room_cursors WHERE until_pos IS NOT NULL AND next_pos > until_pos")
 
 
 async def txn_room_members(txn, room):
@@ -576,12 +685,10 @@ async def txn_room_history(txn, room, before_pos, limit):
 
 
 async def txn_prune_history(txn, older_than, keep_per_room):
-    """Drop history entries past the retention; how many.
-
-    A device that has not yet received a dropped entry keeps it: the body is
-    first copied into that device's queue row (rare: the device has been
-    offline for longer than the retention).
-    """
+    """Drop history entries past the retention that no device still has to receive; how
+    many.  A device that has not received an entry keeps it from being dropped (the
+    same storage its queue row would have taken)."""
+    await _close_finished_cursors(txn)
     removed = await _prune_history_where(txn, "h.created < ?", (older_than,))
     for room, newest in await txn.execute("SELECT room, next_pos FROM room_counters"):
         removed += await _prune_history_where(
@@ -590,8 +697,7 @@ async def txn_prune_history(txn, older_than, keep_per_room):
 
 
 async def _prune_history_where(txn, condition, args):
-    await txn.execute(
-        "UPDATE queue SET body = h.body, digest = h.digest, room = NULL, pos = NULL "
-        "FROM room_history h WHERE queue.room = h.room AND queue.pos = h.pos AND " + condition,
-        args)
-    return await txn.count("DELETE FROM room_history AS h WHERE " + condition, args)
+    return await txn.count(
+        "DELETE FROM room_history AS h WHERE " + condition + " AND NOT EXISTS ("
+        "SELECT 1 FROM room_cursors c WHERE c.room = h.room AND c.next_pos <= h.pos "
+        "AND (c.until_pos IS NULL OR h.pos <= c.until_pos))", args)

@@ -1,0 +1,84 @@
+"""DeliveryCursor against a real SQLite store: order, exactly once per connection, and what a
+device learns from the frames' numbers."""
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from securechat.server.relay import DeliveryCursor
+from securechat.store import make_store
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = make_store(str(tmp_path / "store.sqlite3"), str(tmp_path))
+    pytest_twisted.blockon(defer.ensureDeferred(store.start()))
+    yield store
+    pytest_twisted.blockon(defer.ensureDeferred(store.stop()))
+
+
+async def bob_device(store):
+    await store.create_account("bob", "hash", "idkey")
+    await store.set_device_keys("bob", "B1", '{"device":"B1"}', "sig")
+    await store.create_account("carol", "hash", "idkey")
+    await store.set_device_keys("carol", "C1", '{"device":"C1"}', "sig")
+
+
+async def enqueue(store, envelope_id, recipients=(("bob", "B1"),)):
+    body = json.dumps({"id": envelope_id})
+    (seq,) = await store.enqueue([{"id": envelope_id, "sender": "alice", "sender_device": "A1",
+                                   "recipients": list(recipients), "body": body}])
+    return seq, body
+
+
+class Pushed:
+    def __init__(self):
+        self.frames = []
+
+    def __call__(self, line):
+        self.frames.append(json.loads(line))
+
+    def ids(self):
+        return [frame["envelope"]["id"] for frame in self.frames]
+
+
+def cursor_for(store, pushed):
+    return DeliveryCursor(store, "bob", "B1", pushed, lambda: defer.succeed(None))
+
+
+@pytest_twisted.ensureDeferred
+async def test_backlog_then_live_envelopes_each_once_in_order(store):
+    """The stored backlog comes first; an envelope committed while it is being read is
+    pushed once; a repeated announcement is ignored; later ones go straight out."""
+    await bob_device(store)
+    for i in range(3):
+        await enqueue(store, f"old{i}")
+    pushed = Pushed()
+    cursor = cursor_for(store, pushed)
+    pumping = cursor.pump()
+    during = await enqueue(store, "during")
+    cursor.notify(*during)
+    await pumping
+    cursor.notify(*during)
+    cursor.notify(*await enqueue(store, "live"))
+    assert pushed.ids() == ["old0", "old1", "old2", "during", "live"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_number_the_connection_pushes_not_the_store_sequence(store):
+    """The store numbers every envelope of every device in one sequence; frames count
+    this connection's pushes instead (1, 2, 3 ...), so bob cannot tell how much carol gets."""
+    await bob_device(store)
+    for i in range(5):
+        await enqueue(store, f"to-carol{i}", [("carol", "C1")])
+    await enqueue(store, "first")
+    pushed = Pushed()
+    cursor = cursor_for(store, pushed)
+    await cursor.pump()
+    seq, body = await enqueue(store, "second")
+    assert seq == 7
+    cursor.notify(seq, body)
+    assert [(frame["seq"], frame["envelope"]["id"]) for frame in pushed.frames] == [
+        (1, "first"), (2, "second")]
