@@ -141,6 +141,7 @@ class Relay:
         self._store = store
         self._directory = directory
         self._online = {}
+        self._online_devices_of = {}  # user -> {device: cursor}, for room pushes
 
     # -- presence ---------------------------------------------------------
 
@@ -149,6 +150,7 @@ class Relay:
         previous = self._online.get((user, device))
         cursor = DeliveryCursor(self._store, user, device, session.push_line, session.writable)
         self._online[(user, device)] = (session, cursor)
+        self._online_devices_of.setdefault(user, {})[device] = cursor
         if previous is not None:
             previous[1].closed = True
             previous[0].replaced()
@@ -159,6 +161,10 @@ class Relay:
         if current is not None and current[0] is session:
             current[1].closed = True
             del self._online[(user, device)]
+            devices = self._online_devices_of[user]
+            del devices[device]
+            if not devices:
+                del self._online_devices_of[user]
 
     def cursor(self, user, device):
         entry = self._online.get((user, device))
@@ -217,22 +223,25 @@ class Relay:
         ]
         return self._commit_and_deliver(batch, {"accepted": [env["id"] for env in envelopes]})
 
-    async def send_to_devices(self, sender, sender_device, fields, recipients, room):
-        """One ciphertext fanned out to ``recipients`` (room multicast), kept in the room's history."""
-        recipients = [r for r in recipients if r != (sender, sender_device)]
-        body = envelope_body(sender, sender_device, fields, room=room)
+    def send_to_room(self, sender, sender_device, fields, room, members, recipients):
+        """One ciphertext for a room, kept once in its history; every device following the
+        room reads it from there.  It is pushed to the online devices of ``members`` (every
+        online device when None: the broadcast room) but the sender's, found after the
+        commit so that a device logging in meanwhile is not missed.  The answer reports
+        ``recipients``, the number of devices it is for."""
         batch = [
             {
                 "id": fields["id"],
                 "sender": sender,
                 "sender_device": sender_device,
-                "recipients": recipients,
-                "body": body,
+                "recipients": (),
+                "members": members,
+                "body": envelope_body(sender, sender_device, fields, room=room),
                 "history": room,
             }
         ]
-        return await self._commit_and_deliver(
-            batch, {"accepted": [fields["id"]], "recipients": len(recipients)})
+        return self._commit_and_deliver(
+            batch, {"accepted": [fields["id"]], "recipients": recipients})
 
     def deliver_server_envelope(self, envelope_id, body, recipients):
         """An envelope the server itself writes (membership events), queued like any other."""
@@ -250,11 +259,27 @@ class Relay:
 
     def _deliver(self, seqs, batch, answer):
         for item, seq in zip(batch, seqs):
+            body = item["body"]
+            if "history" in item:
+                for cursor in self._online_followers(item):
+                    cursor.notify(seq, body)
+                continue
             for user, device in item["recipients"]:
                 cursor = self.cursor(user, device)
                 if cursor is not None:
-                    cursor.notify(seq, item["body"])
+                    cursor.notify(seq, body)
         return answer
+
+    def _online_followers(self, item):
+        """The cursors of the online devices a room message is pushed to."""
+        members = item["members"]
+        if members is None:
+            cursors = (entry[1] for entry in list(self._online.values()))
+        else:
+            cursors = (cursor for member in members
+                       for cursor in list(self._online_devices_of.get(member, {}).values()))
+        sender = self.cursor(item["sender"], item["sender_device"])
+        return [cursor for cursor in cursors if cursor is not sender]
 
 
 def _covered_devices(envelopes):

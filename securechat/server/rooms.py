@@ -121,8 +121,11 @@ class Rooms:
         if room == BROADCAST_ROOM and self._config.senders == "admins" \
                 and user not in self._config.admins:
             raise ProtocolError("forbidden", "only the server's admins may broadcast here")
-        recipients = await self._member_devices(await self._members_seen_by(user, room))
-        return await self._relay.send_to_devices(user, device, fields, recipients, room)
+        members = await self._members_seen_by(user, room)
+        devices = await self._device_count(members)  # the sender's devices are cached now
+        devices -= device in (self._directory.cached(user) or ())
+        return await self._relay.send_to_room(
+            user, device, fields, room, None if room == BROADCAST_ROOM else members, devices)
 
     async def history(self, user, room, before, limit):
         await self._members_seen_by(user, room)
@@ -143,6 +146,17 @@ class Rooms:
             event_id = "m" + secrets.token_hex(16)
             await self._relay.deliver_server_envelope(
                 event_id, membership_body(event_id, room, user, action, by), recipients)
+
+    async def _device_count(self, members):
+        """How many devices ``members`` have; from memory once each member's devices are
+        cached (this runs for every room message)."""
+        count = 0
+        for member in members:
+            devices = self._directory.cached(member)
+            if devices is None:
+                devices = await self._directory.devices(member) or ()
+            count += len(devices)
+        return count
 
     async def _member_devices(self, members):
         devices = []

@@ -248,14 +248,21 @@ def _chunks(items, size=ROWS_PER_INSERT):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-async def _insert_new_rows(txn, table, columns, rows):
-    """Insert ``rows`` (a few multi-row INSERTs); False as soon as one broke a unique index
-    (``ON CONFLICT DO NOTHING`` left it out), True when all went in."""
-    placeholders = "(" + ", ".join("?" * len(columns)) + ")"
+async def _insert_new_rows(txn, table, columns, rows, device_must_exist=False):
+    """Insert ``rows`` (a few multi-row INSERTs); False as soon as one was left out, True
+    when all went in.  A row is left out when it breaks a unique index (``ON CONFLICT
+    DO NOTHING``) or, with ``device_must_exist``, when its first two columns name no
+    device: checked by the INSERT itself, so a normal write costs no extra statement."""
+    values = "(" + ", ".join("?" * len(columns)) + ")"
+    source = "VALUES {}"
+    if device_must_exist:
+        source = (f"SELECT {', '.join(f'v.column{i + 1}' for i in range(len(columns)))} "
+                  "FROM (VALUES {}) AS v JOIN devices d ON d.user_id = v.column1 "
+                  "AND d.device_id = v.column2 WHERE true")  # WHERE: SQLite's upsert syntax
     for chunk in _chunks(rows):
         inserted = await txn.count(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-            + ", ".join([placeholders] * len(chunk)) + " ON CONFLICT DO NOTHING",
+            f"INSERT INTO {table} ({', '.join(columns)}) "
+            + source.format(", ".join([values] * len(chunk))) + " ON CONFLICT DO NOTHING",
             tuple(itertools.chain.from_iterable(chunk)))
         if inserted < len(chunk):
             return False
@@ -387,10 +394,13 @@ async def txn_enqueue_group(txn, batches):
         # No RELEASE afterwards: COMMIT ends the savepoint anyway, and each
         # statement saved is a round trip to PostgreSQL saved.
         await txn.with_next("SAVEPOINT enqueue")
-        placed, missing = await _place(txn, batches, outcomes, created)
+        placed = await _place(txn, batches, outcomes, created)
         if placed is not None:
             break
         await txn.execute("ROLLBACK TO SAVEPOINT enqueue")
+        missing = await _missing_devices(txn, {
+            tuple(recipient) for batch, outcome in zip(batches, outcomes) if outcome is None
+            for envelope in batch for recipient in _queued_recipients(envelope)})
         taken = set() if missing else await _ids_taken(txn, batches, outcomes)
         if not _refuse(batches, outcomes, missing, taken):
             raise StoreError("a unique index refused envelopes no query finds")
@@ -399,9 +409,8 @@ async def txn_enqueue_group(txn, batches):
 
 
 async def _place(txn, batches, outcomes, created):
-    """Number and store the envelopes of the calls still standing: ``(seqs by call index,
-    None)``; ``(None, devices)`` when some recipient devices do not exist, ``(None, set())``
-    when a unique index refused a row (an id already taken).
+    """Number and store the envelopes of the calls still standing: their seqs by call
+    index, or None when a row was left out (an unknown device, or an id already taken).
 
     A room message is one history entry, whatever the number of member
     devices (they read it through their ``room_cursors``); any other
@@ -410,10 +419,6 @@ async def _place(txn, batches, outcomes, created):
     standing = [(index, batch) for index, batch in enumerate(batches)
                 if outcomes[index] is None]
     envelopes = [envelope for _, batch in standing for envelope in batch]
-    missing = await _missing_devices(
-        txn, {tuple(r) for envelope in envelopes for r in _queued_recipients(envelope)})
-    if missing:
-        return None, missing
     seq = await _take_seqs(txn, len(envelopes))
     position = await _history_positions(txn, [e for e in envelopes if e.get("history")])
     placed, queue, kept, own = {}, [], [], _OwnEntries()
@@ -438,13 +443,13 @@ async def _place(txn, batches, outcomes, created):
     if not await _insert_new_rows(
             txn, "room_history", ("room", "pos", "seq", "envelope_id", "body", "digest",
                                   "sender", "sender_device", "created"), kept):
-        return None, set()
+        return None
     if not await _insert_new_rows(
             txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body", "digest",
-                           "created"), queue):
-        return None, set()
+                           "created"), queue, device_must_exist=True):
+        return None
     await own.skip(txn)
-    return placed, None
+    return placed
 
 
 class _OwnEntries:
@@ -527,9 +532,10 @@ async def txn_ack_group(txn, acks):
     A room message is acknowledged by moving the device's position in that
     room past it (and so past every earlier one: a device acknowledges in
     the order it receives); any other id removes the device's queue row.
-    One statement of each kind for all the calls (per chunk of ids): each
-    is a round trip to PostgreSQL, and a group holds the acks of many
-    devices.  An id acknowledged twice in one group counts once, for the
+    The queue goes first, and only the ids it did not hold are looked up in
+    the rooms.  One statement of each kind for all the calls (per chunk of
+    ids): each is a round trip to PostgreSQL, and a group holds the acks of
+    many devices.  An id acknowledged twice in one group counts once, for the
     first call naming it; every acknowledged id is credited through one
     dict lookup, since this runs for every delivered envelope.
     """
@@ -538,23 +544,23 @@ async def txn_ack_group(txn, acks):
         user, device, ids = acks[index]
         first_call.update({(user, device, envelope_id): index for envelope_id in ids})
     removed = [0] * len(acks)
-    in_rooms = await _advance_room_cursors(txn, first_call, removed)
-    rest = [key for key in first_call if key not in in_rooms]
-    for chunk in _chunks(rest):
+    for chunk in _chunks(list(first_call)):
         for row in await txn.execute(
                 "DELETE FROM queue WHERE (user_id, device_id, envelope_id) IN "
                 "(SELECT column1, column2, column3 FROM (VALUES "
                 + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") AS acked) "
                 "RETURNING user_id, device_id, envelope_id",
                 tuple(itertools.chain.from_iterable(chunk))):
-            removed[first_call[tuple(row)]] += 1
+            removed[first_call.pop(tuple(row))] += 1
+    if first_call:  # what is left: ids of room entries (or unknown ones)
+        await _advance_room_cursors(txn, first_call, removed)
     return removed
 
 
 async def _advance_room_cursors(txn, first_call, removed):
     """Move each device's position past the pending room entries it acknowledged, crediting
-    ``removed``; the acknowledged (user, device, id) that named one."""
-    found, targets = set(), {}
+    ``removed``."""
+    targets = {}
     for chunk in _chunks(list(first_call)):
         for user, device, envelope_id, room, pos in await txn.execute(
                 "SELECT c.user_id, c.device_id, h.envelope_id, c.room, h.pos FROM (VALUES "
@@ -564,9 +570,7 @@ async def _advance_room_cursors(txn, first_call, removed):
                 "JOIN room_history h ON h.room = c.room AND h.envelope_id = acked.column3 "
                 "WHERE h.pos >= c.next_pos AND (c.until_pos IS NULL OR h.pos <= c.until_pos)",
                 tuple(itertools.chain.from_iterable(chunk))):
-            key = (user, device, envelope_id)
-            found.add(key)
-            removed[first_call[key]] += 1
+            removed[first_call[(user, device, envelope_id)]] += 1
             cursor = (user, device, room)
             targets[cursor] = max(targets.get(cursor, 0), pos + 1)
     for chunk in _chunks(sorted(targets.items())):
@@ -577,7 +581,6 @@ async def _advance_room_cursors(txn, first_call, removed):
             "moved.column2 AND room_cursors.room = moved.column3 "
             "AND room_cursors.next_pos < moved.column4",
             tuple(value for cursor, pos in chunk for value in (*cursor, pos)))
-    return found
 
 
 async def _open_cursors(txn, user, room=None, device=None):
