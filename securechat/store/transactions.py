@@ -248,21 +248,14 @@ def _chunks(items, size=ROWS_PER_INSERT):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-async def _insert_new_rows(txn, table, columns, rows, device_must_exist=False):
-    """Insert ``rows`` (a few multi-row INSERTs); False as soon as one was left out, True
-    when all went in.  A row is left out when it breaks a unique index (``ON CONFLICT
-    DO NOTHING``) or, with ``device_must_exist``, when its first two columns name no
-    device: checked by the INSERT itself, so a normal write costs no extra statement."""
-    values = "(" + ", ".join("?" * len(columns)) + ")"
-    source = "VALUES {}"
-    if device_must_exist:
-        source = (f"SELECT {', '.join(f'v.column{i + 1}' for i in range(len(columns)))} "
-                  "FROM (VALUES {}) AS v JOIN devices d ON d.user_id = v.column1 "
-                  "AND d.device_id = v.column2 WHERE true")  # WHERE: SQLite's upsert syntax
+async def _insert_new_rows(txn, table, columns, rows):
+    """Insert ``rows`` (a few multi-row INSERTs); False as soon as one broke a unique index
+    (``ON CONFLICT DO NOTHING`` left it out), True when all went in."""
+    placeholders = "(" + ", ".join("?" * len(columns)) + ")"
     for chunk in _chunks(rows):
         inserted = await txn.count(
-            f"INSERT INTO {table} ({', '.join(columns)}) "
-            + source.format(", ".join([values] * len(chunk))) + " ON CONFLICT DO NOTHING",
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+            + ", ".join([placeholders] * len(chunk)) + " ON CONFLICT DO NOTHING",
             tuple(itertools.chain.from_iterable(chunk)))
         if inserted < len(chunk):
             return False
@@ -311,16 +304,29 @@ async def _missing_devices(txn, devices):
     return set(devices) - known
 
 
-async def _take_seqs(txn, count):
-    """The first of ``count`` new numbers of the sequence every stored envelope gets.
+async def _take_seqs(txn, count, devices):
+    """The first of ``count`` new numbers of the sequence every stored envelope gets, and
+    whether all ``devices`` exist.
 
     One sequence for all devices, so that a device's queue rows and the room
     entries it reads come out in the order they were stored; the counter's
-    row lock also orders concurrent writers on PostgreSQL.
+    row lock also orders concurrent writers on PostgreSQL.  The devices are
+    counted in the same statement: this runs for every write group, and a
+    statement more is a round trip more to PostgreSQL.
     """
-    (last,) = await _first(
-        txn, "UPDATE seq_counter SET last_seq = last_seq + ? RETURNING last_seq", (count,))
-    return last - count + 1
+    devices = sorted(devices)
+    counted = devices if len(devices) <= ROWS_PER_INSERT else []
+    check = "" if not counted else (
+        ", (SELECT count(*) FROM devices WHERE (user_id, device_id) IN (SELECT column1, "
+        "column2 FROM (VALUES " + ", ".join(["(?, ?)"] * len(counted)) + ") AS named))")
+    last, *found = await _first(
+        txn, f"UPDATE seq_counter SET last_seq = last_seq + ? RETURNING last_seq{check}",
+        (count, *itertools.chain.from_iterable(counted)))
+    if counted:
+        exist = found[0] == len(counted)
+    else:
+        exist = not devices or not await _missing_devices(txn, devices)
+    return last - count + 1, exist
 
 
 def _screen(batches):
@@ -410,7 +416,7 @@ async def txn_enqueue_group(txn, batches):
 
 async def _place(txn, batches, outcomes, created):
     """Number and store the envelopes of the calls still standing: their seqs by call
-    index, or None when a row was left out (an unknown device, or an id already taken).
+    index, or None when a recipient device does not exist or an id is already taken.
 
     A room message is one history entry, whatever the number of member
     devices (they read it through their ``room_cursors``); any other
@@ -419,7 +425,10 @@ async def _place(txn, batches, outcomes, created):
     standing = [(index, batch) for index, batch in enumerate(batches)
                 if outcomes[index] is None]
     envelopes = [envelope for _, batch in standing for envelope in batch]
-    seq = await _take_seqs(txn, len(envelopes))
+    seq, devices_exist = await _take_seqs(txn, len(envelopes), {
+        tuple(recipient) for envelope in envelopes for recipient in _queued_recipients(envelope)})
+    if not devices_exist:
+        return None
     position = await _history_positions(txn, [e for e in envelopes if e.get("history")])
     placed, queue, kept, own = {}, [], [], _OwnEntries()
     for index, batch in standing:
@@ -446,7 +455,7 @@ async def _place(txn, batches, outcomes, created):
         return None
     if not await _insert_new_rows(
             txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body", "digest",
-                           "created"), queue, device_must_exist=True):
+                           "created"), queue):
         return None
     await own.skip(txn)
     return placed
