@@ -30,7 +30,7 @@ async def enqueue(store, envelope_id, recipients=(("bob", "B1"),)):
     body = json.dumps({"id": envelope_id})
     (seq,) = await store.enqueue([{"id": envelope_id, "sender": "alice", "sender_device": "A1",
                                    "recipients": list(recipients), "body": body}])
-    return seq, body
+    return seq, body.encode("utf-8")
 
 
 class Pushed:

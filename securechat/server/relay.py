@@ -44,8 +44,9 @@ def _json_text(value):
 
 
 def delivery_line(number, body):
-    """The pushed frame: built by splicing, so the body is never parsed again."""
-    return b'{"event":"envelope","seq":%d,"envelope":%s}' % (number, body.encode("utf-8"))
+    """The pushed frame: built by splicing the body's UTF-8 bytes, so it is never parsed
+    again (and a room message is encoded once for all its recipients)."""
+    return b'{"event":"envelope","seq":%d,"envelope":%s}' % (number, body)
 
 
 class DeliveryCursor:
@@ -73,7 +74,7 @@ class DeliveryCursor:
         self.closed = False
 
     def notify(self, seq, body):
-        """A new envelope was committed for this device."""
+        """A new envelope was committed for this device (``body``: its UTF-8 bytes)."""
         if self.closed:
             return
         if self._caught_up and not self._pumping:
@@ -119,7 +120,7 @@ class DeliveryCursor:
     def _push_row(self, row):
         self._sent_seq = row["seq"]
         if row["intact"]:
-            self._push(delivery_line, row["body"])
+            self._push(delivery_line, row["body"].encode("utf-8"))
             return
         self.log.error(
             "Stored envelope {id} for {user}/{device} (seq {seq}) fails its digest check",
@@ -259,7 +260,7 @@ class Relay:
 
     def _deliver(self, seqs, batch, answer):
         for item, seq in zip(batch, seqs):
-            body = item["body"]
+            body = item["body"].encode("utf-8")
             if "history" in item:
                 for cursor in self._online_followers(item):
                     cursor.notify(seq, body)
