@@ -539,8 +539,8 @@ async def txn_ack_group(txn, acks):
     """Several ``ack`` calls ``(user, device, ids)`` in one transaction; removed counts.
 
     A room message is acknowledged by moving the device's position in that
-    room past it (and so past every earlier one: a device acknowledges in
-    the order it receives); any other id removes the device's queue row.
+    room past it (once every earlier one is acknowledged too); any other id
+    removes the device's queue row.
     The queue goes first, and only the ids it did not hold are looked up in
     the rooms.  One statement of each kind for all the calls (per chunk of
     ids): each is a round trip to PostgreSQL, and a group holds the acks of
@@ -567,21 +567,42 @@ async def txn_ack_group(txn, acks):
 
 
 async def _advance_room_cursors(txn, first_call, removed):
-    """Move each device's position past the pending room entries it acknowledged, crediting
-    ``removed``."""
+    """Move each device's position in a room over the acknowledged entries at its front,
+    crediting ``removed``.
+
+    A position only moves over entries that were all acknowledged: one
+    acknowledged while an earlier one is not (a client that skipped it) stays
+    pending and is delivered again, so nothing is lost to an ack out of
+    order.  One statement finds, per room and device, the pending entries up
+    to the last one acknowledged (its own messages left out).
+    """
     targets = {}
     for chunk in _chunks(list(first_call)):
-        for user, device, envelope_id, room, pos in await txn.execute(
-                "SELECT c.user_id, c.device_id, h.envelope_id, c.room, h.pos FROM (VALUES "
-                + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") AS acked "
-                "JOIN room_cursors c ON c.user_id = acked.column1 "
-                "AND c.device_id = acked.column2 "
-                "JOIN room_history h ON h.room = c.room AND h.envelope_id = acked.column3 "
-                "WHERE h.pos >= c.next_pos AND (c.until_pos IS NULL OR h.pos <= c.until_pos)",
-                tuple(itertools.chain.from_iterable(chunk))):
-            removed[first_call[(user, device, envelope_id)]] += 1
+        rows = await txn.execute(
+            "WITH acked (user_id, device_id, envelope_id) AS (VALUES "
+            + ", ".join(["(?, ?, ?)"] * len(chunk)) + "), "
+            "reach AS (SELECT c.user_id, c.device_id, c.room, max(h.pos) AS last "
+            "FROM acked a JOIN room_cursors c ON c.user_id = a.user_id "
+            "AND c.device_id = a.device_id "
+            "JOIN room_history h ON h.room = c.room AND h.envelope_id = a.envelope_id "
+            "WHERE h.pos >= c.next_pos AND (c.until_pos IS NULL OR h.pos <= c.until_pos) "
+            "GROUP BY c.user_id, c.device_id, c.room) "
+            "SELECT c.user_id, c.device_id, c.room, h.pos, h.envelope_id FROM reach r "
+            "JOIN room_cursors c ON c.user_id = r.user_id AND c.device_id = r.device_id "
+            "AND c.room = r.room JOIN room_history h ON h.room = c.room "
+            "AND h.pos >= c.next_pos AND h.pos <= r.last "
+            "WHERE NOT (h.sender = c.user_id AND h.sender_device = c.device_id) "
+            "ORDER BY c.user_id, c.device_id, c.room, h.pos",
+            tuple(itertools.chain.from_iterable(chunk)))
+        blocked = set()
+        for user, device, room, pos, envelope_id in rows:
             cursor = (user, device, room)
-            targets[cursor] = max(targets.get(cursor, 0), pos + 1)
+            index = first_call.get((user, device, envelope_id))
+            if cursor in blocked or index is None:
+                blocked.add(cursor)
+                continue
+            removed[index] += 1
+            targets[cursor] = pos + 1
     for chunk in _chunks(sorted(targets.items())):
         await txn.execute(
             "UPDATE room_cursors SET next_pos = moved.column4 FROM (VALUES "
