@@ -1,9 +1,11 @@
 """The client's batched acknowledgements (securechat.client.acks), under task.Clock."""
 
+import pytest_twisted
 from twisted.internet import defer, task
 
 from securechat import wire
 from securechat.client.acks import AckBatcher
+from securechat.client.messaging import Receiver
 
 
 class Requests:
@@ -50,3 +52,38 @@ def test_a_failed_ack_is_logged_and_settles():
     acks.add("a")
     clock.advance(0)
     assert acks.settled()
+
+
+class _Rooms:
+    """Opens room messages; one of them fails the way a full disk or a bug would."""
+
+    async def open_room_message(self, env):
+        if env["id"] == "broken":
+            raise OSError("the key store could not be written")
+        return {"type": "msg"}
+
+
+class _Client:
+    def __init__(self):
+        self.request = Requests()
+        self.rooms = _Rooms()
+        self.store = self
+
+    def seen(self, envelope_id):
+        return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_room_message_fails_that_room_is_no_longer_acknowledged():
+    """The relay takes a room ack as covering the room's earlier messages, so once one could
+    not be stored, later ones of that room are not acknowledged (the relay delivers again
+    from the failed one next time); other rooms are acknowledged as usual."""
+    client = _Client()
+    receiver = Receiver(client, lambda record: None, lambda record: None)
+    for envelope_id, room in (("a1", "ops"), ("broken", "ops"), ("a2", "ops"), ("b1", "dev")):
+        frame = {"event": "envelope", "seq": 1,
+                 "envelope": {"id": envelope_id, "kind": "megolm", "room": room}}
+        await receiver.envelope_event(frame)
+    receiver.acks.flush()
+    assert [ids for _, ids, _ in client.request.sent] == [["a1", "b1"]]
+    assert receiver.processed == 4

@@ -121,6 +121,7 @@ class Receiver:
         self._lock = defer.DeferredLock()
         self.acks = AckBatcher(client.request)
         self.processed = 0
+        self._held_rooms = set()
 
     def idle(self):
         """Nothing is being processed, waiting to be, or waiting for its acknowledgement."""
@@ -134,6 +135,7 @@ class Receiver:
     async def _process(self, frame):
         client, store = self._client, self._client.store
         env = frame["envelope"]
+        room = env.get("room") if env["kind"] == "megolm" else None
         try:
             if not store.seen(env["id"]):
                 record = await self._open_any(env)
@@ -143,7 +145,16 @@ class Receiver:
                     self._on_message(record)
                 else:
                     self._on_control(record)
-            self.acks.add(env["id"])
+        except Exception:
+            # The relay takes a room message's ack as covering the room's earlier
+            # ones, so after one could not be stored nothing more of that room is
+            # acknowledged: the relay delivers again from it next time.
+            if room is not None:
+                self._held_rooms.add(room)
+            raise
+        else:
+            if room not in self._held_rooms:
+                self.acks.add(env["id"])
         finally:
             self.processed += 1
 

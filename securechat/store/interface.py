@@ -131,9 +131,9 @@ class IStore(Interface):
         """Acknowledge envelopes the device has received.
 
         A queued envelope is removed for that device only; a room entry moves
-        the device's position in that room past it once every earlier entry
-        is acknowledged as well (one acknowledged out of order stays pending).
-        Fires with the number of ids no longer pending.  Unknown ids are
+        the device's position in that room past it, and so past the earlier
+        entries too (devices acknowledge in the order they receive).  Fires
+        with the number of ids that were still pending.  Unknown ids are
         ignored (an ack can arrive twice).
         """
 

@@ -539,8 +539,8 @@ async def txn_ack_group(txn, acks):
     """Several ``ack`` calls ``(user, device, ids)`` in one transaction; removed counts.
 
     A room message is acknowledged by moving the device's position in that
-    room past it (once every earlier one is acknowledged too); any other id
-    removes the device's queue row.
+    room past it (and so past every earlier one: a device acknowledges in the
+    order it receives); any other id removes the device's queue row.
     The queue goes first, and only the ids it did not hold are looked up in
     the rooms.  One statement of each kind for all the calls (per chunk of
     ids): each is a round trip to PostgreSQL, and a group holds the acks of
@@ -567,42 +567,31 @@ async def txn_ack_group(txn, acks):
 
 
 async def _advance_room_cursors(txn, first_call, removed):
-    """Move each device's position in a room over the acknowledged entries at its front,
+    """Move each device's position in a room past the last pending entry it acknowledged,
     crediting ``removed``.
 
-    A position only moves over entries that were all acknowledged: one
-    acknowledged while an earlier one is not (a client that skipped it) stays
-    pending and is delivered again, so nothing is lost to an ack out of
-    order.  One statement finds, per room and device, the pending entries up
-    to the last one acknowledged (its own messages left out).
+    Cumulative, like TCP's acknowledgements: what the device skipped before
+    that entry counts as received, so a client must acknowledge in the order
+    it receives (the reference client does: one envelope at a time, each
+    acknowledged after it is stored).  Checking that every earlier entry was
+    acknowledged would cost a scan from the device's position on every ack:
+    a device that never acknowledges one entry would make each of its later
+    acks scan the whole room backlog since, which a hostile client could use
+    to load the relay.
     """
     targets = {}
     for chunk in _chunks(list(first_call)):
-        rows = await txn.execute(
-            "WITH acked (user_id, device_id, envelope_id) AS (VALUES "
-            + ", ".join(["(?, ?, ?)"] * len(chunk)) + "), "
-            "reach AS (SELECT c.user_id, c.device_id, c.room, max(h.pos) AS last "
-            "FROM acked a JOIN room_cursors c ON c.user_id = a.user_id "
-            "AND c.device_id = a.device_id "
-            "JOIN room_history h ON h.room = c.room AND h.envelope_id = a.envelope_id "
-            "WHERE h.pos >= c.next_pos AND (c.until_pos IS NULL OR h.pos <= c.until_pos) "
-            "GROUP BY c.user_id, c.device_id, c.room) "
-            "SELECT c.user_id, c.device_id, c.room, h.pos, h.envelope_id FROM reach r "
-            "JOIN room_cursors c ON c.user_id = r.user_id AND c.device_id = r.device_id "
-            "AND c.room = r.room JOIN room_history h ON h.room = c.room "
-            "AND h.pos >= c.next_pos AND h.pos <= r.last "
-            "WHERE NOT (h.sender = c.user_id AND h.sender_device = c.device_id) "
-            "ORDER BY c.user_id, c.device_id, c.room, h.pos",
-            tuple(itertools.chain.from_iterable(chunk)))
-        blocked = set()
-        for user, device, room, pos, envelope_id in rows:
+        for user, device, envelope_id, room, pos in await txn.execute(
+                "SELECT c.user_id, c.device_id, h.envelope_id, c.room, h.pos FROM (VALUES "
+                + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") AS acked "
+                "JOIN room_cursors c ON c.user_id = acked.column1 "
+                "AND c.device_id = acked.column2 "
+                "JOIN room_history h ON h.room = c.room AND h.envelope_id = acked.column3 "
+                "WHERE h.pos >= c.next_pos AND (c.until_pos IS NULL OR h.pos <= c.until_pos)",
+                tuple(itertools.chain.from_iterable(chunk))):
+            removed[first_call[(user, device, envelope_id)]] += 1
             cursor = (user, device, room)
-            index = first_call.get((user, device, envelope_id))
-            if cursor in blocked or index is None:
-                blocked.add(cursor)
-                continue
-            removed[index] += 1
-            targets[cursor] = pos + 1
+            targets[cursor] = max(targets.get(cursor, 0), pos + 1)
     for chunk in _chunks(sorted(targets.items())):
         await txn.execute(
             "UPDATE room_cursors SET next_pos = moved.column4 FROM (VALUES "
@@ -684,13 +673,10 @@ async def txn_remove_member(txn, room, user):
         "UPDATE room_cursors SET until_pos = COALESCE("
         "(SELECT next_pos FROM room_counters WHERE room = ?), 0) WHERE room = ? AND user_id = ?",
         (room, room, user))
-    await _close_finished_cursors(txn)
-    return True
-
-
-async def _close_finished_cursors(txn):
     await txn.execute(
-        "DELETE FROM room_cursors WHERE until_pos IS NOT NULL AND next_pos > until_pos")
+        "DELETE FROM room_cursors WHERE user_id = ? AND room = ? AND next_pos > until_pos",
+        (user, room))
+    return True
 
 
 async def txn_room_members(txn, room):
@@ -721,7 +707,9 @@ async def txn_prune_history(txn, older_than, keep_per_room):
     """Drop history entries past the retention that no device still has to receive; how
     many.  A device that has not received an entry keeps it from being dropped (the
     same storage its queue row would have taken)."""
-    await _close_finished_cursors(txn)
+    # The devices of removed members that have received all they were owed.
+    await txn.execute(
+        "DELETE FROM room_cursors WHERE until_pos IS NOT NULL AND next_pos > until_pos")
     removed = await _prune_history_where(txn, "h.created < ?", (older_than,))
     for room, newest in await txn.execute("SELECT room, next_pos FROM room_counters"):
         removed += await _prune_history_where(
