@@ -517,12 +517,15 @@ rooms (up to its user's removal), except those it sent itself."""
 async def txn_fetch_queue(txn, user, device, after_seq, limit):
     """A page of what one device has yet to acknowledge: its queue rows and the pending
     entries of its rooms' histories, merged in ``seq`` order."""
+    # Each side is limited on its own first: PostgreSQL would otherwise sort the
+    # device's whole queue for every page.
     rows = await txn.execute(
-        "SELECT seq, envelope_id, body, digest FROM queue "
-        "WHERE user_id = ? AND device_id = ? AND seq > ? "
-        "UNION ALL SELECT h.seq, h.envelope_id, h.body, h.digest "
-        + _PENDING_ROOM_ENTRIES + " AND h.seq > ? ORDER BY 1 LIMIT ?",
-        (user, device, after_seq, user, device, after_seq, limit))
+        "SELECT * FROM (SELECT seq, envelope_id, body, digest FROM queue "
+        "WHERE user_id = ? AND device_id = ? AND seq > ? ORDER BY seq LIMIT ?) AS queued "
+        "UNION ALL SELECT * FROM (SELECT h.seq, h.envelope_id, h.body, h.digest "
+        + _PENDING_ROOM_ENTRIES + " AND h.seq > ? ORDER BY h.seq LIMIT ?) AS rooms "
+        "ORDER BY 1 LIMIT ?",
+        (user, device, after_seq, limit, user, device, after_seq, limit, limit))
     return [{"seq": seq, "id": envelope_id, "body": body,
              "intact": digest(body) == stored}
             for seq, envelope_id, body, stored in rows]
