@@ -118,14 +118,16 @@ class Rooms:
     async def send(self, user, device, fields):
         """Fan one ciphertext out to every member device but the sender's, and keep it in history."""
         room = fields["room"]
-        if room == BROADCAST_ROOM and self._config.senders == "admins" \
-                and user not in self._config.admins:
-            raise ProtocolError("forbidden", "only the server's admins may broadcast here")
+        if room == BROADCAST_ROOM:
+            if self._config.senders == "admins" and user not in self._config.admins:
+                raise ProtocolError("forbidden", "only the server's admins may broadcast here")
+            every_device = set(await self._store.all_devices())
+            return await self._relay.send_to_room(
+                user, device, fields, room, None, len(every_device - {(user, device)}))
         members = await self._members_seen_by(user, room)
         devices = await self._device_count(members)  # the sender's devices are cached now
         devices -= device in (self._directory.cached(user) or ())
-        return await self._relay.send_to_room(
-            user, device, fields, room, None if room == BROADCAST_ROOM else members, devices)
+        return await self._relay.send_to_room(user, device, fields, room, members, devices)
 
     async def history(self, user, room, before, limit):
         await self._members_seen_by(user, room)
