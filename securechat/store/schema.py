@@ -13,11 +13,14 @@ Changelog:
       so a message costs one row whatever the room's size.  Queue rows and history
       entries are numbered by one sequence shared by all devices (seq_counter), so a
       device still gets its envelopes and its rooms' in the order they were stored.
+  5 — room history indexed by (room, seq): a device back from a long absence reads its
+      rooms' backlog page by page from where the last page ended, instead of from its
+      position each time (which made the pages of a long backlog cost its square).
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -173,6 +176,9 @@ MIGRATIONS = {
         "FROM devices d JOIN (SELECT user_id, room FROM room_members UNION "
         f"SELECT user_id, '{BROADCAST_ROOM}' FROM accounts) r ON r.user_id = d.user_id "
         "LEFT JOIN room_counters c ON c.room = r.room WHERE d.device_keys IS NOT NULL",
+    ],
+    5: [
+        "CREATE INDEX room_history_seq ON room_history (room, seq)",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

@@ -506,8 +506,9 @@ async def _history_positions(txn, envelopes):
     return first
 
 
-_PENDING_ROOM_ENTRIES = (
-    "FROM room_cursors c JOIN room_history h ON h.room = c.room AND h.pos >= c.next_pos "
+_PENDING_ROOM_ENTRIES = (  # "+h.pos": compared, not looked up by, so that an index on
+    # (room, seq) serves a page that starts after the previous one's last seq
+    "FROM room_cursors c JOIN room_history h ON h.room = c.room AND +h.pos >= c.next_pos "
     "WHERE c.user_id = ? AND c.device_id = ? AND (c.until_pos IS NULL OR h.pos <= c.until_pos) "
     "AND NOT (h.sender = c.user_id AND h.sender_device = c.device_id)")
 """The room messages a device has yet to acknowledge: from its position in each of its
