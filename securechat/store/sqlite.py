@@ -2,7 +2,7 @@
 
 One connection in one thread: SQLite has a single writer anyway, and one
 connection makes every transaction serial, which is what "claimed exactly
-once" and the per-device sequence numbers need.  WAL with
+once" and the envelopes' one sequence need.  WAL with
 ``synchronous=FULL`` fsyncs every commit, so a fired Deferred means on disk.
 """
 

@@ -39,7 +39,7 @@ async def _first(txn, sql, args=()):
 
 
 async def _lock_device(txn, user, device):
-    """Serialise the transactions that touch one device's keys or queue (a row lock on PostgreSQL).
+    """Serialise the transactions that touch one device's one-time keys (a row lock on PostgreSQL).
 
     Always take several in sorted order, so two transactions never deadlock.
     Fires with the device's one-time key counter, or None for an unknown device.
