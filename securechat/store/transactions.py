@@ -293,14 +293,25 @@ async def _ids_taken(txn, batches, outcomes):
     return taken
 
 
+def _queued_devices(envelopes):
+    """The (user, device) pairs that get a queue row of one of ``envelopes``."""
+    return {tuple(recipient) for envelope in envelopes
+            for recipient in _queued_recipients(envelope)}
+
+
+def _devices_named(count):
+    """SQL matching the ``devices`` rows named by ``count`` (user, device) parameter pairs."""
+    return ("(user_id, device_id) IN (SELECT column1, column2 FROM (VALUES "
+            + ", ".join(["(?, ?)"] * count) + ") AS named)")
+
+
 async def _missing_devices(txn, devices):
     """Those of ``devices`` (user, device) the store does not know."""
     known = set()
     for chunk in _chunks(sorted(devices)):
         known.update(tuple(row) for row in await txn.execute(
-            "SELECT user_id, device_id FROM devices WHERE (user_id, device_id) IN "
-            "(SELECT column1, column2 FROM (VALUES " + ", ".join(["(?, ?)"] * len(chunk))
-            + ") AS named)", tuple(itertools.chain.from_iterable(chunk))))
+            "SELECT user_id, device_id FROM devices WHERE " + _devices_named(len(chunk)),
+            tuple(itertools.chain.from_iterable(chunk))))
     return set(devices) - known
 
 
@@ -317,8 +328,7 @@ async def _take_seqs(txn, count, devices):
     devices = sorted(devices)
     counted = devices if len(devices) <= ROWS_PER_INSERT else []
     check = "" if not counted else (
-        ", (SELECT count(*) FROM devices WHERE (user_id, device_id) IN (SELECT column1, "
-        "column2 FROM (VALUES " + ", ".join(["(?, ?)"] * len(counted)) + ") AS named))")
+        f", (SELECT count(*) FROM devices WHERE {_devices_named(len(counted))})")
     last, *found = await _first(
         txn, f"UPDATE seq_counter SET last_seq = last_seq + ? RETURNING last_seq{check}",
         (count, *itertools.chain.from_iterable(counted)))
@@ -350,7 +360,7 @@ def _refuse(batches, outcomes, missing, taken):
     for index, batch in enumerate(batches):
         if outcomes[index] is not None:
             continue
-        absent = {tuple(r) for e in batch for r in _queued_recipients(e)} & missing
+        absent = _queued_devices(batch) & missing
         repeated = next((e["id"] for e in batch if e["id"] in taken), None)
         if absent:
             outcomes[index] = StoreError("no device " + ", ".join(
@@ -404,9 +414,9 @@ async def txn_enqueue_group(txn, batches):
         if placed is not None:
             break
         await txn.execute("ROLLBACK TO SAVEPOINT enqueue")
-        missing = await _missing_devices(txn, {
-            tuple(recipient) for batch, outcome in zip(batches, outcomes) if outcome is None
-            for envelope in batch for recipient in _queued_recipients(envelope)})
+        missing = await _missing_devices(txn, _queued_devices(
+            envelope for batch, outcome in zip(batches, outcomes) if outcome is None
+            for envelope in batch))
         taken = set() if missing else await _ids_taken(txn, batches, outcomes)
         if not _refuse(batches, outcomes, missing, taken):
             raise StoreError("a unique index refused envelopes no query finds")
@@ -425,8 +435,7 @@ async def _place(txn, batches, outcomes, created):
     standing = [(index, batch) for index, batch in enumerate(batches)
                 if outcomes[index] is None]
     envelopes = [envelope for _, batch in standing for envelope in batch]
-    seq, devices_exist = await _take_seqs(txn, len(envelopes), {
-        tuple(recipient) for envelope in envelopes for recipient in _queued_recipients(envelope)})
+    seq, devices_exist = await _take_seqs(txn, len(envelopes), _queued_devices(envelopes))
     if not devices_exist:
         return None
     position = await _history_positions(txn, [e for e in envelopes if e.get("history")])
