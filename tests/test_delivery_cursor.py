@@ -28,8 +28,9 @@ async def bob_device(store):
 
 async def enqueue(store, envelope_id, recipients=(("bob", "B1"),)):
     body = json.dumps({"id": envelope_id})
-    (seq,) = await store.enqueue([{"id": envelope_id, "sender": "alice", "sender_device": "A1",
-                                   "recipients": list(recipients), "body": body}])
+    ((seq, _),) = await store.enqueue([{"id": envelope_id, "sender": "alice",
+                                        "sender_device": "A1", "recipients": list(recipients),
+                                        "body": body}])
     return seq, body.encode("utf-8")
 
 
@@ -82,3 +83,51 @@ async def test_frames_number_the_connection_pushes_not_the_store_sequence(store)
     cursor.notify(seq, body)
     assert [(frame["seq"], frame["envelope"]["id"]) for frame in pushed.frames] == [
         (1, "first"), (2, "second")]
+
+
+async def send_to_room(store, envelope_id):
+    body = json.dumps({"id": envelope_id})
+    ((seq, pos),) = await store.enqueue([{"id": envelope_id, "sender": "alice",
+                                          "sender_device": "A1", "recipients": [],
+                                          "body": body, "history": "ops"}])
+    return seq, body.encode("utf-8"), envelope_id, ("ops", pos)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cursor_names_the_room_entries_it_pushed_once(store):
+    """Room entries read from the store and pushed live are remembered with their place in
+    the room, handed out once for their ack; 1:1 envelopes and unknown ids are not."""
+    await bob_device(store)
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "bob")
+    await send_to_room(store, "r1")
+    await enqueue(store, "direct")
+    pushed = Pushed()
+    cursor = cursor_for(store, pushed)
+    await cursor.pump()
+    cursor.notify(*await send_to_room(store, "r2"))
+    assert pushed.ids() == ["r1", "direct", "r2"]
+    ids = ["r1", "direct", "r2", "unknown"]
+    assert cursor.room_entries_pushed(ids) == {"r1": ("ops", 1), "r2": ("ops", 2)}
+    assert cursor.room_entries_pushed(ids) == {}
+    assert await store.ack("bob", "B1", ids) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cursor_remembers_a_bounded_number_of_room_entries(store, monkeypatch):
+    """A client that never acknowledges cannot grow the relay's memory: past the bound the
+    oldest entries are forgotten (their ack is then looked up by id)."""
+    monkeypatch.setattr("securechat.server.relay.REMEMBERED_ROOM_ENTRIES", 3)
+    await bob_device(store)
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "bob")
+    pushed = Pushed()
+    cursor = cursor_for(store, pushed)
+    await cursor.pump()
+    for i in range(5):
+        cursor.notify(*await send_to_room(store, f"r{i}"))
+    assert len(pushed.frames) == 5
+    assert cursor.room_entries_pushed([f"r{i}" for i in range(5)]) == {
+        f"r{i}": ("ops", i + 1) for i in range(2, 5)}
+    assert await store.ack("bob", "B1", ["r4"]) == 1
+    assert await store.queue_length("bob", "B1") == 0

@@ -191,8 +191,8 @@ async def test_enqueue_numbers_envelopes_in_one_sequence(store):
         envelope("e1", [("bob", "B1"), ("bob", "B2")]),
         envelope("e2", [("bob", "B1")]),
     ])
-    assert placed == [1, 2]
-    assert await store.enqueue([envelope("e3", [("bob", "B2")], body='{"x":1}')]) == [3]
+    assert placed == [(1, None), (2, None)]
+    assert await store.enqueue([envelope("e3", [("bob", "B2")], body='{"x":1}')]) == [(3, None)]
     rows = await store.fetch_queue("bob", "B2", 0, 10)
     assert [(r["seq"], r["id"], r["body"], r["intact"]) for r in rows] == [
         (1, "e1", "{}", True), (3, "e3", '{"x":1}', True)]
@@ -210,7 +210,7 @@ async def test_duplicate_envelope_is_atomic(store):
         await store.enqueue([envelope("e2", [("bob", "D1")]), envelope("e1", [("bob", "D1")])])
     assert info.value.envelope_id == "e1"
     assert [r["id"] for r in await store.fetch_queue("bob", "D1", 0, 10)] == ["e1"]
-    assert (await store.enqueue([envelope("e2", [("bob", "D1")])])) == [2]
+    assert (await store.enqueue([envelope("e2", [("bob", "D1")])])) == [(2, None)]
 
 
 @pytest_twisted.ensureDeferred
@@ -224,9 +224,9 @@ async def test_an_id_is_unique_per_queued_device_and_per_room_history(store):
     with pytest.raises(DuplicateEnvelope):
         await store.enqueue([envelope("e1", [("carol", "D1"), ("bob", "D1")])])
     assert await store.queue_length("carol", "D1") == 0
-    assert await store.enqueue([envelope("e1", [("carol", "D1")])]) == [2]
+    assert await store.enqueue([envelope("e1", [("carol", "D1")])]) == [(2, None)]
     await store.ack("bob", "D1", ["e1"])
-    assert await store.enqueue([envelope("e1", [("bob", "D1")])]) == [3]
+    assert await store.enqueue([envelope("e1", [("bob", "D1")])]) == [(3, None)]
     room_message = {**envelope("r1", [("bob", "D1")]), "history": "ops"}
     await store.enqueue([room_message])
     await store.ack("bob", "D1", ["r1"])
@@ -254,7 +254,7 @@ async def test_a_version_1_database_is_migrated_with_its_queue(database, tmp_pat
                 for r in await store.fetch_queue("bob", "D1", 0, 10)] == [("e1", "{}", True)]
         with pytest.raises(DuplicateEnvelope):
             await store.enqueue([envelope("e1", [("bob", "D1")])])
-        assert await store.enqueue([envelope("e2", [("bob", "D1")])]) == [2]
+        assert await store.enqueue([envelope("e2", [("bob", "D1")])]) == [(2, None)]
     finally:
         await store.stop()
     with pytest.raises(Exception, match="envelope_ids"):
@@ -271,7 +271,7 @@ async def test_concurrent_enqueues_are_numbered_gaplessly(store):
     placed = await defer.gatherResults(
         [store.enqueue([envelope(f"e{i}", orders[i % 2])]) for i in range(20)],
         consumeErrors=True)
-    assert sorted(seq for (seq,) in placed) == list(range(1, 21))
+    assert sorted(seq for ((seq, _),) in placed) == list(range(1, 21))
     for name in ("B1", "B2"):
         rows = await store.fetch_queue("bob", name, 0, 100)
         assert [r["seq"] for r in rows] == list(range(1, 21))
@@ -298,7 +298,7 @@ async def test_enqueue_to_an_unknown_device_stores_nothing(store):
     with pytest.raises(StoreError):
         await store.enqueue([envelope("e1", [("bob", "D1")]), envelope("e2", [("bob", "GONE")])])
     assert await store.queue_length("bob", "D1") == 0
-    assert await store.enqueue([envelope("e1", [("bob", "D1")])]) == [1]
+    assert await store.enqueue([envelope("e1", [("bob", "D1")])]) == [(1, None)]
 
 
 @pytest_twisted.ensureDeferred
@@ -387,7 +387,7 @@ async def test_data_survives_a_restart(database, tmp_path):
     await second.start()
     try:
         assert [r["id"] for r in await second.fetch_queue("bob", "D1", 0, 10)] == ["e1"]
-        assert (await second.enqueue([envelope("e2", [("bob", "D1")])])) == [2]
+        assert (await second.enqueue([envelope("e2", [("bob", "D1")])])) == [(2, None)]
     finally:
         await second.stop()
 
@@ -537,11 +537,32 @@ async def test_queue_and_rooms_come_out_in_the_order_stored(store):
     assert pages == [expected[0:3], expected[3:6], expected[6:8]]
 
 
+class RoomSender:
+    """Sends room messages and acknowledges them either by id alone or as the relay does,
+    naming the ``(room, pos)`` that ``enqueue`` gave each room entry."""
+
+    def __init__(self, store, named):
+        self._store = store
+        self._named = named
+        self.places = {}
+
+    async def send(self, *messages):
+        for message, (_, pos) in zip(messages, await self._store.enqueue(list(messages))):
+            self.places[message["id"]] = (message["history"], pos)
+
+    def ack(self, user, name, ids):
+        named = {i: self.places[i] for i in ids if i in self.places} if self._named else None
+        return self._store.ack(user, name, ids, named)
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["by-id", "named-entries"])
 @pytest_twisted.ensureDeferred
-async def test_a_room_ack_covers_the_earlier_messages(store):
+async def test_a_room_ack_covers_the_earlier_messages(store, named):
     """Acknowledging a room message moves the device past it and every earlier one of that
     room (and past its own messages), counting the ids that were pending; other rooms and
-    other devices are not moved."""
+    other devices are not moved.  The same whether the entries are looked up by id or
+    named with the places ``enqueue`` and ``fetch_queue`` gave them."""
+    rooms = RoomSender(store, named)
     await device(store, "alice", "A1")
     await device(store, "bob", "B1")
     await device(store, "bob", "B2")
@@ -550,15 +571,43 @@ async def test_a_room_ack_covers_the_earlier_messages(store):
     await store.add_member("ops", "bob")
     await store.add_member("dev", "bob")
     for i in range(3):
-        await store.enqueue([room_message(f"ops{i}"), room_message(f"dev{i}", room="dev")])
-    await store.enqueue([room_message("own", sender=("bob", "B1"))])
-    await store.enqueue([room_message("ops3")])
-    assert await store.ack("bob", "B1", ["ops1", "unknown"]) == 1
-    assert await pending_ids(store, "bob", "B1") == ["dev0", "dev1", "ops2", "dev2", "ops3"]
-    assert await store.ack("bob", "B1", ["ops0", "ops1"]) == 0
-    assert await store.ack("bob", "B1", ["ops3", "dev2"]) == 2
+        await rooms.send(room_message(f"ops{i}"), room_message(f"dev{i}", room="dev"))
+    await rooms.send(room_message("own", sender=("bob", "B1")))
+    await rooms.send(room_message("ops3"))
+    await store.enqueue([envelope("direct", [("bob", "B1")])])
+    assert rooms.places["ops3"] == ("ops", 5) and rooms.places["dev2"] == ("dev", 3)
+    assert {r["id"]: (r["room"], r["pos"]) for r in await store.fetch_queue("bob", "B1", 0, 20)
+            } == {**{i: rooms.places[i] for i in (*(f"ops{n}" for n in range(4)),
+                                                  *(f"dev{n}" for n in range(3)))},
+                  "direct": (None, None)}
+    assert await rooms.ack("bob", "B1", ["ops1", "unknown"]) == 1
+    assert await pending_ids(store, "bob", "B1") == [
+        "dev0", "dev1", "ops2", "dev2", "ops3", "direct"]
+    assert await rooms.ack("bob", "B1", ["ops0", "ops1"]) == 0
+    assert await rooms.ack("bob", "B1", ["ops3", "direct", "dev2"]) == 3
     assert await store.queue_length("bob", "B1") == 0
     assert await store.queue_length("bob", "B2") == 8
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["by-id", "named-entries"])
+@pytest_twisted.ensureDeferred
+async def test_a_removed_member_acknowledges_only_what_was_sent_to_it(store, named):
+    """After its user's removal a device can still acknowledge what it was sent as a
+    member; an ack of a later message (pushed while the removal was committing) neither
+    counts nor moves it past what it still has to receive."""
+    rooms = RoomSender(store, named)
+    await device(store, "bob", "B1")
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "bob")
+    await rooms.send(room_message("m1"), room_message("m2"))
+    await store.remove_member("ops", "bob")
+    await rooms.send(room_message("later"))
+    assert await rooms.ack("bob", "B1", ["later"]) == 0
+    assert await pending_ids(store, "bob", "B1") == ["m1", "m2"]
+    assert await rooms.ack("bob", "B1", ["m1"]) == 1
+    assert await pending_ids(store, "bob", "B1") == ["m2"]
+    assert await rooms.ack("bob", "B1", ["m2", "later"]) == 1
+    assert await pending_ids(store, "bob", "B1") == []
 
 
 @pytest_twisted.ensureDeferred
@@ -624,7 +673,7 @@ async def test_a_version_3_database_keeps_its_queued_room_messages(database, tmp
         assert [(r["seq"], r["id"], r["body"], r["intact"])
                 for r in await store.fetch_queue("bob", "B1", 0, 10)] == [(7, "r1", body, True)]
         assert await store.enqueue([room_message("r2"),
-                                    room_message("b1", room=BROADCAST_ROOM)]) == [8, 9]
+                                    room_message("b1", room=BROADCAST_ROOM)]) == [(8, 2), (9, 1)]
         assert await pending_ids(store, "bob", "B1") == ["r1", "r2", "b1"]
     finally:
         await store.stop()

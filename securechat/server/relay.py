@@ -19,6 +19,11 @@ from securechat.wire import ProtocolError
 
 FETCH_PAGE = 500
 
+REMEMBERED_ROOM_ENTRIES = 4096
+"""Room entries a cursor remembers between pushing and their ack, so the store need not
+look them up by id.  Bounded, since a client decides when (or whether) it acknowledges;
+an ack of one forgotten costs only that lookup."""
+
 
 _BODY = ('{"v":1,"id":"%s","from":"%s","from_dev":"%s","to":%s,"to_dev":%s,"room":%s,'
          '"kind":"%s","sid":"%s","otype":%s,"ct":"%s","ts":%d}')
@@ -55,7 +60,10 @@ class DeliveryCursor:
     The store's ``seq`` is shared by all devices (it orders a device's queue
     and its rooms' entries together), so a device would learn from it how
     much everybody sends; frames number the pushes of the connection instead
-    (1, 2, 3 ...).
+    (1, 2, 3 ...).  It remembers where the room entries it pushed sit in their
+    rooms (``room_entries_pushed``): an ack of one then moves the device's
+    position without a lookup by id, the bulk of what acknowledging a room
+    message costs the store.
     """
 
     log = Logger()
@@ -71,18 +79,35 @@ class DeliveryCursor:
         self._caught_up = False
         self._pumping = False
         self._dirty = False
+        self._room_entries = {}  # envelope id -> (room, pos), oldest first
         self.closed = False
 
-    def notify(self, seq, body):
-        """A new envelope was committed for this device (``body``: its UTF-8 bytes)."""
+    def notify(self, seq, body, envelope_id=None, room_entry=None):
+        """A new envelope was committed for this device (``body``: its UTF-8 bytes; a
+        room message's id and ``(room, pos)`` too)."""
         if self.closed:
             return
         if self._caught_up and not self._pumping:
             if seq > self._sent_seq:
                 self._sent_seq = seq
                 self._push(delivery_line, body)
+                if room_entry is not None:
+                    self._remember(envelope_id, room_entry)
         else:
             self.pump()
+
+    def room_entries_pushed(self, ids):
+        """``{id: (room, pos)}`` of the ``ids`` this cursor pushed as room entries (each
+        is forgotten then: an id is acknowledged once)."""
+        entries = self._room_entries
+        return {envelope_id: entries.pop(envelope_id) for envelope_id in ids
+                if envelope_id in entries}
+
+    def _remember(self, envelope_id, room_entry):
+        entries = self._room_entries
+        entries[envelope_id] = room_entry
+        if len(entries) > REMEMBERED_ROOM_ENTRIES:
+            del entries[next(iter(entries))]
 
     def _push(self, frame, content):
         self._pushed += 1
@@ -121,6 +146,8 @@ class DeliveryCursor:
         self._sent_seq = row["seq"]
         if row["intact"]:
             self._push(delivery_line, row["body"].encode("utf-8"))
+            if row["room"] is not None:
+                self._remember(row["id"], (row["room"], row["pos"]))
             return
         self.log.error(
             "Stored envelope {id} for {user}/{device} (seq {seq}) fails its digest check",
@@ -258,12 +285,13 @@ class Relay:
         d.addCallbacks(self._deliver, _refuse_duplicate, callbackArgs=(batch, answer))
         return d
 
-    def _deliver(self, seqs, batch, answer):
-        for item, seq in zip(batch, seqs):
+    def _deliver(self, places, batch, answer):
+        for item, (seq, pos) in zip(batch, places):
             body = item["body"].encode("utf-8")
             if "history" in item:
+                entry = (item["history"], pos)
                 for cursor in self._online_followers(item):
-                    cursor.notify(seq, body)
+                    cursor.notify(seq, body, item["id"], entry)
                 continue
             for user, device in item["recipients"]:
                 cursor = self.cursor(user, device)

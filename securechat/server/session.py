@@ -227,8 +227,10 @@ class ConnectionSession:
             self.user, self.device, {**fields, "room": wire.BROADCAST_ROOM})
 
     def op_ack(self, fields):
-        return self._server.store.ack(self.user, self.device, fields["ids"]).addCallback(
-            lambda removed: {"removed": removed})
+        cursor = self._server.relay.cursor(self.user, self.device)
+        room_entries = cursor.room_entries_pushed(fields["ids"]) if cursor else None
+        d = self._server.store.ack(self.user, self.device, fields["ids"], room_entries)
+        return d.addCallback(lambda removed: {"removed": removed})
 
     async def op_room_create(self, fields):
         return await self._server.rooms.create(self.user, fields["room"], fields["password"])

@@ -112,29 +112,33 @@ class IStore(Interface):
         (or kept in the history of its room), or given twice, errbacks with
         ``DuplicateEnvelope(id)`` and nothing is stored; an id every
         recipient has acknowledged may be stored again.  Fires with the
-        envelopes' seqs, in input order.
+        envelopes' places, in input order: ``(seq, pos)``, where ``pos`` is a
+        room message's position in its room's history (None for the others).
         """
 
     def fetch_queue(user, device, after_seq, limit):
         """Fire with up to ``limit`` envelopes a device has not acknowledged, seq > ``after_seq``.
 
         Its queue and the entries of its rooms it has yet to receive, ordered
-        by seq, as a list of ``{"seq", "id", "body", "intact"}``; ``intact``
-        is False when the stored digest no longer matches the body
-        (corruption at rest).
+        by seq, as a list of ``{"seq", "id", "body", "intact", "room", "pos"}``;
+        ``intact`` is False when the stored digest no longer matches the body
+        (corruption at rest); ``room`` and ``pos`` place a room entry in its
+        room's history (None for a queued envelope).
         """
 
     def queue_length(user, device):
         """Fire with the number of envelopes waiting for a device (its rooms' included)."""
 
-    def ack(user, device, ids):
+    def ack(user, device, ids, room_entries=None):
         """Acknowledge envelopes the device has received.
 
         A queued envelope is removed for that device only; a room entry moves
         the device's position in that room past it, and so past the earlier
-        entries too (devices acknowledge in the order they receive).  Fires
-        with the number of ids that were still pending.  Unknown ids are
-        ignored (an ack can arrive twice).
+        entries too (devices acknowledge in the order they receive).
+        ``room_entries`` (``{id: (room, pos)}``, as ``fetch_queue`` and
+        ``enqueue`` gave them) names ids the caller knows to be room entries,
+        which spares looking each one up.  Fires with the number of ids that
+        were still pending.  Unknown ids are ignored (an ack can arrive twice).
         """
 
     # -- rooms ------------------------------------------------------------

@@ -374,7 +374,7 @@ def _refuse(batches, outcomes, missing, taken):
 
 
 async def txn_write_group(txn, items):
-    """The ``("enqueue", batch)`` and ``("ack", (user, device, ids))`` calls of one group
+    """The ``("enqueue", batch)`` and ``("ack", (user, device, ids, room_entries))`` calls of one group
     commit, in one transaction; one outcome per item, in order.
 
     Envelopes are stored before acks apply: an id acknowledged in the same
@@ -425,8 +425,9 @@ async def txn_enqueue_group(txn, batches):
 
 
 async def _place(txn, batches, outcomes, created):
-    """Number and store the envelopes of the calls still standing: their seqs by call
-    index, or None when a recipient device does not exist or an id is already taken.
+    """Number and store the envelopes of the calls still standing: their ``(seq, pos)``
+    by call index, or None when a recipient device does not exist or an id is already
+    taken.
 
     A room message is one history entry, whatever the number of member
     devices (they read it through their ``room_cursors``); any other
@@ -441,7 +442,7 @@ async def _place(txn, batches, outcomes, created):
     position = await _history_positions(txn, [e for e in envelopes if e.get("history")])
     placed, queue, kept, own = {}, [], [], _OwnEntries()
     for index, batch in standing:
-        seqs = []
+        places = []
         for envelope in batch:
             envelope_id, body = envelope["id"], envelope["body"]
             room = envelope.get("history")
@@ -452,12 +453,13 @@ async def _place(txn, batches, outcomes, created):
                 kept.append((room, pos, seq, envelope_id, body, digest(body), *sender, created))
                 own.add(room, sender, pos)
             else:
+                pos = None
                 body_digest = digest(body)
                 queue.extend((user, device, seq, envelope_id, body, body_digest, created)
                              for user, device in envelope["recipients"])
-            seqs.append(seq)
+            places.append((seq, pos))
             seq += 1
-        placed[index] = seqs
+        placed[index] = places
     if not await _insert_new_rows(
             txn, "room_history", ("room", "pos", "seq", "envelope_id", "body", "digest",
                                   "sender", "sender_device", "created"), kept):
@@ -530,15 +532,16 @@ async def txn_fetch_queue(txn, user, device, after_seq, limit):
     # Each side is limited on its own first: PostgreSQL would otherwise sort the
     # device's whole queue for every page.
     rows = await txn.execute(
-        "SELECT * FROM (SELECT seq, envelope_id, body, digest FROM queue "
+        "SELECT * FROM (SELECT seq, envelope_id, body, digest, CAST(NULL AS TEXT), "
+        "CAST(NULL AS INTEGER) FROM queue "
         "WHERE user_id = ? AND device_id = ? AND seq > ? ORDER BY seq LIMIT ?) AS queued "
-        "UNION ALL SELECT * FROM (SELECT h.seq, h.envelope_id, h.body, h.digest "
+        "UNION ALL SELECT * FROM (SELECT h.seq, h.envelope_id, h.body, h.digest, h.room, h.pos "
         + _PENDING_ROOM_ENTRIES + " AND h.seq > ? ORDER BY h.seq LIMIT ?) AS rooms "
         "ORDER BY 1 LIMIT ?",
         (user, device, after_seq, limit, user, device, after_seq, limit, limit))
-    return [{"seq": seq, "id": envelope_id, "body": body,
-             "intact": digest(body) == stored}
-            for seq, envelope_id, body, stored in rows]
+    return [{"seq": seq, "id": envelope_id, "body": body, "intact": digest(body) == stored,
+             "room": room, "pos": pos}
+            for seq, envelope_id, body, stored, room, pos in rows]
 
 
 async def txn_queue_length(txn, user, device):
@@ -549,23 +552,33 @@ async def txn_queue_length(txn, user, device):
 
 
 async def txn_ack_group(txn, acks):
-    """Several ``ack`` calls ``(user, device, ids)`` in one transaction; removed counts.
+    """Several ``ack`` calls ``(user, device, ids, room_entries)`` in one transaction;
+    removed counts.
 
     A room message is acknowledged by moving the device's position in that
     room past it (and so past every earlier one: a device acknowledges in the
-    order it receives); any other id removes the device's queue row.
-    The queue goes first, and only the ids it did not hold are looked up in
-    the rooms.  One statement of each kind for all the calls (per chunk of
-    ids): each is a round trip to PostgreSQL, and a group holds the acks of
-    many devices.  An id acknowledged twice in one group counts once, for the
-    first call naming it; every acknowledged id is credited through one
-    dict lookup, since this runs for every delivered envelope.
+    order it receives); any other id removes the device's queue row.  Ids the
+    caller named as room entries (``{id: (room, pos)}``, what it pushed) go
+    straight to the positions: no lookup per id, only one per device and
+    room.  Of the others, the queue goes first, and only the ids it did not
+    hold are looked up in the rooms.  One statement of each kind for all the
+    calls (per chunk): each is a round trip to PostgreSQL, and a group holds
+    the acks of many devices.  An id acknowledged twice in one group counts
+    once, for the first call naming it; every acknowledged id is credited
+    through one dict lookup, since this runs for every delivered envelope.
     """
-    first_call = {}
+    first_call, named = {}, {}
     for index in reversed(range(len(acks))):  # earlier calls overwrite later ones
-        user, device, ids = acks[index]
+        user, device, ids, room_entries = acks[index]
         first_call.update({(user, device, envelope_id): index for envelope_id in ids})
+        if room_entries:
+            named.update({(user, device, envelope_id): entry
+                          for envelope_id, entry in room_entries.items()})
     removed = [0] * len(acks)
+    if named:
+        await _advance_named_entries(txn, {
+            key: (first_call.pop(key), entry) for key, entry in named.items()
+            if key in first_call}, removed)
     for chunk in _chunks(list(first_call)):
         for row in await txn.execute(
                 "DELETE FROM queue WHERE (user_id, device_id, envelope_id) IN "
@@ -581,7 +594,7 @@ async def txn_ack_group(txn, acks):
 
 async def _advance_room_cursors(txn, first_call, removed):
     """Move each device's position in a room past the last pending entry it acknowledged,
-    crediting ``removed``.
+    crediting ``removed``; the entries are found by id.
 
     Cumulative, like TCP's acknowledgements: what the device skipped before
     that entry counts as received, so a client must acknowledge in the order
@@ -605,6 +618,35 @@ async def _advance_room_cursors(txn, first_call, removed):
             removed[first_call[(user, device, envelope_id)]] += 1
             cursor = (user, device, room)
             targets[cursor] = max(targets.get(cursor, 0), pos + 1)
+    await _move_cursors(txn, targets)
+
+
+async def _advance_named_entries(txn, named, removed):
+    """The same for entries whose room and position the caller named
+    (``{(user, device, id): (call index, (room, pos))}``): one cursor read per
+    device and room, however many entries it acknowledges."""
+    acked = {}
+    for (user, device, _), (index, (room, pos)) in named.items():
+        acked.setdefault((user, device, room), []).append((pos, index))
+    targets = {}
+    for chunk in _chunks(sorted(acked)):
+        for user, device, room, next_pos, until_pos in await txn.execute(
+                "SELECT c.user_id, c.device_id, c.room, c.next_pos, c.until_pos FROM (VALUES "
+                + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") AS acked "
+                "JOIN room_cursors c ON c.user_id = acked.column1 "
+                "AND c.device_id = acked.column2 AND c.room = acked.column3",
+                tuple(itertools.chain.from_iterable(chunk))):
+            for pos, index in acked[(user, device, room)]:
+                if pos >= next_pos and (until_pos is None or pos <= until_pos):
+                    removed[index] += 1
+                    cursor = (user, device, room)
+                    targets[cursor] = max(targets.get(cursor, 0), pos + 1)
+    await _move_cursors(txn, targets)
+
+
+async def _move_cursors(txn, targets):
+    """Set ``{(user, device, room): next position}``, never moving a position back (a
+    rejoin meanwhile has moved it to the room's end)."""
     for chunk in _chunks(sorted(targets.items())):
         await txn.execute(
             "UPDATE room_cursors SET next_pos = moved.column4 FROM (VALUES "
