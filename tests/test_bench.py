@@ -8,7 +8,9 @@ import json
 import subprocess
 
 import pytest
+from twisted.internet import task
 
+from securechat.bench.workloads import fixed_rate
 from tests.processes import executable
 
 TINY = {
@@ -53,3 +55,18 @@ def test_workload_runs_and_loses_nothing(workload, store, request):
         assert report["held"] == 5
     if workload == "w5":
         assert report["acknowledged"] == 50
+
+
+def test_a_fixed_rate_catches_up_on_ticks_the_reactor_missed():
+    """When the reactor runs late the generator still offers the rate asked for: the late
+    tick sends one message per interval that elapsed (a plain LoopingCall sends one)."""
+    clock = task.Clock()
+    sent = []
+    loop = fixed_rate(sent.append, "m")
+    loop.clock = clock
+    loop.start(0.001, now=False)
+    clock.advance(0.001)
+    assert len(sent) == 1
+    clock.advance(0.004)  # a busy turn: four intervals at once
+    assert len(sent) == 5
+    loop.stop()
