@@ -4,7 +4,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from securechat import wire
-from securechat.client.acks import AckBatcher
+from securechat.client.acks import ACK_DELAY, AckBatcher
 from securechat.client.messaging import Receiver
 
 
@@ -18,26 +18,32 @@ class Requests:
         return d
 
 
-def test_ids_processed_in_one_turn_share_one_request():
+def test_ids_processed_within_the_delay_share_one_request():
     clock, requests = task.Clock(), Requests()
-    acks = AckBatcher(requests, clock)
-    for envelope_id in ("a", "b", "c"):
+    removed = []
+    acks = AckBatcher(requests, clock, on_acked=removed.append)
+    acks.add("a")
+    clock.advance(ACK_DELAY / 2)
+    for envelope_id in ("b", "c"):
         acks.add(envelope_id)
     assert requests.sent == [] and not acks.settled()
-    clock.advance(0)
+    clock.advance(ACK_DELAY / 2)
     assert [(op, ids) for op, ids, _ in requests.sent] == [("ack", ["a", "b", "c"])]
     assert not acks.settled()  # sent, not yet answered
     requests.sent[0][2].callback({"removed": 3})
-    assert acks.settled()
+    assert acks.settled() and removed == [3]
+    acks.add("d")
+    clock.advance(ACK_DELAY)
+    assert [ids for _, ids, _ in requests.sent] == [["a", "b", "c"], ["d"]]
 
 
-def test_a_full_batch_goes_at_once_and_the_rest_next_turn():
+def test_a_full_batch_goes_at_once_and_the_rest_after_the_delay():
     clock, requests = task.Clock(), Requests()
     acks = AckBatcher(requests, clock)
     for i in range(wire.MAX_BATCH_ITEMS + 2):
         acks.add(f"id{i}")
     assert [len(ids) for _, ids, _ in requests.sent] == [wire.MAX_BATCH_ITEMS]
-    clock.advance(0)
+    clock.advance(ACK_DELAY)
     assert [len(ids) for _, ids, _ in requests.sent] == [wire.MAX_BATCH_ITEMS, 2]
 
 
@@ -50,7 +56,7 @@ def test_a_failed_ack_is_logged_and_settles():
 
     acks = AckBatcher(not_connected, clock)
     acks.add("a")
-    clock.advance(0)
+    clock.advance(ACK_DELAY)
     assert acks.settled()
 
 

@@ -14,17 +14,11 @@ from nacl.signing import SigningKey
 from twisted.internet import reactor
 
 from securechat import wire
+from securechat.client.acks import AckBatcher
 from securechat.client.protocol import connect
 from securechat.client.tls import ca_file_options
 
 DEVICE = "BENCH"
-
-ACK_DELAY = 0.05
-"""Seconds a peer gathers arrived envelope ids before acknowledging them in one request.
-
-Acknowledging only frees the relay's copy (a lost ack means a redelivery
-the client drops by id), so a client need not pay a request per message:
-it acknowledges what arrived in the last 50 ms at once."""
 
 
 def percentile(samples, fraction):
@@ -76,8 +70,8 @@ class Peer:
         self.signing = SigningKey.generate()
         self.protocol = None
         self._on_envelope = on_envelope
-        self._acks = []
-        self._ack_call = None
+        # Acknowledged like the CLI does: what arrived within 50 ms, in one request.
+        self._acks = AckBatcher(self.request, on_acked=lambda removed: self.on_acked(removed))
         self.on_acked = lambda removed: None
 
     async def connect(self):
@@ -91,20 +85,7 @@ class Peer:
             envelope_id = frame["envelope"]["id"]
             if self._on_envelope is not None:
                 self._on_envelope(self, envelope_id)
-            if not self._acks:
-                self._ack_call = reactor.callLater(ACK_DELAY, self._flush_acks)
-            self._acks.append(envelope_id)
-
-    def _flush_acks(self):
-        """One ack request for everything that arrived in the last ``ACK_DELAY`` seconds."""
-        ids, self._acks = self._acks, []
-        if self._ack_call is not None and self._ack_call.active():
-            self._ack_call.cancel()
-        self._ack_call = None
-        for start in range(0, len(ids), wire.MAX_BATCH_ITEMS):
-            d = self.protocol.request("ack", ids=ids[start:start + wire.MAX_BATCH_ITEMS])
-            d.addCallback(lambda result: self.on_acked(result["removed"]))
-            d.addErrback(lambda f: None)
+            self._acks.add(envelope_id)
 
     def request(self, op, **fields):
         return self.protocol.request(op, **fields)
@@ -129,7 +110,7 @@ class Peer:
 
     async def close(self):
         if self.protocol is not None and self.protocol.transport is not None:
-            self._flush_acks()
+            self._acks.flush()
             self.protocol.transport.loseConnection()
             await self.protocol.closed_d
         self.protocol = None
