@@ -7,8 +7,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from securechat.server.protocol import WriteGate
 from securechat.server.relay import DeliveryCursor
 from securechat.store import make_store
+from tests.support import poll_until
 
 
 @pytest.fixture
@@ -45,8 +47,8 @@ class Pushed:
         return [frame["envelope"]["id"] for frame in self.frames]
 
 
-def cursor_for(store, pushed):
-    return DeliveryCursor(store, "bob", "B1", pushed, lambda: defer.succeed(None))
+def cursor_for(store, pushed, gate=None):
+    return DeliveryCursor(store, "bob", "B1", pushed, gate or WriteGate())
 
 
 @pytest_twisted.ensureDeferred
@@ -131,3 +133,24 @@ async def test_the_cursor_remembers_a_bounded_number_of_room_entries(store, monk
         f"r{i}": ("ops", i + 1) for i in range(2, 5)}
     assert await store.ack("bob", "B1", ["r4"]) == 1
     assert await store.queue_length("bob", "B1") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_too_slow_for_live_envelopes_gets_them_from_the_store(store):
+    """Once a caught-up connection's send buffer is full, new envelopes are not pushed
+    into it (the relay's memory would grow with every message of a busy room); they
+    stay in the store and follow, in order, when the buffer has room again."""
+    await bob_device(store)
+    pushed, gate = Pushed(), WriteGate()
+    cursor = cursor_for(store, pushed, gate)
+    await cursor.pump()
+    cursor.notify(*await enqueue(store, "first"))
+    gate.pauseProducing()  # what the transport does past its high-water mark
+    for i in range(3):
+        cursor.notify(*await enqueue(store, f"held{i}"))
+    await store.queue_length("bob", "B1")  # a store round trip: nothing was waiting on it
+    assert pushed.ids() == ["first"]
+    gate.resumeProducing()
+    await poll_until(lambda: len(pushed.frames) == 4)
+    cursor.notify(*await enqueue(store, "live"))
+    assert pushed.ids() == ["first", "held0", "held1", "held2", "live"]

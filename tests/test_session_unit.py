@@ -11,6 +11,7 @@ from twisted.internet.testing import StringTransport
 from securechat import config, wire
 from securechat.server.auth import SecretHasher
 from securechat.server.factory import RelayFactory
+from securechat.server.protocol import WriteGate
 from securechat.store import make_store
 
 
@@ -90,13 +91,12 @@ async def test_corrupt_envelope_is_announced_not_delivered(factory):
 class _Sink:
     def __init__(self, pushed):
         self.push_line = pushed.append
-        self.writable = lambda: defer.succeed(None)
+        self.gate = WriteGate()
 
 
 @pytest_twisted.ensureDeferred
 async def test_slow_reader_gets_its_queue_page_by_page(factory):
     """While the connection's send buffer is full, the queue is not read further from the store."""
-    from securechat.server.protocol import WriteGate
     from securechat.server.relay import FETCH_PAGE
     from tests.support import poll_until
 
@@ -106,15 +106,20 @@ async def test_slow_reader_gets_its_queue_page_by_page(factory):
     total = FETCH_PAGE * 2 + 10
     await store.enqueue([{"id": f"e{i:015d}", "sender": "a", "sender_device": "A",
                           "recipients": [("bob", "B1")], "body": "{}"} for i in range(total)])
-    pushed, gate = [], WriteGate()
+    pushed = []
     sink = _Sink(pushed)
-    sink.writable = gate.wait
-    gate.pauseProducing()
+
+    def push_until_full(line):  # the transport pauses its producer past its high-water mark
+        pushed.append(line)
+        if len(pushed) == FETCH_PAGE:
+            sink.gate.pauseProducing()
+
+    sink.push_line = push_until_full
     done = factory.relay.attach("bob", "B1", sink).pump()
     await poll_until(lambda: len(pushed) == FETCH_PAGE)
     await store.queue_length("bob", "B1")
     assert len(pushed) == FETCH_PAGE and not done.called
-    gate.resumeProducing()
+    sink.gate.resumeProducing()
     await done
     assert len(pushed) == total
 

@@ -17,11 +17,12 @@ from securechat.server.session import ConnectionSession
 
 @implementer(IPushProducer)
 class WriteGate:
-    """Closed while the transport's send buffer is full: queue delivery waits on it.
+    """Closed while the transport's send buffer is full: delivery waits on it.
 
     Registered with the transport as our producer, so a device that reads
     slowly makes its queue be read from the store page by page as it drains,
-    instead of the whole queue piling up in the relay's memory.
+    and gets new envelopes from the store too once it falls behind, instead
+    of its queue or a busy room piling up in the relay's memory.
     """
 
     def __init__(self):
@@ -74,7 +75,7 @@ class RelayProtocol(Protocol):
             self._server,
             getattr(peer, "host", str(peer)),
             send=self.send_line,
-            writable=self.gate.wait,
+            gate=self.gate,
             disconnect=self._disconnect,
             pause=self.transport.pauseProducing,
             resume=self.transport.resumeProducing,

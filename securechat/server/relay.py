@@ -68,12 +68,12 @@ class DeliveryCursor:
 
     log = Logger()
 
-    def __init__(self, store, user, device, push_line, writable):
+    def __init__(self, store, user, device, push_line, gate):
         self._store = store
         self._user = user
         self._device = device
         self._push_line = push_line
-        self._writable = writable
+        self._gate = gate  # open while the connection's send buffer has room
         self._sent_seq = 0
         self._pushed = 0
         self._caught_up = False
@@ -87,13 +87,18 @@ class DeliveryCursor:
         room message's id and ``(room, pos)`` too)."""
         if self.closed:
             return
-        if self._caught_up and not self._pumping:
+        if self._caught_up and not self._pumping and self._gate.open:
             if seq > self._sent_seq:
                 self._sent_seq = seq
                 self._push(delivery_line, body)
                 if room_entry is not None:
                     self._remember(envelope_id, room_entry)
         else:
+            # Behind, or a reader too slow for what arrives (its send buffer is
+            # full): the store keeps the envelope, and the cursor reads it from
+            # there once the buffer has room, so the relay's memory holds at most
+            # a buffer and a page per connection, however busy its rooms.
+            self._caught_up = False
             self.pump()
 
     def room_entries_pushed(self, ids):
@@ -127,6 +132,7 @@ class DeliveryCursor:
     async def _drain(self):
         try:
             while not self.closed:
+                await self._gate.wait()
                 self._dirty = False
                 rows = await self._store.fetch_queue(
                     self._user, self._device, self._sent_seq, FETCH_PAGE
@@ -138,7 +144,6 @@ class DeliveryCursor:
                 if len(rows) < FETCH_PAGE and not self._dirty:
                     self._caught_up = True
                     return
-                await self._writable()
         finally:
             self._pumping = False
 
@@ -176,7 +181,7 @@ class Relay:
     def attach(self, user, device, session):
         """A device logged in; a previous connection of the same device is replaced."""
         previous = self._online.get((user, device))
-        cursor = DeliveryCursor(self._store, user, device, session.push_line, session.writable)
+        cursor = DeliveryCursor(self._store, user, device, session.push_line, session.gate)
         self._online[(user, device)] = (session, cursor)
         self._online_devices_of.setdefault(user, {})[device] = cursor
         if previous is not None:

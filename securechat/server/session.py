@@ -2,8 +2,8 @@
 
 The protocol object only frames lines; this object gives them meaning.  It
 answers every request with a result or an error frame carrying the same
-``rid``, and it talks back through a few calls only (``send``, ``writable``,
-``disconnect``, ``pause``/``resume`` reading)
+``rid``, and it talks back through a few calls only (``send``, ``disconnect``,
+``pause``/``resume`` reading) and the ``gate`` of its send buffer
 so tests can drive it without sockets.
 """
 
@@ -29,11 +29,11 @@ REFUSALS_BEFORE_DISCONNECT = 100
 class ConnectionSession:
     log = Logger()
 
-    def __init__(self, server, peer_host, send, writable, disconnect, pause, resume):
+    def __init__(self, server, peer_host, send, gate, disconnect, pause, resume):
         self._server = server
         self._peer = peer_host
         self._send = send
-        self.writable = writable
+        self.gate = gate
         self._disconnect = disconnect
         self._pause = pause
         self._resume = resume
