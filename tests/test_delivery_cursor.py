@@ -136,20 +136,23 @@ async def test_the_cursor_remembers_a_bounded_number_of_room_entries(store, monk
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_reader_too_slow_for_live_envelopes_gets_them_from_the_store(store):
-    """Once a caught-up connection's send buffer is full, new envelopes are not pushed
-    into it (the relay's memory would grow with every message of a busy room); they
-    stay in the store and follow, in order, when the buffer has room again."""
+async def test_a_reader_too_slow_for_live_envelopes_gets_them_from_the_store(store,
+                                                                           monkeypatch):
+    """Once a caught-up connection's send buffer is full, new envelopes are pushed into
+    it only up to a bounded overflow (the relay's memory would otherwise grow with every
+    message of a busy room); the rest stay in the store and follow, in order, when the
+    buffer has room again."""
+    monkeypatch.setattr("securechat.server.relay.LIVE_OVERFLOW_BYTES", 20)
     await bob_device(store)
     pushed, gate = Pushed(), WriteGate()
     cursor = cursor_for(store, pushed, gate)
     await cursor.pump()
     cursor.notify(*await enqueue(store, "first"))
     gate.pauseProducing()  # what the transport does past its high-water mark
-    for i in range(3):
+    for i in range(3):  # bodies of 15 bytes: only the first fits in the overflow
         cursor.notify(*await enqueue(store, f"held{i}"))
     await store.queue_length("bob", "B1")  # a store round trip: nothing was waiting on it
-    assert pushed.ids() == ["first"]
+    assert pushed.ids() == ["first", "held0"]
     gate.resumeProducing()
     await poll_until(lambda: len(pushed.frames) == 4)
     cursor.notify(*await enqueue(store, "live"))

@@ -27,10 +27,12 @@ class WriteGate:
 
     def __init__(self):
         self.open = True
+        self.overflow = 0  # bytes pushed live since the transport last paused us
         self._waiting = []
 
     def pauseProducing(self):
         self.open = False
+        self.overflow = 0
 
     def resumeProducing(self):
         self.open = True

@@ -19,6 +19,11 @@ from securechat.wire import ProtocolError
 
 FETCH_PAGE = 500
 
+LIVE_OVERFLOW_BYTES = 256 * 1024
+"""What live pushes may add to a connection's send buffer past the transport's high-water
+mark: a reader behind for a moment keeps getting envelopes from memory; one further
+behind gets the rest from the store once it has caught up with its buffer."""
+
 REMEMBERED_ROOM_ENTRIES = 4096
 """Room entries a cursor remembers between pushing and their ack, so the store need not
 look them up by id.  Bounded, since a client decides when (or whether) it acknowledges;
@@ -87,19 +92,28 @@ class DeliveryCursor:
         room message's id and ``(room, pos)`` too)."""
         if self.closed:
             return
-        if self._caught_up and not self._pumping and self._gate.open:
+        if self._caught_up and not self._pumping and self._room_for(len(body)):
             if seq > self._sent_seq:
                 self._sent_seq = seq
                 self._push(delivery_line, body)
                 if room_entry is not None:
                     self._remember(envelope_id, room_entry)
         else:
-            # Behind, or a reader too slow for what arrives (its send buffer is
-            # full): the store keeps the envelope, and the cursor reads it from
-            # there once the buffer has room, so the relay's memory holds at most
-            # a buffer and a page per connection, however busy its rooms.
+            # Behind, or a reader too slow for what arrives: the store keeps the
+            # envelope, and the cursor reads it from there once the send buffer
+            # has room, so the relay holds at most a buffer, its overflow and a
+            # page per connection, however busy its rooms.
             self._caught_up = False
             self.pump()
+
+    def _room_for(self, size):
+        gate = self._gate
+        if gate.open:
+            return True
+        if gate.overflow + size > LIVE_OVERFLOW_BYTES:
+            return False
+        gate.overflow += size
+        return True
 
     def room_entries_pushed(self, ids):
         """``{id: (room, pos)}`` of the ``ids`` this cursor pushed as room entries (each
