@@ -1,5 +1,7 @@
 """Integration tests: a real relay on 127.0.0.1, real TLS connections, the SQLite store."""
 
+import secrets
+
 import pytest
 import pytest_twisted
 
@@ -189,6 +191,30 @@ async def test_room_multicast_and_password(server):
     await expect_error("not_member", bob.request("room.members", room="ops"))
     await expect_error("not_member", bob.request("room.history", room="ops"))
     await cleanup(alice, bob, carol)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_that_stops_reading_gets_a_busy_room_from_the_store(server):
+    """A member whose connection is not read while its room carries far more than the
+    socket buffers hold is not fed from the relay's memory: its cursor falls back to the
+    store, and once the member reads again every message arrives, once, in order."""
+    alice, bob = await registered(server, "alice", "bob")
+    await alice.request("room.create", room="ops")
+    await alice.request("room.invite", room="ops", user="bob")
+    await poll_until(lambda: of_kind(bob, "membership"))
+    cursor = server.service.factory.relay.cursor("bob", "DEV1")
+    bob.protocol.transport.pauseProducing()  # bob's client stops reading its socket
+    ct = wire.b64encode(secrets.token_bytes(96 * 1024))
+    ids = [new_envelope_id() for _ in range(200)]  # 25 MiB: more than loopback buffers hold
+    for envelope_id in ids:
+        await alice.request("room.send", room="ops", id=envelope_id, kind="megolm",
+                            sid="c2lk", ct=ct)
+    assert not cursor.caught_up  # the rest waits in the store, not in the relay's memory
+    bob.protocol.transport.resumeProducing()
+    await poll_until(lambda: len(of_kind(bob, "megolm")) == len(ids), timeout=60)
+    assert [envelope["id"] for envelope in of_kind(bob, "megolm")] == ids
+    await poll_until(lambda: cursor.caught_up)
+    await cleanup(alice, bob)
 
 
 @pytest_twisted.ensureDeferred

@@ -115,6 +115,12 @@ class DeliveryCursor:
         gate.overflow += size
         return True
 
+    @property
+    def caught_up(self):
+        """Whether new envelopes go out from memory as they are committed (else the cursor
+        is reading them from the store: it is behind, or its reader is)."""
+        return self._caught_up and not self._pumping
+
     def room_entries_pushed(self, ids):
         """``{id: (room, pos)}`` of the ``ids`` this cursor pushed as room entries (each
         is forgotten then: an id is acknowledged once)."""
