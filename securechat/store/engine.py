@@ -5,11 +5,11 @@ placeholders and only syntax both databases accept (``RETURNING``,
 ``ON CONFLICT``).  The few remaining differences live here, so no query
 ever asks which database it runs on.
 
-``Txn`` is what a transaction body receives.  Its ``execute`` returns a
-Deferred of the result rows on both databases: with txpostgres the cursor
-answers asynchronously, with SQLite (in adbapi's thread) the Deferred has
-already fired, so the very same ``async def`` runs to completion there
-without ever yielding to the reactor.
+``Txn`` is what a transaction body receives; a body awaits what its
+``execute`` returns.  With txpostgres that is a Deferred of the result rows,
+answered asynchronously; in SQLite's thread (``SqliteTxn``) the statement
+has already run and the rows are handed back as a plain awaitable, so the
+very same ``async def`` runs to completion there without ever yielding.
 """
 
 from twisted.internet import defer
@@ -98,3 +98,32 @@ class Txn:
     def _execute(self, sql, args):
         sql, self._riding = self._riding + self.engine.convert(sql), ""
         return defer.maybeDeferred(self._cursor.execute, sql, args)
+
+
+class SqliteTxn(Txn):
+    """A transaction in SQLite's thread, where every statement has run when ``execute``
+    returns: its result is handed back as a plain awaitable (``_Ready``), so a body
+    never suspends and no Deferred is made per statement (this runs several times for
+    every message)."""
+
+    def with_next(self, sql):
+        return self.execute(sql)
+
+    def execute(self, sql, args=()):
+        return _Ready(_rows(self._cursor.execute(sql, args)))
+
+    def count(self, sql, args=()):
+        return _Ready(self._cursor.execute(sql, args).rowcount)
+
+
+class _Ready:
+    """A result already there: ``await`` gives it at once."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __await__(self):
+        return self.value
+        yield  # a generator that returns at once: awaiting it never suspends

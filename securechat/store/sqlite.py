@@ -10,26 +10,25 @@ import os
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
-from securechat.store.engine import SQLITE, Txn
+from securechat.store.engine import SQLITE, SqliteTxn
 from securechat.store.sqlstore import SqlStore
 
 
 def _interaction(cursor, body, args):
     """Run a transaction body to its end in the pool's thread, then let adbapi commit.
 
-    Every ``txn.execute`` fires at once here, so the body's Deferred has its
-    result before ``ensureDeferred`` returns.
+    Every ``txn.execute`` has run when it returns (``SqliteTxn``), so the body
+    coroutine finishes in one step, without the reactor.
     """
     cursor.execute("BEGIN IMMEDIATE")
-    outcome = []
-    defer.ensureDeferred(body(Txn(SQLITE, cursor), *args)).addBoth(outcome.append)
-    if not outcome:
-        raise RuntimeError("a SQLite transaction body waited for something other than SQLite")
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    return outcome[0]
+    coroutine = body(SqliteTxn(SQLITE, cursor), *args)
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        return finished.value
+    coroutine.close()
+    raise RuntimeError("a SQLite transaction body waited for something other than SQLite")
 
 
 class SqliteStore(SqlStore):
