@@ -107,6 +107,7 @@ class DeliveryCursor:
             self.pump()
 
     def _room_for(self, size):
+        """Whether a live push of ``size`` bytes may go out now (see LIVE_OVERFLOW_BYTES)."""
         gate = self._gate
         if gate.open:
             return True
