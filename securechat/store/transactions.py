@@ -248,15 +248,20 @@ def _chunks(items, size=ROWS_PER_INSERT):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _values(rows):
+    """``rows`` (tuples of one width) as SQL: ``"VALUES (?, ?), (?, ?) ..."`` and its
+    parameters, flattened."""
+    row = "(" + ", ".join("?" * len(rows[0])) + ")"
+    return "VALUES " + ", ".join([row] * len(rows)), tuple(itertools.chain.from_iterable(rows))
+
+
 async def _insert_new_rows(txn, table, columns, rows):
     """Insert ``rows`` (a few multi-row INSERTs); False as soon as one broke a unique index
     (``ON CONFLICT DO NOTHING`` left it out), True when all went in."""
-    placeholders = "(" + ", ".join("?" * len(columns)) + ")"
     for chunk in _chunks(rows):
+        values, args = _values(chunk)
         inserted = await txn.count(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-            + ", ".join([placeholders] * len(chunk)) + " ON CONFLICT DO NOTHING",
-            tuple(itertools.chain.from_iterable(chunk)))
+            f"INSERT INTO {table} ({', '.join(columns)}) {values} ON CONFLICT DO NOTHING", args)
         if inserted < len(chunk):
             return False
     return True
@@ -374,8 +379,8 @@ def _refuse(batches, outcomes, missing, taken):
 
 
 async def txn_write_group(txn, items):
-    """The ``("enqueue", batch)`` and ``("ack", (user, device, ids, room_entries))`` calls of one group
-    commit, in one transaction; one outcome per item, in order.
+    """The ``("enqueue", batch)`` and ``("ack", (user, device, ids, room_entries))`` calls
+    of one group commit, in one transaction; one outcome per item, in order.
 
     Envelopes are stored before acks apply: an id acknowledged in the same
     group as it is sent again is still queued then, so the resend is refused
@@ -580,12 +585,11 @@ async def txn_ack_group(txn, acks):
             key: (first_call.pop(key), entry) for key, entry in named.items()
             if key in first_call}, removed)
     for chunk in _chunks(list(first_call)):
+        values, args = _values(chunk)
         for row in await txn.execute(
                 "DELETE FROM queue WHERE (user_id, device_id, envelope_id) IN "
-                "(SELECT column1, column2, column3 FROM (VALUES "
-                + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") AS acked) "
-                "RETURNING user_id, device_id, envelope_id",
-                tuple(itertools.chain.from_iterable(chunk))):
+                f"(SELECT column1, column2, column3 FROM ({values}) AS acked) "
+                "RETURNING user_id, device_id, envelope_id", args):
             removed[first_call.pop(tuple(row))] += 1
     if first_call:  # what is left: ids of room entries (or unknown ones)
         await _advance_room_cursors(txn, first_call, removed)
@@ -605,20 +609,19 @@ async def _advance_room_cursors(txn, first_call, removed):
     acks scan the whole room backlog since, which a hostile client could use
     to load the relay.
     """
-    targets = {}
+    moves = _CursorMoves(removed)
     for chunk in _chunks(list(first_call)):
+        values, args = _values(chunk)
         for user, device, envelope_id, room, pos in await txn.execute(
-                "SELECT c.user_id, c.device_id, h.envelope_id, c.room, h.pos FROM (VALUES "
-                + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") AS acked "
+                "SELECT c.user_id, c.device_id, h.envelope_id, c.room, h.pos "
+                f"FROM ({values}) AS acked "
                 "JOIN room_cursors c ON c.user_id = acked.column1 "
                 "AND c.device_id = acked.column2 "
                 "JOIN room_history h ON h.room = c.room AND h.envelope_id = acked.column3 "
                 "WHERE h.pos >= c.next_pos AND (c.until_pos IS NULL OR h.pos <= c.until_pos)",
-                tuple(itertools.chain.from_iterable(chunk))):
-            removed[first_call[(user, device, envelope_id)]] += 1
-            cursor = (user, device, room)
-            targets[cursor] = max(targets.get(cursor, 0), pos + 1)
-    await _move_cursors(txn, targets)
+                args):
+            moves.credit(first_call[(user, device, envelope_id)], (user, device, room), pos)
+    await moves.apply(txn)
 
 
 async def _advance_named_entries(txn, named, removed):
@@ -628,33 +631,43 @@ async def _advance_named_entries(txn, named, removed):
     acked = {}
     for (user, device, _), (index, (room, pos)) in named.items():
         acked.setdefault((user, device, room), []).append((pos, index))
-    targets = {}
+    moves = _CursorMoves(removed)
     for chunk in _chunks(sorted(acked)):
+        values, args = _values(chunk)
         for user, device, room, next_pos, until_pos in await txn.execute(
-                "SELECT c.user_id, c.device_id, c.room, c.next_pos, c.until_pos FROM (VALUES "
-                + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") AS acked "
+                "SELECT c.user_id, c.device_id, c.room, c.next_pos, c.until_pos "
+                f"FROM ({values}) AS acked "
                 "JOIN room_cursors c ON c.user_id = acked.column1 "
-                "AND c.device_id = acked.column2 AND c.room = acked.column3",
-                tuple(itertools.chain.from_iterable(chunk))):
-            for pos, index in acked[(user, device, room)]:
+                "AND c.device_id = acked.column2 AND c.room = acked.column3", args):
+            cursor = (user, device, room)
+            for pos, index in acked[cursor]:
                 if pos >= next_pos and (until_pos is None or pos <= until_pos):
-                    removed[index] += 1
-                    cursor = (user, device, room)
-                    targets[cursor] = max(targets.get(cursor, 0), pos + 1)
-    await _move_cursors(txn, targets)
+                    moves.credit(index, cursor, pos)
+    await moves.apply(txn)
 
 
-async def _move_cursors(txn, targets):
-    """Set ``{(user, device, room): next position}``, never moving a position back (a
-    rejoin meanwhile has moved it to the room's end)."""
-    for chunk in _chunks(sorted(targets.items())):
-        await txn.execute(
-            "UPDATE room_cursors SET next_pos = moved.column4 FROM (VALUES "
-            + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + ") AS moved "
-            "WHERE room_cursors.user_id = moved.column1 AND room_cursors.device_id = "
-            "moved.column2 AND room_cursors.room = moved.column3 "
-            "AND room_cursors.next_pos < moved.column4",
-            tuple(value for cursor, pos in chunk for value in (*cursor, pos)))
+class _CursorMoves:
+    """Pending room entries a group acknowledges: each is credited to its ack call in
+    ``removed``, and each device's position in a room moves past the last of them."""
+
+    def __init__(self, removed):
+        self._removed = removed
+        self._targets = {}  # (user, device, room) -> next position
+
+    def credit(self, index, cursor, pos):
+        self._removed[index] += 1
+        if pos >= self._targets.get(cursor, 0):
+            self._targets[cursor] = pos + 1
+
+    async def apply(self, txn):
+        """Never moving a position back (a rejoin meanwhile has moved it to the room's end)."""
+        for chunk in _chunks(sorted((*cursor, pos) for cursor, pos in self._targets.items())):
+            values, args = _values(chunk)
+            await txn.execute(
+                f"UPDATE room_cursors SET next_pos = moved.column4 FROM ({values}) AS moved "
+                "WHERE room_cursors.user_id = moved.column1 AND room_cursors.device_id = "
+                "moved.column2 AND room_cursors.room = moved.column3 "
+                "AND room_cursors.next_pos < moved.column4", args)
 
 
 async def _open_cursors(txn, user, room=None, device=None):
