@@ -199,15 +199,21 @@ def list_of(checker, max_items=MAX_BATCH_ITEMS):
     def check(value):
         if not isinstance(value, list) or len(value) > max_items:
             raise _bad(f"a list of at most {max_items} items")
-        checked = []
-        for i, item in enumerate(value):
-            try:
-                checked.append(checker(item))
-            except _Invalid as e:
-                raise e.at(f"[{i}]") from None
-        return checked
+        try:
+            return list(map(checker, value))  # every ack's ids pass here: no loop in Python
+        except _Invalid as e:
+            raise e.at(f"[{_first_invalid(checker, value)}]") from None
 
     return check
+
+
+def _first_invalid(checker, items):
+    """The index of the first of ``items`` that ``checker`` refuses (for the error's path)."""
+    for i, item in enumerate(items):
+        try:
+            checker(item)
+        except _Invalid:
+            return i
 
 
 def obj(fields):

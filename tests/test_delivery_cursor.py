@@ -98,7 +98,8 @@ async def send_to_room(store, envelope_id):
 @pytest_twisted.ensureDeferred
 async def test_the_cursor_names_the_room_entries_it_pushed_once(store):
     """Room entries read from the store and pushed live are remembered with their place in
-    the room, handed out once for their ack; 1:1 envelopes and unknown ids are not."""
+    the room, handed out once for their ack; 1:1 envelopes and unknown ids are left to be
+    looked up by id."""
     await bob_device(store)
     await store.create_room("ops", "alice", None)
     await store.add_member("ops", "bob")
@@ -110,9 +111,10 @@ async def test_the_cursor_names_the_room_entries_it_pushed_once(store):
     cursor.notify(*await send_to_room(store, "r2"))
     assert pushed.ids() == ["r1", "direct", "r2"]
     ids = ["r1", "direct", "r2", "unknown"]
-    assert cursor.room_entries_pushed(ids) == {"r1": ("ops", 1), "r2": ("ops", 2)}
-    assert cursor.room_entries_pushed(ids) == {}
-    assert await store.ack("bob", "B1", ids) == 3
+    unknown, positions = cursor.acknowledged(ids)
+    assert (unknown, positions) == (["direct", "unknown"], {"ops": [1, 2]})
+    assert cursor.acknowledged(ids) == (ids, {})
+    assert await store.ack("bob", "B1", unknown, positions) == 3
 
 
 @pytest_twisted.ensureDeferred
@@ -129,8 +131,7 @@ async def test_the_cursor_remembers_a_bounded_number_of_room_entries(store, monk
     for i in range(5):
         cursor.notify(*await send_to_room(store, f"r{i}"))
     assert len(pushed.frames) == 5
-    assert cursor.room_entries_pushed([f"r{i}" for i in range(5)]) == {
-        f"r{i}": ("ops", i + 1) for i in range(2, 5)}
+    assert cursor.acknowledged([f"r{i}" for i in range(5)]) == (["r0", "r1"], {"ops": [3, 4, 5]})
     assert await store.ack("bob", "B1", ["r4"]) == 1
     assert await store.queue_length("bob", "B1") == 0
 

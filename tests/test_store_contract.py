@@ -551,8 +551,12 @@ class RoomSender:
             self.places[message["id"]] = (message["history"], pos)
 
     def ack(self, user, name, ids):
-        named = {i: self.places[i] for i in ids if i in self.places} if self._named else None
-        return self._store.ack(user, name, ids, named)
+        if not self._named:
+            return self._store.ack(user, name, ids)
+        positions = {}
+        for room, pos in (self.places[i] for i in ids if i in self.places):
+            positions.setdefault(room, []).append(pos)
+        return self._store.ack(user, name, [i for i in ids if i not in self.places], positions)
 
 
 @pytest.mark.parametrize("named", [False, True], ids=["by-id", "named-entries"])
@@ -587,6 +591,30 @@ async def test_a_room_ack_covers_the_earlier_messages(store, named):
     assert await rooms.ack("bob", "B1", ["ops3", "direct", "dev2"]) == 3
     assert await store.queue_length("bob", "B1") == 0
     assert await store.queue_length("bob", "B2") == 8
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_acks_sharing_a_commit_count_each_entry_once(store):
+    """Room acks committed together, by id and by place, for the same device and room:
+    each pending entry counts once, for the first ack naming it (a place named twice in one
+    ack too), and the device's position ends past the last one acknowledged."""
+    rooms = RoomSender(store, named=True)
+    for user, name in (("alice", "A1"), ("bob", "B1"), ("carol", "C1")):
+        await device(store, user, name)
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "bob")
+    await store.add_member("ops", "carol")
+    await rooms.send(*(room_message(f"m{i}") for i in range(5)))
+    pos = [rooms.places[f"m{i}"][1] for i in range(5)]
+    removed = await defer.gatherResults([
+        store.ack("bob", "B1", [], {"ops": [pos[0], pos[1]]}),
+        store.ack("bob", "B1", ["m1", "m2"]),
+        store.ack("bob", "B1", [], {"ops": [pos[2], pos[3], pos[3]]}),
+        store.ack("carol", "C1", ["m0"], {"ops": [pos[4]]}),
+    ])
+    assert removed == [2, 1, 1, 2]
+    assert await pending_ids(store, "bob", "B1") == ["m4"]
+    assert await pending_ids(store, "carol", "C1") == []
 
 
 @pytest.mark.parametrize("named", [False, True], ids=["by-id", "named-entries"])

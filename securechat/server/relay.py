@@ -66,7 +66,7 @@ class DeliveryCursor:
     and its rooms' entries together), so a device would learn from it how
     much everybody sends; frames number the pushes of the connection instead
     (1, 2, 3 ...).  It remembers where the room entries it pushed sit in their
-    rooms (``room_entries_pushed``): an ack of one then moves the device's
+    rooms (``acknowledged``): an ack of one then moves the device's
     position without a lookup by id, the bulk of what acknowledging a room
     message costs the store.
     """
@@ -122,12 +122,21 @@ class DeliveryCursor:
         is reading them from the store: it is behind, or its reader is)."""
         return self._caught_up and not self._pumping
 
-    def room_entries_pushed(self, ids):
-        """``{id: (room, pos)}`` of the ``ids`` this cursor pushed as room entries (each
-        is forgotten then: an id is acknowledged once)."""
+    def acknowledged(self, ids):
+        """Split acknowledged ``ids`` into those to look up by id and ``{room: [pos, ...]}``
+        of the room entries among them that this cursor pushed (each is forgotten then:
+        an entry is acknowledged once)."""
         entries = self._room_entries
-        return {envelope_id: entries.pop(envelope_id) for envelope_id in ids
-                if envelope_id in entries}
+        unknown, positions = [], {}
+        for envelope_id in ids:
+            entry = entries.pop(envelope_id, None)
+            if entry is None:
+                unknown.append(envelope_id)
+            elif entry[0] in positions:
+                positions[entry[0]].append(entry[1])
+            else:
+                positions[entry[0]] = [entry[1]]
+        return unknown, positions
 
     def _remember(self, envelope_id, room_entry):
         entries = self._room_entries
@@ -329,10 +338,13 @@ class Relay:
         """The cursors of the online devices a room message is pushed to."""
         members = item["members"]
         if members is None:
-            cursors = (entry[1] for entry in list(self._online.values()))
+            cursors = [entry[1] for entry in self._online.values()]
         else:
-            cursors = (cursor for member in members
-                       for cursor in list(self._online_devices_of.get(member, {}).values()))
+            cursors, online = [], self._online_devices_of
+            for member in members:
+                devices = online.get(member)
+                if devices:
+                    cursors.extend(devices.values())
         sender = self.cursor(item["sender"], item["sender_device"])
         return [cursor for cursor in cursors if cursor is not sender]
 

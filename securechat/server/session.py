@@ -228,8 +228,8 @@ class ConnectionSession:
 
     def op_ack(self, fields):
         cursor = self._server.relay.cursor(self.user, self.device)
-        room_entries = cursor.room_entries_pushed(fields["ids"]) if cursor else None
-        d = self._server.store.ack(self.user, self.device, fields["ids"], room_entries)
+        ids, positions = cursor.acknowledged(fields["ids"]) if cursor else (fields["ids"], None)
+        d = self._server.store.ack(self.user, self.device, ids, positions)
         return d.addCallback(lambda removed: {"removed": removed})
 
     async def op_room_create(self, fields):

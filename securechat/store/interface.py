@@ -129,16 +129,17 @@ class IStore(Interface):
     def queue_length(user, device):
         """Fire with the number of envelopes waiting for a device (its rooms' included)."""
 
-    def ack(user, device, ids, room_entries=None):
+    def ack(user, device, ids, positions=None):
         """Acknowledge envelopes the device has received.
 
         A queued envelope is removed for that device only; a room entry moves
         the device's position in that room past it, and so past the earlier
-        entries too (devices acknowledge in the order they receive).
-        ``room_entries`` (``{id: (room, pos)}``, as ``fetch_queue`` and
-        ``enqueue`` gave them) names ids the caller knows to be room entries,
-        which spares looking each one up.  Fires with the number of ids that
-        were still pending.  Unknown ids are ignored (an ack can arrive twice).
+        entries too (devices acknowledge in the order they receive).  ``ids``
+        are looked up in the device's queue and rooms; ``positions``
+        (``{room: [pos, ...]}``, places ``fetch_queue`` and ``enqueue`` gave)
+        names room entries by their place instead, which spares looking each
+        one up.  Fires with the number of envelopes that were still pending.
+        Unknown ids and places are ignored (an ack can arrive twice).
         """
 
     # -- rooms ------------------------------------------------------------

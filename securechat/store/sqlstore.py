@@ -159,9 +159,9 @@ class SqlStore:
     def queue_length(self, user, device):
         return self._run(t.txn_queue_length, user, device)
 
-    def ack(self, user, device, ids, room_entries=None):
+    def ack(self, user, device, ids, positions=None):
         return self._writes.submit(
-            ("ack", (user, device, ids, room_entries)), gather=ACK_GATHER_SECONDS)
+            ("ack", (user, device, ids, positions)), gather=ACK_GATHER_SECONDS)
 
     def create_room(self, room, owner, password_hash):
         return self._run(t.txn_create_room, room, owner, password_hash)

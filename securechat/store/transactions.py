@@ -10,6 +10,7 @@ counters by ``UPDATE ... RETURNING``, and the one-time keys of a device by
 a lock on its row.  On SQLite every transaction is serial anyway.
 """
 
+import bisect
 import hashlib
 import itertools
 import time
@@ -379,7 +380,7 @@ def _refuse(batches, outcomes, missing, taken):
 
 
 async def txn_write_group(txn, items):
-    """The ``("enqueue", batch)`` and ``("ack", (user, device, ids, room_entries))`` calls
+    """The ``("enqueue", batch)`` and ``("ack", (user, device, ids, positions))`` calls
     of one group commit, in one transaction; one outcome per item, in order.
 
     Envelopes are stored before acks apply: an id acknowledged in the same
@@ -557,33 +558,30 @@ async def txn_queue_length(txn, user, device):
 
 
 async def txn_ack_group(txn, acks):
-    """Several ``ack`` calls ``(user, device, ids, room_entries)`` in one transaction;
-    removed counts.
+    """Several ``ack`` calls ``(user, device, ids, positions)`` in one transaction; removed
+    counts.
 
     A room message is acknowledged by moving the device's position in that
     room past it (and so past every earlier one: a device acknowledges in the
-    order it receives); any other id removes the device's queue row.  Ids the
-    caller named as room entries (``{id: (room, pos)}``, what it pushed) go
-    straight to the positions: no lookup per id, only one per device and
-    room.  Of the others, the queue goes first, and only the ids it did not
-    hold are looked up in the rooms.  One statement of each kind for all the
-    calls (per chunk): each is a round trip to PostgreSQL, and a group holds
-    the acks of many devices.  An id acknowledged twice in one group counts
-    once, for the first call naming it; every acknowledged id is credited
-    through one dict lookup, since this runs for every delivered envelope.
+    order it receives); any other id removes the device's queue row.  Room
+    entries the caller named by their place (``positions``, ``{room: [pos,
+    ...]}``: what it pushed) need no lookup at all, only one cursor read per
+    device and room, and cost no Python work per entry beyond a sort: they are
+    most of what devices acknowledge.  Of the ``ids``, the queue goes first,
+    and only the ids it did not hold are looked up in the rooms.  One
+    statement of each kind for all the calls (per chunk): each is a round
+    trip to PostgreSQL, and a group holds the acks of many devices.  An entry
+    acknowledged twice in one group counts once, for the first call naming it.
     """
-    first_call, named = {}, {}
+    first_call = {}
     for index in reversed(range(len(acks))):  # earlier calls overwrite later ones
-        user, device, ids, room_entries = acks[index]
+        user, device, ids, _ = acks[index]
         first_call.update({(user, device, envelope_id): index for envelope_id in ids})
-        if room_entries:
-            named.update({(user, device, envelope_id): entry
-                          for envelope_id, entry in room_entries.items()})
+    entries = _AckedEntries()
+    for index, (user, device, _, positions) in enumerate(acks):
+        for room, places in (positions or {}).items():
+            entries.add(index, (user, device, room), places)
     removed = [0] * len(acks)
-    if named:
-        await _advance_named_entries(txn, {
-            key: (first_call.pop(key), entry) for key, entry in named.items()
-            if key in first_call}, removed)
     for chunk in _chunks(list(first_call)):
         values, args = _values(chunk)
         for row in await txn.execute(
@@ -592,24 +590,24 @@ async def txn_ack_group(txn, acks):
                 "RETURNING user_id, device_id, envelope_id", args):
             removed[first_call.pop(tuple(row))] += 1
     if first_call:  # what is left: ids of room entries (or unknown ones)
-        await _advance_room_cursors(txn, first_call, removed)
+        await _room_entries_by_id(txn, first_call, entries)
+    await entries.apply(txn, removed)
     return removed
 
 
-async def _advance_room_cursors(txn, first_call, removed):
-    """Move each device's position in a room past the last pending entry it acknowledged,
-    crediting ``removed``; the entries are found by id.
+async def _room_entries_by_id(txn, first_call, entries):
+    """Find the room entries among the acknowledged ids (``{(user, device, id): call
+    index}``) and add their places to ``entries``.
 
     Cumulative, like TCP's acknowledgements: what the device skipped before
-    that entry counts as received, so a client must acknowledge in the order
-    it receives (the reference client does: one envelope at a time, each
-    acknowledged after it is stored).  Checking that every earlier entry was
-    acknowledged would cost a scan from the device's position on every ack:
-    a device that never acknowledges one entry would make each of its later
-    acks scan the whole room backlog since, which a hostile client could use
-    to load the relay.
+    an acknowledged entry counts as received, so a client must acknowledge in
+    the order it receives (the reference client does: one envelope at a time,
+    each acknowledged after it is stored).  Checking that every earlier entry
+    was acknowledged would cost a scan from the device's position on every
+    ack: a device that never acknowledges one entry would make each of its
+    later acks scan the whole room backlog since, which a hostile client
+    could use to load the relay.
     """
-    moves = _CursorMoves(removed)
     for chunk in _chunks(list(first_call)):
         values, args = _values(chunk)
         for user, device, envelope_id, room, pos in await txn.execute(
@@ -618,56 +616,74 @@ async def _advance_room_cursors(txn, first_call, removed):
                 "JOIN room_cursors c ON c.user_id = acked.column1 "
                 "AND c.device_id = acked.column2 "
                 "JOIN room_history h ON h.room = c.room AND h.envelope_id = acked.column3 "
-                "WHERE h.pos >= c.next_pos AND (c.until_pos IS NULL OR h.pos <= c.until_pos)",
-                args):
-            moves.credit(first_call[(user, device, envelope_id)], (user, device, room), pos)
-    await moves.apply(txn)
+                "WHERE h.pos >= c.next_pos", args):
+            entries.add(first_call[(user, device, envelope_id)], (user, device, room), (pos,))
 
 
-async def _advance_named_entries(txn, named, removed):
-    """The same for entries whose room and position the caller named
-    (``{(user, device, id): (call index, (room, pos))}``): one cursor read per
-    device and room, however many entries it acknowledges."""
-    acked = {}
-    for (user, device, _), (index, (room, pos)) in named.items():
-        acked.setdefault((user, device, room), []).append((pos, index))
-    moves = _CursorMoves(removed)
-    for chunk in _chunks(sorted(acked)):
-        values, args = _values(chunk)
-        for user, device, room, next_pos, until_pos in await txn.execute(
-                "SELECT c.user_id, c.device_id, c.room, c.next_pos, c.until_pos "
-                f"FROM ({values}) AS acked "
-                "JOIN room_cursors c ON c.user_id = acked.column1 "
-                "AND c.device_id = acked.column2 AND c.room = acked.column3", args):
-            cursor = (user, device, room)
-            for pos, index in acked[cursor]:
-                if pos >= next_pos and (until_pos is None or pos <= until_pos):
-                    moves.credit(index, cursor, pos)
-    await moves.apply(txn)
+class _AckedEntries:
+    """The room entries a group acknowledges, by device and room: each still pending is
+    credited to the first call naming it, and the device's position in the room moves
+    past the last of them (never back: a rejoin meanwhile has moved it to the room's end).
 
+    Pending means from the device's position up to the end of its user's
+    membership (``until_pos``): a removed member's acks of later entries
+    neither count nor move it.
+    """
 
-class _CursorMoves:
-    """Pending room entries a group acknowledges: each is credited to its ack call in
-    ``removed``, and each device's position in a room moves past the last of them."""
+    def __init__(self):
+        self._calls = {}  # (user, device, room) -> [(call index, [pos, ...]), ...]
 
-    def __init__(self, removed):
-        self._removed = removed
-        self._targets = {}  # (user, device, room) -> next position
+    def add(self, index, cursor, places):
+        calls = self._calls.setdefault(cursor, [])
+        if calls and calls[-1][0] == index:
+            calls[-1][1].extend(places)
+        else:
+            calls.append((index, list(places)))
 
-    def credit(self, index, cursor, pos):
-        self._removed[index] += 1
-        if pos >= self._targets.get(cursor, 0):
-            self._targets[cursor] = pos + 1
-
-    async def apply(self, txn):
-        """Never moving a position back (a rejoin meanwhile has moved it to the room's end)."""
-        for chunk in _chunks(sorted((*cursor, pos) for cursor, pos in self._targets.items())):
+    async def apply(self, txn, removed):
+        """Read the positions once per device and room, credit ``removed``, move them."""
+        moves = []
+        for chunk in _chunks(sorted(self._calls)):
+            values, args = _values(chunk)
+            for user, device, room, next_pos, until_pos in await txn.execute(
+                    "SELECT c.user_id, c.device_id, c.room, c.next_pos, c.until_pos "
+                    f"FROM ({values}) AS acked "
+                    "JOIN room_cursors c ON c.user_id = acked.column1 "
+                    "AND c.device_id = acked.column2 AND c.room = acked.column3", args):
+                cursor = (user, device, room)
+                end = _credit(self._calls[cursor], next_pos, until_pos, removed)
+                if end > next_pos:
+                    moves.append((*cursor, end))
+        for chunk in _chunks(moves):
             values, args = _values(chunk)
             await txn.execute(
                 f"UPDATE room_cursors SET next_pos = moved.column4 FROM ({values}) AS moved "
                 "WHERE room_cursors.user_id = moved.column1 AND room_cursors.device_id = "
                 "moved.column2 AND room_cursors.room = moved.column3 "
                 "AND room_cursors.next_pos < moved.column4", args)
+
+
+def _credit(calls, next_pos, until_pos, removed):
+    """Credit the calls ``[(index, places), ...]`` of one device and room with the places
+    in ``[next_pos, until_pos]``, each once; the position after the last (``next_pos``
+    when none is pending)."""
+    if len(calls) == 1:  # the usual case: counted by bisection, not place by place
+        index, places = calls[0]
+        places = sorted(set(places))
+        first = bisect.bisect_left(places, next_pos)
+        end = len(places) if until_pos is None else bisect.bisect_right(places, until_pos)
+        if end <= first:
+            return next_pos
+        removed[index] += end - first
+        return places[end - 1] + 1
+    seen, last = set(), next_pos - 1
+    for index, places in sorted(calls, key=lambda call: call[0]):
+        for pos in places:
+            if pos >= next_pos and (until_pos is None or pos <= until_pos) and pos not in seen:
+                seen.add(pos)
+                removed[index] += 1
+                last = max(last, pos)
+    return last + 1
 
 
 async def _open_cursors(txn, user, room=None, device=None):
