@@ -393,6 +393,24 @@ async def test_data_survives_a_restart(database, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_group_larger_than_one_statement_is_numbered_and_checked(store, monkeypatch):
+    """Rows and devices beyond what one statement holds: every row is numbered from the
+    group's share of the sequence, in order, and a missing device still fails the call."""
+    monkeypatch.setattr("securechat.store.transactions.ROWS_PER_INSERT", 2)
+    for name in ("B1", "B2", "B3"):
+        await device(store, "bob", name)
+    everyone = [("bob", "B1"), ("bob", "B2"), ("bob", "B3")]
+    assert await store.enqueue([envelope(f"e{i}", everyone) for i in range(3)]) == [
+        (1, None), (2, None), (3, None)]
+    with pytest.raises(StoreError):
+        await store.enqueue([envelope("e9", everyone + [("bob", "GONE")])])
+    for name in ("B1", "B2", "B3"):
+        assert [(r["seq"], r["id"]) for r in await store.fetch_queue("bob", name, 0, 10)] == [
+            (1, "e0"), (2, "e1"), (3, "e2")]
+    assert await store.enqueue([envelope("e9", everyone)]) == [(4, None)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_newer_schema_is_refused(database, tmp_path):
     """A database written by a newer securechat is not touched: start() fails and says why."""
     store = make_store(database, str(tmp_path))

@@ -69,10 +69,11 @@ class Txn:
         self._riding = ""
 
     def with_next(self, sql):
-        """Run a statement without results (a SAVEPOINT) together with the next one.
+        """Run a statement whose results may be lost (a SAVEPOINT) together with the next one.
 
-        On PostgreSQL that saves a round trip: both go in one call, and the
-        rows and row count are the second one's.  SQLite runs it at once.
+        On PostgreSQL that saves a round trip: both go in one call, the rows
+        and row count are the second one's, and this gives [].  SQLite runs
+        it at once and gives its rows.
         """
         if not self.engine.several_statements_per_call:
             return self.execute(sql)

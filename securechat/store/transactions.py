@@ -245,7 +245,8 @@ SQLite thread a turn at the interpreter lock and PostgreSQL a round trip; 2,000 
 of up to 9 columns stay below SQLite's limit of 32,766 variables (SQLite 3.32+)."""
 
 
-def _chunks(items, size=ROWS_PER_INSERT):
+def _chunks(items):
+    size = ROWS_PER_INSERT
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
@@ -256,16 +257,61 @@ def _values(rows):
     return "VALUES " + ", ".join([row] * len(rows)), tuple(itertools.chain.from_iterable(rows))
 
 
-async def _insert_new_rows(txn, table, columns, rows):
-    """Insert ``rows`` (a few multi-row INSERTs); False as soon as one broke a unique index
-    (``ON CONFLICT DO NOTHING`` left it out), True when all went in."""
+_LAST_SEQ = "(SELECT last_seq FROM seq_counter)"
+
+
+async def _take_numbers(txn, count):
+    """Move the sequence every stored envelope is numbered from by ``count``; its new last
+    number, or None when the UPDATE rides with the next statement (PostgreSQL: a round
+    trip less per write group), whose rows then carry it (see ``_insert_numbered``).
+
+    One sequence for all devices, so that a device's queue rows and the room
+    entries it reads come out in the order they were stored.  It moves before
+    anything is inserted: its row lock orders concurrent writers on PostgreSQL.
+    """
+    rows = await txn.with_next(
+        f"UPDATE seq_counter SET last_seq = last_seq + {count} RETURNING last_seq")
+    return rows[0][0] if rows else None
+
+
+async def _insert_numbered(txn, table, columns, rows, count, last, check=("true", ())):
+    """Insert ``rows`` (a few multi-row INSERTs) whose ``seq`` column holds an offset into the
+    ``count`` numbers the group took, ending at ``last``; the sequence's last number, or
+    None as soon as a row did not go in (``ON CONFLICT DO NOTHING`` left out one breaking
+    a unique index, or ``check``, SQL and its parameters, was false).
+
+    With ``last`` unknown (the UPDATE rode along) the numbers are read from the
+    counter inside the statement, and every inserted row returns the last one;
+    otherwise only the count comes back, which costs SQLite less.
+    """
+    seq = columns.index("seq")
+    base = f"{_LAST_SEQ if last is None else last} - {count - 1}"
+    select = ", ".join(f"{base} + column{i + 1}" if i == seq else f"column{i + 1}"
+                       for i in range(len(columns)))
     for chunk in _chunks(rows):
         values, args = _values(chunk)
-        inserted = await txn.count(
-            f"INSERT INTO {table} ({', '.join(columns)}) {values} ON CONFLICT DO NOTHING", args)
+        condition, condition_args = check
+        sql = (f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM ({values}) "
+               f"AS numbered WHERE {condition} ON CONFLICT DO NOTHING")
+        if last is None:
+            returned = await txn.execute(f"{sql} RETURNING {_LAST_SEQ}", args + condition_args)
+            inserted, last = len(returned), returned[0][0] if returned else None
+        else:
+            inserted = await txn.count(sql, args + condition_args)
         if inserted < len(chunk):
-            return False
-    return True
+            return None
+        check = ("true", ())
+    return last
+
+
+async def _devices_exist_check(txn, devices):
+    """``_insert_numbered``'s check that all ``devices`` exist (counted in the INSERT), or
+    None when one does not (looked up first when there are too many to name in one)."""
+    devices = sorted(devices)
+    if len(devices) > ROWS_PER_INSERT:
+        return None if await _missing_devices(txn, devices) else ("true", ())
+    return (f"(SELECT count(*) FROM devices WHERE {_devices_named(len(devices))}) = "
+            f"{len(devices)}", tuple(itertools.chain.from_iterable(devices)))
 
 
 def _queued_recipients(envelope):
@@ -319,30 +365,6 @@ async def _missing_devices(txn, devices):
             "SELECT user_id, device_id FROM devices WHERE " + _devices_named(len(chunk)),
             tuple(itertools.chain.from_iterable(chunk))))
     return set(devices) - known
-
-
-async def _take_seqs(txn, count, devices):
-    """The first of ``count`` new numbers of the sequence every stored envelope gets, and
-    whether all ``devices`` exist.
-
-    One sequence for all devices, so that a device's queue rows and the room
-    entries it reads come out in the order they were stored; the counter's
-    row lock also orders concurrent writers on PostgreSQL.  The devices are
-    counted in the same statement: this runs for every write group, and a
-    statement more is a round trip more to PostgreSQL.
-    """
-    devices = sorted(devices)
-    counted = devices if len(devices) <= ROWS_PER_INSERT else []
-    check = "" if not counted else (
-        f", (SELECT count(*) FROM devices WHERE {_devices_named(len(counted))})")
-    last, *found = await _first(
-        txn, f"UPDATE seq_counter SET last_seq = last_seq + ? RETURNING last_seq{check}",
-        (count, *itertools.chain.from_iterable(counted)))
-    if counted:
-        exist = found[0] == len(counted)
-    else:
-        exist = not devices or not await _missing_devices(txn, devices)
-    return last - count + 1, exist
 
 
 def _screen(batches):
@@ -442,11 +464,13 @@ async def _place(txn, batches, outcomes, created):
     standing = [(index, batch) for index, batch in enumerate(batches)
                 if outcomes[index] is None]
     envelopes = [envelope for _, batch in standing for envelope in batch]
-    seq, devices_exist = await _take_seqs(txn, len(envelopes), _queued_devices(envelopes))
-    if not devices_exist:
-        return None
+    if not envelopes:
+        return {}
+    count = len(envelopes)
+    last = await _take_numbers(txn, count)
     position = await _history_positions(txn, [e for e in envelopes if e.get("history")])
     placed, queue, kept, own = {}, [], [], _OwnEntries()
+    offset = 0
     for index, batch in standing:
         places = []
         for envelope in batch:
@@ -456,26 +480,46 @@ async def _place(txn, batches, outcomes, created):
                 pos = position[room]
                 position[room] = pos + 1
                 sender = (envelope["sender"], envelope["sender_device"])
-                kept.append((room, pos, seq, envelope_id, body, digest(body), *sender, created))
+                kept.append((room, pos, offset, envelope_id, body, digest(body), *sender,
+                             created))
                 own.add(room, sender, pos)
             else:
                 pos = None
                 body_digest = digest(body)
-                queue.extend((user, device, seq, envelope_id, body, body_digest, created)
+                queue.extend((user, device, offset, envelope_id, body, body_digest, created)
                              for user, device in envelope["recipients"])
-            places.append((seq, pos))
-            seq += 1
+            places.append((offset, pos))
+            offset += 1
         placed[index] = places
-    if not await _insert_new_rows(
-            txn, "room_history", ("room", "pos", "seq", "envelope_id", "body", "digest",
-                                  "sender", "sender_device", "created"), kept):
-        return None
-    if not await _insert_new_rows(
-            txn, "queue", ("user_id", "device_id", "seq", "envelope_id", "body", "digest",
-                           "created"), queue):
+    last = await _store_numbered(txn, count, last, kept, queue, _queued_devices(envelopes))
+    if last is None:
         return None
     await own.skip(txn)
-    return placed
+    first = last - count + 1
+    return {index: [(first + offset, pos) for offset, pos in places]
+            for index, places in placed.items()}
+
+
+async def _store_numbered(txn, count, last, kept, queue, devices):
+    """Insert a group's history entries and queue rows (for ``devices``), numbered from the
+    ``count`` numbers it took (ending at ``last``, when known yet); the sequence's last
+    number, or None when a device does not exist or an id is taken."""
+    if kept:
+        last = await _insert_numbered(txn, "room_history", (
+            "room", "pos", "seq", "envelope_id", "body", "digest", "sender", "sender_device",
+            "created"), kept, count, last)
+        if last is None:
+            return None
+    if queue:
+        check = await _devices_exist_check(txn, devices)
+        if check is None:
+            return None
+        return await _insert_numbered(txn, "queue", (
+            "user_id", "device_id", "seq", "envelope_id", "body", "digest", "created"),
+            queue, count, last, check)
+    if last is None:  # envelopes for nobody: numbered all the same
+        (last,) = await _first(txn, f"SELECT {_LAST_SEQ}")
+    return last
 
 
 class _OwnEntries:
