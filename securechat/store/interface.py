@@ -136,10 +136,12 @@ class IStore(Interface):
         the device's position in that room past it, and so past the earlier
         entries too (devices acknowledge in the order they receive).  ``ids``
         are looked up in the device's queue and rooms; ``positions``
-        (``{room: [pos, ...]}``, places ``fetch_queue`` and ``enqueue`` gave)
-        names room entries by their place instead, which spares looking each
-        one up.  Fires with the number of envelopes that were still pending.
-        Unknown ids and places are ignored (an ack can arrive twice).
+        (``{room: [pos, ...]}``) names room entries by their place instead,
+        which spares looking each one up: only places ``fetch_queue`` or
+        ``enqueue`` gave (the relay passes those it pushed; a client never
+        names a place).  Fires with the number of envelopes that were still
+        pending.  Unknown ids and places already passed are ignored (an ack
+        can arrive twice).
         """
 
     # -- rooms ------------------------------------------------------------
