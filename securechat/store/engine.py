@@ -19,7 +19,6 @@ class SqliteEngine:
     """SQLite 3.35+: placeholders as written; BEGIN IMMEDIATE already serialises writers."""
 
     schema_lock = None
-    several_statements_per_call = False  # the sqlite3 module runs one statement per execute
 
     def convert(self, sql):
         return sql
@@ -42,7 +41,6 @@ class PostgresEngine:
     # Held until commit: two nodes starting on an empty database would both
     # try to create the schema (CREATE TABLE IF NOT EXISTS races in PostgreSQL).
     schema_lock = "SELECT pg_advisory_xact_lock(7301)"
-    several_statements_per_call = True
 
     def convert(self, sql):
         return sql.replace("?", "%s")
@@ -72,11 +70,10 @@ class Txn:
         """Run a statement whose results may be lost (a SAVEPOINT) together with the next one.
 
         On PostgreSQL that saves a round trip: both go in one call, the rows
-        and row count are the second one's, and this gives [].  SQLite runs
-        it at once and gives its rows.
+        and row count are the second one's, and this gives [].  SQLite's
+        ``SqliteTxn`` runs it at once and gives its rows (the sqlite3 module
+        runs one statement per call).
         """
-        if not self.engine.several_statements_per_call:
-            return self.execute(sql)
         self._riding += sql + "; "
         return defer.succeed([])
 
