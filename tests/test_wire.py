@@ -37,6 +37,9 @@ def test_undecodable_lines_have_stable_codes(line, code):
     ({"op": "login", "rid": 1, "user": "alice\n", "device": "d", "secret": "x"}, "bad_field", "user"),
     ({"op": "room.join", "rid": 1, "room": "ops\n"}, "bad_field", "room"),
     ({"op": "ack", "rid": 1, "ids": ["a" * 16 + "\n"]}, "bad_field", "ids[0]"),
+    ({"op": "ack", "rid": 1, "ids": ["a" * 16, "b" * 16 + "\n" + "c" * 16]}, "bad_field", "ids[1]"),
+    ({"op": "ack", "rid": 1, "ids": ["a" * 16, 7, "b" * 16]}, "bad_field", "ids[1]"),
+    ({"op": "ack", "rid": 1, "ids": ["a" * 16, "b" * 15]}, "bad_field", "ids[1]"),
     ({"op": "ping", "rid": 1, "extra": 1}, "bad_field", "extra"),
     ({"op": "ack", "rid": 1, "ids": ["x" * 16] * (wire.MAX_BATCH_ITEMS + 1)}, "bad_field", "ids"),
 ])
@@ -68,3 +71,8 @@ def test_base64_must_be_padded_and_sized():
 def test_canonical_json_is_sorted_and_compact():
     """Signatures cover sorted keys, no spaces, UTF-8 (a known answer)."""
     assert wire.canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode("utf-8")
+
+
+def test_an_ack_of_many_valid_ids_is_returned_whole():
+    ids = [f"{i:032x}" for i in range(wire.MAX_BATCH_ITEMS)]
+    assert parse({"op": "ack", "rid": 1, "ids": ids})[2] == {"ids": ids}
