@@ -28,8 +28,9 @@ MAX_BATCH_ITEMS = 512
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 DEVICE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 ROOM_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-ENVELOPE_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-ENVELOPE_IDS_RE = re.compile(r"[A-Za-z0-9_-]{16,64}(?:\n[A-Za-z0-9_-]{16,64})*")
+_ENVELOPE_ID = r"[A-Za-z0-9_-]{16,64}"
+ENVELOPE_ID_RE = re.compile(_ENVELOPE_ID)
+ENVELOPE_IDS_RE = re.compile(rf"{_ENVELOPE_ID}(?:\n{_ENVELOPE_ID})*")
 """Envelope ids joined by newlines (which no id holds): a whole ack checked in one match."""
 KEY_ID_RE = re.compile(r"[A-Za-z0-9_+/=-]{1,64}")
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_+/=-]{1,128}")
