@@ -1,9 +1,9 @@
 """Framing only: bytes in, lines to the session; frames out.
 
-Frames are handed to the transport one by one: Twisted's TLS transport
-already gathers the small writes of one reactor turn into one TLS record
-and one ``send``, so batching them here as well only cost a timer per
-connection and a reactor turn of latency.
+Frames are handed to the transport one by one: the listener's TLS
+transport (``listener.TurnBufferedTLS``) already gathers the small writes of
+one reactor turn into one TLS record and one ``send``, so batching them here
+as well only cost a timer per connection and a reactor turn of latency.
 """
 
 from twisted.internet import defer
