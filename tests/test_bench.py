@@ -8,8 +8,10 @@ import json
 import subprocess
 
 import pytest
+import pytest_twisted
 from twisted.internet import task
 
+from securechat.bench.disk import FsyncProbe
 from securechat.bench.workloads import fixed_rate
 from tests.processes import executable
 
@@ -21,11 +23,13 @@ TINY = {
     "w5": ["--envelopes", "50", "--inflight", "5"],
 }
 EXPECTED = {
-    "w1": ("delivered_per_s", "p99_ms", "server_cpu_us_per_message", "client_cpu_us_per_message"),
-    "w2": ("p50_ms", "p99_ms", "max_ms"),
-    "w3": ("at_20_deliveries_per_s", "at_20_p99_ms", "at_20_server_cpu_us_per_delivery"),
+    "w1": ("delivered_per_s", "p99_ms", "server_cpu_us_per_message", "client_cpu_us_per_message",
+           "disk_fsync_p99_ms"),
+    "w2": ("p50_ms", "p99_ms", "max_ms", "disk_fsync_p50_ms"),
+    "w3": ("at_20_deliveries_per_s", "at_20_p99_ms", "at_20_server_cpu_us_per_delivery",
+           "at_20_disk_fsync_max_ms"),
     "w4": ("held", "server_kib_per_connection", "open_s"),
-    "w5": ("login_to_last_ack_s", "acknowledged"),
+    "w5": ("login_to_last_ack_s", "acknowledged", "disk_fsync_p99_ms"),
 }
 
 
@@ -70,3 +74,15 @@ def test_a_fixed_rate_catches_up_on_ticks_the_reactor_missed():
     clock.advance(0.004)  # a busy turn: four intervals at once
     assert len(sent) == 5
     loop.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_fsync_probe_times_syncs_and_leaves_nothing_behind(tmp_path):
+    """The probe takes its first sample as it starts and stops only once a sync under way
+    has ended, so even the shortest window has a figure; its scratch file is removed."""
+    probe = FsyncProbe(str(tmp_path))
+    probe.start()
+    figures = await probe.stop()
+    assert 0 < figures["disk_fsync_p50_ms"] <= figures["disk_fsync_p99_ms"]
+    assert figures["disk_fsync_p99_ms"] <= figures["disk_fsync_max_ms"]
+    assert list(tmp_path.iterdir()) == []

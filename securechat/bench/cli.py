@@ -37,6 +37,10 @@ def build_parser():
     parser.add_argument("--attach", metavar="HOST:PORT", help="use a running relay instead")
     parser.add_argument("--ca-file", help="certificate to verify an attached relay with")
     parser.add_argument("--server-pid", type=int, help="pid of an attached relay (for /proc)")
+    parser.add_argument("--fsync-dir", metavar="DIR",
+                        help="a directory on the disk the store commits to, to time fdatasync "
+                             "in while measuring (default: the started relay's directory; "
+                             "not timed for an attached relay without it)")
     parser.add_argument("--pairs", type=int, help="w1, w2: sender/receiver pairs")
     parser.add_argument("--inflight", type=int, help="w1, w5: outstanding sends per pair")
     parser.add_argument("--size", type=int, help="payload bytes")
@@ -79,9 +83,9 @@ async def run(args):
         host, _, port = args.attach.rpartition(":")
         if not args.ca_file:
             raise SystemExit("securechat-bench: --attach needs --ca-file")
-        server = AttachedServer(host, int(port), args.ca_file, args.server_pid)
+        server = AttachedServer(host, int(port), args.ca_file, args.server_pid, args.fsync_dir)
     else:
-        server = ManagedServer(database=args.database)
+        server = ManagedServer(database=args.database, disk_dir=args.fsync_dir)
     await server.start()
     try:
         options = workload_options(args)

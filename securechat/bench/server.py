@@ -100,7 +100,7 @@ class RelayProcess:
 class ManagedServer:
     """A relay started for one benchmark run, in a scratch directory, removed afterwards."""
 
-    def __init__(self, database=None):
+    def __init__(self, database=None, disk_dir=None):
         self.workdir = tempfile.mkdtemp(prefix="securechat-bench-")
         self.port = _free_port()
         self.host = "127.0.0.1"
@@ -116,6 +116,7 @@ class ManagedServer:
             f.write("\n".join(lines) + "\n")
         self.relay = RelayProcess(self.workdir, config_path)
         self.sampler = None
+        self.disk_dir = disk_dir or self.workdir  # where SQLite commits (the fsync probe)
 
     async def start(self):
         self.relay.start()
@@ -129,11 +130,13 @@ class ManagedServer:
 
 
 class AttachedServer:
-    """A relay somebody else runs; CPU and memory are sampled when its pid is given."""
+    """A relay somebody else runs; CPU and memory are sampled when its pid is given, the
+    disk's sync latency when a directory on its disk is."""
 
-    def __init__(self, host, port, ca_file, pid=None):
+    def __init__(self, host, port, ca_file, pid=None, disk_dir=None):
         self.host, self.port, self.cert_path = host, port, ca_file
         self.sampler = ProcSampler(pid) if pid else None
+        self.disk_dir = disk_dir
 
     async def start(self):
         return self

@@ -3,7 +3,8 @@
 Every workload returns a flat dict of figures.  Server CPU comes from
 /proc (user + system time of the relay process) over the measuring window;
 client CPU is this process's own, so a reader can tell a server-bound
-figure from a client-bound one.
+figure from a client-bound one; the disk's ``fdatasync`` latency, sampled
+over the same window, tells a disk-bound one.
 """
 
 import resource
@@ -11,6 +12,7 @@ import time
 
 from twisted.internet import defer, reactor, task
 
+from securechat.bench.disk import NO_PROBE, FsyncProbe
 from securechat.bench.peers import Latencies, Peer, new_id, random_payload, unicast
 
 DRAIN_TIMEOUT = 60
@@ -27,21 +29,28 @@ def client_cpu():
 
 
 class Window:
-    """Server and client CPU seconds spent between ``open`` and ``close``."""
+    """Server and client CPU seconds spent between ``open`` and ``close``, and the disk's
+    sync latency meanwhile (in the relay's directory, when the tool knows it)."""
 
     def __init__(self, server):
         self._sampler = server.sampler
+        self._probe = FsyncProbe(server.disk_dir) if server.disk_dir else None
+        self._disk = dict(NO_PROBE)
         self.server_cpu = self.client_cpu = self.seconds = 0.0
 
     def open(self):
+        if self._probe is not None:
+            self._probe.start()
         self._t = time.monotonic()
         self._server = self._sampler.cpu_seconds() if self._sampler else 0.0
         self._client = client_cpu()
 
-    def close(self):
+    async def close(self):
         self.seconds = time.monotonic() - self._t
         self.server_cpu = (self._sampler.cpu_seconds() if self._sampler else 0.0) - self._server
         self.client_cpu = client_cpu() - self._client
+        if self._probe is not None:
+            self._disk = await self._probe.stop()
 
     def figures(self, units, unit_name):
         per = (lambda cpu: round(cpu * 1e6 / units, 2) if units else None)
@@ -50,6 +59,7 @@ class Window:
             f"client_cpu_us_per_{unit_name}": per(self.client_cpu),
             "server_cpu_share": round(self.server_cpu / self.seconds, 3) if self._sampler else None,
             "client_cpu_share": round(self.client_cpu / self.seconds, 3),
+            **self._disk,
         }
 
 
@@ -60,7 +70,7 @@ async def measure(server, latencies, warmup, duration):
     latencies.measuring = True
     window.open()
     await sleep(duration)
-    window.close()
+    await window.close()
     latencies.measuring = False
     return window
 
@@ -281,7 +291,7 @@ async def w5_offline_drain(server, prefix, envelopes=10000, size=200, inflight=2
     window.open()
     await receiver.login()
     drained = await wait_until(lambda: acked["count"] >= envelopes, DRAIN_TIMEOUT)
-    window.close()
+    await window.close()
     await close_all([sender, receiver])
     return {"envelopes": envelopes, "drained": drained, "acknowledged": acked["count"],
             "login_to_last_ack_s": round(window.seconds, 3),
