@@ -86,3 +86,11 @@ async def test_the_fsync_probe_times_syncs_and_leaves_nothing_behind(tmp_path):
     assert 0 < figures["disk_fsync_p50_ms"] <= figures["disk_fsync_p99_ms"]
     assert figures["disk_fsync_p99_ms"] <= figures["disk_fsync_max_ms"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fsync_directory_that_does_not_exist_is_named(tmp_path):
+    missing = tmp_path / "missing"
+    out = subprocess.run([executable("securechat-bench"), "w2", "--fsync-dir", str(missing)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert f"--fsync-dir '{missing}' is not a directory" in out.stderr

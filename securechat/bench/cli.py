@@ -79,6 +79,8 @@ def table(report):
 async def run(args):
     if args.workload == "w4":
         workloads.raise_fd_limit((args.connections or DEFAULTS["w4"]["connections"]) + 256)
+    if args.fsync_dir and not os.path.isdir(args.fsync_dir):
+        raise SystemExit(f"securechat-bench: --fsync-dir {args.fsync_dir!r} is not a directory")
     if args.attach:
         host, _, port = args.attach.rpartition(":")
         if not args.ca_file:

@@ -3,8 +3,8 @@
 Every commit the relay answers "accepted" after waits for one ``fdatasync``.
 On a busy or shared disk (a virtual machine's) that wait, not CPU, can set
 the floor under the latencies W2 and W3 report: the same sync that takes
-0.1 ms on an idle machine took several ms at the 99th percentile while the
-relay committed a thousand times a second.  ``FsyncProbe`` writes 4 KiB to a
+0.1-0.4 ms on an idle machine took 0.8-4 ms at the 99th percentile while the
+relay committed hundreds to a thousand times a second.  ``FsyncProbe`` writes 4 KiB to a
 scratch file in a directory on the relay's disk and times ``fdatasync``,
 every ``interval`` seconds while a measuring window is open, in a thread (the
 sync blocks), so a reader can tell a disk-bound figure from a CPU-bound one.
@@ -16,7 +16,7 @@ import time
 
 from twisted.internet import reactor, task, threads
 
-from securechat.bench.peers import percentile
+from securechat.bench.peers import distribution
 
 PROBE_INTERVAL = 0.05
 PAGE = b"\0" * 4096
@@ -60,15 +60,8 @@ class FsyncProbe:
         await self._stopped
         os.close(self._fd)
         os.unlink(self._path)
-        samples = self._samples
-        return {"disk_fsync_p50_ms": _round(percentile(samples, 0.50)),
-                "disk_fsync_p99_ms": _round(percentile(samples, 0.99)),
-                "disk_fsync_max_ms": _round(max(samples) if samples else None)}
+        return distribution(self._samples, "disk_fsync_")
 
 
-def _round(value):
-    return None if value is None else round(value, 3)
-
-
-NO_PROBE = {"disk_fsync_p50_ms": None, "disk_fsync_p99_ms": None, "disk_fsync_max_ms": None}
+NO_PROBE = distribution([], "disk_fsync_")
 """The figures when no directory on the relay's disk is known (an attached relay)."""

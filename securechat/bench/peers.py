@@ -51,9 +51,15 @@ class Latencies:
             self.samples.append((time.monotonic() - start) * 1000)
 
     def summary(self):
-        return {"p50_ms": _round(percentile(self.samples, 0.50)),
-                "p99_ms": _round(percentile(self.samples, 0.99)),
-                "max_ms": _round(max(self.samples) if self.samples else None)}
+        return distribution(self.samples)
+
+
+def distribution(samples, prefix=""):
+    """The median, 99th percentile and maximum of ``samples`` (milliseconds), rounded, as
+    ``{prefix}p50_ms``, ``{prefix}p99_ms`` and ``{prefix}max_ms`` (None when empty)."""
+    return {f"{prefix}p50_ms": _round(percentile(samples, 0.50)),
+            f"{prefix}p99_ms": _round(percentile(samples, 0.99)),
+            f"{prefix}max_ms": _round(max(samples) if samples else None)}
 
 
 def _round(value):
