@@ -57,9 +57,11 @@ class FsyncProbe:
         """Stop sampling, once a sync under way has ended; the figures (milliseconds)."""
         if self._loop.running:  # else a sync failed: awaiting the loop raises its error
             self._loop.stop()
-        await self._stopped
-        os.close(self._fd)
-        os.unlink(self._path)
+        try:
+            await self._stopped
+        finally:
+            os.close(self._fd)
+            os.unlink(self._path)
         return distribution(self._samples, "disk_fsync_")
 
 

@@ -35,7 +35,7 @@ class Window:
     def __init__(self, server):
         self._sampler = server.sampler
         self._probe = FsyncProbe(server.disk_dir) if server.disk_dir else None
-        self._disk = dict(NO_PROBE)
+        self._disk = NO_PROBE
         self.server_cpu = self.client_cpu = self.seconds = 0.0
 
     def open(self):
