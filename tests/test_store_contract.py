@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 from securechat.store import IStore, make_store
 from securechat.store.postgres import PostgresStore
 from securechat.store.sqlite import SqliteStore
+from securechat.store.engine import SqliteTxn, Txn
 from securechat.store.errors import (
     DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, StoreUnavailable,
     UserExists)
@@ -408,6 +409,36 @@ async def test_a_group_larger_than_one_statement_is_numbered_and_checked(store, 
         assert [(r["seq"], r["id"]) for r in await store.fetch_queue("bob", name, 0, 10)] == [
             (1, "e0"), (2, "e1"), (3, "e2")]
     assert await store.enqueue([envelope("e9", everyone)]) == [(4, None)]
+
+
+def record_statements(monkeypatch):
+    """The text of every statement the store's transactions run from now on (a list that
+    grows), whichever database runs them."""
+    texts = []
+    for txn_class in (Txn, SqliteTxn):
+        for name in ("execute", "count", "with_next"):
+            def recorded(self, sql, *args, _run=getattr(txn_class, name)):
+                texts.append(sql)
+                return _run(self, sql, *args)
+            monkeypatch.setattr(txn_class, name, recorded)
+    return texts
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_groups_of_one_shape_run_the_same_statements(store, monkeypatch):
+    """Numbers a group takes from the sequence are parameters, not part of the SQL text: a
+    text that changed with every group would make SQLite parse and plan it again each
+    time (its statement cache is keyed by the text)."""
+    await device(store, "bob", "B1")
+    await store.create_room("ops", "alice", None)
+    texts = record_statements(monkeypatch)
+    groups = []
+    for number in range(3):
+        del texts[:]
+        await store.enqueue([envelope(f"e{number}", [("bob", "B1")]),
+                             room_message(f"r{number}")])
+        groups.append(list(texts))
+    assert groups[0] and groups[1] == groups[0] and groups[2] == groups[0]
 
 
 @pytest_twisted.ensureDeferred

@@ -285,8 +285,10 @@ async def _insert_numbered(txn, table, columns, rows, count, last, check=("true"
     otherwise only the count comes back, which costs SQLite less.
     """
     seq = columns.index("seq")
-    base = f"{_LAST_SEQ if last is None else last} - {count - 1}"
-    select = ", ".join(f"{base} + column{i + 1}" if i == seq else f"column{i + 1}"
+    # The first number is a parameter, not part of the SQL text: a statement whose
+    # text changed with every group would be parsed and planned again each time.
+    first = f"{_LAST_SEQ} - {count - 1}" if last is None else "?"
+    select = ", ".join(f"{first} + column{i + 1}" if i == seq else f"column{i + 1}"
                        for i in range(len(columns)))
     for chunk in _chunks(rows):
         values, args = _values(chunk)
@@ -297,7 +299,7 @@ async def _insert_numbered(txn, table, columns, rows, count, last, check=("true"
             returned = await txn.execute(f"{sql} RETURNING {_LAST_SEQ}", args + condition_args)
             inserted, last = len(returned), returned[0][0] if returned else None
         else:
-            inserted = await txn.count(sql, args + condition_args)
+            inserted = await txn.count(sql, (last - count + 1, *args, *condition_args))
         if inserted < len(chunk):
             return None
         check = ("true", ())
