@@ -285,12 +285,13 @@ async def _insert_numbered(txn, table, columns, rows, count, last, check=("true"
     otherwise only the count comes back, which costs SQLite less.
     """
     seq = columns.index("seq")
-    # The first number is a parameter, not part of the SQL text: a statement whose
-    # text changed with every group would be parsed and planned again each time.
-    first = f"{_LAST_SEQ} - {count - 1}" if last is None else "?"
-    select = ", ".join(f"{first} + column{i + 1}" if i == seq else f"column{i + 1}"
-                       for i in range(len(columns)))
     for chunk in _chunks(rows):
+        # The first number is a parameter, not part of the SQL text: a statement whose
+        # text changed with every group would be parsed and planned again each time.
+        # Once a chunk has returned the last number the next ones bind it too.
+        first = f"{_LAST_SEQ} - {count - 1}" if last is None else "?"
+        select = ", ".join(f"{first} + column{i + 1}" if i == seq else f"column{i + 1}"
+                           for i in range(len(columns)))
         values, args = _values(chunk)
         condition, condition_args = check
         sql = (f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM ({values}) "
