@@ -22,6 +22,8 @@ TINY = {
     "w4": ["--connections", "5", "--idle", "0"],
     "w5": ["--envelopes", "50", "--inflight", "5"],
 }
+TICK_SLACK = 0.05
+"""Two clock ticks of CPU time in the shortest windows above (0.5 s), as a share."""
 EXPECTED = {
     "w1": ("delivered_per_s", "p99_ms", "server_cpu_us_per_message", "client_cpu_us_per_message",
            "disk_fsync_p99_ms"),
@@ -55,6 +57,11 @@ def test_workload_runs_and_loses_nothing(workload, store, request):
     for key in EXPECTED[workload]:
         assert report[key] is not None, key
     assert report.get("lost", 0) == 0
+    for key in (key for key in report if key.endswith("server_cpu_share")):
+        # One thread of the relay: at most a core, and at most the whole relay's share
+        # (give or take a clock tick: /proc rounds a thread's and a process's times apart).
+        reactor_share = report[key.replace("server_cpu", "server_reactor_cpu")]
+        assert 0 <= reactor_share <= min(1.0, report[key]) + TICK_SLACK, key
     if workload == "w4":
         assert report["held"] == 5
     if workload == "w5":

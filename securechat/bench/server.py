@@ -25,7 +25,16 @@ class ProcSampler:
         self._ticks = os.sysconf("SC_CLK_TCK")
 
     def cpu_seconds(self):
-        with open(f"/proc/{self.pid}/stat") as f:
+        """All the process's threads (the relay's reactor, store and argon2id threads)."""
+        return self._cpu_seconds(f"/proc/{self.pid}/stat")
+
+    def reactor_cpu_seconds(self):
+        """The main thread's alone: ``twistd`` runs the reactor there, so a share near 1.0
+        says the relay is bound by its one reactor thread, whatever the others do."""
+        return self._cpu_seconds(f"/proc/{self.pid}/task/{self.pid}/stat")
+
+    def _cpu_seconds(self, stat_path):
+        with open(stat_path) as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / self._ticks
 

@@ -29,25 +29,32 @@ def client_cpu():
 
 
 class Window:
-    """Server and client CPU seconds spent between ``open`` and ``close``, and the disk's
-    sync latency meanwhile (in the relay's directory, when the tool knows it)."""
+    """Server and client CPU seconds spent between ``open`` and ``close`` (the server's
+    reactor thread's too), and the disk's sync latency meanwhile (in the relay's
+    directory, when the tool knows it)."""
 
     def __init__(self, server):
         self._sampler = server.sampler
         self._probe = FsyncProbe(server.disk_dir) if server.disk_dir else None
         self._disk = NO_PROBE
-        self.server_cpu = self.client_cpu = self.seconds = 0.0
+        self.server_cpu = self.reactor_cpu = self.client_cpu = self.seconds = 0.0
 
     def open(self):
         if self._probe is not None:
             self._probe.start()
         self._t = time.monotonic()
+        # The process is read before its reactor thread here and after it in close, so
+        # the thread's interval lies within the process's (its share can still exceed
+        # the process's by a clock tick: /proc rounds the two apart).
         self._server = self._sampler.cpu_seconds() if self._sampler else 0.0
+        self._reactor = self._sampler.reactor_cpu_seconds() if self._sampler else 0.0
         self._client = client_cpu()
 
     async def close(self):
         self.seconds = time.monotonic() - self._t
-        self.server_cpu = (self._sampler.cpu_seconds() if self._sampler else 0.0) - self._server
+        if self._sampler:
+            self.reactor_cpu = self._sampler.reactor_cpu_seconds() - self._reactor
+            self.server_cpu = self._sampler.cpu_seconds() - self._server
         self.client_cpu = client_cpu() - self._client
         if self._probe is not None:
             self._disk = await self._probe.stop()
@@ -58,6 +65,8 @@ class Window:
             f"server_cpu_us_per_{unit_name}": per(self.server_cpu) if self._sampler else None,
             f"client_cpu_us_per_{unit_name}": per(self.client_cpu),
             "server_cpu_share": round(self.server_cpu / self.seconds, 3) if self._sampler else None,
+            "server_reactor_cpu_share":
+                round(self.reactor_cpu / self.seconds, 3) if self._sampler else None,
             "client_cpu_share": round(self.client_cpu / self.seconds, 3),
             **self._disk,
         }
