@@ -9,9 +9,9 @@ from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from securechat.store import IStore, make_store
+from securechat.store.engine import SqliteTxn, Txn
 from securechat.store.postgres import PostgresStore
 from securechat.store.sqlite import SqliteStore
-from securechat.store.engine import SqliteTxn, Txn
 from securechat.store.errors import (
     DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, StoreUnavailable,
     UserExists)
