@@ -7,13 +7,17 @@ workload runs, reports its figures and loses nothing.
 import json
 import subprocess
 
+import psycopg2
 import pytest
 import pytest_twisted
 from twisted.internet import task
 
+from securechat.bench.database import POSTGRES_COMMANDS, local_postmaster
 from securechat.bench.disk import FsyncProbe
+from securechat.bench.procfs import ProcessTreeSampler, command_name, parent
 from securechat.bench.workloads import fixed_rate
 from tests.processes import executable
+from tests.support import poll_until
 
 TINY = {
     "w1": ["--pairs", "2", "--inflight", "5", "--warmup", "0.2", "--duration", "0.5"],
@@ -24,6 +28,8 @@ TINY = {
 }
 TICK_SLACK = 0.05
 """Two clock ticks of CPU time in the shortest windows above (0.5 s), as a share."""
+BACKEND_WORK_SECONDS = 0.05
+"""Far less than summing four million numbers costs a PostgreSQL backend (about 0.3 s)."""
 EXPECTED = {
     "w1": ("delivered_per_s", "p99_ms", "server_cpu_us_per_message", "client_cpu_us_per_message",
            "disk_fsync_p99_ms"),
@@ -62,10 +68,35 @@ def test_workload_runs_and_loses_nothing(workload, store, request):
         # (give or take a clock tick: /proc rounds a thread's and a process's times apart).
         reactor_share = report[key.replace("server_cpu", "server_reactor_cpu")]
         assert 0 <= reactor_share <= min(1.0, report[key]) + TICK_SLACK, key
+        # The PostgreSQL server's own CPU beside the relay's (the tests' server is local).
+        database_share = report.get(key.replace("server_cpu", "database_cpu"))
+        assert (database_share is not None) == (store == "postgres"), key
     if workload == "w4":
         assert report["held"] == 5
     if workload == "w5":
         assert report["acknowledged"] == 50
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_database_servers_cpu_counts_its_backends_living_and_ended(
+        fresh_postgres_dsn):
+    """A local PostgreSQL server is found from a connection, and its CPU time counts what a
+    backend spends, while it runs and after it has ended."""
+    postmaster = local_postmaster(fresh_postgres_dsn)
+    assert postmaster is not None and command_name(postmaster) in POSTGRES_COMMANDS
+    sampler = ProcessTreeSampler(postmaster)
+    before = sampler.cpu_seconds()
+    connection = psycopg2.connect(fresh_postgres_dsn)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (backend,) = cursor.fetchone()
+        cursor.execute("SELECT sum(i) FROM generate_series(1, 4000000) AS i")  # CPU, in it
+        during = sampler.cpu_seconds()
+    connection.close()
+    await poll_until(lambda: parent(backend) != postmaster)  # ended, and waited for
+    after = sampler.cpu_seconds()
+    assert during - before >= BACKEND_WORK_SECONDS
+    assert after >= during - 0.02  # its time stays counted (in the postmaster's children's)
 
 
 def test_a_fixed_rate_catches_up_on_ticks_the_reactor_missed():

@@ -1,5 +1,5 @@
 """The relay under test: a ``twistd -n securechat`` process the tool starts (or one it attaches to),
-and its CPU time and memory read from /proc."""
+and the samplers of its CPU time and memory (and its PostgreSQL server's, when local)."""
 
 import os
 import re
@@ -12,38 +12,12 @@ import sys
 import tempfile
 import time
 
-from twisted.internet import reactor, task
+from twisted.internet import reactor, task, threads
+
+from securechat.bench.database import local_postmaster
+from securechat.bench.procfs import ProcessTreeSampler, ProcSampler
 
 START_TIMEOUT = 60
-
-
-class ProcSampler:
-    """CPU seconds (user + system) and resident memory of one process, from /proc."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        self._ticks = os.sysconf("SC_CLK_TCK")
-
-    def cpu_seconds(self):
-        """All the process's threads (the relay's reactor, store and argon2id threads)."""
-        return self._cpu_seconds(f"/proc/{self.pid}/stat")
-
-    def reactor_cpu_seconds(self):
-        """The main thread's alone: ``twistd`` runs the reactor there, so a share near 1.0
-        says the relay is bound by its one reactor thread, whatever the others do."""
-        return self._cpu_seconds(f"/proc/{self.pid}/task/{self.pid}/stat")
-
-    def _cpu_seconds(self, stat_path):
-        with open(stat_path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self._ticks
-
-    def rss_kib(self):
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
 
 
 class RelayProcess:
@@ -124,13 +98,18 @@ class ManagedServer:
         with open(config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.relay = RelayProcess(self.workdir, config_path)
-        self.sampler = None
+        self.database = database
+        self.sampler = self.database_sampler = None
         self.disk_dir = disk_dir or self.workdir  # where SQLite commits (the fsync probe)
 
     async def start(self):
         self.relay.start()
         await self.relay.wait_listening()
         self.sampler = ProcSampler(self.relay.process.pid)
+        if self.database:
+            postmaster = await threads.deferToThread(local_postmaster, self.database)
+            if postmaster is not None:
+                self.database_sampler = ProcessTreeSampler(postmaster)
         return self
 
     def stop(self):
@@ -145,6 +124,7 @@ class AttachedServer:
     def __init__(self, host, port, ca_file, pid=None, disk_dir=None):
         self.host, self.port, self.cert_path = host, port, ca_file
         self.sampler = ProcSampler(pid) if pid else None
+        self.database_sampler = None  # the tool does not know an attached relay's database
         self.disk_dir = disk_dir
 
     async def start(self):

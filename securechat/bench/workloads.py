@@ -30,14 +30,16 @@ def client_cpu():
 
 class Window:
     """Server and client CPU seconds spent between ``open`` and ``close`` (the server's
-    reactor thread's too), and the disk's sync latency meanwhile (in the relay's
-    directory, when the tool knows it)."""
+    reactor thread's too, and its PostgreSQL server's when that is local), and the
+    disk's sync latency meanwhile (in the relay's directory, when the tool knows it)."""
 
     def __init__(self, server):
         self._sampler = server.sampler
+        self._database = server.database_sampler
         self._probe = FsyncProbe(server.disk_dir) if server.disk_dir else None
         self._disk = NO_PROBE
-        self.server_cpu = self.reactor_cpu = self.client_cpu = self.seconds = 0.0
+        self.server_cpu = self.reactor_cpu = self.database_cpu = 0.0
+        self.client_cpu = self.seconds = 0.0
 
     def open(self):
         if self._probe is not None:
@@ -48,6 +50,7 @@ class Window:
         # the process's by a clock tick: /proc rounds the two apart).
         self._server = self._sampler.cpu_seconds() if self._sampler else 0.0
         self._reactor = self._sampler.reactor_cpu_seconds() if self._sampler else 0.0
+        self._database_start = self._database.cpu_seconds() if self._database else 0.0
         self._client = client_cpu()
 
     async def close(self):
@@ -55,21 +58,26 @@ class Window:
         if self._sampler:
             self.reactor_cpu = self._sampler.reactor_cpu_seconds() - self._reactor
             self.server_cpu = self._sampler.cpu_seconds() - self._server
+        if self._database:
+            self.database_cpu = self._database.cpu_seconds() - self._database_start
         self.client_cpu = client_cpu() - self._client
         if self._probe is not None:
             self._disk = await self._probe.stop()
 
     def figures(self, units, unit_name):
         per = (lambda cpu: round(cpu * 1e6 / units, 2) if units else None)
-        return {
+        share = (lambda cpu: round(cpu / self.seconds, 3))
+        figures = {
             f"server_cpu_us_per_{unit_name}": per(self.server_cpu) if self._sampler else None,
             f"client_cpu_us_per_{unit_name}": per(self.client_cpu),
-            "server_cpu_share": round(self.server_cpu / self.seconds, 3) if self._sampler else None,
-            "server_reactor_cpu_share":
-                round(self.reactor_cpu / self.seconds, 3) if self._sampler else None,
-            "client_cpu_share": round(self.client_cpu / self.seconds, 3),
-            **self._disk,
+            "server_cpu_share": share(self.server_cpu) if self._sampler else None,
+            "server_reactor_cpu_share": share(self.reactor_cpu) if self._sampler else None,
+            "client_cpu_share": share(self.client_cpu),
         }
+        if self._database:  # the PostgreSQL server's processes, not in the relay's figures
+            figures[f"database_cpu_us_per_{unit_name}"] = per(self.database_cpu)
+            figures["database_cpu_share"] = share(self.database_cpu)
+        return {**figures, **self._disk}
 
 
 async def measure(server, latencies, warmup, duration):
