@@ -15,7 +15,7 @@ from twisted.internet import task
 from securechat.bench.database import POSTGRES_COMMANDS, local_postmaster
 from securechat.bench.disk import FsyncProbe
 from securechat.bench.procfs import ProcessTreeSampler, command_name, parent
-from securechat.bench.workloads import fixed_rate
+from securechat.bench.workloads import fixed_rate, in_turn
 from tests.processes import executable
 from tests.support import poll_until
 
@@ -113,6 +113,26 @@ def test_a_fixed_rate_catches_up_on_ticks_the_reactor_missed():
     assert len(sent) == 5
     loop.stop()
 
+
+
+def test_senders_in_turn_keep_their_spread_when_the_reactor_runs_late():
+    """W2's pairs share one timer: each sends at its own place in the period, and a late
+    reactor delays the turns it missed without moving the ones after (separate timers
+    started late stay in lockstep)."""
+    clock = task.Clock()
+    sent = []
+    loop = in_turn(lambda name: sent.append((name, round(clock.seconds(), 3))),
+                   [("a",), ("b",), ("c",)])
+    loop.clock = clock
+    loop.start(0.01, now=True)  # three senders at 1/0.03 messages a second each
+    clock.advance(0.01)
+    clock.advance(0.01)
+    assert sent == [("a", 0.0), ("b", 0.01), ("c", 0.02)]
+    clock.advance(0.035)  # a busy turn: three places missed and half of the next
+    assert sent[3:] == [("a", 0.055), ("b", 0.055), ("c", 0.055)]
+    clock.advance(0.005)  # the next place comes on time, in its turn
+    assert sent[6:] == [("a", 0.06)]
+    loop.stop()
 
 @pytest_twisted.ensureDeferred
 async def test_the_fsync_probe_times_syncs_and_leaves_nothing_behind(tmp_path):
