@@ -114,7 +114,6 @@ def test_a_fixed_rate_catches_up_on_ticks_the_reactor_missed():
     loop.stop()
 
 
-
 def test_senders_in_turn_keep_their_spread_when_the_reactor_runs_late():
     """W2's pairs share one timer: each sends at its own place in the period, and a late
     reactor delays the turns it missed without moving the ones after (separate timers
@@ -133,6 +132,7 @@ def test_senders_in_turn_keep_their_spread_when_the_reactor_runs_late():
     clock.advance(0.005)  # the next place comes on time, in its turn
     assert sent[6:] == [("a", 0.06)]
     loop.stop()
+
 
 @pytest_twisted.ensureDeferred
 async def test_the_fsync_probe_times_syncs_and_leaves_nothing_behind(tmp_path):
