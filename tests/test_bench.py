@@ -104,7 +104,7 @@ def test_a_fixed_rate_catches_up_on_ticks_the_reactor_missed():
     tick sends one message per interval that elapsed (a plain LoopingCall sends one)."""
     clock = task.Clock()
     sent = []
-    loop = fixed_rate(sent.append, "m")
+    loop = fixed_rate(lambda: sent.append("m"))
     loop.clock = clock
     loop.start(0.001, now=False)
     clock.advance(0.001)

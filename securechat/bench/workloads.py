@@ -165,13 +165,13 @@ async def w1_throughput(server, prefix, pairs=10, inflight=200, size=200, warmup
             "accepted": state["accepted"], "lost": state["accepted"] - latencies.delivered}
 
 
-def fixed_rate(send_one, *args):
+def fixed_rate(send_one):
     """A LoopingCall that keeps its rate when the reactor runs late: a tick after missed
     ones sends one message per interval elapsed.  (A plain LoopingCall skips them, and
     the load offered would fall below the rate asked for without a word.)"""
     def tick(intervals):
         for _ in range(intervals):
-            send_one(*args)
+            send_one()
     return task.LoopingCall.withCount(tick)
 
 
