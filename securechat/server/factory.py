@@ -3,6 +3,7 @@
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from securechat.server.admission import UnauthenticatedPerAddress
 from securechat.server.auth import make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
@@ -33,9 +34,18 @@ class RelayFactory(ServerFactory):
         self.login_per_address = SlidingWindow(clock, config.login_attempts_per_address, window)
         self.connections = set()
         self.store_outage = OutageLog(clock)
+        self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 
     def buildProtocol(self, addr):
-        return RelayProtocol(self)
+        """A protocol for a new connection; None (the port closes it at once) when its
+        address already holds its share of connections that have not logged in."""
+        host = getattr(addr, "host", str(addr))
+        if not self.unauthenticated.admit(host):
+            return None
+        return RelayProtocol(self, host)
+
+    def stopFactory(self):
+        self.unauthenticated.stop()
 
     def connection_opened(self, protocol):
         self.connections.add(protocol)

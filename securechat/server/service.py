@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from securechat.server.auth import SecretHasher
 from securechat.server.factory import RelayFactory
+from securechat.server.fdlimit import raise_open_file_limit
 from securechat.server.listener import listen_tls
 from securechat.server.tls import server_context_factory
 from securechat.server.tls_memory import IdleSweep
@@ -64,6 +65,7 @@ class RelayService(service.Service):
         hasher = SecretHasher(self.reactor, self.config.argon2_concurrency)
         dummy_hash = await hasher.hash(random_bytes(32))
         self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, dummy_hash)
+        raise_open_file_limit()
         self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
                                self.config.interface)
         tune_garbage_collector()
