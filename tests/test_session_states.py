@@ -9,7 +9,6 @@ import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher, formatEvent
 
 from securechat import config, wire
 from securechat.server.auth import SecretHasher
@@ -18,6 +17,7 @@ from securechat.server.output import HARD_LIMIT_FACTOR
 from securechat.server.session import MAX_PENDING
 from securechat.store import make_store
 from tests.support import poll_until
+from tests.test_client_security import record_log
 
 SECRET = wire.b64encode(b"s" * 32)
 
@@ -253,16 +253,6 @@ async def test_256_requests_in_flight_stop_reading_until_half_are_answered(facto
     assert len([f for f in frames(transport) if "result" in f]) == 1 + MAX_PENDING
 
 
-def log_lines():
-    lines = []
-
-    def observer(event):
-        lines.append(formatEvent(event) or "")
-
-    globalLogPublisher.addObserver(observer)
-    return lines, lambda: globalLogPublisher.removeObserver(observer)
-
-
 @pytest_twisted.ensureDeferred
 async def test_output_over_budget_holds_reading_until_it_drains(factory):
     """Past output_budget_bytes unsent, the connection's requests are not read; once the
@@ -290,7 +280,7 @@ async def test_output_over_budget_for_the_stall_time_closes_with_a_log_line(fact
     protocol.gate.pauseProducing()
     protocol.session.push_line(b"x" * 2_200_000)
     unsent = len(transport.value())
-    lines, stop = log_lines()
+    lines, stop = record_log()
     try:
         factory.clock.advance(4.9)
         assert not transport.disconnected
@@ -308,7 +298,7 @@ def test_output_far_over_budget_closes_at_once_naming_the_peer(factory):
     anonymous one is named by its address."""
     protocol, transport = connect(factory, transport=BufferingTransport())
     protocol.gate.pauseProducing()
-    lines, stop = log_lines()
+    lines, stop = record_log()
     try:
         protocol.session.push_line(b"x" * (HARD_LIMIT_FACTOR * 2097152))
     finally:
