@@ -38,12 +38,27 @@ EXIT_UNREACHABLE = 4
 EXIT_CERTIFICATE = 5
 EXIT_UNKNOWN_USER = 6
 EXIT_UNTRUSTED = 7
+EXIT_RATE_LIMITED = 8
+EXIT_UNAVAILABLE = 9
 
 
 class ClientError(Exception):
     def __init__(self, message, exit_code=EXIT_ERROR):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def refusal(error, what="the server refused"):
+    """The ClientError for a server's error answer: limits and outages get their own exit
+    codes, so a script can tell "wait and retry" from "this is wrong"."""
+    if error.code == "rate_limited":
+        wait = error.details.get("retry_after")
+        when = f"try again in {wait} s" if wait else "try again later"
+        return ClientError(f"rate limited: {when} ({error.message})", EXIT_RATE_LIMITED)
+    if error.code == "unavailable":
+        return ClientError(f"the server is unavailable (its database): {error.message}",
+                           EXIT_UNAVAILABLE)
+    return ClientError(f"{what}: {error.message}")
 
 
 def new_device_id():
@@ -66,6 +81,7 @@ class Client:
         self.protocol = None
         self.queued_at_login = 0
         self._directory = {}
+        self._key_top_up = defer.DeferredLock()  # one top-up at a time (login, keys.low)
         self.sender = Sender(self)
         self.rooms = RoomClient(self)
         self.receiver = Receiver(self, on_message or (lambda record: None),
@@ -117,7 +133,7 @@ class Client:
         self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
         await self._connect()
         counts = await self._login()
-        await self._top_up(counts)
+        await self._key_top_up.run(lambda: defer.ensureDeferred(self._top_up(counts)))
 
     def close(self):
         if self.protocol is not None and self.protocol.transport is not None:
@@ -182,6 +198,8 @@ class Client:
             self.receiver.envelope_event(frame)
         elif frame.get("event") == "corrupt":
             self.log.error("the server reports a corrupted stored envelope {id}", id=frame.get("id"))
+        elif frame.get("event") == "keys.low":
+            self._key_top_up.run(self._refill_keys).addErrback(self._refill_failed)
 
     def _login_secret(self):
         return wire.b64encode(passwords.login_secret(self._password, self.settings.server, self.user))
@@ -193,6 +211,8 @@ class Client:
         except RemoteError as e:
             if e.code == "auth_failed":
                 raise ClientError("wrong user name or password", EXIT_AUTH) from None
+            if e.code in ("rate_limited", "unavailable"):
+                raise refusal(e) from None
             raise ClientError(f"login refused: {e.message}", EXIT_AUTH) from None
         self.queued_at_login = result["queued"]
         return result
@@ -232,6 +252,15 @@ class Client:
                                fallback_key=fallback or None)
             self.crypto.mark_published()
 
+    @returns_deferred
+    async def _refill_keys(self):
+        """The server said this device's one-time keys run low (others claimed them)."""
+        await self._top_up(await self.request("keys.count"))
+
+    def _refill_failed(self, failure):
+        if not failure.check(client_protocol.ConnectionClosed):  # closed: the next login tops up
+            self.log.warn("topping up one-time keys failed: {error}", error=failure.value)
+
     # -- the key directory ----------------------------------------------------------
 
     @returns_deferred
@@ -266,7 +295,7 @@ class Client:
         except TrustError as e:
             raise ClientError(str(e), EXIT_UNTRUSTED) from None
         except RemoteError as e:
-            raise ClientError(f"the server refused the message: {e.message}") from None
+            raise refusal(e, "the server refused the message") from None
         return mid
 
     @returns_deferred
