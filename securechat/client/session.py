@@ -51,10 +51,8 @@ class ClientError(Exception):
 def refusal(error, what="the server refused"):
     """The ClientError for a server's error answer: limits and outages get their own exit
     codes, so a script can tell "wait and retry" from "this is wrong"."""
-    if error.code == "rate_limited":
-        wait = error.details.get("retry_after")
-        when = f"try again in {wait} s" if wait else "try again later"
-        return ClientError(f"rate limited: {when} ({error.message})", EXIT_RATE_LIMITED)
+    if error.code == "rate_limited":  # the message says how long to wait when it is known
+        return ClientError(f"rate limited: {error.message}", EXIT_RATE_LIMITED)
     if error.code == "unavailable":
         return ClientError(f"the server is unavailable (its database): {error.message}",
                            EXIT_UNAVAILABLE)
