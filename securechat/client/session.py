@@ -233,7 +233,7 @@ class Client:
         with self.store.transaction():
             self.store.set_meta("device_list_version", str(version))
 
-    async def _top_up(self, counts):
+    async def _top_up(self, counts, low_water=OTK_LOW_WATER):
         """Keep enough one-time keys published, and always a fallback key.
 
         Keys generated but never acknowledged (a lost answer) are sent again
@@ -241,7 +241,7 @@ class Client:
         """
         otks, fallback = self.crypto.unpublished_keys(self.user, self.device)
         missing = OTK_TARGET - counts["otk_count"] - len(otks)
-        if counts["otk_count"] < OTK_LOW_WATER and missing > 0:
+        if counts["otk_count"] < low_water and missing > 0:
             otks = self.crypto.one_time_keys(self.user, self.device, missing)
         if not counts["has_fallback"] and not fallback:
             fallback = self.crypto.fallback_key(self.user, self.device)
@@ -252,8 +252,9 @@ class Client:
 
     @returns_deferred
     async def _refill_keys(self):
-        """The server said this device's one-time keys run low (others claimed them)."""
-        await self._top_up(await self.request("keys.count"))
+        """The server said this device's one-time keys run low (others claimed them): back
+        up to the full set, whatever this client's own low-water mark."""
+        await self._top_up(await self.request("keys.count"), low_water=OTK_TARGET)
 
     def _refill_failed(self, failure):
         if not failure.check(client_protocol.ConnectionClosed):  # closed: the next login tops up
