@@ -135,6 +135,32 @@ async def test_a_login_waits_about_one_hash_while_another_user_floods_wrong_room
 
 
 @pytest_twisted.ensureDeferred
+async def test_password_checks_past_a_users_waiting_bound_are_refused_at_once(relay_with):
+    """With two checks allowed to wait, ten pipelined joins give rate_limited at once for
+    those past the bound, wrong_password for the rest."""
+    server = await relay_with("argon2_concurrency = 1\nargon2_waiting_per_client = 2\n")
+    mallory = ScriptedDevice("mallory")
+    await mallory.register(server)
+    await mallory.login(server, upload_keys=False)
+    await mallory.request("room.create", room="vault", password=password())
+    joins = [mallory.request("room.join", room="vault", password=password()) for _ in range(10)]
+    codes = []
+    for d in joins:
+        codes.append(await expect_code_of(d))
+    assert {"rate_limited", "wrong_password"} == set(codes)
+    assert codes.count("wrong_password") <= 4, codes
+    await cleanup(mallory)
+
+
+async def expect_code_of(d):
+    try:
+        await d
+    except RemoteError as e:
+        return e.code
+    raise AssertionError("the request succeeded")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_room_password_guesser_is_locked_out_not_the_room(relay_with):
     """After the per-room and per-user limits of wrong passwords the guesser gets
     rate_limited (even with the right password), while bob joins with it."""
