@@ -365,6 +365,7 @@ REQUESTS = {
     "room.members": {"room": ROOM},
     "room.invite": {"room": ROOM, "user": USER},
     "room.kick": {"room": ROOM, "user": USER},
+    "room.unban": {"room": ROOM, "user": USER},
     "room.admin": {"room": ROOM, "user": USER, "admin": boolean},
     "room.history": {"room": ROOM, "before": optional(integer(1, 2**62)),
                      "limit": optional(integer(1, HISTORY_PAGE_MAX))},

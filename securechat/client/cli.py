@@ -69,7 +69,8 @@ def build_parser():
     broadcast = commands.add_parser("broadcast", help="send a message to every user")
     broadcast.add_argument("text", nargs="+")
     for name, text in (("invite", "add USER to ROOM (owner/admins)"),
-                       ("kick", "remove USER from ROOM (owner/admins)")):
+                       ("kick", "remove USER from ROOM and ban USER from it (owner/admins)"),
+                       ("unban", "lift USER's ban from ROOM (owner/admins)")):
         action = commands.add_parser(name, help=text)
         action.add_argument("room")
         action.add_argument("user")
@@ -322,19 +323,14 @@ class Commands:
 
         return await self.connected(history)
 
-    async def cmd_invite(self):
-        async def invite(client):
-            await client.request("room.invite", room=self.args.room, user=self.args.user)
-            self.out(f"{self.args.user} is now in {self.args.room}")
+    async def _moderate(self):
+        async def moderate(client):
+            self.out(await client.rooms.moderate(
+                self.args.command, self.args.room, self.args.user))
 
-        return await self.connected(invite)
+        return await self.connected(moderate)
 
-    async def cmd_kick(self):
-        async def kick(client):
-            await client.request("room.kick", room=self.args.room, user=self.args.user)
-            self.out(f"{self.args.user} was removed from {self.args.room}")
-
-        return await self.connected(kick)
+    cmd_invite = cmd_kick = cmd_unban = _moderate
 
     async def cmd_chat(self):
         from securechat.client.chat import run_chat

@@ -22,6 +22,15 @@ from securechat.crypto.passwords import room_password_secret
 from securechat.client.deferreds import returns_deferred
 
 
+MODERATION = {
+    "invite": ("room.invite", "{user} is now in {room}"),
+    "kick": ("room.kick", "{user} was removed from {room} and is banned from it until its "
+                          "owner or an admin lifts the ban (unban {room} {user})"),
+    "unban": ("room.unban", "lifted the ban of {user} from {room}: {user} may join again"),
+}
+"""What the owner and admins do to a member: the op, and the line that says it is done."""
+
+
 class RoomClient:
     def __init__(self, client):
         self._client = client
@@ -47,6 +56,13 @@ class RoomClient:
         result = await self._client.request("room.leave", room=room)
         self.forget_outbound(room)
         return result
+
+    @returns_deferred
+    async def moderate(self, action, room, user):
+        """Invite, kick (which bans) or unban ``user``; fire with the line saying it is done."""
+        op, done = MODERATION[action]
+        await self._client.request(op, room=room, user=user)
+        return done.format(room=room, user=user)
 
     def forget_outbound(self, room):
         self._crypto.forget_outbound(room)

@@ -45,14 +45,15 @@ class DeviceDirectory:
 class RoomDirectory:
     """Rooms and their members, cached: every room message needs them; joins are rare.
 
-    Every membership change goes through ``add_member``/``remove_member``
-    here, so the cache never serves a stale member list (on one node).
+    Every membership change goes through ``add_member``/``remove_member``/
+    ``ban_member`` here, so the cache never serves a stale member list (on one node).
     """
 
     def __init__(self, store):
         self._store = store
         self._rooms = {}
         self._members = {}
+        self._changes = 0  # membership changes done: a read that saw one go by is not kept
 
     async def room(self, room):
         """The room's record, or None (unknown rooms are not cached: they may be created)."""
@@ -66,20 +67,28 @@ class RoomDirectory:
     async def members(self, room):
         members = self._members.get(room)
         if members is None:
+            changes = self._changes
             members = tuple(await self._store.room_members(room))
-            self._remember(self._members, room, members)
+            if changes == self._changes:  # else it may predate the change (a kicked member)
+                self._remember(self._members, room, members)
         return members
 
-    async def add_member(self, room, user):
-        try:
-            return await self._store.add_member(room, user)
-        finally:
-            self._members.pop(room, None)
+    def add_member(self, room, user):
+        return self._changing(room, self._store.add_member(room, user))
 
-    async def remove_member(self, room, user):
+    def remove_member(self, room, user):
+        return self._changing(room, self._store.remove_member(room, user))
+
+    def ban_member(self, room, user, by):
+        return self._changing(room, self._store.ban_member(room, user, by))
+
+    async def _changing(self, room, change):
+        """The outcome of a membership ``change`` (a Deferred); the room's cached members
+        are forgotten whatever it is (a failure may come after the commit)."""
         try:
-            return await self._store.remove_member(room, user)
+            return await change
         finally:
+            self._changes += 1
             self._members.pop(room, None)
 
     @staticmethod

@@ -250,6 +250,9 @@ class ConnectionSession:
     async def op_room_kick(self, fields):
         return await self._server.rooms.kick(self.user, fields["room"], fields["user"])
 
+    async def op_room_unban(self, fields):
+        return await self._server.rooms.unban(self.user, fields["room"], fields["user"])
+
     async def op_room_admin(self, fields):
         return await self._server.rooms.set_admin(
             self.user, fields["room"], fields["user"], fields["admin"])

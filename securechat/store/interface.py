@@ -157,7 +157,10 @@ class IStore(Interface):
         """Fire with ``{"room", "owner", "password_hash", "created"}`` or None."""
 
     def add_member(room, user):
-        """Add ``user`` to the room; fires with True if added, False if already a member."""
+        """Add ``user`` to the room; fires with True if added, False if already a member.
+
+        Errbacks with ``Banned`` while the user is banned from the room.
+        """
 
     def member_role(room, user):
         """Fire with "owner", "admin" or "member", or None for a non-member."""
@@ -167,6 +170,17 @@ class IStore(Interface):
 
     def remove_member(room, user):
         """Remove ``user`` from the room; fires with True if removed, False if not a member."""
+
+    def ban_member(room, user, by):
+        """Remove ``user`` from the room and ban it (``by`` names who did), atomically with
+        ``add_member``: a concurrent join lands before the removal or is refused.  Fires
+        with the role the user had, or None (nothing done) for a non-member."""
+
+    def room_ban(room, user):
+        """Fire with the user's ban from the room, ``{"role", "by", "created"}``, or None."""
+
+    def unban_member(room, user):
+        """Lift the user's ban from the room; fires with True if there was one."""
 
     def room_members(room):
         """Fire with the sorted list of member user names."""
