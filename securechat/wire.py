@@ -367,6 +367,7 @@ REQUESTS = {
     "room.kick": {"room": ROOM, "user": USER},
     "room.unban": {"room": ROOM, "user": USER},
     "room.admin": {"room": ROOM, "user": USER, "admin": boolean},
+    "room.mode": {"room": ROOM, "invite_only": boolean},
     "room.history": {"room": ROOM, "before": optional(integer(1, 2**62)),
                      "limit": optional(integer(1, HISTORY_PAGE_MAX))},
     "rooms.list": {},

@@ -130,6 +130,32 @@ async def test_only_the_owner_names_admins_and_keeps_its_role(server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_invite_only_room_admits_invited_users_only(server):
+    """Once its owner (nobody else) makes a room invite-only, a join is refused with
+    `invite_only` (the password unchecked) and only an invitation adds a member; opened
+    again, anyone joins."""
+    alice, bob, carol, dave, erin = await staffed_room(server)
+    await alice.request("room.create", room="vault", password=wire.b64encode(b"p" * 16))
+    await expect_error("not_member", alice.request("room.admin", room="vault", user="bob",
+                                                    admin=True))
+    await expect_error("forbidden", bob.request("room.mode", room="ops", invite_only=True))
+    await erin.request("room.join", room="vault", password=wire.b64encode(b"p" * 16))
+    assert await alice.request("room.mode", room="vault", invite_only=True) == {
+        "room": "vault", "invite_only": True}
+    refused = await expect_error("invite_only", carol.request(
+        "room.join", room="vault", password=wire.b64encode(b"p" * 16)))
+    assert "invite-only" in refused.message
+    await expect_error("invite_only", carol.request(
+        "room.join", room="vault", password=wire.b64encode(b"wrong guess 1234")))
+    await alice.request("room.invite", room="vault", user="carol")
+    await carol.request("room.join", room="vault", password=wire.b64encode(b"p" * 16))
+    await alice.request("room.mode", room="vault", invite_only=False)
+    await dave.request("room.join", room="vault", password=wire.b64encode(b"p" * 16))
+    assert await members(alice, "vault") == ["alice", "carol", "dave", "erin"]
+    await cleanup(alice, bob, carol, dave, erin)
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_everyone_room_is_listed_to_the_servers_admins_only(server):
     """`room.members` of `everyone` is `forbidden` to a user not in [broadcast] admins, and
     lists every user and device to one who is."""
@@ -192,11 +218,12 @@ async def test_a_member_list_read_during_a_kick_is_not_cached():
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_cli_unbans_a_kicked_user(server, tmp_path):
+async def test_the_cli_unbans_a_kicked_user_and_closes_a_room(server, tmp_path):
     """With the real `securechat`: a kicked user's `join` exits 1 saying it is banned;
-    `securechat unban ROOM USER` lets it join again."""
+    `securechat unban ROOM USER` lets it join again; after `securechat rooms mode ROOM
+    invite-only` another user's join exits 1 saying so."""
     people = People(server, tmp_path)
-    await people.register("alice", "bob")
+    await people.register("alice", "bob", "carol")
     await people.ok("alice", "rooms", "create", "ops")
     await people.ok("bob", "join", "ops")
     kicked = await people.ok("alice", "kick", "ops", "bob")
@@ -206,3 +233,7 @@ async def test_the_cli_unbans_a_kicked_user(server, tmp_path):
     assert "lifted the ban" in (await people.ok("alice", "unban", "ops", "bob")).out
     await people.ok("bob", "join", "ops")
     assert await server.service.store.room_members("ops") == ["alice", "bob"]
+    assert "ops is invite-only" in (
+        await people.ok("alice", "rooms", "mode", "ops", "invite-only")).out
+    refused = await run_cli(people.configs["carol"], "join", "ops")
+    assert refused.code == 1 and "room 'ops' is invite-only" in refused.err, refused

@@ -458,12 +458,17 @@ async def test_newer_schema_is_refused(database, tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_rooms(store):
-    """Rooms are created once with their owner as member; members join and leave."""
+    """Rooms are created once with their owner as member, open until made invite-only;
+    members join and leave."""
     await store.create_room("ops", "alice", None)
     with pytest.raises(RoomExists):
         await store.create_room("ops", "bob", "hash")
     assert (await store.get_room("ops"))["owner"] == "alice"
     assert await store.get_room("nope") is None
+    assert (await store.get_room("ops"))["invite_only"] is False
+    assert await store.set_invite_only("ops", True) is True
+    assert (await store.get_room("ops"))["invite_only"] is True
+    assert await store.set_invite_only("nope", True) is False
     assert await store.add_member("ops", "bob") is True
     assert await store.add_member("ops", "bob") is False
     assert await store.room_members("ops") == ["alice", "bob"]

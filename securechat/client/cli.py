@@ -20,6 +20,7 @@ from securechat import config as server_config
 from securechat.client import settings as client_settings
 from securechat.client.contacts import TrustError
 from securechat.client.protocol import RemoteError
+from securechat.client.rooms import ROOM_MODES
 from securechat.client.session import EXIT_UNTRUSTED, Client, ClientError
 from securechat.client.verification import Verification, VerificationFailed
 from securechat.crypto.fingerprint import key_fingerprint, safety_number
@@ -56,6 +57,10 @@ def build_parser():
     create.add_argument("--password", action="store_true",
                         help="protect it with a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
     rooms_commands.add_parser("list", help="the rooms you are in")
+    mode = rooms_commands.add_parser(
+        "mode", help="open a room you own to anyone, or make it invite-only")
+    mode.add_argument("room")
+    mode.add_argument("mode", choices=sorted(ROOM_MODES))
     join = commands.add_parser("join", help="join a room")
     join.add_argument("room")
     join.add_argument("--password", action="store_true",
@@ -277,6 +282,11 @@ class Commands:
                 self.out(f"created {self.args.room}" + (" (password protected)" if password else ""))
 
             return await self.connected(create)
+        if self.args.rooms_command == "mode":
+            async def mode(client):
+                self.out(await client.rooms.set_mode(self.args.room, self.args.mode))
+
+            return await self.connected(mode)
 
         async def listing(client):
             for room in (await client.request("rooms.list"))["rooms"]:

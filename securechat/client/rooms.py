@@ -30,6 +30,13 @@ MODERATION = {
 }
 """What the owner and admins do to a member: the op, and the line that says it is done."""
 
+ROOM_MODES = {
+    "open": (False, "{room} is open: anyone may join (with its password, if it has one)"),
+    "invite-only": (True, "{room} is invite-only: only the owner's and admins' invitations "
+                          "add members"),
+}
+"""A room's modes by name: ``room.mode``'s ``invite_only``, and the line that says it."""
+
 
 class RoomClient:
     def __init__(self, client):
@@ -63,6 +70,13 @@ class RoomClient:
         op, done = MODERATION[action]
         await self._client.request(op, room=room, user=user)
         return done.format(room=room, user=user)
+
+    @returns_deferred
+    async def set_mode(self, room, mode):
+        """Make a room this user owns open or invite-only (a name of ``ROOM_MODES``)."""
+        invite_only, done = ROOM_MODES[mode]
+        await self._client.request("room.mode", room=room, invite_only=invite_only)
+        return done.format(room=room)
 
     def forget_outbound(self, room):
         self._crypto.forget_outbound(room)

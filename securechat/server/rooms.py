@@ -4,7 +4,9 @@ admins), multicast of one ciphertext to every member device, ciphertext history,
 
 Roles rank owner > admin > member: the owner and admins moderate (invite,
 kick, unban), and each acts only on those ranked below it -- an admin on
-members, the owner on admins and members, nobody on the owner.
+members, the owner on admins and members, nobody on the owner.  The owner
+alone names admins and makes a room invite-only (joins refused: only
+invitations add members).
 
 The server knows who is in a room (it must, to fan envelopes out) but not
 what is said there.  Members learn of joins and leaves through membership
@@ -62,7 +64,7 @@ class Rooms:
 
     async def join(self, user, room, password):
         info = await self._existing(room)
-        await self._refuse_banned(room, user)  # before the password: no guessing while banned
+        await self._check_admission(info, user)
         if info["password_hash"] is not None:
             if password is None:
                 raise ProtocolError("wrong_password", f"room {room!r} needs a password")
@@ -121,9 +123,13 @@ class Rooms:
         await self._store.unban_member(room, banned)
         return {"room": room, "user": banned, "banned": False}
 
+    async def set_invite_only(self, user, room, invite_only):
+        await self._require_owner(user, room, "sets whether it is invite-only")
+        await self._rooms.set_invite_only(room, invite_only)
+        return {"room": room, "invite_only": invite_only}
+
     async def set_admin(self, user, room, member, admin):
-        if await self._store.member_role(room, user) != "owner":
-            raise ProtocolError("forbidden", "only the room's owner names admins")
+        await self._require_owner(user, room, "names admins")
         role = await self._store.member_role(room, member)
         if role is None:
             raise ProtocolError("not_member", f"{member} is not a member of room {room!r}")
@@ -210,11 +216,22 @@ class Rooms:
             raise ProtocolError("forbidden", f"only the owner and admins of {room!r} may do that")
         return role
 
-    async def _refuse_banned(self, room, user):
+    async def _require_owner(self, user, room, doing):
+        await self._existing(room)
+        if await self._store.member_role(room, user) != "owner":
+            raise ProtocolError("forbidden", f"only the owner of room {room!r} {doing}")
+
+    async def _check_admission(self, info, user):
+        """Refuse a banned user, and a non-member of an invite-only room, before the
+        password is checked: neither may use joins to test guesses of it."""
+        room = info["room"]
         ban = await self._store.room_ban(room, user)
         if ban is not None:
             raise ProtocolError("banned", f"you are banned from room {room!r} (by {ban['by']}); "
                                           "its owner or an admin can lift the ban")
+        if info["invite_only"] and user not in await self._rooms.members(room):
+            raise ProtocolError("invite_only", f"room {room!r} is invite-only: ask its owner or "
+                                               "an admin to invite you")
 
     async def _admit(self, room, user, banned_message):
         """Add a member (True) unless already one (False); ``banned`` if banned meanwhile

@@ -257,6 +257,10 @@ class ConnectionSession:
         return await self._server.rooms.set_admin(
             self.user, fields["room"], fields["user"], fields["admin"])
 
+    async def op_room_mode(self, fields):
+        return await self._server.rooms.set_invite_only(
+            self.user, fields["room"], fields["invite_only"])
+
     async def op_room_history(self, fields):
         return await self._server.rooms.history(
             self.user, fields["room"], fields["before"], fields["limit"])

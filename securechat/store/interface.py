@@ -154,7 +154,10 @@ class IStore(Interface):
         """
 
     def get_room(room):
-        """Fire with ``{"room", "owner", "password_hash", "created"}`` or None."""
+        """Fire with ``{"room", "owner", "password_hash", "created", "invite_only"}`` or None."""
+
+    def set_invite_only(room, invite_only):
+        """Make the room invite-only (True) or open (False); fires with False for no room."""
 
     def add_member(room, user):
         """Add ``user`` to the room; fires with True if added, False if already a member.

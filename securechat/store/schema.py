@@ -18,7 +18,7 @@ Changelog:
       position each time (which made the pages of a long backlog cost its square).
   6 — room bans: a kicked user stays out of the room (its join refused) until the
       room's owner or an admin lifts the ban; without them a kick from an open room
-      was undone by joining again.
+      was undone by joining again.  And invite-only rooms, which nobody joins uninvited.
 """
 
 from securechat.wire import BROADCAST_ROOM
@@ -193,6 +193,7 @@ MIGRATIONS = {
             banned_by TEXT NOT NULL,
             created BIGINT NOT NULL,
             PRIMARY KEY (room, user_id))""",
+        "ALTER TABLE rooms ADD COLUMN invite_only BOOLEAN NOT NULL DEFAULT FALSE",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

@@ -169,6 +169,9 @@ class SqlStore:
     def get_room(self, room):
         return self._run(t.txn_get_room, room)
 
+    def set_invite_only(self, room, invite_only):
+        return self._run(t.txn_set_invite_only, room, invite_only)
+
     def add_member(self, room, user):
         return self._run(t.txn_add_member, room, user)
 

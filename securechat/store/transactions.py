@@ -769,8 +769,17 @@ async def txn_create_room(txn, room, owner, password_hash):
 
 
 async def txn_get_room(txn, room):
-    return _record(("room", "owner", "password_hash", "created"), await _first(
-        txn, "SELECT room, owner, password_hash, created FROM rooms WHERE room = ?", (room,)))
+    info = _record(("room", "owner", "password_hash", "created", "invite_only"), await _first(
+        txn, "SELECT room, owner, password_hash, created, invite_only FROM rooms WHERE room = ?",
+        (room,)))
+    if info is not None:
+        info["invite_only"] = bool(info["invite_only"])  # SQLite keeps booleans as 0 and 1
+    return info
+
+
+async def txn_set_invite_only(txn, room, invite_only):
+    return bool(await txn.execute(
+        "UPDATE rooms SET invite_only = ? WHERE room = ? RETURNING room", (invite_only, room)))
 
 
 async def _lock_room(txn, room):
