@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from securechat import config, wire
-from securechat.server.auth import SecretHasher
+from securechat.server.auth import LOGIN_WORK, SecretHasher
 from securechat.server.factory import RelayFactory
 from securechat.server.output import HARD_LIMIT_FACTOR
 from securechat.server.session import MAX_PENDING
@@ -39,7 +39,7 @@ def factory(tmp_path):
                     "unauthenticated_per_address = 3\n")
     store = make_store(str(tmp_path / "unit.sqlite3"), str(tmp_path))
     pytest_twisted.blockon(defer.ensureDeferred(store.start()))
-    made = RelayFactory(config.load(str(path)), store, task.Clock(), SecretHasher(reactor, 1),
+    made = RelayFactory(config.load(str(path)), store, task.Clock(), SecretHasher(reactor, 1, 32),
                         dummy_hash="")
     yield made
     pytest_twisted.blockon(store.stop())
@@ -70,7 +70,7 @@ def send(protocol, *requests):
 
 
 async def account(factory, user):
-    hashed = await factory.hasher.hash(wire.b64decode(SECRET))
+    hashed = await factory.hasher.hash(wire.b64decode(SECRET), LOGIN_WORK, "setup")
     await factory.store.create_account(user, hashed, wire.b64encode(b"k" * 32))
 
 

@@ -79,13 +79,14 @@ class IStore(Interface):
     def set_fallback_key(user, device, kid, key, signature):
         """Replace the device's fallback key; it is unused afterwards."""
 
-    def claim_keys(pairs):
+    def claim_keys(pairs, fallback_only=frozenset()):
         """Claim one key for each ``(user, device)`` in ``pairs``.
 
         One-time keys are handed out in upload order and exactly once, even
         under concurrent claims from several connections or server nodes
         (a handed-out kid is remembered and never re-issued).  When a device
-        has none left, its fallback key is returned and marked used.  Fires
+        has none left, or is in ``fallback_only`` (it gave out its share of
+        one-time keys for now), its fallback key is returned and marked used.  Fires
         with ``{(user, device): {"kid", "key", "signature", "fallback"}}``;
         a device with neither is absent from the result.
         """
@@ -154,10 +155,16 @@ class IStore(Interface):
         """
 
     def get_room(room):
-        """Fire with ``{"room", "owner", "password_hash", "created"}`` or None."""
+        """Fire with ``{"room", "owner", "password_hash", "created", "invite_only"}`` or None."""
+
+    def set_invite_only(room, invite_only):
+        """Make the room invite-only (True) or open (False); fires with False for no room."""
 
     def add_member(room, user):
-        """Add ``user`` to the room; fires with True if added, False if already a member."""
+        """Add ``user`` to the room; fires with True if added, False if already a member.
+
+        Errbacks with ``Banned`` while the user is banned from the room.
+        """
 
     def member_role(room, user):
         """Fire with "owner", "admin" or "member", or None for a non-member."""
@@ -167,6 +174,17 @@ class IStore(Interface):
 
     def remove_member(room, user):
         """Remove ``user`` from the room; fires with True if removed, False if not a member."""
+
+    def ban_member(room, user, by):
+        """Remove ``user`` from the room and ban it (``by`` names who did), atomically with
+        ``add_member``: a concurrent join lands before the removal or is refused.  Fires
+        with the role the user had, or None (nothing done) for a non-member."""
+
+    def room_ban(room, user):
+        """Fire with the user's ban from the room, ``{"role", "by", "created"}``, or None."""
+
+    def unban_member(room, user):
+        """Lift the user's ban from the room; fires with True if there was one."""
 
     def room_members(room):
         """Fire with the sorted list of member user names."""
