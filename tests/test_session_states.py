@@ -2,7 +2,6 @@
 backpressure, without sockets: StringTransport, task.Clock, a real SQLite store and real
 argon2id logins."""
 
-import json
 
 import pytest
 import pytest_twisted
@@ -18,6 +17,7 @@ from securechat.server.session import MAX_PENDING
 from securechat.store import make_store
 from tests.support import poll_until
 from tests.test_client_security import record_log
+from tests.test_session_unit import connect, frames
 
 SECRET = wire.b64encode(b"s" * 32)
 
@@ -43,20 +43,6 @@ def factory(tmp_path):
                         dummy_hash="")
     yield made
     pytest_twisted.blockon(store.stop())
-
-
-def connect(factory, host="10.0.0.1", handshake=True, transport=None):
-    """A connection from ``host``, its TLS handshake done (or not yet)."""
-    protocol = factory.buildProtocol(IPv4Address("TCP", host, 40000))
-    transport = transport or StringTransport()
-    protocol.makeConnection(transport)
-    if handshake:
-        protocol.handshakeCompleted()
-    return protocol, transport
-
-
-def frames(transport):
-    return [json.loads(line) for line in transport.value().splitlines() if line]
 
 
 def answer(transport, rid):

@@ -31,10 +31,10 @@ def factory(tmp_path):
     pytest_twisted.blockon(store.stop())
 
 
-def connect(factory, host="10.0.0.1", handshake=True):
+def connect(factory, host="10.0.0.1", handshake=True, transport=None):
     """A connection from ``host`` over a StringTransport, its TLS handshake done (or not)."""
     protocol = factory.buildProtocol(IPv4Address("TCP", host, 40000))
-    transport = StringTransport()
+    transport = transport or StringTransport()
     protocol.makeConnection(transport)
     if handshake:
         protocol.handshakeCompleted()
