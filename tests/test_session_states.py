@@ -2,7 +2,6 @@
 backpressure, without sockets: StringTransport, task.Clock, a real SQLite store and real
 argon2id logins."""
 
-
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
