@@ -30,6 +30,7 @@ class OutputBudget:
     """
 
     log = Logger()
+    __slots__ = ("_clock", "_budget", "_stall_seconds", "_connection", "_over_since", "_timer")
 
     def __init__(self, clock, budget, stall_seconds, connection):
         self._clock = clock

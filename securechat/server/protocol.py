@@ -15,6 +15,7 @@ from securechat import wire
 from securechat.server.output import OutputBudget
 from securechat.server.session import CLOSED, ConnectionSession
 
+
 @implementer(IPushProducer)
 class WriteGate:
     """Closed while the transport's send buffer is full: delivery waits on it.
@@ -54,6 +55,10 @@ class WriteGate:
         return d
 
 
+NO_HOLDS = frozenset()
+"""No reason to hold reading: shared, so an idle connection carries no set of its own."""
+
+
 @implementer(IHandshakeListener)
 class RelayProtocol(Protocol):
     """Splits the byte stream into lines (``\n``, an optional ``\r`` before it is dropped).
@@ -73,7 +78,7 @@ class RelayProtocol(Protocol):
         self.budget = OutputBudget(server.clock, config.output_budget_bytes,
                                    config.output_stall_seconds, self)
         self.gate = WriteGate(on_open=self.budget.drained)
-        self._read_holds = set()
+        self._read_holds = NO_HOLDS
         self.active = True  # read or written since the last IdleSweep (tls_memory)
         self.buffers_released = False
 
@@ -120,11 +125,11 @@ class RelayProtocol(Protocol):
         """Stop reading requests until every reason given is released."""
         if not self._read_holds:
             self.transport.pauseProducing()
-        self._read_holds.add(reason)
+        self._read_holds |= {reason}
 
     def release_reading(self, reason):
         if reason in self._read_holds:
-            self._read_holds.discard(reason)
+            self._read_holds -= {reason}
             if not self._read_holds and self.session.state is not CLOSED:
                 self.transport.resumeProducing()
 
