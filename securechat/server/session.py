@@ -4,9 +4,10 @@
 
     handshaking --TLS done--> logging_in --login--> checking_login --accepted--> authenticated
                                    ^                      |                         |
-                                   +------refused---------+           logout, replaced,
-                                                                      closed by the server
-    any state --deadline passed, closed by the server (abuse, output stall)--> closing
+                                   +------refused---------+        logout, replaced, closed
+                                                                   by the server  -> closing
+    before login: deadline passed, closed by the server ----------------------------> closing
+    (closed by the server: a flood, an overlong line, output stalled over its budget)
     any state --connection lost--> closed
 
 Every request is checked against the ops its state allows (one set lookup:
