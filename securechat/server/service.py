@@ -66,7 +66,6 @@ class RelayService(service.Service):
                               self.config.argon2_waiting_per_client)
         dummy_hash = await hasher.hash(random_bytes(32), LOGIN_WORK, "start-up")
         self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, dummy_hash)
-        raise_open_file_limit()
         self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
                                self.config.interface)
         tune_garbage_collector()
@@ -115,6 +114,7 @@ class RelayService(service.Service):
 
 class _TwistdRoot(service.MultiService):
     def startService(self):
+        raise_open_file_limit()  # the process's, so under twistd only (not in-process tests)
         super().startService()
         for child in self:
             child.stop_reactor_if_start_fails()
