@@ -154,10 +154,16 @@ class IStore(Interface):
         """
 
     def get_room(room):
-        """Fire with ``{"room", "owner", "password_hash", "created"}`` or None."""
+        """Fire with ``{"room", "owner", "password_hash", "created", "invite_only"}`` or None."""
+
+    def set_invite_only(room, invite_only):
+        """Make the room invite-only (True) or open (False); fires with False for no room."""
 
     def add_member(room, user):
-        """Add ``user`` to the room; fires with True if added, False if already a member."""
+        """Add ``user`` to the room; fires with True if added, False if already a member.
+
+        Errbacks with ``Banned`` while the user is banned from the room.
+        """
 
     def member_role(room, user):
         """Fire with "owner", "admin" or "member", or None for a non-member."""
@@ -167,6 +173,17 @@ class IStore(Interface):
 
     def remove_member(room, user):
         """Remove ``user`` from the room; fires with True if removed, False if not a member."""
+
+    def ban_member(room, user, by):
+        """Remove ``user`` from the room and ban it (``by`` names who did), atomically with
+        ``add_member``: a concurrent join lands before the removal or is refused.  Fires
+        with the role the user had, or None (nothing done) for a non-member."""
+
+    def room_ban(room, user):
+        """Fire with the user's ban from the room, ``{"role", "by", "created"}``, or None."""
+
+    def unban_member(room, user):
+        """Lift the user's ban from the room; fires with True if there was one."""
 
     def room_members(room):
         """Fire with the sorted list of member user names."""
