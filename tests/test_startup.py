@@ -256,3 +256,14 @@ async def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path):
         await bob.close()
     finally:
         proc.stop()
+
+
+def test_a_test_relay_process_never_takes_the_default_port(tmp_path):
+    """The tests' relay processes refuse the default port (the README's relay may hold
+    6697 while the suite runs): no options, or a config that leaves the port at 6697."""
+    with pytest.raises(AssertionError, match="picked free"):
+        ServerProcess(tmp_path, None)
+    config = tmp_path / "default-port.ini"
+    config.write_text(f"[server]\ndata_dir = {tmp_path / 'data'}\n")
+    with pytest.raises(AssertionError, match="picked free"):
+        ServerProcess(tmp_path, config)
