@@ -136,11 +136,19 @@ async def test_an_older_ca_certificate_is_kept_with_a_warning(tmp_path):
         await server.stop()
 
 
-def _tls12_handshake(port, cafile, ciphers):
-    """Connect with TLS 1.2 offering only ``ciphers``; the suite agreed (raises if refused)."""
+def _tls12_client(cafile, suite):
+    """A TLS 1.2 client context offering ``suite`` alone (even one OpenSSL would not offer)."""
     context = ssl.create_default_context(cafile=cafile)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(f"{ciphers}:@SECLEVEL=0")
+    context.set_ciphers(f"{suite}:@SECLEVEL=0")
+    # TLS 1.3's suites (named TLS_*) are configured apart and unused at TLS 1.2.
+    assert [c["name"] for c in context.get_ciphers() if not c["name"].startswith("TLS_")] == [
+        suite]
+    return context
+
+
+def _tls12_handshake(port, context):
+    """Connect; the suite agreed (an SSLError if the relay refuses the handshake)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
             return tls.cipher()[0]
@@ -153,14 +161,13 @@ async def test_tls12_accepts_only_ecdhe_with_aead_suites(tmp_path):
     server = await start_server(tmp_path / "srv")
     try:
         for suite in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384"):
-            with pytest.raises(ssl.SSLError):
-                await threads.deferToThread(_tls12_handshake, server.port, server.cert_path,
-                                            suite)
+            client = _tls12_client(server.cert_path, suite)
+            with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+                await threads.deferToThread(_tls12_handshake, server.port, client)
         for suite in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
                       "ECDHE-ECDSA-CHACHA20-POLY1305"):
-            agreed = await threads.deferToThread(_tls12_handshake, server.port,
-                                                 server.cert_path, suite)
-            assert agreed == suite
+            client = _tls12_client(server.cert_path, suite)
+            assert await threads.deferToThread(_tls12_handshake, server.port, client) == suite
     finally:
         await server.stop()
 
