@@ -309,7 +309,8 @@ USER = text_matching(
 DEVICE = text_matching(DEVICE_RE, "a device id: 1-32 of A-Z a-z 0-9 _ -")
 ROOM = text_matching(ROOM_RE, "a room name: 1-64 of a-z 0-9 . _ -, starting with a letter or digit")
 _NEW_NAME_RULE = "starting and ending with a letter or digit, with no two of . _ - in a row"
-NEW_USER = text_matching(NEW_USERNAME_RE, f"a new user name: 1-32 of a-z 0-9 . _ -, {_NEW_NAME_RULE}")
+NEW_USER = text_matching(NEW_USERNAME_RE,
+                         f"a new user name: 1-32 of a-z 0-9 . _ -, {_NEW_NAME_RULE}")
 NEW_ROOM = text_matching(NEW_ROOM_RE, f"a new room name: 1-64 of a-z 0-9 . _ -, {_NEW_NAME_RULE}")
 ENVELOPE_ID = text_matching(ENVELOPE_ID_RE, "an envelope id: 16-64 of A-Z a-z 0-9 _ -")
 KEY_ID = text_matching(KEY_ID_RE, "a key id: 1-64 base64 characters")

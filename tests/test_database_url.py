@@ -25,7 +25,8 @@ def test_redact_hides_a_password_parameter_and_an_unencoded_password():
 def test_scrub_removes_the_password_from_a_driver_message_in_every_form():
     """An error quoting the password, encoded or decoded, keeps its words but not it; and
     it becomes one line."""
-    message = 'bad token "alphaPW%40bravoPW%2FcharliePW%3AdeltaPW"\nor alphaPW@bravoPW/charliePW:deltaPW'
+    message = ('bad token "alphaPW%40bravoPW%2FcharliePW%3AdeltaPW"\n'
+               "or alphaPW@bravoPW/charliePW:deltaPW")
     scrubbed = database_url.scrub(message, ENCODED)
     assert scrubbed == 'bad token "***" or ***'
     assert not any(piece in scrubbed for piece in PIECES)
