@@ -12,8 +12,13 @@ import uuid
 import psycopg2
 import pytest
 import pytest_twisted
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactor
 
 import securechat
+from securechat.server.service import UnderTwistd
+from securechat.server.startup import StartReport
 from tests.pgserver import _autocommit
 from tests.processes import ServerProcess, free_port, run_twistd
 from tests.support import ScriptedDevice, poll_until, unicast, write_config
@@ -145,6 +150,22 @@ async def test_daemon_mode_failure_exits_1_naming_the_cause(tmp_path):
     assert f"{FAILED}cannot listen on 127.0.0.1:{port}" in (tmp_path / "twistd.log").read_text()
     # The daemon removes its pid file as it exits.
     await poll_until(lambda: not pidfile.exists(), timeout=STOP_DEADLINE)
+
+
+def test_a_daemon_stopped_before_it_listens_tells_its_waiting_parent():
+    """The relay takes twistd's status pipe at start (so twistd cannot say "started" early),
+    and a stop before it listens (SIGTERM) writes the failure the waiting parent reads:
+    without it the parent, which keeps the pipe open itself, would wait for ever."""
+    read_end, write_end = os.pipe()
+    twistd_options = {"statusPipe": write_end}
+    never_starts = service.Service()
+    never_starts.started = defer.Deferred()
+    root = UnderTwistd(never_starts, StartReport(MemoryReactor(), twistd_options))
+    root.startService()
+    assert twistd_options["statusPipe"] is None
+    root.stopService()
+    assert os.read(read_end, 100) == b"1 stopped before it listened"
+    os.close(read_end)
 
 
 PASSWORD_PIECES = ("alphaPW", "bravoPW", "charliePW", "deltaPW")

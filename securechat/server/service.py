@@ -133,7 +133,7 @@ class RelayService(service.Service):
         return defer.ensureDeferred(self._stop())
 
 
-class _UnderTwistd(service.MultiService):
+class UnderTwistd(service.MultiService):
     """The relay as twistd runs it: its start reported once known, then the GC tuned."""
 
     def __init__(self, relay, report):
@@ -151,8 +151,12 @@ class _UnderTwistd(service.MultiService):
         tune_garbage_collector()
         self._report.started()
 
+    def stopService(self):
+        self._report.stopping()
+        return super().stopService()
+
 
 def make_service(config, reactor, twistd_options=None):
     """The service tree twistd runs: the relay, exiting the process with one line if it cannot
     start (``twistd_options``: twistd's own, which hold its daemon-mode status pipe)."""
-    return _UnderTwistd(RelayService(config, reactor), StartReport(reactor, twistd_options))
+    return UnderTwistd(RelayService(config, reactor), StartReport(reactor, twistd_options))

@@ -95,9 +95,19 @@ class StartReport:
         atexit.register(_exit_failed)
         self._reactor.callWhenRunning(self._reactor.stop)
 
+    def stopping(self):
+        """The relay is stopped before it listened (SIGTERM during the start): say so, or the
+        waiting parent would wait for ever (it holds the pipe's write end open itself)."""
+        self._answer(b"1 stopped before it listened")
+
     def _answer(self, status):
         pipe, self._status_pipe = self._status_pipe, None
-        if pipe is not None:
+        if pipe is None:
+            return
+        try:
             os.write(pipe, status)
+        except OSError:
+            pass  # the waiting parent is gone (interrupted): nobody to tell
+        finally:
             os.close(pipe)
 
