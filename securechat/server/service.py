@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 import securechat
 from securechat import database_url
-from securechat.server.auth import SecretHasher
+from securechat.server.auth import LOGIN_WORK, SecretHasher
 from securechat.server.datadir import prepare_data_dir
 from securechat.server.factory import RelayFactory
 from securechat.server.listener import listen_tls
@@ -74,8 +74,9 @@ class RelayService(service.Service):
         except ValueError as e:
             raise StartFailed(str(e)) from None
         await self._open_store()
-        hasher = SecretHasher(self.reactor, self.config.argon2_concurrency)
-        dummy_hash = await hasher.hash(random_bytes(32))
+        hasher = SecretHasher(self.reactor, self.config.argon2_concurrency,
+                              self.config.argon2_waiting_per_client)
+        dummy_hash = await hasher.hash(random_bytes(32), LOGIN_WORK, "start-up")
         self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, dummy_hash)
         try:
             self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
@@ -110,8 +111,7 @@ class RelayService(service.Service):
 
     def _prune(self):
         """Forget old rate-limit entries and room history past its retention."""
-        self.factory.login_per_account.prune()
-        self.factory.login_per_address.prune()
+        self.factory.prune_limits()
         d = defer.ensureDeferred(self.factory.rooms.prune(int(self.reactor.seconds() * 1000)))
         d.addErrback(lambda f: self.log.failure("pruning room history failed", f))
         return d
