@@ -10,6 +10,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from securechat import database_url
 from securechat.wire import MAX_LINE_BYTES, USERNAME_RE
 
 MIN_OUTPUT_BUDGET = 2 * MAX_LINE_BYTES
@@ -86,6 +87,7 @@ def _database(text):
         raise ValueError("must be a SQLite file path or a postgresql:// URL")
     if "://" in text and not text.startswith(("postgresql://", "postgres://")):
         raise ValueError("only postgresql:// URLs or SQLite file paths are supported")
+    database_url.check(text)
     return text
 
 
@@ -95,6 +97,8 @@ class Option:
     key: str
     default: str
     parse: object
+    show: object = repr
+    """How an error shows the value as written (never a password)."""
 
 
 OPTIONS = (
@@ -104,7 +108,8 @@ OPTIONS = (
     Option("tls", "certificate", "", _path),
     Option("tls", "private_key", "", _path),
     Option("tls", "key_exchange", "hybrid", _key_exchange),
-    Option("store", "database", "securechat.sqlite3", _database),
+    Option("store", "database", "securechat.sqlite3", _database,
+           show=lambda raw: repr(database_url.redact(raw))),
     Option("rooms", "history_days", "30", _positive),
     Option("rooms", "history_max_messages", "10000", _positive),
     Option("broadcast", "senders", "anyone", _senders),
@@ -202,7 +207,7 @@ def load(path=None):
             values[option.key] = option.parse(raw)
         except ValueError as e:
             raise ConfigError(
-                f"{source}: [{option.section}] {option.key} = {raw!r}: {e}"
+                f"{source}: [{option.section}] {option.key} = {option.show(raw)}: {e}"
             ) from None
     return _resolve_paths(values, source)
 
