@@ -95,6 +95,24 @@ async def test_pipelined_logins_the_second_is_refused_and_no_ghost_stays_online(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_login_accepted_after_the_connection_closed_leaves_nothing_online(
+        factory, monkeypatch):
+    """A connection that closes while its login is checked does not stay in the online
+    table when the check succeeds afterwards."""
+    await account(factory, "alice")
+    detached = []
+    detach = factory.relay.detach
+    monkeypatch.setattr(factory.relay, "detach", lambda *a: detached.append(a) or detach(*a))
+    protocol, transport = connect(factory)
+    send(protocol, login_request(1))
+    assert protocol.session.state == "checking_login"
+    closed(protocol, transport)
+    await poll_until(lambda: detached)  # the check succeeded, and was undone at once
+    assert protocol.session.state == "closed" and answer(transport, 1) is None
+    assert factory.relay.cursor("alice", "D1") is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_refused_login_lets_the_connection_try_again(factory):
     """A wrong secret answers auth_failed and the connection may log in again."""
     await account(factory, "alice")
