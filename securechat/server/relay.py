@@ -242,6 +242,9 @@ class Relay:
         hot path, and with the devices already in the directory's memory it
         goes straight to the store without any intermediate Deferred.
         """
+        if not envelopes:  # for nobody: refused here, before it could join a write group
+            raise ProtocolError(
+                "bad_request", "a send needs at least one envelope (one per recipient device)")
         covered = _covered_devices(envelopes)
         users = {to for to, _ in covered}
         users.add(sender)

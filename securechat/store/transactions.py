@@ -467,8 +467,8 @@ async def _place(txn, batches, outcomes, created):
     standing = [(index, batch) for index, batch in enumerate(batches)
                 if outcomes[index] is None]
     envelopes = [envelope for _, batch in standing for envelope in batch]
-    if not envelopes:
-        return {}
+    if not envelopes:  # every standing call is empty: each is placed, with nothing
+        return {index: [] for index, _ in standing}
     count = len(envelopes)
     last = await _take_numbers(txn, count)
     position = await _history_positions(txn, [e for e in envelopes if e.get("history")])
