@@ -7,12 +7,13 @@ a ``postgresql://user:password@host:port/database`` URL (psycopg2 accepts it).
 """
 
 import psycopg2
+from psycopg2.errors import DiskFull
 from psycopg2.extensions import TransactionRollbackError
 from twisted.internet import defer
 from txpostgres import reconnection, txpostgres
 
 from securechat.store.engine import POSTGRES, Txn
-from securechat.store.errors import StoreUnavailable
+from securechat.store.errors import StoreFull, StoreUnavailable
 from securechat.store.sqlstore import SqlStore
 
 POOL_SIZE = 4
@@ -91,13 +92,16 @@ def _transaction(cursor):
 
 
 def _unreachable(failure):
-    """A lost or refused connection becomes StoreUnavailable; other errors pass through.
+    """A full disk becomes StoreFull, a lost or refused connection StoreUnavailable; other
+    errors pass through.
 
     (A deadlock or serialization failure is an OperationalError too, but the
-    connection is fine: those stay what they are.)
+    connection is fine: those stay what they are.  DiskFull is one as well.)
     """
+    if failure.check(DiskFull):
+        raise StoreFull(str(failure.value).strip().splitlines()[0])
     lost = failure.check(reconnection.ConnectionDead, txpostgres.RollbackFailed,
                          psycopg2.InterfaceError, psycopg2.OperationalError)
     if lost and not failure.check(TransactionRollbackError):
-        raise StoreUnavailable(f"the database cannot be reached ({lost.__name__})")
+        raise StoreUnavailable(lost.__name__)
     return failure

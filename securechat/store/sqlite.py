@@ -7,28 +7,52 @@ once" and the envelopes' one sequence need.  WAL with
 """
 
 import os
+import sqlite3
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 
 from securechat.store.engine import SQLITE, SqliteTxn
+from securechat.store.errors import StoreFull
 from securechat.store.sqlstore import SqlStore
 
 
+SQLITE_FULL = 13
+
+
 def _interaction(cursor, body, args):
-    """Run a transaction body to its end in the pool's thread, then let adbapi commit.
+    """Run a transaction body to its end in the pool's thread, and commit it.
 
     Every ``txn.execute`` has run when it returns (``SqliteTxn``), so the body
-    coroutine finishes in one step, without the reactor.
+    coroutine finishes in one step, without the reactor.  COMMIT is ours, not
+    adbapi's, so that a full disk met while writing the WAL at commit is
+    StoreFull like one met by a statement (adbapi then rolls back whatever is
+    still open, and its own commit finds nothing to do).
     """
     cursor.execute("BEGIN IMMEDIATE")
-    coroutine = body(SqliteTxn(SQLITE, cursor), *args)
+    try:
+        result = _to_the_end(body(SqliteTxn(SQLITE, cursor), *args))
+        cursor.execute("COMMIT")
+    except sqlite3.OperationalError as error:
+        if _disk_full(error):
+            raise StoreFull(f"SQLite: {error}") from None
+        raise
+    return result
+
+
+def _to_the_end(coroutine):
     try:
         coroutine.send(None)
     except StopIteration as finished:
         return finished.value
     coroutine.close()
     raise RuntimeError("a SQLite transaction body waited for something other than SQLite")
+
+
+def _disk_full(error):
+    """Whether SQLite answered SQLITE_FULL (Python before 3.11 only gives its message)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code == SQLITE_FULL if code is not None else str(error) == "database or disk is full"
 
 
 class SqliteStore(SqlStore):
