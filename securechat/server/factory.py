@@ -24,7 +24,8 @@ class RelayFactory(ServerFactory):
         self.clock = clock
         self.hasher = hasher
         self.devices = DeviceDirectory(store)
-        self.relay = Relay(store, self.devices)
+        self.store_outage = OutageLog(clock)
+        self.relay = Relay(store, self.devices, clock, self.store_outage)
         self.portal = make_portal(store, self.relay, self.hasher, dummy_hash)
         self.keys = KeyDirectory(store, self.devices)
         self.rooms = Rooms(config, store, self.devices, self.relay, self.hasher)
@@ -32,7 +33,6 @@ class RelayFactory(ServerFactory):
         self.login_per_account = SlidingWindow(clock, config.login_attempts_per_account, window)
         self.login_per_address = SlidingWindow(clock, config.login_attempts_per_address, window)
         self.connections = set()
-        self.store_outage = OutageLog(clock)
 
     def buildProtocol(self, addr):
         return RelayProtocol(self)

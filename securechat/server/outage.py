@@ -22,12 +22,13 @@ class OutageLog:
         self._kinds = {}  # class of the error -> [logged at, refusals since]
 
     def refused(self, error):
-        """A request was refused because of ``error`` (a StoreUnavailable)."""
+        """A request (or a delivery, or a prune) failed with ``error``, a StoreUnavailable."""
         kind = self._kinds.setdefault(type(error), [None, 0])
         kind[1] += 1
         now = self._clock.seconds()
         if kind[0] is None or now - kind[0] >= LOG_INTERVAL:
-            self.log.warn("{what} ({reason}): {count} request(s) refused as unavailable",
+            self.log.warn("{what} ({reason}): {count} store operation(s) refused since the "
+                          "last warning; requests are answered unavailable",
                           what=error.log_message, reason=error.args[0] if error.args else "",
                           count=kind[1])
             kind[0], kind[1] = now, 0

@@ -24,6 +24,11 @@ LIVE_OVERFLOW_BYTES = 256 * 1024
 mark: a reader behind for a moment keeps getting envelopes from memory; one further
 behind gets the rest from the store once it has caught up with its buffer."""
 
+READ_RETRY_SECONDS = 1.0
+"""How soon a cursor reads its device's envelopes again after the store was unavailable
+(a database restart): what was stored meanwhile reaches an online device without it
+having to reconnect or wait for a new envelope."""
+
 REMEMBERED_ROOM_ENTRIES = 4096
 """Room entries a cursor remembers between pushing and their ack, so the store need not
 look them up by id.  Bounded, since a client decides when (or whether) it acknowledges;
@@ -73,8 +78,9 @@ class DeliveryCursor:
 
     log = Logger()
 
-    def __init__(self, store, user, device, push_line, gate):
+    def __init__(self, store, user, device, push_line, gate, unavailable=None):
         self._store = store
+        self._unavailable = unavailable  # called (cursor, error) when the store is down
         self._user = user
         self._device = device
         self._push_line = push_line
@@ -155,9 +161,15 @@ class DeliveryCursor:
             return defer.succeed(None)
         self._pumping = True
         d = defer.ensureDeferred(self._drain())
-        d.addErrback(lambda f: self.log.failure("delivery to {user}/{device} failed", f,
-                                                user=self._user, device=self._device))
+        d.addErrback(self._read_failed)
         return d
+
+    def _read_failed(self, failure):
+        if failure.check(store_errors.StoreUnavailable) and self._unavailable is not None:
+            self._unavailable(self, failure.value)
+            return
+        self.log.failure("delivery to {user}/{device} failed", failure,
+                         user=self._user, device=self._device)
 
     async def _drain(self):
         try:
@@ -200,9 +212,11 @@ class Relay:
 
     log = Logger()
 
-    def __init__(self, store, directory):
+    def __init__(self, store, directory, clock, outage):
         self._store = store
         self._directory = directory
+        self._clock = clock
+        self._outage = outage  # the log of refusals while the store is unavailable
         self._online = {}
         self._online_devices_of = {}  # user -> {device: cursor}, for room pushes
 
@@ -211,13 +225,20 @@ class Relay:
     def attach(self, user, device, session):
         """A device logged in; a previous connection of the same device is replaced."""
         previous = self._online.get((user, device))
-        cursor = DeliveryCursor(self._store, user, device, session.push_line, session.gate)
+        cursor = DeliveryCursor(self._store, user, device, session.push_line, session.gate,
+                                self._read_later)
         self._online[(user, device)] = (session, cursor)
         self._online_devices_of.setdefault(user, {})[device] = cursor
         if previous is not None:
             previous[1].closed = True
             previous[0].replaced()
         return cursor
+
+    def _read_later(self, cursor, error):
+        """A cursor could not read the store (it is unavailable): logged as the outage it
+        is, not as a failure, and read again shortly (until its device goes offline)."""
+        self._outage.refused(error)
+        self._clock.callLater(READ_RETRY_SECONDS, cursor.pump)
 
     def detach(self, user, device, session):
         current = self._online.get((user, device))

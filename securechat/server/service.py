@@ -15,6 +15,7 @@ from securechat.server.listener import listen_tls
 from securechat.server.tls import server_context_factory
 from securechat.server.tls_memory import IdleSweep
 from securechat.store import make_store
+from securechat.store.errors import StoreUnavailable
 
 PRUNE_INTERVAL = 60
 
@@ -84,8 +85,14 @@ class RelayService(service.Service):
         self.factory.login_per_account.prune()
         self.factory.login_per_address.prune()
         d = defer.ensureDeferred(self.factory.rooms.prune(int(self.reactor.seconds() * 1000)))
-        d.addErrback(lambda f: self.log.failure("pruning room history failed", f))
+        d.addErrback(self._prune_failed)
         return d
+
+    def _prune_failed(self, failure):
+        if failure.check(StoreUnavailable):  # a database outage: logged as one, tried again
+            self.factory.store_outage.refused(failure.value)
+        else:
+            self.log.failure("pruning room history failed", failure)
 
     def stop_reactor_if_start_fails(self):
         """Under twistd a relay that cannot start must exit, not sit there doing nothing."""

@@ -28,6 +28,23 @@ class _Connection(txpostgres.Connection):
     transaction, and the relay commits a group per message at low rates.
     """
 
+    def doRead(self):
+        """Watch the idle connection (txpostgres does, for NOTIFY), without a traceback when
+        the server closes it.
+
+        When PostgreSQL restarts it closes every connection; on an idle one no
+        query waits to be told, so txpostgres lets psycopg2's error escape to
+        the reactor, which logs "Unhandled Error" with a traceback for each.
+        Handed back instead, the error makes the reactor close the connection
+        all the same (``connectionLost``, and the dead-connection detector
+        reconnects): one warning of the outage per interval is what the log
+        gets, from the requests it refuses (``securechat.server.outage``).
+        """
+        try:
+            return super().doRead()
+        except psycopg2.Error as error:
+            return error
+
     def _runInteraction(self, interaction, *args, **kwargs):
         cursor = self.cursor()
         d = defer.maybeDeferred(interaction, cursor, *args, **kwargs)
