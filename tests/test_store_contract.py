@@ -463,12 +463,12 @@ async def test_rooms(store):
         await store.create_room("ops", "bob", "hash")
     assert (await store.get_room("ops"))["owner"] == "alice"
     assert await store.get_room("nope") is None
-    assert await store.add_member("ops", "bob") is True
-    assert await store.add_member("ops", "bob") is False
+    assert await store.add_member("ops", "bob") == ["alice", "bob"]  # the members to tell
+    assert await store.add_member("ops", "bob") is None
     assert await store.room_members("ops") == ["alice", "bob"]
     assert await store.rooms_of("bob") == ["ops"]
-    assert await store.remove_member("ops", "bob") is True
-    assert await store.remove_member("ops", "bob") is False
+    assert await store.remove_member("ops", "bob") == ["alice", "bob"]  # bob is told too
+    assert await store.remove_member("ops", "bob") is None
     assert await store.rooms_of("bob") == []
 
 

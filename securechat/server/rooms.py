@@ -11,7 +11,6 @@ before it next speaks).
 
 import json
 import secrets
-import time
 
 from securechat import wire
 from securechat.server.directory import RoomDirectory
@@ -22,13 +21,13 @@ DAY_MS = 24 * 3600 * 1000
 HISTORY_PAGE = 100
 
 
-def membership_body(event_id, room, user, action, by):
+def membership_body(event_id, room, user, action, by, now_ms):
     """A server-authored envelope telling members who joined or left (not encrypted: the
     server knows it anyway)."""
     return json.dumps({
         "v": 1, "id": event_id, "from": None, "from_dev": None, "to": None, "to_dev": None,
         "room": room, "kind": "membership", "sid": None, "otype": None, "ct": None,
-        "event": {"user": user, "action": action, "by": by}, "ts": int(time.time() * 1000),
+        "event": {"user": user, "action": action, "by": by}, "ts": now_ms,
     }, separators=(",", ":"))
 
 
@@ -62,16 +61,17 @@ class Rooms:
                 raise ProtocolError("wrong_password", f"room {room!r} needs a password")
             if not await self._hasher.verify(info["password_hash"], wire.b64decode(password)):
                 raise ProtocolError("wrong_password", f"wrong password for room {room!r}")
-        if await self._rooms.add_member(room, user):
-            await self._announce(room, user, "joined", user)
+        members = await self._rooms.add_member(room, user)
+        if members:
+            await self._announce(room, user, "joined", user, members)
         return {"room": room, "members": list(await self._rooms.members(room))}
 
     async def leave(self, user, room):
         await self._existing(room)
-        if await self._store.member_role(room, user) is None:
+        members = await self._rooms.remove_member(room, user)
+        if members is None:
             raise ProtocolError("not_member", f"you are not a member of room {room!r}")
-        await self._announce(room, user, "left", user)
-        await self._rooms.remove_member(room, user)
+        await self._announce(room, user, "left", user, members)
         return {"room": room}
 
     async def invite(self, user, room, invitee):
@@ -79,8 +79,9 @@ class Rooms:
         await self._require_admin(user, room)
         if await self._store.get_account(invitee) is None:
             raise ProtocolError("unknown_user", f"no user named {invitee!r}")
-        if await self._rooms.add_member(room, invitee):
-            await self._announce(room, invitee, "invited", user)
+        members = await self._rooms.add_member(room, invitee)
+        if members:
+            await self._announce(room, invitee, "invited", user, members)
         return {"room": room, "members": list(await self._rooms.members(room))}
 
     async def kick(self, user, room, member):
@@ -90,8 +91,9 @@ class Rooms:
             raise ProtocolError("not_member", f"{member} is not a member of room {room!r}")
         if role == "owner":
             raise ProtocolError("forbidden", "the room's owner cannot be removed")
-        await self._announce(room, member, "kicked", user)
-        await self._rooms.remove_member(room, member)
+        members = await self._rooms.remove_member(room, member)
+        if members:
+            await self._announce(room, member, "kicked", user, members)
         return {"room": room, "members": list(await self._rooms.members(room))}
 
     async def set_admin(self, user, room, member, admin):
@@ -135,19 +137,24 @@ class Rooms:
         return {"room": room, "messages": [
             {"pos": e["pos"], "envelope": json.loads(e["body"])} for e in entries]}
 
-    async def prune(self, now_ms):
+    async def prune(self):
+        """Drop history past ``[rooms] history_days`` (by the store's clock, the one that
+        stamped it) and ``history_max_messages``; how many entries went."""
         return await self._store.prune_history(
-            now_ms - self._config.history_days * DAY_MS, self._config.history_max_messages)
+            self._store.now_ms() - self._config.history_days * DAY_MS,
+            self._config.history_max_messages)
 
     # -- helpers ------------------------------------------------------------------------
 
-    async def _announce(self, room, user, action, by):
-        members = await self._rooms.members(room)
+    async def _announce(self, room, user, action, by, members):
+        """Queue the notice of a membership change for the devices of ``members``: the room
+        as the change left it (a join) or found it (a leave), as its own transaction saw
+        it, so concurrent changes each reach exactly the members of their moment."""
         recipients = await self._member_devices(set(members) | {user})
         if recipients:
             event_id = "m" + secrets.token_hex(16)
-            await self._relay.deliver_server_envelope(
-                event_id, membership_body(event_id, room, user, action, by), recipients)
+            body = membership_body(event_id, room, user, action, by, self._store.now_ms())
+            await self._relay.deliver_server_envelope(event_id, body, recipients)
 
     async def _device_count(self, members):
         """How many devices ``members`` have; from memory once each member's devices are

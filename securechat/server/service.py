@@ -84,7 +84,7 @@ class RelayService(service.Service):
         """Forget old rate-limit entries and room history past its retention."""
         self.factory.login_per_account.prune()
         self.factory.login_per_address.prune()
-        d = defer.ensureDeferred(self.factory.rooms.prune(int(self.reactor.seconds() * 1000)))
+        d = defer.ensureDeferred(self.factory.rooms.prune())
         d.addErrback(self._prune_failed)
         return d
 

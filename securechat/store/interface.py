@@ -20,6 +20,11 @@ class IStore(Interface):
     def stop():
         """Close every connection.  Fires with None."""
 
+    def now_ms():
+        """The time (ms since the epoch) the store stamps what it writes with, from the
+        clock it was made with: whatever else stamps or prunes by time reads it here,
+        so one clock (a test's, if it likes) drives them all.  Not a Deferred."""
+
     # -- accounts ---------------------------------------------------------
 
     def create_account(user, secret_hash, identity_key):
@@ -157,7 +162,9 @@ class IStore(Interface):
         """Fire with ``{"room", "owner", "password_hash", "created"}`` or None."""
 
     def add_member(room, user):
-        """Add ``user`` to the room; fires with True if added, False if already a member."""
+        """Add ``user`` to the room; fires with the sorted member names right after (the
+        members to tell of the join), or None if already a member.  Membership changes
+        of one room take turns, each seeing those before it."""
 
     def member_role(room, user):
         """Fire with "owner", "admin" or "member", or None for a non-member."""
@@ -166,7 +173,8 @@ class IStore(Interface):
         """Set a member's role ("admin" or "member"); fires with False for a non-member."""
 
     def remove_member(room, user):
-        """Remove ``user`` from the room; fires with True if removed, False if not a member."""
+        """Remove ``user`` from the room; fires with the sorted member names right before
+        (``user`` among them), or None if not a member."""
 
     def room_members(room):
         """Fire with the sorted list of member user names."""

@@ -81,8 +81,8 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
 
 
 class PostgresStore(SqlStore):
-    def __init__(self, dsn):
-        super().__init__()
+    def __init__(self, dsn, clock=None):
+        super().__init__(clock)
         self._dsn = dsn
 
     async def _connect(self):
@@ -96,14 +96,15 @@ class PostgresStore(SqlStore):
     def _run(self, body, *args):
         # runInteraction wants a Deferred: an async def handed to it directly
         # would never run, and the empty transaction would commit.
+        now_ms = self.now_ms()
         d = self._pool.runInteraction(lambda cursor: defer.ensureDeferred(
-            body(_transaction(cursor), *args)))
+            body(_transaction(cursor, now_ms), *args)))
         return d.addErrback(_unreachable)
 
 
-def _transaction(cursor):
+def _transaction(cursor, now_ms):
     """A Txn whose first statement begins the transaction (see ``_Connection``)."""
-    txn = Txn(POSTGRES, cursor)
+    txn = Txn(POSTGRES, cursor, now_ms)
     txn.with_next("BEGIN")
     return txn
 

@@ -20,7 +20,7 @@ from securechat.store.sqlstore import SqlStore
 SQLITE_FULL = 13
 
 
-def _interaction(cursor, body, args):
+def _interaction(cursor, body, args, now_ms):
     """Run a transaction body to its end in the pool's thread, and commit it.
 
     Every ``txn.execute`` has run when it returns (``SqliteTxn``), so the body
@@ -31,7 +31,7 @@ def _interaction(cursor, body, args):
     """
     cursor.execute("BEGIN IMMEDIATE")
     try:
-        result = _to_the_end(body(SqliteTxn(SQLITE, cursor), *args))
+        result = _to_the_end(body(SqliteTxn(SQLITE, cursor, now_ms), *args))
         cursor.execute("COMMIT")
     except sqlite3.OperationalError as error:
         if _disk_full(error):
@@ -56,8 +56,8 @@ def _disk_full(error):
 
 
 class SqliteStore(SqlStore):
-    def __init__(self, path):
-        super().__init__()
+    def __init__(self, path, clock=None):
+        super().__init__(clock)
         self._path = path
 
     def _open(self):
@@ -70,4 +70,4 @@ class SqliteStore(SqlStore):
         return defer.succeed(None)
 
     def _run(self, body, *args):
-        return self._pool.runInteraction(_interaction, body, args)
+        return self._pool.runInteraction(_interaction, body, args, self.now_ms())

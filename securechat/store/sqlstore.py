@@ -80,7 +80,10 @@ class GroupCommit:
 
 @implementer(IStore)
 class SqlStore:
-    def __init__(self):
+    def __init__(self, clock=None):
+        """``clock`` (IReactorTime): what stamps are read from, the reactor unless a test
+        drives time (timers, like the acks' gathering, always run on the reactor)."""
+        self._clock = clock if clock is not None else reactor
         self._pool = None
         # Envelopes and acks share transactions: one fsync serves both.
         self._writes = GroupCommit(self._run, t.txn_write_group)
@@ -97,8 +100,12 @@ class SqlStore:
         return defer.succeed(None)
 
     def _run(self, body, *args):
-        """Run ``body(txn, *args)`` as one transaction; a Deferred of its result."""
+        """Run ``body(txn, *args)`` as one transaction, its ``txn.now_ms`` read from
+        ``now_ms()`` as it is submitted; a Deferred of its result."""
         raise NotImplementedError
+
+    def now_ms(self):
+        return int(self._clock.seconds() * 1000)
 
     def start(self):
         return defer.ensureDeferred(self._start())
