@@ -43,10 +43,13 @@ class RelayService(service.Service):
 
     log = Logger()
 
-    def __init__(self, config, reactor):
+    def __init__(self, config, reactor, clock=None):
         self.config = config
         self.reactor = reactor
-        self.store = make_store(config.database, config.data_dir)
+        # What stamps stored rows and prunes room history by them: the reactor, unless a
+        # test drives that time with a task.Clock.
+        self.clock = clock if clock is not None else reactor
+        self.store = make_store(config.database, config.data_dir, self.clock)
         self.factory = None
         self.port = None
         self.fingerprint = None
@@ -69,7 +72,7 @@ class RelayService(service.Service):
                                self.config.interface)
         tune_garbage_collector()
         self._pruner = task.LoopingCall(self._prune)
-        self._pruner.clock = self.reactor
+        self._pruner.clock = self.clock
         self._pruner.start(PRUNE_INTERVAL, now=True)
         self._idle_sweep = task.LoopingCall(IdleSweep(self.factory.connections))
         self._idle_sweep.clock = self.reactor
