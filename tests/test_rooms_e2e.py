@@ -106,11 +106,19 @@ async def test_wrong_room_password_leaves_no_trace(server, tmp_path):
     assert await server.service.store.room_members("vault") == ["alice", "bob"]
 
 
+@pytest.fixture
+def alice_broadcasts(start_relay):
+    return start_relay(extra="[broadcast]\nadmins = alice\n")
+
+
 @pytest_twisted.ensureDeferred
-async def test_broadcast_reaches_everyone_encrypted(server, tmp_path):
-    """A broadcast is one Megolm ciphertext that every other user decrypts."""
-    people = People(server, tmp_path)
+async def test_broadcast_reaches_everyone_encrypted(alice_broadcasts, tmp_path):
+    """A broadcast by a server admin is one Megolm ciphertext that every other user
+    decrypts; a user who is no admin cannot learn whom to encrypt it for."""
+    people = People(alice_broadcasts, tmp_path)
     await people.register("alice", "bob", "carol")
     await people.ok("alice", "broadcast", "maintenance at noon")
     for name in ("bob", "carol"):
         assert await people.texts(name, room="everyone") == ["maintenance at noon"]
+    refused = await run_cli(people.configs["bob"], "broadcast", "hello all")
+    assert refused.code == 1 and "admins only" in refused.err, refused

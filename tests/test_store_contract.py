@@ -13,9 +13,10 @@ from securechat.store.engine import SqliteTxn, Txn
 from securechat.store.postgres import PostgresStore
 from securechat.store.sqlite import SqliteStore
 from securechat.store.errors import (
-    DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, StoreUnavailable,
+    Banned, DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, StoreUnavailable,
     UserExists)
-from securechat.store.schema import MIGRATIONS, STATEMENTS as SCHEMA_V1, VERSION_TABLE
+from securechat.store.schema import (
+    MIGRATIONS, SCHEMA_VERSION, STATEMENTS as SCHEMA_V1, VERSION_TABLE)
 from securechat.store.transactions import digest
 from securechat.wire import BROADCAST_ROOM
 from tests.support import poll_until_async
@@ -457,12 +458,17 @@ async def test_newer_schema_is_refused(database, tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_rooms(store):
-    """Rooms are created once with their owner as member; members join and leave."""
+    """Rooms are created once with their owner as member, open until made invite-only;
+    members join and leave."""
     await store.create_room("ops", "alice", None)
     with pytest.raises(RoomExists):
         await store.create_room("ops", "bob", "hash")
     assert (await store.get_room("ops"))["owner"] == "alice"
     assert await store.get_room("nope") is None
+    assert (await store.get_room("ops"))["invite_only"] is False
+    assert await store.set_invite_only("ops", True) is True
+    assert (await store.get_room("ops"))["invite_only"] is True
+    assert await store.set_invite_only("nope", True) is False
     assert await store.add_member("ops", "bob") == ["alice", "bob"]  # the members to tell
     assert await store.add_member("ops", "bob") is None
     assert await store.room_members("ops") == ["alice", "bob"]
@@ -483,6 +489,81 @@ async def test_member_roles(store):
     assert await store.member_role("ops", "bob") == "admin"
     assert await store.set_member_role("ops", "carol", "admin") is False
     assert await store.member_role("ops", "carol") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_banned_member_is_removed_and_kept_out_until_unbanned(store):
+    """A ban removes the member (its devices get nothing sent later), remembers its role
+    and who banned it, refuses its return with Banned until lifted; a non-member is not
+    banned."""
+    await device(store, "carol", "C1")
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "carol")
+    await store.set_member_role("ops", "carol", "admin")
+    await store.enqueue([room_message("while-member")])
+    assert await store.ban_member("ops", "carol", "alice") == "admin"
+    await store.enqueue([room_message("after-ban")])
+    assert await store.room_members("ops") == ["alice"]
+    assert await pending_ids(store, "carol", "C1") == ["while-member"]
+    ban = await store.room_ban("ops", "carol")
+    assert (ban["role"], ban["by"], isinstance(ban["created"], int)) == ("admin", "alice", True)
+    with pytest.raises(Banned):
+        await store.add_member("ops", "carol")
+    assert await store.room_members("ops") == ["alice"]
+    assert await store.room_ban("other", "carol") is None
+    assert await store.unban_member("ops", "carol") is True
+    assert await store.unban_member("ops", "carol") is False
+    assert await store.room_ban("ops", "carol") is None
+    assert await store.add_member("ops", "carol") == ["alice", "carol"]
+    assert await store.member_role("ops", "carol") == "member"
+    assert await store.ban_member("ops", "dave", "alice") is None
+    assert await store.room_ban("ops", "dave") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_5_database_gains_room_bans_and_keeps_its_rooms(database, tmp_path):
+    """Upgrading from schema version 5 adds the bans table and leaves rooms and members as
+    they were: a member of before the upgrade can be banned and is kept out."""
+    earlier = [statement for version in range(2, 6) for statement in MIGRATIONS[version]]
+    for statement in [VERSION_TABLE, *SCHEMA_V1, *earlier,
+                      "INSERT INTO schema_version (version) VALUES (5)",
+                      "INSERT INTO rooms VALUES ('ops', 'alice', NULL, 0)",
+                      "INSERT INTO room_members VALUES ('ops', 'alice', 'owner', 0)",
+                      "INSERT INTO room_members VALUES ('ops', 'bob', 'member', 0)"]:
+        raw_sql(database, statement)
+    store = make_store(database, str(tmp_path))
+    await store.start()
+    try:
+        assert await store.room_members("ops") == ["alice", "bob"]
+        assert await store.ban_member("ops", "bob", "alice") == "member"
+        with pytest.raises(Banned):
+            await store.add_member("ops", "bob")
+    finally:
+        await store.stop()
+    assert raw_sql(database, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_join_racing_a_ban_on_another_node_never_outlasts_it(store, database, tmp_path):
+    """Joins of members being banned through a second store object (another relay node)
+    either come first and are removed, or are refused: no banned user stays a member."""
+    await store.create_room("ops", "alice", None)
+    users = [f"u{i:02d}" for i in range(12)]
+    for user in users:
+        await store.add_member("ops", user)
+    other = make_store(database, str(tmp_path))
+    await other.start()
+    try:
+        outcomes = await defer.gatherResults(
+            [call for user in users for call in (
+                other.ban_member("ops", user, "alice"),
+                store.add_member("ops", user).addErrback(lambda f: f.trap(Banned)))],
+            consumeErrors=True)
+    finally:
+        await other.stop()
+    assert outcomes[0::2] == ["member"] * len(users)
+    assert await store.room_members("ops") == ["alice"]
+    assert all([await store.room_ban("ops", user) for user in users])
 
 
 @pytest_twisted.ensureDeferred

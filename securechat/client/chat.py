@@ -27,7 +27,8 @@ HELP = """\
 /who ROOM          the members of a room and their devices
 /history ROOM      the room's stored messages, decrypted where this device can
 /invite ROOM USER  add USER to ROOM (owner and admins)
-/kick ROOM USER    remove USER from ROOM (owner and admins)
+/kick ROOM USER    remove USER from ROOM and ban USER from it (owner and admins)
+/unban ROOM USER   lift USER's ban from ROOM (owner and admins)
 /broadcast TEXT    send TEXT to every user
 /verify USER       compare emoji with USER (they run /verify too)
 /trust USER        accept USER's changed identity key (unverified)
@@ -149,14 +150,17 @@ class Chat:
             self.show(format_history(record))
 
     async def do_invite(self, rest):
-        room, _, user = rest.partition(" ")
-        await self._client.request("room.invite", room=room, user=user.strip())
-        self.show(f"{user.strip()} is now in {room}")
+        await self._moderate("invite", rest)
 
     async def do_kick(self, rest):
+        await self._moderate("kick", rest)
+
+    async def do_unban(self, rest):
+        await self._moderate("unban", rest)
+
+    async def _moderate(self, action, rest):
         room, _, user = rest.partition(" ")
-        await self._client.request("room.kick", room=room, user=user.strip())
-        self.show(f"{user.strip()} was removed from {room}")
+        self.show(await self._client.rooms.moderate(action, room, user.strip()))
 
     async def do_broadcast(self, rest):
         await self._client.rooms.say(BROADCAST_ROOM, rest)

@@ -20,6 +20,7 @@ from securechat import config as server_config
 from securechat.client import settings as client_settings
 from securechat.client.contacts import TrustError
 from securechat.client.protocol import RemoteError
+from securechat.client.rooms import ROOM_MODES
 from securechat.client.session import EXIT_UNTRUSTED, NO_OTHER_DEVICE, Client, ClientError
 from securechat.client.verification import Verification, VerificationFailed
 from securechat.crypto.fingerprint import key_fingerprint, safety_number
@@ -56,6 +57,10 @@ def build_parser():
     create.add_argument("--password", action="store_true",
                         help="protect it with a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
     rooms_commands.add_parser("list", help="the rooms you are in")
+    mode = rooms_commands.add_parser(
+        "mode", help="open a room you own to anyone, or make it invite-only")
+    mode.add_argument("room")
+    mode.add_argument("mode", choices=sorted(ROOM_MODES))
     join = commands.add_parser("join", help="join a room")
     join.add_argument("room")
     join.add_argument("--password", action="store_true",
@@ -69,7 +74,8 @@ def build_parser():
     broadcast = commands.add_parser("broadcast", help="send a message to every user")
     broadcast.add_argument("text", nargs="+")
     for name, text in (("invite", "add USER to ROOM (owner/admins)"),
-                       ("kick", "remove USER from ROOM (owner/admins)")):
+                       ("kick", "remove USER from ROOM and ban USER from it (owner/admins)"),
+                       ("unban", "lift USER's ban from ROOM (owner/admins)")):
         action = commands.add_parser(name, help=text)
         action.add_argument("room")
         action.add_argument("user")
@@ -279,6 +285,11 @@ class Commands:
                 self.out(f"created {self.args.room}" + (" (password protected)" if password else ""))
 
             return await self.connected(create)
+        if self.args.rooms_command == "mode":
+            async def mode(client):
+                self.out(await client.rooms.set_mode(self.args.room, self.args.mode))
+
+            return await self.connected(mode)
 
         async def listing(client):
             for room in (await client.request("rooms.list"))["rooms"]:
@@ -325,19 +336,14 @@ class Commands:
 
         return await self.connected(history)
 
-    async def cmd_invite(self):
-        async def invite(client):
-            await client.request("room.invite", room=self.args.room, user=self.args.user)
-            self.out(f"{self.args.user} is now in {self.args.room}")
+    async def _moderate(self):
+        async def moderate(client):
+            self.out(await client.rooms.moderate(
+                self.args.command, self.args.room, self.args.user))
 
-        return await self.connected(invite)
+        return await self.connected(moderate)
 
-    async def cmd_kick(self):
-        async def kick(client):
-            await client.request("room.kick", room=self.args.room, user=self.args.user)
-            self.out(f"{self.args.user} was removed from {self.args.room}")
-
-        return await self.connected(kick)
+    cmd_invite = cmd_kick = cmd_unban = _moderate
 
     async def cmd_chat(self):
         from securechat.client.chat import run_chat

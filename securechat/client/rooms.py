@@ -22,6 +22,22 @@ from securechat.crypto.passwords import room_password_secret
 from securechat.client.deferreds import returns_deferred
 
 
+MODERATION = {
+    "invite": ("room.invite", "{user} is now in {room}"),
+    "kick": ("room.kick", "{user} was removed from {room} and is banned from it until its "
+                          "owner or an admin lifts the ban (unban {room} {user})"),
+    "unban": ("room.unban", "lifted the ban of {user} from {room}: {user} may join again"),
+}
+"""What the owner and admins do to a member: the op, and the line that says it is done."""
+
+ROOM_MODES = {
+    "open": (False, "{room} is open: anyone may join (with its password, if it has one)"),
+    "invite-only": (True, "{room} is invite-only: only the owner's and admins' invitations "
+                          "add members"),
+}
+"""A room's modes by name: ``room.mode``'s ``invite_only``, and the line that says it."""
+
+
 class RoomClient:
     def __init__(self, client):
         self._client = client
@@ -47,6 +63,20 @@ class RoomClient:
         result = await self._client.request("room.leave", room=room)
         self.forget_outbound(room)
         return result
+
+    @returns_deferred
+    async def moderate(self, action, room, user):
+        """Invite, kick (which bans) or unban ``user``; fire with the line saying it is done."""
+        op, done = MODERATION[action]
+        await self._client.request(op, room=room, user=user)
+        return done.format(room=room, user=user)
+
+    @returns_deferred
+    async def set_mode(self, room, mode):
+        """Make a room this user owns open or invite-only (a name of ``ROOM_MODES``)."""
+        invite_only, done = ROOM_MODES[mode]
+        await self._client.request("room.mode", room=room, invite_only=invite_only)
+        return done.format(room=room)
 
     def forget_outbound(self, room):
         self._crypto.forget_outbound(room)

@@ -45,42 +45,55 @@ class DeviceDirectory:
 class RoomDirectory:
     """Rooms and their members, cached: every room message needs them; joins are rare.
 
-    Every membership change goes through ``add_member``/``remove_member``
-    here, so the cache never serves a stale member list (on one node).
+    Every change goes through ``add_member``/``remove_member``/``ban_member``/
+    ``set_invite_only`` here, so the cache never serves a stale room (on one node).
     """
 
     def __init__(self, store):
         self._store = store
         self._rooms = {}
         self._members = {}
+        self._changes = 0  # changes done: a read that saw one go by is not kept
 
     async def room(self, room):
         """The room's record, or None (unknown rooms are not cached: they may be created)."""
         info = self._rooms.get(room)
         if info is None:
+            changes = self._changes
             info = await self._store.get_room(room)
-            if info is not None:
+            if info is not None and changes == self._changes:
                 self._remember(self._rooms, room, info)
         return info
 
     async def members(self, room):
         members = self._members.get(room)
         if members is None:
+            changes = self._changes
             members = tuple(await self._store.room_members(room))
-            self._remember(self._members, room, members)
+            if changes == self._changes:  # else it may predate the change (a kicked member)
+                self._remember(self._members, room, members)
         return members
 
-    async def add_member(self, room, user):
-        try:
-            return await self._store.add_member(room, user)
-        finally:
-            self._members.pop(room, None)
+    def add_member(self, room, user):
+        return self._changing(self._members, room, self._store.add_member(room, user))
 
-    async def remove_member(self, room, user):
+    def remove_member(self, room, user):
+        return self._changing(self._members, room, self._store.remove_member(room, user))
+
+    def ban_member(self, room, user, by):
+        return self._changing(self._members, room, self._store.ban_member(room, user, by))
+
+    def set_invite_only(self, room, invite_only):
+        return self._changing(self._rooms, room, self._store.set_invite_only(room, invite_only))
+
+    async def _changing(self, cache, room, change):
+        """The outcome of a ``change`` (a Deferred) to what ``cache`` holds of ``room``,
+        which is forgotten whatever it is (a failure may come after the commit)."""
         try:
-            return await self._store.remove_member(room, user)
+            return await change
         finally:
-            self._members.pop(room, None)
+            self._changes += 1
+            cache.pop(room, None)
 
     @staticmethod
     def _remember(cache, key, value):

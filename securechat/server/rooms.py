@@ -1,6 +1,12 @@
-"""Rooms: membership (create, join with an optional password, leave, invite, kick, admins),
-multicast of one ciphertext to every member device, ciphertext history, and the
+"""Rooms: membership (create, join with an optional password, leave, invite, kick and ban,
+admins), multicast of one ciphertext to every member device, ciphertext history, and the
 ``everyone`` room that broadcasts go to.
+
+Roles rank owner > admin > member: the owner and admins moderate (invite,
+kick, unban), and each acts only on those ranked below it -- an admin on
+members, the owner on admins and members, nobody on the owner.  The owner
+alone names admins and makes a room invite-only (joins refused: only
+invitations add members).
 
 The server knows who is in a room (it must, to fan envelopes out) but not
 what is said there.  Members learn of joins and leaves through membership
@@ -19,6 +25,7 @@ from securechat.wire import BROADCAST_ROOM, ProtocolError
 
 DAY_MS = 24 * 3600 * 1000
 HISTORY_PAGE = 100
+RANK = {"member": 0, "admin": 1, "owner": 2}
 
 
 def membership_body(event_id, room, user, action, by, now_ms):
@@ -56,12 +63,13 @@ class Rooms:
 
     async def join(self, user, room, password):
         info = await self._existing(room)
+        await self._check_admission(info, user)
         if info["password_hash"] is not None:
             if password is None:
                 raise ProtocolError("wrong_password", f"room {room!r} needs a password")
             if not await self._hasher.verify(info["password_hash"], wire.b64decode(password)):
                 raise ProtocolError("wrong_password", f"wrong password for room {room!r}")
-        members = await self._rooms.add_member(room, user)
+        members = await self._admit(room, user, f"you are banned from room {room!r}")
         if members:
             await self._announce(room, user, "joined", user, members)
         return {"room": room, "members": list(await self._rooms.members(room))}
@@ -75,37 +83,69 @@ class Rooms:
         return {"room": room}
 
     async def invite(self, user, room, invitee):
-        """An admin adds a user directly (no password needed: the admin vouches)."""
+        """An admin adds a user directly (no password needed: the admin vouches).  A banned
+        user is refused: lifting a ban is its own op (``unban``), never a side effect."""
         await self._require_admin(user, room)
         if await self._store.get_account(invitee) is None:
             raise ProtocolError("unknown_user", f"no user named {invitee!r}")
-        members = await self._rooms.add_member(room, invitee)
+        members = await self._admit(room, invitee, f"{invitee} is banned from room {room!r}; "
+                                                   "lift the ban first (room.unban)")
         if members:
             await self._announce(room, invitee, "invited", user, members)
         return {"room": room, "members": list(await self._rooms.members(room))}
 
     async def kick(self, user, room, member):
-        await self._require_admin(user, room)
+        """Remove a member and ban it until the owner or an admin lifts the ban: in an open
+        room a kick the kicked could undo by joining again would remove nobody."""
+        actor = await self._require_admin(user, room)
         role = await self._store.member_role(room, member)
         if role is None:
             raise ProtocolError("not_member", f"{member} is not a member of room {room!r}")
         if role == "owner":
-            raise ProtocolError("forbidden", "the room's owner cannot be removed")
-        members = await self._rooms.remove_member(room, member)
-        if members:
-            await self._announce(room, member, "kicked", user, members)
-        return {"room": room, "members": list(await self._rooms.members(room))}
+            raise ProtocolError("forbidden", f"the owner of room {room!r} cannot be removed")
+        if RANK[role] >= RANK[actor]:
+            raise ProtocolError("forbidden", f"only the owner of room {room!r} removes its admins")
+        await self._announce(room, member, "kicked", user, await self._rooms.members(room))
+        await self._rooms.ban_member(room, member, user)
+        return {"room": room, "members": list(await self._rooms.members(room)), "banned": member}
+
+    async def unban(self, user, room, banned):
+        """Lift a ban.  An admin lifts the bans of former members that an admin placed;
+        the owner's bans, and those of former admins, only the owner lifts."""
+        actor = await self._require_admin(user, room)
+        ban = await self._store.room_ban(room, banned)
+        if ban is None:
+            raise ProtocolError("not_banned", f"{banned} is not banned from room {room!r}")
+        owner = (await self._existing(room))["owner"]
+        if actor != "owner" and (ban["role"] != "member" or ban["by"] == owner):
+            raise ProtocolError(
+                "forbidden", f"only the owner of room {room!r} lifts this ban (placed by "
+                             f"{ban['by']} on a former {ban['role']})")
+        await self._store.unban_member(room, banned)
+        return {"room": room, "user": banned, "banned": False}
+
+    async def set_invite_only(self, user, room, invite_only):
+        await self._require_owner(user, room, "sets whether it is invite-only")
+        await self._rooms.set_invite_only(room, invite_only)
+        return {"room": room, "invite_only": invite_only}
 
     async def set_admin(self, user, room, member, admin):
-        if await self._store.member_role(room, user) != "owner":
-            raise ProtocolError("forbidden", "only the room's owner names admins")
+        await self._require_owner(user, room, "names admins")
         role = await self._store.member_role(room, member)
-        if role is None or role == "owner":
-            raise ProtocolError("not_member", f"{member} is not a (non-owner) member of {room!r}")
+        if role is None:
+            raise ProtocolError("not_member", f"{member} is not a member of room {room!r}")
+        if role == "owner":
+            raise ProtocolError("forbidden", f"the owner of room {room!r} keeps that role")
         await self._store.set_member_role(room, member, "admin" if admin else "member")
         return {"room": room, "user": member, "role": "admin" if admin else "member"}
 
     async def members(self, user, room):
+        """Each member's devices: members of a room see each other; the ``everyone`` room's
+        members are every user and device, which only the server's admins may list."""
+        if room == BROADCAST_ROOM and user not in self._config.admins:
+            raise ProtocolError(
+                "forbidden", f"the members of {room!r} (every user and device) are listed to "
+                             "the server's admins only ([broadcast] admins)")
         members = await self._members_seen_by(user, room)
         result = {}
         for member in members:
@@ -175,9 +215,38 @@ class Rooms:
         return devices
 
     async def _require_admin(self, user, room):
+        """The role of ``user``, who must be the room's owner or one of its admins."""
         await self._existing(room)
-        if await self._store.member_role(room, user) not in ("owner", "admin"):
+        role = await self._store.member_role(room, user)
+        if role not in ("owner", "admin"):
             raise ProtocolError("forbidden", f"only the owner and admins of {room!r} may do that")
+        return role
+
+    async def _require_owner(self, user, room, doing):
+        await self._existing(room)
+        if await self._store.member_role(room, user) != "owner":
+            raise ProtocolError("forbidden", f"only the owner of room {room!r} {doing}")
+
+    async def _check_admission(self, info, user):
+        """Refuse a banned user, and a non-member of an invite-only room, before the
+        password is checked: neither may use joins to test guesses of it."""
+        room = info["room"]
+        ban = await self._store.room_ban(room, user)
+        if ban is not None:
+            raise ProtocolError("banned", f"you are banned from room {room!r} (by {ban['by']}); "
+                                          "its owner or an admin can lift the ban")
+        if info["invite_only"] and user not in await self._rooms.members(room):
+            raise ProtocolError("invite_only", f"room {room!r} is invite-only: ask its owner or "
+                                               "an admin to invite you")
+
+    async def _admit(self, room, user, banned_message):
+        """Add a member (the members right after, to tell of it) unless already one (None);
+        ``banned`` if banned meanwhile (the store checks under the room's lock: a join
+        racing a kick cannot outlast it)."""
+        try:
+            return await self._rooms.add_member(room, user)
+        except store_errors.Banned:
+            raise ProtocolError("banned", banned_message) from None
 
     async def _existing(self, room):
         if room == BROADCAST_ROOM:

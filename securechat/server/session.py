@@ -248,9 +248,16 @@ class ConnectionSession:
     async def op_room_kick(self, fields):
         return await self._server.rooms.kick(self.user, fields["room"], fields["user"])
 
+    async def op_room_unban(self, fields):
+        return await self._server.rooms.unban(self.user, fields["room"], fields["user"])
+
     async def op_room_admin(self, fields):
         return await self._server.rooms.set_admin(
             self.user, fields["room"], fields["user"], fields["admin"])
+
+    async def op_room_mode(self, fields):
+        return await self._server.rooms.set_invite_only(
+            self.user, fields["room"], fields["invite_only"])
 
     async def op_room_history(self, fields):
         return await self._server.rooms.history(

@@ -13,6 +13,10 @@ class RoomExists(StoreError):
     """The room name is already taken."""
 
 
+class Banned(StoreError):
+    """The user is banned from the room it was to be added to."""
+
+
 class KeyConflict(StoreError):
     """A key upload contradicts what is stored (other key for a known id, or a re-used id)."""
 

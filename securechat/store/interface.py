@@ -159,12 +159,18 @@ class IStore(Interface):
         """
 
     def get_room(room):
-        """Fire with ``{"room", "owner", "password_hash", "created"}`` or None."""
+        """Fire with ``{"room", "owner", "password_hash", "created", "invite_only"}`` or None."""
+
+    def set_invite_only(room, invite_only):
+        """Make the room invite-only (True) or open (False); fires with False for no room."""
 
     def add_member(room, user):
         """Add ``user`` to the room; fires with the sorted member names right after (the
         members to tell of the join), or None if already a member.  Membership changes
-        of one room take turns, each seeing those before it."""
+        of one room take turns, each seeing those before it.
+
+        Errbacks with ``Banned`` while the user is banned from the room.
+        """
 
     def member_role(room, user):
         """Fire with "owner", "admin" or "member", or None for a non-member."""
@@ -175,6 +181,17 @@ class IStore(Interface):
     def remove_member(room, user):
         """Remove ``user`` from the room; fires with the sorted member names right before
         (``user`` among them), or None if not a member."""
+
+    def ban_member(room, user, by):
+        """Remove ``user`` from the room and ban it (``by`` names who did), atomically with
+        ``add_member``: a concurrent join lands before the removal or is refused.  Fires
+        with the role the user had, or None (nothing done) for a non-member."""
+
+    def room_ban(room, user):
+        """Fire with the user's ban from the room, ``{"role", "by", "created"}``, or None."""
+
+    def unban_member(room, user):
+        """Lift the user's ban from the room; fires with True if there was one."""
 
     def room_members(room):
         """Fire with the sorted list of member user names."""

@@ -16,11 +16,14 @@ Changelog:
   5 — room history indexed by (room, seq): a device back from a long absence reads its
       rooms' backlog page by page from where the last page ended, instead of from its
       position each time (which made the pages of a long backlog cost its square).
+  6 — room bans: a kicked user stays out of the room (its join refused) until the
+      room's owner or an admin lifts the ban; without them a kick from an open room
+      was undone by joining again.  And invite-only rooms, which nobody joins uninvited.
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -179,6 +182,18 @@ MIGRATIONS = {
     ],
     5: [
         "CREATE INDEX room_history_seq ON room_history (room, seq)",
+    ],
+    6: [
+        # role: what the banned user was in the room (an admin lifts only a member's ban);
+        # banned_by: who removed them (an admin cannot lift the owner's ban).
+        """CREATE TABLE room_bans (
+            room TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            banned_by TEXT NOT NULL,
+            created BIGINT NOT NULL,
+            PRIMARY KEY (room, user_id))""",
+        "ALTER TABLE rooms ADD COLUMN invite_only BOOLEAN NOT NULL DEFAULT FALSE",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

@@ -189,6 +189,9 @@ class SqlStore:
     def get_room(self, room):
         return self._run(t.txn_get_room, room)
 
+    def set_invite_only(self, room, invite_only):
+        return self._run(t.txn_set_invite_only, room, invite_only)
+
     def add_member(self, room, user):
         return self._run(t.txn_add_member, room, user)
 
@@ -200,6 +203,15 @@ class SqlStore:
 
     def remove_member(self, room, user):
         return self._run(t.txn_remove_member, room, user)
+
+    def ban_member(self, room, user, by):
+        return self._run(t.txn_ban_member, room, user, by)
+
+    def room_ban(self, room, user):
+        return self._run(t.txn_room_ban, room, user)
+
+    def unban_member(self, room, user):
+        return self._run(t.txn_unban_member, room, user)
 
     def room_members(self, room):
         return self._run(t.txn_room_members, room)

@@ -18,7 +18,7 @@ import hashlib
 import itertools
 
 from securechat.store.errors import (
-    DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
+    Banned, DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
 from securechat.store.schema import MIGRATIONS, SCHEMA_VERSION, STATEMENTS, VERSION_TABLE
 from securechat.wire import BROADCAST_ROOM
 
@@ -767,15 +767,31 @@ async def txn_create_room(txn, room, owner, password_hash):
 
 
 async def txn_get_room(txn, room):
-    return _record(("room", "owner", "password_hash", "created"), await _first(
-        txn, "SELECT room, owner, password_hash, created FROM rooms WHERE room = ?", (room,)))
+    info = _record(("room", "owner", "password_hash", "created", "invite_only"), await _first(
+        txn, "SELECT room, owner, password_hash, created, invite_only FROM rooms WHERE room = ?",
+        (room,)))
+    if info is not None:
+        info["invite_only"] = bool(info["invite_only"])  # SQLite keeps booleans as 0 and 1
+    return info
+
+
+async def txn_set_invite_only(txn, room, invite_only):
+    return bool(await txn.execute(
+        "UPDATE rooms SET invite_only = ? WHERE room = ? RETURNING room", (invite_only, room)))
 
 
 async def _lock_room(txn, room):
     """Serialise the membership changes of one room (a row lock on PostgreSQL), so each
-    sees the members every earlier one left: who hears of a join or a leave is who was
-    in the room at that moment, however many happen at once."""
+    sees the members every earlier one left: a join racing a kick either comes first
+    (and is kicked) or sees the ban, and who hears of a join or a leave is who was in
+    the room at that moment, however many happen at once."""
     await txn.execute("UPDATE rooms SET owner = owner WHERE room = ?", (room,))
+
+
+async def txn_room_ban(txn, room, user):
+    return _record(("role", "by", "created"), await _first(
+        txn, "SELECT role, banned_by, created FROM room_bans WHERE room = ? AND user_id = ?",
+        (room, user)))
 
 
 async def _members(txn, room):
@@ -786,6 +802,8 @@ async def _members(txn, room):
 
 async def txn_add_member(txn, room, user):
     await _lock_room(txn, room)
+    if await txn_room_ban(txn, room, user) is not None:
+        raise Banned(room, user)
     if not await txn.execute(
             "INSERT INTO room_members (room, user_id, joined) VALUES (?, ?, ?) "
             "ON CONFLICT (room, user_id) DO NOTHING RETURNING user_id", (room, user, txn.now_ms)):
@@ -808,12 +826,21 @@ async def txn_set_member_role(txn, room, user, role):
 
 async def txn_remove_member(txn, room, user):
     """The user's devices still get what was sent while it was a member, nothing later.
-    Fires with the members just before (the user included), or None for a non-member."""
+    Fires with the members just before (the user among them), or None for a non-member."""
     await _lock_room(txn, room)
     members = await _members(txn, room)
-    if user not in members:
+    if await _remove_member(txn, room, user) is None:
         return None
-    await txn.execute("DELETE FROM room_members WHERE room = ? AND user_id = ?", (room, user))
+    return members
+
+
+async def _remove_member(txn, room, user):
+    """Remove the member and end its devices' cursors; the role it had, or None."""
+    row = await _first(
+        txn, "DELETE FROM room_members WHERE room = ? AND user_id = ? RETURNING role",
+        (room, user))
+    if row is None:
+        return None
     await txn.execute(
         "UPDATE room_cursors SET until_pos = COALESCE("
         "(SELECT next_pos FROM room_counters WHERE room = ?), 0) WHERE room = ? AND user_id = ?",
@@ -821,7 +848,24 @@ async def txn_remove_member(txn, room, user):
     await txn.execute(
         "DELETE FROM room_cursors WHERE user_id = ? AND room = ? AND next_pos > until_pos",
         (user, room))
-    return members
+    return row[0]
+
+
+async def txn_ban_member(txn, room, user, by):
+    """Remove a member and keep it out (``txn_add_member`` refuses it) until unbanned."""
+    await _lock_room(txn, room)
+    role = await _remove_member(txn, room, user)
+    if role is not None:
+        await txn.execute(
+            "INSERT INTO room_bans (room, user_id, role, banned_by, created) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (room, user_id) DO NOTHING",
+            (room, user, role, by, txn.now_ms))
+    return role
+
+
+async def txn_unban_member(txn, room, user):
+    return bool(await txn.execute(
+        "DELETE FROM room_bans WHERE room = ? AND user_id = ? RETURNING user_id", (room, user)))
 
 
 async def txn_room_members(txn, room):
