@@ -29,21 +29,30 @@ class _Connection(txpostgres.Connection):
     """
 
     def doRead(self):
-        """Watch the idle connection (txpostgres does, for NOTIFY), without a traceback when
-        the server closes it.
+        """Watch the idle connection (txpostgres's ``doRead``, for NOTIFY), without a
+        traceback when the server closes it.
 
         When PostgreSQL restarts it closes every connection; on an idle one no
         query waits to be told, so txpostgres lets psycopg2's error escape to
-        the reactor, which logs "Unhandled Error" with a traceback for each.
-        Handed back instead, the error makes the reactor close the connection
-        all the same (``connectionLost``, and the dead-connection detector
-        reconnects): one warning of the outage per interval is what the log
-        gets, from the requests it refuses (``securechat.server.outage``).
+        the reactor (or, when psycopg2 has already let the socket go, asks the
+        reactor to watch descriptor -1), which logs "Unhandled Error" with a
+        traceback for each.  Handed back instead, the error makes the reactor
+        close the connection all the same (``connectionLost``, and the
+        dead-connection detector reconnects): one warning of the outage per
+        interval is what the log gets, from the requests it refuses
+        (``securechat.server.outage``).
         """
         try:
-            return super().doRead()
+            txpostgres._PollingMixin.doRead(self)
         except psycopg2.Error as error:
             return error
+        self.checkForNotifies()
+        if self._connection.closed:
+            return None
+        if self.fileno() == -1:
+            return psycopg2.InterfaceError("PostgreSQL closed the connection")
+        self.reactor.addReader(self)
+        return None
 
     def _runInteraction(self, interaction, *args, **kwargs):
         cursor = self.cursor()
