@@ -92,9 +92,18 @@ OPTIONS = (
     Option("broadcast", "senders", "anyone", _senders),
     Option("broadcast", "admins", "", _user_list),
     Option("limits", "argon2_concurrency", "2", _positive),
-    Option("limits", "login_attempts_per_account", "10", _positive),
-    Option("limits", "login_attempts_per_address", "30", _positive),
+    Option("limits", "argon2_waiting_per_client", "32", _positive),
+    Option("limits", "login_failures_per_account", "5", _positive),
+    Option("limits", "login_delay_max_seconds", "900", _positive),
+    Option("limits", "login_failures_per_address", "30", _positive),
     Option("limits", "login_window_seconds", "60", _positive),
+    Option("limits", "room_password_failures_per_room", "5", _positive),
+    Option("limits", "room_password_room_window_seconds", "900", _positive),
+    Option("limits", "room_password_failures_per_user", "20", _positive),
+    Option("limits", "room_password_user_window_seconds", "3600", _positive),
+    Option("limits", "key_claims_per_minute", "300", _positive),
+    Option("limits", "one_time_keys_per_device_per_minute", "20", _positive),
+    Option("limits", "one_time_keys_low", "10", _positive),
     Option("limits", "requests_per_second", "2000", _positive),
     Option("limits", "request_burst", "4000", _positive),
 )
@@ -116,9 +125,18 @@ class ServerConfig:
     senders: str
     admins: tuple
     argon2_concurrency: int
-    login_attempts_per_account: int
-    login_attempts_per_address: int
+    argon2_waiting_per_client: int
+    login_failures_per_account: int
+    login_delay_max_seconds: int
+    login_failures_per_address: int
     login_window_seconds: int
+    room_password_failures_per_room: int
+    room_password_room_window_seconds: int
+    room_password_failures_per_user: int
+    room_password_user_window_seconds: int
+    key_claims_per_minute: int
+    one_time_keys_per_device_per_minute: int
+    one_time_keys_low: int
     requests_per_second: int
     request_burst: int
     source: str

@@ -11,7 +11,7 @@ from tests.support import ScriptedDevice, cleanup, poll_until, unicast
 
 @pytest.fixture
 def server(start_relay):
-    return start_relay(extra="[limits]\nrequests_per_second = 50\nrequest_burst = 100\nlogin_attempts_per_account = 3\n")
+    return start_relay(extra="[limits]\nrequests_per_second = 50\nrequest_burst = 100\nlogin_failures_per_account = 3\n")
 
 
 async def pair(server):

@@ -8,8 +8,8 @@ from tests.support import ScriptedDevice, cleanup, poll_until
 
 JOINERS = 30
 
-ROOMY_LIMITS = "[limits]\nlogin_attempts_per_address = 200\n"
-"""31 registrations and logins from 127.0.0.1 within a minute."""
+ROOMY_LIMITS = "[limits]\nlogin_failures_per_address = 200\n"
+"""31 registrations from 127.0.0.1 within a minute (each counts against the address)."""
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

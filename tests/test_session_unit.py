@@ -23,7 +23,7 @@ def factory(tmp_path):
     store = make_store(str(tmp_path / "unit.sqlite3"), str(tmp_path))
     pytest_twisted.blockon(defer.ensureDeferred(store.start()))
     clock = task.Clock()
-    hasher = SecretHasher(reactor, 1)
+    hasher = SecretHasher(reactor, 1, 1)
     made = RelayFactory(settings, store, clock, hasher, dummy_hash="")
     made.config_database = str(tmp_path / "unit.sqlite3")
     yield made

@@ -139,6 +139,21 @@ async def test_one_time_keys_fifo_once_then_fallback(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_fallback_only_claim_leaves_the_one_time_keys(store):
+    """A device named in fallback_only gives its fallback key and keeps its one-time keys;
+    the other devices of the same claim get one-time keys."""
+    await device(store, "bob")
+    await device(store, "carol")
+    for user in ("bob", "carol"):
+        await store.add_one_time_keys(user, "D1", [("k1", "K1", "s"), ("k2", "K2", "s")])
+        await store.set_fallback_key(user, "D1", "f1", "F1", "s")
+    got = await store.claim_keys([("bob", "D1"), ("carol", "D1")], {("bob", "D1")})
+    assert (got[("bob", "D1")]["kid"], got[("bob", "D1")]["fallback"]) == ("f1", True)
+    assert (got[("carol", "D1")]["kid"], got[("carol", "D1")]["fallback"]) == ("k1", False)
+    assert (await store.key_counts("bob", "D1"))["otk_count"] == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_conflicting_upload_stores_nothing(store):
     """A kid re-used with another key, or already handed out, fails the whole upload."""
     await device(store, "bob")

@@ -91,7 +91,8 @@ class ManagedServer:
         lines = ["[server]", "interface = 127.0.0.1", f"port = {self.port}",
                  f"data_dir = {os.path.join(self.workdir, 'data')}",
                  "[limits]", "requests_per_second = 1000000", "request_burst = 1000000",
-                 "login_attempts_per_address = 1000000", "argon2_concurrency = 2"]
+                 "login_failures_per_address = 1000000", "argon2_concurrency = 2",
+                 "argon2_waiting_per_client = 1000000"]
         if database:
             lines += ["[store]", f"database = {database}"]
         config_path = os.path.join(self.workdir, "bench.ini")

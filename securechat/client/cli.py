@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 error; 2 usage; 3 wrong password or login refused;
 4 server unreachable; 5 server certificate not trusted (pin mismatch);
-6 unknown user; 7 sending blocked by trust (changed or unsigned keys).
+6 unknown user; 7 sending blocked by trust (changed or unsigned keys);
+8 rate limited (try again in the seconds given); 9 server unavailable (its database).
 """
 
 import argparse
@@ -21,7 +22,8 @@ from securechat.client import settings as client_settings
 from securechat.client.contacts import TrustError
 from securechat.client.protocol import RemoteError
 from securechat.client.rooms import ROOM_MODES
-from securechat.client.session import EXIT_UNTRUSTED, NO_OTHER_DEVICE, Client, ClientError
+from securechat.client.session import (
+    EXIT_UNTRUSTED, NO_OTHER_DEVICE, Client, ClientError, refusal)
 from securechat.client.verification import Verification, VerificationFailed
 from securechat.crypto.fingerprint import key_fingerprint, safety_number
 from securechat.wire import BROADCAST_ROOM
@@ -372,8 +374,9 @@ def main(argv=None):
             print(f"securechat: {e}", file=sys.stderr)
             code = getattr(e, "exit_code", 1)
         except RemoteError as e:
-            print(f"securechat: the server refused: {e.message}", file=sys.stderr)
-            code = 1
+            error = refusal(e)
+            print(f"securechat: {error}", file=sys.stderr)
+            code = error.exit_code
         if code:
             raise SystemExit(code)
 

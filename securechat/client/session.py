@@ -38,6 +38,8 @@ EXIT_UNREACHABLE = 4
 EXIT_CERTIFICATE = 5
 EXIT_UNKNOWN_USER = 6
 EXIT_UNTRUSTED = 7
+EXIT_RATE_LIMITED = 8
+EXIT_UNAVAILABLE = 9
 
 
 NO_OTHER_DEVICE = "sent to no device: you have no other device to deliver a note to yourself"
@@ -48,6 +50,17 @@ class ClientError(Exception):
     def __init__(self, message, exit_code=EXIT_ERROR):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def refusal(error, what="the server refused"):
+    """The ClientError for a server's error answer: limits and outages get their own exit
+    codes, so a script can tell "wait and retry" from "this is wrong"."""
+    if error.code == "rate_limited":  # the message says how long to wait when it is known
+        return ClientError(f"rate limited: {error.message}", EXIT_RATE_LIMITED)
+    if error.code == "unavailable":
+        return ClientError(f"the server is unavailable (its database): {error.message}",
+                           EXIT_UNAVAILABLE)
+    return ClientError(f"{what}: {error.message}")
 
 
 def new_device_id():
@@ -70,6 +83,7 @@ class Client:
         self.protocol = None
         self.queued_at_login = 0
         self._directory = {}
+        self._key_top_up = defer.DeferredLock()  # one top-up at a time (login, keys.low)
         self.sender = Sender(self)
         self.rooms = RoomClient(self)
         self.receiver = Receiver(self, on_message or (lambda record: None),
@@ -121,7 +135,7 @@ class Client:
         self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
         await self._connect()
         counts = await self._login()
-        await self._top_up(counts)
+        await self._key_top_up.run(lambda: defer.ensureDeferred(self._top_up(counts)))
 
     def close(self):
         if self.protocol is not None and self.protocol.transport is not None:
@@ -186,6 +200,8 @@ class Client:
             self.receiver.envelope_event(frame)
         elif frame.get("event") == "corrupt":
             self.log.error("the server reports a corrupted stored envelope {id}", id=frame.get("id"))
+        elif frame.get("event") == "keys.low":
+            self._key_top_up.run(self._refill_keys).addErrback(self._refill_failed)
 
     def _login_secret(self):
         return wire.b64encode(passwords.login_secret(self._password, self.settings.server, self.user))
@@ -197,6 +213,8 @@ class Client:
         except RemoteError as e:
             if e.code == "auth_failed":
                 raise ClientError("wrong user name or password", EXIT_AUTH) from None
+            if e.code in ("rate_limited", "unavailable"):
+                raise refusal(e) from None
             raise ClientError(f"login refused: {e.message}", EXIT_AUTH) from None
         self.queued_at_login = result["queued"]
         return result
@@ -219,7 +237,7 @@ class Client:
         with self.store.transaction():
             self.store.set_meta("device_list_version", str(version))
 
-    async def _top_up(self, counts):
+    async def _top_up(self, counts, low_water=OTK_LOW_WATER):
         """Keep enough one-time keys published, and always a fallback key.
 
         Keys generated but never acknowledged (a lost answer) are sent again
@@ -227,7 +245,7 @@ class Client:
         """
         otks, fallback = self.crypto.unpublished_keys(self.user, self.device)
         missing = OTK_TARGET - counts["otk_count"] - len(otks)
-        if counts["otk_count"] < OTK_LOW_WATER and missing > 0:
+        if counts["otk_count"] < low_water and missing > 0:
             otks = self.crypto.one_time_keys(self.user, self.device, missing)
         if not counts["has_fallback"] and not fallback:
             fallback = self.crypto.fallback_key(self.user, self.device)
@@ -235,6 +253,16 @@ class Client:
             await self.request("keys.upload", one_time_keys=otks or None,
                                fallback_key=fallback or None)
             self.crypto.mark_published()
+
+    @returns_deferred
+    async def _refill_keys(self):
+        """The server said this device's one-time keys run low (others claimed them): back
+        up to the full set, whatever this client's own low-water mark."""
+        await self._top_up(await self.request("keys.count"), low_water=OTK_TARGET)
+
+    def _refill_failed(self, failure):
+        if not failure.check(client_protocol.ConnectionClosed):  # closed: the next login tops up
+            self.log.warn("topping up one-time keys failed: {error}", error=failure.value)
 
     # -- the key directory ----------------------------------------------------------
 
@@ -270,7 +298,7 @@ class Client:
         except TrustError as e:
             raise ClientError(str(e), EXIT_UNTRUSTED) from None
         except RemoteError as e:
-            raise ClientError(f"the server refused the message: {e.message}") from None
+            raise refusal(e, "the server refused the message") from None
 
     @returns_deferred
     async def send_control(self, user, payload):

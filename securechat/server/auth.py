@@ -3,8 +3,9 @@
 The client never sends its password: it sends a login secret derived from
 it (see docs/protocol.rst), and the server keeps only an argon2id hash of
 that secret.  argon2id costs 64 MiB and tens of milliseconds per call, so
-it runs in the reactor's thread pool behind a semaphore that bounds how
-many run at once (memory and CPU stay predictable under a login storm).
+it runs in the reactor's thread pool behind a fair queue that bounds how
+many run at once (memory and CPU stay predictable under a login storm) and
+serves clients in turn, logins first (see ``securechat.server.fairqueue``).
 """
 
 from nacl import pwhash
@@ -14,6 +15,14 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, threads
 from zope.interface import Attribute, Interface, implementer
 
+from securechat.server.fairqueue import FairQueue, QueueFull
+from securechat.server.ratelimit import rate_limited
+
+LOGIN_WORK = 0
+"""Logins and registrations, queued per client address: always served first."""
+ROOM_WORK = 1
+"""Room password checks and hashes, queued per user."""
+
 
 class IDeviceSecret(credentials.ICredentials):
     """A device of an account proving the account's login secret."""
@@ -21,14 +30,16 @@ class IDeviceSecret(credentials.ICredentials):
     user = Attribute("user name")
     device = Attribute("device id")
     secret = Attribute("login secret, bytes")
+    address = Attribute("the client's address (failures are counted per account and address)")
 
 
 @implementer(IDeviceSecret)
 class DeviceSecret:
-    def __init__(self, user, device, secret):
+    def __init__(self, user, device, secret, address):
         self.user = user
         self.device = device
         self.secret = secret
+        self.address = address
 
 
 class IDevice(Interface):
@@ -46,26 +57,35 @@ class DeviceAvatar:
 
 
 class SecretHasher:
-    """argon2id hashing and verification off the reactor thread, bounded concurrency."""
+    """argon2id hashing and verification off the reactor thread, queued fairly.
+
+    Every call names its kind of work (``LOGIN_WORK``, ``ROOM_WORK``) and who
+    asked (a client address, a user); a caller with too many calls waiting
+    gets ``rate_limited`` at once.
+    """
 
     OPSLIMIT = pwhash.argon2id.OPSLIMIT_INTERACTIVE
     MEMLIMIT = pwhash.argon2id.MEMLIMIT_INTERACTIVE
 
-    def __init__(self, reactor, concurrency):
-        self._semaphore = defer.DeferredSemaphore(concurrency)
+    def __init__(self, reactor, concurrency, waiting_per_client):
+        self.queue = FairQueue(concurrency, waiting_per_client, ROOM_WORK + 1,
+                               self._in_thread)
         self._reactor = reactor
 
     def _in_thread(self, fn, *args):
-        return self._semaphore.run(
-            threads.deferToThreadPool, self._reactor, self._reactor.getThreadPool(), fn, *args
-        )
+        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
 
-    def hash(self, secret):
+    def _submit(self, work, principal, fn, *args):
+        d = self.queue.submit(work, principal, fn, *args)
+        return d.addErrback(_refuse_when_full)
+
+    def hash(self, secret, work, principal):
         """Fire with the argon2id string (text) of ``secret`` (bytes)."""
-        d = self._in_thread(pwhash.argon2id.str, secret, self.OPSLIMIT, self.MEMLIMIT)
+        d = self._submit(work, principal, pwhash.argon2id.str, secret, self.OPSLIMIT,
+                         self.MEMLIMIT)
         return d.addCallback(lambda h: h.decode("ascii"))
 
-    def verify(self, hashed, secret):
+    def verify(self, hashed, secret, work, principal):
         """Fire with True when ``secret`` matches ``hashed``, False otherwise."""
 
         def check():
@@ -74,7 +94,12 @@ class SecretHasher:
             except InvalidkeyError:
                 return False
 
-        return self._in_thread(check)
+        return self._submit(work, principal, check)
+
+
+def _refuse_when_full(failure):
+    failure.trap(QueueFull)
+    raise rate_limited("too many password checks of yours are waiting", 1)
 
 
 @implementer(ICredentialsChecker)
@@ -83,24 +108,30 @@ class SecretChecker:
 
     An unknown user and a wrong secret get the same error after the same
     work (a hash of a dummy secret), so a caller cannot probe for names.
+    The ``guard`` (``ratelimit.LoginGuard``) refuses, before any argon2 work,
+    an address or an (account, address) pair that failed too often.
     """
 
     credentialInterfaces = (IDeviceSecret,)
 
-    def __init__(self, store, hasher, dummy_hash):
+    def __init__(self, store, hasher, dummy_hash, guard):
         self._store = store
         self._hasher = hasher
         self._dummy_hash = dummy_hash
+        self._guard = guard
 
     def requestAvatarId(self, creds):
         return defer.ensureDeferred(self._check(creds))
 
     async def _check(self, creds):
+        self._guard.check_login(creds.user, creds.address)
         account = await self._store.get_account(creds.user)
         hashed = account["secret_hash"] if account else self._dummy_hash
-        matches = await self._hasher.verify(hashed, creds.secret)
+        matches = await self._hasher.verify(hashed, creds.secret, LOGIN_WORK, creds.address)
         if account is None or not matches:
+            self._guard.login_failed(creds.user, creds.address)
             raise error.UnauthorizedLogin("wrong user name or password")
+        self._guard.login_succeeded(creds.user, creds.address)
         return (creds.user, creds.device)
 
 
@@ -120,5 +151,5 @@ class DeviceRealm:
         return IDevice, avatar, lambda: self._relay.detach(user, device, mind)
 
 
-def make_portal(store, relay, hasher, dummy_hash):
-    return portal.Portal(DeviceRealm(relay), [SecretChecker(store, hasher, dummy_hash)])
+def make_portal(store, relay, hasher, dummy_hash, guard):
+    return portal.Portal(DeviceRealm(relay), [SecretChecker(store, hasher, dummy_hash, guard)])

@@ -8,7 +8,7 @@ from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
 from securechat.server.protocol import RelayProtocol
 from securechat.server.outage import OutageLog
-from securechat.server.ratelimit import SlidingWindow
+from securechat.server.ratelimit import KeyClaimLimits, LoginGuard, RoomPasswordGuard
 from securechat.server.relay import Relay
 from securechat.server.rooms import Rooms
 
@@ -26,13 +26,20 @@ class RelayFactory(ServerFactory):
         self.devices = DeviceDirectory(store)
         self.store_outage = OutageLog(clock)
         self.relay = Relay(store, self.devices, clock, self.store_outage)
-        self.portal = make_portal(store, self.relay, self.hasher, dummy_hash)
-        self.keys = KeyDirectory(store, self.devices)
-        self.rooms = Rooms(config, store, self.devices, self.relay, self.hasher)
-        window = config.login_window_seconds
-        self.login_per_account = SlidingWindow(clock, config.login_attempts_per_account, window)
-        self.login_per_address = SlidingWindow(clock, config.login_attempts_per_address, window)
+        self.login_guard = LoginGuard(clock, config)
+        self.portal = make_portal(store, self.relay, self.hasher, dummy_hash, self.login_guard)
+        self.key_claims = KeyClaimLimits(clock, config)
+        self.keys = KeyDirectory(store, self.devices, self.relay, self.key_claims,
+                                 config.one_time_keys_low)
+        self.room_passwords = RoomPasswordGuard(clock, config)
+        self.rooms = Rooms(config, store, self.devices, self.relay, self.hasher,
+                           self.room_passwords)
         self.connections = set()
+
+    def prune_limits(self):
+        """Forget rate-limit entries whose time has passed (memory stays bounded)."""
+        for limits in (self.login_guard, self.room_passwords, self.key_claims):
+            limits.prune()
 
     def buildProtocol(self, addr):
         return RelayProtocol(self)

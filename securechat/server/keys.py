@@ -33,9 +33,12 @@ def one_time_key_payload(user, device, kid, key, fallback):
 
 
 class KeyDirectory:
-    def __init__(self, store, directory):
+    def __init__(self, store, directory, relay, claim_limits, low_water):
         self._store = store
         self._directory = directory
+        self._relay = relay
+        self._claim_limits = claim_limits  # ratelimit.KeyClaimLimits
+        self._low_water = low_water
 
     async def upload(self, user, device, fields):
         """Store a device's signed keys; answer with the device's key counts."""
@@ -139,8 +142,13 @@ class KeyDirectory:
             }
         return {"users": result}
 
-    async def claim(self, wanted):
-        """One key per requested device: a one-time key, or the flagged fallback key."""
+    async def claim(self, claimer, wanted):
+        """One key per requested device: a one-time key, or the flagged fallback key.
+
+        Limited per claimer and per device (``KeyClaimLimits``); a device whose
+        one-time keys run low is told so, to top them up.
+        """
+        self._claim_limits.check_claimer(claimer, sum(len(devices) for devices in wanted.values()))
         pairs = []
         for user, devices in wanted.items():
             current = {row["device"] for row in await self._store.get_devices(user)}
@@ -150,7 +158,8 @@ class KeyDirectory:
                 if device not in current:
                     raise ProtocolError("unknown_device", f"user {user} has no device {device}")
                 pairs.append((user, device))
-        claimed = await self._store.claim_keys(pairs)
+        rationed = {pair for pair in pairs if not self._claim_limits.one_time_key_allowed(*pair)}
+        claimed = await self._store.claim_keys(pairs, rationed)
         keys = {}
         for (user, device), key in claimed.items():
             keys.setdefault(user, {})[device] = {
@@ -159,4 +168,14 @@ class KeyDirectory:
                 "signature": key["signature"],
                 "fallback": bool(key["fallback"]),
             }
+            if not key["fallback"]:
+                await self._warn_if_low(user, device)
         return {"keys": keys}
+
+    async def _warn_if_low(self, user, device):
+        """Tell an online device whose one-time keys fell below the low-water mark."""
+        if not self._relay.online(user, device):
+            return  # it learns its count at its next login
+        counts = await self._store.key_counts(user, device)
+        if counts["otk_count"] < self._low_water:
+            self._relay.push_event(user, device, wire.encode({"event": "keys.low", **counts}))

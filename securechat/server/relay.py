@@ -251,6 +251,15 @@ class Relay:
         entry = self._online.get((user, device))
         return entry[1] if entry else None
 
+    def online(self, user, device):
+        return (user, device) in self._online
+
+    def push_event(self, user, device, line):
+        """Push an event line to a device if it is online here (an event is not stored)."""
+        entry = self._online.get((user, device))
+        if entry is not None:
+            entry[0].push_line(line)
+
     # -- routing ----------------------------------------------------------
 
     def send_unicast(self, sender, sender_device, envelopes):

@@ -19,6 +19,7 @@ import json
 import secrets
 
 from securechat import wire
+from securechat.server.auth import ROOM_WORK
 from securechat.server.directory import RoomDirectory
 from securechat.store import errors as store_errors
 from securechat.wire import BROADCAST_ROOM, ProtocolError
@@ -39,13 +40,14 @@ def membership_body(event_id, room, user, action, by, now_ms):
 
 
 class Rooms:
-    def __init__(self, config, store, directory, relay, hasher):
+    def __init__(self, config, store, directory, relay, hasher, password_guard):
         self._config = config
         self._store = store
         self._directory = directory
         self._rooms = RoomDirectory(store)
         self._relay = relay
         self._hasher = hasher
+        self._password_guard = password_guard  # ratelimit.RoomPasswordGuard
 
     # -- membership ---------------------------------------------------------------
 
@@ -54,7 +56,7 @@ class Rooms:
             raise ProtocolError("room_exists", f"{room!r} is the room of every user")
         password_hash = None
         if password is not None:
-            password_hash = await self._hasher.hash(wire.b64decode(password))
+            password_hash = await self._hasher.hash(wire.b64decode(password), ROOM_WORK, user)
         try:
             await self._store.create_room(room, user, password_hash)
         except store_errors.RoomExists:
@@ -67,7 +69,10 @@ class Rooms:
         if info["password_hash"] is not None:
             if password is None:
                 raise ProtocolError("wrong_password", f"room {room!r} needs a password")
-            if not await self._hasher.verify(info["password_hash"], wire.b64decode(password)):
+            self._password_guard.check(room, user)
+            if not await self._hasher.verify(info["password_hash"], wire.b64decode(password),
+                                             ROOM_WORK, user):
+                self._password_guard.failed(room, user)
                 raise ProtocolError("wrong_password", f"wrong password for room {room!r}")
         members = await self._admit(room, user, f"you are banned from room {room!r}")
         if members:

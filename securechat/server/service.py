@@ -9,7 +9,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from securechat.server.auth import SecretHasher
+from securechat.server.auth import LOGIN_WORK, SecretHasher
 from securechat.server.factory import RelayFactory
 from securechat.server.listener import listen_tls
 from securechat.server.tls import server_context_factory
@@ -65,8 +65,9 @@ class RelayService(service.Service):
     async def _start(self):
         context, self.fingerprint = server_context_factory(self.config)
         await self.store.start()
-        hasher = SecretHasher(self.reactor, self.config.argon2_concurrency)
-        dummy_hash = await hasher.hash(random_bytes(32))
+        hasher = SecretHasher(self.reactor, self.config.argon2_concurrency,
+                              self.config.argon2_waiting_per_client)
+        dummy_hash = await hasher.hash(random_bytes(32), LOGIN_WORK, "start-up")
         self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, dummy_hash)
         self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
                                self.config.interface)
@@ -85,8 +86,7 @@ class RelayService(service.Service):
 
     def _prune(self):
         """Forget old rate-limit entries and room history past its retention."""
-        self.factory.login_per_account.prune()
-        self.factory.login_per_address.prune()
+        self.factory.prune_limits()
         d = defer.ensureDeferred(self.factory.rooms.prune())
         d.addErrback(self._prune_failed)
         return d

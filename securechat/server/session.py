@@ -7,14 +7,12 @@ answers every request with a result or an error frame carrying the same
 so tests can drive it without sockets.
 """
 
-import math
-
 from twisted.cred import error as cred_error
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from securechat import wire
-from securechat.server.auth import DeviceSecret, IDevice
+from securechat.server.auth import LOGIN_WORK, DeviceSecret, IDevice
 from securechat.server.ratelimit import TokenBucket
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError
@@ -145,8 +143,9 @@ class ConnectionSession:
         return {"pong": True}
 
     async def op_register(self, fields):
-        self._check_address_limit()
-        hashed = await self._server.hasher.hash(wire.b64decode(fields["secret"]))
+        self._server.login_guard.registering(self._peer)
+        hashed = await self._server.hasher.hash(wire.b64decode(fields["secret"]), LOGIN_WORK,
+                                                self._peer)
         try:
             await self._server.store.create_account(fields["user"], hashed, fields["identity_key"])
         except store_errors.UserExists:
@@ -158,12 +157,7 @@ class ConnectionSession:
         if self.state == "authenticated":
             raise ProtocolError("already_logged_in", "this connection is already logged in")
         user, device = fields["user"], fields["device"]
-        self._check_address_limit()
-        if not self._server.login_per_account.allow(user):
-            wait = math.ceil(self._server.login_per_account.retry_after(user))
-            raise ProtocolError("rate_limited",
-                                f"too many login attempts for {user}; try again in {wait} s")
-        creds = DeviceSecret(user, device, wire.b64decode(fields["secret"]))
+        creds = DeviceSecret(user, device, wire.b64decode(fields["secret"]), self._peer)
         try:
             _, avatar, logout = await self._server.portal.login(creds, self, IDevice)
         except cred_error.UnauthorizedLogin:
@@ -183,12 +177,6 @@ class ConnectionSession:
         if cursor is not None and self.state == "authenticated":
             cursor.pump()
 
-    def _check_address_limit(self):
-        if not self._server.login_per_address.allow(self._peer):
-            wait = math.ceil(self._server.login_per_address.retry_after(self._peer))
-            raise ProtocolError("rate_limited",
-                                f"too many attempts from your address; try again in {wait} s")
-
     # -- authenticated ops --------------------------------------------------
 
     async def op_logout(self, fields):
@@ -207,7 +195,7 @@ class ConnectionSession:
         return await self._server.keys.query(fields["users"])
 
     async def op_keys_claim(self, fields):
-        return await self._server.keys.claim(fields["devices"])
+        return await self._server.keys.claim(self.user, fields["devices"])
 
     async def op_devices_publish(self, fields):
         return await self._server.keys.publish_device_list(

@@ -84,13 +84,14 @@ class IStore(Interface):
     def set_fallback_key(user, device, kid, key, signature):
         """Replace the device's fallback key; it is unused afterwards."""
 
-    def claim_keys(pairs):
+    def claim_keys(pairs, fallback_only=frozenset()):
         """Claim one key for each ``(user, device)`` in ``pairs``.
 
         One-time keys are handed out in upload order and exactly once, even
         under concurrent claims from several connections or server nodes
         (a handed-out kid is remembered and never re-issued).  When a device
-        has none left, its fallback key is returned and marked used.  Fires
+        has none left, or is in ``fallback_only`` (it gave out its share of
+        one-time keys for now), its fallback key is returned and marked used.  Fires
         with ``{(user, device): {"kid", "key", "signature", "fallback"}}``;
         a device with neither is absent from the result.
         """

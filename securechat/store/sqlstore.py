@@ -164,8 +164,8 @@ class SqlStore:
     def set_fallback_key(self, user, device, kid, key, signature):
         return self._run(t.txn_set_fallback_key, user, device, kid, key, signature)
 
-    def claim_keys(self, pairs):
-        return self._run(t.txn_claim_keys, pairs)
+    def claim_keys(self, pairs, fallback_only=frozenset()):
+        return self._run(t.txn_claim_keys, pairs, fallback_only)
 
     def key_counts(self, user, device):
         return self._run(t.txn_key_counts, user, device)

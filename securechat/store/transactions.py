@@ -215,13 +215,15 @@ async def _use_fallback_key(txn, user, device):
     return {**_record(("kid", "key", "signature"), row), "fallback": True} if row else None
 
 
-async def txn_claim_keys(txn, pairs):
+async def txn_claim_keys(txn, pairs, fallback_only):
     claimed = {}
     for user, device in sorted(set(pairs)):
         if await _lock_device(txn, user, device) is None:
             continue
-        key = (await _claim_one_time_key(txn, user, device)
-               or await _use_fallback_key(txn, user, device))
+        one_time = None
+        if (user, device) not in fallback_only:
+            one_time = await _claim_one_time_key(txn, user, device)
+        key = one_time or await _use_fallback_key(txn, user, device)
         if key is not None:
             claimed[(user, device)] = key
     return claimed
