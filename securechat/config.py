@@ -10,6 +10,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from securechat import database_url
 from securechat.wire import USERNAME_RE
 
 
@@ -68,6 +69,7 @@ def _database(text):
         raise ValueError("must be a SQLite file path or a postgresql:// URL")
     if "://" in text and not text.startswith(("postgresql://", "postgres://")):
         raise ValueError("only postgresql:// URLs or SQLite file paths are supported")
+    database_url.check(text)
     return text
 
 
@@ -77,6 +79,8 @@ class Option:
     key: str
     default: str
     parse: object
+    show: object = repr
+    """How an error shows the value as written (never a password)."""
 
 
 OPTIONS = (
@@ -86,7 +90,8 @@ OPTIONS = (
     Option("tls", "certificate", "", _path),
     Option("tls", "private_key", "", _path),
     Option("tls", "key_exchange", "hybrid", _key_exchange),
-    Option("store", "database", "securechat.sqlite3", _database),
+    Option("store", "database", "securechat.sqlite3", _database,
+           show=lambda raw: repr(database_url.redact(raw))),
     Option("rooms", "history_days", "30", _positive),
     Option("rooms", "history_max_messages", "10000", _positive),
     Option("broadcast", "senders", "anyone", _senders),
@@ -174,7 +179,7 @@ def load(path=None):
             values[option.key] = option.parse(raw)
         except ValueError as e:
             raise ConfigError(
-                f"{source}: [{option.section}] {option.key} = {raw!r}: {e}"
+                f"{source}: [{option.section}] {option.key} = {option.show(raw)}: {e}"
             ) from None
     return _resolve_paths(values, source)
 

@@ -28,6 +28,11 @@ MAX_BATCH_ITEMS = 512
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 DEVICE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 ROOM_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# What a NEW name must also be: "alice." or "alice__" beside "alice" is a trap for the
+# eye, so a separator (. _ -) stands alone between letters or digits.  Names registered
+# before this rule keep working: every other request still takes USERNAME_RE / ROOM_RE.
+NEW_USERNAME_RE = re.compile(r"(?=.{1,32}\Z)[a-z0-9]+(?:[._-][a-z0-9]+)*")
+NEW_ROOM_RE = re.compile(r"(?=.{1,64}\Z)[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _ENVELOPE_ID = r"[A-Za-z0-9_-]{16,64}"
 ENVELOPE_ID_RE = re.compile(_ENVELOPE_ID)
 ENVELOPE_IDS_RE = re.compile(rf"{_ENVELOPE_ID}(?:\n{_ENVELOPE_ID})*")
@@ -303,6 +308,10 @@ USER = text_matching(
 )
 DEVICE = text_matching(DEVICE_RE, "a device id: 1-32 of A-Z a-z 0-9 _ -")
 ROOM = text_matching(ROOM_RE, "a room name: 1-64 of a-z 0-9 . _ -, starting with a letter or digit")
+_NEW_NAME_RULE = "starting and ending with a letter or digit, with no two of . _ - in a row"
+NEW_USER = text_matching(NEW_USERNAME_RE,
+                         f"a new user name: 1-32 of a-z 0-9 . _ -, {_NEW_NAME_RULE}")
+NEW_ROOM = text_matching(NEW_ROOM_RE, f"a new room name: 1-64 of a-z 0-9 . _ -, {_NEW_NAME_RULE}")
 ENVELOPE_ID = text_matching(ENVELOPE_ID_RE, "an envelope id: 16-64 of A-Z a-z 0-9 _ -")
 KEY_ID = text_matching(KEY_ID_RE, "a key id: 1-64 base64 characters")
 SESSION_ID = text_matching(SESSION_ID_RE, "a session id: 1-128 base64 characters")
@@ -342,7 +351,7 @@ HISTORY_PAGE_MAX = 500
 
 REQUESTS = {
     "ping": {},
-    "register": {"user": USER, "secret": SECRET, "identity_key": PUBLIC_KEY},
+    "register": {"user": NEW_USER, "secret": SECRET, "identity_key": PUBLIC_KEY},
     "login": {"user": USER, "device": DEVICE, "secret": SECRET},
     "logout": {},
     "keys.upload": {
@@ -359,7 +368,7 @@ REQUESTS = {
     "room.send": {"room": ROOM, **ENVELOPE_FIELDS},
     "broadcast": ENVELOPE_FIELDS,
     "ack": {"ids": list_of(ENVELOPE_ID, joined=ENVELOPE_IDS_RE)},
-    "room.create": {"room": ROOM, "password": optional(PASSWORD)},
+    "room.create": {"room": NEW_ROOM, "password": optional(PASSWORD)},
     "room.join": {"room": ROOM, "password": optional(PASSWORD)},
     "room.leave": {"room": ROOM},
     "room.members": {"room": ROOM},

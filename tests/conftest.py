@@ -1,4 +1,14 @@
-"""Shared fixtures: in-process relays and a real PostgreSQL server."""
+"""Shared fixtures: in-process relays and a real PostgreSQL server.
+
+Every process the tests start (``twistd``, ``securechat``, ``securechat-bench``)
+runs the code of this checkout, as the in-process tests do: its directory goes
+first on their PYTHONPATH, so their imports and twistd's plugin scan (which
+looks in ``twisted/plugins`` of every ``sys.path`` entry) find this source tree
+before any copy installed in the venv.  Without it a plain ``pip install .``
+leaves the processes running the installed copy, and a run after an edit
+tests two versions at once.  The entry points themselves (and the installed
+plugin, see test_server_process) still come from the installation.
+"""
 
 import os
 import uuid
@@ -9,6 +19,16 @@ from twisted.internet import defer
 
 from tests.pgserver import TemporaryPostgres, create_database, drop_database
 from tests.support import start_server
+
+SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _children_run_the_source_tree():
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([SOURCE_TREE] + inherited)
+
+
+_children_run_the_source_tree()
 
 
 @pytest.fixture

@@ -1,16 +1,19 @@
 """Real ``twistd -n securechat`` processes for end-to-end tests.
 
-The processes run from a scratch directory, so they use the installed
-package and its installed twistd plugin, exactly as an operator would.
+The processes run the installed entry points from a scratch directory, as an
+operator would, with this checkout's code (tests/conftest.py puts it first on
+their PYTHONPATH).
 """
 
 import os
 import socket
+import subprocess
 import sys
 import time
 
 from twisted.internet import reactor, task
 
+from securechat import config as config_module
 from securechat.bench.server import RelayProcess
 
 BIN_DIR = os.path.dirname(sys.executable)
@@ -29,7 +32,22 @@ def executable(name):
     return path
 
 
-ServerProcess = RelayProcess
+class ServerProcess(RelayProcess):
+    """A relay process of a test: on a port the test picked free, never the default one,
+    where the README's relay may be running (the two must not collide)."""
+
+    def __init__(self, workdir, config_path):
+        if (config_path is None
+                or config_module.load(str(config_path)).port == config_module.load(None).port):
+            raise AssertionError(f"{config_path}: a test relay must listen on a port it "
+                                 "picked free (tests.processes.free_port)")
+        super().__init__(workdir, config_path)
+
+
+def run_twistd(cwd, *args, timeout=60):
+    """Run ``twistd ARGS`` to its end (a start that fails, daemon mode's parent); the result."""
+    return subprocess.run([executable("twistd"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def write_client_config(directory, user, port, fingerprint=None, ca_file=None):

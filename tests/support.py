@@ -60,7 +60,7 @@ async def start_server(directory, database=None, extra=""):
     settings = config_module.load(write_config(str(directory), database=database, extra=extra))
     service = RelayService(settings, reactor)
     service.startService()
-    await service._started
+    await service.started
     if service.port is None:
         raise RuntimeError("the relay did not start (see the log)")
     return RunningServer(service)

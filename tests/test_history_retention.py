@@ -28,7 +28,7 @@ def relay(request, tmp_path):
                                                extra=RETENTION))
     service = RelayService(settings, reactor, clock)
     service.startService()
-    pytest_twisted.blockon(service._started)
+    pytest_twisted.blockon(service.started)
     yield RunningServer(service), clock
     pytest_twisted.blockon(service.stopService())
 

@@ -233,14 +233,20 @@ async def w3_fanout(server, prefix, members=50, rates=(100.0, 1000.0), size=200,
     payload = random_payload(size)
     results = {"members": members, "payload_bytes": size}
     in_flight = InFlight()
+    accepted = {"count": 0}
+
+    def count_accepted(answer):
+        accepted["count"] += 1
+
     for rate in rates:
         latencies.samples, latencies.delivered_in_window = [], 0
 
         def tick():
             envelope_id = new_id()
             latencies.sent(envelope_id)
-            in_flight.track(sender.request("room.send", room=room, id=envelope_id,
-                                           kind="megolm", sid="YmVuY2g", ct=payload))
+            sent = sender.request("room.send", room=room, id=envelope_id, kind="megolm",
+                                  sid="YmVuY2g", ct=payload)
+            in_flight.track(sent.addCallback(count_accepted))
 
         loop = fixed_rate(tick)
         loop.start(1.0 / rate, now=False)
@@ -252,8 +258,10 @@ async def w3_fanout(server, prefix, members=50, rates=(100.0, 1000.0), size=200,
                    **latencies.summary(), **window.figures(delivered, "delivery")}
         results.update({f"{label}_{k}": v for k, v in figures.items()})
         await in_flight.settled()
+    expected = accepted["count"] * members  # every accepted message reaches every member
+    await wait_until(lambda: latencies.delivered >= expected, DRAIN_TIMEOUT)
     await close_all([sender] + audience)
-    return results
+    return {**results, "accepted": accepted["count"], "lost": expected - latencies.delivered}
 
 
 async def w4_connections(server, prefix, connections=10000, idle=25.0):

@@ -2,16 +2,20 @@
 
 import gc
 import os
-import re
 
 from nacl.utils import random as random_bytes
 from twisted.application import service
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+import securechat
+from securechat import database_url
 from securechat.server.auth import LOGIN_WORK, SecretHasher
+from securechat.server.datadir import prepare_data_dir
 from securechat.server.factory import RelayFactory
 from securechat.server.listener import listen_tls
+from securechat.server.startup import StartFailed, StartReport, cannot_listen
 from securechat.server.tls import server_context_factory
 from securechat.server.tls_memory import IdleSweep
 from securechat.store import make_store
@@ -27,13 +31,12 @@ Deferreds); with the default, the collector ran thousands of times a second
 under load and re-scanned the long-lived tables of every connection."""
 
 
-def redact(database):
-    """A database URL fit for a log line: the password is replaced."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", database)
-
-
 def tune_garbage_collector():
-    """Collect less often, and never re-scan what start-up built (modules, config, pools)."""
+    """Collect less often, and never re-scan what start-up built (modules, config, pools).
+
+    A setting of the whole process: only the relay's own process (twistd) makes it,
+    never a process that merely hosts a relay (the tests).
+    """
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
@@ -57,21 +60,34 @@ class RelayService(service.Service):
         self._idle_sweep = None
         self._started = None
 
+    @property
+    def started(self):
+        """A Deferred that fires once the relay listens, or fails with why it cannot."""
+        return self._started
+
     def startService(self):
         super().startService()
-        os.makedirs(self.config.data_dir, mode=0o700, exist_ok=True)
         self._started = defer.ensureDeferred(self._start())
 
     async def _start(self):
-        context, self.fingerprint = server_context_factory(self.config)
-        await self.store.start()
+        self.log.info("securechat relay starting (its code: {package})",
+                      package=os.path.dirname(securechat.__file__))
+        prepare_data_dir(self.config.data_dir)
+        try:
+            context, self.fingerprint = server_context_factory(self.config)
+        except ValueError as e:
+            raise StartFailed(str(e)) from None
+        await self._open_store()
         hasher = SecretHasher(self.reactor, self.config.argon2_concurrency,
                               self.config.argon2_waiting_per_client)
         dummy_hash = await hasher.hash(random_bytes(32), LOGIN_WORK, "start-up")
         self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, dummy_hash)
-        self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
-                               self.config.interface)
-        tune_garbage_collector()
+        try:
+            self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
+                                   self.config.interface)
+        except CannotListenError as e:
+            await self.store.stop()
+            raise cannot_listen(e) from None
         self._pruner = task.LoopingCall(self._prune)
         self._pruner.clock = self.clock
         self._pruner.start(PRUNE_INTERVAL, now=True)
@@ -81,8 +97,21 @@ class RelayService(service.Service):
         address = self.port.getHost()
         self.log.info(
             "securechat relay listening on {host}:{port} (TLS), store {database}",
-            host=address.host, port=address.port, database=redact(self.config.database),
+            host=address.host, port=address.port,
+            database=database_url.redact(self.config.database),
         )
+
+    async def _open_store(self):
+        """Open the store; a StartFailed naming the database (never its password) if it fails."""
+        try:
+            await self.store.start()
+        except Exception as e:
+            reason = getattr(e, "subFailure", None)  # txpostgres's pool: a FirstError
+            reason = e if reason is None else reason.value
+            database = self.config.database
+            raise StartFailed(
+                f"cannot open the database {database_url.redact(database)}: "
+                f"{database_url.scrub(str(reason) or type(reason).__name__, database)}") from None
 
     def _prune(self):
         """Forget old rate-limit entries and room history past its retention."""
@@ -97,15 +126,6 @@ class RelayService(service.Service):
         else:
             self.log.failure("pruning room history failed", failure)
 
-    def stop_reactor_if_start_fails(self):
-        """Under twistd a relay that cannot start must exit, not sit there doing nothing."""
-
-        def failed(failure):
-            self.log.failure("securechat relay failed to start", failure)
-            self.reactor.stop()
-
-        self._started.addErrback(failed)
-
     async def _stop(self):
         for loop in (self._pruner, self._idle_sweep):
             if loop is not None and loop.running:
@@ -115,21 +135,38 @@ class RelayService(service.Service):
             for protocol in list(self.factory.connections):
                 protocol.transport.abortConnection()
         await self.store.stop()
+        if self.port is not None:
+            self.log.info("securechat relay stopped: no longer listening, store closed")
 
     def stopService(self):
         super().stopService()
         return defer.ensureDeferred(self._stop())
 
 
-class _TwistdRoot(service.MultiService):
+class UnderTwistd(service.MultiService):
+    """The relay as twistd runs it: its start reported once known, then the GC tuned."""
+
+    def __init__(self, relay, report):
+        super().__init__()
+        self._relay = relay
+        self._report = report
+        relay.setServiceParent(self)
+
     def startService(self):
+        self._report.take_status_pipe()
         super().startService()
-        for child in self:
-            child.stop_reactor_if_start_fails()
+        self._relay.started.addCallbacks(self._listening, self._report.failed)
+
+    def _listening(self, _):
+        tune_garbage_collector()
+        self._report.started()
+
+    def stopService(self):
+        self._report.stopping()
+        return super().stopService()
 
 
-def make_service(config, reactor):
-    """The service tree twistd runs: the relay, exiting the process if it cannot start."""
-    top = _TwistdRoot()
-    RelayService(config, reactor).setServiceParent(top)
-    return top
+def make_service(config, reactor, twistd_options=None):
+    """The service tree twistd runs: the relay, exiting the process with one line if it cannot
+    start (``twistd_options``: twistd's own, which hold its daemon-mode status pipe)."""
+    return UnderTwistd(RelayService(config, reactor), StartReport(reactor, twistd_options))

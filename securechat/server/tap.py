@@ -15,10 +15,15 @@ class Options(usage.Options):
     optParameters = [["config", "c", None, "ini file with the server settings"]]
 
     def postOptions(self):
+        """Load the settings; a bad one ends twistd with that one line and status 1.
+
+        (A UsageError would print twistd's whole usage text in front of it, which
+        says nothing about the file at fault.)
+        """
         try:
             self["settings"] = config_module.load(self["config"])
         except config_module.ConfigError as e:
-            raise usage.UsageError(f"bad configuration: {e}")
+            raise SystemExit(f"securechat relay: bad configuration: {e}") from None
 
 
 def makeService(options):
@@ -26,4 +31,5 @@ def makeService(options):
 
     from securechat.server.service import make_service
 
-    return make_service(options["settings"], reactor)
+    # options.parent: twistd's own options (daemon mode keeps its status pipe there).
+    return make_service(options["settings"], reactor, options.parent)

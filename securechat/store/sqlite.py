@@ -4,6 +4,10 @@ One connection in one thread: SQLite has a single writer anyway, and one
 connection makes every transaction serial, which is what "claimed exactly
 once" and the envelopes' one sequence need.  WAL with
 ``synchronous=FULL`` fsyncs every commit, so a fired Deferred means on disk.
+
+The database file is created 0600 before SQLite opens it (SQLite gives its
+``-wal`` and ``-shm`` files the database's mode), and one found looser is
+tightened, with a warning.
 """
 
 import os
@@ -12,6 +16,7 @@ import sqlite3
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 
+from securechat.filemodes import PRIVATE_DIR, PRIVATE_FILE, create_private_file, tighten
 from securechat.store.engine import SQLITE, SqliteTxn
 from securechat.store.errors import StoreFull
 from securechat.store.sqlstore import SqlStore
@@ -61,7 +66,10 @@ class SqliteStore(SqlStore):
         self._path = path
 
     def _open(self):
-        os.makedirs(os.path.dirname(os.path.abspath(self._path)), mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(self._path)), mode=PRIVATE_DIR, exist_ok=True)
+        create_private_file(self._path)
+        for path in (self._path, self._path + "-wal", self._path + "-shm"):
+            tighten(path, PRIVATE_FILE)
         # isolation_level=None: the sqlite3 module opens no transactions of its
         # own; _interaction begins each one and adbapi commits or rolls it back.
         self._pool = adbapi.ConnectionPool(
