@@ -10,6 +10,7 @@ from twisted.logger import capturedLogs
 
 from securechat.client.protocol import RemoteError
 from securechat.server.outage import LOG_INTERVAL, OutageLog
+from securechat.store.errors import StoreUnavailable
 from tests.support import ScriptedDevice, cleanup, poll_until, unicast
 
 
@@ -64,7 +65,7 @@ def test_an_outage_is_logged_once_per_interval_with_a_count():
     outage = OutageLog(clock)
     with capturedLogs() as events:
         for _ in range(1000):
-            outage.refused("ConnectionDead")
+            outage.refused(StoreUnavailable("ConnectionDead"))
         clock.advance(LOG_INTERVAL)
-        outage.refused("ConnectionDead")
+        outage.refused(StoreUnavailable("ConnectionDead"))
     assert [event["count"] for event in events] == [1, 1000]

@@ -5,11 +5,15 @@ import json
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.logger import capturedLogs
 
+from securechat.server.directory import DeviceDirectory
+from securechat.server.outage import OutageLog
 from securechat.server.protocol import WriteGate
-from securechat.server.relay import DeliveryCursor
+from securechat.server.relay import READ_RETRY_SECONDS, DeliveryCursor, Relay
 from securechat.store import make_store
+from securechat.store.errors import StoreUnavailable
 from tests.support import poll_until
 
 
@@ -158,6 +162,38 @@ async def test_a_reader_too_slow_for_live_envelopes_gets_them_from_the_store(sto
     await poll_until(lambda: len(pushed.frames) == 4)
     cursor.notify(*await enqueue(store, "live"))
     assert pushed.ids() == ["first", "held0", "held1", "held2", "live"]
+
+
+class UnreachableOnce:
+    """The real store, except that its first read fails as in a database restart."""
+
+    def __init__(self, store):
+        self._store = store
+        self.failed = False
+
+    def fetch_queue(self, *args):
+        if not self.failed:
+            self.failed = True
+            return defer.fail(StoreUnavailable("ConnectionDead"))
+        return self._store.fetch_queue(*args)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cursor_reads_again_after_the_store_was_unavailable(store):
+    """A read refused by an unreachable store is logged as the outage (a warning, no
+    traceback) and made again READ_RETRY_SECONDS later: the backlog arrives by itself."""
+    await bob_device(store)
+    await enqueue(store, "waiting")
+    clock, pushed = task.Clock(), Pushed()
+    relay = Relay(UnreachableOnce(store), DeviceDirectory(store), clock, OutageLog(clock))
+    session = type("Session", (), {"push_line": pushed, "gate": WriteGate()})()
+    with capturedLogs() as events:
+        await relay.attach("bob", "B1", session).pump()
+        assert pushed.ids() == []
+        clock.advance(READ_RETRY_SECONDS)
+        await poll_until(lambda: pushed.ids() == ["waiting"])
+    assert [event.get("what") for event in events] == [StoreUnavailable.log_message]
+    assert not any("log_failure" in event for event in events)
 
 
 @pytest_twisted.ensureDeferred

@@ -2,6 +2,7 @@
 
 from twisted.internet import defer, task
 
+from securechat.store.errors import StoreFull
 from securechat.store.sqlstore import ACK_GATHER_SECONDS, GroupCommit
 
 
@@ -64,7 +65,8 @@ def test_an_ack_alone_commits_after_the_gather_time():
     assert ack.result == ("done", "a1")
 
 
-def test_a_failed_transaction_fails_every_caller_of_its_group_only():
+def test_a_store_outage_fails_every_caller_of_its_group_only():
+    """An unavailable database (down, disk full) fails the whole group, and nothing later."""
     transactions, clock, group = make()
     group.submit("e1")
     second, third = group.submit("e2"), group.submit("e3")
@@ -73,9 +75,36 @@ def test_a_failed_transaction_fails_every_caller_of_its_group_only():
     second.addErrback(failures.append)
     third.addErrback(failures.append)
     d, _ = transactions.pending.pop(0)
-    d.errback(RuntimeError("disk full"))
+    d.errback(StoreFull("disk full"))
     assert [f.value.args for f in failures] == [("disk full",), ("disk full",)]
     later = group.submit("e4")
     assert transactions.groups[-1] == ["e4"]
     transactions.commit_next()
     assert later.result == ("done", "e4")
+
+
+def test_a_group_failing_as_a_whole_is_committed_again_one_item_at_a_time():
+    """A transaction failing for one caller's item (a bug, a value the database refuses)
+    fails that caller alone: the group's items are retried one per transaction, in order,
+    before the writes that arrived meanwhile."""
+    transactions, clock, group = make()
+    group.submit("e1")
+    good, bad, other = (group.submit(name) for name in ("e2", "bad", "e4"))
+    failures = []
+    bad.addErrback(failures.append)
+    transactions.commit_next()
+    d, _ = transactions.pending.pop(0)
+    d.errback(KeyError(0))
+    later = group.submit("e5")
+    assert transactions.groups[-1] == ["e2"]
+    transactions.commit_next()
+    assert transactions.groups[-1] == ["bad"]
+    d, _ = transactions.pending.pop(0)  # alone it fails again: only its caller hears
+    d.errback(KeyError(0))
+    assert transactions.groups[-1] == ["e4"]
+    transactions.commit_next()
+    assert transactions.groups[-1] == ["e5"]
+    transactions.commit_next()
+    assert (good.result, other.result, later.result) == (
+        ("done", "e2"), ("done", "e4"), ("done", "e5"))
+    assert [f.type for f in failures] == [KeyError]

@@ -147,7 +147,7 @@ def test_spliced_envelope_body_is_the_json_of_the_checked_fields(frame):
         expected = {"to": env["to"], "to_dev": env["to_dev"], "room": None, "otype": 0}
     else:
         env = fields
-        body = envelope_body("alice", "A1", env, room=env["room"], now_ms=1234)
+        body = envelope_body("alice", "A1", env, None, None, env["room"], 1234)
         expected = {"to": None, "to_dev": None, "room": env["room"], "otype": None}
     assert json.loads(body) == {
         "v": 1, "id": env["id"], "from": "alice", "from_dev": "A1", "kind": env["kind"],

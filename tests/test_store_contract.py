@@ -484,12 +484,12 @@ async def test_rooms(store):
     assert await store.set_invite_only("ops", True) is True
     assert (await store.get_room("ops"))["invite_only"] is True
     assert await store.set_invite_only("nope", True) is False
-    assert await store.add_member("ops", "bob") is True
-    assert await store.add_member("ops", "bob") is False
+    assert await store.add_member("ops", "bob") == ["alice", "bob"]  # the members to tell
+    assert await store.add_member("ops", "bob") is None
     assert await store.room_members("ops") == ["alice", "bob"]
     assert await store.rooms_of("bob") == ["ops"]
-    assert await store.remove_member("ops", "bob") is True
-    assert await store.remove_member("ops", "bob") is False
+    assert await store.remove_member("ops", "bob") == ["alice", "bob"]  # bob is told too
+    assert await store.remove_member("ops", "bob") is None
     assert await store.rooms_of("bob") == []
 
 
@@ -529,7 +529,7 @@ async def test_a_banned_member_is_removed_and_kept_out_until_unbanned(store):
     assert await store.unban_member("ops", "carol") is True
     assert await store.unban_member("ops", "carol") is False
     assert await store.room_ban("ops", "carol") is None
-    assert await store.add_member("ops", "carol") is True
+    assert await store.add_member("ops", "carol") == ["alice", "carol"]
     assert await store.member_role("ops", "carol") == "member"
     assert await store.ban_member("ops", "dave", "alice") is None
     assert await store.room_ban("ops", "dave") is None

@@ -11,7 +11,7 @@ from twisted.protocols.basic import LineReceiver
 
 from securechat.client.cli import format_history, format_message
 from securechat.client.protocol import RemoteError
-from securechat.client.session import ClientError
+from securechat.client.session import NO_OTHER_DEVICE, ClientError
 from securechat.client.contacts import TrustError
 from securechat.client.verification import VerificationFailed
 from securechat.crypto.fingerprint import key_fingerprint
@@ -94,7 +94,7 @@ class Chat:
             elif self._peer.startswith("#"):
                 await self._client.rooms.say(self._peer[1:], line)
             else:
-                await self._client.send_text(self._peer, line)
+                await self._send_text(self._peer, line)
             return
         name, _, rest = line[1:].partition(" ")
         handler = getattr(self, "do_" + name, None)
@@ -117,7 +117,11 @@ class Chat:
         self._peer = user
         self.show(f"talking to {user}")
         if text:
-            await self._client.send_text(user, text)
+            await self._send_text(user, text)
+
+    async def _send_text(self, user, text):
+        if not await self._client.send_text(user, text):
+            self.show(f"! {NO_OTHER_DEVICE}")
 
     async def do_room(self, rest):
         room, _, text = rest.partition(" ")

@@ -22,7 +22,8 @@ from securechat.client import settings as client_settings
 from securechat.client.contacts import TrustError
 from securechat.client.protocol import RemoteError
 from securechat.client.rooms import ROOM_MODES
-from securechat.client.session import EXIT_UNTRUSTED, Client, ClientError, refusal
+from securechat.client.session import (
+    EXIT_UNTRUSTED, NO_OTHER_DEVICE, Client, ClientError, refusal)
 from securechat.client.verification import Verification, VerificationFailed
 from securechat.crypto.fingerprint import key_fingerprint, safety_number
 from securechat.wire import BROADCAST_ROOM
@@ -191,8 +192,11 @@ class Commands:
         return await self.connected(report)
 
     async def cmd_send(self):
-        return await self.connected(
-            lambda client: client.send_text(self.args.user, " ".join(self.args.text)))
+        async def send(client):
+            if not await client.send_text(self.args.user, " ".join(self.args.text)):
+                self.out(NO_OTHER_DEVICE)
+
+        return await self.connected(send)
 
     async def cmd_inbox(self):
         async def inbox(client):

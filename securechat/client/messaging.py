@@ -53,10 +53,15 @@ class Sender:
         """Encrypt ``payload`` (a dict) for every device of ``users`` and our other devices.
 
         Devices in ``fresh`` (``(user, device)`` pairs) get a new session even
-        if one exists: that is how a wedged session is replaced.
+        if one exists: that is how a wedged session is replaced.  Fires with
+        the number of devices it went to: 0 for a note to ourselves when this
+        is our only device (then nothing is sent: the relay refuses a send
+        for nobody).
         """
         client = self._client
         targets = await self._targets(users)
+        if not targets:
+            return 0
         sessions = await self._start_sessions(
             [t for t in targets
              if (t[0], t[1]) in fresh or not client.crypto.has_session(t[2]["curve25519"])])
@@ -70,7 +75,8 @@ class Sender:
             envelopes.append({"id": new_id(), "to": user, "to_dev": device, "kind": "olm",
                               "sid": sid, "otype": otype, "ct": ct})
         try:
-            return await client.request("send", envelopes=envelopes)
+            await client.request("send", envelopes=envelopes)
+            return len(envelopes)
         except RemoteError as e:
             if e.code == "devices_mismatch" and retry:
                 client.forget_devices()

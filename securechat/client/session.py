@@ -42,6 +42,10 @@ EXIT_RATE_LIMITED = 8
 EXIT_UNAVAILABLE = 9
 
 
+NO_OTHER_DEVICE = "sent to no device: you have no other device to deliver a note to yourself"
+"""What a person sees after writing to themselves from their only device."""
+
+
 class ClientError(Exception):
     def __init__(self, message, exit_code=EXIT_ERROR):
         super().__init__(message)
@@ -285,17 +289,16 @@ class Client:
 
     @returns_deferred
     async def send_text(self, user, text):
-        """Send a 1:1 message; fire with its message id once the server accepted it."""
-        mid = new_id()
-        payload = {"type": "msg", "mid": mid, "room": None, "ts": int(time.time() * 1000),
+        """Send a 1:1 message; fire with the number of devices it went to once the server
+        accepted it (0: a note to ourselves with no other device of ours to take it)."""
+        payload = {"type": "msg", "mid": new_id(), "room": None, "ts": int(time.time() * 1000),
                    "body": text}
         try:
-            await self.sender.send([user], payload)
+            return await self.sender.send([user], payload)
         except TrustError as e:
             raise ClientError(str(e), EXIT_UNTRUSTED) from None
         except RemoteError as e:
             raise refusal(e, "the server refused the message") from None
-        return mid
 
     @returns_deferred
     async def send_control(self, user, payload):

@@ -25,7 +25,8 @@ class RelayFactory(ServerFactory):
         self.clock = clock
         self.hasher = hasher
         self.devices = DeviceDirectory(store)
-        self.relay = Relay(store, self.devices)
+        self.store_outage = OutageLog(clock)
+        self.relay = Relay(store, self.devices, clock, self.store_outage)
         self.login_guard = LoginGuard(clock, config)
         self.portal = make_portal(store, self.relay, self.hasher, dummy_hash, self.login_guard)
         self.key_claims = KeyClaimLimits(clock, config)
@@ -35,7 +36,6 @@ class RelayFactory(ServerFactory):
         self.rooms = Rooms(config, store, self.devices, self.relay, self.hasher,
                            self.room_passwords)
         self.connections = set()
-        self.store_outage = OutageLog(clock)
         self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 
     def prune_limits(self):

@@ -1,8 +1,8 @@
-"""One log line per stretch of refused requests while the database is unreachable.
+"""One log line per stretch of refused requests while the store cannot take them.
 
-During a database outage every request that needs the store is refused
-(``unavailable``); logging each one, with a traceback, would bury the one
-line the operator needs under thousands.
+While the database is unreachable, or its disk is full, every request that
+needs the store is refused (``unavailable``); logging each one, with a
+traceback, would bury the one line the operator needs under thousands.
 """
 
 from twisted.logger import Logger
@@ -11,19 +11,24 @@ LOG_INTERVAL = 10.0
 
 
 class OutageLog:
-    """Counts refusals; logs a warning at the first one and then at most every LOG_INTERVAL s."""
+    """Counts refusals by kind of StoreUnavailable; logs a warning at a kind's first refusal
+    and then at most every LOG_INTERVAL s (a full disk and a lost connection each get
+    theirs)."""
 
     log = Logger()
 
     def __init__(self, clock):
         self._clock = clock
-        self._logged_at = None
-        self._since = 0
+        self._kinds = {}  # class of the error -> [logged at, refusals since]
 
-    def refused(self, reason):
-        self._since += 1
+    def refused(self, error):
+        """A request (or a delivery, or a prune) failed with ``error``, a StoreUnavailable."""
+        kind = self._kinds.setdefault(type(error), [None, 0])
+        kind[1] += 1
         now = self._clock.seconds()
-        if self._logged_at is None or now - self._logged_at >= LOG_INTERVAL:
-            self.log.warn("The database cannot be reached ({reason}): {count} request(s) "
-                          "refused as unavailable", reason=reason, count=self._since)
-            self._logged_at, self._since = now, 0
+        if kind[0] is None or now - kind[0] >= LOG_INTERVAL:
+            self.log.warn("{what} ({reason}): {count} store operation(s) refused since the "
+                          "last warning; requests are answered unavailable",
+                          what=error.log_message, reason=error.args[0] if error.args else "",
+                          count=kind[1])
+            kind[0], kind[1] = now, 0

@@ -9,8 +9,6 @@ missing part from the store.  Write groups commit one at a time and are
 announced in commit order, so a caught-up cursor sees ``seq`` only grow.
 """
 
-import time
-
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -24,6 +22,11 @@ LIVE_OVERFLOW_BYTES = 256 * 1024
 mark: a reader behind for a moment keeps getting envelopes from memory; one further
 behind gets the rest from the store once it has caught up with its buffer."""
 
+READ_RETRY_SECONDS = 1.0
+"""How soon a cursor reads its device's envelopes again after the store was unavailable
+(a database restart): what was stored meanwhile reaches an online device without it
+having to reconnect or wait for a new envelope."""
+
 REMEMBERED_ROOM_ENTRIES = 4096
 """Room entries a cursor remembers between pushing and their ack, so the store need not
 look them up by id.  Bounded, since a client decides when (or whether) it acknowledges;
@@ -34,7 +37,7 @@ _BODY = ('{"v":1,"id":"%s","from":"%s","from_dev":"%s","to":%s,"to_dev":%s,"room
          '"kind":"%s","sid":"%s","otype":%s,"ct":"%s","ts":%d}')
 
 
-def envelope_body(sender, sender_device, fields, to=None, to_dev=None, room=None, now_ms=None):
+def envelope_body(sender, sender_device, fields, to, to_dev, room, now_ms):
     """The JSON text stored and delivered for one envelope (``ct`` passes through untouched).
 
     Written by splicing, not by ``json.dumps`` (a tenth of the cost, on every
@@ -45,8 +48,7 @@ def envelope_body(sender, sender_device, fields, to=None, to_dev=None, room=None
     return _BODY % (
         fields["id"], sender, sender_device, _json_text(to), _json_text(to_dev),
         _json_text(room), fields["kind"], fields["sid"],
-        "null" if fields.get("otype") is None else int(fields["otype"]), fields["ct"],
-        now_ms if now_ms is not None else int(time.time() * 1000))
+        "null" if fields.get("otype") is None else int(fields["otype"]), fields["ct"], now_ms)
 
 
 def _json_text(value):
@@ -73,8 +75,9 @@ class DeliveryCursor:
 
     log = Logger()
 
-    def __init__(self, store, user, device, push_line, gate):
+    def __init__(self, store, user, device, push_line, gate, unavailable=None):
         self._store = store
+        self._unavailable = unavailable  # called (cursor, error) when the store is down
         self._user = user
         self._device = device
         self._push_line = push_line
@@ -155,9 +158,15 @@ class DeliveryCursor:
             return defer.succeed(None)
         self._pumping = True
         d = defer.ensureDeferred(self._drain())
-        d.addErrback(lambda f: self.log.failure("delivery to {user}/{device} failed", f,
-                                                user=self._user, device=self._device))
+        d.addErrback(self._read_failed)
         return d
+
+    def _read_failed(self, failure):
+        if failure.check(store_errors.StoreUnavailable) and self._unavailable is not None:
+            self._unavailable(self, failure.value)
+            return
+        self.log.failure("delivery to {user}/{device} failed", failure,
+                         user=self._user, device=self._device)
 
     async def _drain(self):
         try:
@@ -203,9 +212,11 @@ class Relay:
 
     log = Logger()
 
-    def __init__(self, store, directory):
+    def __init__(self, store, directory, clock, outage):
         self._store = store
         self._directory = directory
+        self._clock = clock
+        self._outage = outage  # the log of refusals while the store is unavailable
         self._online = {}
         self._online_devices_of = {}  # user -> {device: cursor}, for room pushes
 
@@ -214,13 +225,20 @@ class Relay:
     def attach(self, user, device, session):
         """A device logged in; a previous connection of the same device is replaced."""
         previous = self._online.get((user, device))
-        cursor = DeliveryCursor(self._store, user, device, session.push_line, session.gate)
+        cursor = DeliveryCursor(self._store, user, device, session.push_line, session.gate,
+                                self._read_later)
         self._online[(user, device)] = (session, cursor)
         self._online_devices_of.setdefault(user, {})[device] = cursor
         if previous is not None:
             previous[1].closed = True
             previous[0].replaced()
         return cursor
+
+    def _read_later(self, cursor, error):
+        """A cursor could not read the store (it is unavailable): logged as the outage it
+        is, not as a failure, and read again shortly (until its device goes offline)."""
+        self._outage.refused(error)
+        self._clock.callLater(READ_RETRY_SECONDS, cursor.pump)
 
     def detach(self, user, device, session):
         current = self._online.get((user, device))
@@ -254,6 +272,9 @@ class Relay:
         hot path, and with the devices already in the directory's memory it
         goes straight to the store without any intermediate Deferred.
         """
+        if not envelopes:  # for nobody: refused here, before it could join a write group
+            raise ProtocolError(
+                "bad_request", "a send needs at least one envelope (one per recipient device)")
         covered = _covered_devices(envelopes)
         users = {to for to, _ in covered}
         users.add(sender)
@@ -285,7 +306,7 @@ class Relay:
                 " and your other devices",
                 {"missing": _as_map(missing), "extra": _as_map(extra)},
             )
-        now = int(time.time() * 1000)
+        now = self._store.now_ms()
         batch = [
             {
                 "id": env["id"],
@@ -311,7 +332,8 @@ class Relay:
                 "sender_device": sender_device,
                 "recipients": (),
                 "members": members,
-                "body": envelope_body(sender, sender_device, fields, room=room),
+                "body": envelope_body(sender, sender_device, fields, None, None, room,
+                                      self._store.now_ms()),
                 "history": room,
             }
         ]

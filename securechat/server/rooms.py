@@ -17,7 +17,6 @@ before it next speaks).
 
 import json
 import secrets
-import time
 
 from securechat import wire
 from securechat.server.auth import ROOM_WORK
@@ -34,13 +33,13 @@ so one answer always fits in a connection's output budget; clients page on with
 RANK = {"member": 0, "admin": 1, "owner": 2}
 
 
-def membership_body(event_id, room, user, action, by):
+def membership_body(event_id, room, user, action, by, now_ms):
     """A server-authored envelope telling members who joined or left (not encrypted: the
     server knows it anyway)."""
     return json.dumps({
         "v": 1, "id": event_id, "from": None, "from_dev": None, "to": None, "to_dev": None,
         "room": room, "kind": "membership", "sid": None, "otype": None, "ct": None,
-        "event": {"user": user, "action": action, "by": by}, "ts": int(time.time() * 1000),
+        "event": {"user": user, "action": action, "by": by}, "ts": now_ms,
     }, separators=(",", ":"))
 
 
@@ -79,16 +78,17 @@ class Rooms:
                                              ROOM_WORK, user):
                 self._password_guard.failed(room, user)
                 raise ProtocolError("wrong_password", f"wrong password for room {room!r}")
-        if await self._admit(room, user, f"you are banned from room {room!r}"):
-            await self._announce(room, user, "joined", user)
+        members = await self._admit(room, user, f"you are banned from room {room!r}")
+        if members:
+            await self._announce(room, user, "joined", user, members)
         return {"room": room, "members": list(await self._rooms.members(room))}
 
     async def leave(self, user, room):
         await self._existing(room)
-        if await self._store.member_role(room, user) is None:
+        members = await self._rooms.remove_member(room, user)
+        if members is None:
             raise ProtocolError("not_member", f"you are not a member of room {room!r}")
-        await self._announce(room, user, "left", user)
-        await self._rooms.remove_member(room, user)
+        await self._announce(room, user, "left", user, members)
         return {"room": room}
 
     async def invite(self, user, room, invitee):
@@ -97,9 +97,10 @@ class Rooms:
         await self._require_admin(user, room)
         if await self._store.get_account(invitee) is None:
             raise ProtocolError("unknown_user", f"no user named {invitee!r}")
-        if await self._admit(room, invitee, f"{invitee} is banned from room {room!r}; "
-                                            "lift the ban first (room.unban)"):
-            await self._announce(room, invitee, "invited", user)
+        members = await self._admit(room, invitee, f"{invitee} is banned from room {room!r}; "
+                                                   "lift the ban first (room.unban)")
+        if members:
+            await self._announce(room, invitee, "invited", user, members)
         return {"room": room, "members": list(await self._rooms.members(room))}
 
     async def kick(self, user, room, member):
@@ -113,7 +114,7 @@ class Rooms:
             raise ProtocolError("forbidden", f"the owner of room {room!r} cannot be removed")
         if RANK[role] >= RANK[actor]:
             raise ProtocolError("forbidden", f"only the owner of room {room!r} removes its admins")
-        await self._announce(room, member, "kicked", user)
+        await self._announce(room, member, "kicked", user, await self._rooms.members(room))
         await self._rooms.ban_member(room, member, user)
         return {"room": room, "members": list(await self._rooms.members(room)), "banned": member}
 
@@ -186,19 +187,24 @@ class Rooms:
         return {"room": room, "messages": [
             {"pos": e["pos"], "envelope": json.loads(e["body"])} for e in entries]}
 
-    async def prune(self, now_ms):
+    async def prune(self):
+        """Drop history past ``[rooms] history_days`` (by the store's clock, the one that
+        stamped it) and ``history_max_messages``; how many entries went."""
         return await self._store.prune_history(
-            now_ms - self._config.history_days * DAY_MS, self._config.history_max_messages)
+            self._store.now_ms() - self._config.history_days * DAY_MS,
+            self._config.history_max_messages)
 
     # -- helpers ------------------------------------------------------------------------
 
-    async def _announce(self, room, user, action, by):
-        members = await self._rooms.members(room)
+    async def _announce(self, room, user, action, by, members):
+        """Queue the notice of a membership change for the devices of ``members``: the room
+        as the change left it (a join) or found it (a leave), as its own transaction saw
+        it, so concurrent changes each reach exactly the members of their moment."""
         recipients = await self._member_devices(set(members) | {user})
         if recipients:
             event_id = "m" + secrets.token_hex(16)
-            await self._relay.deliver_server_envelope(
-                event_id, membership_body(event_id, room, user, action, by), recipients)
+            body = membership_body(event_id, room, user, action, by, self._store.now_ms())
+            await self._relay.deliver_server_envelope(event_id, body, recipients)
 
     async def _device_count(self, members):
         """How many devices ``members`` have; from memory once each member's devices are
@@ -244,8 +250,9 @@ class Rooms:
                                                "an admin to invite you")
 
     async def _admit(self, room, user, banned_message):
-        """Add a member (True) unless already one (False); ``banned`` if banned meanwhile
-        (the store checks under the room's lock: a join racing a kick cannot outlast it)."""
+        """Add a member (the members right after, to tell of it) unless already one (None);
+        ``banned`` if banned meanwhile (the store checks under the room's lock: a join
+        racing a kick cannot outlast it)."""
         try:
             return await self._rooms.add_member(room, user)
         except store_errors.Banned:

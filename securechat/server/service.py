@@ -20,6 +20,7 @@ from securechat.server.startup import StartFailed, StartReport, cannot_listen
 from securechat.server.tls import server_context_factory
 from securechat.server.tls_memory import IdleSweep
 from securechat.store import make_store
+from securechat.store.errors import StoreUnavailable
 
 PRUNE_INTERVAL = 60
 
@@ -46,10 +47,13 @@ class RelayService(service.Service):
 
     log = Logger()
 
-    def __init__(self, config, reactor):
+    def __init__(self, config, reactor, clock=None):
         self.config = config
         self.reactor = reactor
-        self.store = make_store(config.database, config.data_dir)
+        # What stamps stored rows and prunes room history by them: the reactor, unless a
+        # test drives that time with a task.Clock.
+        self.clock = clock if clock is not None else reactor
+        self.store = make_store(config.database, config.data_dir, self.clock)
         self.factory = None
         self.port = None
         self.fingerprint = None
@@ -86,7 +90,7 @@ class RelayService(service.Service):
             await self.store.stop()
             raise cannot_listen(e) from None
         self._pruner = task.LoopingCall(self._prune)
-        self._pruner.clock = self.reactor
+        self._pruner.clock = self.clock
         self._pruner.start(PRUNE_INTERVAL, now=True)
         self._idle_sweep = task.LoopingCall(IdleSweep(self.factory.connections))
         self._idle_sweep.clock = self.reactor
@@ -113,9 +117,15 @@ class RelayService(service.Service):
     def _prune(self):
         """Forget old rate-limit entries and room history past its retention."""
         self.factory.prune_limits()
-        d = defer.ensureDeferred(self.factory.rooms.prune(int(self.reactor.seconds() * 1000)))
-        d.addErrback(lambda f: self.log.failure("pruning room history failed", f))
+        d = defer.ensureDeferred(self.factory.rooms.prune())
+        d.addErrback(self._prune_failed)
         return d
+
+    def _prune_failed(self, failure):
+        if failure.check(StoreUnavailable):  # a database outage: logged as one, tried again
+            self.factory.store_outage.refused(failure.value)
+        else:
+            self.log.failure("pruning room history failed", failure)
 
     async def _stop(self):
         for loop in (self._pruner, self._idle_sweep):

@@ -165,10 +165,8 @@ class ConnectionSession:
         if failure.check(ProtocolError):
             self._answer_error(rid, failure.value)
         elif failure.check(store_errors.StoreUnavailable):
-            self._server.store_outage.refused(str(failure.value))
-            self._answer_error(rid, ProtocolError(
-                "unavailable", "the server cannot reach its database; nothing was stored, "
-                               "try again shortly"))
+            self._server.store_outage.refused(failure.value)
+            self._answer_error(rid, ProtocolError("unavailable", failure.value.client_message))
         else:
             self.log.failure("{op} failed", failure, op=op)
             self._answer_error(rid, ProtocolError("internal", f"the server failed to handle {op!r}"))

@@ -11,12 +11,13 @@ def is_postgres_url(database):
     return database.startswith(("postgresql://", "postgres://"))
 
 
-def make_store(database, data_dir):
-    """The store a ``[store] database`` value names: a PostgreSQL URL or a SQLite path."""
+def make_store(database, data_dir, clock=None):
+    """The store a ``[store] database`` value names: a PostgreSQL URL or a SQLite path;
+    ``clock`` stamps what it writes (the reactor by default)."""
     if is_postgres_url(database):
         from securechat.store.postgres import PostgresStore
 
-        return PostgresStore(database)
+        return PostgresStore(database, clock)
     from securechat.store.sqlite import SqliteStore
 
-    return SqliteStore(os.path.join(data_dir, database))
+    return SqliteStore(os.path.join(data_dir, database), clock)

@@ -59,10 +59,12 @@ def _rowcount(cursor):
 
 
 class Txn:
-    """One open transaction, as the shared transaction bodies see it."""
+    """One open transaction, as the shared transaction bodies see it; ``now_ms`` is the
+    store's time as it began (what the transaction stamps rows with)."""
 
-    def __init__(self, engine, cursor):
+    def __init__(self, engine, cursor, now_ms):
         self.engine = engine
+        self.now_ms = now_ms
         self._cursor = cursor
         self._riding = ""
 

@@ -36,4 +36,21 @@ class DuplicateEnvelope(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached (down, restarting, or it dropped the connection);
-    nothing of the failed call was stored."""
+    nothing of the failed call was stored.  ``args[0]`` says why, briefly (for the log).
+
+    A request refused by it is answered ``unavailable`` with ``client_message``;
+    the relay logs ``log_message`` once per interval, not each refusal
+    (``securechat.server.outage``).
+    """
+
+    client_message = "the server cannot reach its database; nothing was stored, try again shortly"
+    log_message = "The database cannot be reached"
+
+
+class StoreFull(StoreUnavailable):
+    """The database's disk is full (SQLite's SQLITE_FULL, PostgreSQL's disk_full, SQLSTATE
+    53100): the transaction was rolled back whole, so nothing of it was stored, and
+    what was committed before stays readable and deliverable."""
+
+    client_message = "the server's disk is full; nothing was stored, try again later"
+    log_message = "The server's disk is full"

@@ -20,6 +20,11 @@ class IStore(Interface):
     def stop():
         """Close every connection.  Fires with None."""
 
+    def now_ms():
+        """The time (ms since the epoch) the store stamps what it writes with, from the
+        clock it was made with: whatever else stamps or prunes by time reads it here,
+        so one clock (a test's, if it likes) drives them all.  Not a Deferred."""
+
     # -- accounts ---------------------------------------------------------
 
     def create_account(user, secret_hash, identity_key):
@@ -161,7 +166,9 @@ class IStore(Interface):
         """Make the room invite-only (True) or open (False); fires with False for no room."""
 
     def add_member(room, user):
-        """Add ``user`` to the room; fires with True if added, False if already a member.
+        """Add ``user`` to the room; fires with the sorted member names right after (the
+        members to tell of the join), or None if already a member.  Membership changes
+        of one room take turns, each seeing those before it.
 
         Errbacks with ``Banned`` while the user is banned from the room.
         """
@@ -173,7 +180,8 @@ class IStore(Interface):
         """Set a member's role ("admin" or "member"); fires with False for a non-member."""
 
     def remove_member(room, user):
-        """Remove ``user`` from the room; fires with True if removed, False if not a member."""
+        """Remove ``user`` from the room; fires with the sorted member names right before
+        (``user`` among them), or None if not a member."""
 
     def ban_member(room, user, by):
         """Remove ``user`` from the room and ban it (``by`` names who did), atomically with

@@ -7,12 +7,13 @@ a ``postgresql://user:password@host:port/database`` URL (psycopg2 accepts it).
 """
 
 import psycopg2
+from psycopg2.errors import DiskFull
 from psycopg2.extensions import TransactionRollbackError
 from twisted.internet import defer
 from txpostgres import reconnection, txpostgres
 
 from securechat.store.engine import POSTGRES, Txn
-from securechat.store.errors import StoreUnavailable
+from securechat.store.errors import StoreFull, StoreUnavailable
 from securechat.store.sqlstore import SqlStore
 
 POOL_SIZE = 4
@@ -26,6 +27,32 @@ class _Connection(txpostgres.Connection):
     instead (``Txn.with_next``), one round trip to PostgreSQL fewer for every
     transaction, and the relay commits a group per message at low rates.
     """
+
+    def doRead(self):
+        """Watch the idle connection (txpostgres's ``doRead``, for NOTIFY), without a
+        traceback when the server closes it.
+
+        When PostgreSQL restarts it closes every connection; on an idle one no
+        query waits to be told, so txpostgres lets psycopg2's error escape to
+        the reactor (or, when psycopg2 has already let the socket go, asks the
+        reactor to watch descriptor -1), which logs "Unhandled Error" with a
+        traceback for each.  Handed back instead, the error makes the reactor
+        close the connection all the same (``connectionLost``, and the
+        dead-connection detector reconnects): one warning of the outage per
+        interval is what the log gets, from the requests it refuses
+        (``securechat.server.outage``).
+        """
+        try:
+            txpostgres._PollingMixin.doRead(self)
+        except psycopg2.Error as error:
+            return error
+        self.checkForNotifies()
+        if self._connection.closed:
+            return None
+        if self.fileno() == -1:
+            return psycopg2.InterfaceError("PostgreSQL closed the connection")
+        self.reactor.addReader(self)
+        return None
 
     def _runInteraction(self, interaction, *args, **kwargs):
         cursor = self.cursor()
@@ -63,8 +90,8 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
 
 
 class PostgresStore(SqlStore):
-    def __init__(self, dsn):
-        super().__init__()
+    def __init__(self, dsn, clock=None):
+        super().__init__(clock)
         self._dsn = dsn
 
     async def _connect(self):
@@ -78,26 +105,30 @@ class PostgresStore(SqlStore):
     def _run(self, body, *args):
         # runInteraction wants a Deferred: an async def handed to it directly
         # would never run, and the empty transaction would commit.
+        now_ms = self.now_ms()
         d = self._pool.runInteraction(lambda cursor: defer.ensureDeferred(
-            body(_transaction(cursor), *args)))
+            body(_transaction(cursor, now_ms), *args)))
         return d.addErrback(_unreachable)
 
 
-def _transaction(cursor):
+def _transaction(cursor, now_ms):
     """A Txn whose first statement begins the transaction (see ``_Connection``)."""
-    txn = Txn(POSTGRES, cursor)
+    txn = Txn(POSTGRES, cursor, now_ms)
     txn.with_next("BEGIN")
     return txn
 
 
 def _unreachable(failure):
-    """A lost or refused connection becomes StoreUnavailable; other errors pass through.
+    """A full disk becomes StoreFull, a lost or refused connection StoreUnavailable; other
+    errors pass through.
 
     (A deadlock or serialization failure is an OperationalError too, but the
-    connection is fine: those stay what they are.)
+    connection is fine: those stay what they are.  DiskFull is one as well.)
     """
+    if failure.check(DiskFull):
+        raise StoreFull(str(failure.value).strip().splitlines()[0])
     lost = failure.check(reconnection.ConnectionDead, txpostgres.RollbackFailed,
                          psycopg2.InterfaceError, psycopg2.OperationalError)
     if lost and not failure.check(TransactionRollbackError):
-        raise StoreUnavailable(f"the database cannot be reached ({lost.__name__})")
+        raise StoreUnavailable(lost.__name__)
     return failure

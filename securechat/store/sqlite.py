@@ -11,23 +11,41 @@ tightened, with a warning.
 """
 
 import os
+import sqlite3
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 
 from securechat.filemodes import PRIVATE_DIR, PRIVATE_FILE, create_private_file, tighten
 from securechat.store.engine import SQLITE, SqliteTxn
+from securechat.store.errors import StoreFull
 from securechat.store.sqlstore import SqlStore
 
 
-def _interaction(cursor, body, args):
-    """Run a transaction body to its end in the pool's thread, then let adbapi commit.
+SQLITE_FULL = 13
+
+
+def _interaction(cursor, body, args, now_ms):
+    """Run a transaction body to its end in the pool's thread, and commit it.
 
     Every ``txn.execute`` has run when it returns (``SqliteTxn``), so the body
-    coroutine finishes in one step, without the reactor.
+    coroutine finishes in one step, without the reactor.  COMMIT is ours, not
+    adbapi's, so that a full disk met while writing the WAL at commit is
+    StoreFull like one met by a statement (adbapi then rolls back whatever is
+    still open, and its own commit finds nothing to do).
     """
     cursor.execute("BEGIN IMMEDIATE")
-    coroutine = body(SqliteTxn(SQLITE, cursor), *args)
+    try:
+        result = _to_the_end(body(SqliteTxn(SQLITE, cursor, now_ms), *args))
+        cursor.execute("COMMIT")
+    except sqlite3.OperationalError as error:
+        if _disk_full(error):
+            raise StoreFull(f"SQLite: {error}") from None
+        raise
+    return result
+
+
+def _to_the_end(coroutine):
     try:
         coroutine.send(None)
     except StopIteration as finished:
@@ -36,9 +54,15 @@ def _interaction(cursor, body, args):
     raise RuntimeError("a SQLite transaction body waited for something other than SQLite")
 
 
+def _disk_full(error):
+    """Whether SQLite answered SQLITE_FULL (Python before 3.11 only gives its message)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code == SQLITE_FULL if code is not None else str(error) == "database or disk is full"
+
+
 class SqliteStore(SqlStore):
-    def __init__(self, path):
-        super().__init__()
+    def __init__(self, path, clock=None):
+        super().__init__(clock)
         self._path = path
 
     def _open(self):
@@ -54,4 +78,4 @@ class SqliteStore(SqlStore):
         return defer.succeed(None)
 
     def _run(self, body, *args):
-        return self._pool.runInteraction(_interaction, body, args)
+        return self._pool.runInteraction(_interaction, body, args, self.now_ms())

@@ -10,6 +10,7 @@ from twisted.internet import defer, reactor
 from zope.interface import implementer
 
 from securechat.store import transactions as t
+from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
 
 
@@ -26,6 +27,12 @@ class GroupCommit:
     with ``gather`` (acks): those wait that long for an urgent item to
     share a commit with.  ``group_body(txn, items)`` returns one outcome per
     item: a result, or the StoreError of that caller alone.
+
+    One caller's item never fails the others: when a group's transaction
+    fails as a whole for a reason that is not the database's state
+    (StoreUnavailable: down, or its disk full, fails every item alike), its
+    items are committed again one per transaction, so only an item that
+    fails alone fails.
     """
 
     def __init__(self, run, group_body, clock=reactor):
@@ -33,6 +40,7 @@ class GroupCommit:
         self._group_body = group_body
         self._clock = clock
         self._waiting = []
+        self._alone = []  # (item, Deferred) of a failed group, to commit one at a time
         self._busy = False
         self._timer = None
 
@@ -52,10 +60,13 @@ class GroupCommit:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
-        batch, self._waiting = self._waiting, []
+        if self._alone:
+            batch = [self._alone.pop(0)]
+        else:
+            batch, self._waiting = self._waiting, []
         self._busy = True
         done = self._run(self._group_body, [item for item, _ in batch])
-        done.addCallbacks(self._answer, self._fail_all, callbackArgs=(batch,),
+        done.addCallbacks(self._answer, self._failed, callbackArgs=(batch,),
                           errbackArgs=(batch,))
         done.addBoth(self._next)
 
@@ -67,20 +78,25 @@ class GroupCommit:
             else:
                 d.callback(outcome)
 
-    @staticmethod
-    def _fail_all(failure, batch):
+    def _failed(self, failure, batch):
+        if len(batch) > 1 and not failure.check(StoreUnavailable):
+            self._alone.extend(batch)
+            return
         for _, d in batch:
             d.errback(failure)
 
     def _next(self, _):
         self._busy = False
-        if self._waiting:
+        if self._alone or self._waiting:
             self._commit()
 
 
 @implementer(IStore)
 class SqlStore:
-    def __init__(self):
+    def __init__(self, clock=None):
+        """``clock`` (IReactorTime): what stamps are read from, the reactor unless a test
+        drives time (timers, like the acks' gathering, always run on the reactor)."""
+        self._clock = clock if clock is not None else reactor
         self._pool = None
         # Envelopes and acks share transactions: one fsync serves both.
         self._writes = GroupCommit(self._run, t.txn_write_group)
@@ -97,8 +113,12 @@ class SqlStore:
         return defer.succeed(None)
 
     def _run(self, body, *args):
-        """Run ``body(txn, *args)`` as one transaction; a Deferred of its result."""
+        """Run ``body(txn, *args)`` as one transaction, its ``txn.now_ms`` read from
+        ``now_ms()`` as it is submitted; a Deferred of its result."""
         raise NotImplementedError
+
+    def now_ms(self):
+        return int(self._clock.seconds() * 1000)
 
     def start(self):
         return defer.ensureDeferred(self._start())

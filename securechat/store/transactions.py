@@ -2,9 +2,12 @@
 
 Each function is the body of one database transaction: it awaits
 ``txn.execute(sql, args)`` (see ``securechat.store.engine``) and raises a
-``StoreError`` to roll everything back.  The SQL must stay correct when
-several connections or server nodes run the same transaction at once on
-PostgreSQL (READ COMMITTED): uniqueness is decided by the database itself
+``StoreError`` to roll everything back.  What it stamps with the time takes
+``txn.now_ms``, read from the store's clock as the transaction starts (never
+``time.time()``: one clock, which a test may drive, stamps and prunes alike).
+The SQL must stay correct when several connections or server nodes run the
+same transaction at once on PostgreSQL (READ COMMITTED): uniqueness is
+decided by the database itself
 (``INSERT ... ON CONFLICT DO NOTHING RETURNING``, never check-then-insert),
 counters by ``UPDATE ... RETURNING``, and the one-time keys of a device by
 a lock on its row.  On SQLite every transaction is serial anyway.
@@ -13,16 +16,11 @@ a lock on its row.  On SQLite every transaction is serial anyway.
 import bisect
 import hashlib
 import itertools
-import time
 
 from securechat.store.errors import (
     Banned, DuplicateEnvelope, KeyConflict, RoomExists, StaleVersion, StoreError, UserExists)
 from securechat.store.schema import MIGRATIONS, SCHEMA_VERSION, STATEMENTS, VERSION_TABLE
 from securechat.wire import BROADCAST_ROOM
-
-
-def now_ms():
-    return int(time.time() * 1000)
 
 
 def digest(body):
@@ -87,7 +85,7 @@ async def txn_create_account(txn, user, secret_hash, identity_key):
     if not await txn.execute(
             "INSERT INTO accounts (user_id, secret_hash, identity_key, created) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
-            (user, secret_hash, identity_key, now_ms())):
+            (user, secret_hash, identity_key, txn.now_ms)):
         raise UserExists(user)
 
 
@@ -109,7 +107,7 @@ async def txn_set_device_keys(txn, user, device, device_keys, signature):
         "INSERT INTO devices (user_id, device_id, device_keys, signature, created) "
         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE SET "
         "device_keys = excluded.device_keys, signature = excluded.signature "
-        "WHERE devices.device_keys IS NULL", (user, device, device_keys, signature, now_ms()))
+        "WHERE devices.device_keys IS NULL", (user, device, device_keys, signature, txn.now_ms))
     (stored,) = await _first(
         txn, "SELECT device_keys FROM devices WHERE user_id = ? AND device_id = ?",
         (user, device))
@@ -437,7 +435,7 @@ async def txn_enqueue_group(txn, batches):
     the attempt is rolled back to a savepoint and made again without the
     calls whose ids were taken.
     """
-    created = now_ms()
+    created = txn.now_ms
     outcomes = _screen(batches)
     while True:
         # No RELEASE afterwards: COMMIT ends the savepoint anyway, and each
@@ -469,8 +467,8 @@ async def _place(txn, batches, outcomes, created):
     standing = [(index, batch) for index, batch in enumerate(batches)
                 if outcomes[index] is None]
     envelopes = [envelope for _, batch in standing for envelope in batch]
-    if not envelopes:
-        return {}
+    if not envelopes:  # every standing call is empty: each is placed, with nothing
+        return {index: [] for index, _ in standing}
     count = len(envelopes)
     last = await _take_numbers(txn, count)
     position = await _history_positions(txn, [e for e in envelopes if e.get("history")])
@@ -758,7 +756,7 @@ async def _open_cursors(txn, user, room=None, device=None):
 
 
 async def txn_create_room(txn, room, owner, password_hash):
-    created = now_ms()
+    created = txn.now_ms
     if not await txn.execute(
             "INSERT INTO rooms (room, owner, password_hash, created) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (room) DO NOTHING RETURNING room",
@@ -785,8 +783,10 @@ async def txn_set_invite_only(txn, room, invite_only):
 
 
 async def _lock_room(txn, room):
-    """Serialise the membership changes of one room (a row lock on PostgreSQL), so a join
-    racing a kick either comes first (and is kicked) or sees the ban."""
+    """Serialise the membership changes of one room (a row lock on PostgreSQL), so each
+    sees the members every earlier one left: a join racing a kick either comes first
+    (and is kicked) or sees the ban, and who hears of a join or a leave is who was in
+    the room at that moment, however many happen at once."""
     await txn.execute("UPDATE rooms SET owner = owner WHERE room = ?", (room,))
 
 
@@ -796,16 +796,22 @@ async def txn_room_ban(txn, room, user):
         (room, user)))
 
 
+async def _members(txn, room):
+    rows = await txn.execute(
+        "SELECT user_id FROM room_members WHERE room = ? ORDER BY user_id", (room,))
+    return [row[0] for row in rows]
+
+
 async def txn_add_member(txn, room, user):
     await _lock_room(txn, room)
     if await txn_room_ban(txn, room, user) is not None:
         raise Banned(room, user)
     if not await txn.execute(
             "INSERT INTO room_members (room, user_id, joined) VALUES (?, ?, ?) "
-            "ON CONFLICT (room, user_id) DO NOTHING RETURNING user_id", (room, user, now_ms())):
-        return False
+            "ON CONFLICT (room, user_id) DO NOTHING RETURNING user_id", (room, user, txn.now_ms)):
+        return None
     await _open_cursors(txn, user, room=room)
-    return True
+    return await _members(txn, room)
 
 
 async def txn_member_role(txn, room, user):
@@ -821,8 +827,13 @@ async def txn_set_member_role(txn, room, user, role):
 
 
 async def txn_remove_member(txn, room, user):
-    """The user's devices still get what was sent while it was a member, nothing later."""
-    return await _remove_member(txn, room, user) is not None
+    """The user's devices still get what was sent while it was a member, nothing later.
+    Fires with the members just before (the user among them), or None for a non-member."""
+    await _lock_room(txn, room)
+    members = await _members(txn, room)
+    if await _remove_member(txn, room, user) is None:
+        return None
+    return members
 
 
 async def _remove_member(txn, room, user):
@@ -850,7 +861,7 @@ async def txn_ban_member(txn, room, user, by):
         await txn.execute(
             "INSERT INTO room_bans (room, user_id, role, banned_by, created) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (room, user_id) DO NOTHING",
-            (room, user, role, by, now_ms()))
+            (room, user, role, by, txn.now_ms))
     return role
 
 
@@ -860,9 +871,7 @@ async def txn_unban_member(txn, room, user):
 
 
 async def txn_room_members(txn, room):
-    rows = await txn.execute(
-        "SELECT user_id FROM room_members WHERE room = ? ORDER BY user_id", (room,))
-    return [row[0] for row in rows]
+    return await _members(txn, room)
 
 
 async def txn_rooms_of(txn, user):
