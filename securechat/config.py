@@ -113,6 +113,16 @@ OPTIONS = (
     Option("limits", "request_burst", "4000", _positive),
 )
 
+RENAMED = {
+    ("limits", "login_attempts_per_account"): (
+        "login_failures_per_account", "only failed logins count now"),
+    ("limits", "login_attempts_per_address"): (
+        "login_failures_per_address", "only failed logins and registrations count now"),
+}
+"""Keys of earlier releases: (section, old key) -> (new key, what changed).  A config
+written for an earlier release stops start-up with the new name, not a bare "unknown key"
+(the meaning changed too, so the value is not carried over silently)."""
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -192,6 +202,10 @@ def _refuse_unknown(parser, source):
         if section not in sections:
             raise ConfigError(f"{source}: [{section}]: unknown section")
         for key in parser[section]:
+            if (section, key) in RENAMED:
+                new_key, change = RENAMED[section, key]
+                raise ConfigError(f"{source}: [{section}] {key}: renamed to {new_key} "
+                                  f"({change}); see docs/configuration.rst")
             if (section, key) not in known:
                 raise ConfigError(f"{source}: [{section}] {key}: unknown key")
 
