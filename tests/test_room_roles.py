@@ -208,9 +208,9 @@ async def test_a_member_list_read_during_a_kick_is_not_cached():
     rooms = RoomDirectory(store)
     read = defer.ensureDeferred(rooms.members("ops"))
     ban = defer.ensureDeferred(rooms.ban_member("ops", "bob", "alice"))
-    store.bans[0].callback("member")
+    store.bans[0].callback(["alice", "bob"])
     store.reads[0].callback(["alice", "bob"])  # read before the kick, answered after it
-    assert await read == ("alice", "bob") and await ban == "member"
+    assert await read == ("alice", "bob") and await ban == ["alice", "bob"]
     fresh = defer.ensureDeferred(rooms.members("ops"))
     assert len(store.reads) == 2, "the stale list was served from the cache"
     store.reads[1].callback(["alice"])

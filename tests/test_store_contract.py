@@ -516,7 +516,7 @@ async def test_a_banned_member_is_removed_and_kept_out_until_unbanned(store):
     await store.add_member("ops", "carol")
     await store.set_member_role("ops", "carol", "admin")
     await store.enqueue([room_message("while-member")])
-    assert await store.ban_member("ops", "carol", "alice") == "admin"
+    assert await store.ban_member("ops", "carol", "alice") == ["alice", "carol"]  # to tell
     await store.enqueue([room_message("after-ban")])
     assert await store.room_members("ops") == ["alice"]
     assert await pending_ids(store, "carol", "C1") == ["while-member"]
@@ -550,7 +550,7 @@ async def test_a_version_5_database_gains_room_bans_and_keeps_its_rooms(database
     await store.start()
     try:
         assert await store.room_members("ops") == ["alice", "bob"]
-        assert await store.ban_member("ops", "bob", "alice") == "member"
+        assert await store.ban_member("ops", "bob", "alice") == ["alice", "bob"]
         with pytest.raises(Banned):
             await store.add_member("ops", "bob")
     finally:
@@ -576,9 +576,33 @@ async def test_a_join_racing_a_ban_on_another_node_never_outlasts_it(store, data
             consumeErrors=True)
     finally:
         await other.stop()
-    assert outcomes[0::2] == ["member"] * len(users)
+    assert [user in members for user, members in zip(users, outcomes[0::2])] == [True] * len(
+        users)
     assert await store.room_members("ops") == ["alice"]
     assert all([await store.room_ban("ops", user) for user in users])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ban_racing_joins_returns_the_members_its_own_transaction_saw(
+        store, database, tmp_path):
+    """A ban made through a second store object (another relay node) while 12 users join
+    fires with exactly the members of its moment: the owner, the banned user, and the
+    joiners whose join came first (those whose join saw the banned user still in)."""
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "bob")
+    joiners = [f"u{i:02d}" for i in range(12)]
+    other = make_store(database, str(tmp_path))
+    await other.start()
+    try:
+        joins = [store.add_member("ops", user) for user in joiners[:6]]
+        ban = other.ban_member("ops", "bob", "alice")
+        joins += [store.add_member("ops", user) for user in joiners[6:]]
+        outcomes = await defer.gatherResults([ban, *joins])
+    finally:
+        await other.stop()
+    earlier = [user for user, after in zip(joiners, outcomes[1:]) if "bob" in after]
+    assert outcomes[0] == sorted(["alice", "bob", *earlier])
+    assert await store.room_members("ops") == sorted(["alice", *joiners])
 
 
 @pytest_twisted.ensureDeferred

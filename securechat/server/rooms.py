@@ -110,9 +110,11 @@ class Rooms:
             raise ProtocolError("forbidden", f"the owner of room {room!r} cannot be removed")
         if RANK[role] >= RANK[actor]:
             raise ProtocolError("forbidden", f"only the owner of room {room!r} removes its admins")
-        await self._announce(room, member, "kicked", user, await self._rooms.members(room))
-        await self._rooms.ban_member(room, member, user)
-        return {"room": room, "members": list(await self._rooms.members(room)), "banned": member}
+        members = await self._rooms.ban_member(room, member, user)
+        if members is None:  # it left meanwhile
+            raise ProtocolError("not_member", f"{member} is not a member of room {room!r}")
+        await self._announce(room, member, "kicked", user, members)
+        return {"room": room, "members": [m for m in members if m != member], "banned": member}
 
     async def unban(self, user, room, banned):
         """Lift a ban.  An admin lifts the bans of former members that an admin placed;

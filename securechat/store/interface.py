@@ -186,7 +186,8 @@ class IStore(Interface):
     def ban_member(room, user, by):
         """Remove ``user`` from the room and ban it (``by`` names who did), atomically with
         ``add_member``: a concurrent join lands before the removal or is refused.  Fires
-        with the role the user had, or None (nothing done) for a non-member."""
+        with the sorted member names right before (``user`` among them: the members to
+        tell of it), or None (nothing done) for a non-member."""
 
     def room_ban(room, user):
         """Fire with the user's ban from the room, ``{"role", "by", "created"}``, or None."""

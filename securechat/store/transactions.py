@@ -854,15 +854,17 @@ async def _remove_member(txn, room, user):
 
 
 async def txn_ban_member(txn, room, user, by):
-    """Remove a member and keep it out (``txn_add_member`` refuses it) until unbanned."""
+    """Remove a member and keep it out (``txn_add_member`` refuses it) until unbanned.
+    Fires with the members just before (the user among them), like a leave: who is told."""
     await _lock_room(txn, room)
+    members = await _members(txn, room)
     role = await _remove_member(txn, room, user)
     if role is not None:
         await txn.execute(
             "INSERT INTO room_bans (room, user_id, role, banned_by, created) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (room, user_id) DO NOTHING",
             (room, user, role, by, txn.now_ms))
-    return role
+    return members if role is not None else None
 
 
 async def txn_unban_member(txn, room, user):
