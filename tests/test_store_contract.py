@@ -509,8 +509,7 @@ async def test_member_roles(store):
 @pytest_twisted.ensureDeferred
 async def test_a_banned_member_is_removed_and_kept_out_until_unbanned(store):
     """A ban removes the member (its devices get nothing sent later), remembers its role
-    and who banned it, refuses its return with Banned until lifted; a non-member is not
-    banned."""
+    and who banned it, refuses its return with Banned until lifted."""
     await device(store, "carol", "C1")
     await store.create_room("ops", "alice", None)
     await store.add_member("ops", "carol")
@@ -531,8 +530,33 @@ async def test_a_banned_member_is_removed_and_kept_out_until_unbanned(store):
     assert await store.room_ban("ops", "carol") is None
     assert await store.add_member("ops", "carol") == ["alice", "carol"]
     assert await store.member_role("ops", "carol") == "member"
-    assert await store.ban_member("ops", "dave", "alice") is None
-    assert await store.room_ban("ops", "dave") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_non_member_is_banned_and_bans_are_listed_in_pages(store):
+    """A ban of a user who is not a member removes nobody (it is not among the members
+    returned) but keeps it out, as a former member; banning again keeps the first ban;
+    the bans are listed by name, a page at a time."""
+    await store.create_room("ops", "alice", None)
+    await store.create_room("other", "alice", None)
+    await store.add_member("ops", "bob")
+    assert await store.ban_member("ops", "dave", "bob") == ["alice", "bob"]
+    with pytest.raises(Banned):
+        await store.add_member("ops", "dave")
+    assert await store.ban_member("ops", "dave", "alice") == ["alice", "bob"]
+    ban = await store.room_ban("ops", "dave")
+    assert (ban["role"], ban["by"]) == ("member", "bob")
+    await store.set_member_role("ops", "bob", "admin")
+    assert await store.ban_member("ops", "bob", "alice") == ["alice", "bob"]
+    await store.ban_member("ops", "carol", "alice")
+    assert await store.ban_member("other", "erin", "alice") == ["alice"]
+    first = await store.room_bans("ops", None, 2)
+    assert [(b["user"], b["role"], b["by"]) for b in first] == [
+        ("bob", "admin", "alice"), ("carol", "member", "alice")]
+    assert all(isinstance(b["created"], int) for b in first)
+    assert [b["user"] for b in await store.room_bans("ops", "carol", 2)] == ["dave"]
+    assert await store.room_bans("ops", "dave", 2) == []
+    assert await store.room_bans("nope", None, 2) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -26,6 +26,7 @@ from securechat.wire import BROADCAST_ROOM, ProtocolError
 
 DAY_MS = 24 * 3600 * 1000
 HISTORY_PAGE = 100
+BANS_PAGE = 500
 RANK = {"member": 0, "admin": 1, "owner": 2}
 
 
@@ -101,20 +102,28 @@ class Rooms:
 
     async def kick(self, user, room, member):
         """Remove a member and ban it until the owner or an admin lifts the ban: in an open
-        room a kick the kicked could undo by joining again would remove nobody."""
+        room a kick the kicked could undo by joining again would remove nobody.  A user
+        who is not (or no longer) a member is banned all the same, so leaving just before
+        a kick does not escape it; only a removal is announced (``removed`` says which)."""
         actor = await self._require_admin(user, room)
-        role = await self._store.member_role(room, member)
-        if role is None:
-            raise ProtocolError("not_member", f"{member} is not a member of room {room!r}")
+        role = await self._role_to_ban(room, member)
         if role == "owner":
             raise ProtocolError("forbidden", f"the owner of room {room!r} cannot be removed")
         if RANK[role] >= RANK[actor]:
             raise ProtocolError("forbidden", f"only the owner of room {room!r} removes its admins")
         members = await self._rooms.ban_member(room, member, user)
-        if members is None:  # it left meanwhile
-            raise ProtocolError("not_member", f"{member} is not a member of room {room!r}")
-        await self._announce(room, member, "kicked", user, members)
-        return {"room": room, "members": [m for m in members if m != member], "banned": member}
+        removed = member in members
+        if removed:
+            await self._announce(room, member, "kicked", user, members)
+        return {"room": room, "members": [m for m in members if m != member],
+                "banned": member, "removed": removed}
+
+    async def bans(self, user, room, after):
+        """The room's bans, a page at a time, for its owner and admins (who cannot lift a
+        ban they cannot see)."""
+        await self._require_admin(user, room)
+        page = await self._store.room_bans(room, after, BANS_PAGE + 1)
+        return {"room": room, "bans": page[:BANS_PAGE], "more": len(page) > BANS_PAGE}
 
     async def unban(self, user, room, banned):
         """Lift a ban.  An admin lifts the bans of former members that an admin placed;
@@ -233,6 +242,22 @@ class Rooms:
         await self._existing(room)
         if await self._store.member_role(room, user) != "owner":
             raise ProtocolError("forbidden", f"only the owner of room {room!r} {doing}")
+
+    async def _role_to_ban(self, room, user):
+        """The rank a kick of ``user`` must outrank: its role as a member; for a non-member
+        the one it had (the room's owner, or the role its existing ban records), else that
+        of a member.  ``unknown_user`` for no such account."""
+        role = await self._store.member_role(room, user)
+        if role is not None:
+            return role
+        if user == (await self._existing(room))["owner"]:
+            return "owner"
+        ban = await self._store.room_ban(room, user)
+        if ban is not None:
+            return ban["role"]
+        if await self._store.get_account(user) is None:
+            raise ProtocolError("unknown_user", f"no user named {user!r}")
+        return "member"
 
     async def _check_admission(self, info, user):
         """Refuse a banned user, and a non-member of an invite-only room, before the
