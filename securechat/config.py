@@ -94,7 +94,7 @@ OPTIONS = (
            show=lambda raw: repr(database_url.redact(raw))),
     Option("rooms", "history_days", "30", _positive),
     Option("rooms", "history_max_messages", "10000", _positive),
-    Option("broadcast", "senders", "anyone", _senders),
+    Option("broadcast", "senders", "admins", _senders),
     Option("broadcast", "admins", "", _user_list),
     Option("limits", "argon2_concurrency", "2", _positive),
     Option("limits", "argon2_waiting_per_client", "32", _positive),

@@ -240,6 +240,23 @@ async def test_the_everyone_room_is_listed_to_the_servers_admins_only(server):
     await cleanup(root, alice, bob)
 
 
+@pytest.fixture
+def open_broadcast(start_relay):
+    return start_relay(extra="[broadcast]\nsenders = anyone\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_senders_anyone_every_user_is_given_the_everyone_room(open_broadcast):
+    """With [broadcast] senders = anyone the operator opens the directory: a user who is no
+    admin gets `room.members` of `everyone` (every user and device), which it needs to
+    encrypt the broadcast it may send."""
+    server = open_broadcast
+    alice, bob = await registered(server, "alice", "bob")
+    listed = await alice.request("room.members", room="everyone")
+    assert listed["members"] == {"alice": ["DEV1"], "bob": ["DEV1"]}
+    await cleanup(alice, bob)
+
+
 @pytest_twisted.ensureDeferred
 async def test_keys_are_answered_only_for_named_users(server):
     """`keys.query` with no users lists nobody, with one user only that user; `keys.claim`

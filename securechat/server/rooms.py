@@ -157,11 +157,14 @@ class Rooms:
 
     async def members(self, user, room):
         """Each member's devices: members of a room see each other; the ``everyone`` room's
-        members are every user and device, which only the server's admins may list."""
-        if room == BROADCAST_ROOM and user not in self._config.admins:
+        members are every user and device, listed to those who may broadcast (a client
+        needs them to encrypt a broadcast): the server's admins, or every user when the
+        operator chose ``[broadcast] senders = anyone``."""
+        if room == BROADCAST_ROOM and not self._may_broadcast(user):
             raise ProtocolError(
                 "forbidden", f"the members of {room!r} (every user and device) are listed to "
-                             "the server's admins only ([broadcast] admins)")
+                             "the server's admins only ([broadcast] admins), unless "
+                             "[broadcast] senders = anyone")
         members = await self._members_seen_by(user, room)
         result = {}
         for member in members:
@@ -177,7 +180,7 @@ class Rooms:
         """Fan one ciphertext out to every member device but the sender's, and keep it in history."""
         room = fields["room"]
         if room == BROADCAST_ROOM:
-            if self._config.senders == "admins" and user not in self._config.admins:
+            if not self._may_broadcast(user):
                 raise ProtocolError("forbidden", "only the server's admins may broadcast here")
             every_device = set(await self._store.all_devices())
             return await self._relay.send_to_room(
@@ -211,6 +214,9 @@ class Rooms:
             event_id = "m" + secrets.token_hex(16)
             body = membership_body(event_id, room, user, action, by, self._store.now_ms())
             await self._relay.deliver_server_envelope(event_id, body, recipients)
+
+    def _may_broadcast(self, user):
+        return self._config.senders == "anyone" or user in self._config.admins
 
     async def _device_count(self, members):
         """How many devices ``members`` have; from memory once each member's devices are
