@@ -11,7 +11,11 @@ import os
 from dataclasses import dataclass
 
 from securechat import database_url
-from securechat.wire import USERNAME_RE
+from securechat.wire import MAX_LINE_BYTES, USERNAME_RE
+
+MIN_OUTPUT_BUDGET = 2 * MAX_LINE_BYTES
+"""The smallest ``[limits] output_budget_bytes``: the largest frame the relay writes (an
+envelope or a history page) always fits in the budget."""
 
 
 class ConfigError(Exception):
@@ -34,6 +38,20 @@ def _positive(text):
     value = int(text)
     if value < 1:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _seconds(text):
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _output_budget(text):
+    value = int(text)
+    if value < MIN_OUTPUT_BUDGET:
+        raise ValueError(f"must be at least {MIN_OUTPUT_BUDGET} bytes (two of the longest frames)")
     return value
 
 
@@ -111,6 +129,11 @@ OPTIONS = (
     Option("limits", "one_time_keys_low", "10", _positive),
     Option("limits", "requests_per_second", "2000", _positive),
     Option("limits", "request_burst", "4000", _positive),
+    Option("limits", "output_budget_bytes", "4194304", _output_budget),
+    Option("limits", "output_stall_seconds", "30", _seconds),
+    Option("limits", "handshake_timeout_seconds", "10", _seconds),
+    Option("limits", "login_timeout_seconds", "30", _seconds),
+    Option("limits", "unauthenticated_per_address", "64", _positive),
 )
 
 RENAMED = {
@@ -154,6 +177,11 @@ class ServerConfig:
     one_time_keys_low: int
     requests_per_second: int
     request_burst: int
+    output_budget_bytes: int
+    output_stall_seconds: float
+    handshake_timeout_seconds: float
+    login_timeout_seconds: float
+    unauthenticated_per_address: int
     source: str
 
     @property

@@ -194,3 +194,30 @@ async def test_a_cursor_reads_again_after_the_store_was_unavailable(store):
         await poll_until(lambda: pushed.ids() == ["waiting"])
     assert [event.get("what") for event in events] == [StoreUnavailable.log_message]
     assert not any("log_failure" in event for event in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_falling_behind_mid_page_gets_the_rest_of_the_page_later(store,
+                                                                              monkeypatch):
+    """A page of the backlog is pushed only while the send buffer has room (plus the bounded
+    overflow): once the transport says it is full, the rest of the page stays in the store
+    and follows, in order and once, when the buffer has drained."""
+    monkeypatch.setattr("securechat.server.relay.LIVE_OVERFLOW_BYTES", 20)
+    await bob_device(store)
+    for i in range(6):
+        await enqueue(store, f"old{i}")
+    pushed, gate = Pushed(), WriteGate()
+
+    def push_until_full(line):
+        pushed(line)
+        if len(pushed.frames) == 2:
+            gate.pauseProducing()  # the transport's buffer passed its high-water mark
+
+    cursor = cursor_for(store, push_until_full, gate)
+    pumping = cursor.pump()
+    await poll_until(lambda: len(pushed.frames) == 3)
+    await store.queue_length("bob", "B1")  # a store round trip: the cursor stays waiting
+    assert pushed.ids() == ["old0", "old1", "old2"] and not pumping.called
+    gate.resumeProducing()
+    await pumping
+    assert pushed.ids() == [f"old{i}" for i in range(6)]

@@ -6,6 +6,7 @@ import sqlite3
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from securechat import config, wire
@@ -30,10 +31,13 @@ def factory(tmp_path):
     pytest_twisted.blockon(store.stop())
 
 
-def connect(factory):
-    protocol = factory.buildProtocol(None)
-    transport = StringTransport()
+def connect(factory, host="10.0.0.1", handshake=True, transport=None):
+    """A connection from ``host`` over a StringTransport, its TLS handshake done (or not)."""
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, 40000))
+    transport = transport or StringTransport()
     protocol.makeConnection(transport)
+    if handshake:
+        protocol.handshakeCompleted()
     return protocol, transport
 
 

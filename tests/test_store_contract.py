@@ -647,6 +647,23 @@ async def test_room_history_is_kept_with_the_envelope_and_pruned(store):
     assert await store.room_history("ops", None, 10) == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_room_history_page_stops_at_its_byte_cap(store):
+    """With max_bytes a page holds the newest entries whose bodies fit together (at least
+    one, however large), and paging on with ``before`` reaches every entry once."""
+    for i, size in enumerate((100, 300, 300, 300, 900)):
+        await store.enqueue([room_message(f"r{i}", body='"' + "x" * (size - 2) + '"')])
+    pages, before = [], None
+    while True:
+        page = await store.room_history("ops", before, 10, 700)
+        if not page:
+            break
+        pages.append([h["id"] for h in page])
+        before = page[0]["pos"]
+    assert pages == [["r4"], ["r2", "r3"], ["r0", "r1"]]
+    assert [h["id"] for h in await store.room_history("ops", None, 2, 10_000)] == ["r3", "r4"]
+
+
 def room_message(envelope_id, body="{}", sender=("alice", "A1"), room="ops"):
     return {"id": envelope_id, "sender": sender[0], "sender_device": sender[1],
             "recipients": [], "body": body, "history": room}

@@ -152,11 +152,23 @@ class RoomClient:
 
     @returns_deferred
     async def history(self, room, limit=100):
-        """The room's stored ciphertext, decrypted where this device has the keys."""
+        """The room's newest ``limit`` stored messages, decrypted where this device has the keys.
+
+        The relay cuts a page of large messages short (at about 1 MiB), so this
+        pages back with ``before`` until it has ``limit`` or the history ends.
+        """
         client = self._client
-        page = await client.request("room.history", room=room, limit=limit)
+        entries, before = [], {}
+        while len(entries) < limit:
+            page = await client.request("room.history", room=room,
+                                        limit=min(limit - len(entries), wire.HISTORY_PAGE_MAX),
+                                        **before)
+            if not page["messages"]:
+                break
+            entries[:0] = page["messages"]
+            before = {"before": page["messages"][0]["pos"]}
         records = []
-        for entry in page["messages"]:
+        for entry in entries:
             env = entry["envelope"]
             if env["kind"] == "membership":
                 continue

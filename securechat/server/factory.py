@@ -3,6 +3,7 @@
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from securechat.server.admission import UnauthenticatedPerAddress
 from securechat.server.auth import make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
@@ -35,6 +36,7 @@ class RelayFactory(ServerFactory):
         self.rooms = Rooms(config, store, self.devices, self.relay, self.hasher,
                            self.room_passwords)
         self.connections = set()
+        self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 
     def prune_limits(self):
         """Forget rate-limit entries whose time has passed (memory stays bounded)."""
@@ -42,7 +44,15 @@ class RelayFactory(ServerFactory):
             limits.prune()
 
     def buildProtocol(self, addr):
-        return RelayProtocol(self)
+        """A protocol for a new connection; None (the port closes it at once) when its
+        address already holds its share of connections that have not logged in."""
+        host = getattr(addr, "host", str(addr))
+        if not self.unauthenticated.admit(host):
+            return None
+        return RelayProtocol(self, host)
+
+    def stopFactory(self):
+        self.unauthenticated.stop()
 
     def connection_opened(self, protocol):
         self.connections.add(protocol)

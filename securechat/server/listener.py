@@ -17,11 +17,18 @@ Twisted's defaults are avoided here:
   a reader that keeps up; whatever the kernel does not take is buffered
   exactly as before, so back-pressure, producers and ``loseConnection``
   behave as in Twisted.
+
+Both transports also say how many bytes they hold unsent (``unsent_bytes``),
+which the output budget (``securechat.server.output``) reads, and the
+listening port logs failed accepts (out of file descriptors: ``EMFILE``) once
+per interval instead of once per attempt.
 """
 
 from twisted.internet import tcp
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+
+from securechat.server.logthrottle import INTERVAL, ThrottledWarning
 
 TURN_BUFFER_BYTES = 64_000
 """A connection's writes are encrypted before the turn ends once they reach this size
@@ -91,6 +98,17 @@ class TurnBufferedTLS(TLSMemoryBIOProtocol):
         self.flush_turn()
         super().loseConnection()
 
+    def unsent_bytes(self):
+        """Cleartext written and not yet encrypted, plus the TCP transport's unsent bytes.
+
+        Constant time but for TLS's own buffer, which holds data only while a
+        handshake is under way.
+        """
+        waiting = self._appSendBuffer
+        below = getattr(self.transport, "unsent_bytes", None)
+        return (self._unsent_bytes + (sum(map(len, waiting)) if waiting else 0)
+                + (below() if below is not None else 0))
+
 
 class TurnBufferedTLSFactory(TLSMemoryBIOFactory):
     protocol = TurnBufferedTLS
@@ -98,6 +116,12 @@ class TurnBufferedTLSFactory(TLSMemoryBIOFactory):
     def __init__(self, contextFactory, isClient, wrappedFactory, clock=None):
         super().__init__(contextFactory, isClient, wrappedFactory, clock)
         self.turn_writes = TurnWrites(self._clock)
+
+    def buildProtocol(self, addr):
+        """None when the wrapped factory refuses ``addr``: the port then closes the socket
+        at once, before any TLS work (Twisted's wrapper would wrap the None)."""
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        return None if wrapped is None else self.protocol(self, wrapped)
 
 
 class WriteThroughServer(tcp.Server):
@@ -117,9 +141,55 @@ class WriteThroughServer(tcp.Server):
             data = data[sent:]
         super().write(data)
 
+    def unsent_bytes(self):
+        """Bytes written to this transport that the kernel has not taken yet."""
+        return len(self.dataBuffer) - self.offset + self._tempDataLen
+
+
+class AcceptErrors:
+    """A log observer for a listening port: its accept errors summed up once per interval,
+    everything else passed on.
+
+    Out of file descriptors (``EMFILE``), Twisted's port accepts and closes each
+    waiting client to drain the backlog and logs three lines for it; at the
+    open-file limit that is thousands of lines a second, burying every other
+    line.  ``ENFILE``, ``ENOBUFS`` and ``ENOMEM`` are logged once per attempt.
+    """
+
+    log = Logger()
+
+    _REFUSED = "EMFILE recovery: Closed socket from {address}"
+    _FAILED = "Could not accept new connection ({acceptError})"
+    _RECOVERY = frozenset({"EMFILE encountered; releasing reserved file descriptor.",
+                           "Re-reserving EMFILE recovery file descriptor."})
+
+    def __init__(self, clock):
+        self.warning = ThrottledWarning(
+            clock, self.log,
+            "Cannot accept connections ({error}: the process is out of file descriptors or "
+            f"memory): {{count}} connection attempt(s) failed (logged at most every {INTERVAL:g} s)")
+
+    def __call__(self, event):
+        text = event.get("log_format")
+        if text == self._REFUSED:
+            self.warning(error="EMFILE")
+        elif text == self._FAILED:
+            self.warning(error=event.get("acceptError", "?"))
+        elif text not in self._RECOVERY:
+            globalLogPublisher(event)
+
 
 class WriteThroughPort(tcp.Port):
     transport = WriteThroughServer
+
+    def __init__(self, port, factory, backlog=50, interface="", reactor=None):
+        super().__init__(port, factory, backlog, interface, reactor)
+        self.accept_errors = AcceptErrors(self.reactor)
+        self._logger = Logger(namespace=type(self)._logger.namespace, observer=self.accept_errors)
+
+    def connectionLost(self, reason):
+        self.accept_errors.warning.stop()
+        super().connectionLost(reason)
 
 
 def listen_tls(reactor, port, context, factory, interface):

@@ -1,4 +1,4 @@
-"""Framing only: bytes in, lines to the session; frames out.
+"""Framing only: bytes in, lines to the session; frames out, held to the output budget.
 
 Frames are handed to the transport one by one: the listener's TLS
 transport (``listener.TurnBufferedTLS``) already gathers the small writes of
@@ -7,12 +7,13 @@ as well only cost a timer per connection and a reactor turn of latency.
 """
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from securechat import wire
-from securechat.server.session import ConnectionSession
+from securechat.server.output import OutputBudget
+from securechat.server.session import CLOSED, ConnectionSession
 
 
 @implementer(IPushProducer)
@@ -25,10 +26,11 @@ class WriteGate:
     of its queue or a busy room piling up in the relay's memory.
     """
 
-    def __init__(self):
+    def __init__(self, on_open=None):
         self.open = True
         self.overflow = 0  # bytes pushed live since the transport last paused us
         self._waiting = []
+        self._on_open = on_open
 
     def pauseProducing(self):
         self.open = False
@@ -36,6 +38,8 @@ class WriteGate:
 
     def resumeProducing(self):
         self.open = True
+        if self._on_open is not None:
+            self._on_open()
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
@@ -51,18 +55,30 @@ class WriteGate:
         return d
 
 
+NO_HOLDS = frozenset()
+"""No reason to hold reading: shared, so an idle connection carries no set of its own."""
+
+
+@implementer(IHandshakeListener)
 class RelayProtocol(Protocol):
     """Splits the byte stream into lines (``\n``, an optional ``\r`` before it is dropped).
 
     Not Twisted's LineReceiver: its line and raw modes and its own pausing
-    cost time on every line and are not needed here.
+    cost time on every line and are not needed here.  It is also the
+    connection the session and the output budget act on: reading held and
+    released for a reason, closing gently or at once.
     """
 
-    def __init__(self, server):
+    def __init__(self, server, host):
         self._server = server
+        self._host = host  # the peer's address, as the factory admitted it
         self._partial = b""
         self.session = None
-        self.gate = WriteGate()
+        config = server.config
+        self.budget = OutputBudget(server.clock, config.output_budget_bytes,
+                                   config.output_stall_seconds, self)
+        self.gate = WriteGate(on_open=self.budget.drained)
+        self._read_holds = NO_HOLDS
         self.active = True  # read or written since the last IdleSweep (tls_memory)
         self.buffers_released = False
 
@@ -72,22 +88,16 @@ class RelayProtocol(Protocol):
         if no_delay is not None:  # TCP (through TLS); in-memory test transports have none
             no_delay(True)
         self.transport.registerProducer(self.gate, True)
-        peer = self.transport.getPeer()
-        self.session = ConnectionSession(
-            self._server,
-            getattr(peer, "host", str(peer)),
-            send=self.send_line,
-            gate=self.gate,
-            disconnect=self._disconnect,
-            pause=self.transport.pauseProducing,
-            resume=self.transport.resumeProducing,
-        )
+        self.session = ConnectionSession(self._server, self._host, self)
         self._server.connection_opened(self)
+
+    def handshakeCompleted(self):
+        self.session.handshake_completed()
 
     def dataReceived(self, data):
         self.active = True
         session = self.session
-        if session.state == "closed":  # disconnecting: what is still arriving is dropped
+        if session.allowed is None:  # closing: what is still arriving is dropped
             return
         lines = (self._partial + data).split(b"\n") if self._partial else data.split(b"\n")
         self._partial = lines.pop()
@@ -103,15 +113,49 @@ class RelayProtocol(Protocol):
 
     def send_line(self, data):
         self.active = True
-        if self.transport is not None:
-            self.transport.write(data + b"\n")
+        transport = self.transport
+        if transport is not None:
+            transport.write(data + b"\n")
+            if not self.gate.open:  # past the transport's high-water mark: measure
+                self.budget.check()
 
-    def _disconnect(self):
+    # -- what the session and the budget do to the connection -------------------
+
+    def hold_reading(self, reason):
+        """Stop reading requests until every reason given is released."""
+        if not self._read_holds:
+            self.transport.pauseProducing()
+        self._read_holds |= {reason}
+
+    def release_reading(self, reason):
+        if reason in self._read_holds:
+            self._read_holds -= {reason}
+            if not self._read_holds and self.session.state is not CLOSED:
+                self.transport.resumeProducing()
+
+    def unsent_bytes(self):
+        measure = getattr(self.transport, "unsent_bytes", None)
+        return measure() if measure is not None else 0
+
+    def describe(self):
+        return self.session.describe()
+
+    def abort(self):
+        """Close now, dropping what is unsent (the output budget gave up on the reader)."""
+        self.session.abort()
+
+    def disconnect(self):
+        """Close once what was written has been sent."""
         # A TLS transport with a registered producer would wait for it before closing.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
+    def abort_transport(self):
+        self.transport.unregisterProducer()
+        self.transport.abortConnection()
+
     def connectionLost(self, reason):
+        self.budget.stop()
         self.gate.stopProducing()
         self._server.connection_closed(self)
         if self.session is not None:

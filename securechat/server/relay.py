@@ -179,10 +179,13 @@ class DeliveryCursor:
                 for row in rows:
                     if self.closed:
                         return
+                    if not self._room_for(len(row["body"])):
+                        break  # the reader fell behind: the rest is read again once it drains
                     self._push_row(row)
-                if len(rows) < FETCH_PAGE and not self._dirty:
-                    self._caught_up = True
-                    return
+                else:
+                    if len(rows) < FETCH_PAGE and not self._dirty:
+                        self._caught_up = True
+                        return
         finally:
             self._pumping = False
 

@@ -27,6 +27,10 @@ from securechat.wire import BROADCAST_ROOM, ProtocolError
 DAY_MS = 24 * 3600 * 1000
 HISTORY_PAGE = 100
 BANS_PAGE = 500
+HISTORY_PAGE_BYTES = 1024 * 1024
+"""The envelopes of one history page stop at this many bytes (a page holds at least one),
+so one answer always fits in a connection's output budget; clients page on with
+``before``."""
 RANK = {"member": 0, "admin": 1, "owner": 2}
 
 
@@ -192,7 +196,8 @@ class Rooms:
 
     async def history(self, user, room, before, limit):
         await self._members_seen_by(user, room)
-        entries = await self._store.room_history(room, before, limit or HISTORY_PAGE)
+        entries = await self._store.room_history(room, before, limit or HISTORY_PAGE,
+                                                 HISTORY_PAGE_BYTES)
         return {"room": room, "messages": [
             {"pos": e["pos"], "envelope": json.loads(e["body"])} for e in entries]}
 

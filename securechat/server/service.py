@@ -14,6 +14,7 @@ from securechat import database_url
 from securechat.server.auth import LOGIN_WORK, SecretHasher
 from securechat.server.datadir import prepare_data_dir
 from securechat.server.factory import RelayFactory
+from securechat.server.fdlimit import raise_open_file_limit
 from securechat.server.listener import listen_tls
 from securechat.server.startup import StartFailed, StartReport, cannot_listen
 from securechat.server.tls import server_context_factory
@@ -154,6 +155,7 @@ class UnderTwistd(service.MultiService):
 
     def startService(self):
         self._report.take_status_pipe()
+        raise_open_file_limit()  # the process's, so under twistd only (not in-process tests)
         super().startService()
         self._relay.started.addCallbacks(self._listening, self._report.failed)
 

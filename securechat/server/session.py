@@ -1,12 +1,30 @@
-"""What one connection may do, and in which state: anonymous, logged in, closed.
+"""What one connection may do, and in which state: an explicit state machine.
+
+::
+
+    handshaking --TLS done--> logging_in --login--> checking_login --accepted--> authenticated
+                                   ^                      |                         |
+                                   +------refused---------+        logout, replaced, closed
+                                                                   by the server  -> closing
+    before login: deadline passed, closed by the server ----------------------------> closing
+    (closed by the server: a flood, an overlong line, output stalled over its budget)
+    any state --connection lost--> closed
+
+Every request is checked against the ops its state allows (one set lookup:
+this runs for every message): anonymous ops before login, all ops after it,
+and a second login is refused while one is checked (two logins in one read
+used to both pass and leave the first in the relay's table after the
+connection closed).  ``closing`` reads nothing more but still answers the
+requests in flight (``logout`` gets its answer); ``closed`` writes nothing.
 
 The protocol object only frames lines; this object gives them meaning.  It
 answers every request with a result or an error frame carrying the same
-``rid``, and it talks back through a few calls only (``send``, ``disconnect``,
-``pause``/``resume`` reading) and the ``gate`` of its send buffer
-so tests can drive it without sockets.
+``rid``, and acts on the connection through a few calls only (``send_line``,
+``disconnect``, ``abort_transport``, ``hold_reading``/``release_reading``) and
+the ``gate`` of its send buffer, so tests can drive it without sockets.
 """
 
+from automat import MethodicalMachine
 from twisted.cred import error as cred_error
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -23,40 +41,65 @@ MAX_PENDING = 256
 REFUSALS_BEFORE_DISCONNECT = 100
 """Rate-limited requests in a row after which a flooding connection is dropped."""
 
+HANDSHAKING = "handshaking"
+LOGGING_IN = "logging_in"
+CHECKING_LOGIN = "checking_login"
+AUTHENTICATED = "authenticated"
+CLOSING = "closing"
+CLOSED = "closed"
+
+ALLOWED_OPS = {
+    HANDSHAKING: frozenset(),
+    LOGGING_IN: wire.ANONYMOUS_OPS,
+    CHECKING_LOGIN: wire.ANONYMOUS_OPS - {"login"},
+    AUTHENTICATED: frozenset(wire.REQUESTS) - {"login"},
+    CLOSING: None,  # nothing is read any more
+    CLOSED: None,
+}
+"""The requests each state accepts."""
+
 
 class ConnectionSession:
     log = Logger()
+    _machine = MethodicalMachine()
 
-    def __init__(self, server, peer_host, send, gate, disconnect, pause, resume):
+    def __init__(self, server, peer_host, connection):
         self._server = server
         self._peer = peer_host
-        self._send = send
-        self.gate = gate
-        self._disconnect = disconnect
-        self._pause = pause
-        self._resume = resume
+        self._connection = connection
+        self._send = connection.send_line
+        self.gate = connection.gate
         self._bucket = TokenBucket(server.clock, server.config.requests_per_second,
                                    server.config.request_burst)
         self._refusals = 0
         self._pending = 0
-        self._paused = False
-        self.state = "anonymous"
+        self.state = HANDSHAKING
+        self.allowed = ALLOWED_OPS[HANDSHAKING]
         self.user = None
         self.device = None
         self._logout = None
+        self._deadline = server.clock.callLater(
+            server.config.handshake_timeout_seconds, self.deadline_passed)
+
+    def describe(self):
+        """Who this connection is, for a log line."""
+        if self.user is not None:
+            return f"{self.user}/{self.device}"
+        return f"an anonymous connection from {self._peer}"
 
     # -- framing callbacks ------------------------------------------------
 
     def line_received(self, line):
-        if self.state == "closed":
+        allowed = self.allowed
+        if allowed is None:
             return
         rid = None
         try:
             frame = wire.decode(line)
             rid = frame.get("rid") if isinstance(frame.get("rid"), (int, str)) else None
             op, rid = wire.parse_header(frame)
-            if op not in wire.ANONYMOUS_OPS and self.state != "authenticated":
-                raise ProtocolError("not_logged_in", f"log in before {op!r}")
+            if op not in allowed:
+                raise self._refusal(op)
             fields = wire.parse_fields(op, frame)
         except ProtocolError as e:
             self._answer_error(rid, e)
@@ -66,64 +109,55 @@ class ConnectionSession:
             self._answer_error(rid, ProtocolError("rate_limited", "too many requests; slow down"))
             if self._refusals >= REFUSALS_BEFORE_DISCONNECT:
                 self.log.warn("Disconnecting {peer}: request flood", peer=self._peer)
-                self._disconnect()
+                self.close()
             return
         self._refusals = 0
         self._start(op, rid, fields)
+
+    def _refusal(self, op):
+        """The error for ``op`` in this state (not on the hot path: only refusals get here)."""
+        if op != "login":
+            return ProtocolError("not_logged_in", f"log in before {op!r}")
+        if self.state == AUTHENTICATED:
+            return ProtocolError("already_logged_in", "this connection is already logged in")
+        return ProtocolError("login_in_progress",
+                             "a login on this connection is still being checked")
 
     def line_too_long(self):
         self._answer_error(
             None,
             ProtocolError("line_too_long", f"a line may hold at most {wire.MAX_LINE_BYTES} bytes"),
         )
-        self._disconnect()
-
-    def connection_lost(self):
-        self.state = "closed"
-        self._release()
-
-    def _release(self):
-        """Leave the relay's presence table (cred's logout)."""
-        if self._logout is not None:
-            logout, self._logout = self._logout, None
-            logout()
+        self.close()
 
     # -- called by the relay ----------------------------------------------
 
     def push_line(self, line):
-        if self.state != "closed":
+        if self.state is not CLOSED:
             self._send(line)
-
-    def replaced(self):
-        """The same device logged in on another connection: this one ends."""
-        self.push_line(wire.encode({"event": "replaced", "message": "this device logged in elsewhere"}))
-        self.connection_lost()
-        self._disconnect()
 
     # -- request dispatch ---------------------------------------------------
 
     def _start(self, op, rid, fields):
         handler = getattr(self, "op_" + op.replace(".", "_"))
         self._pending += 1
-        if self._pending >= MAX_PENDING and not self._paused:
-            self._paused = True
-            self._pause()
+        if self._pending == MAX_PENDING:
+            self._connection.hold_reading("requests")
         d = defer.maybeDeferred(handler, fields)  # the hot ops return Deferreds, the rest coroutines
         d.addCallbacks(self._answer, self._failed, callbackArgs=(rid,), errbackArgs=(rid, op))
 
     def _finished(self):
         self._pending -= 1
-        if self._paused and self._pending < MAX_PENDING // 2:
-            self._paused = False
-            self._resume()
+        if self._pending == MAX_PENDING // 2 - 1:
+            self._connection.release_reading("requests")
 
     def _answer(self, result, rid):
         self._finished()
-        if self.state != "closed":
+        if self.state is not CLOSED:
             self._send(wire.encode({"rid": rid, "result": result}))
 
     def _answer_error(self, rid, error):
-        if self.state != "closed":
+        if self.state is not CLOSED:
             self._send(wire.encode({"rid": rid, "error": error.to_error()}))
 
     def _failed(self, failure, rid, op):
@@ -153,36 +187,35 @@ class ConnectionSession:
         self.log.info("Registered user {user}", user=fields["user"])
         return {"user": fields["user"]}
 
-    async def op_login(self, fields):
-        if self.state == "authenticated":
-            raise ProtocolError("already_logged_in", "this connection is already logged in")
+    def op_login(self, fields):
+        """Check a login; until it is answered the session is in ``checking_login``."""
+        self.login_started()
+        return defer.ensureDeferred(self._log_in(fields)).addErrback(self._login_refused)
+
+    def _login_refused(self, failure):
+        if self.state == CHECKING_LOGIN:
+            self.login_failed()
+        return failure
+
+    async def _log_in(self, fields):
         user, device = fields["user"], fields["device"]
         creds = DeviceSecret(user, device, wire.b64decode(fields["secret"]), self._peer)
         try:
             _, avatar, logout = await self._server.portal.login(creds, self, IDevice)
         except cred_error.UnauthorizedLogin:
             raise ProtocolError("auth_failed", "wrong user name or password")
-        if self.state == "closed":
-            logout()
+        self.login_succeeded(avatar, logout)
+        if self.state != AUTHENTICATED:
             raise ProtocolError("closed", "connection closed during login")
-        self.state = "authenticated"
-        self.user, self.device, self._logout = avatar.user, avatar.device, logout
         counts = await self._server.store.key_counts(user, device)
         queued = await self._server.store.queue_length(user, device)
-        self._server.clock.callLater(0, self._start_delivery)
         return {"user": user, "device": device, "queued": queued, **counts}
 
-    def _start_delivery(self):
-        cursor = self._server.relay.cursor(self.user, self.device)
-        if cursor is not None and self.state == "authenticated":
-            cursor.pump()
 
     # -- authenticated ops --------------------------------------------------
 
     async def op_logout(self, fields):
-        self._release()
-        self.state = "anonymous"
-        self._server.clock.callLater(0, self._disconnect)
+        self.logged_out()
         return {"bye": True}
 
     async def op_keys_upload(self, fields):
@@ -256,3 +289,201 @@ class ConnectionSession:
 
     async def op_rooms_list(self, fields):
         return await self._server.rooms.list(self.user)
+
+    # -- the state machine ----------------------------------------------------------------
+
+    @_machine.state(initial=True)
+    def handshaking(self):
+        "TCP is connected, TLS is being negotiated: nothing can be read yet."
+
+    @_machine.state()
+    def logging_in(self):
+        "TLS is up; anonymous: ping, register and login are allowed."
+
+    @_machine.state()
+    def checking_login(self):
+        "A login's credentials are being checked: a second login is refused."
+
+    @_machine.state()
+    def authenticated(self):
+        "Logged in as one device, attached to the relay's table of online devices."
+
+    @_machine.state()
+    def closing(self):
+        "Being closed: nothing more is read; answers to requests in flight still go out."
+
+    @_machine.state()
+    def closed(self):
+        "The connection is gone: nothing more is written."
+
+    @_machine.input()
+    def handshake_completed(self):
+        "The TLS handshake finished."
+
+    @_machine.input()
+    def login_started(self):
+        "A login request is being checked."
+
+    @_machine.input()
+    def login_succeeded(self, avatar, logout):
+        "The portal accepted the login (and the realm attached the device to the relay)."
+
+    @_machine.input()
+    def login_failed(self):
+        "The login was refused (wrong secret, rate limited, store unavailable)."
+
+    @_machine.input()
+    def logged_out(self):
+        "The client asked to log out."
+
+    @_machine.input()
+    def replaced(self):
+        "The same device logged in on another connection: this one ends."
+
+    @_machine.input()
+    def deadline_passed(self):
+        "The handshake or the login took longer than the configured deadline."
+
+    @_machine.input()
+    def close(self):
+        "The server closes the connection once what was written has gone (abuse)."
+
+    @_machine.input()
+    def abort(self):
+        "The server closes the connection at once (it does not read what it is sent)."
+
+    @_machine.input()
+    def connection_lost(self):
+        "The transport closed."
+
+    def _enter(self, state):
+        self.state = state
+        self.allowed = ALLOWED_OPS[state]
+
+    @_machine.output()
+    def _now_logging_in(self):
+        self._enter(LOGGING_IN)
+
+    @_machine.output()
+    def _now_checking_login(self):
+        self._enter(CHECKING_LOGIN)
+
+    @_machine.output()
+    def _now_authenticated(self):
+        self._enter(AUTHENTICATED)
+
+    @_machine.output()
+    def _now_closing(self):
+        self._enter(CLOSING)
+
+    @_machine.output()
+    def _now_closed(self):
+        self._enter(CLOSED)
+
+    @_machine.output()
+    def _start_login_deadline(self):
+        self._stop_deadline()
+        self._deadline = self._server.clock.callLater(
+            self._server.config.login_timeout_seconds, self.deadline_passed)
+
+    @_machine.output()
+    def _cancel_deadline(self):
+        self._stop_deadline()
+
+    def _stop_deadline(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    @_machine.output()
+    def _leave_unauthenticated(self):
+        self._server.unauthenticated.release(self._peer)
+
+    @_machine.output()
+    def _keep_avatar(self, avatar, logout):
+        self.user, self.device, self._logout = avatar.user, avatar.device, logout
+
+    @_machine.output()
+    def _release_avatar(self):
+        """Leave the relay's table of online devices (cred's logout)."""
+        logout, self._logout = self._logout, None
+        logout()
+
+    @_machine.output()
+    def _release_late_avatar(self, avatar, logout):
+        """A login accepted after the connection began closing is undone at once."""
+        logout()
+
+    @_machine.output()
+    def _start_delivery(self):
+        self._server.clock.callLater(0, self._pump)
+
+    def _pump(self):
+        cursor = self._server.relay.cursor(self.user, self.device)
+        if cursor is not None and self.state is AUTHENTICATED:
+            cursor.pump()
+
+    @_machine.output()
+    def _say_replaced(self):
+        self._send(wire.encode({"event": "replaced", "message": "this device logged in elsewhere"}))
+
+    @_machine.output()
+    def _say_login_timeout(self):
+        seconds = self._server.config.login_timeout_seconds
+        self._answer_error(None, ProtocolError(
+            "login_timeout", f"no login within {seconds:g} s of connecting; closing"))
+
+    @_machine.output()
+    def _disconnect(self):
+        self._connection.disconnect()
+
+    @_machine.output()
+    def _disconnect_after_answer(self):
+        self._server.clock.callLater(0, self._connection.disconnect)
+
+    @_machine.output()
+    def _abort_transport(self):
+        self._connection.abort_transport()
+
+    # The transition table.  Leaving the three anonymous states ends the connection's
+    # count against its address's cap (_leave_unauthenticated), exactly once.
+    _anonymous_ends = [_now_closing, _cancel_deadline, _leave_unauthenticated]
+
+    handshaking.upon(handshake_completed, enter=logging_in,
+                     outputs=[_now_logging_in, _start_login_deadline])
+    handshaking.upon(deadline_passed, enter=closing, outputs=[*_anonymous_ends, _abort_transport])
+    logging_in.upon(login_started, enter=checking_login, outputs=[_now_checking_login])
+    logging_in.upon(deadline_passed, enter=closing,
+                    outputs=[_say_login_timeout, *_anonymous_ends, _disconnect])
+    checking_login.upon(login_succeeded, enter=authenticated,
+                        outputs=[_keep_avatar, _now_authenticated, _cancel_deadline,
+                                 _leave_unauthenticated, _start_delivery])
+    checking_login.upon(login_failed, enter=logging_in, outputs=[_now_logging_in])
+    checking_login.upon(deadline_passed, enter=closing,
+                        outputs=[_say_login_timeout, *_anonymous_ends, _disconnect])
+    checking_login.upon(replaced, enter=closing,
+                        outputs=[_say_replaced, *_anonymous_ends, _disconnect])
+    for _state in (handshaking, logging_in, checking_login):
+        _state.upon(close, enter=closing, outputs=[*_anonymous_ends, _disconnect])
+        _state.upon(abort, enter=closing, outputs=[*_anonymous_ends, _abort_transport])
+        _state.upon(connection_lost, enter=closed,
+                    outputs=[_now_closed, _cancel_deadline, _leave_unauthenticated])
+
+    authenticated.upon(logged_out, enter=closing,
+                       outputs=[_now_closing, _release_avatar, _disconnect_after_answer])
+    authenticated.upon(replaced, enter=closing,
+                       outputs=[_say_replaced, _now_closing, _release_avatar, _disconnect])
+    authenticated.upon(close, enter=closing, outputs=[_now_closing, _release_avatar, _disconnect])
+    authenticated.upon(abort, enter=closing,
+                       outputs=[_now_closing, _release_avatar, _abort_transport])
+    authenticated.upon(connection_lost, enter=closed, outputs=[_now_closed, _release_avatar])
+
+    closing.upon(abort, enter=closing, outputs=[_abort_transport])
+    closing.upon(connection_lost, enter=closed, outputs=[_now_closed])
+    for _state in (closing, closed):
+        _state.upon(login_succeeded, enter=_state, outputs=[_release_late_avatar])
+        for _input in (login_failed, handshake_completed, replaced, close, deadline_passed):
+            _state.upon(_input, enter=_state, outputs=[])
+    closed.upon(abort, enter=closed, outputs=[])
+    closed.upon(connection_lost, enter=closed, outputs=[])
+    del _state, _input, _anonymous_ends

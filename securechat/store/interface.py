@@ -206,10 +206,12 @@ class IStore(Interface):
     def rooms_of(user):
         """Fire with the sorted list of room names ``user`` belongs to."""
 
-    def room_history(room, before_pos, limit):
+    def room_history(room, before_pos, limit, max_bytes=None):
         """Fire with up to ``limit`` history entries of ``room`` before ``before_pos`` (None: newest).
 
-        Newest last, as a list of ``{"pos", "id", "body", "created"}``.
+        Newest last, as a list of ``{"pos", "id", "body", "created"}``.  With
+        ``max_bytes``, the newest entries whose bodies fit in it together (always
+        at least one when there is one).
         """
 
     def prune_history(older_than, keep_per_room):

@@ -222,8 +222,8 @@ class SqlStore:
     def rooms_of(self, user):
         return self._run(t.txn_rooms_of, user)
 
-    def room_history(self, room, before_pos, limit):
-        return self._run(t.txn_room_history, room, before_pos, limit)
+    def room_history(self, room, before_pos, limit, max_bytes=None):
+        return self._run(t.txn_room_history, room, before_pos, limit, max_bytes)
 
     def prune_history(self, older_than, keep_per_room):
         return self._run(t.txn_prune_history, older_than, keep_per_room)

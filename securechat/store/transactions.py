@@ -889,16 +889,35 @@ async def txn_rooms_of(txn, user):
     return [row[0] for row in rows]
 
 
-async def txn_room_history(txn, room, before_pos, limit):
-    if before_pos is None:
-        rows = await txn.execute(
-            "SELECT pos, envelope_id, body, created FROM room_history WHERE room = ? "
-            "ORDER BY pos DESC LIMIT ?", (room, limit))
-    else:
-        rows = await txn.execute(
-            "SELECT pos, envelope_id, body, created FROM room_history WHERE room = ? "
-            "AND pos < ? ORDER BY pos DESC LIMIT ?", (room, before_pos, limit))
+async def txn_room_history(txn, room, before_pos, limit, max_bytes=None):
+    """The newest ``limit`` entries before ``before_pos``; with ``max_bytes``, only as many
+    of them as fit in it (at least one), found from the sizes first so that the bodies of
+    a page are never all read to be dropped."""
+    where, args = "room = ?", (room,)
+    if before_pos is not None:
+        where, args = "room = ? AND pos < ?", (room, before_pos)
+    if max_bytes is not None:
+        sizes = await txn.execute(
+            f"SELECT LENGTH(body) FROM room_history WHERE {where} ORDER BY pos DESC LIMIT ?",
+            (*args, limit))
+        limit = _entries_within(sizes, max_bytes)
+        if not limit:
+            return []
+    rows = await txn.execute(
+        f"SELECT pos, envelope_id, body, created FROM room_history WHERE {where} "
+        "ORDER BY pos DESC LIMIT ?", (*args, limit))
     return [_record(("pos", "id", "body", "created"), row) for row in reversed(rows)]
+
+
+def _entries_within(sizes, max_bytes):
+    """How many of the entries of ``sizes`` (rows of one length each) fit in ``max_bytes``
+    together; the first always does."""
+    total = 0
+    for count, (size,) in enumerate(sizes):
+        total += size
+        if count and total > max_bytes:
+            return count
+    return len(sizes)
 
 
 async def txn_prune_history(txn, older_than, keep_per_room):

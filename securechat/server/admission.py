@@ -1,0 +1,51 @@
+"""How many connections one address may hold before they log in.
+
+Until a connection logs in nobody answers for it, yet it holds a file
+descriptor and, while its TLS handshake runs, OpenSSL's memory.  An address
+already holding ``cap`` such connections has its next ones closed as they are
+accepted, before any TLS, so one host cannot fill the process's file table;
+connections that have logged in no longer count (their user answers for them).
+"""
+
+from twisted.logger import Logger
+
+from securechat.server.logthrottle import INTERVAL, ThrottledWarning
+
+
+class UnauthenticatedPerAddress:
+    """Counts each address's connections that have not logged in yet, up to ``cap``."""
+
+    log = Logger()
+
+    def __init__(self, clock, cap):
+        self._cap = cap
+        self._counts = {}
+        self._refused = ThrottledWarning(
+            clock, self.log,
+            "Refused {count} connection(s) from an address already holding {cap} connections "
+            f"that have not logged in (the latest from {{host}}; logged at most every "
+            f"{INTERVAL:g} s)")
+
+    def admit(self, host):
+        """Count a new connection from ``host``; False (and counted nothing) over the cap."""
+        count = self._counts.get(host, 0)
+        if count >= self._cap:
+            self._refused(host=host, cap=self._cap)
+            return False
+        self._counts[host] = count + 1
+        return True
+
+    def release(self, host):
+        """A connection ``admit`` counted logged in or closed."""
+        count = self._counts[host] - 1
+        if count:
+            self._counts[host] = count
+        else:
+            del self._counts[host]
+
+    def holding(self, host):
+        """How many connections from ``host`` have not logged in yet."""
+        return self._counts.get(host, 0)
+
+    def stop(self):
+        self._refused.stop()

@@ -1,0 +1,74 @@
+"""Clients that do what no real client does, for the abuse tests: connections that never
+start TLS, and a logged-in member that asks for large answers and never reads them.
+
+Plain sockets of the standard library, so nothing on the client side reads on
+the hostile connection's behalf (a Twisted transport would keep draining it).
+"""
+
+import json
+import secrets
+import socket
+import ssl
+
+from securechat import wire
+from tests.support import new_envelope_id
+
+
+def half_open(port, source="127.0.0.1"):
+    """A TCP connection to the relay from ``source`` (any 127/8 address is loopback on
+    Linux) that never starts TLS."""
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    return sock
+
+
+def closed_by_peer(sock):
+    """Whether the relay closed ``sock`` (end of file or reset); False while it is open."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def tls_login(port, cert_path, user, device, secret, receive_buffer=8192):
+    """Blocking (run it in a thread): a TLS connection logged in as ``user``/``device``
+    whose kernel receive buffer is kept small, so what it leaves unread stays in the
+    relay's buffers rather than in this process's kernel."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    raw.settimeout(30)
+    raw.connect(("127.0.0.1", port))
+    tls = ssl.create_default_context(cafile=cert_path).wrap_socket(
+        raw, server_hostname="localhost")
+    tls.sendall(wire.encode({"op": "login", "rid": 0, "user": user, "device": device,
+                             "secret": secret}) + b"\n")
+    received = b""
+    while True:
+        chunk = tls.recv(65536)
+        if not chunk:
+            raise AssertionError(f"the relay closed the login of {user}: {received!r}")
+        received += chunk
+        for line in received.split(b"\n")[:-1]:
+            frame = json.loads(line)
+            if frame.get("rid") == 0:
+                if "result" not in frame:
+                    raise AssertionError(f"login of {user} refused: {frame}")
+                return tls
+
+
+def history_request(room, rid, limit=wire.HISTORY_PAGE_MAX):
+    return wire.encode({"op": "room.history", "rid": rid, "room": room, "limit": limit}) + b"\n"
+
+
+async def room_of_large_messages(owner, room, count, size=190_000):
+    """``owner`` (a logged-in ScriptedDevice) creates ``room`` and sends ``count`` messages
+    of about ``size`` bytes of ciphertext each."""
+    await owner.request("room.create", room=room)
+    ciphertext = wire.b64encode(secrets.token_bytes(size * 3 // 4))
+    for _ in range(count):
+        await owner.request("room.send", room=room, id=new_envelope_id(), kind="megolm",
+                            sid="c2lk", ct=ciphertext)

@@ -1,0 +1,322 @@
+"""The connection's state machine, deadlines, per-address cap, output budget and request
+backpressure, without sockets: StringTransport, task.Clock, a real SQLite store and real
+argon2id logins."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from securechat import config, wire
+from securechat.server.auth import LOGIN_WORK, SecretHasher
+from securechat.server.factory import RelayFactory
+from securechat.server.output import HARD_LIMIT_FACTOR
+from securechat.server.session import MAX_PENDING
+from securechat.store import make_store
+from tests.support import poll_until
+from tests.test_client_security import record_log
+from tests.test_session_unit import connect, frames
+
+SECRET = wire.b64encode(b"s" * 32)
+
+
+class BufferingTransport(StringTransport):
+    """A transport whose client reads nothing: all that is written stays unsent."""
+
+    def unsent_bytes(self):
+        return len(self.value())
+
+
+@pytest.fixture
+def factory(tmp_path):
+    from twisted.internet import reactor
+
+    path = tmp_path / "relay.ini"
+    path.write_text("[limits]\noutput_budget_bytes = 2097152\noutput_stall_seconds = 5\n"
+                    "handshake_timeout_seconds = 10\nlogin_timeout_seconds = 30\n"
+                    "unauthenticated_per_address = 3\n")
+    store = make_store(str(tmp_path / "unit.sqlite3"), str(tmp_path))
+    pytest_twisted.blockon(defer.ensureDeferred(store.start()))
+    made = RelayFactory(config.load(str(path)), store, task.Clock(), SecretHasher(reactor, 1, 32),
+                        dummy_hash="")
+    yield made
+    pytest_twisted.blockon(store.stop())
+
+
+def answer(transport, rid):
+    found = [f for f in frames(transport) if f.get("rid") == rid]
+    return found[0] if found else None
+
+
+def send(protocol, *requests):
+    """Several requests in one read."""
+    protocol.dataReceived(b"".join(wire.encode(r) + b"\n" for r in requests))
+
+
+async def account(factory, user):
+    hashed = await factory.hasher.hash(wire.b64decode(SECRET), LOGIN_WORK, "setup")
+    await factory.store.create_account(user, hashed, wire.b64encode(b"k" * 32))
+
+
+def login_request(rid, user="alice", device="D1"):
+    return {"op": "login", "rid": rid, "user": user, "device": device, "secret": SECRET}
+
+
+async def logged_in(factory, user="alice", device="D1", transport=None):
+    protocol, transport = connect(factory, transport=transport)
+    send(protocol, login_request(1, user, device))
+    await poll_until(lambda: answer(transport, 1) is not None)
+    assert "result" in answer(transport, 1), answer(transport, 1)
+    return protocol, transport
+
+
+def closed(protocol, transport):
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_logins_the_second_is_refused_and_no_ghost_stays_online(factory):
+    """Two logins in one read: the second gets login_in_progress, and once the connection
+    closes the device is no longer in the relay's table of online devices."""
+    await account(factory, "alice")
+    protocol, transport = connect(factory)
+    send(protocol, login_request(1), login_request(2))
+    assert answer(transport, 2)["error"]["code"] == "login_in_progress"
+    await poll_until(lambda: answer(transport, 1) is not None)
+    assert answer(transport, 1)["result"]["device"] == "D1"
+    assert factory.relay.cursor("alice", "D1") is not None
+    closed(protocol, transport)
+    assert factory.relay.cursor("alice", "D1") is None
+    assert factory.relay._online == {} and factory.relay._online_devices_of == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_accepted_after_the_connection_closed_leaves_nothing_online(
+        factory, monkeypatch):
+    """A connection that closes while its login is checked does not stay in the online
+    table when the check succeeds afterwards."""
+    await account(factory, "alice")
+    detached = []
+    detach = factory.relay.detach
+    monkeypatch.setattr(factory.relay, "detach", lambda *a: detached.append(a) or detach(*a))
+    protocol, transport = connect(factory)
+    send(protocol, login_request(1))
+    assert protocol.session.state == "checking_login"
+    closed(protocol, transport)
+    await poll_until(lambda: detached)  # the check succeeded, and was undone at once
+    assert protocol.session.state == "closed" and answer(transport, 1) is None
+    assert factory.relay.cursor("alice", "D1") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_login_lets_the_connection_try_again(factory):
+    """A wrong secret answers auth_failed and the connection may log in again."""
+    await account(factory, "alice")
+    protocol, transport = connect(factory)
+    send(protocol, {**login_request(1), "secret": wire.b64encode(b"w" * 32)})
+    await poll_until(lambda: answer(transport, 1) is not None)
+    assert answer(transport, 1)["error"]["code"] == "auth_failed"
+    assert protocol.session.state == "logging_in"
+    send(protocol, login_request(2))
+    await poll_until(lambda: answer(transport, 2) is not None)
+    assert answer(transport, 2)["result"]["user"] == "alice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_on_a_logged_in_connection_is_already_logged_in(factory):
+    """After a login, another login on the same connection is refused at once."""
+    await account(factory, "alice")
+    protocol, transport = await logged_in(factory)
+    send(protocol, login_request(2, device="D2"))
+    assert answer(transport, 2)["error"]["code"] == "already_logged_in"
+    assert factory.relay.cursor("alice", "D2") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_logout_answers_leaves_the_relay_and_closes(factory):
+    """logout is answered, the device leaves the online table at once, a request pipelined
+    after it is not run, and the connection closes on the next turn."""
+    await account(factory, "alice")
+    protocol, transport = await logged_in(factory)
+    send(protocol, {"op": "logout", "rid": 2}, {"op": "keys.count", "rid": 3})
+    assert answer(transport, 2)["result"] == {"bye": True}
+    assert answer(transport, 3) is None
+    assert factory.relay.cursor("alice", "D1") is None
+    assert protocol.session.state == "closing" and not transport.disconnecting
+    factory.clock.advance(0)
+    assert transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_device_logging_in_elsewhere_replaces_the_first_connection(factory):
+    """The first connection gets a 'replaced' event and is closed; the second stays online,
+    also after the first connection's close arrives."""
+    await account(factory, "alice")
+    first, first_transport = await logged_in(factory)
+    second, _ = await logged_in(factory)
+    assert frames(first_transport)[-1]["event"] == "replaced"
+    assert first_transport.disconnecting and first.session.state == "closing"
+    closed(first, first_transport)
+    cursor = factory.relay.cursor("alice", "D1")
+    assert cursor is not None and factory.relay._online[("alice", "D1")][0] is second.session
+
+
+def test_requests_wait_for_the_tls_handshake_state(factory):
+    """Before the TLS handshake nothing is allowed; after it the anonymous ops are."""
+    protocol, transport = connect(factory, handshake=False)
+    assert protocol.session.state == "handshaking"
+    send(protocol, {"op": "ping", "rid": 1})
+    assert answer(transport, 1)["error"]["code"] == "not_logged_in"
+    protocol.handshakeCompleted()
+    send(protocol, {"op": "ping", "rid": 2}, {"op": "keys.count", "rid": 3})
+    assert answer(transport, 2)["result"] == {"pong": True}
+    assert answer(transport, 3)["error"]["code"] == "not_logged_in"
+
+
+def test_an_unfinished_handshake_is_aborted_at_its_deadline(factory):
+    """A connection that has not finished TLS within handshake_timeout_seconds is aborted
+    (and no longer counts against its address)."""
+    protocol, transport = connect(factory, handshake=False)
+    factory.clock.advance(9.9)
+    assert not transport.disconnecting
+    factory.clock.advance(0.2)
+    assert transport.disconnected and protocol.session.state == "closing"
+    assert transport.value() == b""
+    assert factory.unauthenticated.holding("10.0.0.1") == 0
+
+
+def test_a_connection_that_does_not_log_in_is_closed_at_its_deadline(factory):
+    """No login within login_timeout_seconds of the handshake: a login_timeout error, then
+    the connection is closed."""
+    protocol, transport = connect(factory)
+    factory.clock.advance(29.9)
+    send(protocol, {"op": "ping", "rid": 1})  # activity is not a login
+    assert not transport.disconnecting
+    factory.clock.advance(0.2)
+    (error,) = [f for f in frames(transport) if f.get("rid") is None]
+    assert error["error"]["code"] == "login_timeout"
+    assert transport.disconnecting
+    assert factory.unauthenticated.holding("10.0.0.1") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_logged_in_connection_outlives_the_login_deadline(factory):
+    """The login deadline ends with the login."""
+    await account(factory, "alice")
+    protocol, transport = await logged_in(factory)
+    factory.clock.advance(3600)
+    assert not transport.disconnecting and protocol.session.state == "authenticated"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unauthenticated_connections_are_capped_per_address(factory):
+    """An address holding unauthenticated_per_address connections that have not logged in
+    gets no more (the port closes them); other addresses do; a login or a close frees a place."""
+    await account(factory, "alice")
+    held = [connect(factory) for _ in range(3)]
+    assert factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is None
+    assert factory.buildProtocol(IPv4Address("TCP", "10.0.0.2", 1)) is not None
+    protocol, transport = held[0]
+    send(protocol, login_request(1))
+    await poll_until(lambda: answer(transport, 1) is not None)
+    assert factory.unauthenticated.holding("10.0.0.1") == 2
+    closed(*held[1])
+    assert factory.unauthenticated.holding("10.0.0.1") == 1
+    assert factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_256_requests_in_flight_stop_reading_until_half_are_answered(factory, monkeypatch):
+    """With MAX_PENDING requests in progress the connection is no longer read; reading
+    resumes once half of them have been answered."""
+    await account(factory, "alice")
+    protocol, transport = await logged_in(factory)
+    held = []
+
+    def key_counts(user, device):
+        held.append(defer.Deferred())
+        return held[-1]
+
+    monkeypatch.setattr(factory.store, "key_counts", key_counts)
+    send(protocol, *({"op": "keys.count", "rid": 100 + i} for i in range(MAX_PENDING - 1)))
+    assert transport.producerState == "producing"
+    send(protocol, {"op": "keys.count", "rid": 99})
+    assert transport.producerState == "paused" and len(held) == MAX_PENDING
+    for d in held[:MAX_PENDING // 2]:
+        d.callback({"otk_count": 0})
+    assert transport.producerState == "paused"  # half answered, half still in progress
+    held[MAX_PENDING // 2].callback({"otk_count": 0})
+    assert transport.producerState == "producing"
+    for d in held[MAX_PENDING // 2 + 1:]:
+        d.callback({"otk_count": 0})
+    assert len([f for f in frames(transport) if "result" in f]) == 1 + MAX_PENDING
+
+
+@pytest_twisted.ensureDeferred
+async def test_output_over_budget_holds_reading_until_it_drains(factory):
+    """Past output_budget_bytes unsent, the connection's requests are not read; once the
+    transport has sent it all, they are again."""
+    await account(factory, "alice")
+    protocol, transport = await logged_in(factory, transport=BufferingTransport())
+    protocol.gate.pauseProducing()  # the transport's buffer passed its high-water mark
+    protocol.session.push_line(b"x" * 1_000_000)
+    assert transport.producerState == "producing"  # within the budget of 2 MiB
+    protocol.session.push_line(b"x" * 1_200_000)
+    assert transport.producerState == "paused" and protocol.budget.over
+    transport.clear()  # the client read it all
+    protocol.gate.resumeProducing()  # and the transport says so
+    assert transport.producerState == "producing" and not protocol.budget.over
+    factory.clock.advance(60)
+    assert not transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_output_over_budget_for_the_stall_time_closes_with_a_log_line(factory):
+    """Still over the budget output_stall_seconds later: the connection is aborted and the
+    log names the user and device."""
+    await account(factory, "alice")
+    protocol, transport = await logged_in(factory, transport=BufferingTransport())
+    protocol.gate.pauseProducing()
+    protocol.session.push_line(b"x" * 2_200_000)
+    unsent = len(transport.value())
+    lines, stop = record_log()
+    try:
+        factory.clock.advance(4.9)
+        assert not transport.disconnected
+        factory.clock.advance(0.2)
+    finally:
+        stop()
+    assert transport.disconnected and protocol.session.state == "closing"
+    assert factory.relay.cursor("alice", "D1") is None
+    (line,) = [text for text in lines if "output budget" in text]
+    assert "alice/D1" in line and f"{unsent} bytes unsent for 5 s" in line
+
+
+def test_output_far_over_budget_closes_at_once_naming_the_peer(factory):
+    """Unsent output past HARD_LIMIT_FACTOR budgets closes the connection at once; an
+    anonymous one is named by its address."""
+    protocol, transport = connect(factory, transport=BufferingTransport())
+    protocol.gate.pauseProducing()
+    lines, stop = record_log()
+    try:
+        protocol.session.push_line(b"x" * (HARD_LIMIT_FACTOR * 2097152))
+    finally:
+        stop()
+    assert transport.disconnected
+    assert any("an anonymous connection from 10.0.0.1" in text for text in lines)
+
+
+def test_draining_slowly_below_the_budget_is_not_closed(factory):
+    """At the stall deadline a connection back under its budget (but not yet drained)
+    stays open, still not read."""
+    protocol, transport = connect(factory, transport=BufferingTransport())
+    protocol.gate.pauseProducing()
+    protocol.session.push_line(b"x" * 2_200_000)
+    transport.clear()
+    transport.write(b"y" * 100_000)  # most of it was read, the rest is on its way
+    factory.clock.advance(10)
+    assert not transport.disconnected and transport.producerState == "paused"
