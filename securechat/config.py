@@ -112,7 +112,7 @@ OPTIONS = (
            show=lambda raw: repr(database_url.redact(raw))),
     Option("rooms", "history_days", "30", _positive),
     Option("rooms", "history_max_messages", "10000", _positive),
-    Option("broadcast", "senders", "anyone", _senders),
+    Option("broadcast", "senders", "admins", _senders),
     Option("broadcast", "admins", "", _user_list),
     Option("limits", "argon2_concurrency", "2", _positive),
     Option("limits", "argon2_waiting_per_client", "32", _positive),
@@ -135,6 +135,16 @@ OPTIONS = (
     Option("limits", "login_timeout_seconds", "30", _seconds),
     Option("limits", "unauthenticated_per_address", "64", _positive),
 )
+
+RENAMED = {
+    ("limits", "login_attempts_per_account"): (
+        "login_failures_per_account", "only failed logins count now"),
+    ("limits", "login_attempts_per_address"): (
+        "login_failures_per_address", "only failed logins and registrations count now"),
+}
+"""Keys of earlier releases: (section, old key) -> (new key, what changed).  A config
+written for an earlier release stops start-up with the new name, not a bare "unknown key"
+(the meaning changed too, so the value is not carried over silently)."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +230,10 @@ def _refuse_unknown(parser, source):
         if section not in sections:
             raise ConfigError(f"{source}: [{section}]: unknown section")
         for key in parser[section]:
+            if (section, key) in RENAMED:
+                new_key, change = RENAMED[section, key]
+                raise ConfigError(f"{source}: [{section}] {key}: renamed to {new_key} "
+                                  f"({change}); see docs/configuration.rst")
             if (section, key) not in known:
                 raise ConfigError(f"{source}: [{section}] {key}: unknown key")
 

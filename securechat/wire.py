@@ -375,6 +375,7 @@ REQUESTS = {
     "room.invite": {"room": ROOM, "user": USER},
     "room.kick": {"room": ROOM, "user": USER},
     "room.unban": {"room": ROOM, "user": USER},
+    "room.bans": {"room": ROOM, "after": optional(USER)},
     "room.admin": {"room": ROOM, "user": USER, "admin": boolean},
     "room.mode": {"room": ROOM, "invite_only": boolean},
     "room.history": {"room": ROOM, "before": optional(integer(1, 2**62)),

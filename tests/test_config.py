@@ -52,6 +52,21 @@ def test_bad_values_name_file_section_and_key(tmp_path, text, words):
     assert words in str(info.value)
 
 
+@pytest.mark.parametrize("old, new", [
+    ("login_attempts_per_account", "login_failures_per_account"),
+    ("login_attempts_per_address", "login_failures_per_address"),
+])
+def test_a_renamed_key_is_named_with_what_it_became(tmp_path, old, new):
+    """A key of an earlier release stops loading with its new name, what changed, and
+    where to read more, instead of a bare "unknown key"."""
+    path = write(tmp_path, f"[limits]\n{old} = 10\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: [limits] {old}: renamed to {new} (only failed")
+    assert message.endswith("; see docs/configuration.rst") and "unknown" not in message
+
+
 def test_postgres_url_is_kept_and_paths_are_resolved(tmp_path):
     """A postgresql:// URL is used as is; relative paths live in the data dir."""
     path = write(tmp_path, f"[server]\ndata_dir = {tmp_path}\n[tls]\ncertificate = c.pem\n"

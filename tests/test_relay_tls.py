@@ -236,9 +236,15 @@ async def test_invite_kick_and_admins(server):
     await cleanup(alice, bob, carol)
 
 
+@pytest.fixture
+def open_broadcast(start_relay):
+    return start_relay(extra="[broadcast]\nsenders = anyone\n")
+
+
 @pytest_twisted.ensureDeferred
-async def test_broadcast_reaches_every_device(server):
+async def test_broadcast_reaches_every_device(open_broadcast):
     """A broadcast is stored for and pushed to every other registered device."""
+    server = open_broadcast
     alice, bob, carol = await registered(server, "alice", "bob", "carol")
     result = await alice.request("broadcast", id=new_envelope_id(), kind="megolm", sid="YWxs",
                                  ct=wire.b64encode(b"announcement"))
@@ -251,9 +257,10 @@ async def test_broadcast_reaches_every_device(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_duplicate_envelope_id_is_refused_and_stores_nothing(server):
+async def test_duplicate_envelope_id_is_refused_and_stores_nothing(open_broadcast):
     """Re-using an envelope id still queued for a recipient device, or kept in the room's
     history, is refused, and nothing of that request is stored."""
+    server = open_broadcast
     alice, bob = await registered(server, "alice", "bob")
     await bob.close()
     env = unicast("bob", "DEV1")
@@ -268,16 +275,18 @@ async def test_duplicate_envelope_id_is_refused_and_stores_nothing(server):
 
 @pytest.fixture
 def restricted(start_relay):
-    return start_relay(extra="[broadcast]\nsenders = admins\nadmins = alice\n")
+    return start_relay(extra="[broadcast]\nadmins = alice\n")
 
 
 @pytest_twisted.ensureDeferred
 async def test_broadcast_restricted_to_admins(restricted):
-    """With [broadcast] senders = admins, only the listed users may broadcast."""
+    """By default ([broadcast] senders = admins) only the listed users may broadcast, and
+    only they are given the `everyone` room's members."""
     server = restricted
     alice, bob = await registered(server, "alice", "bob")
     fields = {"kind": "megolm", "sid": "YWxs", "ct": wire.b64encode(b"x")}
     await expect_error("forbidden", bob.request("broadcast", id=new_envelope_id(), **fields))
+    await expect_error("forbidden", bob.request("room.members", room="everyone"))
     assert (await alice.request("broadcast", id=new_envelope_id(), **fields))["recipients"] == 1
     await expect_error("room_exists", alice.request("room.create", room="everyone"))
     await expect_error("forbidden", alice.request("room.join", room="everyone"))

@@ -7,8 +7,9 @@ import pytest_twisted
 from twisted.internet import defer
 
 from securechat import wire
+from securechat.server import rooms as rooms_module
 from securechat.server.directory import RoomDirectory
-from tests.support import cleanup, new_envelope_id
+from tests.support import cleanup, new_envelope_id, poll_until
 from tests.test_relay_tls import expect_error, registered
 from tests.test_rooms_e2e import People
 from tests.processes import run_cli
@@ -23,6 +24,12 @@ def server(start_relay):
 
 async def members(device, room="ops"):
     return sorted((await device.request("room.members", room=room))["members"])
+
+
+def membership_events(device):
+    """The (user, action) of each membership notice ``device`` received."""
+    return [(e["envelope"]["event"]["user"], e["envelope"]["event"]["action"])
+            for e in device.envelopes() if e["envelope"]["kind"] == "membership"]
 
 
 async def staffed_room(server):
@@ -92,6 +99,72 @@ async def test_an_admin_kicks_members_only_and_nobody_kicks_the_owner(server):
     await expect_error("forbidden", alice.request("room.kick", room="ops", user="alice"))
     assert await members(alice) == ["alice", "bob", "erin"]
     await cleanup(alice, bob, carol, dave, erin)
+
+
+@pytest_twisted.ensureDeferred
+async def test_leaving_just_before_a_kick_does_not_escape_the_ban(server):
+    """A user who left (or never joined) is banned by a kick all the same: the answer says
+    nobody was removed, its join is refused with `banned`, and the members are not told
+    of a change that did not happen; an unknown name is `unknown_user`."""
+    alice, bob, carol, dave = await registered(server, "alice", "bob", "carol", "dave")
+    await alice.request("room.create", room="ops")
+    await bob.request("room.join", room="ops")
+    await carol.request("room.join", room="ops")
+    await bob.request("room.leave", room="ops")
+    assert await alice.request("room.kick", room="ops", user="bob") == {
+        "room": "ops", "members": ["alice", "carol"], "banned": "bob", "removed": False}
+    await expect_error("banned", bob.request("room.join", room="ops"))
+    ban = await server.service.store.room_ban("ops", "bob")
+    assert (ban["role"], ban["by"]) == ("member", "alice")
+    await dave.request("room.join", room="ops")  # queued after any notice of the kick
+    await poll_until(lambda: ("dave", "joined") in membership_events(carol))
+    assert [event for event in membership_events(carol) if event[1] == "kicked"] == []
+    refused = await expect_error("unknown_user", alice.request(
+        "room.kick", room="ops", user="nobody"))
+    assert "nobody" in refused.message
+    assert await server.service.store.room_ban("ops", "nobody") is None
+    await cleanup(alice, bob, carol, dave)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kick_of_a_non_member_keeps_the_role_order(server):
+    """For a non-member the rank is the one it had: the owner who left cannot be banned,
+    a former admin (as its ban records) is banned again only by the owner, and a user
+    never in the room ranks as a member, whom an admin may ban."""
+    alice, bob, carol, dave, erin = await staffed_room(server)
+    frank, = await registered(server, "frank")
+    await alice.request("room.kick", room="ops", user="carol")
+    refused = await expect_error("forbidden", bob.request("room.kick", room="ops", user="carol"))
+    assert "only the owner" in refused.message
+    assert (await server.service.store.room_ban("ops", "carol"))["role"] == "admin"
+    assert (await bob.request("room.kick", room="ops", user="frank"))["removed"] is False
+    await expect_error("banned", frank.request("room.join", room="ops"))
+    await alice.request("room.leave", room="ops")
+    refused = await expect_error("forbidden", bob.request("room.kick", room="ops", user="alice"))
+    assert "owner of room 'ops' cannot be removed" in refused.message
+    assert await server.service.store.room_ban("ops", "alice") is None
+    await cleanup(alice, bob, carol, dave, erin, frank)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_owner_and_admins_list_the_bans_a_page_at_a_time(server, monkeypatch):
+    """`room.bans` lists each ban (user, former role, who placed it, when) in name order,
+    pages with `after` and `more`; members and non-members are `forbidden`."""
+    monkeypatch.setattr(rooms_module, "BANS_PAGE", 2)
+    alice, bob, carol, dave, erin = await staffed_room(server)
+    frank, = await registered(server, "frank")
+    await alice.request("room.kick", room="ops", user="carol")
+    await bob.request("room.kick", room="ops", user="erin")
+    await bob.request("room.kick", room="ops", user="frank")
+    first = await bob.request("room.bans", room="ops")
+    assert [(b["user"], b["role"], b["by"]) for b in first["bans"]] == [
+        ("carol", "admin", "alice"), ("erin", "member", "bob")] and first["more"] is True
+    rest = await alice.request("room.bans", room="ops", after="erin")
+    assert [b["user"] for b in rest["bans"]] == ["frank"] and rest["more"] is False
+    assert all(isinstance(b["created"], int) for b in first["bans"] + rest["bans"])
+    await expect_error("forbidden", dave.request("room.bans", room="ops"))
+    await expect_error("forbidden", frank.request("room.bans", room="ops"))
+    await cleanup(alice, bob, carol, dave, erin, frank)
 
 
 @pytest_twisted.ensureDeferred
@@ -167,6 +240,23 @@ async def test_the_everyone_room_is_listed_to_the_servers_admins_only(server):
     await cleanup(root, alice, bob)
 
 
+@pytest.fixture
+def open_broadcast(start_relay):
+    return start_relay(extra="[broadcast]\nsenders = anyone\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_senders_anyone_every_user_is_given_the_everyone_room(open_broadcast):
+    """With [broadcast] senders = anyone the operator opens the directory: a user who is no
+    admin gets `room.members` of `everyone` (every user and device), which it needs to
+    encrypt the broadcast it may send."""
+    server = open_broadcast
+    alice, bob = await registered(server, "alice", "bob")
+    listed = await alice.request("room.members", room="everyone")
+    assert listed["members"] == {"alice": ["DEV1"], "bob": ["DEV1"]}
+    await cleanup(alice, bob)
+
+
 @pytest_twisted.ensureDeferred
 async def test_keys_are_answered_only_for_named_users(server):
     """`keys.query` with no users lists nobody, with one user only that user; `keys.claim`
@@ -208,9 +298,9 @@ async def test_a_member_list_read_during_a_kick_is_not_cached():
     rooms = RoomDirectory(store)
     read = defer.ensureDeferred(rooms.members("ops"))
     ban = defer.ensureDeferred(rooms.ban_member("ops", "bob", "alice"))
-    store.bans[0].callback("member")
+    store.bans[0].callback(["alice", "bob"])
     store.reads[0].callback(["alice", "bob"])  # read before the kick, answered after it
-    assert await read == ("alice", "bob") and await ban == "member"
+    assert await read == ("alice", "bob") and await ban == ["alice", "bob"]
     fresh = defer.ensureDeferred(rooms.members("ops"))
     assert len(store.reads) == 2, "the stale list was served from the cache"
     store.reads[1].callback(["alice"])
@@ -237,3 +327,25 @@ async def test_the_cli_unbans_a_kicked_user_and_closes_a_room(server, tmp_path):
         await people.ok("alice", "rooms", "mode", "ops", "invite-only")).out
     refused = await run_cli(people.configs["carol"], "join", "ops")
     assert refused.code == 1 and "room 'ops' is invite-only" in refused.err, refused
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cli_bans_a_user_who_left_and_lists_the_bans(server, tmp_path):
+    """With the real `securechat`: `rooms bans ROOM` says when nobody is banned; `kick` of
+    a user who already left says it was not in the room and is banned now; `rooms bans`
+    then names the user, who banned it and its former role; a member's `rooms bans`
+    exits 1."""
+    people = People(server, tmp_path)
+    await people.register("alice", "bob")
+    await people.ok("alice", "rooms", "create", "ops")
+    assert (await people.ok("alice", "rooms", "bans", "ops")).out.strip() == (
+        "nobody is banned from ops")
+    await people.ok("bob", "join", "ops")
+    await people.ok("bob", "leave", "ops")
+    kicked = await people.ok("alice", "kick", "ops", "bob")
+    assert "bob is not in ops and is now banned" in kicked.out, kicked
+    listed = (await people.ok("alice", "rooms", "bans", "ops")).out.strip()
+    assert listed.startswith("bob: banned by alice at ") and listed.endswith(
+        "(a former member)"), listed
+    refused = await run_cli(people.configs["bob"], "rooms", "bans", "ops")
+    assert refused.code == 1 and "only the owner and admins" in refused.err, refused

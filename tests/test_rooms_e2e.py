@@ -122,3 +122,20 @@ async def test_broadcast_reaches_everyone_encrypted(alice_broadcasts, tmp_path):
         assert await people.texts(name, room="everyone") == ["maintenance at noon"]
     refused = await run_cli(people.configs["bob"], "broadcast", "hello all")
     assert refused.code == 1 and "admins only" in refused.err, refused
+
+
+@pytest.fixture
+def anyone_broadcasts(start_relay):
+    return start_relay(extra="[broadcast]\nsenders = anyone\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_senders_anyone_a_user_who_is_no_admin_broadcasts(anyone_broadcasts,
+                                                                      tmp_path):
+    """With [broadcast] senders = anyone (and no admins), a user's `securechat broadcast`
+    works end to end: every other user decrypts it."""
+    people = People(anyone_broadcasts, tmp_path)
+    await people.register("alice", "bob", "carol")
+    await people.ok("bob", "broadcast", "hello all")
+    for name in ("alice", "carol"):
+        assert await people.texts(name, room="everyone") == ["hello all"]

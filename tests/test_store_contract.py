@@ -509,14 +509,13 @@ async def test_member_roles(store):
 @pytest_twisted.ensureDeferred
 async def test_a_banned_member_is_removed_and_kept_out_until_unbanned(store):
     """A ban removes the member (its devices get nothing sent later), remembers its role
-    and who banned it, refuses its return with Banned until lifted; a non-member is not
-    banned."""
+    and who banned it, refuses its return with Banned until lifted."""
     await device(store, "carol", "C1")
     await store.create_room("ops", "alice", None)
     await store.add_member("ops", "carol")
     await store.set_member_role("ops", "carol", "admin")
     await store.enqueue([room_message("while-member")])
-    assert await store.ban_member("ops", "carol", "alice") == "admin"
+    assert await store.ban_member("ops", "carol", "alice") == ["alice", "carol"]  # to tell
     await store.enqueue([room_message("after-ban")])
     assert await store.room_members("ops") == ["alice"]
     assert await pending_ids(store, "carol", "C1") == ["while-member"]
@@ -531,8 +530,33 @@ async def test_a_banned_member_is_removed_and_kept_out_until_unbanned(store):
     assert await store.room_ban("ops", "carol") is None
     assert await store.add_member("ops", "carol") == ["alice", "carol"]
     assert await store.member_role("ops", "carol") == "member"
-    assert await store.ban_member("ops", "dave", "alice") is None
-    assert await store.room_ban("ops", "dave") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_non_member_is_banned_and_bans_are_listed_in_pages(store):
+    """A ban of a user who is not a member removes nobody (it is not among the members
+    returned) but keeps it out, as a former member; banning again keeps the first ban;
+    the bans are listed by name, a page at a time."""
+    await store.create_room("ops", "alice", None)
+    await store.create_room("other", "alice", None)
+    await store.add_member("ops", "bob")
+    assert await store.ban_member("ops", "dave", "bob") == ["alice", "bob"]
+    with pytest.raises(Banned):
+        await store.add_member("ops", "dave")
+    assert await store.ban_member("ops", "dave", "alice") == ["alice", "bob"]
+    ban = await store.room_ban("ops", "dave")
+    assert (ban["role"], ban["by"]) == ("member", "bob")
+    await store.set_member_role("ops", "bob", "admin")
+    assert await store.ban_member("ops", "bob", "alice") == ["alice", "bob"]
+    await store.ban_member("ops", "carol", "alice")
+    assert await store.ban_member("other", "erin", "alice") == ["alice"]
+    first = await store.room_bans("ops", None, 2)
+    assert [(b["user"], b["role"], b["by"]) for b in first] == [
+        ("bob", "admin", "alice"), ("carol", "member", "alice")]
+    assert all(isinstance(b["created"], int) for b in first)
+    assert [b["user"] for b in await store.room_bans("ops", "carol", 2)] == ["dave"]
+    assert await store.room_bans("ops", "dave", 2) == []
+    assert await store.room_bans("nope", None, 2) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -550,7 +574,7 @@ async def test_a_version_5_database_gains_room_bans_and_keeps_its_rooms(database
     await store.start()
     try:
         assert await store.room_members("ops") == ["alice", "bob"]
-        assert await store.ban_member("ops", "bob", "alice") == "member"
+        assert await store.ban_member("ops", "bob", "alice") == ["alice", "bob"]
         with pytest.raises(Banned):
             await store.add_member("ops", "bob")
     finally:
@@ -576,9 +600,33 @@ async def test_a_join_racing_a_ban_on_another_node_never_outlasts_it(store, data
             consumeErrors=True)
     finally:
         await other.stop()
-    assert outcomes[0::2] == ["member"] * len(users)
+    assert [user in members for user, members in zip(users, outcomes[0::2])] == [True] * len(
+        users)
     assert await store.room_members("ops") == ["alice"]
     assert all([await store.room_ban("ops", user) for user in users])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ban_racing_joins_returns_the_members_its_own_transaction_saw(
+        store, database, tmp_path):
+    """A ban made through a second store object (another relay node) while 12 users join
+    fires with exactly the members of its moment: the owner, the banned user, and the
+    joiners whose join came first (those whose join saw the banned user still in)."""
+    await store.create_room("ops", "alice", None)
+    await store.add_member("ops", "bob")
+    joiners = [f"u{i:02d}" for i in range(12)]
+    other = make_store(database, str(tmp_path))
+    await other.start()
+    try:
+        joins = [store.add_member("ops", user) for user in joiners[:6]]
+        ban = other.ban_member("ops", "bob", "alice")
+        joins += [store.add_member("ops", user) for user in joiners[6:]]
+        outcomes = await defer.gatherResults([ban, *joins])
+    finally:
+        await other.stop()
+    earlier = [user for user, after in zip(joiners, outcomes[1:]) if "bob" in after]
+    assert outcomes[0] == sorted(["alice", "bob", *earlier])
+    assert await store.room_members("ops") == sorted(["alice", *joiners])
 
 
 @pytest_twisted.ensureDeferred

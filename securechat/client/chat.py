@@ -27,7 +27,7 @@ HELP = """\
 /who ROOM          the members of a room and their devices
 /history ROOM      the room's stored messages, decrypted where this device can
 /invite ROOM USER  add USER to ROOM (owner and admins)
-/kick ROOM USER    remove USER from ROOM and ban USER from it (owner and admins)
+/kick ROOM USER    remove USER from ROOM (if in it) and ban USER from it (owner and admins)
 /unban ROOM USER   lift USER's ban from ROOM (owner and admins)
 /broadcast TEXT    send TEXT to every user
 /verify USER       compare emoji with USER (they run /verify too)

@@ -20,6 +20,7 @@ from twisted.logger import (
 from securechat import config as server_config
 from securechat.client import settings as client_settings
 from securechat.client.contacts import TrustError
+from securechat.client.messaging import iso
 from securechat.client.protocol import RemoteError
 from securechat.client.rooms import ROOM_MODES
 from securechat.client.session import (
@@ -59,6 +60,8 @@ def build_parser():
     create.add_argument("--password", action="store_true",
                         help="protect it with a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
     rooms_commands.add_parser("list", help="the rooms you are in")
+    rooms_commands.add_parser(
+        "bans", help="who is banned from a room, by whom (owner/admins)").add_argument("room")
     mode = rooms_commands.add_parser(
         "mode", help="open a room you own to anyone, or make it invite-only")
     mode.add_argument("room")
@@ -76,7 +79,7 @@ def build_parser():
     broadcast = commands.add_parser("broadcast", help="send a message to every user")
     broadcast.add_argument("text", nargs="+")
     for name, text in (("invite", "add USER to ROOM (owner/admins)"),
-                       ("kick", "remove USER from ROOM and ban USER from it (owner/admins)"),
+                       ("kick", "remove USER from ROOM (if in it) and ban USER from it (owner/admins)"),
                        ("unban", "lift USER's ban from ROOM (owner/admins)")):
         action = commands.add_parser(name, help=text)
         action.add_argument("room")
@@ -292,12 +295,22 @@ class Commands:
                 self.out(await client.rooms.set_mode(self.args.room, self.args.mode))
 
             return await self.connected(mode)
+        if self.args.rooms_command == "bans":
+            return await self.connected(self._list_bans)
 
         async def listing(client):
             for room in (await client.request("rooms.list"))["rooms"]:
                 self.out(room)
 
         return await self.connected(listing)
+
+    async def _list_bans(self, client):
+        bans = await client.rooms.bans(self.args.room)
+        for ban in bans:
+            self.out(f"{ban['user']}: banned by {ban['by']} at {iso(ban['created'])} "
+                     f"(a former {ban['role']})")
+        if not bans:
+            self.out(f"nobody is banned from {self.args.room}")
 
     async def cmd_join(self):
         password = read_room_password(self.args.password)

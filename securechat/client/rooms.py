@@ -26,9 +26,12 @@ MODERATION = {
     "invite": ("room.invite", "{user} is now in {room}"),
     "kick": ("room.kick", "{user} was removed from {room} and is banned from it until its "
                           "owner or an admin lifts the ban (unban {room} {user})"),
+    "ban": ("room.kick", "{user} is not in {room} and is now banned from it until its owner "
+                         "or an admin lifts the ban (unban {room} {user})"),
     "unban": ("room.unban", "lifted the ban of {user} from {room}: {user} may join again"),
 }
-"""What the owner and admins do to a member: the op, and the line that says it is done."""
+"""What the owner and admins do to a member: the op, and the line that says it is done
+(``ban``: what a kick of a user who is not a member did)."""
 
 ROOM_MODES = {
     "open": (False, "{room} is open: anyone may join (with its password, if it has one)"),
@@ -68,8 +71,21 @@ class RoomClient:
     async def moderate(self, action, room, user):
         """Invite, kick (which bans) or unban ``user``; fire with the line saying it is done."""
         op, done = MODERATION[action]
-        await self._client.request(op, room=room, user=user)
+        result = await self._client.request(op, room=room, user=user)
+        if result.get("removed") is False:
+            done = MODERATION["ban"][1]
         return done.format(room=room, user=user)
+
+    @returns_deferred
+    async def bans(self, room):
+        """Every ban of a room (for its owner and admins), read a page at a time."""
+        bans, after = [], None
+        while True:
+            page = await self._client.request("room.bans", room=room, after=after)
+            bans.extend(page["bans"])
+            if not page["more"] or not page["bans"]:
+                return bans
+            after = page["bans"][-1]["user"]
 
     @returns_deferred
     async def set_mode(self, room, mode):

@@ -26,6 +26,7 @@ from securechat.wire import BROADCAST_ROOM, ProtocolError
 
 DAY_MS = 24 * 3600 * 1000
 HISTORY_PAGE = 100
+BANS_PAGE = 500
 HISTORY_PAGE_BYTES = 1024 * 1024
 """The envelopes of one history page stop at this many bytes (a page holds at least one),
 so one answer always fits in a connection's output budget; clients page on with
@@ -105,18 +106,28 @@ class Rooms:
 
     async def kick(self, user, room, member):
         """Remove a member and ban it until the owner or an admin lifts the ban: in an open
-        room a kick the kicked could undo by joining again would remove nobody."""
+        room a kick the kicked could undo by joining again would remove nobody.  A user
+        who is not (or no longer) a member is banned all the same, so leaving just before
+        a kick does not escape it; only a removal is announced (``removed`` says which)."""
         actor = await self._require_admin(user, room)
-        role = await self._store.member_role(room, member)
-        if role is None:
-            raise ProtocolError("not_member", f"{member} is not a member of room {room!r}")
+        role = await self._role_to_ban(room, member)
         if role == "owner":
             raise ProtocolError("forbidden", f"the owner of room {room!r} cannot be removed")
         if RANK[role] >= RANK[actor]:
             raise ProtocolError("forbidden", f"only the owner of room {room!r} removes its admins")
-        await self._announce(room, member, "kicked", user, await self._rooms.members(room))
-        await self._rooms.ban_member(room, member, user)
-        return {"room": room, "members": list(await self._rooms.members(room)), "banned": member}
+        members = await self._rooms.ban_member(room, member, user)
+        removed = member in members
+        if removed:
+            await self._announce(room, member, "kicked", user, members)
+        return {"room": room, "members": [m for m in members if m != member],
+                "banned": member, "removed": removed}
+
+    async def bans(self, user, room, after):
+        """The room's bans, a page at a time, for its owner and admins (who cannot lift a
+        ban they cannot see)."""
+        await self._require_admin(user, room)
+        page = await self._store.room_bans(room, after, BANS_PAGE + 1)
+        return {"room": room, "bans": page[:BANS_PAGE], "more": len(page) > BANS_PAGE}
 
     async def unban(self, user, room, banned):
         """Lift a ban.  An admin lifts the bans of former members that an admin placed;
@@ -150,11 +161,14 @@ class Rooms:
 
     async def members(self, user, room):
         """Each member's devices: members of a room see each other; the ``everyone`` room's
-        members are every user and device, which only the server's admins may list."""
-        if room == BROADCAST_ROOM and user not in self._config.admins:
+        members are every user and device, listed to those who may broadcast (a client
+        needs them to encrypt a broadcast): the server's admins, or every user when the
+        operator chose ``[broadcast] senders = anyone``."""
+        if room == BROADCAST_ROOM and not self._may_broadcast(user):
             raise ProtocolError(
                 "forbidden", f"the members of {room!r} (every user and device) are listed to "
-                             "the server's admins only ([broadcast] admins)")
+                             "the server's admins only ([broadcast] admins), unless "
+                             "[broadcast] senders = anyone")
         members = await self._members_seen_by(user, room)
         result = {}
         for member in members:
@@ -170,7 +184,7 @@ class Rooms:
         """Fan one ciphertext out to every member device but the sender's, and keep it in history."""
         room = fields["room"]
         if room == BROADCAST_ROOM:
-            if self._config.senders == "admins" and user not in self._config.admins:
+            if not self._may_broadcast(user):
                 raise ProtocolError("forbidden", "only the server's admins may broadcast here")
             every_device = set(await self._store.all_devices())
             return await self._relay.send_to_room(
@@ -206,6 +220,9 @@ class Rooms:
             body = membership_body(event_id, room, user, action, by, self._store.now_ms())
             await self._relay.deliver_server_envelope(event_id, body, recipients)
 
+    def _may_broadcast(self, user):
+        return self._config.senders == "anyone" or user in self._config.admins
+
     async def _device_count(self, members):
         """How many devices ``members`` have; from memory once each member's devices are
         cached (this runs for every room message)."""
@@ -236,6 +253,22 @@ class Rooms:
         await self._existing(room)
         if await self._store.member_role(room, user) != "owner":
             raise ProtocolError("forbidden", f"only the owner of room {room!r} {doing}")
+
+    async def _role_to_ban(self, room, user):
+        """The rank a kick of ``user`` must outrank: its role as a member; for a non-member
+        the one it had (the room's owner, or the role its existing ban records), else that
+        of a member.  ``unknown_user`` for no such account."""
+        role = await self._store.member_role(room, user)
+        if role is not None:
+            return role
+        if user == (await self._existing(room))["owner"]:
+            return "owner"
+        ban = await self._store.room_ban(room, user)
+        if ban is not None:
+            return ban["role"]
+        if await self._store.get_account(user) is None:
+            raise ProtocolError("unknown_user", f"no user named {user!r}")
+        return "member"
 
     async def _check_admission(self, info, user):
         """Refuse a banned user, and a non-member of an invite-only room, before the

@@ -272,6 +272,9 @@ class ConnectionSession:
     async def op_room_unban(self, fields):
         return await self._server.rooms.unban(self.user, fields["room"], fields["user"])
 
+    async def op_room_bans(self, fields):
+        return await self._server.rooms.bans(self.user, fields["room"], fields["after"])
+
     async def op_room_admin(self, fields):
         return await self._server.rooms.set_admin(
             self.user, fields["room"], fields["user"], fields["admin"])

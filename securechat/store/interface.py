@@ -185,11 +185,17 @@ class IStore(Interface):
 
     def ban_member(room, user, by):
         """Remove ``user`` from the room and ban it (``by`` names who did), atomically with
-        ``add_member``: a concurrent join lands before the removal or is refused.  Fires
-        with the role the user had, or None (nothing done) for a non-member."""
+        ``add_member``: a concurrent join lands before the removal or is refused.  A
+        non-member is banned too (recorded as a former "member"); an existing ban is
+        kept as it was.  Fires with the sorted member names right before (``user`` among
+        them if it was a member: the members to tell of it)."""
 
     def room_ban(room, user):
         """Fire with the user's ban from the room, ``{"role", "by", "created"}``, or None."""
+
+    def room_bans(room, after, limit):
+        """Fire with up to ``limit`` bans of the room whose user names sort after ``after``
+        (None: from the first), in name order, as ``{"user", "role", "by", "created"}``."""
 
     def unban_member(room, user):
         """Lift the user's ban from the room; fires with True if there was one."""

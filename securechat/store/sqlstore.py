@@ -210,6 +210,9 @@ class SqlStore:
     def room_ban(self, room, user):
         return self._run(t.txn_room_ban, room, user)
 
+    def room_bans(self, room, after, limit):
+        return self._run(t.txn_room_bans, room, after, limit)
+
     def unban_member(self, room, user):
         return self._run(t.txn_unban_member, room, user)
 

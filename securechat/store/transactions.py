@@ -854,15 +854,24 @@ async def _remove_member(txn, room, user):
 
 
 async def txn_ban_member(txn, room, user, by):
-    """Remove a member and keep it out (``txn_add_member`` refuses it) until unbanned."""
+    """Remove a member if it is one and keep it out (``txn_add_member`` refuses it) until
+    unbanned; a non-member is banned as a member, and an earlier ban stays as it was.
+    Fires with the members just before (the user among them if it was one): who is told."""
     await _lock_room(txn, room)
+    members = await _members(txn, room)
     role = await _remove_member(txn, room, user)
-    if role is not None:
-        await txn.execute(
-            "INSERT INTO room_bans (room, user_id, role, banned_by, created) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (room, user_id) DO NOTHING",
-            (room, user, role, by, txn.now_ms))
-    return role
+    await txn.execute(
+        "INSERT INTO room_bans (room, user_id, role, banned_by, created) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (room, user_id) DO NOTHING",
+        (room, user, role or "member", by, txn.now_ms))
+    return members
+
+
+async def txn_room_bans(txn, room, after, limit):
+    rows = await txn.execute(
+        "SELECT user_id, role, banned_by, created FROM room_bans WHERE room = ? "
+        "AND user_id > ? ORDER BY user_id LIMIT ?", (room, after or "", limit))
+    return [_record(("user", "role", "by", "created"), row) for row in rows]
 
 
 async def txn_unban_member(txn, room, user):
