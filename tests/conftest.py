@@ -47,6 +47,13 @@ def start_relay(tmp_path):
         pytest_twisted.blockon(running.stop())
 
 
+@pytest.fixture
+def open_broadcast(start_relay):
+    """A relay whose [broadcast] senders = anyone: every user may broadcast (and so is given
+    the everyone room's members)."""
+    return start_relay(extra="[broadcast]\nsenders = anyone\n")
+
+
 @pytest.fixture(scope="session")
 def postgres_dsn():
     """A real PostgreSQL server: SECURECHAT_TEST_DATABASE, or a throwaway one started here."""

@@ -44,6 +44,15 @@ class ServerProcess(RelayProcess):
         super().__init__(workdir, config_path)
 
 
+class RelayEndpoint:
+    """What ScriptedDevice needs to reach a relay process: its port and the CA file (the
+    certificate it generated in ``data_dir``) to verify it with."""
+
+    def __init__(self, port, data_dir):
+        self.port = port
+        self.cert_path = os.path.join(str(data_dir), "tls", "server-cert.pem")
+
+
 def run_twistd(cwd, *args, timeout=60):
     """Run ``twistd ARGS`` to its end (a start that fails, daemon mode's parent); the result."""
     return subprocess.run([executable("twistd"), *args], cwd=cwd, capture_output=True,

@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor, task
 
 from securechat import config as config_module
 from securechat import wire
-from securechat.client.protocol import connect
+from securechat.client.protocol import RemoteError, connect
 from securechat.client.tls import ca_file_options
 from securechat.server.service import RelayService
 from securechat.server.tls import SELF_SIGNED_CERT
@@ -82,6 +82,16 @@ async def poll_until_async(check, timeout=10.0, interval=0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await task.deferLater(reactor, interval, lambda: None)
+
+
+async def expect_error(code, d):
+    """Await ``d`` (a request) and check the relay refused it with ``code``; the error."""
+    try:
+        await d
+    except RemoteError as error:
+        assert error.code == code, error
+        return error
+    raise AssertionError(f"expected the error {code!r}, the request succeeded")
 
 
 def new_envelope_id():

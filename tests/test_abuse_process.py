@@ -15,19 +15,11 @@ from securechat.bench.procfs import ProcSampler
 from securechat.server.fdlimit import UNLIMITED_FALLBACK
 from tests.hostile import closed_by_peer, half_open, history_request, room_of_large_messages
 from tests.hostile import tls_login
-from tests.processes import ServerProcess, free_port
+from tests.processes import RelayEndpoint, ServerProcess, free_port
 from tests.support import ScriptedDevice, cleanup, poll_until, unicast, write_config
 
 DEFAULT_BUDGET_KIB = 4096
 """[limits] output_budget_bytes by default, in KiB."""
-
-
-class Endpoint:
-    """What ScriptedDevice needs to connect: a port and the CA file to verify with."""
-
-    def __init__(self, port, data_dir):
-        self.port = port
-        self.cert_path = os.path.join(data_dir, "tls", "server-cert.pem")
 
 
 def start_relay_process(tmp_path, limits):
@@ -35,7 +27,7 @@ def start_relay_process(tmp_path, limits):
     port = free_port()
     proc = ServerProcess(tmp_path, write_config(data_dir, port=port, extra="[limits]\n" + limits))
     proc.start()
-    return proc, Endpoint(port, data_dir)
+    return proc, RelayEndpoint(port, data_dir)
 
 
 @pytest.fixture

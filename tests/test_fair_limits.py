@@ -14,7 +14,8 @@ from securechat.client.session import Client
 from securechat.client.settings import ClientSettings
 from securechat.server.auth import LOGIN_WORK, ROOM_WORK
 from securechat.server.fairqueue import FairQueue, QueueFull
-from tests.support import ScriptedDevice, cleanup, poll_until, poll_until_async, start_server
+from tests.support import ScriptedDevice, cleanup, expect_error, poll_until, poll_until_async
+from tests.support import start_server
 
 
 @pytest.fixture
@@ -87,13 +88,6 @@ def test_a_principal_past_its_waiting_bound_is_refused_at_once():
 
 def password():
     return wire.b64encode(secrets.token_bytes(32))
-
-
-async def expect_code(code, d):
-    with pytest.raises(RemoteError) as caught:
-        await d
-    assert caught.value.code == code, caught.value
-    return caught.value
 
 
 @pytest_twisted.ensureDeferred
@@ -174,17 +168,17 @@ async def test_a_room_password_guesser_is_locked_out_not_the_room(relay_with):
     await owner.request("room.create", room="ops", password=ops)
     await owner.request("room.create", room="dev", password=dev)
     for _ in range(3):
-        await expect_code("wrong_password", mallory.request("room.join", room="ops",
+        await expect_error("wrong_password", mallory.request("room.join", room="ops",
                                                             password=password()))
-    locked = await expect_code("rate_limited", mallory.request("room.join", room="ops",
+    locked = await expect_error("rate_limited", mallory.request("room.join", room="ops",
                                                                password=ops))
     assert 890 <= locked.details["retry_after"] <= 900 and "'ops'" in locked.message
     joined = await bob.request("room.join", room="ops", password=ops)
     assert sorted(joined["members"]) == ["bob", "owner"]
     for _ in range(2):
-        await expect_code("wrong_password", mallory.request("room.join", room="dev",
+        await expect_error("wrong_password", mallory.request("room.join", room="dev",
                                                             password=password()))
-    locked = await expect_code("rate_limited", mallory.request("room.join", room="dev",
+    locked = await expect_error("rate_limited", mallory.request("room.join", room="dev",
                                                                password=password()))
     assert 3590 <= locked.details["retry_after"] <= 3600
     assert "mallory" not in (await owner.request("room.members", room="ops"))["members"]
@@ -214,7 +208,7 @@ async def test_key_claims_are_limited_per_claimer_and_per_device(relay_with):
     assert (await bob.request("keys.count"))["otk_count"] == 16
     for _ in range(7):
         await claim(alice)
-    refused = await expect_code("rate_limited", alice.request("keys.claim",
+    refused = await expect_error("rate_limited", alice.request("keys.claim",
                                                              devices={"bob": ["DEV1"]}))
     assert 1 <= refused.details["retry_after"] <= 5
     await cleanup(alice, carol, bob)

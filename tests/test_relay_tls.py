@@ -6,8 +6,8 @@ import pytest
 import pytest_twisted
 
 from securechat import wire
-from securechat.client.protocol import RemoteError
-from tests.support import ScriptedDevice, cleanup, new_envelope_id, poll_until, unicast
+from tests.support import ScriptedDevice, cleanup, expect_error, new_envelope_id, poll_until
+from tests.support import unicast
 
 
 @pytest.fixture
@@ -23,13 +23,6 @@ async def registered(server, *names, device="DEV1"):
         await dev.login(server, otks=3)
         devices.append(dev)
     return devices
-
-
-async def expect_error(code, d):
-    with pytest.raises(RemoteError) as info:
-        await d
-    assert info.value.code == code, info.value
-    return info.value
 
 
 @pytest_twisted.ensureDeferred
@@ -234,11 +227,6 @@ async def test_invite_kick_and_admins(server):
     assert list((await alice.request("room.members", room="ops"))["members"]) == ["alice", "bob"]
     await expect_error("unknown_user", alice.request("room.invite", room="ops", user="nobody"))
     await cleanup(alice, bob, carol)
-
-
-@pytest.fixture
-def open_broadcast(start_relay):
-    return start_relay(extra="[broadcast]\nsenders = anyone\n")
 
 
 @pytest_twisted.ensureDeferred

@@ -9,8 +9,8 @@ from twisted.internet import defer
 from securechat import wire
 from securechat.server import rooms as rooms_module
 from securechat.server.directory import RoomDirectory
-from tests.support import cleanup, new_envelope_id, poll_until
-from tests.test_relay_tls import expect_error, registered
+from tests.support import cleanup, expect_error, new_envelope_id, poll_until
+from tests.test_relay_tls import registered
 from tests.test_rooms_e2e import People
 from tests.processes import run_cli
 
@@ -238,11 +238,6 @@ async def test_the_everyone_room_is_listed_to_the_servers_admins_only(server):
     listed = await root.request("room.members", room="everyone")
     assert listed["members"] == {"alice": ["DEV1"], "bob": ["DEV1"], "root": ["DEV1"]}
     await cleanup(root, alice, bob)
-
-
-@pytest.fixture
-def open_broadcast(start_relay):
-    return start_relay(extra="[broadcast]\nsenders = anyone\n")
 
 
 @pytest_twisted.ensureDeferred

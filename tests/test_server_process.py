@@ -8,16 +8,8 @@ import subprocess
 import pytest
 import pytest_twisted
 
-from tests.processes import ServerProcess, executable, free_port, run_twistd
+from tests.processes import RelayEndpoint, ServerProcess, executable, free_port, run_twistd
 from tests.support import ScriptedDevice, poll_until, unicast, write_config
-
-
-class _Endpoint:
-    """What ScriptedDevice needs to connect: a port and the CA file to verify with."""
-
-    def __init__(self, port, cert_path):
-        self.port = port
-        self.cert_path = cert_path
 
 
 def test_twistd_lists_the_plugin(tmp_path):
@@ -76,7 +68,7 @@ async def test_sigkill_after_accepted_loses_nothing(server_process, tmp_path):
     """Killing the server with SIGKILL right after "accepted" loses no envelope: bob gets it after a restart."""
     proc, port = server_process
     await proc.wait_listening()
-    endpoint = _Endpoint(port, str(tmp_path / "data" / "tls" / "server-cert.pem"))
+    endpoint = RelayEndpoint(port, tmp_path / "data")
     alice, bob = ScriptedDevice("alice"), ScriptedDevice("bob")
     for dev in (alice, bob):
         await dev.register(endpoint)

@@ -16,13 +16,13 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import reactor, task, threads
 
 from securechat import wire
 from securechat.bench.procfs import ProcSampler
 from tests.hostile import closed_by_peer, half_open, history_request, room_of_large_messages
 from tests.hostile import tls_login
-from tests.processes import ServerProcess, free_port
+from tests.processes import RelayEndpoint, ServerProcess, free_port
 from tests.support import ScriptedDevice, cleanup, new_envelope_id, poll_until, unicast
 from tests.support import write_config
 
@@ -40,14 +40,6 @@ JOINS_PER_TICK = 5
 HISTORY_REQUESTS_PER_TICK = 1
 ROOM_PASSWORD = wire.b64encode(b"the lobby's password")
 WRONG_PASSWORD = wire.b64encode(b"a guess, and wrong")
-
-
-class Endpoint:
-    """What ScriptedDevice needs to connect: a port and the CA file to verify with."""
-
-    def __init__(self, port, data_dir):
-        self.port = port
-        self.cert_path = os.path.join(data_dir, "tls", "server-cert.pem")
 
 
 class NeverReads:
@@ -138,7 +130,7 @@ async def test_soak_normal_users_are_served_while_a_hostile_user_attacks(tmp_pat
               f"output_stall_seconds = {STALL_SECONDS}\n")
     relay = ServerProcess(tmp_path, write_config(data_dir, port=port, extra=limits))
     relay.start()
-    endpoint = Endpoint(port, data_dir)
+    endpoint = RelayEndpoint(port, data_dir)
     crowd = HalfOpenCrowd(port)
     users = {name: ScriptedDevice(name) for name in NORMAL_USERS}
     mallory = ScriptedDevice("mallory")

@@ -20,19 +20,11 @@ import securechat
 from securechat.server.service import UnderTwistd
 from securechat.server.startup import StartReport
 from tests.pgserver import _autocommit
-from tests.processes import ServerProcess, free_port, run_twistd
+from tests.processes import RelayEndpoint, ServerProcess, free_port, run_twistd
 from tests.support import ScriptedDevice, poll_until, unicast, write_config
 
 FAILED = "securechat relay failed to start: "
 STOP_DEADLINE = 30
-
-
-class _Endpoint:
-    """What ScriptedDevice needs to connect: a port and the CA file to verify with."""
-
-    def __init__(self, port, cert_path):
-        self.port = port
-        self.cert_path = cert_path
 
 
 def _start_in_foreground(cwd, config, *twistd_options):
@@ -242,7 +234,7 @@ async def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path):
     proc.start()
     try:
         await proc.wait_listening()
-        endpoint = _Endpoint(port, str(tmp_path / "data" / "tls" / "server-cert.pem"))
+        endpoint = RelayEndpoint(port, tmp_path / "data")
         alice, bob = ScriptedDevice("alice"), ScriptedDevice("bob")
         for device in (alice, bob):
             await device.register(endpoint)
