@@ -22,8 +22,17 @@ class ConfigError(Exception):
     """A configuration problem, phrased for the operator who has to fix it."""
 
 
+def _whole_number(text, what):
+    """``text`` as an int, or a ValueError saying what was expected (int()'s own message,
+    "invalid literal for int() with base 10", means nothing to an operator)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"must be {what}, written as digits only") from None
+
+
 def _port(text):
-    port = int(text)
+    port = _whole_number(text, "a port number from 0 to 65535")
     if not 0 <= port <= 65535:
         raise ValueError("must be a port number from 0 to 65535")
     return port
@@ -35,21 +44,24 @@ def _interface(text):
 
 
 def _positive(text):
-    value = int(text)
+    value = _whole_number(text, "a positive integer")
     if value < 1:
         raise ValueError("must be a positive integer")
     return value
 
 
 def _seconds(text):
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a positive number of seconds, such as 30 or 2.5") from None
     if not 0 < value < float("inf"):
         raise ValueError("must be a positive number of seconds")
     return value
 
 
 def _output_budget(text):
-    value = int(text)
+    value = _whole_number(text, f"a number of bytes, at least {MIN_OUTPUT_BUDGET}")
     if value < MIN_OUTPUT_BUDGET:
         raise ValueError(f"must be at least {MIN_OUTPUT_BUDGET} bytes (two of the longest frames)")
     return value

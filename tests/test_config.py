@@ -52,6 +52,21 @@ def test_bad_values_name_file_section_and_key(tmp_path, text, words):
     assert words in str(info.value)
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("[limits]\noutput_budget_bytes = 4MB\n", "must be a number of bytes, at least 2097152"),
+    ("[server]\nport = http\n", "must be a port number from 0 to 65535"),
+    ("[limits]\nrequest_burst = lots\n", "must be a positive integer"),
+    ("[limits]\nlogin_timeout_seconds = 30s\n", "must be a positive number of seconds"),
+])
+def test_a_number_that_is_no_number_says_what_was_expected(tmp_path, text, expected):
+    """A value that is not a number says what the key wants, not Python's int() message."""
+    path = write(tmp_path, text)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    assert expected in str(info.value)
+    assert "literal" not in str(info.value) and "float" not in str(info.value)
+
+
 @pytest.mark.parametrize("old, new", [
     ("login_attempts_per_account", "login_failures_per_account"),
     ("login_attempts_per_address", "login_failures_per_address"),
