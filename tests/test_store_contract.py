@@ -17,7 +17,7 @@ from securechat.store.errors import (
     UserExists)
 from securechat.store.schema import (
     MIGRATIONS, SCHEMA_VERSION, STATEMENTS as SCHEMA_V1, VERSION_TABLE)
-from securechat.store.transactions import digest
+from securechat.store.transactions.common import digest
 from securechat.wire import BROADCAST_ROOM
 from tests.support import poll_until_async
 
@@ -413,7 +413,7 @@ async def test_data_survives_a_restart(database, tmp_path):
 async def test_a_group_larger_than_one_statement_is_numbered_and_checked(store, monkeypatch):
     """Rows and devices beyond what one statement holds: every row is numbered from the
     group's share of the sequence, in order, and a missing device still fails the call."""
-    monkeypatch.setattr("securechat.store.transactions.ROWS_PER_INSERT", 2)
+    monkeypatch.setattr("securechat.store.transactions.queue.ROWS_PER_INSERT", 2)
     for name in ("B1", "B2", "B3"):
         await device(store, "bob", name)
     everyone = [("bob", "B1"), ("bob", "B2"), ("bob", "B3")]

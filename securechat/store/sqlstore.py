@@ -2,16 +2,18 @@
 
 A backend (``sqlite.SqliteStore``, ``postgres.PostgresStore``) only opens
 and closes its connections and says how to run a transaction body
-(``_run``); what each method does is written once, in
-``securechat.store.transactions``.
+(``_run``); what each method does is written once, in the aggregate's
+module of ``securechat.store.transactions``.
 """
 
 from twisted.internet import defer, reactor
 from zope.interface import implementer
 
-from securechat.store import transactions as t
 from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
+from securechat.store.transactions import accounts, migrate, queue, rooms
+# Not ``keys``: that is the name of ``add_one_time_keys``'s argument.
+from securechat.store.transactions import keys as published_keys
 
 
 ACK_GATHER_SECONDS = 0.01
@@ -99,7 +101,7 @@ class SqlStore:
         self._clock = clock if clock is not None else reactor
         self._pool = None
         # Envelopes and acks share transactions: one fsync serves both.
-        self._writes = GroupCommit(self._run, t.txn_write_group)
+        self._writes = GroupCommit(self._run, queue.txn_write_group)
 
     def _open(self):
         """Open the connections; a Deferred."""
@@ -126,7 +128,7 @@ class SqlStore:
     async def _start(self):
         await self._open()
         try:
-            await self._run(t.txn_migrate)
+            await self._run(migrate.txn_migrate)
         except Exception:
             await self._close()
             raise
@@ -135,95 +137,95 @@ class SqlStore:
         return self._close()
 
     def create_account(self, user, secret_hash, identity_key):
-        return self._run(t.txn_create_account, user, secret_hash, identity_key)
+        return self._run(accounts.txn_create_account, user, secret_hash, identity_key)
 
     def get_account(self, user):
-        return self._run(t.txn_get_account, user)
+        return self._run(accounts.txn_get_account, user)
 
     def count_accounts(self):
-        return self._run(t.txn_count_accounts)
+        return self._run(accounts.txn_count_accounts)
 
     def set_device_keys(self, user, device, device_keys, signature):
-        return self._run(t.txn_set_device_keys, user, device, device_keys, signature)
+        return self._run(accounts.txn_set_device_keys, user, device, device_keys, signature)
 
     def get_devices(self, user):
-        return self._run(t.txn_get_devices, user)
+        return self._run(accounts.txn_get_devices, user)
 
     def all_devices(self):
-        return self._run(t.txn_all_devices)
+        return self._run(accounts.txn_all_devices)
 
     def set_device_list(self, user, version, device_list, signature):
-        return self._run(t.txn_set_device_list, user, version, device_list, signature)
+        return self._run(accounts.txn_set_device_list, user, version, device_list, signature)
 
     def get_device_list(self, user):
-        return self._run(t.txn_get_device_list, user)
+        return self._run(accounts.txn_get_device_list, user)
 
     def add_one_time_keys(self, user, device, keys):
-        return self._run(t.txn_add_one_time_keys, user, device, keys)
+        return self._run(published_keys.txn_add_one_time_keys, user, device, keys)
 
     def set_fallback_key(self, user, device, kid, key, signature):
-        return self._run(t.txn_set_fallback_key, user, device, kid, key, signature)
+        return self._run(published_keys.txn_set_fallback_key, user, device, kid, key, signature)
 
     def claim_keys(self, pairs, fallback_only=frozenset()):
-        return self._run(t.txn_claim_keys, pairs, fallback_only)
+        return self._run(published_keys.txn_claim_keys, pairs, fallback_only)
 
     def key_counts(self, user, device):
-        return self._run(t.txn_key_counts, user, device)
+        return self._run(published_keys.txn_key_counts, user, device)
 
     def enqueue(self, envelopes):
         return self._writes.submit(("enqueue", envelopes))
 
     def fetch_queue(self, user, device, after_seq, limit):
-        return self._run(t.txn_fetch_queue, user, device, after_seq, limit)
+        return self._run(queue.txn_fetch_queue, user, device, after_seq, limit)
 
     def queue_length(self, user, device):
-        return self._run(t.txn_queue_length, user, device)
+        return self._run(queue.txn_queue_length, user, device)
 
     def ack(self, user, device, ids, positions=None):
         return self._writes.submit(
             ("ack", (user, device, ids, positions)), gather=ACK_GATHER_SECONDS)
 
     def create_room(self, room, owner, password_hash):
-        return self._run(t.txn_create_room, room, owner, password_hash)
+        return self._run(rooms.txn_create_room, room, owner, password_hash)
 
     def get_room(self, room):
-        return self._run(t.txn_get_room, room)
+        return self._run(rooms.txn_get_room, room)
 
     def set_invite_only(self, room, invite_only):
-        return self._run(t.txn_set_invite_only, room, invite_only)
+        return self._run(rooms.txn_set_invite_only, room, invite_only)
 
     def add_member(self, room, user):
-        return self._run(t.txn_add_member, room, user)
+        return self._run(rooms.txn_add_member, room, user)
 
     def member_role(self, room, user):
-        return self._run(t.txn_member_role, room, user)
+        return self._run(rooms.txn_member_role, room, user)
 
     def set_member_role(self, room, user, role):
-        return self._run(t.txn_set_member_role, room, user, role)
+        return self._run(rooms.txn_set_member_role, room, user, role)
 
     def remove_member(self, room, user):
-        return self._run(t.txn_remove_member, room, user)
+        return self._run(rooms.txn_remove_member, room, user)
 
     def ban_member(self, room, user, by):
-        return self._run(t.txn_ban_member, room, user, by)
+        return self._run(rooms.txn_ban_member, room, user, by)
 
     def room_ban(self, room, user):
-        return self._run(t.txn_room_ban, room, user)
+        return self._run(rooms.txn_room_ban, room, user)
 
     def room_bans(self, room, after, limit):
-        return self._run(t.txn_room_bans, room, after, limit)
+        return self._run(rooms.txn_room_bans, room, after, limit)
 
     def unban_member(self, room, user):
-        return self._run(t.txn_unban_member, room, user)
+        return self._run(rooms.txn_unban_member, room, user)
 
     def room_members(self, room):
-        return self._run(t.txn_room_members, room)
+        return self._run(rooms.txn_room_members, room)
 
     def rooms_of(self, user):
-        return self._run(t.txn_rooms_of, user)
+        return self._run(rooms.txn_rooms_of, user)
 
     def room_history(self, room, before_pos, limit, max_bytes=None):
-        return self._run(t.txn_room_history, room, before_pos, limit, max_bytes)
+        return self._run(rooms.txn_room_history, room, before_pos, limit, max_bytes)
 
     def prune_history(self, older_than, keep_per_room):
-        return self._run(t.txn_prune_history, older_than, keep_per_room)
+        return self._run(rooms.txn_prune_history, older_than, keep_per_room)

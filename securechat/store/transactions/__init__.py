@@ -1,0 +1,22 @@
+"""Every store operation, written once as an ``async def txn_xxx(txn, ...)`` for both databases.
+
+Each function is the body of one database transaction: it awaits
+``txn.execute(sql, args)`` (see ``securechat.store.engine``) and raises a
+``StoreError`` to roll everything back.  What it stamps with the time takes
+``txn.now_ms``, read from the store's clock as the transaction starts (never
+``time.time()``: one clock, which a test may drive, stamps and prunes alike).
+The SQL must stay correct when several connections or server nodes run the
+same transaction at once on PostgreSQL (READ COMMITTED): uniqueness is
+decided by the database itself
+(``INSERT ... ON CONFLICT DO NOTHING RETURNING``, never check-then-insert),
+counters by ``UPDATE ... RETURNING``, and the one-time keys of a device by
+a lock on its row.  On SQLite every transaction is serial anyway.
+
+One module per aggregate, so that a change touches the one it is about:
+``migrate`` (the schema), ``accounts`` (accounts, devices and device lists),
+``keys`` (one-time and fallback keys and their claims), ``queue`` (the write
+group: envelopes stored and acknowledged, and the queue a device reads),
+``rooms`` (rooms, members, bans, history and its pruning); ``common`` holds
+what several of them share.  Callers import the aggregate they use; this
+package re-exports nothing, so each name is listed in one place only.
+"""

@@ -1,0 +1,196 @@
+"""Rooms, their members and bans, the history a room keeps and its pruning.
+
+Membership changes of one room are serialised by a lock on its row
+(``_lock_room``); a member's devices follow the room's history through
+``room_cursors``, which decide what a leaver still gets and what pruning
+may drop.
+"""
+
+from securechat.store.errors import Banned, RoomExists
+from securechat.store.transactions.common import _first, _open_cursors, _record
+
+
+async def txn_create_room(txn, room, owner, password_hash):
+    created = txn.now_ms
+    if not await txn.execute(
+            "INSERT INTO rooms (room, owner, password_hash, created) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (room) DO NOTHING RETURNING room",
+            (room, owner, password_hash, created)):
+        raise RoomExists(room)
+    await txn.execute(
+        "INSERT INTO room_members (room, user_id, role, joined) VALUES (?, ?, 'owner', ?)",
+        (room, owner, created))
+    await _open_cursors(txn, owner, room=room)
+
+
+async def txn_get_room(txn, room):
+    info = _record(("room", "owner", "password_hash", "created", "invite_only"), await _first(
+        txn, "SELECT room, owner, password_hash, created, invite_only FROM rooms WHERE room = ?",
+        (room,)))
+    if info is not None:
+        info["invite_only"] = bool(info["invite_only"])  # SQLite keeps booleans as 0 and 1
+    return info
+
+
+async def txn_set_invite_only(txn, room, invite_only):
+    return bool(await txn.execute(
+        "UPDATE rooms SET invite_only = ? WHERE room = ? RETURNING room", (invite_only, room)))
+
+
+async def _lock_room(txn, room):
+    """Serialise the membership changes of one room (a row lock on PostgreSQL), so each
+    sees the members every earlier one left: a join racing a kick either comes first
+    (and is kicked) or sees the ban, and who hears of a join or a leave is who was in
+    the room at that moment, however many happen at once."""
+    await txn.execute("UPDATE rooms SET owner = owner WHERE room = ?", (room,))
+
+
+async def txn_room_ban(txn, room, user):
+    return _record(("role", "by", "created"), await _first(
+        txn, "SELECT role, banned_by, created FROM room_bans WHERE room = ? AND user_id = ?",
+        (room, user)))
+
+
+async def _members(txn, room):
+    rows = await txn.execute(
+        "SELECT user_id FROM room_members WHERE room = ? ORDER BY user_id", (room,))
+    return [row[0] for row in rows]
+
+
+async def txn_add_member(txn, room, user):
+    await _lock_room(txn, room)
+    if await txn_room_ban(txn, room, user) is not None:
+        raise Banned(room, user)
+    if not await txn.execute(
+            "INSERT INTO room_members (room, user_id, joined) VALUES (?, ?, ?) "
+            "ON CONFLICT (room, user_id) DO NOTHING RETURNING user_id", (room, user, txn.now_ms)):
+        return None
+    await _open_cursors(txn, user, room=room)
+    return await _members(txn, room)
+
+
+async def txn_member_role(txn, room, user):
+    row = await _first(
+        txn, "SELECT role FROM room_members WHERE room = ? AND user_id = ?", (room, user))
+    return row[0] if row else None
+
+
+async def txn_set_member_role(txn, room, user, role):
+    return bool(await txn.execute(
+        "UPDATE room_members SET role = ? WHERE room = ? AND user_id = ? RETURNING role",
+        (role, room, user)))
+
+
+async def txn_remove_member(txn, room, user):
+    """The user's devices still get what was sent while it was a member, nothing later.
+    Fires with the members just before (the user among them), or None for a non-member."""
+    await _lock_room(txn, room)
+    members = await _members(txn, room)
+    if await _remove_member(txn, room, user) is None:
+        return None
+    return members
+
+
+async def _remove_member(txn, room, user):
+    """Remove the member and end its devices' cursors; the role it had, or None."""
+    row = await _first(
+        txn, "DELETE FROM room_members WHERE room = ? AND user_id = ? RETURNING role",
+        (room, user))
+    if row is None:
+        return None
+    await txn.execute(
+        "UPDATE room_cursors SET until_pos = COALESCE("
+        "(SELECT next_pos FROM room_counters WHERE room = ?), 0) WHERE room = ? AND user_id = ?",
+        (room, room, user))
+    await txn.execute(
+        "DELETE FROM room_cursors WHERE user_id = ? AND room = ? AND next_pos > until_pos",
+        (user, room))
+    return row[0]
+
+
+async def txn_ban_member(txn, room, user, by):
+    """Remove a member if it is one and keep it out (``txn_add_member`` refuses it) until
+    unbanned; a non-member is banned as a member, and an earlier ban stays as it was.
+    Fires with the members just before (the user among them if it was one): who is told."""
+    await _lock_room(txn, room)
+    members = await _members(txn, room)
+    role = await _remove_member(txn, room, user)
+    await txn.execute(
+        "INSERT INTO room_bans (room, user_id, role, banned_by, created) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (room, user_id) DO NOTHING",
+        (room, user, role or "member", by, txn.now_ms))
+    return members
+
+
+async def txn_room_bans(txn, room, after, limit):
+    rows = await txn.execute(
+        "SELECT user_id, role, banned_by, created FROM room_bans WHERE room = ? "
+        "AND user_id > ? ORDER BY user_id LIMIT ?", (room, after or "", limit))
+    return [_record(("user", "role", "by", "created"), row) for row in rows]
+
+
+async def txn_unban_member(txn, room, user):
+    return bool(await txn.execute(
+        "DELETE FROM room_bans WHERE room = ? AND user_id = ? RETURNING user_id", (room, user)))
+
+
+async def txn_room_members(txn, room):
+    return await _members(txn, room)
+
+
+async def txn_rooms_of(txn, user):
+    rows = await txn.execute(
+        "SELECT room FROM room_members WHERE user_id = ? ORDER BY room", (user,))
+    return [row[0] for row in rows]
+
+
+async def txn_room_history(txn, room, before_pos, limit, max_bytes=None):
+    """The newest ``limit`` entries before ``before_pos``; with ``max_bytes``, only as many
+    of them as fit in it (at least one), found from the sizes first so that the bodies of
+    a page are never all read to be dropped."""
+    where, args = "room = ?", (room,)
+    if before_pos is not None:
+        where, args = "room = ? AND pos < ?", (room, before_pos)
+    if max_bytes is not None:
+        sizes = await txn.execute(
+            f"SELECT LENGTH(body) FROM room_history WHERE {where} ORDER BY pos DESC LIMIT ?",
+            (*args, limit))
+        limit = _entries_within(sizes, max_bytes)
+        if not limit:
+            return []
+    rows = await txn.execute(
+        f"SELECT pos, envelope_id, body, created FROM room_history WHERE {where} "
+        "ORDER BY pos DESC LIMIT ?", (*args, limit))
+    return [_record(("pos", "id", "body", "created"), row) for row in reversed(rows)]
+
+
+def _entries_within(sizes, max_bytes):
+    """How many of the entries of ``sizes`` (rows of one length each) fit in ``max_bytes``
+    together; the first always does."""
+    total = 0
+    for count, (size,) in enumerate(sizes):
+        total += size
+        if count and total > max_bytes:
+            return count
+    return len(sizes)
+
+
+async def txn_prune_history(txn, older_than, keep_per_room):
+    """Drop history entries past the retention that no device still has to receive; how
+    many.  A device that has not received an entry keeps it from being dropped (the
+    same storage its queue row would have taken)."""
+    # The devices of removed members that have received all they were owed.
+    await txn.execute(
+        "DELETE FROM room_cursors WHERE until_pos IS NOT NULL AND next_pos > until_pos")
+    removed = await _prune_history_where(txn, "h.created < ?", (older_than,))
+    for room, newest in await txn.execute("SELECT room, next_pos FROM room_counters"):
+        removed += await _prune_history_where(
+            txn, "h.room = ? AND h.pos <= ?", (room, newest - keep_per_room))
+    return removed
+
+
+async def _prune_history_where(txn, condition, args):
+    return await txn.count(
+        "DELETE FROM room_history AS h WHERE " + condition + " AND NOT EXISTS ("
+        "SELECT 1 FROM room_cursors c WHERE c.room = h.room AND c.next_pos <= h.pos "
+        "AND (c.until_pos IS NULL OR h.pos <= c.until_pos))", args)
