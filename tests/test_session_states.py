@@ -189,6 +189,26 @@ def test_an_unfinished_handshake_is_aborted_at_its_deadline(factory):
     assert factory.unauthenticated.holding("10.0.0.1") == 0
 
 
+def test_missed_deadlines_are_logged_once_per_interval_not_per_connection(factory):
+    """Ten connections that miss their handshake deadline at once give one log line naming
+    an address; the next interval's line counts the rest; a missed login has its own."""
+    lines, stop = record_log()
+    try:
+        for n in range(10):
+            connect(factory, host=f"10.0.1.{n}", handshake=False)
+        factory.clock.advance(10.1)
+        late = [line for line in lines if "did not finish their TLS handshake" in line]
+        assert len(late) == 1 and late[0].startswith("Closed 1 ") and "10.0.1." in late[0]
+        factory.clock.advance(10)
+        late = [line for line in lines if "did not finish their TLS handshake" in line]
+        assert len(late) == 2 and late[1].startswith("Closed 9 ")
+        connect(factory)
+        factory.clock.advance(30.1)
+        assert sum("did not finish their login" in line for line in lines) == 1
+    finally:
+        stop()
+
+
 def test_a_connection_that_does_not_log_in_is_closed_at_its_deadline(factory):
     """No login within login_timeout_seconds of the handshake: a login_timeout error, then
     the connection is closed."""

@@ -25,6 +25,12 @@ class UnauthenticatedPerAddress:
             "Refused {count} connection(s) from an address already holding {cap} connections "
             f"that have not logged in (the latest from {{host}}; logged at most every "
             f"{INTERVAL:g} s)")
+        self._late = {
+            step: ThrottledWarning(
+                clock, self.log,
+                f"Closed {{count}} connection(s) that did not finish their {step} in time "
+                f"(the latest from {{host}}; logged at most every {INTERVAL:g} s)")
+            for step in ("TLS handshake", "login")}
 
     def admit(self, host):
         """Count a new connection from ``host``; False (and counted nothing) over the cap."""
@@ -43,9 +49,16 @@ class UnauthenticatedPerAddress:
         else:
             del self._counts[host]
 
+    def missed_deadline(self, host, step):
+        """A connection from ``host`` was closed for not finishing ``step`` ("TLS
+        handshake" or "login") by its deadline: logged, but never a line per connection."""
+        self._late[step](host=host)
+
     def holding(self, host):
         """How many connections from ``host`` have not logged in yet."""
         return self._counts.get(host, 0)
 
     def stop(self):
         self._refused.stop()
+        for warning in self._late.values():
+            warning.stop()

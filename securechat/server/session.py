@@ -400,6 +400,14 @@ class ConnectionSession:
         self._server.unauthenticated.release(self._peer)
 
     @_machine.output()
+    def _log_late_handshake(self):
+        self._server.unauthenticated.missed_deadline(self._peer, "TLS handshake")
+
+    @_machine.output()
+    def _log_late_login(self):
+        self._server.unauthenticated.missed_deadline(self._peer, "login")
+
+    @_machine.output()
     def _keep_avatar(self, avatar, logout):
         self.user, self.device, self._logout = avatar.user, avatar.device, logout
 
@@ -451,16 +459,18 @@ class ConnectionSession:
 
     handshaking.upon(handshake_completed, enter=logging_in,
                      outputs=[_now_logging_in, _start_login_deadline])
-    handshaking.upon(deadline_passed, enter=closing, outputs=[*_anonymous_ends, _abort_transport])
+    handshaking.upon(deadline_passed, enter=closing,
+                     outputs=[_log_late_handshake, *_anonymous_ends, _abort_transport])
     logging_in.upon(login_started, enter=checking_login, outputs=[_now_checking_login])
     logging_in.upon(deadline_passed, enter=closing,
-                    outputs=[_say_login_timeout, *_anonymous_ends, _disconnect])
+                    outputs=[_log_late_login, _say_login_timeout, *_anonymous_ends, _disconnect])
     checking_login.upon(login_succeeded, enter=authenticated,
                         outputs=[_keep_avatar, _now_authenticated, _cancel_deadline,
                                  _leave_unauthenticated, _start_delivery])
     checking_login.upon(login_failed, enter=logging_in, outputs=[_now_logging_in])
     checking_login.upon(deadline_passed, enter=closing,
-                        outputs=[_say_login_timeout, *_anonymous_ends, _disconnect])
+                        outputs=[_log_late_login, _say_login_timeout, *_anonymous_ends,
+                                 _disconnect])
     checking_login.upon(replaced, enter=closing,
                         outputs=[_say_replaced, *_anonymous_ends, _disconnect])
     for _state in (handshaking, logging_in, checking_login):
