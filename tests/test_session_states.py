@@ -317,17 +317,21 @@ async def test_output_over_budget_for_the_stall_time_closes_with_a_log_line(fact
 
 
 def test_output_far_over_budget_closes_at_once_naming_the_peer(factory):
-    """Unsent output past HARD_LIMIT_FACTOR budgets closes the connection at once; an
-    anonymous one is named by its address."""
+    """Unsent output past HARD_LIMIT_FACTOR budgets closes the connection at once, with one
+    log line (writes before the transport reports the close add none); an anonymous one
+    is named by its address."""
     protocol, transport = connect(factory, transport=BufferingTransport())
     protocol.gate.pauseProducing()
     lines, stop = record_log()
     try:
         protocol.session.push_line(b"x" * (HARD_LIMIT_FACTOR * 2097152))
+        protocol.session.push_line(b"pushed in the same turn")
+        protocol.session.push_line(b"and another")
     finally:
         stop()
     assert transport.disconnected
-    assert any("an anonymous connection from 10.0.0.1" in text for text in lines)
+    closing = [text for text in lines if text.startswith("Closing the connection")]
+    assert len(closing) == 1 and "an anonymous connection from 10.0.0.1" in closing[0]
 
 
 def test_draining_slowly_below_the_budget_is_not_closed(factory):

@@ -30,7 +30,8 @@ class OutputBudget:
     """
 
     log = Logger()
-    __slots__ = ("_clock", "_budget", "_stall_seconds", "_connection", "_over_since", "_timer")
+    __slots__ = ("_clock", "_budget", "_stall_seconds", "_connection", "_over_since", "_timer",
+                 "_gave_up")
 
     def __init__(self, clock, budget, stall_seconds, connection):
         self._clock = clock
@@ -39,6 +40,7 @@ class OutputBudget:
         self._connection = connection
         self._over_since = None  # when unsent output passed the budget; None: within it
         self._timer = None
+        self._gave_up = False  # the connection is being aborted: nothing more to decide
 
     @property
     def over(self):
@@ -47,6 +49,8 @@ class OutputBudget:
 
     def check(self):
         """Called after a write while the transport's buffer is past its high-water mark."""
+        if self._gave_up:  # writes still come until the transport reports the close
+            return
         unsent = self._connection.unsent_bytes()
         if unsent > HARD_LIMIT_FACTOR * self._budget:
             self._give_up(unsent)
@@ -82,6 +86,7 @@ class OutputBudget:
             "its output budget of {budget} bytes (it does not read what it asks for)",
             who=self._connection.describe(), unsent=unsent,
             seconds=self._clock.seconds() - since, budget=self._budget)
+        self._gave_up = True
         self.stop()
         self._connection.abort()
 
