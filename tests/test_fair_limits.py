@@ -186,6 +186,35 @@ async def test_a_room_password_guesser_is_locked_out_not_the_room(relay_with):
 
 
 @pytest_twisted.ensureDeferred
+async def test_guesses_sent_at_once_pass_no_more_than_the_limits(relay_with):
+    """Twelve wrong logins on twelve connections at once, and twelve pipelined wrong room
+    passwords: only as many are checked as the limits allow, the rest are rate_limited
+    (an attempt counts from the moment it is let through, not once its hash is done)."""
+    server = await relay_with("login_failures_per_account = 5\n"
+                               "room_password_failures_per_room = 3\n")
+    alice, mallory = ScriptedDevice("alice"), ScriptedDevice("mallory")
+    for device in (alice, mallory):
+        await device.register(server)
+    await alice.close()
+    guessers = [ScriptedDevice("alice", device=f"G{n}") for n in range(12)]
+    for guesser in guessers:
+        await guesser.connect(server)
+    codes = await defer.gatherResults([defer.ensureDeferred(expect_code_of(guesser.request(
+        "login", user="alice", device=guesser.device, secret=guesser.secret)))
+        for guesser in guessers])
+    assert sorted(codes) == ["auth_failed"] * 5 + ["rate_limited"] * 7
+    owner = ScriptedDevice("owner")
+    await owner.register(server)
+    await owner.login(server, upload_keys=False)
+    await owner.request("room.create", room="ops", password=password())
+    await mallory.login(server, upload_keys=False)
+    codes = await defer.gatherResults([defer.ensureDeferred(expect_code_of(mallory.request(
+        "room.join", room="ops", password=password()))) for _ in range(12)])
+    assert sorted(codes) == ["rate_limited"] * 9 + ["wrong_password"] * 3
+    await cleanup(owner, mallory, *guessers)
+
+
+@pytest_twisted.ensureDeferred
 async def test_key_claims_are_limited_per_claimer_and_per_device(relay_with):
     """A device gives out 4 one-time keys a minute, then its fallback key (to anyone);
     a claimer past 12 claims a minute gets rate_limited with the seconds to wait."""

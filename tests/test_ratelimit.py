@@ -76,12 +76,32 @@ def test_login_guard_counts_failures_only_and_per_address():
     clock = Clock()
     guard = login_guard(clock)
     for _ in range(20):
-        guard.check_login("alice", "10.0.0.1")
+        guard.attempt("alice", "10.0.0.1")
         guard.login_succeeded("alice", "10.0.0.1")
     for _ in range(3):
-        guard.check_login("alice", "10.0.0.66")
-        guard.login_failed("alice", "10.0.0.66")
+        guard.attempt("alice", "10.0.0.66")  # a wrong password: nothing more to say
     with pytest.raises(ProtocolError) as refused:
-        guard.check_login("alice", "10.0.0.66")
+        guard.attempt("alice", "10.0.0.66")
     assert refused.value.code == "rate_limited" and refused.value.details == {"retry_after": 1}
-    guard.check_login("alice", "10.0.0.1")  # the owner, elsewhere, is not locked out
+    guard.attempt("alice", "10.0.0.1")  # the owner, elsewhere, is not locked out
+
+
+def test_attempts_in_flight_count_until_their_outcome():
+    """Guesses let through at once count before their checks end, so no more pass than the
+    limit allows; an attempt that ends without a verdict is taken back."""
+    clock = Clock()
+    guard = login_guard(clock)
+    passed = 0
+    for _ in range(10):  # ten guesses at once, none has an outcome yet
+        try:
+            guard.attempt("alice", "10.0.0.66")
+            passed += 1
+        except ProtocolError:
+            pass
+    assert passed == 3
+    guard.login_abandoned("alice", "10.0.0.66")  # the store was unavailable for one
+    guard.attempt("alice", "10.0.0.66")
+    with pytest.raises(ProtocolError):
+        guard.attempt("alice", "10.0.0.66")
+
+

@@ -124,12 +124,15 @@ class SecretChecker:
         return defer.ensureDeferred(self._check(creds))
 
     async def _check(self, creds):
-        self._guard.check_login(creds.user, creds.address)
-        account = await self._store.get_account(creds.user)
-        hashed = account["secret_hash"] if account else self._dummy_hash
-        matches = await self._hasher.verify(hashed, creds.secret, LOGIN_WORK, creds.address)
+        self._guard.attempt(creds.user, creds.address)
+        try:
+            account = await self._store.get_account(creds.user)
+            hashed = account["secret_hash"] if account else self._dummy_hash
+            matches = await self._hasher.verify(hashed, creds.secret, LOGIN_WORK, creds.address)
+        except Exception:
+            self._guard.login_abandoned(creds.user, creds.address)
+            raise
         if account is None or not matches:
-            self._guard.login_failed(creds.user, creds.address)
             raise error.UnauthorizedLogin("wrong user name or password")
         self._guard.login_succeeded(creds.user, creds.address)
         return (creds.user, creds.device)

@@ -65,6 +65,13 @@ class SlidingWindow:
         events = self._events.touch(key, lambda: deque(maxlen=self._limit))
         events.append(self._clock.seconds())
 
+    def unrecord(self, key):
+        """Take back the newest event of ``key`` (an attempt counted before its outcome,
+        which turned out not to be a failure)."""
+        events = self._events.get(key)
+        if events:
+            events.pop()
+
     def prune(self):
         horizon = self._clock.seconds() - self._window
         for key in [k for k, ev in self._events.items() if ev[-1] <= horizon]:
@@ -96,6 +103,14 @@ class FailureBackoff:
 
     def succeeded(self, key):
         self._failures.pop(key, None)
+
+    def unfailed(self, key):
+        """Take back one failure of ``key`` (an attempt that ended neither way)."""
+        entry = self._failures.get(key)
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] <= 0:
+                del self._failures[key]
 
     def prune(self):
         horizon = self._clock.seconds() - FAILURE_MEMORY_SECONDS
@@ -162,6 +177,12 @@ class LoginGuard:
     Each address also has at most ``login_failures_per_address`` failed
     logins and registrations per ``login_window_seconds`` (password spraying
     across many accounts).  A refused attempt costs no argon2 work.
+
+    An attempt counts as a failure from the moment it is let through
+    (``attempt``) until it succeeds (``login_succeeded``) or ends without a
+    verdict (``login_abandoned``): counted only once its argon2 check had
+    finished, dozens of guesses sent at once over several connections would
+    all pass the check before the first was counted.
     """
 
     def __init__(self, clock, config):
@@ -170,19 +191,24 @@ class LoginGuard:
         self._addresses = SlidingWindow(clock, config.login_failures_per_address,
                                         config.login_window_seconds)
 
-    def check_login(self, user, address):
-        """Raise ``rate_limited`` when this pair or this address must wait."""
+    def attempt(self, user, address):
+        """Raise ``rate_limited`` when this pair or this address must wait; otherwise count
+        the attempt as a failure until its outcome says otherwise."""
         self._check_address(address)
         wait = self._pairs.retry_after((user, address))
         if wait > 0:
             raise rate_limited(f"too many failed logins for {user}", wait)
-
-    def login_failed(self, user, address):
         self._pairs.failed((user, address))
         self._addresses.record(address)
 
     def login_succeeded(self, user, address):
         self._pairs.succeeded((user, address))
+        self._addresses.unrecord(address)
+
+    def login_abandoned(self, user, address):
+        """The attempt ended without a verdict (the store or the argon2 queue refused it)."""
+        self._pairs.unfailed((user, address))
+        self._addresses.unrecord(address)
 
     def registering(self, address):
         """Every registration counts against its address (each creates an account)."""
@@ -205,7 +231,9 @@ class RoomPasswordGuard:
     At most ``room_password_failures_per_room`` per (room, user) in
     ``room_password_room_window_seconds`` and ``room_password_failures_per_user``
     per user (over all rooms) in ``room_password_user_window_seconds``;
-    others with the right password join meanwhile.
+    others with the right password join meanwhile.  As with logins, a guess
+    counts as wrong from ``attempt`` until ``succeeded`` or ``abandoned``
+    says otherwise, so guesses sent at once cannot all pass the check.
     """
 
     def __init__(self, clock, config):
@@ -214,17 +242,24 @@ class RoomPasswordGuard:
         self._per_user = SlidingWindow(clock, config.room_password_failures_per_user,
                                        config.room_password_user_window_seconds)
 
-    def check(self, room, user):
+    def attempt(self, room, user):
+        """Raise ``rate_limited`` when the user must wait; otherwise count the guess as
+        wrong until its outcome says otherwise."""
         wait = self._per_room.retry_after((room, user))
         if wait > 0:
             raise rate_limited(f"too many wrong passwords for room {room!r}", wait)
         wait = self._per_user.retry_after(user)
         if wait > 0:
             raise rate_limited("too many wrong room passwords", wait)
-
-    def failed(self, room, user):
         self._per_room.record((room, user))
         self._per_user.record(user)
+
+    def succeeded(self, room, user):
+        """The password was right (or the check ended without a verdict): not a guess."""
+        self._per_room.unrecord((room, user))
+        self._per_user.unrecord(user)
+
+    abandoned = succeeded
 
     def prune(self):
         self._per_room.prune()

@@ -74,11 +74,16 @@ class Rooms:
         if info["password_hash"] is not None:
             if password is None:
                 raise ProtocolError("wrong_password", f"room {room!r} needs a password")
-            self._password_guard.check(room, user)
-            if not await self._hasher.verify(info["password_hash"], wire.b64decode(password),
-                                             ROOM_WORK, user):
-                self._password_guard.failed(room, user)
+            self._password_guard.attempt(room, user)
+            try:
+                right = await self._hasher.verify(info["password_hash"],
+                                                  wire.b64decode(password), ROOM_WORK, user)
+            except Exception:
+                self._password_guard.abandoned(room, user)
+                raise
+            if not right:
                 raise ProtocolError("wrong_password", f"wrong password for room {room!r}")
+            self._password_guard.succeeded(room, user)
         members = await self._admit(room, user, f"you are banned from room {room!r}")
         if members:
             await self._announce(room, user, "joined", user, members)
