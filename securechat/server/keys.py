@@ -11,6 +11,8 @@ import json
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
+from twisted.internet import defer
+from twisted.logger import Logger
 
 from securechat import wire
 from securechat.store import errors as store_errors
@@ -33,6 +35,8 @@ def one_time_key_payload(user, device, kid, key, fallback):
 
 
 class KeyDirectory:
+    log = Logger()
+
     def __init__(self, store, directory, relay, claim_limits, low_water):
         self._store = store
         self._directory = directory
@@ -168,14 +172,22 @@ class KeyDirectory:
                 "signature": key["signature"],
                 "fallback": bool(key["fallback"]),
             }
-            if not key["fallback"]:
-                await self._warn_if_low(user, device)
+        for user, device in {pair for pair, key in claimed.items() if not key["fallback"]}:
+            if self._relay.online(user, device):  # an offline one learns it at its login
+                d = defer.ensureDeferred(self._warn_if_low(user, device))
+                d.addErrback(self._low_check_failed, user, device)
         return {"keys": keys}
 
     async def _warn_if_low(self, user, device):
-        """Tell an online device whose one-time keys fell below the low-water mark."""
-        if not self._relay.online(user, device):
-            return  # it learns its count at its next login
+        """Tell an online device whose one-time keys fell below the low-water mark.
+
+        Not awaited by the claim: its answer must not wait for a read per key,
+        nor fail after the keys it hands out were committed as claimed."""
         counts = await self._store.key_counts(user, device)
         if counts["otk_count"] < self._low_water:
             self._relay.push_event(user, device, wire.encode({"event": "keys.low", **counts}))
+
+    def _low_check_failed(self, failure, user, device):
+        if not failure.check(store_errors.StoreUnavailable):  # then: told at its next claim
+            self.log.failure("Checking the one-time keys left to {user}/{device} failed",
+                             failure, user=user, device=device)
