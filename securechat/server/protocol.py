@@ -83,13 +83,15 @@ class RelayProtocol(Protocol):
         self.buffers_released = False
 
     def connectionMade(self):
+        # The session first: it owns the connection's place in the per-address count of
+        # connections not logged in, which only its end gives back.
+        self.session = ConnectionSession(self._server, self._host, self)
+        self._server.connection_opened(self)
         # Small frames must leave at once: Nagle plus delayed ACKs would add ~40 ms.
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:  # TCP (through TLS); in-memory test transports have none
             no_delay(True)
         self.transport.registerProducer(self.gate, True)
-        self.session = ConnectionSession(self._server, self._host, self)
-        self._server.connection_opened(self)
 
     def handshakeCompleted(self):
         self.session.handshake_completed()
