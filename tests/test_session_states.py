@@ -232,6 +232,18 @@ async def test_a_logged_in_connection_outlives_the_login_deadline(factory):
     assert not transport.disconnecting and protocol.session.state == "authenticated"
 
 
+def test_ipv6_clients_are_counted_by_their_64_network(factory):
+    """The addresses of one IPv6 /64 (what one host is commonly given) share one place in
+    the per-address cap; another /64 and an IPv4-mapped client count on their own."""
+    for n in range(3):
+        connect(factory, host=f"2001:db8:0:7::{n + 1}", handshake=False)
+    assert factory.buildProtocol(IPv4Address("TCP", "2001:db8:0:7:ffff::9", 1)) is None
+    assert factory.unauthenticated.holding("2001:db8:0:7::/64") == 3
+    assert factory.buildProtocol(IPv4Address("TCP", "2001:db8:0:8::1", 1)) is not None
+    assert factory.buildProtocol(IPv4Address("TCP", "::ffff:10.0.0.9", 1)) is not None
+    assert factory.unauthenticated.holding("10.0.0.9") == 1
+
+
 @pytest_twisted.ensureDeferred
 async def test_unauthenticated_connections_are_capped_per_address(factory):
     """An address holding unauthenticated_per_address connections that have not logged in

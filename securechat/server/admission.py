@@ -7,9 +7,26 @@ accepted, before any TLS, so one host cannot fill the process's file table;
 connections that have logged in no longer count (their user answers for them).
 """
 
+import ipaddress
+
 from twisted.logger import Logger
 
 from securechat.server.logthrottle import INTERVAL, ThrottledWarning
+
+
+def client_address(host):
+    """What the per-address limits count a client as: its IPv4 address, or the /64 network
+    of an IPv6 one.  A single IPv6 host is commonly given a whole /64, so counting its
+    addresses one by one would let it cycle through billions of them past every cap."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 4:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{address}/64", strict=False))
 
 
 class UnauthenticatedPerAddress:

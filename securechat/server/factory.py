@@ -3,7 +3,7 @@
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from securechat.server.admission import UnauthenticatedPerAddress
+from securechat.server.admission import UnauthenticatedPerAddress, client_address
 from securechat.server.auth import make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
@@ -46,7 +46,7 @@ class RelayFactory(ServerFactory):
     def buildProtocol(self, addr):
         """A protocol for a new connection; None (the port closes it at once) when its
         address already holds its share of connections that have not logged in."""
-        host = getattr(addr, "host", str(addr))
+        host = client_address(getattr(addr, "host", str(addr)))
         if not self.unauthenticated.admit(host):
             return None
         return RelayProtocol(self, host)
