@@ -400,18 +400,22 @@ LOGIN_EXPORTER_BYTES = 32
 LOGIN_NONCE_BYTES = 32
 
 
-def device_login_message(relay, user, device, nonce, channel_binding):
-    """The bytes a device signs to log in, and the relay checks.
+def device_login_fields(relay, user, device, nonce, channel_binding):
+    """What a device signs to log in (as ``canonical_json``), and the relay checks.
 
-    They bind the login to this relay (its stable id), this device, this
+    It binds the login to this relay (its stable id), this device, this
     connection's single challenge (``nonce``, bytes) and this very TLS
     connection (``channel_binding``: keying material exported from its
     session, which no other connection shares, not even one relayed by an
     interceptor): a signature seen once is worth nothing anywhere else.
     """
-    return canonical_json({"context": LOGIN_CONTEXT, "relay": relay, "user": user,
-                           "device": device, "nonce": b64encode(nonce),
-                           "tls_exporter": b64encode(channel_binding)})
+    return {"context": LOGIN_CONTEXT, "relay": relay, "user": user, "device": device,
+            "nonce": b64encode(nonce), "tls_exporter": b64encode(channel_binding)}
+
+
+def device_login_message(relay, user, device, nonce, channel_binding):
+    """The signed bytes of ``device_login_fields``."""
+    return canonical_json(device_login_fields(relay, user, device, nonce, channel_binding))
 
 
 def parse_header(frame):
