@@ -233,10 +233,11 @@ class ConnectionSession:
                                              "with published keys) or 'secret' (a new device)")
         if secret is not None:
             return DeviceSecret(user, device, wire.b64decode(secret), self._peer)
-        nonce, self._challenge = self._challenge, CHALLENGE_USED
+        nonce = self._challenge
         if not nonce:
             raise ProtocolError("no_challenge", "a device-key login signs this connection's "
                                                 "login.challenge: ask for one first")
+        self._challenge = CHALLENGE_USED
         binding = self._connection.tls_exporter()
         if binding is None:
             raise ProtocolError("auth_failed", "this connection has no TLS session to bind to")
