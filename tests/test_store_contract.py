@@ -137,6 +137,19 @@ async def test_one_devices_published_keys_are_read_alone(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_login_counts_are_the_key_counts_and_the_queue_length(store):
+    """login_counts answers, in one transaction, what key_counts and queue_length answer."""
+    await device(store, "alice", "A")
+    await device(store, "bob", "B")
+    await store.add_one_time_keys("alice", "A", [("k1", "key1", "sig")])
+    await store.enqueue([envelope("e" * 16, [("alice", "A")])])
+    counts = await store.login_counts("alice", "A")
+    assert counts == {**await store.key_counts("alice", "A"),
+                      "queued": await store.queue_length("alice", "A")}
+    assert (counts["otk_count"], counts["queued"]) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_version_6_database_keeps_its_accounts_and_gains_a_relay_id(database, tmp_path):
     """Upgrading from schema version 6 keeps accounts and their hashes as they were and gives
     the relay an id, the same at every start after."""

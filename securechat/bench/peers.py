@@ -66,6 +66,16 @@ def _round(value):
     return None if value is None else round(value, 3)
 
 
+def tls_options(server):
+    """The TLS client options of ``server``, made once: every peer's connections share them
+    (making them costs a new OpenSSL context and reading the certificate file, more than a
+    handshake costs the client)."""
+    options = getattr(server, "tls_client_options", None)
+    if options is None:
+        options = server.tls_client_options = ca_file_options("localhost", server.cert_path)
+    return options
+
+
 class Peer:
     """One user with one device and one connection."""
 
@@ -82,7 +92,7 @@ class Peer:
         self.on_acked = lambda removed: None
 
     async def connect(self):
-        options = ca_file_options("localhost", self.server.cert_path)
+        options = tls_options(self.server)
         self.protocol = await connect(reactor, self.server.host, self.server.port, options,
                                       on_event=self._event)
         return self

@@ -13,7 +13,7 @@ until the last one is logged in.
 import time
 
 from securechat import wire
-from securechat.bench.peers import DEVICE, Peer
+from securechat.bench.peers import DEVICE, Peer, distribution
 from securechat.bench.workloads import Window, bounded_gather, close_all
 from securechat.store import make_store
 
@@ -52,9 +52,13 @@ async def w6_reconnect_storm(server, prefix, connections=10000, concurrency=1000
     window.open()
     started = time.monotonic()
 
+    times = []
+
     async def log_in(peer):
         try:
+            begun = time.monotonic()
             await peer.key_login()
+            times.append((time.monotonic() - begun) * 1000)
             logged_in.append(peer)
         except Exception as e:  # counted and reported: a storm that loses logins shows it
             failures.append(f"{type(e).__name__}: {e}"[:120])
@@ -67,4 +71,5 @@ async def w6_reconnect_storm(server, prefix, connections=10000, concurrency=1000
     return {"devices": connections, "concurrency": concurrency, "logged_in": len(logged_in),
             "failed": len(failures), "failures": sorted(set(failures))[:5], "all_logged_in_s": round(seconds, 2),
             "logins_per_s": round(len(logged_in) / seconds, 1),
+            **distribution(times, "login_"),
             "server_rss_after_kib": rss, **window.figures(len(logged_in), "login")}

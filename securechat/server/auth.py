@@ -205,8 +205,12 @@ class DeviceKeyChecker:
 
     No argon2 work: an Ed25519 verification and one store read.  The
     login limits still apply (``LoginGuard``): a wrong signature counts as a
-    failed login of that (account, address) pair and of that address.  An
-    unknown user, an unknown device and a wrong signature get the same error.
+    failed login of that (account, address) pair and of that address, and a
+    pair or address past its limit waits as after wrong passwords.  Only a
+    failure counts (``LoginGuard.check``): many devices behind one address
+    logging in together are not refused for each other's logins in flight.
+    An unknown user, an unknown device and a wrong signature get the same
+    error.
     """
 
     credentialInterfaces = (IDeviceSignature,)
@@ -219,15 +223,12 @@ class DeviceKeyChecker:
         return defer.ensureDeferred(self._check(creds))
 
     async def _check(self, creds):
-        self._guard.attempt(creds.user, creds.address)
-        try:
-            device_keys = await self._store.get_device_keys(creds.user, creds.device)
-        except Exception:
-            self._guard.login_abandoned(creds.user, creds.address)
-            raise
+        self._guard.check(creds.user, creds.address)
+        device_keys = await self._store.get_device_keys(creds.user, creds.device)
         if device_keys is None or not _signed_by(device_keys, creds.message, creds.signature):
+            self._guard.failed(creds.user, creds.address)
             raise error.UnauthorizedLogin("unknown device or wrong signature")
-        self._guard.login_succeeded(creds.user, creds.address)
+        self._guard.verified(creds.user, creds.address)
         return (creds.user, creds.device)
 
 

@@ -220,9 +220,8 @@ class ConnectionSession:
         self.login_succeeded(avatar, logout)
         if self.state != AUTHENTICATED:
             raise ProtocolError("closed", "connection closed during login")
-        counts = await self._server.store.key_counts(user, device)
-        queued = await self._server.store.queue_length(user, device)
-        return {"user": user, "device": device, "queued": queued, **counts}
+        return {"user": user, "device": device,
+                **await self._server.store.login_counts(user, device)}
 
     def _credentials(self, user, device, fields):
         """A device-key login's signature (over this connection's challenge and TLS session),

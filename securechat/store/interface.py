@@ -71,6 +71,11 @@ class IStore(Interface):
         """Fire with the device's published identity keys (the JSON text given to
         ``set_device_keys``), or None when the device has published none."""
 
+    def login_counts(user, device):
+        """Fire with ``key_counts`` and ``"queued"`` (``queue_length``) read in one
+        transaction: what a device is told when it logs in (one store round trip per login,
+        which counts when thousands of devices log in at once after a restart)."""
+
     def all_devices():
         """Fire with every current device as a list of ``(user, device)``."""
 

@@ -165,6 +165,9 @@ class SqlStore:
     def get_device_keys(self, user, device):
         return self._run(accounts.txn_get_device_keys, user, device)
 
+    def login_counts(self, user, device):
+        return self._run(accounts.txn_login_counts, user, device)
+
     def all_devices(self):
         return self._run(accounts.txn_all_devices)
 

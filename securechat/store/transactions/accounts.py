@@ -6,6 +6,8 @@ A device publishing its identity keys also starts following its user's rooms
 
 from securechat.store.errors import KeyConflict, StaleVersion, UserExists
 from securechat.store.transactions.common import _first, _open_cursors, _record
+from securechat.store.transactions.keys import txn_key_counts
+from securechat.store.transactions.queue import txn_queue_length
 
 
 async def txn_create_account(txn, user, secret_hash, identity_key):
@@ -68,6 +70,11 @@ async def txn_get_device_keys(txn, user, device):
         txn, "SELECT device_keys FROM devices WHERE user_id = ? AND device_id = ?",
         (user, device))
     return row[0] if row else None
+
+
+async def txn_login_counts(txn, user, device):
+    return {**await txn_key_counts(txn, user, device),
+            "queued": await txn_queue_length(txn, user, device)}
 
 
 async def txn_all_devices(txn):
