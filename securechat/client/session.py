@@ -225,9 +225,10 @@ class Client:
     async def _login(self):
         """Log in: by signing the connection's challenge with the device key once the device
         has published its keys, with the password-derived secret before that."""
+        by_key = self.store.meta("device_list_version") is not None  # keys published
         try:
             challenge = await self.request("login.challenge")
-            if self.store.meta("device_list_version") is None:  # a device not yet published
+            if not by_key:
                 try:
                     result = await self.request(
                         "login", user=self.user, device=self.device,
@@ -235,10 +236,14 @@ class Client:
                 except RemoteError as e:
                     if e.code != "device_key_required":  # its keys got there before a crash
                         raise
-                    result = await self._log_in_by_device_key(challenge)
-            else:
+                    by_key = True
+            if by_key:
                 result = await self._log_in_by_device_key(challenge)
         except RemoteError as e:
+            if e.code == "auth_failed" and by_key:
+                raise ClientError(f"the server does not know this device's key ({e.message}): "
+                                  f"is {self.user} registered on this server?",
+                                  EXIT_AUTH) from None
             if e.code == "auth_failed":
                 raise ClientError("wrong user name or password", EXIT_AUTH) from None
             if e.code in ("rate_limited", "unavailable"):

@@ -225,7 +225,7 @@ class ConnectionSession:
 
     def _credentials(self, user, device, fields):
         """A device-key login's signature (over this connection's challenge and TLS session),
-        or a new device's login secret; the challenge is used up either way."""
+        or a new device's login secret; a signed login uses the challenge up, right or wrong."""
         signature, secret = fields["signature"], fields["secret"]
         if (signature is None) == (secret is None):
             raise ProtocolError("bad_field", "a login carries either 'signature' (a device "
