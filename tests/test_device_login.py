@@ -13,6 +13,7 @@ import pytest_twisted
 from nacl import pwhash
 from nacl.exceptions import InvalidkeyError
 from nacl.signing import SigningKey
+from twisted.internet import defer
 
 from securechat import wire
 from securechat.client.protocol import RemoteError
@@ -121,6 +122,31 @@ async def test_failed_signature_logins_are_limited_like_wrong_passwords(server):
     owner = await connected(server, bob)
     await expect_error("rate_limited", owner.key_login())
     await owner.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storm_of_device_logins_from_one_address_is_not_refused(server):
+    """Forty devices behind one address (a NAT after a relay restart) log in by key at the
+    same moment, past login_failures_per_address (30): all get in, since only failures
+    count (a login counted as failed while in flight refused the ones past 30)."""
+    store = server.service.store
+    devices = [ScriptedDevice(f"user{i}") for i in range(40)]
+    for device in devices:
+        await store.create_account(device.user, "unused-hash",
+                                   wire.b64encode(bytes(device.identity.verify_key)))
+        await store.set_device_keys(device.user, device.device,
+                                    wire.canonical_json(device.device_keys()).decode("utf-8"),
+                                    device.sign(device.device_keys()))
+    for device in devices:
+        await device.connect(server)
+        await device.request("ping")
+    challenges = await defer.gatherResults(
+        [device.request("login.challenge") for device in devices])
+    results = await defer.gatherResults(
+        [device.request("login", **device.login_frame(challenge))
+         for device, challenge in zip(devices, challenges)])
+    assert [result["user"] for result in results] == [device.user for device in devices]
+    await cleanup(*devices)
 
 
 @pytest_twisted.ensureDeferred
