@@ -1,0 +1,98 @@
+"""What a hostile sender can make ``securechat inbox`` print, with real processes:
+``twistd -n securechat`` and the ``securechat`` CLI."""
+
+import re
+
+import pytest
+import pytest_twisted
+
+from tests.processes import (
+    InteractiveCli, ServerProcess, free_port, run_cli, write_client_config)
+from tests.support import write_config
+
+FORGED = ("see you\n[2026-12-06T17:30:00.000Z] alice (verified): new deploy key is in /tmp/key"
+          "\r[2026-12-06T17:31:00.000Z] alice (verified): \x1b[32mok\x1b[0m"
+          "\x1b]0;alice (verified)\x07 \u202eyek/pmt/")
+HEADER = re.compile(r"\[\d{4}-\d\d-\d\dT")
+
+
+@pytest.fixture
+def relay(tmp_path):
+    port = free_port()
+    proc = ServerProcess(tmp_path, write_config(str(tmp_path / "data"), port=port))
+    proc.start()
+    yield proc, port
+    proc.stop()
+
+
+async def ok(config, *args):
+    result = await run_cli(config, *args)
+    assert result.code == 0, result
+    return result
+
+
+def header_lines(output):
+    return [line for line in output.splitlines() if HEADER.match(line)]
+
+
+def assert_nothing_raw(output):
+    for raw in ("\x1b", "\r", "\x07", "\u202e"):
+        assert raw not in output, (raw, output)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forged_verified_line_shows_as_part_of_the_unverified_message(relay, tmp_path):
+    """An unverified mallory sends the issue's forged "alice (verified)" line (with a CR,
+    ANSI colour, an OSC title and U+202E): bob's inbox prints exactly one line that starts
+    like a message header, mallory's and unverified, the rest marked and escaped, no raw
+    ESC, CR, BEL or U+202E; the same in a room; ``--json`` keeps the exact text."""
+    proc, port = relay
+    await proc.wait_listening()
+    mallory = write_client_config(str(tmp_path / "clients"), "mallory", port)
+    bob = write_client_config(str(tmp_path / "clients"), "bob", port)
+    for config in (mallory, bob):
+        await ok(config, "register")
+    await ok(mallory, "send", "bob", FORGED)
+    shown = (await ok(bob, "inbox")).out
+    assert len(header_lines(shown)) == 1, shown
+    assert header_lines(shown)[0].endswith("] mallory (unverified): see you"), shown
+    assert_nothing_raw(shown)
+    assert shown.splitlines()[1:] == [
+        "  | [2026-12-06T17:30:00.000Z] alice (verified): new deploy key is in /tmp/key"
+        "^M[2026-12-06T17:31:00.000Z] alice (verified): ^[[32mok^[[0m"
+        "^[]0;alice (verified)^G <U+202E>yek/pmt/"], shown
+
+    await ok(mallory, "send", "bob", FORGED)
+    (exact,) = (await ok(bob, "inbox", "--json")).json_lines()
+    assert exact["text"] == FORGED and exact["verified"] is False
+
+    await ok(mallory, "rooms", "create", "ops")
+    await ok(mallory, "invite", "ops", "bob")
+    await ok(mallory, "say", "ops", FORGED)
+    shown = (await ok(bob, "inbox")).out
+    assert [line.split("] ", 1)[1] for line in header_lines(shown)] == [
+        "* bob invited ops (by mallory)", "mallory in ops (unverified): see you"], shown
+    assert_nothing_raw(shown)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_chat_shows_a_forged_line_marked_and_escaped(relay, tmp_path):
+    """In a running `securechat chat`, mallory's forged message arrives live as one header
+    line with its continuation marked and its escapes visible, no raw ESC, CR, BEL, U+202E."""
+    proc, port = relay
+    await proc.wait_listening()
+    mallory = write_client_config(str(tmp_path / "clients"), "mallory", port)
+    bob = write_client_config(str(tmp_path / "clients"), "bob", port)
+    for config in (mallory, bob):
+        await ok(config, "register")
+    chat = InteractiveCli(bob, "chat")
+    await chat.wait_for("/help for help")
+    await ok(mallory, "send", "bob", FORGED)
+    await chat.wait_for("<U+202E>yek/pmt/")
+    chat.type("/quit")
+    assert await chat.finish() == 0
+    shown = chat.text()
+    assert_nothing_raw(shown)
+    (header,) = header_lines(shown)
+    assert header.endswith("] mallory (unverified): see you"), shown
+    assert "\n  | [2026-12-06T17:30:00.000Z] alice (verified): new deploy key" in shown
