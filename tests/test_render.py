@@ -166,3 +166,17 @@ def test_render_imports_neither_twisted_nor_the_crypto():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_log_lines_on_stderr_escape_what_they_quote():
+    """The client's stderr log keeps its line breaks but escapes controls a logged value
+    (say, an envelope id from a hostile relay) carries."""
+    import io
+
+    from securechat.client.render import EscapingStream
+
+    out = io.StringIO()
+    stream = EscapingStream(out)
+    stream.write("corrupt envelope \x1b]0;pwned\x07\r\n\tTraceback\n")
+    stream.flush()
+    assert out.getvalue() == "corrupt envelope ^[]0;pwned^G^M\n        Traceback\n"

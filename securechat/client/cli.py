@@ -21,7 +21,8 @@ from securechat.client import settings as client_settings
 from securechat.client.contacts import TrustError
 from securechat.client.messaging import iso
 from securechat.client.protocol import RemoteError
-from securechat.client.render import format_history, format_message, message_json, safe
+from securechat.client.render import (
+    EscapingStream, format_history, format_message, message_json, safe)
 from securechat.client.rooms import ROOM_MODES
 from securechat.client.session import (
     EXIT_UNTRUSTED, NO_OTHER_DEVICE, Client, ClientError, refusal)
@@ -336,7 +337,7 @@ class Commands:
 def log_problems_to_stderr():
     """Warnings and errors (never message contents) go to stderr; the rest is dropped."""
     observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr),
+        textFileLogObserver(EscapingStream(sys.stderr)),
         [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

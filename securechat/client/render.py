@@ -91,6 +91,21 @@ def safe(text, lines=False):
     return CONTINUATION.join(_escape_text_line(line) for line in _LINE_BREAK.split(text))
 
 
+class EscapingStream:
+    """A text stream for log lines (stderr): what a line quotes from the network (an
+    envelope id, a relay's error) is escaped too; the log's own line breaks (and the tabs
+    that indent a traceback, as spaces) stay."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        self._stream.write("\n".join(safe(line, lines=True) for line in text.split("\n")))
+
+    def flush(self):
+        self._stream.flush()
+
+
 # -- messages ---------------------------------------------------------------------------
 
 
