@@ -3,12 +3,10 @@
 
 import re
 
-import pytest
 import pytest_twisted
 
-from tests.processes import (
-    InteractiveCli, ServerProcess, free_port, run_cli, write_client_config)
-from tests.support import write_config
+from tests.processes import InteractiveCli, write_client_config
+from tests.test_client_e2e import ok, relay  # noqa: F401  (relay: the twistd fixture)
 
 FORGED = ("see you\n[2026-12-06T17:30:00.000Z] alice (verified): new deploy key is in /tmp/key"
           "\r[2026-12-06T17:31:00.000Z] alice (verified): \x1b[32mok\x1b[0m"
@@ -16,19 +14,15 @@ FORGED = ("see you\n[2026-12-06T17:30:00.000Z] alice (verified): new deploy key 
 HEADER = re.compile(r"\[\d{4}-\d\d-\d\dT")
 
 
-@pytest.fixture
-def relay(tmp_path):
-    port = free_port()
-    proc = ServerProcess(tmp_path, write_config(str(tmp_path / "data"), port=port))
-    proc.start()
-    yield proc, port
-    proc.stop()
-
-
-async def ok(config, *args):
-    result = await run_cli(config, *args)
-    assert result.code == 0, result
-    return result
+async def mallory_and_bob(relay, tmp_path):
+    """Two registered users on the running relay: their client configs."""
+    proc, port = relay
+    await proc.wait_listening()
+    configs = [write_client_config(str(tmp_path / "clients"), name, port)
+               for name in ("mallory", "bob")]
+    for config in configs:
+        await ok(config, "register")
+    return configs
 
 
 def header_lines(output):
@@ -46,12 +40,7 @@ async def test_a_forged_verified_line_shows_as_part_of_the_unverified_message(re
     ANSI colour, an OSC title and U+202E): bob's inbox prints exactly one line that starts
     like a message header, mallory's and unverified, the rest marked and escaped, no raw
     ESC, CR, BEL or U+202E; the same in a room; ``--json`` keeps the exact text."""
-    proc, port = relay
-    await proc.wait_listening()
-    mallory = write_client_config(str(tmp_path / "clients"), "mallory", port)
-    bob = write_client_config(str(tmp_path / "clients"), "bob", port)
-    for config in (mallory, bob):
-        await ok(config, "register")
+    mallory, bob = await mallory_and_bob(relay, tmp_path)
     await ok(mallory, "send", "bob", FORGED)
     shown = (await ok(bob, "inbox")).out
     assert len(header_lines(shown)) == 1, shown
@@ -79,12 +68,7 @@ async def test_a_forged_verified_line_shows_as_part_of_the_unverified_message(re
 async def test_the_chat_shows_a_forged_line_marked_and_escaped(relay, tmp_path):
     """In a running `securechat chat`, mallory's forged message arrives live as one header
     line with its continuation marked and its escapes visible, no raw ESC, CR, BEL, U+202E."""
-    proc, port = relay
-    await proc.wait_listening()
-    mallory = write_client_config(str(tmp_path / "clients"), "mallory", port)
-    bob = write_client_config(str(tmp_path / "clients"), "bob", port)
-    for config in (mallory, bob):
-        await ok(config, "register")
+    mallory, bob = await mallory_and_bob(relay, tmp_path)
     chat = InteractiveCli(bob, "chat")
     await chat.wait_for("/help for help")
     await ok(mallory, "send", "bob", FORGED)

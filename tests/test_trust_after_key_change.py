@@ -13,8 +13,9 @@ from nacl.signing import SigningKey
 from twisted.internet import defer
 
 from securechat import wire
-from tests.processes import run_cli, write_client_config
+from tests.processes import run_cli
 from tests.support import poll_until_async
+from tests.test_client_trust_and_chat import queued, register
 
 CHANGED = "bob's identity key changed"
 
@@ -30,23 +31,11 @@ async def ok(config, *args, stdin=None):
     return result
 
 
-async def register(server, tmp_path, name, where="clients"):
-    config = write_client_config(str(tmp_path / where), name, server.port,
-                                 ca_file=server.cert_path)
-    await ok(config, "register")
-    return config
-
-
 async def received(config):
     """The chat messages ``inbox --json`` shows: ``{text: (room, verified, warning)}``."""
     lines = (await ok(config, "inbox", "--json")).json_lines()
     return {m["text"]: (m["room"], m["verified"], m["warning"])
             for m in lines if m["type"] == "msg"}
-
-
-async def queued(server, user):
-    devices = await server.service.store.get_devices(user)
-    return sum([await server.service.store.queue_length(user, d["device"]) for d in devices])
 
 
 async def verify_each_other(server, alice, bob):
