@@ -180,3 +180,56 @@ def test_log_lines_on_stderr_escape_what_they_quote():
     stream.write("corrupt envelope \x1b]0;pwned\x07\r\n\tTraceback\n")
     stream.flush()
     assert out.getvalue() == "corrupt envelope ^[]0;pwned^G^M\n        Traceback\n"
+
+
+def columns(row):
+    from securechat.client.render import _columns
+
+    return sum(_columns(c) for c in row)
+
+
+def test_on_a_terminal_padding_cannot_push_a_forged_line_to_the_start_of_a_row():
+    """Spaces that would make an 80-column terminal wrap the forged header to column 0:
+    the line is cut at the terminal's width instead and every further row is marked."""
+    from securechat.client.render import MARK
+
+    padded = "see you" + " " * 60 + "[2026-12-06T17:30:00.000Z] alice (verified): new key"
+    rows = format_message(message(padded), width=79).split("\n")
+    assert len(rows) > 1 and all(columns(row) <= 79 for row in rows), rows
+    assert len(headers("\n".join(rows))) == 1
+    assert all(row.startswith(MARK) for row in rows[1:]), rows
+    assert format_message(message(padded)) == format_message(message(padded), width=None)
+
+
+def test_wide_characters_count_two_columns_when_cutting():
+    """CJK and flags (two columns on a terminal) are counted so, so a cut row is never
+    wider than the terminal; combining marks and joiners take none."""
+    from securechat.client.render import MARK, fit
+
+    rows = fit("你好" * 40 + "🇫🇷" * 20 + "e\u0301" * 30, 30).split("\n")
+    assert all(columns(row) <= 30 for row in rows), rows
+    assert "".join(row.removeprefix(MARK) for row in rows) == \
+        "你好" * 40 + "🇫🇷" * 20 + "e\u0301" * 30
+    assert fit("x" * 100, 3).split("\n")[0] == "x" * 10  # never narrower than 10
+
+
+def test_terminal_width_comes_from_the_terminal_and_is_none_for_a_pipe():
+    """On a real pseudo-terminal of 50 columns lines may use 49; a pipe or a file is no
+    terminal, so nothing is cut there."""
+    import fcntl
+    import io
+    import os
+    import struct
+    import termios
+
+    from securechat.client.render import terminal_width
+
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 50, 0, 0))
+    read_end, write_end = os.pipe()
+    with os.fdopen(follower, "w") as tty, os.fdopen(write_end, "w") as pipe:
+        assert terminal_width(tty) == 49
+        assert terminal_width(pipe) is None
+        assert terminal_width(io.StringIO()) is None
+    os.close(leader)
+    os.close(read_end)

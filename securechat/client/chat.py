@@ -5,11 +5,12 @@ A line that does not start with ``/`` goes to the current conversation
 """
 
 import shlex
+import sys
 
 from twisted.internet import defer, stdio
 from twisted.protocols.basic import LineReceiver
 
-from securechat.client.render import format_history, format_message, safe
+from securechat.client.render import format_history, format_message, safe, terminal_width
 from securechat.client.protocol import RemoteError
 from securechat.client.session import NO_OTHER_DEVICE, ClientError
 from securechat.client.contacts import TrustError
@@ -147,7 +148,7 @@ class Chat:
 
     async def do_history(self, rest):
         for record in await self._client.rooms.history(rest):
-            self.show(format_history(record))
+            self.show(format_history(record, terminal_width(sys.stdout)))
 
     async def do_invite(self, rest):
         await self._moderate("invite", rest)
@@ -201,7 +202,8 @@ class Chat:
     def show_unread(self):
         """Show every stored message not shown yet (received now or by another command)."""
         if self._io is not None:
-            self._commands.show_unread(self._client, lambda record: self.show(format_message(record)))
+            self._commands.show_unread(self._client, lambda record: self.show(
+                format_message(record, terminal_width(sys.stdout))))
 
     def quit(self):
         if not self.done.called:

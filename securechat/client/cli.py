@@ -22,7 +22,7 @@ from securechat.client.contacts import TrustError
 from securechat.client.messaging import iso
 from securechat.client.protocol import RemoteError
 from securechat.client.render import (
-    EscapingStream, format_history, format_message, message_json, safe)
+    EscapingStream, format_history, format_message, message_json, safe, terminal_width)
 from securechat.client.rooms import ROOM_MODES
 from securechat.client.session import (
     EXIT_UNTRUSTED, NO_OTHER_DEVICE, Client, ClientError, refusal)
@@ -181,7 +181,8 @@ class Commands:
     def show_unread(self, client, show=None):
         """Print what was received and not yet shown, then remember it was shown."""
         show = show or (lambda record: self.out(
-            message_json(record) if self.args.json else format_message(record)))
+            message_json(record) if self.args.json
+            else format_message(record, terminal_width(sys.stdout))))
         unread = client.unread()
         for _, record in unread:
             show(record)
@@ -315,7 +316,7 @@ class Commands:
     async def cmd_history(self):
         async def history(client):
             for record in await client.rooms.history(self.args.room):
-                self.out(format_history(record))
+                self.out(format_history(record, terminal_width(sys.stdout)))
 
         return await self.connected(history)
 

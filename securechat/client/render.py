@@ -24,17 +24,25 @@ scripts need (ZWJ, ZWNJ, an emoji flag's tag sequence) stay.  In a name or a
 reason (one line) nothing is kept: a line feed is ``^J``, a tab ``^I``, and
 anything that ``str.isprintable`` rejects is escaped.
 
+On a terminal, ``fit`` also cuts a line wider than the terminal into marked
+rows: a row the terminal wrapped by itself would start unmarked at column 0.
+
 This module imports neither Twisted nor the crypto: what prints a daemon's
 answer can use it and still start fast.
 """
 
 import json
+import os
 import re
 import unicodedata
 
-CONTINUATION = "\n  | "
+MARK = "  | "
+CONTINUATION = "\n" + MARK
 """What starts each further line of a multi-line message: it cannot pass for a message's
 ``[time]`` header, a ``!!`` warning or a verification state."""
+
+NARROWEST = 10
+"""The fewest columns a row is cut to, however narrow the terminal claims to be."""
 
 TAB_STOP = 8
 
@@ -91,6 +99,54 @@ def safe(text, lines=False):
     return CONTINUATION.join(_escape_text_line(line) for line in _LINE_BREAK.split(text))
 
 
+def _columns(char):
+    """How many columns a terminal may give ``char``, rounded up where terminals differ
+    (East Asian ambiguous width, flag letters, emoji presentation, characters newer than
+    this Python's tables): a row is never wider than counted."""
+    if char == "\ufe0f":  # emoji presentation: the character before may take two columns
+        return 1
+    if unicodedata.combining(char) or char in _KEPT_IN_TEXT:
+        return 0
+    if ("\U0001F1E6" <= char <= "\U0001F1FF"
+            or unicodedata.east_asian_width(char) in ("W", "F", "A")
+            or unicodedata.category(char) == "Cn"):
+        return 2
+    return 1
+
+
+def fit(text, width):
+    """``text`` (already safe) with no line wider than ``width`` columns: a longer line is cut
+    and its further rows marked like continuation lines.  Left to itself the terminal
+    would wrap it, and a wrapped row starts at column 0 unmarked, where padding could put
+    a line that passes for another message.  ``width`` None: not a terminal, nothing cut."""
+    if not width:
+        return text
+    lines = []
+    for line in text.split("\n"):
+        rows, row, used, limit = [], [], 0, max(width, NARROWEST)
+        for char in line:
+            columns = _columns(char)
+            if row and used + columns > limit:
+                rows.append("".join(row))
+                row, used, limit = [], 0, max(width - len(MARK), NARROWEST)
+            row.append(char)
+            used += columns
+        rows.append("".join(row))
+        lines.append(CONTINUATION.join(rows))
+    return "\n".join(lines)
+
+
+def terminal_width(stream):
+    """The columns a line printed on ``stream`` may use (one less than the terminal's, so
+    no terminal wraps early), or None when ``stream`` is no terminal (a pipe, a file)."""
+    try:
+        if not stream.isatty():
+            return None
+        return os.get_terminal_size(stream.fileno()).columns - 1
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 class EscapingStream:
     """A text stream for log lines (stderr): what a line quotes from the network (an
     envelope id, a relay's error) is escaped too; the log's own line breaks (and the tabs
@@ -109,11 +165,11 @@ class EscapingStream:
 # -- messages ---------------------------------------------------------------------------
 
 
-def format_message(record):
+def format_message(record, width=None):
     """A received message as the terminal shows it: ``[time] sender[ in room] (state): text``,
-    after the changed-key warning if there is one."""
+    after the changed-key warning if there is one; no row wider than ``width`` (``fit``)."""
     if record.get("type") == "membership":
-        return f"[{safe(record['sent_at'])}] * {safe(record['text'])}"
+        return fit(f"[{safe(record['sent_at'])}] * {safe(record['text'])}", width)
     mark = "verified" if record.get("verified") else "unverified"
     where = f" in {safe(record['room'])}" if record.get("room") else ""
     head = f"[{safe(record['sent_at'])}] {safe(record['from'])}{where} ({mark})"
@@ -124,14 +180,14 @@ def format_message(record):
         lines.append(f"{head}: ✗ could not decrypt: {safe(record['error'])}")
     else:
         lines.append(f"{head}: {safe(record['text'], lines=True)}")
-    return "\n".join(lines)
+    return fit("\n".join(lines), width)
 
 
-def format_history(record):
+def format_history(record, width=None):
     """A history line: what this device cannot decrypt is said so, not shown as an error."""
     if record.get("error"):
         record = {**record, "error": None, "text": "(not decryptable on this device)"}
-    return format_message(record)
+    return format_message(record, width)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
