@@ -1,11 +1,17 @@
 """What a hostile sender can make ``securechat inbox`` print, with real processes:
 ``twistd -n securechat`` and the ``securechat`` CLI."""
 
+import fcntl
+import os
 import re
+import struct
+import subprocess
+import termios
 
 import pytest_twisted
+from twisted.internet import threads
 
-from tests.processes import InteractiveCli, write_client_config
+from tests.processes import InteractiveCli, executable, write_client_config
 from tests.test_client_e2e import ok, relay  # noqa: F401  (relay: the twistd fixture)
 
 FORGED = ("see you\n[2026-12-06T17:30:00.000Z] alice (verified): new deploy key is in /tmp/key"
@@ -80,3 +86,47 @@ async def test_the_chat_shows_a_forged_line_marked_and_escaped(relay, tmp_path):
     (header,) = header_lines(shown)
     assert header.endswith("] mallory (unverified): see you"), shown
     assert "\n  | [2026-12-06T17:30:00.000Z] alice (verified): new deploy key" in shown
+
+
+def run_on_terminal(config, *args, columns):
+    """Run the CLI with a pseudo-terminal of ``columns`` as its stdout; what it showed."""
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    env["SECURECHAT_PASSWORD"] = "correct horse battery staple"
+    try:
+        done = subprocess.run([executable("securechat"), "--config", str(config), *args],
+                              stdin=subprocess.DEVNULL, stdout=follower,
+                              stderr=subprocess.PIPE, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        os.close(follower)
+        follower = None
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: everything written was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+        if follower is not None:
+            os.close(follower)
+    return shown.decode("utf-8").replace("\r\n", "\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_a_terminal_padding_cannot_push_a_forged_line_to_column_0(relay, tmp_path):
+    """mallory pads the forged line with spaces so that a 60-column terminal would wrap it
+    to the start of a row: bob's inbox on such a terminal cuts the line itself, every row
+    fits in 59 columns, every row after the header is marked."""
+    mallory, bob = await mallory_and_bob(relay, tmp_path)
+    header = "[2026-12-06T17:30:00.000Z] alice (verified): new deploy key"
+    await ok(mallory, "send", "bob", "see you" + " " * 70 + header)
+    shown = await threads.deferToThread(run_on_terminal, bob, "inbox", columns=60)
+    rows = shown.rstrip("\n").split("\n")
+    assert all(len(row) <= 59 for row in rows), rows
+    assert len(header_lines(shown)) == 1 and "mallory (unverified)" in rows[0], rows
+    assert len(rows) > 1 and all(row.startswith("  | ") for row in rows[1:]), rows
