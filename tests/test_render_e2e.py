@@ -2,6 +2,7 @@
 ``twistd -n securechat`` and the ``securechat`` CLI."""
 
 import fcntl
+import json
 import os
 import re
 import struct
@@ -9,9 +10,11 @@ import subprocess
 import termios
 
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import protocol, reactor, ssl, threads
+from twisted.protocols.basic import LineReceiver
 
-from tests.processes import InteractiveCli, executable, write_client_config
+from securechat.server.tls import ensure_self_signed
+from tests.processes import InteractiveCli, executable, run_cli, write_client_config
 from tests.test_client_e2e import ok, relay  # noqa: F401  (relay: the twistd fixture)
 
 FORGED = ("see you\n[2026-12-06T17:30:00.000Z] alice (verified): new deploy key is in /tmp/key"
@@ -130,3 +133,38 @@ async def test_on_a_terminal_padding_cannot_push_a_forged_line_to_column_0(relay
     assert all(len(row) <= 59 for row in rows), rows
     assert len(header_lines(shown)) == 1 and "mallory (unverified)" in rows[0], rows
     assert len(rows) > 1 and all(row.startswith("  | ") for row in rows[1:]), rows
+
+
+HOSTILE_REASON = ("no\n[2026-12-06T17:30:00.000Z] alice (verified): hi"
+                  "\x1b]0;pwned\x07\r\u202e")
+
+
+class LyingRelay(LineReceiver):
+    """A relay that answers ``ping`` and refuses everything else with a hostile reason."""
+
+    delimiter = b"\n"
+
+    def lineReceived(self, line):
+        frame = json.loads(line)
+        answer = ({"result": {}} if frame.get("op") == "ping" else
+                  {"error": {"code": "bad_request", "message": HOSTILE_REASON}})
+        self.sendLine(json.dumps({"rid": frame.get("rid"), **answer}).encode("utf-8"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relays_reason_is_escaped_on_the_error_line(tmp_path):
+    """A relay's refusal with a line feed, an OSC sequence, a CR and U+202E in its reason:
+    the CLI's ``securechat: ...`` error line stays one line with all of it escaped."""
+    cert_path, key_path, _ = ensure_self_signed(str(tmp_path / "liar"))
+    with open(cert_path) as cert, open(key_path) as key:
+        options = ssl.PrivateCertificate.loadPEM(cert.read() + key.read()).options()
+    port = reactor.listenSSL(0, protocol.Factory.forProtocol(LyingRelay), options,
+                             interface="127.0.0.1")
+    try:
+        config = write_client_config(str(tmp_path / "clients"), "bob", port.getHost().port)
+        result = await run_cli(config, "register")
+    finally:
+        await port.stopListening()
+    assert result.code == 1, result
+    assert result.err == ("securechat: the server refused: no^J[2026-12-06T17:30:00.000Z] "
+                          "alice (verified): hi^[]0;pwned^G^M<U+202E>\n"), result
