@@ -6,7 +6,8 @@ every member device against the pinned identities, and lets
 (the member devices changed, 100 messages, 7 days).  Devices that have not
 received the current session key get it as an Olm-encrypted ``room_key``
 message first; then the one ciphertext goes to ``room.send`` and the server
-fans it out.
+fans it out.  A received room message is opened by ``inbound.open_envelope``,
+as a 1:1 message is: one trust decision for both.
 """
 
 import json
