@@ -8,7 +8,6 @@ Exit codes: 0 done; 1 error; 2 usage; 3 wrong password or login refused;
 
 import argparse
 import getpass
-import json
 import os
 import sys
 
@@ -22,6 +21,8 @@ from securechat.client import settings as client_settings
 from securechat.client.contacts import TrustError
 from securechat.client.messaging import iso
 from securechat.client.protocol import RemoteError
+from securechat.client.render import (
+    EscapingStream, format_history, format_message, message_json, safe, terminal_width)
 from securechat.client.rooms import ROOM_MODES
 from securechat.client.session import (
     EXIT_UNTRUSTED, NO_OTHER_DEVICE, Client, ClientError, refusal)
@@ -110,39 +111,6 @@ def read_password(confirm=False):
     return password
 
 
-def format_message(record):
-    if record.get("type") == "membership":
-        return f"[{record['sent_at']}] * {record['text']}"
-    mark = "verified" if record.get("verified") else "unverified"
-    where = f" in {record['room']}" if record.get("room") else ""
-    head = f"[{record['sent_at']}] {record['from']}{where} ({mark})"
-    lines = []
-    if record.get("warning"):
-        lines.append(record["warning"])
-    if record.get("error"):
-        lines.append(f"{head}: ✗ could not decrypt: {record['error']}")
-    else:
-        lines.append(f"{head}: {record['text']}")
-    return "\n".join(lines)
-
-
-def format_history(record):
-    """A history line: what this device cannot decrypt is said so, not shown as an error."""
-    if record.get("error"):
-        record = {**record, "error": None, "text": "(not decryptable on this device)"}
-    return format_message(record)
-
-
-def message_json(record):
-    return json.dumps({
-        "id": record["id"], "type": record.get("type", "msg"), "from": record["from"],
-        "from_device": record["from_dev"],
-        "room": record.get("room"), "text": record.get("text"), "sent_at": record["sent_at"],
-        "verified": bool(record.get("verified")), "error": record.get("error"),
-        "warning": record.get("warning"),
-    }, ensure_ascii=False)
-
-
 class Commands:
     """Each ``cmd_*`` is one CLI command; it returns the exit code."""
 
@@ -213,7 +181,8 @@ class Commands:
     def show_unread(self, client, show=None):
         """Print what was received and not yet shown, then remember it was shown."""
         show = show or (lambda record: self.out(
-            message_json(record) if self.args.json else format_message(record)))
+            message_json(record) if self.args.json
+            else format_message(record, terminal_width(sys.stdout))))
         unread = client.unread()
         for _, record in unread:
             show(record)
@@ -256,7 +225,7 @@ class Commands:
             await self.run_verification(client, self.args.user, self._ask_yes)
             return 0
         except VerificationFailed as e:
-            self.out(f"verification failed: {e}")
+            self.out(f"verification failed: {safe(e)}")
             return EXIT_UNTRUSTED
         finally:
             await client.disconnect()
@@ -300,15 +269,15 @@ class Commands:
 
         async def listing(client):
             for room in (await client.request("rooms.list"))["rooms"]:
-                self.out(room)
+                self.out(safe(room))
 
         return await self.connected(listing)
 
     async def _list_bans(self, client):
         bans = await client.rooms.bans(self.args.room)
         for ban in bans:
-            self.out(f"{ban['user']}: banned by {ban['by']} at {iso(ban['created'])} "
-                     f"(a former {ban['role']})")
+            self.out(f"{safe(ban['user'])}: banned by {safe(ban['by'])} at "
+                     f"{iso(ban['created'])} (a former {safe(ban['role'])})")
         if not bans:
             self.out(f"nobody is banned from {self.args.room}")
 
@@ -317,7 +286,7 @@ class Commands:
 
         async def join(client):
             result = await client.rooms.join(self.args.room, password)
-            self.out(f"joined {self.args.room}: {', '.join(result['members'])}")
+            self.out(f"joined {self.args.room}: {', '.join(map(safe, result['members']))}")
 
         return await self.connected(join)
 
@@ -332,7 +301,7 @@ class Commands:
         async def members(client):
             result = await client.request("room.members", room=self.args.room)
             for user, devices in result["members"].items():
-                self.out(f"{user}: {', '.join(devices) or '(no device)'}")
+                self.out(f"{safe(user)}: {', '.join(map(safe, devices)) or '(no device)'}")
 
         return await self.connected(members)
 
@@ -347,7 +316,7 @@ class Commands:
     async def cmd_history(self):
         async def history(client):
             for record in await client.rooms.history(self.args.room):
-                self.out(format_history(record))
+                self.out(format_history(record, terminal_width(sys.stdout)))
 
         return await self.connected(history)
 
@@ -369,7 +338,7 @@ class Commands:
 def log_problems_to_stderr():
     """Warnings and errors (never message contents) go to stderr; the rest is dropped."""
     observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr),
+        textFileLogObserver(EscapingStream(sys.stderr)),
         [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
@@ -384,11 +353,11 @@ def main(argv=None):
             commands = Commands(reactor, args)
             code = await getattr(commands, "cmd_" + args.command)()
         except (ClientError, server_config.ConfigError, TrustError) as e:
-            print(f"securechat: {e}", file=sys.stderr)
+            print(f"securechat: {safe(e)}", file=sys.stderr)
             code = getattr(e, "exit_code", 1)
         except RemoteError as e:
             error = refusal(e)
-            print(f"securechat: {error}", file=sys.stderr)
+            print(f"securechat: {safe(error)}", file=sys.stderr)
             code = error.exit_code
         if code:
             raise SystemExit(code)

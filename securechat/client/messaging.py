@@ -7,12 +7,13 @@ saved before anything leaves), send, retry once if the device set changed.
 Receiving, one envelope at a time in ``seq`` order: skip ids already seen
 (ack again), decrypt, check the inner header against the envelope, then
 save the new ratchet state, the plaintext and the seen id in ONE
-transaction, and only then acknowledge (in batches, ``acks.AckBatcher``).  A
+transaction, and only then acknowledge (in batches, ``acks.AckBatcher``).
+``inbound.open_envelope`` does the middle part for 1:1 and room messages
+alike, and decides there how far the sender is trusted.  A
 crash anywhere leaves either the old state (the envelope is redelivered and
 decrypts again) or the new state with the id seen (the redelivery is skipped).
 """
 
-import datetime
 import json
 import secrets
 import time
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.client.acks import AckBatcher
 from securechat.client.contacts import TrustError, verify
+from securechat.client.inbound import iso, open_envelope
 from securechat.client.protocol import RemoteError
 from securechat.crypto.device import DecryptError
 
@@ -38,11 +40,6 @@ def padded(inner):
     """Inner JSON padded to a multiple of 256 bytes (hides the exact length of short messages)."""
     data = wire.canonical_json({**inner, "pad": ""})
     return wire.canonical_json({**inner, "pad": " " * (-len(data) % PAD_BUCKET)})
-
-
-def iso(ms):
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Sender:
@@ -191,44 +188,22 @@ class Receiver:
 
     async def _open(self, env):
         """Decrypt and store one Olm envelope; a failure is stored as a readable reason."""
-        client, store = self._client, self._client.store
-        now = int(time.time() * 1000)
-        base = {"id": env["id"], "from": env["from"], "from_dev": env["from_dev"],
-                "room": env.get("room"), "received_at": iso(env["ts"])}
-        warning = None
-        try:
-            devices = await client.trusted_devices(env["from"], sending=False)
-            warning = client.contacts.record(env["from"]).get("warning") if env["from"] != client.user else None
-            sender = devices.get(env["from_dev"])
-            if sender is None:
-                raise DecryptError(f"{env['from']}'s device {env['from_dev']} is not one we trust")
+        client = self._client
+
+        def unseal(sender):
             if env["kind"] != "olm":
                 raise DecryptError(f"{env['kind']} messages are not supported by this client")
-            with store.transaction():
-                plaintext = client.crypto.decrypt(env["from"], env["from_dev"],
-                                                  sender["curve25519"], env["sid"], env["otype"], env["ct"])
-                inner = self._check_inner(env, plaintext, sender)
-                if inner.get("type") == "room_key":
-                    client.rooms.accept_key(inner, env["from"], env["from_dev"],
-                                            sender["curve25519"])
-                record = {**base, "type": inner.get("type"), "mid": inner.get("mid"),
-                          "text": inner.get("body") if inner.get("type") == "msg" else None,
-                          "sent_at": iso(inner["ts"]) if isinstance(inner.get("ts"), int) else base["received_at"],
-                          "verified": client.contacts.is_verified(env["from"]) and warning is None,
-                          "warning": warning, "error": None, "inner": inner}
-                store.mark_seen(env["id"], now)
-                if record["type"] == "msg":
-                    store.add_message(env["id"], _public(record))
-            return record
-        except (DecryptError, TrustError, RemoteError) as e:
-            reason = getattr(e, "reason", None) or str(e)
-            record = {**base, "type": "msg", "text": None, "sent_at": base["received_at"],
-                      "verified": False, "warning": warning, "error": reason}
-            with store.transaction():
-                store.mark_seen(env["id"], now)
-                store.add_message(env["id"], record)
+            plaintext = client.crypto.decrypt(env["from"], env["from_dev"], sender["curve25519"],
+                                              env["sid"], env["otype"], env["ct"])
+            inner = self._check_inner(env, plaintext, sender)
+            if inner.get("type") == "room_key":
+                client.rooms.accept_key(inner, env["from"], env["from_dev"], sender["curve25519"])
+            return inner
+
+        record = await open_envelope(client, env, unseal)
+        if record["error"]:
             await self._maybe_unwedge(env)
-            return record
+        return record
 
     def _check_inner(self, env, plaintext, sender):
         """The inner header must repeat who sent it to whom (no forwarding, no key swap)."""
@@ -264,7 +239,3 @@ class Receiver:
         except (TrustError, RemoteError) as e:
             self.log.info("could not replace the session with {peer}: {e}", peer=peer, e=e)
 
-
-def _public(record):
-    """What the history keeps of a message (without the raw inner header)."""
-    return {k: v for k, v in record.items() if k != "inner"}
