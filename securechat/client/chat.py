@@ -203,6 +203,11 @@ class Chat:
         if self._io is not None:
             self._commands.show_unread(self._client, lambda record: self.show(format_message(record)))
 
+    def connection_state(self, state, detail):
+        """Say each change of the connection (not each attempt: ``connecting``)."""
+        if state != "connecting":
+            self.show(f"* {state}: {detail}")
+
     def quit(self):
         if not self.done.called:
             self.done.callback(0)
@@ -210,7 +215,9 @@ class Chat:
 
 async def run_chat(commands):
     holder = {}
-    client = commands.client(on_message=lambda record: holder["chat"].show_unread())
+    client = commands.client(on_message=lambda record: holder["chat"].show_unread(),
+                             on_state=lambda state, detail: holder["chat"].connection_state(
+                                 state, detail))
     chat = Chat(commands, client)
     holder["chat"] = chat
     await client.open()
