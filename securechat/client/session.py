@@ -231,6 +231,8 @@ class Client:
     def _connection_lost(self, protocol):
         if protocol is not self.protocol or self.state in ("replaced", "closed"):
             return
+        self.log.warn("lost the connection to {server} ({reason}); reconnecting",
+                      server=self.settings.server, reason=protocol.lost_reason)
         self._set_state("disconnected", f"lost the connection ({protocol.lost_reason})")
         self._reconnector.start()
 
