@@ -32,6 +32,13 @@ from securechat.wire import BROADCAST_ROOM
 DEFAULT_CONFIG = os.path.join("~", ".config", "securechat", "client.ini")
 
 
+def add_send_wait(parser):
+    parser.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="if the server is unreachable, keep the message in the outbox and "
+                             "wait this long for the server to take it (default 0: exit 4 at "
+                             "once; the next command or the daemon sends it)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="securechat", description="securechat: an end-to-end encrypted messenger for the terminal")
     parser.add_argument("--config", default=os.environ.get("SECURECHAT_CONFIG", DEFAULT_CONFIG),
@@ -42,10 +49,7 @@ def build_parser():
     send = commands.add_parser("send", help="send a message to a user")
     send.add_argument("user")
     send.add_argument("text", nargs="+")
-    send.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                      help="if the server is unreachable, keep the message in the outbox and "
-                           "wait this long for the server to take it (default 0: exit 4 at "
-                           "once; the next command or the daemon sends it)")
+    add_send_wait(send)
     inbox = commands.add_parser("inbox", help="fetch, decrypt, acknowledge and print messages")
     inbox.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                        help="if nothing is waiting, wait this long for a message (through "
@@ -84,8 +88,10 @@ def build_parser():
     say = commands.add_parser("say", help="send a message to a room")
     say.add_argument("room")
     say.add_argument("text", nargs="+")
+    add_send_wait(say)
     broadcast = commands.add_parser("broadcast", help="send a message to every user")
     broadcast.add_argument("text", nargs="+")
+    add_send_wait(broadcast)
     for name, text in (("invite", "add USER to ROOM (owner/admins)"),
                        ("kick", "remove USER from ROOM (if in it) and ban USER from it (owner/admins)"),
                        ("unban", "lift USER's ban from ROOM (owner/admins)")):
@@ -213,20 +219,24 @@ class Commands:
         return await self.connected(report)
 
     async def cmd_send(self):
-        """Send, or keep in the outbox: with the server unreachable, the message waits
-        there (exit 4) unless ``--wait`` gives the reconnect time to send it."""
+        if await self.send_or_keep(
+                lambda client: client.send_text(self.args.user, " ".join(self.args.text))) == 0:
+            self.out(NO_OTHER_DEVICE)
+        return 0
+
+    async def send_or_keep(self, send):
+        """Run ``send(client)`` (a message send); with the server unreachable the message
+        waits in the outbox (Queued: exit 4) unless ``--wait`` gives the reconnect time to
+        send it.  What ``send`` fires with (None when the reconnect sent it)."""
         client = self.client()
         await self.open_or_reconnect(client, keep_trying=True)
         try:
             if client.state == "connected":
                 await client.drain(timeout=60)
             try:
-                devices = await client.send_text(self.args.user, " ".join(self.args.text))
+                return await send(client)
             except Queued as queued:
-                devices = await self._wait_sent(client, queued)
-            if devices == 0:
-                self.out(NO_OTHER_DEVICE)
-            return 0
+                return await self._wait_sent(client, queued)
         finally:
             await client.disconnect()
 
@@ -412,12 +422,14 @@ class Commands:
         return await self.connected(members)
 
     async def cmd_say(self):
-        return await self.connected(
+        await self.send_or_keep(
             lambda client: client.rooms.say(self.args.room, " ".join(self.args.text)))
+        return 0
 
     async def cmd_broadcast(self):
-        return await self.connected(
+        await self.send_or_keep(
             lambda client: client.rooms.say(BROADCAST_ROOM, " ".join(self.args.text)))
+        return 0
 
     async def cmd_history(self):
         async def history(client):

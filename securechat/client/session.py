@@ -71,11 +71,6 @@ HARD_ERRORS = (EXIT_AUTH, EXIT_CERTIFICATE)
 """Exit codes of a failed connect that retrying cannot fix: a login refused, a certificate
 that is not the relay's.  Every other failure (unreachable, closed, busy) is retried."""
 
-STATES = ("connecting", "connected", "disconnected", "replaced", "closed")
-"""``Client.state``: ``disconnected`` waits for the next reconnect attempt; ``replaced``
-(another login of this device took the relay connection) and ``closed`` (closed by the
-caller, or a hard error) do not reconnect."""
-
 
 def refusal(error, what="the server refused"):
     """The ClientError for a server's error answer: limits and outages get their own exit
@@ -115,8 +110,12 @@ class Client:
         self.receiver = Receiver(self, on_message or (lambda record: None),
                                  on_control or (lambda record: None))
         self.outbox = Outbox(self)
+        # connecting, connected, disconnected (waiting for the next attempt), replaced
+        # (another login of this device took the relay connection) or closed (by the
+        # caller, or a hard error); neither of the last two reconnects.
         self.state = "closed"
         self.state_detail = None
+        self._problem = None  # why the last connection or attempt failed
         self._on_state = on_state or (lambda state, detail: None)
         self._reconnector = Reconnector(reactor, self._reconnect_once, self._waiting)
 
@@ -142,6 +141,7 @@ class Client:
             raise
         await self._login()
         await self._publish_device()
+        self._connected()
 
     def _discard_new_store(self, directory):
         self.close()
@@ -165,6 +165,7 @@ class Client:
         try:
             await self._establish()
         except ClientError as e:
+            self._problem = str(e)
             self._set_state("closed" if e.exit_code in HARD_ERRORS else "disconnected", str(e))
             raise
         await self.outbox.flush()
@@ -219,6 +220,9 @@ class Client:
         except client_protocol.ConnectionClosed as e:
             raise ClientError(f"the connection to {self.settings.server} closed: {e}",
                               EXIT_UNREACHABLE) from None
+        if self.state == "closed":  # closed by the caller while this connected
+            self.protocol.transport.loseConnection()
+            raise ClientError("closed while connecting")
         self._connected()
 
     def _connected(self):
@@ -233,7 +237,7 @@ class Client:
             return
         self.log.warn("lost the connection to {server} ({reason}); reconnecting",
                       server=self.settings.server, reason=protocol.lost_reason)
-        self._set_state("disconnected", f"lost the connection ({protocol.lost_reason})")
+        self._problem = f"lost the connection ({protocol.lost_reason})"
         self._reconnector.start()
 
     def reconnect(self):
@@ -243,8 +247,7 @@ class Client:
 
     def _waiting(self, delay):
         """The reconnect loop waits ``delay`` seconds: the state says so, with why."""
-        problem = (self.state_detail or "").partition("; next attempt")[0]
-        self._set_state("disconnected", f"{problem}; next attempt in {delay:.1f} s")
+        self._set_state("disconnected", f"{self._problem}; next attempt in {delay:.1f} s")
 
     async def _reconnect_once(self):
         """One attempt of the reconnect loop: True when it is over (connected, or a hard
@@ -253,12 +256,16 @@ class Client:
             return True
         try:
             await self._establish()
-        except ClientError as e:
-            if e.exit_code in HARD_ERRORS:
+        except Exception as e:
+            if self.state == "closed":  # closed by the caller meanwhile
+                return True
+            if not isinstance(e, (ClientError, RemoteError)):
+                raise
+            if getattr(e, "exit_code", None) in HARD_ERRORS:
                 self.log.error("not reconnecting: {error}", error=str(e))
                 self._set_state("closed", str(e))
                 return True
-            self._set_state("disconnected", str(e))
+            self._problem = str(e)
             return False
         await self.outbox.flush()
         return self.state != "disconnected"  # dropped again meanwhile: keep trying
