@@ -6,10 +6,12 @@ import sqlite3
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 
+from securechat.client.session import Client
+from securechat.client.settings import ClientSettings
 from tests.processes import (
-    InteractiveCli, ServerProcess, free_port, run_cli, write_client_config)
+    InteractiveCli, RelayEndpoint, ServerProcess, free_port, run_cli, write_client_config)
 from tests.support import poll_until, poll_until_async, write_config
 
 
@@ -171,3 +173,32 @@ async def test_chat_says_it_reconnects_and_sends_a_line_typed_during_the_outage(
     assert await chat.finish() == 0
     assert received == ["typed during the outage"]
     assert (await ok(bob, "inbox", "--json")).json_lines() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_logged_in_client_reconnects_after_a_relay_restart_and_receives(
+        relay, tmp_path):
+    """A Client logged in (in this process) when the relay gets SIGTERM goes disconnected,
+    reconnects by itself once the relay is back, and goes on receiving (alice's next
+    message arrives once); its states are reported in order."""
+    proc, port, data = relay
+    alice, _ = await users(tmp_path, proc, port)
+    endpoint = RelayEndpoint(port, data)
+    settings = ClientSettings("127.0.0.1", port, "bob", str(tmp_path / "clients" / "bob"),
+                              endpoint.cert_path, None, "test")
+    states, received = [], []
+    bob = Client(reactor, settings, "correct horse battery staple",
+                 on_message=received.append, on_state=lambda state, _: states.append(state))
+    await bob.open()
+    assert bob.state == "connected"
+    proc.stop()
+    await poll_until(lambda: bob.state != "connected", timeout=30)
+    proc.start()
+    await proc.wait_listening()
+    await poll_until(lambda: bob.state == "connected", timeout=60)
+    await ok(alice, "send", "bob", "after the restart")
+    await poll_until(lambda: received and bob.receiver.idle(), timeout=30)
+    await bob.disconnect()
+    assert [r["text"] for r in received] == ["after the restart"]
+    assert states[:3] == ["connecting", "connected", "disconnected"], states
+    assert states[-2:] == ["connected", "closed"], states
