@@ -2,6 +2,7 @@
 SIGTERM and started again on the same port and data dir, and the real ``securechat`` CLI."""
 
 import os
+import shutil
 import sqlite3
 
 import pytest
@@ -202,3 +203,48 @@ async def test_a_logged_in_client_reconnects_after_a_relay_restart_and_receives(
     assert [r["text"] for r in received] == ["after the restart"]
     assert states[:3] == ["connecting", "connected", "disconnected"], states
     assert states[-2:] == ["connected", "closed"], states
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_message_said_while_the_relay_is_down_is_sent_once(relay, tmp_path):
+    """`say` with the relay down keeps the room message in the outbox (exit 4); the next
+    command after the relay is back sends it: bob reads it in the room once."""
+    proc, port, _ = relay
+    alice, bob = await users(tmp_path, proc, port)
+    await ok(alice, "rooms", "create", "ops")
+    await ok(bob, "join", "ops")
+    proc.stop()
+    queued = await run_cli(alice, "say", "ops", "said while down")
+    assert queued.code == 4 and "kept in the outbox" in queued.err, queued
+    assert "in ops (pending)" in (await ok(alice, "outbox")).out
+    proc.start()
+    await proc.wait_listening()
+    await ok(alice, "login")
+    await ok(alice, "login")
+    lines = (await ok(bob, "inbox", "--json")).json_lines()
+    said = [(m["room"], m["text"], m["error"]) for m in lines if m["type"] == "msg"]
+    assert said == [("ops", "said while down", None)], lines
+    assert (await ok(bob, "inbox", "--json")).json_lines() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_change_during_an_outage_stops_the_reconnects(relay, tmp_path):
+    """A relay that comes back with another certificate than the pinned one is not
+    retried: the Client's state becomes 'closed' with the refusal, and no further
+    attempt is scheduled."""
+    proc, port, data = relay
+    await proc.wait_listening()
+    bob = write_client_config(str(tmp_path / "clients"), "bob", port)
+    await ok(bob, "register")
+    settings = ClientSettings("127.0.0.1", port, "bob", str(tmp_path / "clients" / "bob"),
+                              "", proc.fingerprint(), "test")
+    client = Client(reactor, settings, "correct horse battery staple")
+    await client.open()
+    proc.stop()
+    shutil.rmtree(os.path.join(str(data), "tls"))  # the relay makes itself a new one
+    proc.start()
+    await proc.wait_listening()
+    await poll_until(lambda: client.state == "closed", timeout=60)
+    assert "REFUSED" in client.state_detail
+    assert not client._reconnector.running
+    client.close()
