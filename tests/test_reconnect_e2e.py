@@ -248,3 +248,26 @@ async def test_a_certificate_change_during_an_outage_stops_the_reconnects(relay,
     assert "REFUSED" in client.state_detail
     assert not client._reconnector.running
     client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_queued_message_refused_later_stays_listed_as_failed(relay, tmp_path):
+    """A message queued for a user who does not exist is refused when the relay is back:
+    it stays in the outbox marked failed with the reason (the others are sent), and
+    `outbox --drop` removes it."""
+    proc, port, _ = relay
+    alice, bob = await users(tmp_path, proc, port)
+    proc.stop()
+    assert (await run_cli(alice, "send", "nobody", "lost letter")).code == 4
+    assert (await run_cli(alice, "send", "bob", "real letter")).code == 4
+    proc.start()
+    await proc.wait_listening()
+    await ok(alice, "login")
+    listing = (await ok(alice, "outbox")).out.splitlines()
+    assert len(listing) == 1 and "to nobody (failed: no user named nobody" in listing[0], listing
+    assert [m["text"] for m in (await ok(bob, "inbox", "--json")).json_lines()] == [
+        "real letter"]
+    await ok(alice, "outbox", "--drop", listing[0].split()[0])
+    assert (await ok(alice, "outbox")).out == ""
+    missing = await run_cli(alice, "outbox", "--drop", "no-such-entry")
+    assert missing.code == 1 and "no entry no-such-entry" in missing.err

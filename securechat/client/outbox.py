@@ -23,7 +23,6 @@ import time
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from securechat.client.contacts import TrustError
 from securechat.client.messaging import new_id
 from securechat.client.protocol import ConnectionClosed, RemoteError
 
@@ -145,8 +144,8 @@ class Outbox:
                               "in the outbox", code=e.code)
                 return False
             self._failed(entry_id, record, e.message)
-        except TrustError as e:
-            self._failed(entry_id, record, str(e))
+        except Exception as e:  # refused for good here (a blocked key, an unknown user)
+            self._failed(entry_id, record, str(e) or type(e).__name__)
         else:
             self._remove(entry_id)
         return True
@@ -159,7 +158,7 @@ class Outbox:
     async def _deliver(self, entry_id, record):
         client = self._client
         if client.state != "connected":
-            raise NotSent(entry_id, "not connected to the server")
+            raise NotSent(entry_id, client.state_detail or "not connected to the server")
         if record["envelopes"] is not None:
             try:
                 return await self._transmit(record)
