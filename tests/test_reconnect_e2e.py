@@ -109,8 +109,9 @@ async def test_inbox_wait_keeps_waiting_across_a_relay_restart(relay, tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_a_message_queued_while_the_relay_is_down_is_sent_once(relay, tmp_path):
     """With the relay down, `send` exits 4 and keeps the message in the outbox (listed as
-    pending); the first command after the relay is back sends it, later ones do not send
-    it again: the relay's store holds it once and bob reads it once."""
+    pending), and `inbox --wait` ends at its deadline with exit 4; the first command after
+    the relay is back sends the message, later ones do not send it again: the relay's
+    store holds it once and bob reads it once."""
     proc, port, data = relay
     alice, bob = await users(tmp_path, proc, port)
     proc.stop()
@@ -118,6 +119,8 @@ async def test_a_message_queued_while_the_relay_is_down_is_sent_once(relay, tmp_
     assert queued.code == 4 and "kept in the outbox" in queued.err, queued
     listing = await ok(alice, "outbox")
     assert "to bob (pending)" in listing.out and "queued while down" in listing.out, listing
+    down = await run_cli(bob, "inbox", "--wait", "1")
+    assert down.code == 4 and "not connected to the server at the end" in down.err, down
     proc.start()
     await proc.wait_listening()
     await ok(alice, "login")
