@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 error; 2 usage; 3 wrong password or login refused;
 4 server unreachable (a message to send is kept in the outbox);
-5 server certificate not trusted (pin mismatch); 6 unknown user; 7 sending blocked by trust (changed or unsigned keys);
+5 server certificate not trusted (pin mismatch); 6 unknown user;
+7 sending blocked by trust (changed or unsigned keys);
 8 rate limited (try again in the seconds given); 9 server unavailable (its database).
 """
 
