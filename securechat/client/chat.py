@@ -205,6 +205,11 @@ class Chat:
             self._commands.show_unread(self._client, lambda record: self.show(
                 format_message(record, terminal_width(sys.stdout))))
 
+    def connection_state(self, state, detail):
+        """Say each change of the connection (not each attempt: ``connecting``)."""
+        if state != "connecting":
+            self.show(f"* {state}: {detail}")
+
     def quit(self):
         if not self.done.called:
             self.done.callback(0)
@@ -212,7 +217,9 @@ class Chat:
 
 async def run_chat(commands):
     holder = {}
-    client = commands.client(on_message=lambda record: holder["chat"].show_unread())
+    client = commands.client(on_message=lambda record: holder["chat"].show_unread(),
+                             on_state=lambda state, detail: holder["chat"].connection_state(
+                                 state, detail))
     chat = Chat(commands, client)
     holder["chat"] = chat
     await client.open()

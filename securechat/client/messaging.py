@@ -46,14 +46,15 @@ class Sender:
     def __init__(self, client):
         self._client = client
 
-    async def send(self, users, payload, fresh=(), retry=True):
+    async def send(self, users, payload, fresh=(), retry=True, outbox_id=None):
         """Encrypt ``payload`` (a dict) for every device of ``users`` and our other devices.
 
         Devices in ``fresh`` (``(user, device)`` pairs) get a new session even
         if one exists: that is how a wedged session is replaced.  Fires with
         the number of devices it went to: 0 for a note to ourselves when this
         is our only device (then nothing is sent: the relay refuses a send
-        for nobody).
+        for nobody).  A message of the outbox (``outbox_id``) keeps its
+        envelopes there, written with the ratchet states that made them.
         """
         client = self._client
         targets = await self._targets(users)
@@ -63,21 +64,24 @@ class Sender:
             [t for t in targets
              if (t[0], t[1]) in fresh or not client.crypto.has_session(t[2]["curve25519"])])
         envelopes = []
-        for user, device, keys in targets:
-            inner = {**payload, "from": client.user, "from_dev": client.device,
-                     "from_ed25519": client.crypto.ed25519, "to": user, "to_dev": device,
-                     "to_ed25519": keys["ed25519"]}
-            sid, otype, ct = client.crypto.encrypt(user, device, keys["curve25519"],
-                                                   padded(inner), sessions.get((user, device)))
-            envelopes.append({"id": new_id(), "to": user, "to_dev": device, "kind": "olm",
-                              "sid": sid, "otype": otype, "ct": ct})
+        with client.store.transaction():
+            for user, device, keys in targets:
+                inner = {**payload, "from": client.user, "from_dev": client.device,
+                         "from_ed25519": client.crypto.ed25519, "to": user, "to_dev": device,
+                         "to_ed25519": keys["ed25519"]}
+                sid, otype, ct = client.crypto.encrypt(user, device, keys["curve25519"],
+                                                       padded(inner), sessions.get((user, device)))
+                envelopes.append({"id": new_id(), "to": user, "to_dev": device, "kind": "olm",
+                                  "sid": sid, "otype": otype, "ct": ct})
+            if outbox_id is not None:
+                client.outbox.encrypted(outbox_id, envelopes)
         try:
             await client.request("send", envelopes=envelopes)
             return len(envelopes)
         except RemoteError as e:
             if e.code == "devices_mismatch" and retry:
                 client.forget_devices()
-                return await self.send(users, payload, fresh, retry=False)
+                return await self.send(users, payload, fresh, retry=False, outbox_id=outbox_id)
             raise
 
     async def _targets(self, users):

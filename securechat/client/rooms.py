@@ -114,7 +114,22 @@ class RoomClient:
 
     @returns_deferred
     async def say(self, room, text):
-        """Encrypt once, share the key where needed, send; fire with the message id."""
+        """Keep the message in the outbox, then send it; fire with the message id
+        (``session.Queued`` when there is no connection to take it now)."""
+        client = self._client
+        mid = new_id()
+        inner = {"type": "msg", "mid": mid, "room": room, "from": client.user,
+                 "from_dev": client.device, "ts": int(time.time() * 1000), "body": text}
+        await client.deliver(client.outbox.add(inner, room=room))
+        return mid
+
+    async def send_queued(self, room, inner, entry_id):
+        """Encrypt once, share the key where needed, send; fire with the message id.
+
+        The ciphertext is written to the outbox entry ``entry_id`` with the
+        advanced Megolm session, so a resend after a lost answer sends the
+        same envelope id.
+        """
         client = self._client
         members = (await client.request("room.members", room=room))["members"]
         devices = {}
@@ -140,14 +155,14 @@ class RoomClient:
             await client.sender.send(unserved, {
                 "type": "room_key", "mid": new_id(), "room": room,
                 "ts": int(time.time() * 1000), "session_key": key})
-        mid = new_id()
-        inner = {"type": "msg", "mid": mid, "room": room, "from": client.user,
-                 "from_dev": client.device, "ts": int(time.time() * 1000), "body": text}
-        session_id, ct = crypto.encrypt(room, session, meta, padded(inner),
-                                        [list(d) for d in devices])
-        await client.request("room.send", room=room, id=new_id(), kind="megolm",
-                             sid=session_id, ct=wire.pad_b64(ct))
-        return mid
+        with client.store.transaction():
+            session_id, ct = crypto.encrypt(room, session, meta, padded(inner),
+                                            [list(d) for d in devices])
+            envelope = {"room": room, "id": new_id(), "kind": "megolm", "sid": session_id,
+                        "ct": wire.pad_b64(ct)}
+            client.outbox.encrypted(entry_id, [envelope])
+        await client.request("room.send", **envelope)
+        return inner["mid"]
 
     # -- reading history ------------------------------------------------------------
 
