@@ -5,11 +5,12 @@ A line that does not start with ``/`` goes to the current conversation
 """
 
 import shlex
+import sys
 
 from twisted.internet import defer, stdio
 from twisted.protocols.basic import LineReceiver
 
-from securechat.client.cli import format_history, format_message
+from securechat.client.render import format_history, format_message, safe, terminal_width
 from securechat.client.protocol import RemoteError
 from securechat.client.session import NO_OTHER_DEVICE, ClientError
 from securechat.client.contacts import TrustError
@@ -81,11 +82,11 @@ class Chat:
     def _report(self, failure):
         error = failure.value
         if isinstance(error, (ClientError, TrustError, VerificationFailed)):
-            self.show(f"! {error}")
+            self.show(f"! {safe(error)}")
         elif isinstance(error, RemoteError):
-            self.show(f"! the server refused: {error.message}")
+            self.show(f"! the server refused: {safe(error.message)}")
         else:
-            self.show(f"! unexpected error: {error!r}")
+            self.show(f"! unexpected error: {safe(repr(error))}")
 
     async def _dispatch(self, line):
         if not line.startswith("/"):
@@ -139,7 +140,7 @@ class Chat:
 
     async def do_join(self, rest):
         result = await self._client.rooms.join(rest)
-        self.show(f"joined {rest}: " + ", ".join(result["members"]))
+        self.show(f"joined {rest}: " + ", ".join(map(safe, result["members"])))
 
     async def do_leave(self, rest):
         await self._client.rooms.leave(rest)
@@ -147,7 +148,7 @@ class Chat:
 
     async def do_history(self, rest):
         for record in await self._client.rooms.history(rest):
-            self.show(format_history(record))
+            self.show(format_history(record, terminal_width(sys.stdout)))
 
     async def do_invite(self, rest):
         await self._moderate("invite", rest)
@@ -167,12 +168,12 @@ class Chat:
 
     async def do_rooms(self, rest):
         rooms = (await self._client.request("rooms.list"))["rooms"]
-        self.show("rooms: " + (", ".join(rooms) if rooms else "(none)"))
+        self.show("rooms: " + (", ".join(map(safe, rooms)) if rooms else "(none)"))
 
     async def do_who(self, rest):
         members = (await self._client.request("room.members", room=rest))["members"]
         for user, devices in members.items():
-            self.show(f"  {user}: {', '.join(devices) or '(no device)'}")
+            self.show(f"  {safe(user)}: {', '.join(map(safe, devices)) or '(no device)'}")
 
     async def do_fingerprint(self, rest):
         self.show(f"{self._client.user}: {key_fingerprint(self._client.crypto.identity_key)}")
@@ -201,7 +202,13 @@ class Chat:
     def show_unread(self):
         """Show every stored message not shown yet (received now or by another command)."""
         if self._io is not None:
-            self._commands.show_unread(self._client, lambda record: self.show(format_message(record)))
+            self._commands.show_unread(self._client, lambda record: self.show(
+                format_message(record, terminal_width(sys.stdout))))
+
+    def connection_state(self, state, detail):
+        """Say each change of the connection (not each attempt: ``connecting``)."""
+        if state != "connecting":
+            self.show(f"* {state}: {detail}")
 
     def quit(self):
         if not self.done.called:
@@ -210,7 +217,9 @@ class Chat:
 
 async def run_chat(commands):
     holder = {}
-    client = commands.client(on_message=lambda record: holder["chat"].show_unread())
+    client = commands.client(on_message=lambda record: holder["chat"].show_unread(),
+                             on_state=lambda state, detail: holder["chat"].connection_state(
+                                 state, detail))
     chat = Chat(commands, client)
     holder["chat"] = chat
     await client.open()

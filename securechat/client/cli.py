@@ -1,8 +1,9 @@
 """``securechat``: the command line.  One-shot scriptable commands and an interactive chat.
 
 Exit codes: 0 done; 1 error; 2 usage; 3 wrong password or login refused;
-4 server unreachable; 5 server certificate not trusted (pin mismatch);
-6 unknown user; 7 sending blocked by trust (changed or unsigned keys);
+4 server unreachable (a message to send is kept in the outbox);
+5 server certificate not trusted (pin mismatch); 6 unknown user;
+7 sending blocked by trust (changed or unsigned keys);
 8 rate limited (try again in the seconds given); 9 server unavailable (its database).
 """
 
@@ -21,15 +22,24 @@ from securechat import config as server_config
 from securechat.client import settings as client_settings
 from securechat.client.contacts import TrustError
 from securechat.client.messaging import iso
-from securechat.client.protocol import RemoteError
+from securechat.client.protocol import ConnectionClosed, RemoteError
+from securechat.client.render import (
+    EscapingStream, format_history, format_message, message_json, safe, terminal_width)
 from securechat.client.rooms import ROOM_MODES
 from securechat.client.session import (
-    EXIT_UNTRUSTED, NO_OTHER_DEVICE, Client, ClientError, refusal)
+    EXIT_UNREACHABLE, EXIT_UNTRUSTED, NO_OTHER_DEVICE, Client, ClientError, Queued, refusal)
 from securechat.client.verification import Verification, VerificationFailed
 from securechat.crypto.fingerprint import key_fingerprint, safety_number
 from securechat.wire import BROADCAST_ROOM
 
 DEFAULT_CONFIG = os.path.join("~", ".config", "securechat", "client.ini")
+
+
+def add_send_wait(parser):
+    parser.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="if the server is unreachable, keep the message in the outbox and "
+                             "wait this long for the server to take it (default 0: exit 4 at "
+                             "once; the next command or the daemon sends it)")
 
 
 def build_parser():
@@ -42,11 +52,16 @@ def build_parser():
     send = commands.add_parser("send", help="send a message to a user")
     send.add_argument("user")
     send.add_argument("text", nargs="+")
+    add_send_wait(send)
     inbox = commands.add_parser("inbox", help="fetch, decrypt, acknowledge and print messages")
     inbox.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                       help="if nothing is waiting, wait this long for a message")
+                       help="if nothing is waiting, wait this long for a message (through "
+                            "reconnects)")
     inbox.add_argument("--json", action="store_true", help="one JSON object per line")
     commands.add_parser("chat", help="interactive chat (type /help)")
+    outbox = commands.add_parser(
+        "outbox", help="messages not yet accepted by the server (works without the server)")
+    outbox.add_argument("--drop", metavar="ID", help="remove one entry (one that failed)")
     fingerprint = commands.add_parser("fingerprint", help="your fingerprint, or the safety number with USER")
     fingerprint.add_argument("user", nargs="?")
     verify = commands.add_parser("verify", help="compare emoji with USER (both run this)")
@@ -76,8 +91,10 @@ def build_parser():
     say = commands.add_parser("say", help="send a message to a room")
     say.add_argument("room")
     say.add_argument("text", nargs="+")
+    add_send_wait(say)
     broadcast = commands.add_parser("broadcast", help="send a message to every user")
     broadcast.add_argument("text", nargs="+")
+    add_send_wait(broadcast)
     for name, text in (("invite", "add USER to ROOM (owner/admins)"),
                        ("kick", "remove USER from ROOM (if in it) and ban USER from it (owner/admins)"),
                        ("unban", "lift USER's ban from ROOM (owner/admins)")):
@@ -110,39 +127,6 @@ def read_password(confirm=False):
     return password
 
 
-def format_message(record):
-    if record.get("type") == "membership":
-        return f"[{record['sent_at']}] * {record['text']}"
-    mark = "verified" if record.get("verified") else "unverified"
-    where = f" in {record['room']}" if record.get("room") else ""
-    head = f"[{record['sent_at']}] {record['from']}{where} ({mark})"
-    lines = []
-    if record.get("warning"):
-        lines.append(record["warning"])
-    if record.get("error"):
-        lines.append(f"{head}: ✗ could not decrypt: {record['error']}")
-    else:
-        lines.append(f"{head}: {record['text']}")
-    return "\n".join(lines)
-
-
-def format_history(record):
-    """A history line: what this device cannot decrypt is said so, not shown as an error."""
-    if record.get("error"):
-        record = {**record, "error": None, "text": "(not decryptable on this device)"}
-    return format_message(record)
-
-
-def message_json(record):
-    return json.dumps({
-        "id": record["id"], "type": record.get("type", "msg"), "from": record["from"],
-        "from_device": record["from_dev"],
-        "room": record.get("room"), "text": record.get("text"), "sent_at": record["sent_at"],
-        "verified": bool(record.get("verified")), "error": record.get("error"),
-        "warning": record.get("warning"),
-    }, ensure_ascii=False)
-
-
 class Commands:
     """Each ``cmd_*`` is one CLI command; it returns the exit code."""
 
@@ -154,9 +138,19 @@ class Commands:
         self.verifications = []
         self.pending_starts = []
 
-    def client(self, confirm=False, on_message=None):
+    def client(self, confirm=False, on_message=None, on_state=None):
         return Client(self.reactor, self.settings, read_password(confirm),
-                      on_message=on_message, on_control=self._control)
+                      on_message=on_message, on_control=self._control, on_state=on_state)
+
+    async def open_or_reconnect(self, client, keep_trying):
+        """Open ``client``; when the server is unreachable and ``keep_trying``, keep the
+        store open and go on reconnecting in the background instead of failing."""
+        try:
+            await client.open()
+        except ClientError as e:
+            if e.exit_code != EXIT_UNREACHABLE or not keep_trying:
+                raise
+            client.reconnect()
 
     async def connected(self, action):
         """Run ``action(client)`` on an open client, then disconnect; the exit code is 0.
@@ -195,25 +189,87 @@ class Commands:
         return await self.connected(report)
 
     async def cmd_send(self):
-        async def send(client):
-            if not await client.send_text(self.args.user, " ".join(self.args.text)):
-                self.out(NO_OTHER_DEVICE)
+        if await self.send_or_keep(
+                lambda client: client.send_text(self.args.user, " ".join(self.args.text))) == 0:
+            self.out(NO_OTHER_DEVICE)
+        return 0
 
-        return await self.connected(send)
+    async def send_or_keep(self, send):
+        """Run ``send(client)`` (a message send); with the server unreachable the message
+        waits in the outbox (Queued: exit 4) unless ``--wait`` gives the reconnect time to
+        send it.  What ``send`` fires with (None when the reconnect sent it)."""
+        client = self.client()
+        await self.open_or_reconnect(client, keep_trying=True)
+        try:
+            if client.state == "connected":
+                await client.drain(timeout=60)
+            try:
+                return await send(client)
+            except Queued as queued:
+                return await self._wait_sent(client, queued)
+        finally:
+            await client.disconnect()
+
+    async def _wait_sent(self, client, queued):
+        """Wait (``--wait``) for the reconnect to send an outbox entry; Queued again at
+        the deadline, the reason if the server refused it."""
+        entry = queued.entry_id
+        if self.args.wait <= 0:
+            raise queued
+        client.reconnect()
+        await client.wait_for(lambda: not client.outbox.holds(entry)
+                              or client.outbox.error(entry) is not None
+                              or client.state in ("replaced", "closed"), self.args.wait)
+        error = client.outbox.error(entry)
+        if error is not None:
+            client.outbox.drop(entry)
+            raise ClientError(f"the server refused the message: {error}")
+        if client.outbox.holds(entry):
+            raise queued
+        return None
 
     async def cmd_inbox(self):
-        async def inbox(client):
+        client = self.client()
+        await self.open_or_reconnect(client, keep_trying=self.args.wait > 0)
+        try:
+            if client.state == "connected":
+                await client.drain(timeout=60)
             if not client.unread() and self.args.wait > 0:
                 await client.wait_for(lambda: client.unread(), self.args.wait)
             await client.wait_for(client.receiver.idle, 10)
             self.show_unread(client)
+            if client.state != "connected":
+                raise ClientError(f"not connected to the server at the end "
+                                  f"({client.state_detail}): messages may be waiting there",
+                                  EXIT_UNREACHABLE)
+            return 0
+        finally:
+            await client.disconnect()
 
-        return await self.connected(inbox)
+    async def cmd_outbox(self):
+        """List (or drop one of) the messages the server has not accepted yet."""
+        client = self.client()
+        client.unlock()
+        try:
+            if self.args.drop:
+                if not client.outbox.drop(self.args.drop):
+                    raise ClientError(f"no entry {self.args.drop} in the outbox")
+                self.out(f"dropped {self.args.drop}")
+                return 0
+            for entry in client.outbox_pending():
+                where = f"in {entry['room']}" if entry["room"] else f"to {entry['to']}"
+                state = f"failed: {entry['error']}" if entry["error"] else "pending"
+                self.out(f"{entry['id']} [{iso(entry['queued_at'])}] {where} ({state}): "
+                         + json.dumps(entry["text"], ensure_ascii=False))
+            return 0
+        finally:
+            client.close()
 
     def show_unread(self, client, show=None):
         """Print what was received and not yet shown, then remember it was shown."""
         show = show or (lambda record: self.out(
-            message_json(record) if self.args.json else format_message(record)))
+            message_json(record) if self.args.json
+            else format_message(record, terminal_width(sys.stdout))))
         unread = client.unread()
         for _, record in unread:
             show(record)
@@ -256,7 +312,7 @@ class Commands:
             await self.run_verification(client, self.args.user, self._ask_yes)
             return 0
         except VerificationFailed as e:
-            self.out(f"verification failed: {e}")
+            self.out(f"verification failed: {safe(e)}")
             return EXIT_UNTRUSTED
         finally:
             await client.disconnect()
@@ -300,15 +356,15 @@ class Commands:
 
         async def listing(client):
             for room in (await client.request("rooms.list"))["rooms"]:
-                self.out(room)
+                self.out(safe(room))
 
         return await self.connected(listing)
 
     async def _list_bans(self, client):
         bans = await client.rooms.bans(self.args.room)
         for ban in bans:
-            self.out(f"{ban['user']}: banned by {ban['by']} at {iso(ban['created'])} "
-                     f"(a former {ban['role']})")
+            self.out(f"{safe(ban['user'])}: banned by {safe(ban['by'])} at "
+                     f"{iso(ban['created'])} (a former {safe(ban['role'])})")
         if not bans:
             self.out(f"nobody is banned from {self.args.room}")
 
@@ -317,7 +373,7 @@ class Commands:
 
         async def join(client):
             result = await client.rooms.join(self.args.room, password)
-            self.out(f"joined {self.args.room}: {', '.join(result['members'])}")
+            self.out(f"joined {self.args.room}: {', '.join(map(safe, result['members']))}")
 
         return await self.connected(join)
 
@@ -332,22 +388,24 @@ class Commands:
         async def members(client):
             result = await client.request("room.members", room=self.args.room)
             for user, devices in result["members"].items():
-                self.out(f"{user}: {', '.join(devices) or '(no device)'}")
+                self.out(f"{safe(user)}: {', '.join(map(safe, devices)) or '(no device)'}")
 
         return await self.connected(members)
 
     async def cmd_say(self):
-        return await self.connected(
+        await self.send_or_keep(
             lambda client: client.rooms.say(self.args.room, " ".join(self.args.text)))
+        return 0
 
     async def cmd_broadcast(self):
-        return await self.connected(
+        await self.send_or_keep(
             lambda client: client.rooms.say(BROADCAST_ROOM, " ".join(self.args.text)))
+        return 0
 
     async def cmd_history(self):
         async def history(client):
             for record in await client.rooms.history(self.args.room):
-                self.out(format_history(record))
+                self.out(format_history(record, terminal_width(sys.stdout)))
 
         return await self.connected(history)
 
@@ -369,7 +427,7 @@ class Commands:
 def log_problems_to_stderr():
     """Warnings and errors (never message contents) go to stderr; the rest is dropped."""
     observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr),
+        textFileLogObserver(EscapingStream(sys.stderr)),
         [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
@@ -384,12 +442,15 @@ def main(argv=None):
             commands = Commands(reactor, args)
             code = await getattr(commands, "cmd_" + args.command)()
         except (ClientError, server_config.ConfigError, TrustError) as e:
-            print(f"securechat: {e}", file=sys.stderr)
+            print(f"securechat: {safe(e)}", file=sys.stderr)
             code = getattr(e, "exit_code", 1)
         except RemoteError as e:
             error = refusal(e)
-            print(f"securechat: {error}", file=sys.stderr)
+            print(f"securechat: {safe(error)}", file=sys.stderr)
             code = error.exit_code
+        except ConnectionClosed as e:
+            print(f"securechat: {e} (the command may not have completed)", file=sys.stderr)
+            code = EXIT_UNREACHABLE
         if code:
             raise SystemExit(code)
 
