@@ -37,6 +37,7 @@ _ENVELOPE_ID = r"[A-Za-z0-9_-]{16,64}"
 ENVELOPE_ID_RE = re.compile(_ENVELOPE_ID)
 ENVELOPE_IDS_RE = re.compile(rf"{_ENVELOPE_ID}(?:\n{_ENVELOPE_ID})*")
 """Envelope ids joined by newlines (which no id holds): a whole ack checked in one match."""
+RELAY_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 KEY_ID_RE = re.compile(r"[A-Za-z0-9_+/=-]{1,64}")
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_+/=-]{1,128}")
 REQUEST_ID_MAX = 64

@@ -17,7 +17,7 @@ from twisted.internet import defer
 
 from securechat import wire
 from securechat.client.protocol import RemoteError
-from securechat.client.session import SALTED_WITH
+from securechat.client.session import SALTED_WITH, ClientError, relay_id
 from securechat.crypto import passwords
 from securechat.crypto.keystore import STORE_FILE
 from tests.processes import ServerProcess, free_port, run_cli, write_client_config
@@ -202,6 +202,16 @@ def matches(hashed, secret):
         return pwhash.verify(hashed.encode("ascii"), secret)
     except InvalidkeyError:
         return False
+
+
+@pytest.mark.parametrize("answer", [{"pong": True}, {"relay": 7}, {"relay": "short"},
+                                    {"relay": "a" * 20 + "\x1b]0;x\x07"}, []])
+def test_an_answer_without_a_usable_relay_id_is_a_clear_error(answer):
+    """A relay that reports no id (older than the client, or none at all), or one that is
+    no id, stops the client with an error saying so, not a KeyError."""
+    with pytest.raises(ClientError, match="reports no relay id"):
+        relay_id(answer)
+    assert relay_id({"relay": "roMuDPepF-z2arD-HFKryg"}) == "roMuDPepF-z2arD-HFKryg"
 
 
 @pytest.fixture

@@ -88,6 +88,16 @@ def refusal(error, what="the server refused"):
     return ClientError(f"{what}: {error.message}")
 
 
+def relay_id(answer):
+    """The relay's id from its answer to ``ping`` or ``login.challenge``; a ClientError when
+    it gives none (a relay older than this client, or no securechat relay)."""
+    relay = answer.get("relay") if isinstance(answer, dict) else None
+    if not isinstance(relay, str) or not wire.RELAY_ID_RE.fullmatch(relay):
+        raise ClientError("the server reports no relay id: it is older than this client "
+                          "(upgrade it) or not a securechat relay")
+    return relay
+
+
 def new_device_id():
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     return "".join(secrets.choice(alphabet) for _ in range(10))
@@ -139,7 +149,7 @@ class Client:
         self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
         try:
             await self._connect()
-            relay = (await self.request("ping"))["relay"]
+            relay = relay_id(await self.request("ping"))
             await self.request("register", user=self.user, secret=self._login_secret(relay),
                                identity_key=self.crypto.identity_key)
             with self.store.transaction():
@@ -365,6 +375,7 @@ class Client:
         by_key = self.store.meta("device_list_version") is not None  # keys published
         try:
             challenge = await self.request("login.challenge")
+            relay_id(challenge)
             if not by_key:
                 try:
                     result = await self.request(
@@ -393,9 +404,12 @@ class Client:
 
     def _log_in_by_device_key(self, challenge):
         """Sign the relay's challenge, bound to its id, this device and this TLS session."""
-        fields = wire.device_login_fields(
-            challenge["relay"], self.user, self.device, wire.b64decode(challenge["nonce"]),
-            channel_binding(self.protocol.transport))
+        try:
+            nonce = wire.b64decode(challenge.get("nonce"))
+        except (TypeError, ValueError):
+            raise ClientError("the server's login challenge carries no nonce") from None
+        fields = wire.device_login_fields(challenge["relay"], self.user, self.device, nonce,
+                                          channel_binding(self.protocol.transport))
         return self.request("login", user=self.user, device=self.device,
                             signature=self.crypto.sign_as_device(fields))
 
