@@ -27,7 +27,7 @@ so it rides along with the next envelopes' commit, or commits with other acks af
 
 
 class GroupCommit:
-    """Writes that arrive while a group is committing share the next transaction.
+    """Calls that arrive while a group is committing share the next transaction.
 
     Under load a commit (and its fsync) then serves many callers at once;
     with one caller at a time it adds no delay, except for items submitted
@@ -107,6 +107,8 @@ class SqlStore:
         self._pool = None
         # Envelopes and acks share transactions: one fsync serves both.
         self._writes = GroupCommit(self._run, queue.txn_write_group)
+        # Device-key logins arriving together (a storm after a restart) share a read.
+        self._logins = GroupCommit(self._run, accounts.txn_device_login_group)
 
     def _open(self):
         """Open the connections; a Deferred."""
@@ -167,6 +169,9 @@ class SqlStore:
 
     def login_counts(self, user, device):
         return self._run(accounts.txn_login_counts, user, device)
+
+    def device_login(self, user, device):
+        return self._logins.submit((user, device))
 
     def all_devices(self):
         return self._run(accounts.txn_all_devices)
