@@ -154,7 +154,9 @@ class IStore(Interface):
         by seq, as a list of ``{"seq", "id", "body", "intact", "room", "pos"}``;
         ``intact`` is False when the stored digest no longer matches the body
         (corruption at rest); ``room`` and ``pos`` place a room entry in its
-        room's history (None for a queued envelope).
+        room's history (None for a queued envelope).  Reads from the start
+        (``after_seq`` 0: the first read of a device that just logged in) share
+        transactions when several arrive together, as logins do after a restart.
         """
 
     def queue_length(user, device):
