@@ -116,7 +116,8 @@ async def test_request_flood_is_limited_then_disconnected(server):
 
 @pytest_twisted.ensureDeferred
 async def test_login_attempts_are_rate_limited_per_account(server):
-    """After a few failed logins, even the right password is refused for that account until the window passes."""
+    """After a few failed logins, even the right password is refused for that account until
+    the window passes."""
     alice = ScriptedDevice("alice")
     await alice.register(server)
     for _ in range(3):

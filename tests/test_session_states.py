@@ -315,7 +315,8 @@ async def test_256_requests_in_flight_stop_reading_until_half_are_answered(facto
     assert transport.producerState == "producing"
     for d in held[MAX_PENDING // 2 + 1:]:
         d.callback({"otk_count": 0})
-    assert len([f for f in frames(transport) if "result" in f]) == 2 + MAX_PENDING  # and the challenge, the login
+    answered = [f for f in frames(transport) if "result" in f]
+    assert len(answered) == 2 + MAX_PENDING  # with the login's challenge and the login
 
 
 @pytest_twisted.ensureDeferred

@@ -144,8 +144,8 @@ class Peer:
         if self.protocol is None or self.protocol.transport is None:
             await self.connect()
         challenge = await self.request("login.challenge")
-        signed = message(challenge["relay"], self.user, DEVICE,
-                         wire.b64decode(challenge["nonce"]), channel_binding(self.protocol.transport))
+        signed = message(challenge["relay"], self.user, DEVICE, wire.b64decode(challenge["nonce"]),
+                         channel_binding(self.protocol.transport))
         return await self.request("login", user=self.user, device=DEVICE,
                                   **{field: wire.b64encode(key.sign(signed).signature)})
 
