@@ -8,6 +8,7 @@ the hostile connection's behalf (a Twisted transport would keep draining it).
 import json
 import secrets
 import socket
+import struct
 
 from OpenSSL import SSL
 
@@ -42,7 +43,8 @@ def tls_login(port, cert_path, user, device, password, receive_buffer=8192):
     stays in the relay's buffers rather than in this process's kernel."""
     raw = socket.socket()
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    raw.settimeout(30)
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):  # blocking, for pyOpenSSL, but
+        raw.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", 30, 0))  # bounded
     raw.connect(("127.0.0.1", port))
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     context.load_verify_locations(cert_path)
