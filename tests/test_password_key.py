@@ -14,6 +14,7 @@ from nacl.signing import SigningKey
 
 from securechat import wire
 from securechat.client.session import PASSWORD_KEY_AT, SALTED_WITH
+from securechat.client.tls import channel_binding
 from securechat.crypto import passwords
 from securechat.crypto.keystore import STORE_FILE
 from tests.processes import ServerProcess, free_port, run_cli, write_client_config
@@ -164,7 +165,7 @@ async def test_an_old_account_moves_to_its_password_key_on_its_next_login(server
         legacy = passwords.address_salted_login_secret(PASSWORD, f"127.0.0.1:{server.port}",
                                                        "alice")
     else:
-        legacy = passwords.login_secret(PASSWORD, relay, "alice")
+        legacy = passwords.legacy_login_secret(PASSWORD, relay, "alice")
     key_store_dir = str(tmp_path / "clients" / "alice")
     make_legacy(server, key_store_dir, "alice", legacy, relay if salt == "relay id" else None)
     assert (await store.get_account("alice"))["password_key"] is None
@@ -214,6 +215,41 @@ async def test_a_move_needs_the_legacy_secret_and_happens_once(server):
         password_key=public(SigningKey.generate())))
     assert (await store.get_account("bob"))["password_key"] == bob.password_key()
     await device.close()
+
+
+def password_change(relay, device, new_key, key=None):
+    """The fields of ``account.password`` on ``device``'s logged-in connection: ``new_key``
+    signed for by the current password key (or ``key``)."""
+    message = wire.password_change_message(
+        relay, device.user, device.device, public(new_key),
+        channel_binding(device.protocol.transport))
+    return {"password_key": public(new_key),
+            "signature": wire.b64encode((key or device.password).sign(message).signature)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_change_is_proved_by_the_current_key_on_this_connection(server):
+    """account.password signed by a wrong key is auth_failed; the same change signed by the
+    current key but for another connection is refused; signed on this connection it
+    replaces the key: the new key logs a new device in, the old one no longer does."""
+    bob = await published(server)
+    device = await connected(server, bob)
+    await device.key_login()
+    relay = await server.service.store.relay_id()
+    new_key = SigningKey.generate()
+    await expect_error("auth_failed", device.request(
+        "account.password", **password_change(relay, device, new_key, key=SigningKey.generate())))
+    elsewhere = await connected(server, bob)
+    await expect_error("auth_failed", device.request(
+        "account.password", **password_change(relay, elsewhere, new_key)))
+    assert await device.request("account.password",
+                                **password_change(relay, device, new_key)) == {"changed": True}
+    assert (await server.service.store.get_account("bob"))["password_key"] == public(new_key)
+    old = await connected(server, ScriptedDevice("bob", "NEW", password=bob.password))
+    await expect_error("auth_failed", old.password_login())
+    new = await connected(server, ScriptedDevice("bob", "NEW", password=new_key))
+    assert (await new.password_login())["device"] == "NEW"
+    await cleanup(device, elsewhere, old, new)
 
 
 @pytest.fixture

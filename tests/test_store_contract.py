@@ -97,6 +97,20 @@ async def test_accounts(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_password_key_is_replaced_only_when_it_is_the_current_one(store):
+    """replace_password_key swaps the account's key when the old one is current (and
+    nothing else of the account); a stale key or an unknown user: False, nothing changed."""
+    await store.create_account("alice", "pk1", "k1")
+    assert await store.replace_password_key("alice", "pk1", "pk2") is True
+    assert await store.replace_password_key("alice", "pk1", "pk3") is False
+    account = await store.get_account("alice")
+    assert (account["password_key"], account["secret_hash"], account["identity_key"]) == (
+        "pk2", None, "k1")
+    assert await store.replace_password_key("nobody", "pk1", "pk2") is False
+    assert await store.get_account("nobody") is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_version_7_account_keeps_its_hash_and_moves_to_a_password_key_once(
         database, tmp_path):
     """Upgrading from schema version 7 keeps an account's argon2 hash (and no password key);

@@ -445,7 +445,7 @@ class Client:
         secret): nothing this device can move; either way it is recorded, never sent
         again.  A limit or an outage leaves it to the next login."""
         if self.store.meta(SALTED_WITH) == relay:
-            legacy = passwords.login_secret(self._password, relay, self.user)
+            legacy = passwords.legacy_login_secret(self._password, relay, self.user)
         else:
             legacy = passwords.address_salted_login_secret(
                 self._password, self.store.meta("server", self.settings.server), self.user)

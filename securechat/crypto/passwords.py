@@ -43,7 +43,7 @@ def password_key(password, relay_id, user):
                                           LOGIN_MEM))
 
 
-def login_secret(password, relay_id, user):
+def legacy_login_secret(password, relay_id, user):
     """The legacy login secret salted with the relay's stable id (what accounts registered
     between relay ids and password keys sent; the relay kept an argon2id hash of it)."""
     salt = _salt("securechat-login-v2", relay_id, user)

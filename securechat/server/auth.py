@@ -8,7 +8,7 @@ restart followed by thousands of reconnecting devices is not a queue of
 password hashes, and nothing reusable crosses the wire.
 
 The password is needed only where no device key can vouch: a new device's
-first login.  It is proved the same way, by a signature of the connection's
+first login and a password change.  It is proved the same way, by a signature of the connection's
 challenge under its own context (``wire.password_login_message``) with the
 account's *password key*, an Ed25519 key the client derives from the password;
 the relay holds only its public half (``PasswordKeyChecker``).  No value that
@@ -170,26 +170,61 @@ class LegacySecrets:
             raise ProtocolError("nothing_to_move", "the account already has a password key")
 
 
+class PasswordKeys:
+    """Checks a signature by an account's password key, and changes that key.
+
+    No argon2 work: an Ed25519 verification and a store read.  Unlike a
+    device key's login, a password proof counts as failed from the moment it
+    is let through (``LoginGuard.attempt``): it can be guessed (with offline
+    argon2 work per guess), password proofs are rare (a new device, a
+    password change), and guesses sent at once must not all pass the limit
+    before the first is counted.  An unknown user, an account not moved to a
+    password key yet and a wrong signature get the same error.
+    """
+
+    def __init__(self, store, guard):
+        self._store = store
+        self._guard = guard
+
+    async def prove(self, user, message, signature, address):
+        """Fire with the account's password key (base64) when ``signature`` is its
+        signature of ``message``; else ``UnauthorizedLogin``."""
+        self._guard.attempt(user, address)
+        try:
+            account = await self._store.get_account(user)
+        except Exception:
+            self._guard.login_abandoned(user, address)
+            raise
+        key = account and account["password_key"]
+        if not key or not _verifies(key, message, signature):
+            raise error.UnauthorizedLogin("wrong user name or password")
+        self._guard.login_succeeded(user, address)
+        return key
+
+    async def change(self, user, message, signature, new_key, address):
+        """Replace the account's password key by ``new_key`` once ``signature`` proves the
+        current one (a password change)."""
+        key = await self.prove(user, message, signature, address)
+        if not await self._store.replace_password_key(user, key, new_key):
+            raise ProtocolError("password_changed", "the password was changed meanwhile; "
+                                                    "prove the new one")
+
+
 @implementer(ICredentialsChecker)
 class PasswordKeyChecker:
     """A device not yet known to the relay logs in with the account's password key.
 
     A device that has published its keys logs in by its key only
     (``device_key_required``): a password proof cannot take the place of an
-    existing device and read or acknowledge its queue.  No argon2 work: an
-    Ed25519 verification and two store reads.  Unlike a device key's login,
-    a password proof counts as failed from the moment it is let through
-    (``LoginGuard.attempt``): password logins are rare (a new device), and
-    guesses sent at once must not all pass the limit before the first is
-    counted.  An unknown user, an account not moved to a password key yet and
-    a wrong signature get the same error.
+    existing device and read or acknowledge its queue.  The proof is checked
+    by ``PasswordKeys.prove``.
     """
 
     credentialInterfaces = (IPasswordSignature,)
 
-    def __init__(self, store, guard):
+    def __init__(self, store, password_keys):
         self._store = store
-        self._guard = guard
+        self._password_keys = password_keys
 
     def requestAvatarId(self, creds):
         return defer.ensureDeferred(self._check(creds))
@@ -199,16 +234,8 @@ class PasswordKeyChecker:
             raise ProtocolError(
                 "device_key_required",
                 f"device {creds.device} has published keys: it logs in with its device key")
-        self._guard.attempt(creds.user, creds.address)
-        try:
-            account = await self._store.get_account(creds.user)
-        except Exception:
-            self._guard.login_abandoned(creds.user, creds.address)
-            raise
-        key = account and account["password_key"]
-        if not key or not _verifies(key, creds.message, creds.signature):
-            raise error.UnauthorizedLogin("wrong user name or password")
-        self._guard.login_succeeded(creds.user, creds.address)
+        await self._password_keys.prove(creds.user, creds.message, creds.signature,
+                                        creds.address)
         return (creds.user, creds.device)
 
 
@@ -281,6 +308,6 @@ class DeviceRealm:
         return IDevice, avatar, lambda: self._relay.detach(user, device, mind)
 
 
-def make_portal(store, relay, guard):
-    return portal.Portal(DeviceRealm(relay),
-                         [PasswordKeyChecker(store, guard), DeviceKeyChecker(store, guard)])
+def make_portal(store, relay, guard, password_keys):
+    return portal.Portal(DeviceRealm(relay), [PasswordKeyChecker(store, password_keys),
+                                              DeviceKeyChecker(store, guard)])

@@ -4,7 +4,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from securechat.server.admission import UnauthenticatedPerAddress, client_address
-from securechat.server.auth import LegacySecrets, make_portal
+from securechat.server.auth import LegacySecrets, PasswordKeys, make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
 from securechat.server.protocol import RelayProtocol
@@ -30,7 +30,8 @@ class RelayFactory(ServerFactory):
         self.relay = Relay(store, self.devices, clock, self.store_outage)
         self.login_guard = LoginGuard(clock, config)
         self.legacy_secrets = LegacySecrets(store, hasher, self.login_guard)
-        self.portal = make_portal(store, self.relay, self.login_guard)
+        self.password_keys = PasswordKeys(store, self.login_guard)
+        self.portal = make_portal(store, self.relay, self.login_guard, self.password_keys)
         self.key_claims = KeyClaimLimits(clock, config)
         self.keys = KeyDirectory(store, self.devices, self.relay, self.key_claims,
                                  config.one_time_keys_low)

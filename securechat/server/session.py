@@ -271,6 +271,23 @@ class ConnectionSession:
         self.log.info("User {user} moved to a password key", user=self.user)
         return {"moved": True}
 
+    async def op_account_password(self, fields):
+        """Change the password: the new password key, signed for by the current one over
+        this connection's TLS session."""
+        binding = self._connection.tls_exporter()
+        if binding is None:
+            raise ProtocolError("auth_failed", "this connection has no TLS session to bind to")
+        message = wire.password_change_message(self._server.relay_id, self.user, self.device,
+                                               fields["password_key"], binding)
+        try:
+            await self._server.password_keys.change(
+                self.user, message, wire.b64decode(fields["signature"]), fields["password_key"],
+                self._peer)
+        except cred_error.UnauthorizedLogin:
+            raise ProtocolError("auth_failed", "wrong password")
+        self.log.info("User {user} changed its password", user=self.user)
+        return {"changed": True}
+
     async def op_keys_upload(self, fields):
         return await self._server.keys.upload(self.user, self.device, fields)
 

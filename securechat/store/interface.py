@@ -49,6 +49,11 @@ class IStore(Interface):
         ``password_key`` in its place.  Fires with True, or False when the account holds
         no such hash (moved meanwhile, or no such account)."""
 
+    def replace_password_key(user, old_key, new_key):
+        """Replace the account's password key ``old_key`` by ``new_key`` (a password
+        change).  Fires with True, or False when the account's key is not ``old_key``
+        (changed meanwhile, or no such account)."""
+
     def relay_id():
         """Fire with this relay's stable id (text): chosen at random by the first call on
         a database and the same ever after, for every node sharing the database."""

@@ -150,6 +150,9 @@ class SqlStore:
     def move_to_password_key(self, user, secret_hash, password_key):
         return self._run(accounts.txn_move_to_password_key, user, secret_hash, password_key)
 
+    def replace_password_key(self, user, old_key, new_key):
+        return self._run(accounts.txn_replace_password_key, user, old_key, new_key)
+
     def relay_id(self):
         return self._run(accounts.txn_relay_id, secrets.token_urlsafe(RELAY_ID_BYTES))
 

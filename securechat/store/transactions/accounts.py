@@ -35,6 +35,12 @@ async def txn_move_to_password_key(txn, user, secret_hash, password_key):
         (password_key, user, secret_hash)))
 
 
+async def txn_replace_password_key(txn, user, old_key, new_key):
+    return bool(await txn.execute(
+        "UPDATE accounts SET password_key = ? WHERE user_id = ? AND password_key = ? "
+        "RETURNING user_id", (new_key, user, old_key)))
+
+
 async def txn_relay_id(txn, candidate):
     await txn.execute(
         "INSERT INTO relay_identity (only_row, relay_id) VALUES (1, ?) "
