@@ -189,6 +189,27 @@ async def test_an_old_account_moves_to_its_password_key_on_its_next_login(server
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_device_whose_keys_got_there_before_a_crash_logs_in_by_its_key(server,
+                                                                                tmp_path):
+    """A device that published its keys but crashed before recording it tries the password
+    key, is told device_key_required, and logs in by its device key on a new connection
+    (the first connection's one challenge went to the password proof)."""
+    config = write_client_config(str(tmp_path / "clients"), "alice", server.port,
+                                 ca_file=server.cert_path)
+    assert (await run_cli(config, "register")).code == 0
+    key_store = sqlite3.connect(os.path.join(str(tmp_path / "clients" / "alice"), STORE_FILE))
+    with key_store:
+        key_store.execute("DELETE FROM meta WHERE key = 'device_list_version'")
+    key_store.close()
+    received = record_lines(server)
+    result = await run_cli(config, "login")
+    assert result.code == 0, result
+    logins = requests_of(received, "login")
+    assert [sorted(set(login) & {"signature", "password_signature"}) for login in logins] == [
+        ["password_signature"], ["signature"]]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_move_needs_the_legacy_secret_and_happens_once(server):
     """account.move with a wrong legacy secret is auth_failed and keeps the hash (the relay
     checks it with argon2); the right one stores the key; a second move, with any key, is

@@ -6,6 +6,7 @@ receiver pipelines.  Every public method returns a Deferred-compatible
 coroutine; errors are ``ClientError`` with an exit code the CLI passes on.
 """
 
+import collections
 import os
 import secrets
 import shutil
@@ -101,6 +102,11 @@ def relay_id(answer):
         raise ClientError("the server reports no relay id: it is older than this client "
                           "(upgrade it) or not a securechat relay")
     return relay
+
+
+Challenge = collections.namedtuple("Challenge", "relay nonce binding")
+"""A connection's login challenge: the relay's id, its nonce, and the connection's TLS
+channel binding (``tls.channel_binding``)."""
 
 
 def new_device_id():
@@ -389,24 +395,21 @@ class Client:
         its keys, with the password key before that."""
         by_key = self.store.meta("device_list_version") is not None  # keys published
         try:
-            challenge = await self.request("login.challenge")
-            relay_id(challenge)
-            nonce = self._challenge_nonce(challenge)
-            binding = channel_binding(self.protocol.transport)
+            challenge = await self._challenge()
             if not by_key:
-                message = wire.password_login_message(challenge["relay"], self.user,
-                                                      self.device, nonce, binding)
-                signature = self._password_key(challenge["relay"]).sign(message).signature
                 try:
-                    result = await self.request(
-                        "login", user=self.user, device=self.device,
-                        password_signature=wire.b64encode(signature))
+                    result = await self._log_in_by_password(challenge)
                 except RemoteError as e:
-                    if e.code != "device_key_required":  # its keys got there before a crash
+                    if e.code != "device_key_required":
                         raise
+                    # Its keys got there before a crash: log in by them, on a new
+                    # connection (this one's challenge went to the password proof).
                     by_key = True
+                    self.protocol.transport.loseConnection()
+                    await self._connect()
+                    challenge = await self._challenge()
             if by_key:
-                result = await self._log_in_by_device_key(challenge, nonce, binding)
+                result = await self._log_in_by_device_key(challenge)
         except RemoteError as e:
             if e.code == "auth_failed" and by_key:
                 raise ClientError(f"the server does not know this device's key ({e.message}): "
@@ -418,23 +421,34 @@ class Client:
                 raise refusal(e) from None
             raise ClientError(f"login refused: {e.message}", EXIT_AUTH) from None
         self.queued_at_login = result["queued"]
-        if self.store.meta(PASSWORD_KEY_AT) != challenge["relay"]:
-            await self._move_to_password_key(challenge["relay"])
+        if self.store.meta(PASSWORD_KEY_AT) != challenge.relay:
+            await self._move_to_password_key(challenge.relay)
         return result
 
-    @staticmethod
-    def _challenge_nonce(challenge):
+    async def _challenge(self):
+        """This connection's login challenge, with what a login signs besides."""
+        challenge = await self.request("login.challenge")
+        relay = relay_id(challenge)
         try:
-            return wire.b64decode(challenge.get("nonce"))
+            nonce = wire.b64decode(challenge.get("nonce"))
         except (TypeError, ValueError):
             raise ClientError("the server's login challenge carries no nonce") from None
+        return Challenge(relay, nonce, channel_binding(self.protocol.transport))
 
-    def _log_in_by_device_key(self, challenge, nonce, binding):
+    def _log_in_by_device_key(self, challenge):
         """Sign the relay's challenge, bound to its id, this device and this TLS session."""
-        fields = wire.device_login_fields(challenge["relay"], self.user, self.device, nonce,
-                                          binding)
+        fields = wire.device_login_fields(challenge.relay, self.user, self.device,
+                                          challenge.nonce, challenge.binding)
         return self.request("login", user=self.user, device=self.device,
                             signature=self.crypto.sign_as_device(fields))
+
+    def _log_in_by_password(self, challenge):
+        """Sign the relay's challenge with the password key, under the password context."""
+        message = wire.password_login_message(challenge.relay, self.user, self.device,
+                                              challenge.nonce, challenge.binding)
+        signature = self._password_key(challenge.relay).sign(message).signature
+        return self.request("login", user=self.user, device=self.device,
+                            password_signature=wire.b64encode(signature))
 
     async def _move_to_password_key(self, relay):
         """An account registered before password keys: the relay holds an argon2 hash of
