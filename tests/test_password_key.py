@@ -17,6 +17,8 @@ from securechat.client.session import PASSWORD_KEY_AT, SALTED_WITH
 from securechat.client.tls import channel_binding
 from securechat.crypto import passwords
 from securechat.crypto.keystore import STORE_FILE
+from securechat.server.auth import (
+    DeviceSignature, IDeviceSignature, IPasswordSignature, PasswordSignature)
 from tests.processes import ServerProcess, free_port, run_cli, write_client_config
 from tests.support import ScriptedDevice, cleanup, expect_error, write_config
 from tests.test_client_security import record_lines
@@ -100,6 +102,15 @@ async def test_a_password_proof_and_a_device_proof_cannot_stand_for_each_other(s
     assert (await right[0].password_login())["device"] == "NEW"
     assert (await right[1].key_login())["device"] == "DEV1"
     await cleanup(bob, as_device, as_password, *right)
+
+
+def test_the_portal_keeps_password_proofs_and_device_proofs_apart():
+    """A password proof's credentials are not a device signature's and the reverse, so
+    each reaches only its own checker, whatever the order of the portal's checkers."""
+    fields = ("alice", "DEV1", b"message", b"signature", "127.0.0.1")
+    assert not IDeviceSignature.providedBy(PasswordSignature(*fields))
+    assert IPasswordSignature.providedBy(PasswordSignature(*fields))
+    assert not IPasswordSignature.providedBy(DeviceSignature(*fields))
 
 
 @pytest_twisted.ensureDeferred

@@ -8,19 +8,19 @@ restart followed by thousands of reconnecting devices is not a queue of
 password hashes, and nothing reusable crosses the wire.
 
 The password is needed only where no device key can vouch: a new device's
-first login and a password change.  It is proved the same way, by a signature of the connection's
-challenge under its own context (``wire.password_login_message``) with the
-account's *password key*, an Ed25519 key the client derives from the password;
-the relay holds only its public half (``PasswordKeyChecker``).  No value that
-would work on another connection crosses the wire, and account logins cost no
-argon2 work.
+first login and a password change.  It is proved the same way, by a signature
+of the connection's challenge under its own context
+(``wire.password_login_message``) with the account's *password key*, an
+Ed25519 key the client derives from the password; the relay holds only its
+public half (``PasswordKeys``).  No value that would work on another
+connection crosses the wire, and account logins cost no argon2 work.
 
 argon2id (64 MiB and tens of milliseconds per call) remains for room
 passwords and, once per account, for the legacy login secret of an account
 registered before password keys (``LegacySecrets``).  It runs in the
 reactor's thread pool behind a fair queue that bounds how many run at once
-(memory and CPU stay predictable) and serves clients in turn, logins first
-(see ``securechat.server.fairqueue``).
+(memory and CPU stay predictable) and serves clients in turn, account moves
+first (see ``securechat.server.fairqueue``).
 """
 
 import json
@@ -31,7 +31,7 @@ from nacl.signing import VerifyKey
 from twisted.cred import credentials, error, portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, threads
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, Interface, implementer, implementer_only
 
 from securechat.server.fairqueue import FairQueue, QueueFull
 from securechat import wire
@@ -39,7 +39,8 @@ from securechat.server.ratelimit import rate_limited
 from securechat.wire import ProtocolError
 
 LOGIN_WORK = 0
-"""Logins and registrations, queued per client address: always served first."""
+"""Legacy login secrets of accounts moving to a password key, queued per client address:
+always served first."""
 ROOM_WORK = 1
 """Room password checks and hashes, queued per user."""
 
@@ -64,14 +65,21 @@ class DeviceSignature:
         self.address = address
 
 
-class IPasswordSignature(IDeviceSignature):
+class IPasswordSignature(credentials.ICredentials):
     """A device not yet known to the relay proving the account's password: a signature of
-    ``message`` (wire.password_login_message) by the account's password key."""
+    ``message`` by the account's password key.  Not an ``IDeviceSignature``, so the portal
+    never hands a password proof to the device-key checker, nor the reverse."""
+
+    user = Attribute("user name")
+    device = Attribute("device id")
+    message = Attribute("the signed bytes (wire.password_login_message)")
+    signature = Attribute("the Ed25519 signature by the password key, bytes")
+    address = Attribute("the client's address (failures are counted per account and address)")
 
 
-@implementer(IPasswordSignature)
+@implementer_only(IPasswordSignature)
 class PasswordSignature(DeviceSignature):
-    pass
+    """A device signature's fields, for the password key's checker only."""
 
 
 class IDevice(Interface):
