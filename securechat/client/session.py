@@ -71,7 +71,8 @@ def new_device_id():
 class Client:
     log = Logger()
 
-    def __init__(self, reactor, settings, password, on_message=None, on_control=None):
+    def __init__(self, reactor, settings, password, on_message=None, on_control=None,
+                 on_state=None):
         self.reactor = reactor
         self.settings = settings
         self._password = password
@@ -88,6 +89,15 @@ class Client:
         self.rooms = RoomClient(self)
         self.receiver = Receiver(self, on_message or (lambda record: None),
                                  on_control or (lambda record: None))
+        self.state = "connecting"
+        self._on_state = on_state or (lambda state, detail: None)
+
+    def _set_state(self, state, detail=None):
+        """``on_state(state, detail)`` hears each change: connecting, connected,
+        disconnected, closed."""
+        if state != self.state:
+            self.state = state
+            self._on_state(state, detail)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -136,8 +146,12 @@ class Client:
         await self._connect()
         counts = await self._login()
         await self._key_top_up.run(lambda: defer.ensureDeferred(self._top_up(counts)))
+        self._set_state("connected")
+        self.protocol.closed_d.addCallback(
+            lambda _: self.state == "closed" or self._set_state("disconnected"))
 
     def close(self):
+        self._set_state("closed")
         if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.loseConnection()
         if self.store is not None:

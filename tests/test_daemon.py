@@ -1,0 +1,247 @@
+"""``securechat daemon`` with real processes: a twistd relay, the daemon, the ``securechat`` CLI."""
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.processes import (
+    DaemonProcess, ServerProcess, free_port, run_cli, write_client_config)
+from tests.support import write_config
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def relay(tmp_path):
+    port = free_port()
+    proc = ServerProcess(tmp_path, write_config(str(tmp_path / "data"), port=port))
+    proc.start()
+    pytest_twisted.blockon(defer.ensureDeferred(proc.wait_listening()))
+    yield port
+    proc.stop()
+
+
+@pytest.fixture
+def daemons():
+    """Daemons started by a test, stopped (SIGTERM) after it."""
+    started = []
+
+    def start(config, data_dir, **kwargs):
+        daemon = DaemonProcess(config, data_dir, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        pytest_twisted.blockon(defer.ensureDeferred(daemon.stop()))
+
+
+async def ok(config, *args, **kwargs):
+    result = await run_cli(config, *args, **kwargs)
+    assert result.code == 0, result
+    return result
+
+
+async def registered(tmp_path, port, user, **config):
+    path = write_client_config(str(tmp_path / "clients"), user, port, **config)
+    await ok(path, "register")
+    return path
+
+
+@pytest_twisted.ensureDeferred
+async def test_twenty_one_shot_commands_succeed_through_the_daemon_without_a_password(
+        relay, tmp_path, daemons):
+    """With alice's daemon running, 20 one-shot commands with no password anywhere all succeed."""
+    alice = await registered(tmp_path, relay, "alice")
+    bob = await registered(tmp_path, relay, "bob")
+    daemon = daemons(alice, tmp_path / "clients" / "alice")
+    await daemon.ready()
+    commands = [("rooms", "create", "ops"), ("join", "ops"), ("say", "ops", "room hello"),
+                ("rooms", "list"), ("members", "ops"), ("invite", "ops", "bob"),
+                ("history", "ops"), ("fingerprint",), ("fingerprint", "bob"), ("login",),
+                ("rooms", "mode", "ops", "invite-only"), ("rooms", "bans", "ops")]
+    commands += [("send", "bob", f"message {i}") for i in range(6)]
+    commands += [("inbox",), ("inbox", "--json")]
+    outputs = {}
+    for command in commands:
+        result = await run_cli(alice, *command, password=None)
+        assert result.code == 0, (command, result)
+        outputs[command] = result.out
+    assert len(commands) == 20
+    assert outputs[("rooms", "list")].split() == ["ops"]
+    assert outputs[("members", "ops")].startswith("alice: ")
+    assert "alice in ops (unverified): room hello" in outputs[("history", "ops")]
+    assert "message(s) waiting" in outputs[("login",)]
+    assert "safety number: " in outputs[("fingerprint", "bob")]
+    assert outputs[("rooms", "bans", "ops")] == "nobody is banned from ops\n"
+    received = (await ok(bob, "inbox", "--json")).json_lines()
+    assert [m["text"] for m in received if m["room"] is None] == [
+        f"message {i}" for i in range(6)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_path_prints_and_exits_as_the_standalone_path(relay, tmp_path, daemons):
+    """The same commands, through the daemon and alone, print the same and exit the same."""
+    alice = await registered(tmp_path, relay, "alice")
+    await registered(tmp_path, relay, "bob")
+    await ok(alice, "rooms", "create", "lobby")
+    commands = [("rooms", "list"), ("members", "lobby"), ("send", "nobody", "hi"),
+                ("send", "alice", "a note"), ("leave", "no-such-room"), ("trust", "bob"),
+                ("rooms", "bans", "lobby")]
+    alone = [await run_cli(alice, *command) for command in commands]
+    daemon = daemons(alice, tmp_path / "clients" / "alice")
+    await daemon.ready()
+    served = [await run_cli(alice, *command, password=None) for command in commands]
+    for command, one, other in zip(commands, alone, served):
+        assert (one.code, one.out, one.err) == (other.code, other.out, other.err), command
+    assert [r.code for r in served] == [0, 0, 6, 0, 1, 0, 0]
+    assert "no user named nobody" in served[2].err
+    assert "sent to no device" in served[3].out
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_path_imports_neither_twisted_nor_the_crypto(relay, tmp_path, daemons):
+    """A command handed to the daemon runs without importing Twisted, the crypto or vodozemac."""
+    alice = await registered(tmp_path, relay, "alice")
+    daemon = daemons(alice, tmp_path / "clients" / "alice")
+    await daemon.ready()
+    probe = ("import json, sys\n"
+             "from securechat.client import cli\n"
+             "try:\n"
+             f"    cli.main(['--config', {str(alice)!r}, 'login'])\n"
+             "except SystemExit as e:\n"
+             "    print('exit', e.code)\n"
+             "heavy = [m for m in sys.modules if m.split('.')[0] in "
+             "('twisted', 'vodozemac', 'nacl', 'OpenSSL', 'cryptography') "
+             "or m.startswith('securechat.crypto')]\n"
+             "print(json.dumps(heavy))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("logged in as alice"), done
+    assert json.loads(lines[-1]) == [], done
+
+
+def connect_as(uid, gid, path):
+    """Connect to ``path`` from a child process running as ``uid``; what it read first."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the other user, connect, report, exit
+        try:
+            os.close(reader)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(path)
+                try:
+                    sock.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "rooms.list"}\n')
+                except BrokenPipeError:
+                    pass  # refused at once: the answer is already waiting to be read
+                answer = sock.makefile("rb").readline()
+            os.write(writer, answer)
+        except BaseException as e:
+            os.write(writer, f"child failed: {e!r}".encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as answer:
+        data = answer.read()
+    os.waitpid(pid, 0)
+    return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_socket_is_0600_and_refuses_another_user(relay, tmp_path, daemons):
+    """The socket is created 0600; even opened to all, a connection from another uid is refused."""
+    data_dir = tempfile.mkdtemp(prefix="securechat-daemon-")
+    try:
+        alice = await registered(tmp_path, relay, "alice", data_dir=data_dir)
+        daemon = daemons(alice, data_dir)
+        await daemon.ready()
+        assert stat.S_IMODE(os.stat(daemon.socket_path).st_mode) == 0o600
+        os.chmod(data_dir, 0o711)  # what a careless user might do: now only the uid check stands
+        os.chmod(daemon.socket_path, 0o666)
+        nobody = pwd.getpwnam("nobody")
+        answer = connect_as(nobody.pw_uid, nobody.pw_gid, daemon.socket_path)
+        error = json.loads(answer)["error"]
+        assert error["code"] == -32001, answer
+        assert f"uid {nobody.pw_uid} is not the daemon's owner" in error["message"]
+        await daemon.wait_for(f"refused a connection to the daemon socket from uid {nobody.pw_uid}")
+        served = await run_cli(alice, "login", password=None)
+        assert served.code == 0 and "logged in as alice" in served.out, served
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_daemon_is_refused_and_a_crashed_ones_socket_replaced(
+        relay, tmp_path, daemons):
+    """A second daemon on a served data dir exits 1 saying so; after a SIGKILL the next one starts."""
+    alice = await registered(tmp_path, relay, "alice")
+    data_dir = tmp_path / "clients" / "alice"
+    first = daemons(alice, data_dir)
+    await first.ready()
+    second = await run_cli(alice, "daemon", password=None)
+    assert second.code == 1, second
+    assert "already serves" in second.err and str(data_dir) in second.err
+    first.transport.signalProcess("KILL")
+    await first.finish()
+    assert os.path.exists(first.socket_path)  # left behind: nobody listens on it
+    alone = await run_cli(alice, "login")  # no daemon answers: runs standalone
+    assert alone.code == 0 and "logged in as alice" in alone.out, alone
+    third = daemons(alice, data_dir)
+    await third.ready()
+    served = await run_cli(alice, "login", password=None)
+    assert served.code == 0 and "logged in as alice" in served.out, served
+
+
+@pytest_twisted.ensureDeferred
+async def test_unlock_with_a_password_file_or_a_password_command(relay, tmp_path):
+    """SECURECHAT_PASSWORD_FILE (0600 only) and password_command unlock; failures say why (exit 2)."""
+    alice = await registered(tmp_path, relay, "alice")
+    secret = tmp_path / "password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    from_file = await run_cli(alice, "login", password=None,
+                              extra_env={"SECURECHAT_PASSWORD_FILE": str(secret)})
+    assert from_file.code == 0 and "logged in as alice" in from_file.out, from_file
+    secret.chmod(0o644)
+    loose = await run_cli(alice, "login", password=None,
+                          extra_env={"SECURECHAT_PASSWORD_FILE": str(secret)})
+    assert loose.code == 2 and "may be read by other users (mode 0644)" in loose.err, loose
+    data_dir = str(tmp_path / "clients" / "alice")
+    command = write_client_config(str(tmp_path / "by-command"), "alice", relay, data_dir=data_dir,
+                                  extra_lines=[f"password_command = echo {PASSWORD}"])
+    by_command = await run_cli(command, "login", password=None)
+    assert by_command.code == 0 and "logged in as alice" in by_command.out, by_command
+    failing = write_client_config(str(tmp_path / "failing"), "alice", relay, data_dir=data_dir,
+                                  extra_lines=["password_command = false"])
+    refused = await run_cli(failing, "login", password=None)
+    assert refused.code == 2, refused
+    assert "password_command 'false'" in refused.err and "exit status 1" in refused.err
+    nothing = await run_cli(alice, "login", password=None)
+    assert nothing.code == 2 and "SECURECHAT_PASSWORD_FILE" in nothing.err, nothing
+
+
+def test_the_exit_codes_of_the_light_modules_match_the_clients():
+    """rpc.py repeats some exit codes of session.py (which imports Twisted): they agree."""
+    from securechat.client import rpc, session
+    from securechat.client.cli import ROOM_MODE_NAMES
+    from securechat.client.rooms import ROOM_MODES
+
+    for name in ("EXIT_ERROR", "EXIT_UNREACHABLE", "EXIT_UNTRUSTED", "EXIT_RATE_LIMITED"):
+        assert getattr(rpc, name) == getattr(session, name), name
+    assert sorted(ROOM_MODE_NAMES) == sorted(ROOM_MODES)
