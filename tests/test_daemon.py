@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.processes import (
-    DaemonProcess, ServerProcess, free_port, run_cli, write_client_config)
+    DaemonProcess, InteractiveCli, ServerProcess, free_port, run_cli, write_client_config)
 from tests.support import write_config
 
 PASSWORD = "correct horse battery staple"
@@ -245,3 +245,110 @@ def test_the_exit_codes_of_the_light_modules_match_the_clients():
     for name in ("EXIT_ERROR", "EXIT_UNREACHABLE", "EXIT_UNTRUSTED", "EXIT_RATE_LIMITED"):
         assert getattr(rpc, name) == getattr(session, name), name
     assert sorted(ROOM_MODE_NAMES) == sorted(ROOM_MODES)
+
+
+def raw_connection(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(path)
+    return sock, sock.makefile("rb")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_bounds_request_lines_and_requests_in_flight(relay, tmp_path, daemons):
+    """A 17th request in flight is refused at once (exit 8); an over-long line closes the
+    connection with an error; other connections are served throughout."""
+    from securechat.client import daemon as daemon_module
+
+    alice = await registered(tmp_path, relay, "alice")
+    daemon = daemons(alice, tmp_path / "clients" / "alice")
+    await daemon.ready()
+    sock, lines = raw_connection(daemon.socket_path)
+    waits = b"".join(
+        json.dumps({"jsonrpc": "2.0", "id": i, "method": "inbox", "params": {"wait": 60}}
+                   ).encode() + b"\n" for i in range(daemon_module.MAX_IN_FLIGHT + 1))
+    sock.sendall(waits)
+    refused = json.loads(lines.readline())
+    assert refused["id"] == daemon_module.MAX_IN_FLIGHT and refused["error"]["code"] == -32002
+    assert refused["error"]["data"]["exit_code"] == 8
+    other = await run_cli(alice, "login", password=None)
+    assert other.code == 0, other
+    long_sock, long_lines = raw_connection(daemon.socket_path)
+    long_sock.sendall(b"x" * (daemon_module.MAX_REQUEST_BYTES + 1) + b"\n")
+    error = json.loads(long_lines.readline())["error"]
+    assert error["code"] == -32002 and "longer than" in error["message"]
+    assert long_lines.readline() == b""  # closed
+    sock.close()
+    long_sock.close()
+    still = await run_cli(alice, "login", password=None)
+    assert still.code == 0, still
+
+
+def test_a_subscriber_that_does_not_read_is_dropped_past_its_backlog():
+    """Notifications to a paused (not reading) connection are dropped past MAX_BACKLOG_BYTES;
+    one that reads again starts from zero."""
+    from twisted.internet.testing import StringTransport
+
+    from securechat.client.daemon import MAX_BACKLOG_BYTES, RpcConnection
+
+    connection = RpcConnection(daemon=None)
+    connection.transport = StringTransport()
+    text = "x" * 1000
+    connection.pauseProducing()
+    for _ in range(MAX_BACKLOG_BYTES // 2000):
+        connection.notify("message", {"text": text})
+    connection.resumeProducing()
+    connection.pauseProducing()
+    for _ in range(MAX_BACKLOG_BYTES // 2000):
+        connection.notify("message", {"text": text})
+    assert not connection.transport.disconnecting
+    for _ in range(MAX_BACKLOG_BYTES // 1000):
+        connection.notify("message", {"text": text})
+    assert connection.transport.disconnected  # aborted, not left to drain
+    assert len(connection.transport.value()) < 2 * MAX_BACKLOG_BYTES
+
+
+@pytest_twisted.ensureDeferred
+async def test_verify_through_the_daemon_asks_here_and_confirms_there(relay, tmp_path, daemons):
+    """alice's `verify bob` goes to her daemon (no password): same emoji as bob's, both verified."""
+    alice = await registered(tmp_path, relay, "alice")
+    bob = await registered(tmp_path, relay, "bob")
+    await ok(alice, "send", "bob", "hello")
+    await ok(bob, "inbox")
+    daemon = daemons(alice, tmp_path / "clients" / "alice")
+    await daemon.ready()
+    started = defer.ensureDeferred(run_cli(alice, "verify", "bob", password=None, stdin=b"y\n"))
+    responder = await run_cli(bob, "verify", "alice", stdin=b"y\n")
+    initiator = await started
+    assert initiator.code == 0 and responder.code == 0, (initiator, responder)
+    assert "bob is verified" in initiator.out and "alice is verified" in responder.out
+    compare = [[line for line in r.out.splitlines() if "Compare with" in line or "numbers" in line]
+               for r in (initiator, responder)]
+    assert compare[0][1:] == compare[1][1:] and compare[0][1].strip().startswith("or the numbers")
+    await ok(alice, "send", "bob", "now verified", password=None)
+    (message,) = (await ok(bob, "inbox", "--json")).json_lines()
+    assert message["verified"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_serves_the_other_commands_while_it_runs(relay, tmp_path):
+    """With no daemon, `chat` starts one: scripts work beside it without a password; it ends with the chat."""
+    alice = await registered(tmp_path, relay, "alice")
+    bob = await registered(tmp_path, relay, "bob")
+    chat = InteractiveCli(alice, "chat")
+    await chat.wait_for("/help for help")
+    chat.type("/create lobby")
+    await chat.wait_for("created lobby")
+    listed = await run_cli(alice, "rooms", "list", password=None)
+    assert listed.code == 0 and listed.out.split() == ["lobby"], listed
+    await ok(alice, "send", "bob", "from a script beside the chat", password=None)
+    await ok(bob, "send", "alice", "to the chat")
+    await chat.wait_for("bob (unverified): to the chat")
+    empty = await run_cli(alice, "inbox", password=None)  # the chat showed it: nothing unread
+    assert empty.code == 0 and empty.out == "", empty
+    chat.type("/quit")
+    assert await chat.finish() == 0
+    after = await run_cli(alice, "rooms", "list", password=None)  # no daemon now, no password
+    assert after.code == 2 and "no password" in after.err, after
+    texts = [m["text"] for m in (await ok(bob, "inbox", "--json")).json_lines()]
+    assert texts == ["from a script beside the chat"]
