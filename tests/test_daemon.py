@@ -352,3 +352,42 @@ async def test_chat_serves_the_other_commands_while_it_runs(relay, tmp_path):
     assert after.code == 2 and "no password" in after.err, after
     texts = [m["text"] for m in (await ok(bob, "inbox", "--json")).json_lines()]
     assert texts == ["from a script beside the chat"]
+
+
+def bot_example():
+    """The bot of docs/usage.rst, as printed there."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "usage.rst"),
+              encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("A bot that answers every one-to-one message", 1)[1].split("::\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return "\n".join(lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_bot_example_of_the_usage_docs_answers_a_message(relay, tmp_path, daemons):
+    """The documented ~20-line bot, run against a daemon, echoes what bob sends it."""
+    echobot = await registered(tmp_path, relay, "echobot")
+    bob = await registered(tmp_path, relay, "bob")
+    data_dir = tmp_path / "clients" / "echobot"
+    daemon = daemons(echobot, data_dir)
+    await daemon.ready()
+    code = bot_example().replace('os.path.expanduser("~/.securechat/echobot/daemon.sock")',
+                                 repr(daemon.socket_path))
+    assert repr(daemon.socket_path) in code and len(code.splitlines()) <= 25
+    bot = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
+    try:
+        await ok(bob, "send", "echobot", "ping")
+        answers = []
+        for _ in range(3):
+            answers += (await ok(bob, "inbox", "--json", "--wait", "20")).json_lines()
+            if answers:
+                break
+        assert [(m["from"], m["text"]) for m in answers] == [("echobot", "echo: ping")]
+    finally:
+        bot.kill()
+        bot.wait()
