@@ -391,3 +391,15 @@ async def test_the_bot_example_of_the_usage_docs_answers_a_message(relay, tmp_pa
     finally:
         bot.kill()
         bot.wait()
+
+
+def test_the_send_wall_benchmark_reports_both_cases():
+    """python -m securechat.bench.send_wall runs (2 sends each) and reports both cases' figures."""
+    done = subprocess.run([sys.executable, "-m", "securechat.bench.send_wall", "--runs", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[0])
+    for case in ("without_daemon", "with_daemon"):
+        assert set(report[case]) == {"median_ms", "p90_ms", "min_ms", "max_ms"}
+        assert report[case]["min_ms"] > 0
+    assert report["runs"] == 2

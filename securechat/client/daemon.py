@@ -18,6 +18,7 @@ caller that does not read (``MAX_BACKLOG_BYTES``: past it the caller is dropped)
 
 import json
 import os
+import socket
 import stat
 
 from twisted.internet import defer, protocol
@@ -55,7 +56,7 @@ def running_daemon(data_dir):
     if connection is None:
         return None
     try:
-        return rpc.peer_credentials(connection._sock)[0]
+        return connection.daemon_pid()
     finally:
         connection.close()
 
@@ -278,6 +279,8 @@ def serve(settings):
 
     from securechat.client.standalone import log_to_stderr
 
+    if not hasattr(socket, "SO_PEERCRED"):
+        raise CommandFailed("securechat daemon needs SO_PEERCRED (Linux) to check who connects")
     pid = running_daemon(settings.data_dir)
     if pid is not None:
         raise CommandFailed(f"a securechat daemon (pid {pid}) already serves "

@@ -26,7 +26,7 @@ from securechat.wire import BROADCAST_ROOM
 
 INBOX_PAGE = 500
 """Messages one ``inbox`` answer holds at most (``more`` says when others wait)."""
-INBOX_MAX_WAIT = 3600
+INBOX_MAX_WAIT = 86400
 """The longest ``inbox`` ``wait``, in seconds (it holds a request in flight meanwhile)."""
 PENDING_STARTS = 16
 """Verification requests kept until someone runs ``verify`` (the newest ones)."""
@@ -81,7 +81,8 @@ class Params:
             raise InvalidParams(f"{self._method}: the parameter {name!r} is missing")
         if value is not default and (not isinstance(value, kind) or isinstance(value, bool)
                                      and kind is not bool):
-            raise InvalidParams(f"{self._method}: {name!r} must be {kind.__name__}")
+            what = "a number" if isinstance(kind, tuple) else kind.__name__
+            raise InvalidParams(f"{self._method}: {name!r} must be {what}")
         return value
 
 

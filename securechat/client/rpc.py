@@ -75,6 +75,8 @@ class DaemonConnection:
         """The daemon serving ``data_dir``, or None when none runs (no socket, or a stale
         one nobody listens on).  A socket served by another user is refused."""
         path = socket_path(data_dir)
+        if not hasattr(socket, "SO_PEERCRED"):
+            return None  # no way to check who serves it (not Linux): always run standalone
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(path)
@@ -89,6 +91,9 @@ class DaemonConnection:
             sock.close()
             raise CommandFailed(f"{path} is served by another user (uid {uid}): refusing it")
         return cls(sock)
+
+    def daemon_pid(self):
+        return peer_credentials(self._sock)[0]
 
     def close(self):
         self._lines.close()
