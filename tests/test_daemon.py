@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
 from tests.processes import (
     DaemonProcess, InteractiveCli, ServerProcess, free_port, run_cli, write_client_config)
@@ -22,13 +22,18 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def relay(tmp_path):
+def relay_process(tmp_path):
     port = free_port()
     proc = ServerProcess(tmp_path, write_config(str(tmp_path / "data"), port=port))
     proc.start()
     pytest_twisted.blockon(defer.ensureDeferred(proc.wait_listening()))
-    yield port
+    yield proc, port
     proc.stop()
+
+
+@pytest.fixture
+def relay(relay_process):
+    return relay_process[1]
 
 
 @pytest.fixture
@@ -403,3 +408,32 @@ def test_the_send_wall_benchmark_reports_both_cases():
         assert set(report[case]) == {"median_ms", "p90_ms", "min_ms", "max_ms"}
         assert report[case]["min_ms"] > 0
     assert report["runs"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_hears_messages_and_the_relay_connection_state(
+        relay_process, tmp_path, daemons):
+    """After subscribe: a received message arrives as a notification (still unread for inbox),
+    and the relay going away as a state notification."""
+    proc, port = relay_process
+    alice = await registered(tmp_path, port, "alice")
+    bob = await registered(tmp_path, port, "bob")
+    daemon = daemons(alice, tmp_path / "clients" / "alice")
+    await daemon.ready()
+    sock, lines = raw_connection(daemon.socket_path)
+    sock.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "subscribe"}\n')
+    assert json.loads(lines.readline())["result"] == {"subscribed": True, "state": "connected"}
+    await ok(bob, "send", "alice", "pushed to a subscriber")
+    notification = await threads.deferToThread(lines.readline)
+    assert json.loads(notification) == {"jsonrpc": "2.0", "method": "message", "params": {
+        **json.loads(notification)["params"], "from": "bob", "text": "pushed to a subscriber",
+        "room": None, "type": "msg"}}
+    unread = (await ok(alice, "inbox", "--json", password=None)).json_lines()
+    assert [m["text"] for m in unread] == ["pushed to a subscriber"]
+    proc.stop()
+    states = []
+    while "disconnected" not in states:
+        message = json.loads(await threads.deferToThread(lines.readline))
+        assert message["method"] == "state", message
+        states.append(message["params"]["state"])
+    sock.close()

@@ -180,7 +180,8 @@ def show_result(args, result, out=print):
         out(result["notice"])
     elif command == "inbox":
         for record in result["messages"]:
-            out(json.dumps(record, ensure_ascii=False) if args.json else format_message(record))
+            out(message_json({**record, "from_dev": record["from_device"]}) if args.json
+                else format_message(record))
         sys.stdout.flush()
     elif command == "history":
         for record in result["messages"]:

@@ -121,7 +121,9 @@ class RpcConnection(LineReceiver):
 
     @staticmethod
     def _encode(message):
-        return json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
+        """ASCII JSON: a text holding a lone surrogate (valid JSON from a sender, not
+        encodable as UTF-8) still travels, as its ``\\uXXXX`` escape."""
+        return json.dumps(message).encode("ascii") + b"\n"
 
     def _write(self, message):
         if self.transport is None or self.transport.disconnecting:

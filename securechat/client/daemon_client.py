@@ -30,7 +30,7 @@ class DaemonClient(LineReceiver):
         request_id = next(self._ids)
         d = self._pending[request_id] = defer.Deferred()
         self.sendLine(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method,
-                                  "params": params}, ensure_ascii=False).encode("utf-8"))
+                                  "params": params}).encode("ascii"))
         return d
 
     def lineReceived(self, line):

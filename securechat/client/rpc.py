@@ -5,6 +5,9 @@ uid checked with SO_PEERCRED).  This module is what both sides share -- the path
 error codes, reading a peer's uid -- plus ``DaemonConnection``, the client the one-shot
 commands use.  Standard library only: a command handed to a running daemon must start
 without importing Twisted or the crypto.
+
+Both sides write ASCII JSON (``\\uXXXX`` escapes), so any text -- a command line's
+undecodable bytes, a lone surrogate a sender put in a message -- travels intact.
 """
 
 import json
@@ -107,7 +110,7 @@ class DaemonConnection:
         request_id = next(self._ids)
         request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
         try:
-            self._sock.sendall(json.dumps(request, ensure_ascii=False).encode("utf-8") + b"\n")
+            self._sock.sendall(json.dumps(request).encode("ascii") + b"\n")
         except OSError as e:
             raise CommandFailed(f"the daemon closed the connection: {e.strerror}",
                                 EXIT_UNREACHABLE) from None
