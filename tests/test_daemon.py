@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 
 from tests.processes import (
-    DaemonProcess, InteractiveCli, ServerProcess, free_port, run_cli, write_client_config)
+    DaemonProcess, InteractiveCli, ServerProcess, executable, free_port, run_cli, write_client_config)
 from tests.support import write_config
 
 PASSWORD = "correct horse battery staple"
@@ -437,3 +437,32 @@ async def test_a_subscriber_hears_messages_and_the_relay_connection_state(
         assert message["method"] == "state", message
         states.append(message["params"]["state"])
     sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_a_terminal_an_unlocking_line_shows_while_the_store_opens(relay, tmp_path):
+    """`login` with stderr on a terminal writes 'unlocking the key store', then erases it."""
+    import pty
+
+    alice = await registered(tmp_path, relay, "alice")
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    done = await threads.deferToThread(
+        subprocess.run, [executable("securechat"), "--config", alice, "login"],
+        env={**env, "SECURECHAT_PASSWORD": PASSWORD}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=slave, timeout=120)
+    os.close(slave)
+    terminal = os.read(master, 4096).decode()
+    os.close(master)
+    assert done.returncode == 0 and b"logged in as alice" in done.stdout, done
+    shown, _, after = terminal.partition("unlocking the key store")
+    assert shown == "securechat: " and after.split("\r")[1].strip() == "", terminal
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_daemon_given_a_wrong_password_exits_3_and_serves_nothing(relay, tmp_path):
+    """`securechat daemon` with a wrong password exits 3 saying so, and leaves no socket."""
+    alice = await registered(tmp_path, relay, "alice")
+    wrong = await run_cli(alice, "daemon", password="not the password")
+    assert wrong.code == 3 and "wrong password" in wrong.err, wrong
+    assert not os.path.exists(tmp_path / "clients" / "alice" / "daemon.sock")

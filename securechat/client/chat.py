@@ -20,7 +20,7 @@ from securechat.client.cli import format_history, format_message
 from securechat.client.daemon import Daemon
 from securechat.client.methods import as_command_failed
 from securechat.client.rpc import EXIT_UNREACHABLE, CommandFailed, DaemonConnection
-from securechat.client.unlock import UnlockingNotice, read_password
+from securechat.client.unlock import read_password
 
 HELP = """\
 /msg USER [TEXT]   talk to USER from now on (and send TEXT if given)
@@ -254,8 +254,7 @@ async def run_chat(reactor, settings):
     else:
         own = Daemon(reactor, settings, read_password(settings))
         try:
-            with UnlockingNotice():
-                await own.start()
+            await own.start()
         except Exception as e:
             await own.stop()
             raise as_command_failed(e) from None

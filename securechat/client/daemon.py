@@ -225,9 +225,14 @@ class Daemon:
         """Unlock and log in, then serve the socket.  The key store's lock (taken by
         ``open``) makes this the only process of the device, so a socket file still
         there was left by one that crashed: it is replaced."""
-        await self.client.open()
-        await self.client.drain(timeout=60)
         path = self.socket_path
+        if len(os.fsencode(path)) > rpc.MAX_SOCKET_PATH:
+            raise CommandFailed(f"the daemon socket path {path} is too long for a UNIX socket "
+                                f"({rpc.MAX_SOCKET_PATH} bytes at most): choose a shorter "
+                                "data_dir")
+        with UnlockingNotice():
+            await self.client.open()
+        await self.client.drain(timeout=60)
         try:
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)
@@ -293,8 +298,7 @@ def serve(settings):
 
     async def start():
         try:
-            with UnlockingNotice():
-                await daemon.start()
+            await daemon.start()
         except Exception as e:
             failures.append(as_command_failed(e))
             reactor.stop()

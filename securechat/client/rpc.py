@@ -16,6 +16,8 @@ import socket
 import struct
 
 SOCKET_NAME = "daemon.sock"
+MAX_SOCKET_PATH = 107
+"""The longest path a UNIX socket may have (Linux's sun_path, less its NUL)."""
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -78,8 +80,10 @@ class DaemonConnection:
         """The daemon serving ``data_dir``, or None when none runs (no socket, or a stale
         one nobody listens on).  A socket served by another user is refused."""
         path = socket_path(data_dir)
-        if not hasattr(socket, "SO_PEERCRED"):
-            return None  # no way to check who serves it (not Linux): always run standalone
+        if not hasattr(socket, "SO_PEERCRED") or len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            # Not Linux (no way to check who serves it), or a path no daemon can listen
+            # on: the command runs standalone.
+            return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(path)
