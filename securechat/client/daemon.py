@@ -22,6 +22,7 @@ import socket
 import stat
 
 from twisted.internet import defer, protocol
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineReceiver
@@ -210,11 +211,10 @@ class Daemon:
         self.reactor = reactor
         self.settings = settings
         self.connections = set()
-        self.state = "connecting"
         self.verifications = Verifications()
         self.client = Client(reactor, settings, password, on_message=self._message,
                              on_control=self.verifications.control, on_state=self._state)
-        self.methods = Methods(self.client, self.verifications, lambda: self.state)
+        self.methods = Methods(self.client, self.verifications)
         self.port = None
 
     @property
@@ -241,6 +241,8 @@ class Daemon:
         previous = os.umask(0o177)  # bind() creates the file 0600: never wider, not for an instant
         try:
             self.port = self.reactor.listenUNIX(path, RpcFactory(self), mode=0o600)
+        except CannotListenError as e:
+            raise CommandFailed(f"cannot listen on {path}: {e.socketError}") from None
         finally:
             os.umask(previous)
         self.log.info("securechat daemon: serving {path} for {user} (device {device})",
@@ -253,12 +255,11 @@ class Daemon:
         for connection in list(self.connections):
             connection.transport.loseConnection()
         await self.client.disconnect()
-        self._state("closed", None)
 
     async def call(self, connection, method, params):
         if method == "subscribe":
             connection.subscribed = True
-            return {"subscribed": True, "state": self.state}
+            return {"subscribed": True, "state": self.client.state}
         return await self.methods.call(
             method, params, lambda text: connection.notify("verify.show", {"text": text}))
 
@@ -272,7 +273,6 @@ class Daemon:
                 connection.notify("message", params)
 
     def _state(self, state, detail=None):
-        self.state = state
         self.log.info("connection to the relay: {state}", state=state)
         for connection in list(self.connections):
             if connection.subscribed:

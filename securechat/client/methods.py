@@ -92,7 +92,7 @@ class Methods:
 
     NAMES = {
         "status": "status", "login": "status", "send": "send", "inbox": "inbox",
-        "say": "say", "broadcast": "broadcast", "rooms.create": "rooms_create",
+        "say": "say", "broadcast": "say", "rooms.create": "rooms_create",
         "rooms.list": "rooms_list", "rooms.bans": "rooms_bans", "rooms.mode": "rooms_mode",
         "join": "join", "leave": "leave", "members": "members", "history": "history",
         "invite": "moderate", "kick": "moderate", "unban": "moderate",
@@ -100,10 +100,9 @@ class Methods:
         "verify.confirm": "verify_confirm",
     }
 
-    def __init__(self, client, verifications, state=lambda: "connected"):
+    def __init__(self, client, verifications):
         self.client = client
         self.verifications = verifications
-        self._state = state
 
     async def call(self, name, params, show=lambda text: None):
         """Run method ``name``; ``show`` receives progress lines (verification)."""
@@ -118,7 +117,7 @@ class Methods:
 
     async def status(self, name, params, show):
         client = self.client
-        return {"user": client.user, "device": client.device, "state": self._state(),
+        return {"user": client.user, "device": client.device, "state": client.state,
                 "queued": client.queued_at_login}
 
     async def send(self, name, params, show):
@@ -146,8 +145,6 @@ class Methods:
     async def say(self, name, params, show):
         room = BROADCAST_ROOM if name == "broadcast" else params.get("room", str)
         return {"id": await self.client.rooms.say(room, params.get("text", str))}
-
-    broadcast = say
 
     async def rooms_create(self, name, params, show):
         room, password = params.get("room", str), params.get("password", str, None)

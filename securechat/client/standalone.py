@@ -87,7 +87,7 @@ async def opened(reactor, settings, verifications=None):
 async def one_shot(reactor, settings, args, method, params):
     client = await opened(reactor, settings)
     try:
-        methods = Methods(client, Verifications(), lambda: client.state)
+        methods = Methods(client, Verifications())
         while True:
             result = await methods.call(method, params)
             cli.show_result(args, result)
