@@ -16,7 +16,7 @@ from twisted.internet import defer, threads
 
 from tests.processes import (
     DaemonProcess, InteractiveCli, ServerProcess, executable, free_port, run_cli, write_client_config)
-from tests.support import write_config
+from tests.support import poll_until, write_config
 
 PASSWORD = "correct horse battery staple"
 
@@ -254,8 +254,8 @@ def test_the_exit_codes_of_the_light_modules_match_the_clients():
 
 def raw_connection(path):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)  # blocking: waits for room in the listen queue, as the CLI does
     sock.settimeout(30)
-    sock.connect(path)
     return sock, sock.makefile("rb")
 
 
@@ -283,10 +283,47 @@ async def test_the_daemon_bounds_request_lines_and_requests_in_flight(relay, tmp
     error = json.loads(long_lines.readline())["error"]
     assert error["code"] == -32002 and "longer than" in error["message"]
     assert long_lines.readline() == b""  # closed
-    sock.close()
-    long_sock.close()
+    for stream in (lines, sock, long_lines, long_sock):
+        stream.close()
     still = await run_cli(alice, "login", password=None)
     assert still.code == 0, still
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_serves_a_bounded_number_of_connections(relay, tmp_path, daemons):
+    """Past MAX_CONNECTIONS a connection gets an error line and is closed; once one ends,
+    a new one is served again."""
+    from securechat.client import daemon as daemon_module
+
+    alice = await registered(tmp_path, relay, "alice")
+    daemon = daemons(alice, tmp_path / "clients" / "alice")
+    await daemon.ready()
+    held = []
+    for _ in range(daemon_module.MAX_CONNECTIONS):  # each one answered, so each one counted
+        sock, lines = raw_connection(daemon.socket_path)
+        sock.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "status"}\n')
+        assert json.loads(lines.readline())["result"]["user"] == "alice"
+        held.append((sock, lines))
+    extra, extra_lines = raw_connection(daemon.socket_path)
+    error = json.loads(extra_lines.readline())["error"]
+    assert error["code"] == -32002 and "connections at most" in error["message"]
+    assert extra_lines.readline() == b""
+    extra.close()
+    sock, lines = held.pop()
+    lines.close()  # the file holds the socket open: both are closed
+    sock.close()
+    await poll_until(lambda: run_cli_ok_sync(alice), timeout=60)
+    for sock, lines in held:
+        lines.close()
+        sock.close()
+
+
+def run_cli_ok_sync(config):
+    """``securechat login`` through the daemon (no password) succeeds, run blocking."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    return subprocess.run([executable("securechat"), "--config", config, "login"], env=env,
+                          capture_output=True, timeout=60,
+                          stdin=subprocess.DEVNULL).returncode == 0
 
 
 def test_a_subscriber_that_does_not_read_is_dropped_past_its_backlog():
@@ -436,6 +473,7 @@ async def test_a_subscriber_hears_messages_and_the_relay_connection_state(
         message = json.loads(await threads.deferToThread(lines.readline))
         assert message["method"] == "state", message
         states.append(message["params"]["state"])
+    lines.close()
     sock.close()
 
 
