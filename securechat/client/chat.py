@@ -11,14 +11,15 @@ lives no longer than the chat the person started.
 """
 
 import shlex
+import sys
 
 from twisted.internet import defer, stdio
 from twisted.protocols.basic import LineReceiver
 
 from securechat.client import daemon_client
-from securechat.client.cli import format_history, format_message
 from securechat.client.daemon import Daemon
 from securechat.client.methods import as_command_failed
+from securechat.client.render import format_history, format_message, safe, terminal_width
 from securechat.client.rpc import EXIT_UNREACHABLE, CommandFailed, DaemonConnection
 from securechat.client.unlock import read_password
 
@@ -80,15 +81,14 @@ class Chat:
         stdio.StandardIO(self._io)
         self.show(f"securechat: {me['user']} (device {me['device']}). /help for help.")
         if status["state"] != "connected":
-            self.show(f"* connection to the relay: {status['state']}")
+            self.connection_state(status["state"], me["state_detail"])
         self.show_unread()
 
     def notified(self, method, params):
         if method == "message":
             self.show_unread()
         elif method == "state":
-            self.show(f"* connection to the relay: {params['state']}"
-                      + (f" ({params['detail']})" if params.get("detail") else ""))
+            self.connection_state(params["state"], params["detail"])
         elif method == "verify.show":
             self.show(params["text"])
 
@@ -101,12 +101,17 @@ class Chat:
         d = defer.ensureDeferred(self._dispatch(line))
         d.addErrback(self._report)
 
+    def connection_state(self, state, detail):
+        """Say each change of the connection (not each attempt: ``connecting``)."""
+        if state != "connecting":
+            self.show(f"* {state}: {detail}")
+
     def _report(self, failure):
         error = failure.value
         if isinstance(error, CommandFailed):
-            self.show(f"! {error}")
+            self.show(f"! {safe(error)}")
         else:
-            self.show(f"! unexpected error: {error!r}")
+            self.show(f"! unexpected error: {safe(repr(error))}")
 
     async def _dispatch(self, line):
         if not line.startswith("/"):
@@ -161,7 +166,7 @@ class Chat:
 
     async def do_join(self, rest):
         result = await self.call("join", room=rest)
-        self.show(f"joined {rest}: " + ", ".join(result["members"]))
+        self.show(f"joined {rest}: " + ", ".join(map(safe, result["members"])))
 
     async def do_leave(self, rest):
         await self.call("leave", room=rest)
@@ -169,7 +174,7 @@ class Chat:
 
     async def do_history(self, rest):
         for record in (await self.call("history", room=rest))["messages"]:
-            self.show(format_history(record))
+            self.show(format_history(record, terminal_width(sys.stdout)))
 
     async def do_invite(self, rest):
         await self._moderate("invite", rest)
@@ -189,12 +194,12 @@ class Chat:
 
     async def do_rooms(self, rest):
         rooms = (await self.call("rooms.list"))["rooms"]
-        self.show("rooms: " + (", ".join(rooms) if rooms else "(none)"))
+        self.show("rooms: " + (", ".join(map(safe, rooms)) if rooms else "(none)"))
 
     async def do_who(self, rest):
         members = (await self.call("members", room=rest))["members"]
         for user, devices in members.items():
-            self.show(f"  {user}: {', '.join(devices) or '(no device)'}")
+            self.show(f"  {safe(user)}: {', '.join(map(safe, devices)) or '(no device)'}")
 
     async def do_fingerprint(self, rest):
         result = await self.call("fingerprint")
@@ -231,7 +236,7 @@ class Chat:
         while True:
             page = await self.call("inbox")
             for record in page["messages"]:
-                self.show(format_message(record))
+                self.show(format_message(record, terminal_width(sys.stdout)))
             if not page["more"]:
                 return
 

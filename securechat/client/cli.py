@@ -1,8 +1,9 @@
 """``securechat``: the command line.  One-shot scriptable commands and an interactive chat.
 
 Exit codes: 0 done; 1 error; 2 usage; 3 wrong password or login refused;
-4 server unreachable; 5 server certificate not trusted (pin mismatch);
-6 unknown user; 7 sending blocked by trust (changed or unsigned keys);
+4 server unreachable (a message to send is kept in the outbox);
+5 server certificate not trusted (pin mismatch); 6 unknown user;
+7 sending blocked by trust (changed or unsigned keys);
 8 rate limited (try again in the seconds given); 9 server unavailable (its database).
 
 Argument parsing and dispatch only.  A one-shot command goes to the running daemon of
@@ -20,7 +21,9 @@ import os
 import sys
 
 from securechat.client import settings as client_settings
-from securechat.client.rpc import EXIT_UNTRUSTED, CommandFailed, DaemonConnection
+from securechat.client.render import (
+    format_history, format_message, message_json, safe, terminal_width)
+from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection
 from securechat.client.unlock import PasswordUnavailable
 from securechat.config import ConfigError
 
@@ -29,6 +32,13 @@ ROOM_MODE_NAMES = ("invite-only", "open")
 """``rooms mode`` choices: the names of rooms.ROOM_MODES (not imported: it needs Twisted)."""
 STANDALONE_ONLY = ("register", "daemon", "chat")
 """Commands that never go to a running daemon (``chat`` starts one when none runs)."""
+
+
+def add_send_wait(parser):
+    parser.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="if the server is unreachable, keep the message in the outbox and "
+                             "wait this long for the server to take it (default 0: exit 4 at "
+                             "once; the next command or the daemon sends it)")
 
 
 def build_parser():
@@ -41,11 +51,16 @@ def build_parser():
     send = commands.add_parser("send", help="send a message to a user")
     send.add_argument("user")
     send.add_argument("text", nargs="+")
+    add_send_wait(send)
     inbox = commands.add_parser("inbox", help="fetch, decrypt, acknowledge and print messages")
     inbox.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                       help="if nothing is waiting, wait this long for a message")
+                       help="if nothing is waiting, wait this long for a message (through "
+                            "reconnects)")
     inbox.add_argument("--json", action="store_true", help="one JSON object per line")
     commands.add_parser("chat", help="interactive chat (type /help)")
+    outbox = commands.add_parser(
+        "outbox", help="messages not yet accepted by the server (works without the server)")
+    outbox.add_argument("--drop", metavar="ID", help="remove one entry (one that failed)")
     commands.add_parser("daemon", help="unlock once and serve this device to the other "
                                        "commands, scripts and bots (foreground)")
     fingerprint = commands.add_parser("fingerprint", help="your fingerprint, or the safety number with USER")
@@ -77,8 +92,10 @@ def build_parser():
     say = commands.add_parser("say", help="send a message to a room")
     say.add_argument("room")
     say.add_argument("text", nargs="+")
+    add_send_wait(say)
     broadcast = commands.add_parser("broadcast", help="send a message to every user")
     broadcast.add_argument("text", nargs="+")
+    add_send_wait(broadcast)
     for name, text in (("invite", "add USER to ROOM (owner/admins)"),
                        ("kick", "remove USER from ROOM (if in it) and ban USER from it (owner/admins)"),
                        ("unban", "lift USER's ban from ROOM (owner/admins)")):
@@ -99,44 +116,11 @@ def read_room_password(wanted):
     return password
 
 
-def format_message(record):
-    if record.get("type") == "membership":
-        return f"[{record['sent_at']}] * {record['text']}"
-    mark = "verified" if record.get("verified") else "unverified"
-    where = f" in {record['room']}" if record.get("room") else ""
-    head = f"[{record['sent_at']}] {record['from']}{where} ({mark})"
-    lines = []
-    if record.get("warning"):
-        lines.append(record["warning"])
-    if record.get("error"):
-        lines.append(f"{head}: ✗ could not decrypt: {record['error']}")
-    else:
-        lines.append(f"{head}: {record['text']}")
-    return "\n".join(lines)
-
-
-def format_history(record):
-    """A history line: what this device cannot decrypt is said so, not shown as an error."""
-    if record.get("error"):
-        record = {**record, "error": None, "text": "(not decryptable on this device)"}
-    return format_message(record)
-
-
-def message_json(record):
-    return json.dumps({
-        "id": record["id"], "type": record.get("type", "msg"), "from": record["from"],
-        "from_device": record["from_dev"],
-        "room": record.get("room"), "text": record.get("text"), "sent_at": record["sent_at"],
-        "verified": bool(record.get("verified")), "error": record.get("error"),
-        "warning": record.get("warning"),
-    }, ensure_ascii=False)
-
-
 def request_for(args):
     """The daemon method and params that do what ``args`` asks."""
     command = args.command
     if command in ("send", "say", "broadcast"):
-        params = {"text": " ".join(args.text)}
+        params = {"text": " ".join(args.text), "wait": args.wait}
         if command != "broadcast":
             params.update({"user": args.user} if command == "send" else {"room": args.room})
         return command, params
@@ -157,6 +141,8 @@ def request_for(args):
         return command, {"room": args.room, "user": args.user}
     if command in ("fingerprint", "trust", "verify"):
         return command, {"user": args.user} if args.user else {}
+    if command == "outbox":
+        return "outbox", {"drop": args.drop} if args.drop else {}
     return command, {}
 
 
@@ -171,30 +157,35 @@ def next_page(params):
 
 
 def show_result(args, result, out=print):
-    """Print what a command's result says, as the standalone commands always have."""
+    """Print what a command's result says, as the standalone commands always have (what
+    others wrote passes render.safe)."""
     command = args.command
+    width = terminal_width(sys.stdout)
     if command == "login":
         out(f"logged in as {result['user']} (device {result['device']}); "
             f"{result['queued']} message(s) waiting")
-    elif command == "send" and result["notice"]:
-        out(result["notice"])
+    elif command in ("send", "say", "broadcast"):
+        if result.get("notice"):
+            out(result["notice"])
     elif command == "inbox":
         for record in result["messages"]:
             out(message_json({**record, "from_dev": record["from_device"]}) if args.json
-                else format_message(record))
+                else format_message(record, width))
         sys.stdout.flush()
+    elif command == "outbox":
+        _show_outbox(result, out)
     elif command == "history":
         for record in result["messages"]:
-            out(format_history(record))
+            out(format_history(record, width))
     elif command == "rooms":
         _show_rooms_result(args, result, out)
     elif command == "join":
-        out(f"joined {args.room}: {', '.join(result['members'])}")
+        out(f"joined {args.room}: {', '.join(map(safe, result['members']))}")
     elif command == "leave":
         out(f"left {args.room}")
     elif command == "members":
         for user, devices in result["members"].items():
-            out(f"{user}: {', '.join(devices) or '(no device)'}")
+            out(f"{safe(user)}: {', '.join(map(safe, devices)) or '(no device)'}")
     elif command in ("invite", "kick", "unban"):
         out(result["text"])
     elif command == "fingerprint":
@@ -212,21 +203,40 @@ def show_result(args, result, out=print):
                 " (unverified: run 'securechat verify' to verify it)")
 
 
+def _show_outbox(result, out):
+    if "dropped" in result:
+        out(f"dropped {result['dropped']}")
+        return
+    for entry in result["entries"]:
+        where = f"in {entry['room']}" if entry["room"] else f"to {entry['to']}"
+        state = f"failed: {entry['error']}" if entry["error"] else "pending"
+        out(f"{entry['id']} [{entry['queued_at']}] {where} ({state}): "
+            + json.dumps(entry["text"], ensure_ascii=False))
+
+
 def _show_rooms_result(args, result, out):
     action = args.rooms_command
     if action == "create":
         out(f"created {args.room}" + (" (password protected)" if result["password"] else ""))
     elif action == "list":
         for room in result["rooms"]:
-            out(room)
+            out(safe(room))
     elif action == "mode":
         out(result["text"])
     elif action == "bans":
         for ban in result["bans"]:
-            out(f"{ban['user']}: banned by {ban['by']} at {ban['created']} "
-                f"(a former {ban['role']})")
+            out(f"{safe(ban['user'])}: banned by {safe(ban['by'])} at {ban['created']} "
+                f"(a former {safe(ban['role'])})")
         if not result["bans"]:
             out(f"nobody is banned from {args.room}")
+
+
+def check_complete(result):
+    """An ``inbox`` that ended without a connection printed what it has; it still fails
+    (exit 4): messages may be waiting on the relay."""
+    if result.get("unreachable"):
+        raise CommandFailed(f"not connected to the server at the end ({result['unreachable']}): "
+                            "messages may be waiting there", EXIT_UNREACHABLE)
 
 
 def through_daemon(connection, args, method, params):
@@ -237,6 +247,7 @@ def through_daemon(connection, args, method, params):
         result = connection.call(method, params)
         show_result(args, result)
         if not result.get("more"):
+            check_complete(result)
             return 0
         params = next_page(params)
 
@@ -256,7 +267,7 @@ def _verify_through_daemon(connection, params):
     except CommandFailed as e:
         if e.exit_code != EXIT_UNTRUSTED:
             raise
-        print(e)
+        print(safe(e))
         return EXIT_UNTRUSTED
     return 0
 
@@ -282,7 +293,7 @@ def main(argv=None):
     try:
         code = run(args)
     except (CommandFailed, ConfigError, PasswordUnavailable) as e:
-        print(f"securechat: {e}", file=sys.stderr)
+        print(f"securechat: {safe(e)}", file=sys.stderr)
         code = getattr(e, "exit_code", 1)
     if code:
         raise SystemExit(code)

@@ -99,8 +99,17 @@ class Contacts:
             self._store.put_contact(user, updated)
 
     def is_verified(self, user):
+        return self.standing(user)["verified"]
+
+    def standing(self, user):
+        """``{"verified", "warning"}`` of ``user`` as pinned now: verified only while the
+        verified key is unchanged; while a changed key waits, unverified with the warning."""
         record = self._store.contact(user)
-        return bool(record and record["verified"] and not record.get("pending"))
+        if record and record.get("pending"):
+            changed = ContactKeyChanged(user, record["identity_key"], record["pending"],
+                                        record["verified"])
+            return {"verified": False, "warning": str(changed)}
+        return {"verified": bool(record and record["verified"]), "warning": None}
 
     def devices(self, user, entry, sending):
         """The devices of ``user`` (a keys.query entry) we may talk to: ``{device: keys}``.

@@ -33,7 +33,8 @@ from securechat.client.methods import (
     InvalidParams, Methods, UnknownMethod, Verifications, as_command_failed, public)
 from securechat.client.rpc import CommandFailed
 from securechat.client.session import Client
-from securechat.client.unlock import UnlockingNotice, read_password
+from securechat.client.standalone import log_to_stderr, open_or_reconnect
+from securechat.client.unlock import read_password
 
 MAX_REQUEST_BYTES = 256 * 1024
 """The longest request line (a message's text fits many times over)."""
@@ -222,17 +223,18 @@ class Daemon:
         return rpc.socket_path(self.settings.data_dir)
 
     async def start(self):
-        """Unlock and log in, then serve the socket.  The key store's lock (taken by
-        ``open``) makes this the only process of the device, so a socket file still
-        there was left by one that crashed: it is replaced."""
+        """Unlock and log in (or, with the relay unreachable, keep reconnecting), then serve
+        the socket.  The key store's lock (taken by ``open``) makes this the only process
+        of the device, so a socket file still there was left by one that crashed: it is
+        replaced."""
         path = self.socket_path
         if len(os.fsencode(path)) > rpc.MAX_SOCKET_PATH:
             raise CommandFailed(f"the daemon socket path {path} is too long for a UNIX socket "
                                 f"({rpc.MAX_SOCKET_PATH} bytes at most): choose a shorter "
                                 "data_dir")
-        with UnlockingNotice():
-            await self.client.open()
-        await self.client.drain(timeout=60)
+        await open_or_reconnect(self.client, keep_trying=True)
+        if self.client.state == "connected":
+            await self.client.drain(timeout=60)
         try:
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)
@@ -283,8 +285,6 @@ def serve(settings):
     """``securechat daemon``: refuse when one already serves the data directory, unlock,
     then serve until SIGTERM or SIGINT (the socket is removed on the way out)."""
     from twisted.internet import reactor
-
-    from securechat.client.standalone import log_to_stderr
 
     if not hasattr(socket, "SO_PEERCRED"):
         raise CommandFailed("securechat daemon needs SO_PEERCRED (Linux) to check who connects")

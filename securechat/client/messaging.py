@@ -7,12 +7,13 @@ saved before anything leaves), send, retry once if the device set changed.
 Receiving, one envelope at a time in ``seq`` order: skip ids already seen
 (ack again), decrypt, check the inner header against the envelope, then
 save the new ratchet state, the plaintext and the seen id in ONE
-transaction, and only then acknowledge (in batches, ``acks.AckBatcher``).  A
+transaction, and only then acknowledge (in batches, ``acks.AckBatcher``).
+``inbound.open_envelope`` does the middle part for 1:1 and room messages
+alike, and decides there how far the sender is trusted.  A
 crash anywhere leaves either the old state (the envelope is redelivered and
 decrypts again) or the new state with the id seen (the redelivery is skipped).
 """
 
-import datetime
 import json
 import secrets
 import time
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.client.acks import AckBatcher
 from securechat.client.contacts import TrustError, verify
+from securechat.client.inbound import iso, open_envelope
 from securechat.client.protocol import RemoteError
 from securechat.crypto.device import DecryptError
 
@@ -40,23 +42,19 @@ def padded(inner):
     return wire.canonical_json({**inner, "pad": " " * (-len(data) % PAD_BUCKET)})
 
 
-def iso(ms):
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
-
-
 class Sender:
     def __init__(self, client):
         self._client = client
 
-    async def send(self, users, payload, fresh=(), retry=True):
+    async def send(self, users, payload, fresh=(), retry=True, outbox_id=None):
         """Encrypt ``payload`` (a dict) for every device of ``users`` and our other devices.
 
         Devices in ``fresh`` (``(user, device)`` pairs) get a new session even
         if one exists: that is how a wedged session is replaced.  Fires with
         the number of devices it went to: 0 for a note to ourselves when this
         is our only device (then nothing is sent: the relay refuses a send
-        for nobody).
+        for nobody).  A message of the outbox (``outbox_id``) keeps its
+        envelopes there, written with the ratchet states that made them.
         """
         client = self._client
         targets = await self._targets(users)
@@ -66,21 +64,24 @@ class Sender:
             [t for t in targets
              if (t[0], t[1]) in fresh or not client.crypto.has_session(t[2]["curve25519"])])
         envelopes = []
-        for user, device, keys in targets:
-            inner = {**payload, "from": client.user, "from_dev": client.device,
-                     "from_ed25519": client.crypto.ed25519, "to": user, "to_dev": device,
-                     "to_ed25519": keys["ed25519"]}
-            sid, otype, ct = client.crypto.encrypt(user, device, keys["curve25519"],
-                                                   padded(inner), sessions.get((user, device)))
-            envelopes.append({"id": new_id(), "to": user, "to_dev": device, "kind": "olm",
-                              "sid": sid, "otype": otype, "ct": ct})
+        with client.store.transaction():
+            for user, device, keys in targets:
+                inner = {**payload, "from": client.user, "from_dev": client.device,
+                         "from_ed25519": client.crypto.ed25519, "to": user, "to_dev": device,
+                         "to_ed25519": keys["ed25519"]}
+                sid, otype, ct = client.crypto.encrypt(user, device, keys["curve25519"],
+                                                       padded(inner), sessions.get((user, device)))
+                envelopes.append({"id": new_id(), "to": user, "to_dev": device, "kind": "olm",
+                                  "sid": sid, "otype": otype, "ct": ct})
+            if outbox_id is not None:
+                client.outbox.encrypted(outbox_id, envelopes)
         try:
             await client.request("send", envelopes=envelopes)
             return len(envelopes)
         except RemoteError as e:
             if e.code == "devices_mismatch" and retry:
                 client.forget_devices()
-                return await self.send(users, payload, fresh, retry=False)
+                return await self.send(users, payload, fresh, retry=False, outbox_id=outbox_id)
             raise
 
     async def _targets(self, users):
@@ -191,44 +192,22 @@ class Receiver:
 
     async def _open(self, env):
         """Decrypt and store one Olm envelope; a failure is stored as a readable reason."""
-        client, store = self._client, self._client.store
-        now = int(time.time() * 1000)
-        base = {"id": env["id"], "from": env["from"], "from_dev": env["from_dev"],
-                "room": env.get("room"), "received_at": iso(env["ts"])}
-        warning = None
-        try:
-            devices = await client.trusted_devices(env["from"], sending=False)
-            warning = client.contacts.record(env["from"]).get("warning") if env["from"] != client.user else None
-            sender = devices.get(env["from_dev"])
-            if sender is None:
-                raise DecryptError(f"{env['from']}'s device {env['from_dev']} is not one we trust")
+        client = self._client
+
+        def unseal(sender):
             if env["kind"] != "olm":
                 raise DecryptError(f"{env['kind']} messages are not supported by this client")
-            with store.transaction():
-                plaintext = client.crypto.decrypt(env["from"], env["from_dev"],
-                                                  sender["curve25519"], env["sid"], env["otype"], env["ct"])
-                inner = self._check_inner(env, plaintext, sender)
-                if inner.get("type") == "room_key":
-                    client.rooms.accept_key(inner, env["from"], env["from_dev"],
-                                            sender["curve25519"])
-                record = {**base, "type": inner.get("type"), "mid": inner.get("mid"),
-                          "text": inner.get("body") if inner.get("type") == "msg" else None,
-                          "sent_at": iso(inner["ts"]) if isinstance(inner.get("ts"), int) else base["received_at"],
-                          "verified": client.contacts.is_verified(env["from"]) and warning is None,
-                          "warning": warning, "error": None, "inner": inner}
-                store.mark_seen(env["id"], now)
-                if record["type"] == "msg":
-                    store.add_message(env["id"], _public(record))
-            return record
-        except (DecryptError, TrustError, RemoteError) as e:
-            reason = getattr(e, "reason", None) or str(e)
-            record = {**base, "type": "msg", "text": None, "sent_at": base["received_at"],
-                      "verified": False, "warning": warning, "error": reason}
-            with store.transaction():
-                store.mark_seen(env["id"], now)
-                store.add_message(env["id"], record)
+            plaintext = client.crypto.decrypt(env["from"], env["from_dev"], sender["curve25519"],
+                                              env["sid"], env["otype"], env["ct"])
+            inner = self._check_inner(env, plaintext, sender)
+            if inner.get("type") == "room_key":
+                client.rooms.accept_key(inner, env["from"], env["from_dev"], sender["curve25519"])
+            return inner
+
+        record = await open_envelope(client, env, unseal)
+        if record["error"]:
             await self._maybe_unwedge(env)
-            return record
+        return record
 
     def _check_inner(self, env, plaintext, sender):
         """The inner header must repeat who sent it to whom (no forwarding, no key swap)."""
@@ -264,7 +243,3 @@ class Receiver:
         except (TrustError, RemoteError) as e:
             self.log.info("could not replace the session with {peer}: {e}", peer=peer, e=e)
 
-
-def _public(record):
-    """What the history keeps of a message (without the raw inner header)."""
-    return {k: v for k, v in record.items() if k != "inner"}

@@ -11,15 +11,15 @@ import json
 
 from twisted.internet import defer
 
-from securechat.client.cli import message_json
 from securechat.client.contacts import TrustError
 from securechat.client.messaging import iso
 from securechat.client.protocol import ConnectionClosed, RemoteError
+from securechat.client.render import message_json
 from securechat.client.rooms import ROOM_MODES
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed)
 from securechat.client.session import (
-    EXIT_UNTRUSTED, NO_OTHER_DEVICE, ClientError, refusal)
+    EXIT_UNTRUSTED, NO_OTHER_DEVICE, ClientError, Queued, refusal)
 from securechat.client.verification import Verification, VerificationFailed
 from securechat.crypto.fingerprint import key_fingerprint, safety_number
 from securechat.wire import BROADCAST_ROOM
@@ -60,7 +60,7 @@ def as_command_failed(error):
         error = refusal(error)
         return CommandFailed(str(error), error.exit_code)
     if isinstance(error, ConnectionClosed):
-        return CommandFailed(f"{error} (the relay is unreachable)", EXIT_UNREACHABLE)
+        return CommandFailed(f"{error} (the command may not have completed)", EXIT_UNREACHABLE)
     if isinstance(error, VerificationFailed):
         return CommandFailed(f"verification failed: {error}", EXIT_UNTRUSTED)
     return error
@@ -97,7 +97,7 @@ class Methods:
         "join": "join", "leave": "leave", "members": "members", "history": "history",
         "invite": "moderate", "kick": "moderate", "unban": "moderate",
         "fingerprint": "fingerprint", "trust": "trust", "verify": "verify",
-        "verify.confirm": "verify_confirm",
+        "verify.confirm": "verify_confirm", "outbox": "outbox",
     }
 
     def __init__(self, client, verifications):
@@ -118,11 +118,40 @@ class Methods:
     async def status(self, name, params, show):
         client = self.client
         return {"user": client.user, "device": client.device, "state": client.state,
-                "queued": client.queued_at_login}
+                "state_detail": client.state_detail, "queued": client.queued_at_login}
 
     async def send(self, name, params, show):
-        devices = await self.client.send_text(params.get("user", str), params.get("text", str))
-        return {"devices": devices, "notice": None if devices else NO_OTHER_DEVICE}
+        user, text = params.get("user", str), params.get("text", str)
+        devices = await self._send_or_keep(params, lambda: self.client.send_text(user, text))
+        return {"devices": devices, "notice": NO_OTHER_DEVICE if devices == 0 else None}
+
+    async def _send_or_keep(self, params, send):
+        """Run ``send()`` (a message send); with the server unreachable the message waits in
+        the outbox (Queued: exit 4) unless ``wait`` seconds give the reconnect time to send
+        it.  What ``send`` fires with (None when the reconnect sent it)."""
+        wait = params.get("wait", (int, float), 0)
+        try:
+            return await send()
+        except Queued as queued:
+            if wait <= 0:
+                raise
+            return await self._wait_sent(queued, wait)
+
+    async def _wait_sent(self, queued, wait):
+        """Wait for the reconnect to send an outbox entry; Queued again at the deadline,
+        the reason if the server refused it."""
+        client, entry = self.client, queued.entry_id
+        client.reconnect()
+        await client.wait_for(lambda: not client.outbox.holds(entry)
+                              or client.outbox.error(entry) is not None
+                              or client.state in ("replaced", "closed"), wait)
+        error = client.outbox.error(entry)
+        if error is not None:
+            client.outbox.drop(entry)
+            raise ClientError(f"the server refused the message: {error}")
+        if client.outbox.holds(entry):
+            raise queued
+        return None
 
     async def inbox(self, name, params, show):
         """What was received and not shown yet (oldest first), marked shown by this answer."""
@@ -140,11 +169,25 @@ class Methods:
         if page:
             client.mark_read(page[-1][0])
         return {"messages": [public(record) for _, record in page],
-                "more": len(unread) > limit}
+                "more": len(unread) > limit,
+                "unreachable": None if client.state == "connected" else client.state_detail}
+
+    async def outbox(self, name, params, show):
+        """The messages the relay has not accepted yet, or ``drop`` one (works offline)."""
+        outbox, drop = self.client.outbox, params.get("drop", str, None)
+        if drop is not None:
+            if not outbox.drop(drop):
+                raise ClientError(f"no entry {drop} in the outbox")
+            return {"dropped": drop}
+        return {"entries": [{"id": entry["id"], "to": entry["to"], "room": entry["room"],
+                             "text": entry["text"], "queued_at": iso(entry["queued_at"]),
+                             "error": entry["error"]}
+                            for entry in self.client.outbox_pending()]}
 
     async def say(self, name, params, show):
         room = BROADCAST_ROOM if name == "broadcast" else params.get("room", str)
-        return {"id": await self.client.rooms.say(room, params.get("text", str))}
+        text = params.get("text", str)
+        return {"id": await self._send_or_keep(params, lambda: self.client.rooms.say(room, text))}
 
     async def rooms_create(self, name, params, show):
         room, password = params.get("room", str), params.get("password", str, None)

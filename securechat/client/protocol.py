@@ -37,6 +37,7 @@ class ClientProtocol(LineReceiver):
         self.connected_d = defer.Deferred()
         self.closed_d = defer.Deferred()
         self.lost_reason = None
+        self.closed = False
 
     def connectionMade(self):
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -45,7 +46,13 @@ class ClientProtocol(LineReceiver):
         self.connected_d.callback(self)
 
     def request(self, op, **fields):
-        """Send one request; fire with its ``result`` or fail with RemoteError."""
+        """Send one request; fire with its ``result`` or fail with RemoteError.
+
+        On a connection already closed it fails at once with ConnectionClosed:
+        no answer can come, and a Deferred nobody fires would hang its caller.
+        """
+        if self.closed:
+            return defer.fail(ConnectionClosed("the connection to the server is closed"))
         rid = next(self._rids)
         d = defer.Deferred()
         self._pending[rid] = d
@@ -73,6 +80,7 @@ class ClientProtocol(LineReceiver):
 
     def connectionLost(self, reason=ConnectionDone):
         self.lost_reason = reason.value
+        self.closed = True
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(ConnectionClosed("the connection to the server was closed"))

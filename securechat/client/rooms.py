@@ -6,7 +6,8 @@ every member device against the pinned identities, and lets
 (the member devices changed, 100 messages, 7 days).  Devices that have not
 received the current session key get it as an Olm-encrypted ``room_key``
 message first; then the one ciphertext goes to ``room.send`` and the server
-fans it out.
+fans it out.  A received room message is opened by ``inbound.open_envelope``,
+as a 1:1 message is: one trust decision for both.
 """
 
 import json
@@ -14,8 +15,8 @@ import time
 
 from securechat import wire
 from securechat.client.contacts import TrustError
-from securechat.client.messaging import iso, new_id, padded
-from securechat.client.protocol import RemoteError
+from securechat.client.inbound import open_envelope
+from securechat.client.messaging import new_id, padded
 from securechat.crypto.device import DecryptError
 from securechat.crypto.group import RoomCrypto
 from securechat.crypto.passwords import room_password_secret
@@ -113,7 +114,22 @@ class RoomClient:
 
     @returns_deferred
     async def say(self, room, text):
-        """Encrypt once, share the key where needed, send; fire with the message id."""
+        """Keep the message in the outbox, then send it; fire with the message id
+        (``session.Queued`` when there is no connection to take it now)."""
+        client = self._client
+        mid = new_id()
+        inner = {"type": "msg", "mid": mid, "room": room, "from": client.user,
+                 "from_dev": client.device, "ts": int(time.time() * 1000), "body": text}
+        await client.deliver(client.outbox.add(inner, room=room))
+        return mid
+
+    async def send_queued(self, room, inner, entry_id):
+        """Encrypt once, share the key where needed, send; fire with the message id.
+
+        The ciphertext is written to the outbox entry ``entry_id`` with the
+        advanced Megolm session, so a resend after a lost answer sends the
+        same envelope id.
+        """
         client = self._client
         members = (await client.request("room.members", room=room))["members"]
         devices = {}
@@ -139,14 +155,14 @@ class RoomClient:
             await client.sender.send(unserved, {
                 "type": "room_key", "mid": new_id(), "room": room,
                 "ts": int(time.time() * 1000), "session_key": key})
-        mid = new_id()
-        inner = {"type": "msg", "mid": mid, "room": room, "from": client.user,
-                 "from_dev": client.device, "ts": int(time.time() * 1000), "body": text}
-        session_id, ct = crypto.encrypt(room, session, meta, padded(inner),
-                                        [list(d) for d in devices])
-        await client.request("room.send", room=room, id=new_id(), kind="megolm",
-                             sid=session_id, ct=wire.pad_b64(ct))
-        return mid
+        with client.store.transaction():
+            session_id, ct = crypto.encrypt(room, session, meta, padded(inner),
+                                            [list(d) for d in devices])
+            envelope = {"room": room, "id": new_id(), "kind": "megolm", "sid": session_id,
+                        "ct": wire.pad_b64(ct)}
+            client.outbox.encrypted(entry_id, [envelope])
+        await client.request("room.send", **envelope)
+        return inner["mid"]
 
     # -- reading history ------------------------------------------------------------
 
@@ -178,37 +194,16 @@ class RoomClient:
     @returns_deferred
     async def open_room_message(self, env, for_history=False):
         """Decrypt one Megolm envelope into a message record (or one with an ``error``)."""
-        client = self._client
-        base = {"id": env["id"], "from": env["from"], "from_dev": env["from_dev"],
-                "room": env["room"], "received_at": iso(env["ts"]), "sent_at": iso(env["ts"]),
-                "type": "msg", "text": None, "warning": None, "error": None,
-                "verified": client.contacts.is_verified(env["from"])}
-        try:
-            devices = await client.trusted_devices(env["from"], sending=False)
-            sender = devices.get(env["from_dev"])
-            if sender is None:
-                raise DecryptError(f"{env['from']}'s device {env['from_dev']} is not one we trust")
-            with client.store.transaction():
-                plaintext = self._crypto.decrypt(
-                    env["room"], env["from"], env["from_dev"], sender["curve25519"], env["sid"],
-                    env["id"], env["ct"], for_history=for_history)
-                if plaintext is None:
-                    return None
-                inner = check_room_inner(env, plaintext)
-                record = {**base, "mid": inner.get("mid"), "text": inner.get("body"),
-                          "sent_at": iso(inner["ts"]) if isinstance(inner.get("ts"), int)
-                          else base["sent_at"]}
-                if not for_history:
-                    client.store.mark_seen(env["id"], int(time.time() * 1000))
-                    client.store.add_message(env["id"], record)
-            return record
-        except (DecryptError, TrustError, RemoteError) as e:
-            record = {**base, "error": getattr(e, "reason", None) or str(e)}
-            if not for_history:
-                with client.store.transaction():
-                    client.store.mark_seen(env["id"], int(time.time() * 1000))
-                    client.store.add_message(env["id"], record)
-            return record
+        def unseal(sender):
+            plaintext = self._crypto.decrypt(
+                env["room"], env["from"], env["from_dev"], sender["curve25519"], env["sid"],
+                env["id"], env["ct"], for_history=for_history)
+            if plaintext is None:
+                return None
+            # A room carries chat messages only: whatever its sealed type, it is shown as one.
+            return {**check_room_inner(env, plaintext), "type": "msg"}
+
+        return await open_envelope(self._client, env, unseal, keep=not for_history)
 
 
 def check_room_inner(env, plaintext):

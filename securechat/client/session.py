@@ -11,6 +11,7 @@ import secrets
 import shutil
 import time
 
+from OpenSSL import SSL
 from twisted.internet import defer, error as net_error
 from twisted.logger import Logger
 
@@ -18,7 +19,9 @@ from securechat import wire
 from securechat.client import protocol as client_protocol
 from securechat.client.contacts import Contacts, TrustError
 from securechat.client.messaging import Receiver, Sender, new_id
+from securechat.client.outbox import NotSent, Outbox
 from securechat.client.protocol import RemoteError
+from securechat.client.reconnect import Reconnector
 from securechat.client.rooms import RoomClient
 from securechat.client.deferreds import returns_deferred
 from securechat.client.tls import PinnedCertificate, ca_file_options
@@ -50,6 +53,23 @@ class ClientError(Exception):
     def __init__(self, message, exit_code=EXIT_ERROR):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Queued(ClientError):
+    """A message could not be sent for want of a connection: it is kept in the outbox and
+    goes out after the reconnect (of this process, the next command or the daemon)."""
+
+    def __init__(self, entry_id, reason):
+        super().__init__(f"not sent yet ({reason}): the message is kept in the outbox "
+                         f"(entry {entry_id}) and is sent after the reconnect (by this "
+                         "process, the next securechat command or the daemon)",
+                         EXIT_UNREACHABLE)
+        self.entry_id = entry_id
+
+
+HARD_ERRORS = (EXIT_AUTH, EXIT_CERTIFICATE)
+"""Exit codes of a failed connect that retrying cannot fix: a login refused, a certificate
+that is not the relay's.  Every other failure (unreachable, closed, busy) is retried."""
 
 
 def refusal(error, what="the server refused"):
@@ -89,15 +109,15 @@ class Client:
         self.rooms = RoomClient(self)
         self.receiver = Receiver(self, on_message or (lambda record: None),
                                  on_control or (lambda record: None))
-        self.state = "connecting"
+        self.outbox = Outbox(self)
+        # connecting, connected, disconnected (waiting for the next attempt), replaced
+        # (another login of this device took the relay connection) or closed (by the
+        # caller, or a hard error); neither of the last two reconnects.
+        self.state = "closed"
+        self.state_detail = None
+        self._problem = None  # why the last connection or attempt failed
         self._on_state = on_state or (lambda state, detail: None)
-
-    def _set_state(self, state, detail=None):
-        """``on_state(state, detail)`` hears each change: connecting, connected,
-        disconnected, closed."""
-        if state != self.state:
-            self.state = state
-            self._on_state(state, detail)
+        self._reconnector = Reconnector(reactor, self._reconnect_once, self._waiting)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -121,6 +141,7 @@ class Client:
             raise
         await self._login()
         await self._publish_device()
+        self._connected()
 
     def _discard_new_store(self, directory):
         self.close()
@@ -133,7 +154,24 @@ class Client:
 
     @returns_deferred
     async def open(self):
-        """Unlock the key store, connect, log in, top up keys; then envelopes start arriving."""
+        """Unlock the key store, connect, log in, top up keys, send what waits in the
+        outbox; then envelopes start arriving, and a dropped connection is reconnected.
+
+        A first connect that fails raises (ClientError with its exit code) and
+        leaves the store unlocked: ``reconnect()`` then keeps trying.
+        """
+        if self.store is None:
+            self.unlock()
+        try:
+            await self._establish()
+        except ClientError as e:
+            self._problem = str(e)
+            self._set_state("closed" if e.exit_code in HARD_ERRORS else "disconnected", str(e))
+            raise
+        await self.outbox.flush()
+
+    def unlock(self):
+        """Open the key store only (what works without the server: the outbox, the history)."""
         try:
             self.store = KeyStore.open(self.settings.data_dir, self._password)
         except WrongPassword as e:
@@ -143,15 +181,10 @@ class Client:
         self.device = self.store.meta("device")
         self.crypto = DeviceCrypto.load(self.store)
         self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
-        await self._connect()
-        counts = await self._login()
-        await self._key_top_up.run(lambda: defer.ensureDeferred(self._top_up(counts)))
-        self._set_state("connected")
-        self.protocol.closed_d.addCallback(
-            lambda _: self.state == "closed" or self._set_state("disconnected"))
 
     def close(self):
-        self._set_state("closed")
+        self._reconnector.stop()
+        self._set_state("closed", "closed by this client")
         if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.loseConnection()
         if self.store is not None:
@@ -169,6 +202,73 @@ class Client:
         self.close()
         if protocol is not None:
             await protocol.closed_d
+
+    # -- connection state and reconnects ----------------------------------------
+
+    def _set_state(self, state, detail=None):
+        if (state, detail) != (self.state, self.state_detail):
+            self.state, self.state_detail = state, detail
+            self._on_state(state, detail)
+
+    async def _establish(self):
+        """One connect: TLS, login, key top-up; ClientError (with its exit code) if it fails."""
+        self._set_state("connecting", self.settings.server)
+        try:
+            await self._connect()
+            counts = await self._login()
+            await self._key_top_up.run(lambda: defer.ensureDeferred(self._top_up(counts)))
+        except client_protocol.ConnectionClosed as e:
+            raise ClientError(f"the connection to {self.settings.server} closed: {e}",
+                              EXIT_UNREACHABLE) from None
+        if self.state == "closed":  # closed by the caller while this connected
+            self.protocol.transport.loseConnection()
+            raise ClientError("closed while connecting")
+        self._connected()
+
+    def _connected(self):
+        """Logged in on ``self.protocol``: say so, and reconnect when it drops."""
+        self.forget_devices()  # device lists may have changed while this device was away
+        self._set_state("connected", self.settings.server)
+        protocol = self.protocol
+        protocol.closed_d.addCallback(lambda _: self._connection_lost(protocol))
+
+    def _connection_lost(self, protocol):
+        if protocol is not self.protocol or self.state in ("replaced", "closed"):
+            return
+        self.log.warn("lost the connection to {server} ({reason}); reconnecting",
+                      server=self.settings.server, reason=protocol.lost_reason)
+        self._problem = f"lost the connection ({protocol.lost_reason})"
+        self._reconnector.start()
+
+    def reconnect(self):
+        """Keep trying to connect, with growing delays (after a first connect that failed)."""
+        if self.store is not None and self.state == "disconnected":
+            self._reconnector.start()
+
+    def _waiting(self, delay):
+        """The reconnect loop waits ``delay`` seconds: the state says so, with why."""
+        self._set_state("disconnected", f"{self._problem}; next attempt in {delay:.1f} s")
+
+    async def _reconnect_once(self):
+        """One attempt of the reconnect loop: True when it is over (connected, or a hard
+        error: then the state is ``closed`` with the error), False to try again."""
+        if self.state in ("replaced", "closed"):
+            return True
+        try:
+            await self._establish()
+        except Exception as e:
+            if self.state == "closed":  # closed by the caller meanwhile
+                return True
+            if not isinstance(e, (ClientError, RemoteError)):
+                raise
+            if getattr(e, "exit_code", None) in HARD_ERRORS:
+                self.log.error("not reconnecting: {error}", error=str(e))
+                self._set_state("closed", str(e))
+                return True
+            self._problem = str(e)
+            return False
+        await self.outbox.flush()
+        return self.state != "disconnected"  # dropped again meanwhile: keep trying
 
     # -- connection -------------------------------------------------------------
 
@@ -194,10 +294,14 @@ class Client:
         except client_protocol.ConnectionClosed:
             if pinning is not None and pinning.mismatch is not None:
                 raise ClientError(f"REFUSED: {pinning.mismatch}", EXIT_CERTIFICATE) from None
-            raise ClientError(
-                f"the TLS connection to {server} failed ({self.protocol.lost_reason}); "
-                "is the certificate trusted by the configured ca_file?", EXIT_CERTIFICATE
-            ) from None
+            if isinstance(self.protocol.lost_reason, SSL.Error):
+                raise ClientError(
+                    f"the TLS connection to {server} failed ({self.protocol.lost_reason}); "
+                    "is the certificate trusted by the configured ca_file?", EXIT_CERTIFICATE
+                ) from None
+            # Closed without a TLS error (a relay stopping, a limit): worth trying again.
+            raise ClientError(f"the server {server} closed the connection before it answered "
+                              f"({self.protocol.lost_reason})", EXIT_UNREACHABLE) from None
         if pinning is not None and pinning.expected is None:
             with self.store.transaction():
                 self.store.pin_server(self.settings.server, pinning.seen)
@@ -216,6 +320,25 @@ class Client:
             self.log.error("the server reports a corrupted stored envelope {id}", id=frame.get("id"))
         elif frame.get("event") == "keys.low":
             self._key_top_up.run(self._refill_keys).addErrback(self._refill_failed)
+        elif frame.get("event") == "replaced":
+            # Another login of this device took its place at the relay: reconnecting would
+            # only push that one out in turn, so the caller hears it and decides.
+            self._reconnector.stop()
+            self._set_state("replaced", "the server says: " + str(frame.get("message")))
+        else:
+            self._unknown_frame(frame)
+
+    def _unknown_frame(self, frame):
+        """A pushed frame this client does not know: said in the log (its name or error
+        code, never its content), not silently dropped."""
+        if "event" in frame:
+            self.log.warn("ignored an unknown event from the server: {name!r:.40}",
+                          name=frame["event"])
+        else:
+            error = frame.get("error")
+            code = error.get("code") if isinstance(error, dict) else None
+            self.log.warn("the server sent an unrequested {what}: {code!r:.40}",
+                          what="error" if code else "frame", code=code)
 
     def _login_secret(self):
         return wire.b64encode(passwords.login_secret(self._password, self.settings.server, self.user))
@@ -308,11 +431,23 @@ class Client:
         payload = {"type": "msg", "mid": new_id(), "room": None, "ts": int(time.time() * 1000),
                    "body": text}
         try:
-            return await self.sender.send([user], payload)
+            return await self.deliver(self.outbox.add(payload, to=user))
         except TrustError as e:
             raise ClientError(str(e), EXIT_UNTRUSTED) from None
         except RemoteError as e:
             raise refusal(e, "the server refused the message") from None
+
+    @returns_deferred
+    async def deliver(self, entry_id):
+        """Send an outbox entry now; Queued (it stays in the outbox) when not connected."""
+        try:
+            return await self.outbox.submit(entry_id)
+        except NotSent as e:
+            raise Queued(entry_id, str(e)) from None
+
+    def outbox_pending(self):
+        """The messages not yet accepted by the server (``Outbox.entries``)."""
+        return self.outbox.entries()
 
     @returns_deferred
     async def send_control(self, user, payload):

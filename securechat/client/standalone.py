@@ -16,8 +16,9 @@ from twisted.python.failure import Failure
 
 from securechat.client import cli
 from securechat.client.methods import Methods, Verifications, as_command_failed
-from securechat.client.rpc import EXIT_UNTRUSTED, CommandFailed
-from securechat.client.session import Client
+from securechat.client.render import EscapingStream
+from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed
+from securechat.client.session import Client, ClientError
 from securechat.client.unlock import UnlockingNotice, read_password
 from securechat.crypto.fingerprint import key_fingerprint
 
@@ -27,7 +28,7 @@ def log_to_stderr(ours=LogLevel.warn):
     lines from level ``ours`` (the daemon says what it serves and its connection state)."""
     levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
     levels.setLogLevelForNamespace("securechat", ours)
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [levels])
+    observer = FilteringLogObserver(textFileLogObserver(EscapingStream(sys.stderr)), [levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
@@ -66,18 +67,33 @@ def run(settings, args):
     if args.command == "verify":
         return run_reactor(lambda reactor: verify(reactor, settings, args.user))
     method, params = cli.request_for(args)
+    if method == "outbox":
+        return run_reactor(lambda reactor: offline(reactor, settings, args, method, params))
     return run_reactor(lambda reactor: one_shot(reactor, settings, args, method, params))
 
 
-async def opened(reactor, settings, verifications=None):
-    """A Client unlocked, logged in, with what was waiting processed (so a command sees
-    the state ``inbox`` would); CommandFailed when that fails."""
-    client = Client(reactor, settings, read_password(settings),
-                    on_control=verifications.control if verifications else None)
+async def open_or_reconnect(client, keep_trying):
+    """Open ``client``; when the server is unreachable and ``keep_trying``, keep the store
+    open and go on reconnecting in the background instead of failing."""
     try:
         with UnlockingNotice():
             await client.open()
-        await client.drain(timeout=60)
+    except ClientError as e:
+        if e.exit_code != EXIT_UNREACHABLE or not keep_trying:
+            raise
+        client.reconnect()
+
+
+async def opened(reactor, settings, verifications=None, keep_trying=False):
+    """A Client unlocked and (unless ``keep_trying`` found the relay unreachable: then it
+    reconnects meanwhile) logged in, with what was waiting processed, so a command sees
+    the state ``inbox`` would; CommandFailed when that fails."""
+    client = Client(reactor, settings, read_password(settings),
+                    on_control=verifications.control if verifications else None)
+    try:
+        await open_or_reconnect(client, keep_trying)
+        if client.state == "connected":
+            await client.drain(timeout=60)
     except Exception as e:
         client.close()
         raise as_command_failed(e) from None
@@ -85,17 +101,35 @@ async def opened(reactor, settings, verifications=None):
 
 
 async def one_shot(reactor, settings, args, method, params):
-    client = await opened(reactor, settings)
+    """A message to send waits for a reconnect (its outbox keeps it), and so does an
+    ``inbox --wait``; every other command needs the relay now."""
+    keep_trying = method in ("send", "say", "broadcast") or params.get("wait", 0) > 0
+    client = await opened(reactor, settings, keep_trying=keep_trying)
     try:
         methods = Methods(client, Verifications())
         while True:
             result = await methods.call(method, params)
             cli.show_result(args, result)
             if not result.get("more"):
+                cli.check_complete(result)
                 return 0
             params = cli.next_page(params)
     finally:
         await client.disconnect()
+
+
+async def offline(reactor, settings, args, method, params):
+    """``outbox``: the key store only, no connection (it works while the relay is down)."""
+    client = Client(reactor, settings, read_password(settings))
+    try:
+        with UnlockingNotice():
+            client.unlock()
+        cli.show_result(args, await Methods(client, Verifications()).call(method, params))
+        return 0
+    except Exception as e:
+        raise as_command_failed(e) from None
+    finally:
+        client.close()
 
 
 async def register(reactor, settings):

@@ -18,6 +18,7 @@ import secrets
 
 from twisted.internet import defer
 
+from securechat.client.render import safe
 from securechat.crypto.sas import SasSession, commitment
 
 TIMEOUT = 180
@@ -65,7 +66,8 @@ class Verification:
         txn = secrets.token_hex(8)
         start = {"type": "verify.start", "txn": txn}
         await self._send(start)
-        self._show(f"Waiting for {self._peer} to run 'securechat verify {self._client.user}'...")
+        self._show(f"Waiting for {safe(self._peer)} to run "
+                   f"'securechat verify {self._client.user}'...")
         accept = await self._next(txn, "verify.accept")
         sas = SasSession()
         await self._send({"type": "verify.key", "txn": txn, "key": sas.public_key})
@@ -95,7 +97,7 @@ class Verification:
         first, second = (me, them) if initiator else (them, me)
         info = "|".join(["SECURECHAT_SAS_V1", *first, initiator_key, *second, responder_key, txn])
         emoji, decimals = sas.short_string(info)
-        self._show(f"Compare with {self._peer}:\n  {emoji}\n  or the numbers: {decimals}")
+        self._show(f"Compare with {safe(self._peer)}:\n  {emoji}\n  or the numbers: {decimals}")
         if not await self._confirm():
             await self._cancel(txn, "the emoji did not match")
             raise VerificationFailed("you said the emoji do not match: NOT verified")

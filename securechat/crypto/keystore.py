@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS contacts (user TEXT PRIMARY KEY, sealed TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS server_pins (server TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS group_sessions (
     name TEXT PRIMARY KEY, pickle TEXT NOT NULL, sealed_meta TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    pos INTEGER PRIMARY KEY, entry_id TEXT UNIQUE NOT NULL, sealed TEXT NOT NULL);
 """
 
 
@@ -137,7 +139,23 @@ class KeyStore:
 
     @contextlib.contextmanager
     def transaction(self):
-        """All writes inside commit together or not at all."""
+        """All writes inside commit together or not at all.
+
+        One opened inside another is part of it (a savepoint: its failure
+        undoes its own writes only), so a step that saves its own state (an
+        encryption saving its ratchet) can join a larger change (the outbox
+        entry holding what it encrypted) that commits as one.
+        """
+        if self._db.in_transaction:
+            self._db.execute("SAVEPOINT nested")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK TO nested")
+                self._db.execute("RELEASE nested")
+                raise
+            self._db.execute("RELEASE nested")
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -251,3 +269,26 @@ class KeyStore:
 
     def pin_server(self, server, fingerprint):
         self._db.execute("INSERT OR REPLACE INTO server_pins VALUES (?, ?)", (server, fingerprint))
+
+    # -- the outbox: messages not yet accepted by the server ---------------------------
+
+    def outbox_add(self, entry_id, record):
+        self._db.execute("INSERT INTO outbox (entry_id, sealed) VALUES (?, ?)",
+                         (entry_id, self.seal(record)))
+
+    def outbox_update(self, entry_id, record):
+        self._db.execute("UPDATE outbox SET sealed = ? WHERE entry_id = ?",
+                         (self.seal(record), entry_id))
+
+    def outbox_entry(self, entry_id):
+        row = self._db.execute("SELECT sealed FROM outbox WHERE entry_id = ?",
+                               (entry_id,)).fetchone()
+        return self.unseal(row[0]) if row else None
+
+    def outbox_entries(self):
+        """``[(entry_id, record)]`` in the order they were queued."""
+        return [(entry_id, self.unseal(sealed)) for entry_id, sealed in self._db.execute(
+            "SELECT entry_id, sealed FROM outbox ORDER BY pos")]
+
+    def outbox_remove(self, entry_id):
+        self._db.execute("DELETE FROM outbox WHERE entry_id = ?", (entry_id,))

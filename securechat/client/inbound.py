@@ -1,0 +1,83 @@
+"""The one receive path of 1:1 (Olm) and room (Megolm) messages: the trust decision and the record.
+
+``messaging.Receiver`` and ``rooms.RoomClient`` differ only in how they
+decrypt; both open an envelope with ``open_envelope``, so whether a message
+shows as verified, with a changed-key warning, or as an error is decided in
+one place and one order: the sender's device keys are checked first (that
+pins the identity key on first sight and notes a change), and only then is
+the contact's standing read, so a key change noticed by this very message
+already makes it unverified and carries the warning.
+
+Crash safety (see messaging's docstring): the decryption runs inside the
+store transaction that also marks the envelope seen and stores the message,
+so a crash leaves either the old ratchet state (the envelope is delivered
+again and decrypts again) or the new one with the envelope seen.
+"""
+
+import datetime
+import time
+
+from securechat.client.contacts import TrustError
+from securechat.client.protocol import RemoteError
+from securechat.crypto.device import DecryptError
+
+
+def iso(ms):
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def public(record):
+    """What the history keeps of a message (without the raw inner header)."""
+    return {k: v for k, v in record.items() if k != "inner"}
+
+
+async def open_envelope(client, env, unseal, keep=True):
+    """Decrypt one envelope into a message record; a failure into a record with an ``error``.
+
+    ``unseal(sender_keys)`` decrypts and checks the sealed content, applying
+    what it carries (a room key), inside the store transaction; it returns
+    the inner message, or None for a duplicate already recorded (then this
+    returns None).  ``keep``: mark the envelope seen and store the message
+    (``history`` re-reads old ones and keeps nothing).
+    """
+    store = client.store
+    received_at = iso(env["ts"])
+    base = {"id": env["id"], "from": env["from"], "from_dev": env["from_dev"],
+            "room": env.get("room"), "received_at": received_at, "sent_at": received_at,
+            "type": "msg", "mid": None, "text": None, "error": None}
+    try:
+        devices = await client.trusted_devices(env["from"], sending=False)
+        standing = client.contacts.standing(env["from"])
+        sender = devices.get(env["from_dev"])
+        if sender is None:
+            raise DecryptError(f"{env['from']}'s device {env['from_dev']} is not one we trust")
+        with store.transaction():
+            inner = unseal(sender)
+            if inner is None:
+                return None
+            record = {**base, **standing, "type": inner.get("type"), "mid": inner.get("mid"),
+                      "text": inner.get("body") if inner.get("type") == "msg" else None,
+                      "inner": inner}
+            if isinstance(inner.get("ts"), int):
+                record["sent_at"] = iso(inner["ts"])
+            if keep:
+                _keep(store, record)
+        return record
+    except (DecryptError, TrustError, RemoteError) as e:
+        # What failed to open proves nothing about its sender: never verified, but a
+        # changed key noticed before the failure is still said.
+        record = {**base, "verified": False,
+                  "warning": client.contacts.standing(env["from"])["warning"],
+                  "error": getattr(e, "reason", None) or str(e)}
+        if keep:
+            with store.transaction():
+                _keep(store, record)
+        return record
+
+
+def _keep(store, record):
+    """Mark the envelope seen; store it if it is a chat message (not a key or a control)."""
+    store.mark_seen(record["id"], int(time.time() * 1000))
+    if record["type"] == "msg":
+        store.add_message(record["id"], public(record))
