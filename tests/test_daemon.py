@@ -504,3 +504,38 @@ async def test_a_daemon_given_a_wrong_password_exits_3_and_serves_nothing(relay,
     wrong = await run_cli(alice, "daemon", password="not the password")
     assert wrong.code == 3 and "wrong password" in wrong.err, wrong
     assert not os.path.exists(tmp_path / "clients" / "alice" / "daemon.sock")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_reconnects_after_a_relay_restart_and_sends_what_it_kept(
+        relay_process, tmp_path, daemons):
+    """Relay SIGTERMed: a send through the daemon exits 4 (kept); once the relay is back the
+    daemon reconnects by itself, sends it, and bob gets it once."""
+    proc, port = relay_process
+    alice = await registered(tmp_path, port, "alice")
+    bob = await registered(tmp_path, port, "bob")
+    await ok(alice, "send", "bob", "before")
+    daemon = daemons(alice, tmp_path / "clients" / "alice")
+    await daemon.ready()
+    connected = daemon.text().count("connection to the relay: connected")
+    proc.stop()
+    await daemon.wait_for("connection to the relay: disconnected")
+    kept = await run_cli(alice, "send", "bob", "during the outage", password=None)
+    assert kept.code == 4 and "kept in the outbox" in kept.err, kept
+    listed = await run_cli(alice, "outbox", password=None)
+    assert listed.code == 0 and '"during the outage"' in listed.out, listed
+    proc.start()
+    await proc.wait_listening()
+    await poll_until(
+        lambda: daemon.text().count("connection to the relay: connected") > connected, timeout=60)
+    after = await run_cli(alice, "send", "bob", "after", password=None)
+    assert after.code == 0, after
+    texts = []
+    for _ in range(3):
+        texts += [m["text"] for m in (await ok(bob, "inbox", "--json", "--wait", "10")
+                                      ).json_lines()]
+        if len(texts) >= 3:
+            break
+    assert texts == ["before", "during the outage", "after"]
+    empty = await run_cli(alice, "outbox", password=None)
+    assert empty.code == 0 and empty.out == "", empty

@@ -275,7 +275,7 @@ class Daemon:
                 connection.notify("message", params)
 
     def _state(self, state, detail=None):
-        self.log.info("connection to the relay: {state}", state=state)
+        self.log.info("connection to the relay: {state} ({detail})", state=state, detail=detail)
         for connection in list(self.connections):
             if connection.subscribed:
                 connection.notify("state", {"state": state, "detail": detail})
