@@ -275,17 +275,18 @@ def _verify_through_daemon(connection, params):
 def run(args):
     """Parse-time work done: run the command; its exit code."""
     settings = client_settings.load(os.path.expanduser(args.config))
+    request = None
     if args.command not in STANDALONE_ONLY:
-        method, params = request_for(args)
+        request = request_for(args)  # asks for a room password, if one is wanted, once
         connection = DaemonConnection.find(settings.data_dir)
         if connection is not None:
             try:
-                return through_daemon(connection, args, method, params)
+                return through_daemon(connection, args, *request)
             finally:
                 connection.close()
     from securechat.client import standalone
 
-    return standalone.run(settings, args)
+    return standalone.run(settings, args, request)
 
 
 def main(argv=None):

@@ -51,8 +51,9 @@ def run_reactor(main):
     return outcome[0]
 
 
-def run(settings, args):
-    """Run the command ``args`` names without a daemon; its exit code."""
+def run(settings, args, request=None):
+    """Run the command ``args`` names without a daemon; its exit code.  ``request`` is the
+    one-shot command's ``(method, params)`` (cli.request_for)."""
     if args.command == "daemon":
         from securechat.client.daemon import serve
 
@@ -66,7 +67,7 @@ def run(settings, args):
         return run_reactor(lambda reactor: register(reactor, settings))
     if args.command == "verify":
         return run_reactor(lambda reactor: verify(reactor, settings, args.user))
-    method, params = cli.request_for(args)
+    method, params = request
     if method == "outbox":
         return run_reactor(lambda reactor: offline(reactor, settings, args, method, params))
     return run_reactor(lambda reactor: one_shot(reactor, settings, args, method, params))
