@@ -37,6 +37,7 @@ _ENVELOPE_ID = r"[A-Za-z0-9_-]{16,64}"
 ENVELOPE_ID_RE = re.compile(_ENVELOPE_ID)
 ENVELOPE_IDS_RE = re.compile(rf"{_ENVELOPE_ID}(?:\n{_ENVELOPE_ID})*")
 """Envelope ids joined by newlines (which no id holds): a whole ack checked in one match."""
+RELAY_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 KEY_ID_RE = re.compile(r"[A-Za-z0-9_+/=-]{1,64}")
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_+/=-]{1,128}")
 REQUEST_ID_MAX = 64
@@ -352,7 +353,12 @@ HISTORY_PAGE_MAX = 500
 REQUESTS = {
     "ping": {},
     "register": {"user": NEW_USER, "secret": SECRET, "identity_key": PUBLIC_KEY},
-    "login": {"user": USER, "device": DEVICE, "secret": SECRET},
+    "login.challenge": {},
+    # A device with published keys signs the challenge (``signature``); a device not yet
+    # known to the relay (just registered, or being added) proves the password (``secret``).
+    "login": {"user": USER, "device": DEVICE, "signature": optional(SIGNATURE),
+              "secret": optional(SECRET)},
+    "account.secret": {"old_secret": SECRET, "secret": SECRET},
     "logout": {},
     "keys.upload": {
         "device_keys": optional(DEVICE_KEYS),
@@ -384,8 +390,33 @@ REQUESTS = {
 }
 """Every request op and its fields (besides ``op`` and ``rid``)."""
 
-ANONYMOUS_OPS = frozenset({"ping", "register", "login"})
+ANONYMOUS_OPS = frozenset({"ping", "register", "login.challenge", "login"})
 """Ops allowed before login."""
+
+LOGIN_CONTEXT = "securechat-device-login-v1"
+"""What a device's login signature is for (so it can never pass as another signature)."""
+LOGIN_EXPORTER_LABEL = b"EXPORTER-securechat-device-login"
+"""The TLS exporter label (RFC 5705 / RFC 8446 section 7.5) of a login's channel binding."""
+LOGIN_EXPORTER_BYTES = 32
+LOGIN_NONCE_BYTES = 32
+
+
+def device_login_fields(relay, user, device, nonce, channel_binding):
+    """What a device signs to log in (as ``canonical_json``), and the relay checks.
+
+    It binds the login to this relay (its stable id), this device, this
+    connection's single challenge (``nonce``, bytes) and this very TLS
+    connection (``channel_binding``: keying material exported from its
+    session, which no other connection shares, not even one relayed by an
+    interceptor): a signature seen once is worth nothing anywhere else.
+    """
+    return {"context": LOGIN_CONTEXT, "relay": relay, "user": user, "device": device,
+            "nonce": b64encode(nonce), "tls_exporter": b64encode(channel_binding)}
+
+
+def device_login_message(relay, user, device, nonce, channel_binding):
+    """The signed bytes of ``device_login_fields``."""
+    return canonical_json(device_login_fields(relay, user, device, nonce, channel_binding))
 
 
 def parse_header(frame):

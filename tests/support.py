@@ -16,7 +16,7 @@ from twisted.internet import defer, reactor, task
 from securechat import config as config_module
 from securechat import wire
 from securechat.client.protocol import RemoteError, connect
-from securechat.client.tls import ca_file_options
+from securechat.client.tls import ca_file_options, channel_binding
 from securechat.server.service import RelayService
 from securechat.server.tls import SELF_SIGNED_CERT
 
@@ -110,6 +110,7 @@ class ScriptedDevice:
         self.curve = PrivateKey.generate()
         self.events = []
         self.protocol = None
+        self.keys_published = False  # then it logs in by its device key
 
     # -- keys -------------------------------------------------------------
 
@@ -153,7 +154,11 @@ class ScriptedDevice:
     async def login(self, server, upload_keys=True, otks=0):
         if self.protocol is None:
             await self.connect(server)
-        result = await self.request("login", user=self.user, device=self.device, secret=self.secret)
+        if self.keys_published:
+            result = await self.key_login()
+        else:
+            result = await self.request("login", user=self.user, device=self.device,
+                                        secret=self.secret)
         if upload_keys:
             await self.request(
                 "keys.upload",
@@ -162,7 +167,27 @@ class ScriptedDevice:
                 one_time_keys={f"k{i:04d}": self.one_time_key(f"k{i:04d}") for i in range(otks)},
                 fallback_key={"fb1": self.one_time_key("fb1", fallback=True)},
             )
+            self.keys_published = True
         return result
+
+    def again(self):
+        """The same device (same keys) for a new connection, its events not yet seen."""
+        twin = ScriptedDevice(self.user, self.device, self.secret, self.identity)
+        twin.signing, twin.curve, twin.keys_published = self.signing, self.curve, self.keys_published
+        return twin
+
+    def login_frame(self, challenge, key=None):
+        """The fields of a device-key login answering ``challenge`` on this connection."""
+        message = wire.device_login_message(
+            challenge["relay"], self.user, self.device, wire.b64decode(challenge["nonce"]),
+            channel_binding(self.protocol.transport))
+        signature = (key or self.signing).sign(message).signature
+        return {"user": self.user, "device": self.device, "signature": wire.b64encode(signature)}
+
+    async def key_login(self, key=None):
+        """Log in by signing this connection's challenge with the device key (or ``key``)."""
+        challenge = await self.request("login.challenge")
+        return await self.request("login", **self.login_frame(challenge, key))
 
     def envelopes(self):
         return [e for e in self.events if e.get("event") == "envelope"]

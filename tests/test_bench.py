@@ -28,6 +28,8 @@ TINY = {
     "w3": ["--members", "3", "--rate", "20", "--warmup", "0.2", "--duration", "0.5"],
     "w4": ["--connections", "5", "--idle", "0"],
     "w5": ["--envelopes", "50", "--inflight", "5"],
+    # Enough logins for a window of about half a second, as the others' (TICK_SLACK).
+    "w6": ["--connections", "300", "--concurrency", "50"],
 }
 TMPFS = "/dev/shm"
 TICK_SLACK = 0.05
@@ -42,6 +44,8 @@ EXPECTED = {
            "at_20_disk_fsync_max_ms"),
     "w4": ("held", "server_kib_per_connection", "open_s"),
     "w5": ("login_to_last_ack_s", "acknowledged", "disk_fsync_p99_ms"),
+    "w6": ("all_logged_in_s", "logins_per_s", "login_p99_ms", "server_rss_after_kib",
+           "server_cpu_us_per_login"),
 }
 NOTHING_LOST = {
     "w1": {"lost": 0},
@@ -49,6 +53,7 @@ NOTHING_LOST = {
     "w3": {"lost": 0},
     "w4": {"held": 5},
     "w5": {"acknowledged": 50, "drained": True},
+    "w6": {"logged_in": 300, "failed": 0},
 }
 """What each workload reports when nothing was lost: fields it really reports (a missing
 one fails the test, as a loss does)."""
@@ -169,6 +174,15 @@ async def test_the_fsync_probe_times_syncs_and_leaves_nothing_behind(sync_dir):
     assert 0 <= figures["disk_fsync_p50_ms"] <= figures["disk_fsync_p99_ms"]
     assert figures["disk_fsync_p99_ms"] <= figures["disk_fsync_max_ms"]
     assert list(sync_dir.iterdir()) == []
+
+
+def test_the_reconnect_storm_refuses_an_attached_relay(tmp_path):
+    """W6 writes accounts into the relay's store and restarts it: with --attach it says so
+    and exits instead of logging in to a relay whose store it cannot seed."""
+    out = subprocess.run([executable("securechat-bench"), "w6", "--attach", "127.0.0.1:1",
+                          "--ca-file", str(tmp_path / "none.pem")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "w6" in out.stderr and "cannot --attach" in out.stderr
 
 
 def test_a_fsync_directory_that_does_not_exist_is_named(tmp_path):

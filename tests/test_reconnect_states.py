@@ -46,6 +46,6 @@ async def test_a_copy_of_the_device_logging_in_replaces_the_first_without_a_figh
     assert states[-1] == ("replaced", "the server says: this device logged in elsewhere")
     assert not first._reconnector.running
     assert copy.state == "connected" and not copy.protocol.closed
-    assert (await copy.request("ping")) == {"pong": True}
+    assert (await copy.request("ping"))["pong"] is True
     first.close()
     await copy.disconnect()

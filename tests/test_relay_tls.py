@@ -111,7 +111,7 @@ async def test_unicast_online_and_offline_in_order(server):
     ids = [unicast("bob", "DEV1", b"m%d" % i) for i in range(5)]
     for e in ids:
         await alice.request("send", envelopes=[e])
-    bob2 = ScriptedDevice("bob", "DEV1", secret=bob.secret)
+    bob2 = bob.again()
     result = await bob2.login(server, upload_keys=False)
     assert result["queued"] == 5
     await poll_until(lambda: len(bob2.envelopes()) == 5)
@@ -121,7 +121,7 @@ async def test_unicast_online_and_offline_in_order(server):
     assert [e["seq"] for e in bob2.envelopes()] == [1, 2, 3, 4, 5]
     assert (await bob2.request("ack", ids=[e["id"] for e in ids]))["removed"] == 5
     await bob2.close()
-    bob3 = ScriptedDevice("bob", "DEV1", secret=bob.secret)
+    bob3 = bob.again()
     assert (await bob3.login(server, upload_keys=False))["queued"] == 0
     await cleanup(alice, bob3)
 

@@ -146,7 +146,8 @@ class LyingRelay(LineReceiver):
 
     def lineReceived(self, line):
         frame = json.loads(line)
-        answer = ({"result": {}} if frame.get("op") == "ping" else
+        answer = ({"result": {"pong": True, "relay": "a-lying-relay-id"}}
+                  if frame.get("op") == "ping" else
                   {"error": {"code": "bad_request", "message": HOSTILE_REASON}})
         self.sendLine(json.dumps({"rid": frame.get("rid"), **answer}).encode("utf-8"))
 

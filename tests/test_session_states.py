@@ -39,7 +39,7 @@ def factory(tmp_path):
     store = make_store(str(tmp_path / "unit.sqlite3"), str(tmp_path))
     pytest_twisted.blockon(defer.ensureDeferred(store.start()))
     made = RelayFactory(config.load(str(path)), store, task.Clock(), SecretHasher(reactor, 1, 32),
-                        dummy_hash="")
+                        dummy_hash="", relay_id="unit-relay")
     yield made
     pytest_twisted.blockon(store.stop())
 
@@ -173,7 +173,7 @@ def test_requests_wait_for_the_tls_handshake_state(factory):
     assert answer(transport, 1)["error"]["code"] == "not_logged_in"
     protocol.handshakeCompleted()
     send(protocol, {"op": "ping", "rid": 2}, {"op": "keys.count", "rid": 3})
-    assert answer(transport, 2)["result"] == {"pong": True}
+    assert answer(transport, 2)["result"] == {"pong": True, "relay": "unit-relay"}
     assert answer(transport, 3)["error"]["code"] == "not_logged_in"
 
 

@@ -121,7 +121,7 @@ async def test_daemon_mode_returns_0_only_once_the_relay_listens(tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             with context.wrap_socket(raw, server_hostname="localhost") as tls:
                 tls.sendall(b'{"op":"ping","rid":1}\n')
-                assert tls.recv(4096).startswith(b'{"rid":1,"result":{"pong":true}}')
+                assert tls.recv(4096).startswith(b'{"rid":1,"result":{"pong":true,"relay":')
     finally:
         os.kill(pid, signal.SIGTERM)
         await poll_until(lambda: not _alive(pid), timeout=STOP_DEADLINE)
@@ -256,7 +256,7 @@ async def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path):
         assert "Traceback" not in log and "Unhandled" not in log
         proc.start()
         await proc.wait_listening()
-        bob = ScriptedDevice("bob", secret=bob.secret)
+        bob = bob.again()
         assert (await bob.login(endpoint, upload_keys=False))["queued"] == len(envelopes)
         await poll_until(lambda: len(bob.envelopes()) == len(envelopes))
         assert [e["envelope"]["id"] for e in bob.envelopes()] == [e["id"] for e in envelopes]

@@ -95,6 +95,83 @@ async def test_accounts(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_login_secret_hash_is_replaced_only_for_an_existing_account(store):
+    """set_secret_hash replaces the account's hash (and nothing else); an unknown user: False."""
+    await store.create_account("alice", "old-hash", "k1")
+    assert await store.set_secret_hash("alice", "new-hash") is True
+    account = await store.get_account("alice")
+    assert (account["secret_hash"], account["identity_key"]) == ("new-hash", "k1")
+    assert await store.set_secret_hash("nobody", "x") is False
+    assert await store.get_account("nobody") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_relay_id_is_made_once_and_shared_by_every_node(store, database, tmp_path):
+    """The first call makes a random id; later calls, a restart and a second node on the same
+    database all read that same id; another database has another id."""
+    first = await store.relay_id()
+    assert len(first) >= 22 and first == await store.relay_id()
+    node = make_store(database, str(tmp_path / "node2"))
+    await node.start()
+    try:
+        assert await node.relay_id() == first
+    finally:
+        await node.stop()
+    other = make_store(str(tmp_path / "other.sqlite3"), str(tmp_path))
+    await other.start()
+    try:
+        assert await other.relay_id() != first
+    finally:
+        await other.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_devices_published_keys_are_read_alone(store):
+    """get_device_keys answers one device's keys; None for a device or user without them."""
+    await device(store, "alice", "A")
+    await store.create_account("bob", "hash", "idkey")
+    assert await store.get_device_keys("alice", "A") == '{"device":"A"}'
+    assert await store.get_device_keys("alice", "B") is None
+    assert await store.get_device_keys("bob", "A") is None
+    assert await store.get_device_keys("nobody", "A") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_counts_are_the_key_counts_and_the_queue_length(store):
+    """login_counts answers, in one transaction, what key_counts and queue_length answer."""
+    await device(store, "alice", "A")
+    await device(store, "bob", "B")
+    await store.add_one_time_keys("alice", "A", [("k1", "key1", "sig")])
+    await store.enqueue([envelope("e" * 16, [("alice", "A")])])
+    counts = await store.login_counts("alice", "A")
+    assert counts == {**await store.key_counts("alice", "A"),
+                      "queued": await store.queue_length("alice", "A")}
+    assert (counts["otk_count"], counts["queued"]) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_6_database_keeps_its_accounts_and_gains_a_relay_id(database, tmp_path):
+    """Upgrading from schema version 6 keeps accounts and their hashes as they were and gives
+    the relay an id, the same at every start after."""
+    earlier = [statement for version in range(2, 7) for statement in MIGRATIONS[version]]
+    for statement in [VERSION_TABLE, *SCHEMA_V1, *earlier,
+                      "INSERT INTO schema_version (version) VALUES (6)",
+                      "INSERT INTO accounts VALUES ('alice', 'argon-hash', 'idkey', 0)"]:
+        raw_sql(database, statement)
+    ids = []
+    for _ in range(2):
+        store = make_store(database, str(tmp_path))
+        await store.start()
+        try:
+            assert (await store.get_account("alice"))["secret_hash"] == "argon-hash"
+            ids.append(await store.relay_id())
+        finally:
+            await store.stop()
+    assert ids[0] == ids[1]
+    assert raw_sql(database, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_device_keys_are_fixed_and_listed(store):
     """Device keys can be re-sent unchanged but never replaced; only devices with keys are current."""
     await device(store, "alice", "B")

@@ -33,7 +33,7 @@ def test_undecodable_lines_have_stable_codes(line, code):
     ({"op": "ping"}, "bad_field", "rid"),
     ({"op": "ping", "rid": True}, "bad_field", "rid"),
     ({"op": "login", "rid": 1, "user": "Bad Name", "device": "d", "secret": "x"}, "bad_field", "user"),
-    ({"op": "login", "rid": 1, "user": "bob", "device": "d"}, "missing_field", "secret"),
+    ({"op": "login", "rid": 1, "user": "bob", "signature": "x"}, "missing_field", "device"),
     ({"op": "login", "rid": 1, "user": "alice\n", "device": "d", "secret": "x"}, "bad_field", "user"),
     ({"op": "room.join", "rid": 1, "room": "ops\n"}, "bad_field", "room"),
     ({"op": "ack", "rid": 1, "ids": ["a" * 16 + "\n"]}, "bad_field", "ids[0]"),

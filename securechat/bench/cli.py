@@ -13,7 +13,7 @@ import sys
 
 from twisted.internet import defer, task
 
-from securechat.bench import workloads
+from securechat.bench import storm, workloads
 from securechat.bench.server import AttachedServer, ManagedServer, run_prefix
 
 DEFAULTS = {
@@ -22,16 +22,20 @@ DEFAULTS = {
     "w3": dict(members=50, rates=(100.0, 1000.0), size=200, warmup=1.0, duration=10.0),
     "w4": dict(connections=10000, idle=25.0),
     "w5": dict(envelopes=10000, size=200, inflight=200),
+    "w6": dict(connections=10000, concurrency=1000),
 }
 NAMES = {"w1": "throughput", "w2": "latency", "w3": "room fan-out", "w4": "idle connections",
-         "w5": "offline drain"}
+         "w5": "offline drain", "w6": "reconnect storm"}
+RUNS = {**workloads.WORKLOADS, "w6": storm.w6_reconnect_storm}
+CONNECTING = ("w4", "w6")
+"""The workloads that hold a connection (a file descriptor) per device."""
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="securechat-bench", description=__doc__.split("\n")[0])
     parser.add_argument("workload", choices=sorted(DEFAULTS),
                         help="w1 throughput, w2 latency, w3 room fan-out, w4 idle connections, "
-                             "w5 offline drain")
+                             "w5 offline drain, w6 reconnect storm")
     parser.add_argument("--database", help="postgresql:// URL for the started relay "
                                            "(default: its embedded SQLite)")
     parser.add_argument("--attach", metavar="HOST:PORT", help="use a running relay instead")
@@ -47,7 +51,10 @@ def build_parser():
     parser.add_argument("--rate", type=float, action="append",
                         help="w2: messages/s per pair; w3: messages/s (repeatable)")
     parser.add_argument("--members", type=int, help="w3: room member devices")
-    parser.add_argument("--connections", type=int, help="w4: connections to open")
+    parser.add_argument("--connections", type=int,
+                        help="w4: connections to open; w6: devices logging in")
+    parser.add_argument("--concurrency", type=int,
+                        help="w6: logins (TLS handshakes included) under way at once")
     parser.add_argument("--idle", type=float,
                         help="w4: seconds the connections stay idle before memory is sampled")
     parser.add_argument("--envelopes", type=int, help="w5: envelopes to queue")
@@ -59,7 +66,7 @@ def build_parser():
 def workload_options(args):
     options = dict(DEFAULTS[args.workload])
     for key in ("pairs", "inflight", "size", "members", "connections", "idle", "envelopes",
-                "warmup", "duration"):
+                "warmup", "duration", "concurrency"):
         value = getattr(args, key)
         if value is not None and key in options:
             options[key] = value
@@ -77,8 +84,12 @@ def table(report):
 
 
 async def run(args):
-    if args.workload == "w4":
-        workloads.raise_fd_limit((args.connections or DEFAULTS["w4"]["connections"]) + 256)
+    if args.workload in CONNECTING:
+        workloads.raise_fd_limit(
+            (args.connections or DEFAULTS[args.workload]["connections"]) + 256)
+    if args.workload == "w6" and args.attach:
+        raise SystemExit("securechat-bench: w6 writes accounts into the relay's store and "
+                         "restarts it; it cannot --attach")
     if args.fsync_dir and not os.path.isdir(args.fsync_dir):
         raise SystemExit(f"securechat-bench: --fsync-dir {args.fsync_dir!r} is not a directory")
     if args.attach:
@@ -91,7 +102,7 @@ async def run(args):
     await server.start()
     try:
         options = workload_options(args)
-        figures = await workloads.WORKLOADS[args.workload](server, run_prefix(), **options)
+        figures = await RUNS[args.workload](server, run_prefix(), **options)
     finally:
         server.stop()
     report = {"workload": args.workload, "name": NAMES[args.workload],

@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from securechat import wire
 from securechat.client.acks import AckBatcher
 from securechat.client.protocol import connect
-from securechat.client.tls import ca_file_options
+from securechat.client.tls import ca_file_options, channel_binding
 
 DEVICE = "BENCH"
 
@@ -66,6 +66,16 @@ def _round(value):
     return None if value is None else round(value, 3)
 
 
+def tls_options(server):
+    """The TLS client options of ``server``, made once: every peer's connections share them
+    (making them costs a new OpenSSL context and reading the certificate file, more than a
+    handshake costs the client)."""
+    options = getattr(server, "tls_client_options", None)
+    if options is None:
+        options = server.tls_client_options = ca_file_options("localhost", server.cert_path)
+    return options
+
+
 class Peer:
     """One user with one device and one connection."""
 
@@ -74,6 +84,7 @@ class Peer:
         self.user = name
         self.secret = wire.b64encode(secrets.token_bytes(32))
         self.signing = SigningKey.generate()
+        self.keys_published = False  # from then on it logs in by its device key
         self.protocol = None
         self._on_envelope = on_envelope
         # Acknowledged like the CLI does: what arrived within 50 ms, in one request.
@@ -81,7 +92,7 @@ class Peer:
         self.on_acked = lambda removed: None
 
     async def connect(self):
-        options = ca_file_options("localhost", self.server.cert_path)
+        options = tls_options(self.server)
         self.protocol = await connect(reactor, self.server.host, self.server.port, options,
                                       on_event=self._event)
         return self
@@ -102,17 +113,36 @@ class Peer:
                            identity_key=wire.b64encode(bytes(SigningKey.generate().verify_key)))
         return await self.login(publish_keys)
 
+    def device_keys(self):
+        """This device's identity keys and their self-signature, as a client publishes them."""
+        keys = {"user": self.user, "device": DEVICE,
+                "curve25519": wire.b64encode(bytes(PrivateKey.generate().public_key)),
+                "ed25519": wire.b64encode(bytes(self.signing.verify_key))}
+        return keys, wire.b64encode(self.signing.sign(wire.canonical_json(keys)).signature)
+
     async def login(self, publish_keys=False):
         if self.protocol is None or self.protocol.transport is None:
             await self.connect()
+        if self.keys_published:
+            return await self.key_login()
         result = await self.request("login", user=self.user, device=DEVICE, secret=self.secret)
         if publish_keys:
-            keys = {"user": self.user, "device": DEVICE,
-                    "curve25519": wire.b64encode(bytes(PrivateKey.generate().public_key)),
-                    "ed25519": wire.b64encode(bytes(self.signing.verify_key))}
-            signature = wire.b64encode(self.signing.sign(wire.canonical_json(keys)).signature)
+            keys, signature = self.device_keys()
             await self.request("keys.upload", device_keys=keys, signature=signature)
+            self.keys_published = True
         return result
+
+    async def key_login(self):
+        """Log in as the CLI does once registered: sign the connection's challenge."""
+        if self.protocol is None or self.protocol.transport is None:
+            await self.connect()
+        challenge = await self.request("login.challenge")
+        fields = wire.device_login_fields(
+            challenge["relay"], self.user, DEVICE, wire.b64decode(challenge["nonce"]),
+            channel_binding(self.protocol.transport))
+        signature = self.signing.sign(wire.canonical_json(fields)).signature
+        return await self.request("login", user=self.user, device=DEVICE,
+                                  signature=wire.b64encode(signature))
 
     async def close(self):
         if self.protocol is not None and self.protocol.transport is not None:

@@ -14,6 +14,7 @@ import time
 
 from twisted.internet import reactor, task, threads
 
+from securechat import config as config_module
 from securechat.bench.database import local_postmaster
 from securechat.bench.procfs import ProcessTreeSampler, ProcSampler
 
@@ -104,14 +105,26 @@ class ManagedServer:
         self.disk_dir = disk_dir or self.workdir  # where SQLite commits (the fsync probe)
 
     async def start(self):
-        self.relay.start()
-        await self.relay.wait_listening()
-        self.sampler = ProcSampler(self.relay.process.pid)
+        await self._start_relay()
         if self.database:
             postmaster = await threads.deferToThread(local_postmaster, self.database)
             if postmaster is not None:
                 self.database_sampler = ProcessTreeSampler(postmaster)
         return self
+
+    async def _start_relay(self):
+        self.relay.start()
+        await self.relay.wait_listening()
+        self.sampler = ProcSampler(self.relay.process.pid)
+
+    async def restart(self):
+        """Stop the relay (SIGTERM) and start a new process on the same store and port."""
+        self.relay.stop()
+        await self._start_relay()
+
+    def store_config(self):
+        """The relay's configuration (its store's location), to write to its store directly."""
+        return config_module.load(self.relay.config_path)
 
     def stop(self):
         self.relay.stop()

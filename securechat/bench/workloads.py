@@ -1,4 +1,4 @@
-"""The five workloads of docs/benchmarks.rst.  Each is bounded in time and count.
+"""The workloads of docs/benchmarks.rst (W6 in ``storm``).  Each is bounded in time and count.
 
 Every workload returns a flat dict of figures.  Server CPU comes from
 /proc (user + system time of the relay process) over the measuring window;

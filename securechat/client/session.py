@@ -24,7 +24,7 @@ from securechat.client.protocol import RemoteError
 from securechat.client.reconnect import Reconnector
 from securechat.client.rooms import RoomClient
 from securechat.client.deferreds import returns_deferred
-from securechat.client.tls import PinnedCertificate, ca_file_options
+from securechat.client.tls import PinnedCertificate, ca_file_options, channel_binding
 from securechat.crypto import passwords
 from securechat.crypto.device import DeviceCrypto
 from securechat.crypto.keystore import KeyStore, KeyStoreError, WrongPassword
@@ -43,6 +43,11 @@ EXIT_UNKNOWN_USER = 6
 EXIT_UNTRUSTED = 7
 EXIT_RATE_LIMITED = 8
 EXIT_UNAVAILABLE = 9
+
+SALTED_WITH = "login_secret_salted_with"
+"""Key store meta: the relay id the account's login secret is salted with.  Absent in a
+key store registered before relays had ids: its secret is salted with the address typed
+then, until the first login moves it (``Client._move_login_secret``)."""
 
 
 NO_OTHER_DEVICE = "sent to no device: you have no other device to deliver a note to yourself"
@@ -81,6 +86,16 @@ def refusal(error, what="the server refused"):
         return ClientError(f"the server is unavailable (its database): {error.message}",
                            EXIT_UNAVAILABLE)
     return ClientError(f"{what}: {error.message}")
+
+
+def relay_id(answer):
+    """The relay's id from its answer to ``ping`` or ``login.challenge``; a ClientError when
+    it gives none (a relay older than this client, or no securechat relay)."""
+    relay = answer.get("relay") if isinstance(answer, dict) else None
+    if not isinstance(relay, str) or not wire.RELAY_ID_RE.fullmatch(relay):
+        raise ClientError("the server reports no relay id: it is older than this client "
+                          "(upgrade it) or not a securechat relay")
+    return relay
 
 
 def new_device_id():
@@ -134,8 +149,11 @@ class Client:
         self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
         try:
             await self._connect()
-            await self.request("register", user=self.user, secret=self._login_secret(),
+            relay = relay_id(await self.request("ping"))
+            await self.request("register", user=self.user, secret=self._login_secret(relay),
                                identity_key=self.crypto.identity_key)
+            with self.store.transaction():
+                self.store.set_meta(SALTED_WITH, relay)
         except BaseException:
             self._discard_new_store(directory)
             raise
@@ -276,7 +294,7 @@ class Client:
         settings = self.settings
         if settings.ca_file:
             return ca_file_options(settings.host, settings.ca_file), None
-        pin = settings.server_fingerprint or self.store.server_pin(settings.server)
+        pin = settings.server_fingerprint or self._pinned_fingerprint()
         creator = PinnedCertificate(pin)
         return creator, creator
 
@@ -340,21 +358,78 @@ class Client:
             self.log.warn("the server sent an unrequested {what}: {code!r:.40}",
                           what="error" if code else "frame", code=code)
 
-    def _login_secret(self):
-        return wire.b64encode(passwords.login_secret(self._password, self.settings.server, self.user))
+    def _pinned_fingerprint(self):
+        """The pin of the address as configured, else the one learnt when this device
+        registered: this key store belongs to one relay, so another spelling of its address
+        (``localhost`` for ``127.0.0.1``) must show that relay's certificate, never
+        whatever certificate comes first."""
+        store, server = self.store, self.settings.server
+        return store.server_pin(server) or store.server_pin(store.meta("server", server))
+
+    def _login_secret(self, relay):
+        return wire.b64encode(passwords.login_secret(self._password, relay, self.user))
 
     async def _login(self):
+        """Log in: by signing the connection's challenge with the device key once the device
+        has published its keys, with the password-derived secret before that."""
+        by_key = self.store.meta("device_list_version") is not None  # keys published
         try:
-            result = await self.request("login", user=self.user, device=self.device,
-                                        secret=self._login_secret())
+            challenge = await self.request("login.challenge")
+            relay_id(challenge)
+            if not by_key:
+                try:
+                    result = await self.request(
+                        "login", user=self.user, device=self.device,
+                        secret=self._login_secret(challenge["relay"]))
+                except RemoteError as e:
+                    if e.code != "device_key_required":  # its keys got there before a crash
+                        raise
+                    by_key = True
+            if by_key:
+                result = await self._log_in_by_device_key(challenge)
         except RemoteError as e:
+            if e.code == "auth_failed" and by_key:
+                raise ClientError(f"the server does not know this device's key ({e.message}): "
+                                  f"is {self.user} registered on this server?",
+                                  EXIT_AUTH) from None
             if e.code == "auth_failed":
                 raise ClientError("wrong user name or password", EXIT_AUTH) from None
             if e.code in ("rate_limited", "unavailable"):
                 raise refusal(e) from None
             raise ClientError(f"login refused: {e.message}", EXIT_AUTH) from None
         self.queued_at_login = result["queued"]
+        if self.store.meta(SALTED_WITH) != challenge["relay"]:
+            await self._move_login_secret(challenge["relay"])
         return result
+
+    def _log_in_by_device_key(self, challenge):
+        """Sign the relay's challenge, bound to its id, this device and this TLS session."""
+        try:
+            nonce = wire.b64decode(challenge.get("nonce"))
+        except (TypeError, ValueError):
+            raise ClientError("the server's login challenge carries no nonce") from None
+        fields = wire.device_login_fields(challenge["relay"], self.user, self.device, nonce,
+                                          channel_binding(self.protocol.transport))
+        return self.request("login", user=self.user, device=self.device,
+                            signature=self.crypto.sign_as_device(fields))
+
+    async def _move_login_secret(self, relay):
+        """An account registered before relays had ids has its login secret salted with the
+        address typed then: replace it with the relay-id-salted one, once (the relay checks
+        the old secret first).  Refused as wrong, the relay already holds another secret
+        (another device of the account moved it, or it was changed): nothing to move."""
+        old = passwords.address_salted_login_secret(
+            self._password, self.store.meta("server", self.settings.server), self.user)
+        try:
+            await self.request("account.secret", old_secret=wire.b64encode(old),
+                               secret=self._login_secret(relay))
+        except RemoteError as e:
+            if e.code != "auth_failed":  # a limit or an outage: tried again next login
+                self.log.warn("moving the login secret to the relay's id failed: {error}",
+                              error=e)
+                return
+        with self.store.transaction():
+            self.store.set_meta(SALTED_WITH, relay)
 
     # -- keys ---------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.compat import nativeString
 from zope.interface import implementer
 
+from securechat import wire
 from securechat.client.settings import normalise_fingerprint
 
 
@@ -33,6 +34,14 @@ class FingerprintMismatch(Exception):
 def certificate_fingerprint(x509):
     der = x509.to_cryptography().public_bytes(Encoding.DER)
     return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def channel_binding(tls_transport):
+    """Keying material exported from the TLS session of ``tls_transport`` (RFC 5705 / RFC
+    8446 7.5), which a device-key login signs: the relay derives the same bytes only on
+    this very connection, so a signature relayed to another connection is refused."""
+    return tls_transport.getHandle().export_keying_material(wire.LOGIN_EXPORTER_LABEL,
+                                                            wire.LOGIN_EXPORTER_BYTES)
 
 
 def ca_file_options(hostname, ca_file):

@@ -4,7 +4,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from securechat.server.admission import UnauthenticatedPerAddress, client_address
-from securechat.server.auth import make_portal
+from securechat.server.auth import AccountSecrets, make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
 from securechat.server.protocol import RelayProtocol
@@ -19,8 +19,9 @@ class RelayFactory(ServerFactory):
 
     log = Logger()
 
-    def __init__(self, config, store, clock, hasher, dummy_hash):
+    def __init__(self, config, store, clock, hasher, dummy_hash, relay_id):
         self.config = config
+        self.relay_id = relay_id  # the store's: the same on every node of one database
         self.store = store
         self.clock = clock
         self.hasher = hasher
@@ -28,7 +29,8 @@ class RelayFactory(ServerFactory):
         self.store_outage = OutageLog(clock)
         self.relay = Relay(store, self.devices, clock, self.store_outage)
         self.login_guard = LoginGuard(clock, config)
-        self.portal = make_portal(store, self.relay, self.hasher, dummy_hash, self.login_guard)
+        self.account_secrets = AccountSecrets(store, hasher, dummy_hash, self.login_guard)
+        self.portal = make_portal(store, self.relay, self.account_secrets, self.login_guard)
         self.key_claims = KeyClaimLimits(clock, config)
         self.keys = KeyDirectory(store, self.devices, self.relay, self.key_claims,
                                  config.one_time_keys_low)

@@ -30,6 +30,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from securechat.server.logthrottle import INTERVAL, ThrottledWarning
 
+LISTEN_BACKLOG = 4096
+"""Connections the kernel may hold for the relay to accept (capped by net.core.somaxconn).
+Twisted's default, 50, dropped the SYNs of a reconnect storm -- every device coming back
+after a restart -- and each dropped one waited 1, 3, 7 ... s for its retransmission: 1,000
+devices took 29 s to log in instead of 1.6 s (docs/benchmarks.rst, W6)."""
+
 TURN_BUFFER_BYTES = 64_000
 """A connection's writes are encrypted before the turn ends once they reach this size
 (Twisted's aggregator uses the same bound), so one turn never holds more per
@@ -199,6 +205,6 @@ def listen_tls(reactor, port, context, factory, interface):
     TLS connections and the write-through transport.
     """
     listening = WriteThroughPort(port, TurnBufferedTLSFactory(context, False, factory, reactor),
-                                 interface=interface, reactor=reactor)
+                                 backlog=LISTEN_BACKLOG, interface=interface, reactor=reactor)
     listening.startListening()
     return listening

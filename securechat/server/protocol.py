@@ -135,6 +135,16 @@ class RelayProtocol(Protocol):
             if not self._read_holds and self.session.state is not CLOSED:
                 self.transport.resumeProducing()
 
+    def tls_exporter(self):
+        """Keying material exported from this connection's TLS session for a device-key
+        login's channel binding (RFC 5705 / RFC 8446 7.5): the client derives the same
+        bytes only on this very connection.  None without TLS (in-memory test transports)."""
+        get_handle = getattr(self.transport, "getHandle", None)
+        if get_handle is None:
+            return None
+        return get_handle().export_keying_material(wire.LOGIN_EXPORTER_LABEL,
+                                                   wire.LOGIN_EXPORTER_BYTES)
+
     def unsent_bytes(self):
         measure = getattr(self.transport, "unsent_bytes", None)
         return measure() if measure is not None else 0

@@ -194,15 +194,33 @@ class LoginGuard:
     def attempt(self, user, address):
         """Raise ``rate_limited`` when this pair or this address must wait; otherwise count
         the attempt as a failure until its outcome says otherwise."""
+        self.check(user, address)
+        self.failed(user, address)
+
+    def check(self, user, address):
+        """Raise ``rate_limited`` when this pair or this address must wait; count nothing.
+
+        For checks that end within the same few milliseconds (a device key's signature):
+        nothing worth guessing passes meanwhile, so only a real failure is counted
+        (``failed``), and a storm of devices reconnecting from one address (a NAT) is
+        never refused for the logins still in flight."""
         self._check_address(address)
         wait = self._pairs.retry_after((user, address))
         if wait > 0:
             raise rate_limited(f"too many failed logins for {user}", wait)
+
+    def failed(self, user, address):
+        """Count one failed login of this pair and this address."""
         self._pairs.failed((user, address))
         self._addresses.record(address)
 
-    def login_succeeded(self, user, address):
+    def verified(self, user, address):
+        """A login let through by ``check`` succeeded: the pair's failures are forgotten."""
         self._pairs.succeeded((user, address))
+
+    def login_succeeded(self, user, address):
+        """A login let through by ``attempt`` succeeded: it was no failure after all."""
+        self.verified(user, address)
         self._addresses.unrecord(address)
 
     def login_abandoned(self, user, address):

@@ -82,7 +82,9 @@ class RelayService(service.Service):
         hasher = SecretHasher(self.reactor, self.config.argon2_concurrency,
                               self.config.argon2_waiting_per_client)
         dummy_hash = await hasher.hash(random_bytes(32), LOGIN_WORK, "start-up")
-        self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, dummy_hash)
+        relay_id = await self.store.relay_id()
+        self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, dummy_hash,
+                                    relay_id)
         try:
             self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
                                    self.config.interface)
@@ -97,8 +99,9 @@ class RelayService(service.Service):
         self._idle_sweep.start(IdleSweep.interval, now=False)
         address = self.port.getHost()
         self.log.info(
-            "securechat relay listening on {host}:{port} (TLS), store {database}",
-            host=address.host, port=address.port,
+            "securechat relay listening on {host}:{port} (TLS), store {database}, "
+            "relay id {relay_id}",
+            host=address.host, port=address.port, relay_id=relay_id,
             database=database_url.redact(self.config.database),
         )
 

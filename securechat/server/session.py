@@ -25,12 +25,13 @@ the ``gate`` of its send buffer, so tests can drive it without sockets.
 """
 
 from automat import MethodicalMachine
+from nacl.utils import random as random_bytes
 from twisted.cred import error as cred_error
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from securechat import wire
-from securechat.server.auth import LOGIN_WORK, DeviceSecret, IDevice
+from securechat.server.auth import LOGIN_WORK, DeviceSecret, DeviceSignature, IDevice
 from securechat.server.ratelimit import TokenBucket
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError
@@ -40,6 +41,9 @@ MAX_PENDING = 256
 
 REFUSALS_BEFORE_DISCONNECT = 100
 """Rate-limited requests in a row after which a flooding connection is dropped."""
+
+CHALLENGE_USED = b""
+"""The connection's one login challenge was handed out and used up (by a login)."""
 
 HANDSHAKING = "handshaking"
 LOGGING_IN = "logging_in"
@@ -78,6 +82,7 @@ class ConnectionSession:
         self.user = None
         self.device = None
         self._logout = None
+        self._challenge = None  # None: none asked yet; bytes: waiting; CHALLENGE_USED
         self._deadline = server.clock.callLater(
             server.config.handshake_timeout_seconds, self.deadline_passed)
 
@@ -174,7 +179,15 @@ class ConnectionSession:
     # -- anonymous ops ------------------------------------------------------
 
     async def op_ping(self, fields):
-        return {"pong": True}
+        return {"pong": True, "relay": self._server.relay_id}
+
+    async def op_login_challenge(self, fields):
+        """This connection's one login challenge: a fresh nonce, used by the next login."""
+        if self._challenge is not None:
+            raise ProtocolError("challenge_used", "a connection gets one login challenge; "
+                                                  "connect again to log in again")
+        self._challenge = random_bytes(wire.LOGIN_NONCE_BYTES)
+        return {"relay": self._server.relay_id, "nonce": wire.b64encode(self._challenge)}
 
     async def op_register(self, fields):
         self._server.login_guard.registering(self._peer)
@@ -199,17 +212,36 @@ class ConnectionSession:
 
     async def _log_in(self, fields):
         user, device = fields["user"], fields["device"]
-        creds = DeviceSecret(user, device, wire.b64decode(fields["secret"]), self._peer)
+        creds = self._credentials(user, device, fields)
         try:
             _, avatar, logout = await self._server.portal.login(creds, self, IDevice)
-        except cred_error.UnauthorizedLogin:
-            raise ProtocolError("auth_failed", "wrong user name or password")
+        except cred_error.UnauthorizedLogin as e:
+            raise ProtocolError("auth_failed", str(e))
         self.login_succeeded(avatar, logout)
         if self.state != AUTHENTICATED:
             raise ProtocolError("closed", "connection closed during login")
-        counts = await self._server.store.key_counts(user, device)
-        queued = await self._server.store.queue_length(user, device)
-        return {"user": user, "device": device, "queued": queued, **counts}
+        return {"user": user, "device": device,
+                **await self._server.store.login_counts(user, device)}
+
+    def _credentials(self, user, device, fields):
+        """A device-key login's signature (over this connection's challenge and TLS session),
+        or a new device's login secret; a signed login uses the challenge up, right or wrong."""
+        signature, secret = fields["signature"], fields["secret"]
+        if (signature is None) == (secret is None):
+            raise ProtocolError("bad_field", "a login carries either 'signature' (a device "
+                                             "with published keys) or 'secret' (a new device)")
+        if secret is not None:
+            return DeviceSecret(user, device, wire.b64decode(secret), self._peer)
+        nonce = self._challenge
+        if not nonce:
+            raise ProtocolError("no_challenge", "a device-key login signs this connection's "
+                                                "login.challenge: ask for one first")
+        self._challenge = CHALLENGE_USED
+        binding = self._connection.tls_exporter()
+        if binding is None:
+            raise ProtocolError("auth_failed", "this connection has no TLS session to bind to")
+        message = wire.device_login_message(self._server.relay_id, user, device, nonce, binding)
+        return DeviceSignature(user, device, message, wire.b64decode(signature), self._peer)
 
 
     # -- authenticated ops --------------------------------------------------
@@ -217,6 +249,18 @@ class ConnectionSession:
     async def op_logout(self, fields):
         self.logged_out()
         return {"bye": True}
+
+    async def op_account_secret(self, fields):
+        """Replace the account's login secret (a password change, or the move of an old
+        account's secret to the relay-id salt), proving the current one first."""
+        try:
+            await self._server.account_secrets.replace(
+                self.user, wire.b64decode(fields["old_secret"]),
+                wire.b64decode(fields["secret"]), self._peer)
+        except cred_error.UnauthorizedLogin:
+            raise ProtocolError("auth_failed", "the current login secret is wrong")
+        self.log.info("User {user} replaced its login secret", user=self.user)
+        return {"replaced": True}
 
     async def op_keys_upload(self, fields):
         return await self._server.keys.upload(self.user, self.device, fields)
@@ -298,7 +342,7 @@ class ConnectionSession:
 
     @_machine.state()
     def logging_in(self):
-        "TLS is up; anonymous: ping, register and login are allowed."
+        "TLS is up; anonymous: ping, register, login.challenge and login are allowed."
 
     @_machine.state()
     def checking_login(self):

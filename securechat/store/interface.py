@@ -41,6 +41,15 @@ class IStore(Interface):
     def get_account(user):
         """Fire with ``{"user", "secret_hash", "identity_key", "created"}`` or None."""
 
+    def set_secret_hash(user, secret_hash):
+        """Replace the account's argon2id hash of its login secret (a password change, or
+        the move to the relay-id salt).  Fires with True, or False when there is no
+        such account."""
+
+    def relay_id():
+        """Fire with this relay's stable id (text): chosen at random by the first call on
+        a database and the same ever after, for every node sharing the database."""
+
     # -- devices and their keys ------------------------------------------
 
     def set_device_keys(user, device, device_keys, signature):
@@ -57,6 +66,15 @@ class IStore(Interface):
         A list of ``{"device", "device_keys", "signature"}`` ordered by
         device id; only devices whose keys were uploaded are current.
         """
+
+    def get_device_keys(user, device):
+        """Fire with the device's published identity keys (the JSON text given to
+        ``set_device_keys``), or None when the device has published none."""
+
+    def login_counts(user, device):
+        """Fire with ``key_counts`` and ``"queued"`` (``queue_length``) read in one
+        transaction: what a device is told when it logs in (one store round trip per login,
+        which counts when thousands of devices log in at once after a restart)."""
 
     def all_devices():
         """Fire with every current device as a list of ``(user, device)``."""

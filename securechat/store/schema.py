@@ -19,11 +19,15 @@ Changelog:
   6 — room bans: a kicked user stays out of the room (its join refused) until the
       room's owner or an admin lifts the ban; without them a kick from an open room
       was undone by joining again.  And invite-only rooms, which nobody joins uninvited.
+  7 — the relay's own stable id (relay_identity, one row, made by the first start that
+      finds none): clients salt the password-derived login secret with it instead of the
+      address they typed, and devices sign it into their logins.  Every node sharing the
+      database reports the same id.
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -194,6 +198,12 @@ MIGRATIONS = {
             created BIGINT NOT NULL,
             PRIMARY KEY (room, user_id))""",
         "ALTER TABLE rooms ADD COLUMN invite_only BOOLEAN NOT NULL DEFAULT FALSE",
+    ],
+    7: [
+        # At most one row (only = 1); its id is chosen by the store's first start after this.
+        """CREATE TABLE relay_identity (
+            only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
+            relay_id TEXT NOT NULL)""",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

@@ -6,6 +6,8 @@ and closes its connections and says how to run a transaction body
 module of ``securechat.store.transactions``.
 """
 
+import secrets
+
 from twisted.internet import defer, reactor
 from zope.interface import implementer
 
@@ -15,6 +17,9 @@ from securechat.store.transactions import accounts, migrate, queue, rooms
 # Not ``keys``: that is the name of ``add_one_time_keys``'s argument.
 from securechat.store.transactions import keys as published_keys
 
+
+RELAY_ID_BYTES = 16
+"""Random bytes of the relay's id (22 characters of URL-safe base64)."""
 
 ACK_GATHER_SECONDS = 0.01
 """How long an ack may wait for company: nothing waits on it but the client's ack answer,
@@ -142,6 +147,12 @@ class SqlStore:
     def get_account(self, user):
         return self._run(accounts.txn_get_account, user)
 
+    def set_secret_hash(self, user, secret_hash):
+        return self._run(accounts.txn_set_secret_hash, user, secret_hash)
+
+    def relay_id(self):
+        return self._run(accounts.txn_relay_id, secrets.token_urlsafe(RELAY_ID_BYTES))
+
     def count_accounts(self):
         return self._run(accounts.txn_count_accounts)
 
@@ -150,6 +161,12 @@ class SqlStore:
 
     def get_devices(self, user):
         return self._run(accounts.txn_get_devices, user)
+
+    def get_device_keys(self, user, device):
+        return self._run(accounts.txn_get_device_keys, user, device)
+
+    def login_counts(self, user, device):
+        return self._run(accounts.txn_login_counts, user, device)
 
     def all_devices(self):
         return self._run(accounts.txn_all_devices)

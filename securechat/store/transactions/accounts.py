@@ -6,6 +6,8 @@ A device publishing its identity keys also starts following its user's rooms
 
 from securechat.store.errors import KeyConflict, StaleVersion, UserExists
 from securechat.store.transactions.common import _first, _open_cursors, _record
+from securechat.store.transactions.keys import txn_key_counts
+from securechat.store.transactions.queue import txn_queue_length
 
 
 async def txn_create_account(txn, user, secret_hash, identity_key):
@@ -24,6 +26,19 @@ async def txn_get_account(txn, user):
     return _record(("user", "secret_hash", "identity_key", "created"), await _first(
         txn, "SELECT user_id, secret_hash, identity_key, created FROM accounts "
              "WHERE user_id = ?", (user,)))
+
+
+async def txn_set_secret_hash(txn, user, secret_hash):
+    return bool(await txn.execute(
+        "UPDATE accounts SET secret_hash = ? WHERE user_id = ? RETURNING user_id",
+        (secret_hash, user)))
+
+
+async def txn_relay_id(txn, candidate):
+    await txn.execute(
+        "INSERT INTO relay_identity (only_row, relay_id) VALUES (1, ?) "
+        "ON CONFLICT (only_row) DO NOTHING", (candidate,))
+    return (await _first(txn, "SELECT relay_id FROM relay_identity"))[0]
 
 
 # -- devices ------------------------------------------------------------------------
@@ -48,6 +63,18 @@ async def txn_get_devices(txn, user):
         "SELECT device_id, device_keys, signature FROM devices WHERE user_id = ? "
         "AND device_keys IS NOT NULL ORDER BY device_id", (user,))
     return [_record(("device", "device_keys", "signature"), row) for row in rows]
+
+
+async def txn_get_device_keys(txn, user, device):
+    row = await _first(
+        txn, "SELECT device_keys FROM devices WHERE user_id = ? AND device_id = ?",
+        (user, device))
+    return row[0] if row else None
+
+
+async def txn_login_counts(txn, user, device):
+    return {**await txn_key_counts(txn, user, device),
+            "queued": await txn_queue_length(txn, user, device)}
 
 
 async def txn_all_devices(txn):
