@@ -77,8 +77,9 @@ async def open_or_reconnect(client, keep_trying):
     """Open ``client``; when the server is unreachable and ``keep_trying``, keep the store
     open and go on reconnecting in the background instead of failing."""
     try:
-        with UnlockingNotice():
-            await client.open()
+        with UnlockingNotice():  # only around the unlock: the connection's states are logged
+            client.unlock()
+        await client.open()
     except ClientError as e:
         if e.exit_code != EXIT_UNREACHABLE or not keep_trying:
             raise

@@ -88,7 +88,7 @@ class UnlockingNotice:
     """One "unlocking..." line on a terminal's stderr while argon2id runs (about a second),
     erased when done; nothing when stderr is not a terminal (scripts, logs)."""
 
-    TEXT = "securechat: unlocking the key store and connecting..."
+    TEXT = "securechat: unlocking the key store..."
 
     def __init__(self, stream=None):
         self._stream = stream or sys.stderr
