@@ -539,3 +539,23 @@ async def test_the_daemon_reconnects_after_a_relay_restart_and_sends_what_it_kep
     assert texts == ["before", "during the outage", "after"]
     empty = await run_cli(alice, "outbox", password=None)
     assert empty.code == 0 and empty.out == "", empty
+
+
+def test_a_daemon_that_stops_answering_fails_the_command_instead_of_hanging_it(tmp_path):
+    """A socket that accepts the command but never answers (a suspended daemon) ends the
+    call with exit code 4 once its patience is spent."""
+    from securechat.client import rpc
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(rpc.socket_path(str(tmp_path)))
+    listener.listen(1)
+    try:
+        connection = rpc.DaemonConnection.find(str(tmp_path))
+        try:
+            with pytest.raises(rpc.CommandFailed, match="did not answer in time") as failed:
+                connection.call("status", patience=0.2)
+            assert failed.value.exit_code == rpc.EXIT_UNREACHABLE
+        finally:
+            connection.close()
+    finally:
+        listener.close()

@@ -252,6 +252,11 @@ def through_daemon(connection, args, method, params):
         params = next_page(params)
 
 
+VERIFY_PATIENCE = 600
+"""Seconds a verification step may take on the daemon: it waits up to 180 s for each of
+the peer's steps and for this terminal's answer."""
+
+
 def _verify_through_daemon(connection, params):
     """The daemon runs the exchange; the emoji and the question are asked here."""
     def show(method, notification):
@@ -259,11 +264,11 @@ def _verify_through_daemon(connection, params):
             print(notification["text"], flush=True)
 
     try:
-        question = connection.call("verify", params, show)
+        question = connection.call("verify", params, show, VERIFY_PATIENCE)
         print("Do they match? [y/N] ", flush=True)
         answer = sys.stdin.readline().strip().lower() in ("y", "yes")
         connection.call("verify.confirm", {"verification": question["verification"],
-                                           "match": answer}, show)
+                                           "match": answer}, show, VERIFY_PATIENCE)
     except CommandFailed as e:
         if e.exit_code != EXIT_UNTRUSTED:
             raise

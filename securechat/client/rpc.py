@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import struct
+import time
 
 SOCKET_NAME = "daemon.sock"
 MAX_SOCKET_PATH = 107
@@ -39,6 +40,12 @@ EXIT_UNTRUSTED = 7
 EXIT_RATE_LIMITED = 8
 """The CLI's exit codes this side needs (client/session.py has them all; it imports
 Twisted, so they are repeated here and a test keeps the two the same)."""
+
+
+ANSWER_SECONDS = 120
+"""How long a command waits for the daemon's answer beyond the ``wait`` it asked for: a
+daemon that stopped answering (suspended, wedged) fails the command (exit 4) instead of
+hanging it for ever.  The daemon's own requests to the relay give up well before this."""
 
 
 class CommandFailed(Exception):
@@ -106,20 +113,24 @@ class DaemonConnection:
         self._lines.close()
         self._sock.close()
 
-    def call(self, method, params=None, on_notification=None):
+    def call(self, method, params=None, on_notification=None, patience=ANSWER_SECONDS):
         """The result of ``method``; CommandFailed with the daemon's message and exit code.
 
-        Notifications that arrive meanwhile go to ``on_notification(method, params)``.
+        Notifications that arrive meanwhile go to ``on_notification(method, params)``.  No
+        answer within ``patience`` seconds (plus the ``wait`` the params ask for) fails
+        with exit code 4.
         """
+        params = params or {}
         request_id = next(self._ids)
-        request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
+        request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        deadline = time.monotonic() + patience + float(params.get("wait") or 0)
         try:
             self._sock.sendall(json.dumps(request).encode("ascii") + b"\n")
         except OSError as e:
             raise CommandFailed(f"the daemon closed the connection: {e.strerror}",
                                 EXIT_UNREACHABLE) from None
         while True:
-            line = self._lines.readline()
+            line = self._read_line(deadline)
             if not line:
                 raise CommandFailed("the daemon closed the connection before answering",
                                     EXIT_UNREACHABLE)
@@ -135,3 +146,12 @@ class DaemonConnection:
                 exit_code = (error.get("data") or {}).get("exit_code", EXIT_ERROR)
                 raise CommandFailed(error["message"], exit_code)
             return message["result"]
+
+    def _read_line(self, deadline):
+        self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            return self._lines.readline()
+        except TimeoutError:
+            raise CommandFailed(f"the daemon (pid {self.daemon_pid()}) did not answer in time; "
+                                "is it suspended? (kill it and run the command again)",
+                                EXIT_UNREACHABLE) from None
