@@ -352,13 +352,19 @@ HISTORY_PAGE_MAX = 500
 
 REQUESTS = {
     "ping": {},
-    "register": {"user": NEW_USER, "secret": SECRET, "identity_key": PUBLIC_KEY},
+    # ``password_key``: the Ed25519 public key derived from the password (its proofs).
+    "register": {"user": NEW_USER, "password_key": PUBLIC_KEY, "identity_key": PUBLIC_KEY},
     "login.challenge": {},
-    # A device with published keys signs the challenge (``signature``); a device not yet
-    # known to the relay (just registered, or being added) proves the password (``secret``).
+    # A device with published keys signs the challenge with its device key (``signature``);
+    # a device not yet known to the relay (just registered, or being added) signs it with
+    # the password key (``password_signature``).
     "login": {"user": USER, "device": DEVICE, "signature": optional(SIGNATURE),
-              "secret": optional(SECRET)},
-    "account.secret": {"old_secret": SECRET, "secret": SECRET},
+              "password_signature": optional(SIGNATURE)},
+    # An account registered before password keys: its legacy login secret, once, to
+    # replace the relay's argon2 hash of it with the password key.
+    "account.move": {"legacy_secret": SECRET, "password_key": PUBLIC_KEY},
+    # A password change: the new password key, signed for by the current one.
+    "account.password": {"password_key": PUBLIC_KEY, "signature": SIGNATURE},
     "logout": {},
     "keys.upload": {
         "device_keys": optional(DEVICE_KEYS),
@@ -395,6 +401,10 @@ ANONYMOUS_OPS = frozenset({"ping", "register", "login.challenge", "login"})
 
 LOGIN_CONTEXT = "securechat-device-login-v1"
 """What a device's login signature is for (so it can never pass as another signature)."""
+PASSWORD_LOGIN_CONTEXT = "securechat-password-login-v1"
+"""What a password key's login signature is for: never a device's login, nor the reverse."""
+PASSWORD_CHANGE_CONTEXT = "securechat-password-change-v1"
+"""What a password key's signature of a password change is for."""
 LOGIN_EXPORTER_LABEL = b"EXPORTER-securechat-device-login"
 """The TLS exporter label (RFC 5705 / RFC 8446 section 7.5) of a login's channel binding."""
 LOGIN_EXPORTER_BYTES = 32
@@ -417,6 +427,23 @@ def device_login_fields(relay, user, device, nonce, channel_binding):
 def device_login_message(relay, user, device, nonce, channel_binding):
     """The signed bytes of ``device_login_fields``."""
     return canonical_json(device_login_fields(relay, user, device, nonce, channel_binding))
+
+
+def password_login_message(relay, user, device, nonce, channel_binding):
+    """The bytes a password key signs to log in a device not yet known to the relay: the
+    fields of a device's login under their own context (``PASSWORD_LOGIN_CONTEXT``), so a
+    password proof never passes as a device proof, nor the reverse."""
+    return canonical_json({**device_login_fields(relay, user, device, nonce, channel_binding),
+                           "context": PASSWORD_LOGIN_CONTEXT})
+
+
+def password_change_message(relay, user, device, password_key, channel_binding):
+    """The bytes the current password key signs to replace itself by ``password_key``
+    (base64), on a logged-in connection: bound to this relay, this device and this TLS
+    session, so the proof is worth nothing on any other connection."""
+    return canonical_json({"context": PASSWORD_CHANGE_CONTEXT, "relay": relay, "user": user,
+                           "device": device, "password_key": password_key,
+                           "tls_exporter": b64encode(channel_binding)})
 
 
 def parse_header(frame):

@@ -59,11 +59,13 @@ def run_twistd(cwd, *args, timeout=60):
                           text=True, timeout=timeout)
 
 
-def write_client_config(directory, user, port, fingerprint=None, ca_file=None):
-    """A client ini for ``user`` whose device data lives under ``directory``/``user``."""
+def write_client_config(directory, user, port, fingerprint=None, ca_file=None, data_dir=None,
+                        extra_lines=()):
+    """A client ini for ``user`` whose device data lives under ``directory``/``user`` (or
+    ``data_dir``)."""
     os.makedirs(directory, exist_ok=True)
     lines = ["[client]", f"server = 127.0.0.1:{port}", f"username = {user}",
-             f"data_dir = {os.path.join(directory, user)}"]
+             f"data_dir = {data_dir or os.path.join(directory, user)}", *extra_lines]
     if fingerprint:
         lines.append(f"server_fingerprint = {fingerprint}")
     if ca_file:
@@ -89,14 +91,22 @@ class CliResult:
         return f"CliResult(code={self.code}, out={self.out!r}, err={self.err!r})"
 
 
+def cli_environment(password, extra_env):
+    """The CLI's environment: none of ours inherited; the password only if one is given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    if password is not None:
+        env["SECURECHAT_PASSWORD"] = password
+    env.update(extra_env or {})
+    return env
+
+
 async def run_cli(config, *args, password="correct horse battery staple", stdin=None, timeout=120,
                   extra_env=None):
-    """Run the installed ``securechat`` CLI without blocking the reactor; fire a CliResult."""
+    """Run the installed ``securechat`` CLI without blocking the reactor; fire a CliResult
+    (``password=None``: no SECURECHAT_PASSWORD in its environment)."""
     from twisted.internet import defer, protocol
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
-    env["SECURECHAT_PASSWORD"] = password
-    env.update(extra_env or {})
+    env = cli_environment(password, extra_env)
     done = defer.Deferred()
 
     class Collect(protocol.ProcessProtocol):
@@ -130,7 +140,7 @@ async def run_cli(config, *args, password="correct horse battery staple", stdin=
 class InteractiveCli:
     """A long-running ``securechat`` process (``chat``) fed line by line."""
 
-    def __init__(self, config, *args, password="correct horse battery staple"):
+    def __init__(self, config, *args, password="correct horse battery staple", extra_env=None):
         from twisted.internet import defer, protocol
 
         self.output = []
@@ -146,8 +156,7 @@ class InteractiveCli:
             def processEnded(self, reason):
                 outer.ended.callback(reason.value.exitCode)
 
-        env = {k: v for k, v in os.environ.items() if k != "SECURECHAT_PASSWORD"}
-        env["SECURECHAT_PASSWORD"] = password
+        env = cli_environment(password, extra_env)
         self.transport = reactor.spawnProcess(
             Talk(), executable("securechat"), ["securechat", "--config", str(config), *args],
             env=env)
@@ -171,3 +180,20 @@ class InteractiveCli:
         if timer.active():
             timer.cancel()
         return code
+
+
+class DaemonProcess(InteractiveCli):
+    """``securechat daemon`` of one device; ``ready()`` once it serves its socket."""
+
+    def __init__(self, config, data_dir, **kwargs):
+        super().__init__(config, "daemon", **kwargs)
+        self.socket_path = os.path.join(str(data_dir), "daemon.sock")
+
+    async def ready(self, timeout=60):
+        await self.wait_for("securechat daemon: serving", timeout)
+
+    async def stop(self, timeout=30):
+        """SIGTERM, as systemd or ^C would stop it; the exit code."""
+        if not self.ended.called:
+            self.transport.signalProcess("TERM")
+        return await self.finish(timeout)

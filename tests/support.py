@@ -101,10 +101,10 @@ def new_envelope_id():
 class ScriptedDevice:
     """A user's device as the server sees it: signing keys, a connection, received events."""
 
-    def __init__(self, user, device="DEV1", secret=None, identity=None):
+    def __init__(self, user, device="DEV1", password=None, identity=None):
         self.user = user
         self.device = device
-        self.secret = secret or wire.b64encode(secrets.token_bytes(32))
+        self.password = password or SigningKey.generate()  # the account's password key
         self.identity = identity or SigningKey.generate()
         self.signing = SigningKey.generate()
         self.curve = PrivateKey.generate()
@@ -147,7 +147,7 @@ class ScriptedDevice:
         if self.protocol is None:
             await self.connect(server)
         return await self.request(
-            "register", user=self.user, secret=self.secret,
+            "register", user=self.user, password_key=self.password_key(),
             identity_key=wire.b64encode(bytes(self.identity.verify_key)),
         )
 
@@ -157,8 +157,7 @@ class ScriptedDevice:
         if self.keys_published:
             result = await self.key_login()
         else:
-            result = await self.request("login", user=self.user, device=self.device,
-                                        secret=self.secret)
+            result = await self.password_login()
         if upload_keys:
             await self.request(
                 "keys.upload",
@@ -172,7 +171,7 @@ class ScriptedDevice:
 
     def again(self):
         """The same device (same keys) for a new connection, its events not yet seen."""
-        twin = ScriptedDevice(self.user, self.device, self.secret, self.identity)
+        twin = ScriptedDevice(self.user, self.device, self.password, self.identity)
         twin.signing, twin.curve, twin.keys_published = self.signing, self.curve, self.keys_published
         return twin
 
@@ -183,6 +182,25 @@ class ScriptedDevice:
             channel_binding(self.protocol.transport))
         signature = (key or self.signing).sign(message).signature
         return {"user": self.user, "device": self.device, "signature": wire.b64encode(signature)}
+
+    def password_key(self):
+        """The public half of the account's password key, as registered."""
+        return wire.b64encode(bytes(self.password.verify_key))
+
+    def password_login_frame(self, challenge, key=None):
+        """The fields of a password login (a device not yet known to the relay) answering
+        ``challenge`` on this connection, signed by the password key (or ``key``)."""
+        message = wire.password_login_message(
+            challenge["relay"], self.user, self.device, wire.b64decode(challenge["nonce"]),
+            channel_binding(self.protocol.transport))
+        signature = (key or self.password).sign(message).signature
+        return {"user": self.user, "device": self.device,
+                "password_signature": wire.b64encode(signature)}
+
+    async def password_login(self, key=None):
+        """Log in by signing this connection's challenge with the password key (or ``key``)."""
+        challenge = await self.request("login.challenge")
+        return await self.request("login", **self.password_login_frame(challenge, key))
 
     async def key_login(self, key=None):
         """Log in by signing this connection's challenge with the device key (or ``key``)."""

@@ -69,7 +69,7 @@ async def test_memory_stays_bounded_while_a_member_never_reads_its_history_answe
     await mallory.close()
     files_before = open_files(proc.process.pid)
     hostile = await threads.deferToThread(tls_login, endpoint.port, endpoint.cert_path,
-                                          "mallory", mallory.device, mallory.secret)
+                                          "mallory", mallory.device, mallory.password)
     sampler = ProcSampler(proc.process.pid)
     idle_kib = sampler.rss_kib()
     bound_kib = 2 * idle_kib + DEFAULT_BUDGET_KIB * 3  # alice, bob, mallory

@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 
 from securechat import wire
-from tests.support import ScriptedDevice, cleanup, poll_until, unicast
+from tests.support import ScriptedDevice, cleanup, expect_error, poll_until, unicast
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ async def test_malformed_frames_get_named_errors(server):
         (b"{not json\n", "bad_json"),
         (b"[1,2]\n", "bad_frame"),
         (b'{"op":"explode","rid":1}\n', "unknown_op"),
-        (b'{"op":"login","rid":2,"user":5,"device":"D","secret":"x"}\n', "bad_field"),
+        (b'{"op":"login","rid":2,"user":5,"device":"D","password_signature":"x"}\n', "bad_field"),
         (b'{"op":"login","rid":3,"device":"D"}\n', "missing_field"),
         (b'{"op":"ping","rid":[1]}\n', "bad_field"),
         (b'{"op":"send","rid":4,"envelopes":[]}\n', "not_logged_in"),
@@ -116,17 +116,16 @@ async def test_request_flood_is_limited_then_disconnected(server):
 
 @pytest_twisted.ensureDeferred
 async def test_login_attempts_are_rate_limited_per_account(server):
-    """After a few failed logins, even the right secret is refused for that account until the window passes."""
+    """After a few failed logins, even the right password is refused for that account until
+    the window passes."""
     alice = ScriptedDevice("alice")
     await alice.register(server)
-    guesser = ScriptedDevice("alice")
-    await guesser.connect(server)
     for _ in range(3):
-        error = await raw_error(guesser, wire.encode(
-            {"op": "login", "rid": 1, "user": "alice", "device": "D",
-             "secret": wire.b64encode(b"0" * 32)}) + b"\n")
-        assert error["code"] == "auth_failed"
-    error = await raw_error(guesser, wire.encode(
-        {"op": "login", "rid": 2, "user": "alice", "device": "D", "secret": alice.secret}) + b"\n")
-    assert error["code"] == "rate_limited"
-    await cleanup(alice, guesser)
+        guesser = ScriptedDevice("alice", "D")
+        await guesser.connect(server)
+        await expect_error("auth_failed", guesser.password_login())
+        await guesser.close()
+    owner = ScriptedDevice("alice", "D", password=alice.password)
+    await owner.connect(server)
+    await expect_error("rate_limited", owner.password_login())
+    await cleanup(alice, owner)

@@ -73,7 +73,7 @@ async def test_a_member_that_never_reads_large_answers_is_closed_after_the_stall
     await mallory.request("room.join", room="big")
     await mallory.close()
     hostile = await threads.deferToThread(tls_login, server.port, server.cert_path, "mallory",
-                                          mallory.device, mallory.secret)
+                                          mallory.device, mallory.password)
     relay = server.service.factory.relay
     lines, stop_log = record_log()
     sent = [0]

@@ -1,25 +1,19 @@
 """Logins by device key: a signature of the relay's challenge, bound to the relay's id and to
 the TLS session, checked against the device's published key; no password-derived secret
-on the wire; the login secret salted with the relay's id, so any spelling of its address
-works; accounts registered before that moved to the new salt on their first login."""
+on the wire; the password key salted with the relay's id, so any spelling of its address
+works.  (Password keys and the move of old accounts: test_password_key.)"""
 
 import json
-import os
 import shutil
-import sqlite3
 
 import pytest
 import pytest_twisted
-from nacl import pwhash
-from nacl.exceptions import InvalidkeyError
 from nacl.signing import SigningKey
 from twisted.internet import defer
 
 from securechat import wire
 from securechat.client.protocol import RemoteError
-from securechat.client.session import SALTED_WITH, ClientError, relay_id
-from securechat.crypto import passwords
-from securechat.crypto.keystore import STORE_FILE
+from securechat.client.session import ClientError, relay_id
 from tests.processes import ServerProcess, free_port, run_cli, write_client_config
 from tests.support import ScriptedDevice, cleanup, expect_error, write_config
 from tests.test_client_security import record_lines
@@ -153,55 +147,19 @@ async def test_a_storm_of_device_logins_from_one_address_is_not_refused(server):
 async def test_a_login_needs_its_connections_challenge_once_and_a_published_device_its_key(
         server):
     """A signature without a challenge is refused (no_challenge), a connection gets one
-    challenge, and the login secret no longer logs in a device with published keys."""
+    challenge, and the password key no longer logs in a device with published keys."""
     bob = await published(server)
     device = await connected(server, bob)
     await expect_error("no_challenge", device.request("login", user="bob", device="DEV1",
                                                       signature=wire.b64encode(bytes(64))))
-    await device.request("login.challenge")
+    challenge = await device.request("login.challenge")
     await expect_error("challenge_used", device.request("login.challenge"))
-    await expect_error("device_key_required", device.request(
-        "login", user="bob", device="DEV1", secret=bob.secret))
     await expect_error("bad_field", device.request(
-        "login", user="bob", device="DEV1", secret=bob.secret, signature=wire.b64encode(bytes(64))))
+        "login", user="bob", device="DEV1", password_signature=wire.b64encode(bytes(64)),
+        signature=wire.b64encode(bytes(64))))
+    await expect_error("device_key_required", device.request(
+        "login", **device.password_login_frame(challenge)))
     await device.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_an_account_registered_with_the_address_salt_logs_in_and_is_moved(server, tmp_path):
-    """An account whose stored hash is of the old, address-salted login secret (and whose key
-    store predates relay ids) logs in by device key, and that login moves the relay's hash to
-    the relay-id-salted secret and records it in the key store; the next login moves nothing."""
-    config = write_client_config(str(tmp_path / "clients"), "alice", server.port,
-                                 ca_file=server.cert_path)
-    assert (await run_cli(config, "register")).code == 0
-    store = server.service.store
-    relay_id = await store.relay_id()
-    server_as_typed = f"127.0.0.1:{server.port}"
-    old_secret = passwords.address_salted_login_secret(PASSWORD, server_as_typed, "alice")
-    new_secret = passwords.login_secret(PASSWORD, relay_id, "alice")
-    await store.set_secret_hash("alice", pwhash.argon2id.str(old_secret).decode("ascii"))
-    key_store = sqlite3.connect(os.path.join(str(tmp_path / "clients" / "alice"), STORE_FILE))
-    with key_store:
-        key_store.execute("DELETE FROM meta WHERE key = ?", (SALTED_WITH,))
-    assert not matches((await store.get_account("alice"))["secret_hash"], new_secret)
-
-    result = await run_cli(config, "login")
-    assert result.code == 0, result
-    assert matches((await store.get_account("alice"))["secret_hash"], new_secret)
-    assert key_store.execute("SELECT value FROM meta WHERE key = ?",
-                             (SALTED_WITH,)).fetchall() == [(relay_id,)]
-    received = record_lines(server)
-    assert (await run_cli(config, "login")).code == 0
-    assert requests_of(received, "account.secret") == []
-    key_store.close()
-
-
-def matches(hashed, secret):
-    try:
-        return pwhash.verify(hashed.encode("ascii"), secret)
-    except InvalidkeyError:
-        return False
 
 
 @pytest.mark.parametrize("answer", [{"pong": True}, {"relay": 7}, {"relay": "short"},

@@ -118,7 +118,7 @@ async def test_a_login_waits_about_one_hash_while_another_user_floods_wrong_room
     await poll_until(lambda: hasher.queue.waiting(ROOM_WORK) >= 60)
     await alice.connect(server)
     started = time.monotonic()
-    await alice.request("login", user="alice", device="DEV1", secret=alice.secret)
+    await alice.password_login()
     login_seconds = time.monotonic() - started
     still_waiting = hasher.queue.waiting(ROOM_WORK)
 
@@ -199,9 +199,8 @@ async def test_guesses_sent_at_once_pass_no_more_than_the_limits(relay_with):
     guessers = [ScriptedDevice("alice", device=f"G{n}") for n in range(12)]
     for guesser in guessers:
         await guesser.connect(server)
-    codes = await defer.gatherResults([defer.ensureDeferred(expect_code_of(guesser.request(
-        "login", user="alice", device=guesser.device, secret=guesser.secret)))
-        for guesser in guessers])
+    codes = await defer.gatherResults([defer.ensureDeferred(expect_code_of(
+        defer.ensureDeferred(guesser.password_login()))) for guesser in guessers])
     assert sorted(codes) == ["auth_failed"] * 5 + ["rate_limited"] * 7
     owner = ScriptedDevice("owner")
     await owner.register(server)

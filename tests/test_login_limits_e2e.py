@@ -3,7 +3,6 @@ real ``twistd -n securechat`` and ``securechat`` processes.  Only failures count
 account is limited per (account, address), and a refusal has its own exit code."""
 
 import os
-import secrets
 import urllib.parse
 
 import psycopg2
@@ -11,12 +10,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import endpoints, reactor
 
-from securechat import wire
 from securechat.client.protocol import ClientProtocol, RemoteError
 from securechat.client.tls import ca_file_options
 from securechat.server.tls import SELF_SIGNED_CERT
 from tests.processes import ServerProcess, free_port, run_cli, write_client_config
-from tests.support import write_config
+from tests.support import ScriptedDevice, write_config
 
 ATTACKER_ADDRESS = "127.0.0.2"  # all of 127/8 is loopback; the relay listens on 127.0.0.1
 
@@ -55,15 +53,19 @@ async def connect_from(source, proc):
     return await endpoints.connectProtocol(endpoint, ClientProtocol())
 
 
-async def wrong_logins(protocol, user, count):
-    """``count`` logins with random secrets; the error codes, in order."""
+async def wrong_logins(proc, source, user, count):
+    """``count`` password logins from ``source``, each on its own connection (one challenge
+    each) with a random password key; the error codes, in order."""
     codes = []
     for _ in range(count):
+        protocol = await connect_from(source, proc)
+        guess = ScriptedDevice(user, "GUESS")
+        guess.protocol = protocol
         try:
-            await protocol.request("login", user=user, device="GUESS",
-                                   secret=wire.b64encode(secrets.token_bytes(32)))
+            await guess.password_login()
         except RemoteError as e:
             codes.append((e.code, e.details.get("retry_after")))
+        protocol.transport.loseConnection()
     return codes
 
 
@@ -91,13 +93,11 @@ async def test_wrong_logins_from_another_address_do_not_lock_out_the_owner(relay
     await relay.wait_listening()
     alice = write_client_config(str(tmp_path / "clients"), "alice", relay.port)
     await ok(alice, "register")
-    attacker = await connect_from(ATTACKER_ADDRESS, relay)
-    codes = await wrong_logins(attacker, "alice", 12)
+    codes = await wrong_logins(relay, ATTACKER_ADDRESS, "alice", 12)
     assert [code for code, _ in codes[:5]] == ["auth_failed"] * 5
     assert codes[-1][0] == "rate_limited" and codes[-1][1] >= 1
     result = await ok(alice, "login")
     assert "logged in as alice" in result.out
-    attacker.transport.loseConnection()
 
 
 @pytest_twisted.ensureDeferred
@@ -108,19 +108,16 @@ async def test_failed_logins_from_one_address_make_the_cli_exit_8_not_other_addr
     await strict_relay.wait_listening()
     alice = write_client_config(str(tmp_path / "clients"), "alice", strict_relay.port)
     await ok(alice, "register")  # a registration counts against its address: 1 of 4
-    guesser = await connect_from("127.0.0.1", strict_relay)
-    assert [code for code, _ in await wrong_logins(guesser, "nobody", 3)] == ["auth_failed"] * 3
+    guesses = await wrong_logins(strict_relay, "127.0.0.1", "nobody", 3)
+    assert [code for code, _ in guesses] == ["auth_failed"] * 3
     refused = await run_cli(alice, "login")
     assert refused.code == 8, refused
     assert "rate limited" in refused.err and "try again in" in refused.err
-    elsewhere = await connect_from(ATTACKER_ADDRESS, strict_relay)
-    secret = wire.b64encode(secrets.token_bytes(32))
-    await elsewhere.request("register", user="bob", secret=secret,
-                            identity_key=wire.b64encode(secrets.token_bytes(32)))
-    result = await elsewhere.request("login", user="bob", device="B1", secret=secret)
-    assert result["user"] == "bob"
-    for protocol in (guesser, elsewhere):
-        protocol.transport.loseConnection()
+    elsewhere = ScriptedDevice("bob", "B1")
+    elsewhere.protocol = await connect_from(ATTACKER_ADDRESS, strict_relay)
+    await elsewhere.register(strict_relay)
+    assert (await elsewhere.password_login())["user"] == "bob"
+    await elsewhere.close()
 
 
 def set_connections_allowed(server_dsn, dsn, allowed):

@@ -6,7 +6,6 @@ import pytest_twisted
 
 from securechat import wire
 from securechat.client.protocol import RemoteError
-from securechat.server.auth import LOGIN_WORK
 from tests.support import ScriptedDevice, cleanup
 
 LOOK_ALIKES = ("alice.", "alice-", "alice_", "al..ice", "al._ice", "al-_ice", "a__", "-alice")
@@ -40,10 +39,8 @@ async def test_an_account_named_before_the_rule_still_logs_in(server):
     """An account whose name the new rule refuses (registered before it) still logs in,
     publishes keys and can be written to: only registration applies the rule."""
     old = ScriptedDevice("old.")
-    factory = server.service.factory
-    secret_hash = await factory.hasher.hash(wire.b64decode(old.secret), LOGIN_WORK, "test")
     await server.service.store.create_account(
-        "old.", secret_hash, wire.b64encode(bytes(old.identity.verify_key)))
+        "old.", old.password_key(), wire.b64encode(bytes(old.identity.verify_key)))
     assert (await old.login(server))["user"] == "old."
     bob = ScriptedDevice("bob")
     await bob.register(server)

@@ -26,21 +26,23 @@ async def registered(server, *names, device="DEV1"):
 
 
 @pytest_twisted.ensureDeferred
-async def test_register_login_and_wrong_secret(server):
-    """A registered device logs in with its secret; a wrong secret and an unknown user fail alike."""
+async def test_register_login_and_wrong_password(server):
+    """A registered device logs in with its password key; a wrong password and an unknown
+    user fail alike."""
     alice = ScriptedDevice("alice")
     await alice.register(server)
     result = await alice.login(server, upload_keys=False)
     assert result["user"] == "alice" and result["queued"] == 0
-    intruder = ScriptedDevice("alice")
+    errors = []
+    for user in ("alice", "nobody"):
+        intruder = ScriptedDevice(user, "X")
+        await intruder.connect(server)
+        errors.append(await expect_error("auth_failed", intruder.password_login()))
+        await intruder.close()
+    assert errors[0].message == errors[1].message
     await intruder.connect(server)
-    err1 = await expect_error("auth_failed", intruder.request(
-        "login", user="alice", device="X", secret=intruder.secret))
-    err2 = await expect_error("auth_failed", intruder.request(
-        "login", user="nobody", device="X", secret=intruder.secret))
-    assert err1.message == err2.message
     await expect_error("user_exists", intruder.request(
-        "register", user="alice", secret=intruder.secret,
+        "register", user="alice", password_key=intruder.password_key(),
         identity_key=wire.b64encode(bytes(intruder.identity.verify_key))))
     await cleanup(alice, intruder)
 
@@ -130,7 +132,7 @@ async def test_unicast_online_and_offline_in_order(server):
 async def test_send_must_cover_exactly_the_current_devices(server):
     """A send that misses a device or names an unknown one is refused with both lists."""
     alice, bob = await registered(server, "alice", "bob")
-    bob_phone = ScriptedDevice("bob", "PHONE", secret=bob.secret)
+    bob_phone = ScriptedDevice("bob", "PHONE", password=bob.password)
     await bob_phone.login(server)
     err = await expect_error("devices_mismatch", alice.request(
         "send", envelopes=[unicast("bob", "DEV1"), unicast("bob", "GHOST")]))

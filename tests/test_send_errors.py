@@ -59,7 +59,7 @@ async def test_an_empty_send_is_a_bad_request_and_logs_nothing(server):
 async def test_a_note_to_yourself_goes_to_your_other_devices(server):
     """A send addressed to your own other device is accepted and delivered to it alone."""
     laptop = await logged_in(server, "alice", "LAPTOP")
-    phone = ScriptedDevice("alice", "PHONE", secret=laptop.secret, identity=laptop.identity)
+    phone = ScriptedDevice("alice", "PHONE", password=laptop.password, identity=laptop.identity)
     await phone.login(server)
     note = unicast("alice", "PHONE", ct=b"note to self")
     assert (await laptop.request("send", envelopes=[note]))["accepted"] == [note["id"]]

@@ -1,27 +1,40 @@
 """The connection's state machine, deadlines, per-address cap, output budget and request
 backpressure, without sockets: StringTransport, task.Clock, a real SQLite store and real
-argon2id logins."""
+password-key logins."""
 
 import pytest
 import pytest_twisted
+from nacl.signing import SigningKey
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from securechat import config, wire
-from securechat.server.auth import LOGIN_WORK, SecretHasher
+from securechat.server.auth import SecretHasher
 from securechat.server.factory import RelayFactory
 from securechat.server.output import HARD_LIMIT_FACTOR
 from securechat.server.session import MAX_PENDING
 from securechat.store import make_store
 from tests.support import poll_until
 from tests.test_client_security import record_log
-from tests.test_session_unit import connect, frames
+from tests.test_session_unit import connect as unit_connect, frames
 
-SECRET = wire.b64encode(b"s" * 32)
+PASSWORD_KEY = SigningKey(b"s" * 32)
 
 
-class BufferingTransport(StringTransport):
+class ExportingTransport(StringTransport):
+    """A StringTransport with the one TLS call a login makes: keying material exported from
+    its session (fixed bytes here; the binding itself is tested over real TLS in
+    test_device_login)."""
+
+    def getHandle(self):
+        return self
+
+    def export_keying_material(self, label, length, context=None):
+        return b"e" * length
+
+
+class BufferingTransport(ExportingTransport):
     """A transport whose client reads nothing: all that is written stays unsent."""
 
     def unsent_bytes(self):
@@ -39,7 +52,7 @@ def factory(tmp_path):
     store = make_store(str(tmp_path / "unit.sqlite3"), str(tmp_path))
     pytest_twisted.blockon(defer.ensureDeferred(store.start()))
     made = RelayFactory(config.load(str(path)), store, task.Clock(), SecretHasher(reactor, 1, 32),
-                        dummy_hash="", relay_id="unit-relay")
+                        relay_id="unit-relay")
     yield made
     pytest_twisted.blockon(store.stop())
 
@@ -54,18 +67,32 @@ def send(protocol, *requests):
     protocol.dataReceived(b"".join(wire.encode(r) + b"\n" for r in requests))
 
 
+def connect(factory, transport=None, **kwargs):
+    return unit_connect(factory, transport=transport or ExportingTransport(), **kwargs)
+
+
 async def account(factory, user):
-    hashed = await factory.hasher.hash(wire.b64decode(SECRET), LOGIN_WORK, "setup")
-    await factory.store.create_account(user, hashed, wire.b64encode(b"k" * 32))
+    await factory.store.create_account(user, wire.b64encode(bytes(PASSWORD_KEY.verify_key)),
+                                       wire.b64encode(b"k" * 32))
 
 
-def login_request(rid, user="alice", device="D1"):
-    return {"op": "login", "rid": rid, "user": user, "device": device, "secret": SECRET}
+def challenge(protocol, transport):
+    """The connection's login challenge (answered within the read that asks for it)."""
+    send(protocol, {"op": "login.challenge", "rid": "challenge"})
+    return answer(transport, "challenge")["result"]
+
+
+def login_request(rid, challenge, user="alice", device="D1", key=PASSWORD_KEY):
+    """A password login answering ``challenge`` on an ExportingTransport."""
+    message = wire.password_login_message(challenge["relay"], user, device,
+                                          wire.b64decode(challenge["nonce"]), b"e" * 32)
+    return {"op": "login", "rid": rid, "user": user, "device": device,
+            "password_signature": wire.b64encode(key.sign(message).signature)}
 
 
 async def logged_in(factory, user="alice", device="D1", transport=None):
     protocol, transport = connect(factory, transport=transport)
-    send(protocol, login_request(1, user, device))
+    send(protocol, login_request(1, challenge(protocol, transport), user, device))
     await poll_until(lambda: answer(transport, 1) is not None)
     assert "result" in answer(transport, 1), answer(transport, 1)
     return protocol, transport
@@ -84,7 +111,8 @@ async def test_pipelined_logins_the_second_is_refused_and_no_ghost_stays_online(
     closes the device is no longer in the relay's table of online devices."""
     await account(factory, "alice")
     protocol, transport = connect(factory)
-    send(protocol, login_request(1), login_request(2))
+    asked = challenge(protocol, transport)
+    send(protocol, login_request(1, asked), login_request(2, asked))
     assert answer(transport, 2)["error"]["code"] == "login_in_progress"
     await poll_until(lambda: answer(transport, 1) is not None)
     assert answer(transport, 1)["result"]["device"] == "D1"
@@ -104,7 +132,7 @@ async def test_a_login_accepted_after_the_connection_closed_leaves_nothing_onlin
     detach = factory.relay.detach
     monkeypatch.setattr(factory.relay, "detach", lambda *a: detached.append(a) or detach(*a))
     protocol, transport = connect(factory)
-    send(protocol, login_request(1))
+    send(protocol, login_request(1, challenge(protocol, transport)))
     assert protocol.session.state == "checking_login"
     closed(protocol, transport)
     await poll_until(lambda: detached)  # the check succeeded, and was undone at once
@@ -113,17 +141,19 @@ async def test_a_login_accepted_after_the_connection_closed_leaves_nothing_onlin
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_refused_login_lets_the_connection_try_again(factory):
-    """A wrong secret answers auth_failed and the connection may log in again."""
+async def test_a_refused_login_returns_to_logging_in_with_its_challenge_used(factory):
+    """A wrong password proof answers auth_failed and the connection is back in logging_in,
+    but its one challenge is used up: another login there is refused without a check."""
     await account(factory, "alice")
     protocol, transport = connect(factory)
-    send(protocol, {**login_request(1), "secret": wire.b64encode(b"w" * 32)})
+    asked = challenge(protocol, transport)
+    send(protocol, login_request(1, asked, key=SigningKey(b"w" * 32)))
     await poll_until(lambda: answer(transport, 1) is not None)
     assert answer(transport, 1)["error"]["code"] == "auth_failed"
     assert protocol.session.state == "logging_in"
-    send(protocol, login_request(2))
+    send(protocol, login_request(2, asked))
     await poll_until(lambda: answer(transport, 2) is not None)
-    assert answer(transport, 2)["result"]["user"] == "alice"
+    assert answer(transport, 2)["error"]["code"] == "no_challenge"
 
 
 @pytest_twisted.ensureDeferred
@@ -131,7 +161,7 @@ async def test_login_on_a_logged_in_connection_is_already_logged_in(factory):
     """After a login, another login on the same connection is refused at once."""
     await account(factory, "alice")
     protocol, transport = await logged_in(factory)
-    send(protocol, login_request(2, device="D2"))
+    send(protocol, login_request(2, {"relay": "unit-relay", "nonce": "AAAA"}, device="D2"))
     assert answer(transport, 2)["error"]["code"] == "already_logged_in"
     assert factory.relay.cursor("alice", "D2") is None
 
@@ -253,7 +283,7 @@ async def test_unauthenticated_connections_are_capped_per_address(factory):
     assert factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1)) is None
     assert factory.buildProtocol(IPv4Address("TCP", "10.0.0.2", 1)) is not None
     protocol, transport = held[0]
-    send(protocol, login_request(1))
+    send(protocol, login_request(1, challenge(protocol, transport)))
     await poll_until(lambda: answer(transport, 1) is not None)
     assert factory.unauthenticated.holding("10.0.0.1") == 2
     closed(*held[1])
@@ -285,7 +315,8 @@ async def test_256_requests_in_flight_stop_reading_until_half_are_answered(facto
     assert transport.producerState == "producing"
     for d in held[MAX_PENDING // 2 + 1:]:
         d.callback({"otk_count": 0})
-    assert len([f for f in frames(transport) if "result" in f]) == 1 + MAX_PENDING
+    answered = [f for f in frames(transport) if "result" in f]
+    assert len(answered) == 2 + MAX_PENDING  # with the login's challenge and the login
 
 
 @pytest_twisted.ensureDeferred

@@ -25,7 +25,7 @@ def factory(tmp_path):
     pytest_twisted.blockon(defer.ensureDeferred(store.start()))
     clock = task.Clock()
     hasher = SecretHasher(reactor, 1, 1)
-    made = RelayFactory(settings, store, clock, hasher, dummy_hash="", relay_id="unit-relay")
+    made = RelayFactory(settings, store, clock, hasher, relay_id="unit-relay")
     made.config_database = str(tmp_path / "unit.sqlite3")
     yield made
     pytest_twisted.blockon(store.stop())

@@ -16,6 +16,7 @@ import os
 
 import pytest
 import pytest_twisted
+from OpenSSL import SSL
 from twisted.internet import reactor, task, threads
 
 from securechat import wire
@@ -60,14 +61,14 @@ class NeverReads:
         if self._socket is None:
             self._connecting = threads.deferToThread(
                 tls_login, self._endpoint.port, self._endpoint.cert_path,
-                self._device.user, self._device.device, self._device.secret)
+                self._device.user, self._device.device, self._device.password)
             self._connecting.addCallback(self._logged_in)
             return
         try:
             for _ in range(HISTORY_REQUESTS_PER_TICK):
                 self._socket.send(history_request("big", self.requests))
                 self.requests += 1
-        except OSError:  # closed by the relay (or its buffer full): log in again later
+        except (OSError, SSL.Error):  # closed by the relay (or its buffer full): log in again
             self.close()
 
     def _logged_in(self, tls):
@@ -134,7 +135,7 @@ async def test_soak_normal_users_are_served_while_a_hostile_user_attacks(tmp_pat
     crowd = HalfOpenCrowd(port)
     users = {name: ScriptedDevice(name) for name in NORMAL_USERS}
     mallory = ScriptedDevice("mallory")
-    flooder = ScriptedDevice("mallory", device="DEV2", secret=mallory.secret,
+    flooder = ScriptedDevice("mallory", device="DEV2", password=mallory.password,
                              identity=mallory.identity)
     never_reads = NeverReads(endpoint, mallory)
     devices = [*users.values(), flooder]
@@ -175,7 +176,7 @@ async def test_soak_normal_users_are_served_while_a_hostile_user_attacks(tmp_pat
             peak_kib = max(peak_kib, sampler.rss_kib())
             await task.deferLater(reactor, TICK_SECONDS, lambda: None)
 
-        late = ScriptedDevice("bob", device="LATE", secret=users["bob"].secret,
+        late = ScriptedDevice("bob", device="LATE", password=users["bob"].password,
                               identity=users["bob"].identity)
         devices.append(late)
         await late.login(endpoint, upload_keys=False)  # logins still go through

@@ -84,25 +84,59 @@ async def test_make_store_picks_the_backend(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_accounts(store):
-    """An account is created once and read back; a second one with the same name fails."""
-    await store.create_account("alice", "h1", "k1")
+    """An account is created once, with its password key, and read back; a second one with
+    the same name fails."""
+    await store.create_account("alice", "pk1", "k1")
     with pytest.raises(UserExists):
-        await store.create_account("alice", "h2", "k2")
+        await store.create_account("alice", "pk2", "k2")
     account = await store.get_account("alice")
-    assert (account["user"], account["secret_hash"], account["identity_key"]) == ("alice", "h1", "k1")
+    assert account == {"user": "alice", "password_key": "pk1", "secret_hash": None,
+                       "identity_key": "k1", "created": account["created"]}
     assert await store.get_account("bob") is None
     assert await store.count_accounts() == 1
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_login_secret_hash_is_replaced_only_for_an_existing_account(store):
-    """set_secret_hash replaces the account's hash (and nothing else); an unknown user: False."""
-    await store.create_account("alice", "old-hash", "k1")
-    assert await store.set_secret_hash("alice", "new-hash") is True
+async def test_a_password_key_is_replaced_only_when_it_is_the_current_one(store):
+    """replace_password_key swaps the account's key when the old one is current (and
+    nothing else of the account); a stale key or an unknown user: False, nothing changed."""
+    await store.create_account("alice", "pk1", "k1")
+    assert await store.replace_password_key("alice", "pk1", "pk2") is True
+    assert await store.replace_password_key("alice", "pk1", "pk3") is False
     account = await store.get_account("alice")
-    assert (account["secret_hash"], account["identity_key"]) == ("new-hash", "k1")
-    assert await store.set_secret_hash("nobody", "x") is False
+    assert (account["password_key"], account["secret_hash"], account["identity_key"]) == (
+        "pk2", None, "k1")
+    assert await store.replace_password_key("nobody", "pk1", "pk2") is False
     assert await store.get_account("nobody") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_7_account_keeps_its_hash_and_moves_to_a_password_key_once(
+        database, tmp_path):
+    """Upgrading from schema version 7 keeps an account's argon2 hash (and no password key);
+    move_to_password_key replaces exactly that hash by the key, once: a stale hash, an
+    account already moved and an unknown user answer False and change nothing."""
+    earlier = [statement for version in range(2, 8) for statement in MIGRATIONS[version]]
+    for statement in [VERSION_TABLE, *SCHEMA_V1, *earlier,
+                      "INSERT INTO schema_version (version) VALUES (7)",
+                      "INSERT INTO accounts VALUES ('alice', 'argon-hash', 'idkey', 5)"]:
+        raw_sql(database, statement)
+    store = make_store(database, str(tmp_path))
+    await store.start()
+    try:
+        account = await store.get_account("alice")
+        assert (account["secret_hash"], account["password_key"], account["identity_key"],
+                account["created"]) == ("argon-hash", None, "idkey", 5)
+        assert await store.move_to_password_key("alice", "other-hash", "pk") is False
+        assert await store.move_to_password_key("alice", "argon-hash", "pk") is True
+        account = await store.get_account("alice")
+        assert (account["secret_hash"], account["password_key"]) == (None, "pk")
+        assert await store.move_to_password_key("alice", "argon-hash", "pk2") is False
+        assert await store.move_to_password_key("nobody", "argon-hash", "pk") is False
+        assert (await store.get_account("alice"))["password_key"] == "pk"
+    finally:
+        await store.stop()
+    assert raw_sql(database, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
 
 
 @pytest_twisted.ensureDeferred

@@ -82,7 +82,7 @@ class Peer:
     def __init__(self, server, name, on_envelope=None):
         self.server = server
         self.user = name
-        self.secret = wire.b64encode(secrets.token_bytes(32))
+        self.password = SigningKey.generate()  # the account's password key
         self.signing = SigningKey.generate()
         self.keys_published = False  # from then on it logs in by its device key
         self.protocol = None
@@ -109,7 +109,8 @@ class Peer:
 
     async def register_and_login(self, publish_keys=True):
         await self.connect()
-        await self.request("register", user=self.user, secret=self.secret,
+        await self.request("register", user=self.user,
+                           password_key=wire.b64encode(bytes(self.password.verify_key)),
                            identity_key=wire.b64encode(bytes(SigningKey.generate().verify_key)))
         return await self.login(publish_keys)
 
@@ -125,24 +126,28 @@ class Peer:
             await self.connect()
         if self.keys_published:
             return await self.key_login()
-        result = await self.request("login", user=self.user, device=DEVICE, secret=self.secret)
+        result = await self._signed_login(wire.password_login_message, self.password,
+                                          "password_signature")
         if publish_keys:
             keys, signature = self.device_keys()
             await self.request("keys.upload", device_keys=keys, signature=signature)
             self.keys_published = True
         return result
 
-    async def key_login(self):
+    def key_login(self):
         """Log in as the CLI does once registered: sign the connection's challenge."""
+        return self._signed_login(wire.device_login_message, self.signing, "signature")
+
+    async def _signed_login(self, message, key, field):
+        """Sign ``message`` (a ``wire`` login message) of the connection's challenge with
+        ``key``, sent as ``field``: the device key's login, or the password key's."""
         if self.protocol is None or self.protocol.transport is None:
             await self.connect()
         challenge = await self.request("login.challenge")
-        fields = wire.device_login_fields(
-            challenge["relay"], self.user, DEVICE, wire.b64decode(challenge["nonce"]),
-            channel_binding(self.protocol.transport))
-        signature = self.signing.sign(wire.canonical_json(fields)).signature
+        signed = message(challenge["relay"], self.user, DEVICE, wire.b64decode(challenge["nonce"]),
+                         channel_binding(self.protocol.transport))
         return await self.request("login", user=self.user, device=DEVICE,
-                                  signature=wire.b64encode(signature))
+                                  **{field: wire.b64encode(key.sign(signed).signature)})
 
     async def close(self):
         if self.protocol is not None and self.protocol.transport is not None:

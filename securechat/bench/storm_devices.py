@@ -10,7 +10,7 @@ around the handshake rather than in it).  What crosses the wire is what the
 client sends: TLS 1.2+ verified against the relay's certificate and host
 name, ``login.challenge``, and a ``login`` signed with the device's Ed25519 key
 over the challenge and the connection's exported keying material
-(``wire.device_login_fields``).  ``storm.py`` runs several of these processes,
+(``wire.device_login_message``).  ``storm.py`` runs several of these processes,
 so that the load can use every core.
 
 Run as ``python -m securechat.bench.storm_devices``.  It reads one JSON object
@@ -131,9 +131,9 @@ class Device:
         if self.state == CHALLENGE:
             binding = self.tls.export_keying_material(wire.LOGIN_EXPORTER_LABEL,
                                                       wire.LOGIN_EXPORTER_BYTES)
-            fields = wire.device_login_fields(result["relay"], self.user, self.device,
-                                              wire.b64decode(result["nonce"]), binding)
-            signature = self.signing.sign(wire.canonical_json(fields)).signature
+            message = wire.device_login_message(result["relay"], self.user, self.device,
+                                                wire.b64decode(result["nonce"]), binding)
+            signature = self.signing.sign(message).signature
             self.state = LOGIN
             self._send({"op": "login", "rid": 2, "user": self.user, "device": self.device,
                         "signature": wire.b64encode(signature)})

@@ -2,6 +2,12 @@
 
 A line that does not start with ``/`` goes to the current conversation
 (chosen with ``/msg USER``).  Slash commands are listed by ``/help``.
+
+The chat is a client of the daemon, like a script: it talks JSON-RPC on the daemon's
+socket and shows its notifications.  With no daemon running it starts one in this
+process (unlocking the key store here), which serves the socket to the other commands
+until the chat ends: ``chat`` and scripts work side by side, and the unlocked store
+lives no longer than the chat the person started.
 """
 
 import shlex
@@ -10,13 +16,12 @@ import sys
 from twisted.internet import defer, stdio
 from twisted.protocols.basic import LineReceiver
 
+from securechat.client import daemon_client
+from securechat.client.daemon import Daemon
+from securechat.client.methods import as_command_failed
 from securechat.client.render import format_history, format_message, safe, terminal_width
-from securechat.client.protocol import RemoteError
-from securechat.client.session import NO_OTHER_DEVICE, ClientError
-from securechat.client.contacts import TrustError
-from securechat.client.verification import VerificationFailed
-from securechat.crypto.fingerprint import key_fingerprint
-from securechat.wire import BROADCAST_ROOM
+from securechat.client.rpc import EXIT_UNREACHABLE, CommandFailed, DaemonConnection
+from securechat.client.unlock import read_password
 
 HELP = """\
 /msg USER [TEXT]   talk to USER from now on (and send TEXT if given)
@@ -52,23 +57,40 @@ class ChatInput(LineReceiver):
 
 
 class Chat:
-    def __init__(self, commands, client):
-        self._commands = commands
-        self._client = client
+    def __init__(self):
+        self._daemon = None
         self._peer = None
         self._answers = defer.DeferredQueue()
         self._verifying = False
+        self._showing = defer.DeferredLock()  # one inbox read at a time: each message once
         self.done = defer.Deferred()
         self._io = None
+
+    def call(self, method, **params):
+        return self._daemon.call(method, **params)
 
     def show(self, text):
         if self._io is not None:
             self._io.sendLine(text.encode("utf-8"))
 
-    def start(self):
+    async def start(self, daemon):
+        self._daemon = daemon
+        status = await self.call("subscribe")
+        me = await self.call("status")
         self._io = ChatInput(self)
         stdio.StandardIO(self._io)
-        self.show(f"securechat: {self._client.user} (device {self._client.device}). /help for help.")
+        self.show(f"securechat: {me['user']} (device {me['device']}). /help for help.")
+        if status["state"] != "connected":
+            self.connection_state(status["state"], me["state_detail"])
+        self.show_unread()
+
+    def notified(self, method, params):
+        if method == "message":
+            self.show_unread()
+        elif method == "state":
+            self.connection_state(params["state"], params["detail"])
+        elif method == "verify.show":
+            self.show(params["text"])
 
     def handle_line(self, line):
         if not line:
@@ -79,12 +101,15 @@ class Chat:
         d = defer.ensureDeferred(self._dispatch(line))
         d.addErrback(self._report)
 
+    def connection_state(self, state, detail):
+        """Say each change of the connection (not each attempt: ``connecting``)."""
+        if state != "connecting":
+            self.show(f"* {state}: {detail}")
+
     def _report(self, failure):
         error = failure.value
-        if isinstance(error, (ClientError, TrustError, VerificationFailed)):
+        if isinstance(error, CommandFailed):
             self.show(f"! {safe(error)}")
-        elif isinstance(error, RemoteError):
-            self.show(f"! the server refused: {safe(error.message)}")
         else:
             self.show(f"! unexpected error: {safe(repr(error))}")
 
@@ -93,7 +118,7 @@ class Chat:
             if self._peer is None:
                 self.show("! choose whom to talk to first: /msg USER or /room ROOM")
             elif self._peer.startswith("#"):
-                await self._client.rooms.say(self._peer[1:], line)
+                await self.call("say", room=self._peer[1:], text=line)
             else:
                 await self._send_text(self._peer, line)
             return
@@ -121,8 +146,9 @@ class Chat:
             await self._send_text(user, text)
 
     async def _send_text(self, user, text):
-        if not await self._client.send_text(user, text):
-            self.show(f"! {NO_OTHER_DEVICE}")
+        result = await self.call("send", user=user, text=text)
+        if result["notice"]:
+            self.show(f"! {result['notice']}")
 
     async def do_room(self, rest):
         room, _, text = rest.partition(" ")
@@ -132,22 +158,22 @@ class Chat:
         self._peer = "#" + room
         self.show(f"talking in {room}")
         if text:
-            await self._client.rooms.say(room, text)
+            await self.call("say", room=room, text=text)
 
     async def do_create(self, rest):
-        await self._client.rooms.create(rest)
+        await self.call("rooms.create", room=rest)
         self.show(f"created {rest}")
 
     async def do_join(self, rest):
-        result = await self._client.rooms.join(rest)
+        result = await self.call("join", room=rest)
         self.show(f"joined {rest}: " + ", ".join(map(safe, result["members"])))
 
     async def do_leave(self, rest):
-        await self._client.rooms.leave(rest)
+        await self.call("leave", room=rest)
         self.show(f"left {rest}")
 
     async def do_history(self, rest):
-        for record in await self._client.rooms.history(rest):
+        for record in (await self.call("history", room=rest))["messages"]:
             self.show(format_history(record, terminal_width(sys.stdout)))
 
     async def do_invite(self, rest):
@@ -161,71 +187,89 @@ class Chat:
 
     async def _moderate(self, action, rest):
         room, _, user = rest.partition(" ")
-        self.show(await self._client.rooms.moderate(action, room, user.strip()))
+        self.show((await self.call(action, room=room, user=user.strip()))["text"])
 
     async def do_broadcast(self, rest):
-        await self._client.rooms.say(BROADCAST_ROOM, rest)
+        await self.call("broadcast", text=rest)
 
     async def do_rooms(self, rest):
-        rooms = (await self._client.request("rooms.list"))["rooms"]
+        rooms = (await self.call("rooms.list"))["rooms"]
         self.show("rooms: " + (", ".join(map(safe, rooms)) if rooms else "(none)"))
 
     async def do_who(self, rest):
-        members = (await self._client.request("room.members", room=rest))["members"]
+        members = (await self.call("members", room=rest))["members"]
         for user, devices in members.items():
             self.show(f"  {safe(user)}: {', '.join(map(safe, devices)) or '(no device)'}")
 
     async def do_fingerprint(self, rest):
-        self.show(f"{self._client.user}: {key_fingerprint(self._client.crypto.identity_key)}")
+        result = await self.call("fingerprint")
+        self.show(f"{result['user']}: {result['fingerprint']}")
 
     async def do_trust(self, rest):
-        await self._client.trusted_devices(rest, sending=False)
-        key = self._client.contacts.trust(rest)
-        self.show(f"accepted {rest}'s new key" if key else f"{rest}'s key has not changed")
+        result = await self.call("trust", user=rest)
+        self.show(f"accepted {rest}'s new key" if result["accepted"]
+                  else f"{rest}'s key has not changed")
 
     async def do_verify(self, rest):
+        """The daemon runs the exchange (its steps arrive as ``verify.show``); the answer
+        to its question is the next line typed."""
         user = shlex.split(rest)[0] if rest else None
         if not user:
             self.show("! usage: /verify USER")
             return
         self._verifying = True
         try:
-            await self._commands.run_verification(self._client, user, self._ask)
+            question = await self.call("verify", user=user)
+            self.show("Do they match? [y/N]")
+            answer = await self._answers.get()
+            await self.call("verify.confirm", verification=question["verification"],
+                            match=answer.lower() in ("y", "yes"))
         finally:
             self._verifying = False
 
-    async def _ask(self):
-        self.show("Do they match? [y/N]")
-        answer = await self._answers.get()
-        return answer.lower() in ("y", "yes")
-
     def show_unread(self):
         """Show every stored message not shown yet (received now or by another command)."""
-        if self._io is not None:
-            self._commands.show_unread(self._client, lambda record: self.show(
-                format_message(record, terminal_width(sys.stdout))))
+        d = self._showing.run(lambda: defer.ensureDeferred(self._show_unread()))
+        d.addErrback(self._report)
 
-    def connection_state(self, state, detail):
-        """Say each change of the connection (not each attempt: ``connecting``)."""
-        if state != "connecting":
-            self.show(f"* {state}: {detail}")
+    async def _show_unread(self):
+        while True:
+            page = await self.call("inbox")
+            for record in page["messages"]:
+                self.show(format_message(record, terminal_width(sys.stdout)))
+            if not page["more"]:
+                return
 
     def quit(self):
         if not self.done.called:
             self.done.callback(0)
 
+    def daemon_lost(self):
+        if not self.done.called:
+            self.show("! the daemon stopped: the chat ends")
+            self.done.callback(EXIT_UNREACHABLE)
 
-async def run_chat(commands):
-    holder = {}
-    client = commands.client(on_message=lambda record: holder["chat"].show_unread(),
-                             on_state=lambda state, detail: holder["chat"].connection_state(
-                                 state, detail))
-    chat = Chat(commands, client)
-    holder["chat"] = chat
-    await client.open()
-    chat.start()
-    chat.show_unread()
+
+async def run_chat(reactor, settings):
+    """Chat through the running daemon, or through one started here for the chat's time."""
+    own = None
+    running = DaemonConnection.find(settings.data_dir)
+    if running is not None:
+        running.close()
+    else:
+        own = Daemon(reactor, settings, read_password(settings))
+        try:
+            await own.start()
+        except Exception as e:
+            await own.stop()
+            raise as_command_failed(e) from None
+    chat = Chat()
+    connection = await daemon_client.connect(reactor, settings.data_dir, chat.notified)
+    connection.closed.addCallback(lambda _: chat.daemon_lost())
     try:
+        await chat.start(connection)
         return await chat.done
     finally:
-        await client.disconnect()
+        connection.transport.loseConnection()
+        if own is not None:
+            await own.stop()

@@ -140,7 +140,7 @@ class Receiver:
         return d
 
     async def _process(self, frame):
-        client, store = self._client, self._client.store
+        store = self._client.store
         env = frame["envelope"]
         room = env.get("room") if env["kind"] == "megolm" else None
         try:

@@ -6,6 +6,7 @@ receiver pipelines.  Every public method returns a Deferred-compatible
 coroutine; errors are ``ClientError`` with an exit code the CLI passes on.
 """
 
+import collections
 import os
 import secrets
 import shutil
@@ -45,9 +46,14 @@ EXIT_RATE_LIMITED = 8
 EXIT_UNAVAILABLE = 9
 
 SALTED_WITH = "login_secret_salted_with"
-"""Key store meta: the relay id the account's login secret is salted with.  Absent in a
-key store registered before relays had ids: its secret is salted with the address typed
-then, until the first login moves it (``Client._move_login_secret``)."""
+"""Key store meta of a device registered before password keys: the relay id its legacy
+login secret is salted with; absent when that secret is salted with the address typed at
+registration (before relays had ids)."""
+
+PASSWORD_KEY_AT = "password_key_relay"
+"""Key store meta: the relay id the account's password key is salted with (and known to
+that relay).  Absent in a key store registered before password keys: the first login
+moves the account (``Client._move_to_password_key``)."""
 
 
 NO_OTHER_DEVICE = "sent to no device: you have no other device to deliver a note to yourself"
@@ -98,6 +104,11 @@ def relay_id(answer):
     return relay
 
 
+Challenge = collections.namedtuple("Challenge", "relay nonce binding")
+"""A connection's login challenge: the relay's id, its nonce, and the connection's TLS
+channel binding (``tls.channel_binding``)."""
+
+
 def new_device_id():
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     return "".join(secrets.choice(alphabet) for _ in range(10))
@@ -119,6 +130,7 @@ class Client:
         self.protocol = None
         self.queued_at_login = 0
         self._directory = {}
+        self._password_keys = {}  # relay id -> password key (one argon2 run per process)
         self._key_top_up = defer.DeferredLock()  # one top-up at a time (login, keys.low)
         self.sender = Sender(self)
         self.rooms = RoomClient(self)
@@ -150,10 +162,11 @@ class Client:
         try:
             await self._connect()
             relay = relay_id(await self.request("ping"))
-            await self.request("register", user=self.user, secret=self._login_secret(relay),
+            await self.request("register", user=self.user,
+                               password_key=self._public_password_key(relay),
                                identity_key=self.crypto.identity_key)
             with self.store.transaction():
-                self.store.set_meta(SALTED_WITH, relay)
+                self.store.set_meta(PASSWORD_KEY_AT, relay)
         except BaseException:
             self._discard_new_store(directory)
             raise
@@ -366,25 +379,35 @@ class Client:
         store, server = self.store, self.settings.server
         return store.server_pin(server) or store.server_pin(store.meta("server", server))
 
-    def _login_secret(self, relay):
-        return wire.b64encode(passwords.login_secret(self._password, relay, self.user))
+    def _password_key(self, relay):
+        """The account's password key on ``relay`` (argon2id: derived once per process)."""
+        if relay not in self._password_keys:
+            self._password_keys[relay] = passwords.password_key(self._password, relay,
+                                                                self.user)
+        return self._password_keys[relay]
+
+    def _public_password_key(self, relay):
+        return wire.b64encode(bytes(self._password_key(relay).verify_key))
 
     async def _login(self):
-        """Log in: by signing the connection's challenge with the device key once the device
-        has published its keys, with the password-derived secret before that."""
+        """Log in by signing the connection's challenge (bound to the relay's id, this
+        device and this TLS session): with the device key once the device has published
+        its keys, with the password key before that."""
         by_key = self.store.meta("device_list_version") is not None  # keys published
         try:
-            challenge = await self.request("login.challenge")
-            relay_id(challenge)
+            challenge = await self._challenge()
             if not by_key:
                 try:
-                    result = await self.request(
-                        "login", user=self.user, device=self.device,
-                        secret=self._login_secret(challenge["relay"]))
+                    result = await self._log_in_by_password(challenge)
                 except RemoteError as e:
-                    if e.code != "device_key_required":  # its keys got there before a crash
+                    if e.code != "device_key_required":
                         raise
+                    # Its keys got there before a crash: log in by them, on a new
+                    # connection (this one's challenge went to the password proof).
                     by_key = True
+                    self.protocol.transport.loseConnection()
+                    await self._connect()
+                    challenge = await self._challenge()
             if by_key:
                 result = await self._log_in_by_device_key(challenge)
         except RemoteError as e:
@@ -398,38 +421,61 @@ class Client:
                 raise refusal(e) from None
             raise ClientError(f"login refused: {e.message}", EXIT_AUTH) from None
         self.queued_at_login = result["queued"]
-        if self.store.meta(SALTED_WITH) != challenge["relay"]:
-            await self._move_login_secret(challenge["relay"])
+        if self.store.meta(PASSWORD_KEY_AT) != challenge.relay:
+            await self._move_to_password_key(challenge.relay)
         return result
 
-    def _log_in_by_device_key(self, challenge):
-        """Sign the relay's challenge, bound to its id, this device and this TLS session."""
+    async def _challenge(self):
+        """This connection's login challenge, with what a login signs besides."""
+        challenge = await self.request("login.challenge")
+        relay = relay_id(challenge)
         try:
             nonce = wire.b64decode(challenge.get("nonce"))
         except (TypeError, ValueError):
             raise ClientError("the server's login challenge carries no nonce") from None
-        fields = wire.device_login_fields(challenge["relay"], self.user, self.device, nonce,
-                                          channel_binding(self.protocol.transport))
+        return Challenge(relay, nonce, channel_binding(self.protocol.transport))
+
+    def _log_in_by_device_key(self, challenge):
+        """Sign the relay's challenge, bound to its id, this device and this TLS session."""
+        fields = wire.device_login_fields(challenge.relay, self.user, self.device,
+                                          challenge.nonce, challenge.binding)
         return self.request("login", user=self.user, device=self.device,
                             signature=self.crypto.sign_as_device(fields))
 
-    async def _move_login_secret(self, relay):
-        """An account registered before relays had ids has its login secret salted with the
-        address typed then: replace it with the relay-id-salted one, once (the relay checks
-        the old secret first).  Refused as wrong, the relay already holds another secret
-        (another device of the account moved it, or it was changed): nothing to move."""
-        old = passwords.address_salted_login_secret(
-            self._password, self.store.meta("server", self.settings.server), self.user)
+    def _log_in_by_password(self, challenge):
+        """Sign the relay's challenge with the password key, under the password context."""
+        message = wire.password_login_message(challenge.relay, self.user, self.device,
+                                              challenge.nonce, challenge.binding)
+        signature = self._password_key(challenge.relay).sign(message).signature
+        return self.request("login", user=self.user, device=self.device,
+                            password_signature=wire.b64encode(signature))
+
+    async def _move_to_password_key(self, relay):
+        """An account registered before password keys: the relay holds an argon2 hash of
+        its legacy login secret (salted with the address typed at registration, or with
+        the relay's id).  Send that secret once with the public password key, which the
+        relay stores in the hash's place after checking it.  ``nothing_to_move`` (another
+        device of the account moved it) or ``auth_failed`` (the relay holds another
+        secret): nothing this device can move; either way it is recorded, never sent
+        again.  A limit or an outage leaves it to the next login."""
+        if self.store.meta(SALTED_WITH) == relay:
+            legacy = passwords.legacy_login_secret(self._password, relay, self.user)
+        else:
+            legacy = passwords.address_salted_login_secret(
+                self._password, self.store.meta("server", self.settings.server), self.user)
         try:
-            await self.request("account.secret", old_secret=wire.b64encode(old),
-                               secret=self._login_secret(relay))
+            await self.request("account.move", legacy_secret=wire.b64encode(legacy),
+                               password_key=self._public_password_key(relay))
         except RemoteError as e:
-            if e.code != "auth_failed":  # a limit or an outage: tried again next login
-                self.log.warn("moving the login secret to the relay's id failed: {error}",
+            if e.code not in ("nothing_to_move", "auth_failed"):
+                self.log.warn("moving the account to a password key failed: {error}",
                               error=e)
                 return
+            if e.code == "auth_failed":
+                self.log.warn("the relay holds another legacy login secret of this account: "
+                              "not moved to a password key")
         with self.store.transaction():
-            self.store.set_meta(SALTED_WITH, relay)
+            self.store.set_meta(PASSWORD_KEY_AT, relay)
 
     # -- keys ---------------------------------------------------------------------
 

@@ -8,16 +8,21 @@
     data_dir = ~/.securechat/alice        ; relative paths: from this file's directory
     ca_file = /etc/ssl/certs/ca.pem       ; optional: verify with a CA instead of pinning
     server_fingerprint = AB:CD:...        ; optional: the pin, instead of trusting on first use
+    password_command = pass show chat     ; optional: a command printing the password
+
+It imports nothing beyond the standard library, ``securechat.config`` and
+``securechat.wire``: the path that hands a command to a running daemon reads
+it and must start fast (no Twisted, no crypto).
 """
 
 import os
+import shlex
 from dataclasses import dataclass
 
 from securechat import wire
-from securechat.client.tls import normalise_fingerprint
 from securechat.config import ConfigError, read_ini
 
-KEYS = ("server", "username", "data_dir", "ca_file", "server_fingerprint")
+KEYS = ("server", "username", "data_dir", "ca_file", "server_fingerprint", "password_command")
 
 
 @dataclass(frozen=True)
@@ -29,11 +34,20 @@ class ClientSettings:
     ca_file: str
     server_fingerprint: str
     source: str
+    password_command: tuple = ()
+    """The argv of ``password_command`` (split like a shell would, run without one)."""
 
     @property
     def server(self):
         """The server's name as used in derivations and pins: ``host:port``."""
         return f"{self.host.lower()}:{self.port}"
+
+
+def normalise_fingerprint(text):
+    hexdigits = text.replace(":", "").strip().upper()
+    if len(hexdigits) != 64 or any(c not in "0123456789ABCDEF" for c in hexdigits):
+        raise ValueError(f"not a SHA-256 fingerprint: {text!r}")
+    return ":".join(hexdigits[i : i + 2] for i in range(0, 64, 2))
 
 
 def load(path):
@@ -68,5 +82,9 @@ def load(path):
             fingerprint = normalise_fingerprint(fingerprint)
         except ValueError as e:
             raise bad("server_fingerprint", str(e)) from None
+    try:
+        password_command = tuple(shlex.split(section.get("password_command", "")))
+    except ValueError as e:
+        raise bad("password_command", str(e)) from None
     return ClientSettings(host.strip("[]"), int(port), username, data_dir, ca_file, fingerprint,
-                          path)
+                          path, password_command)

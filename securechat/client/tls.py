@@ -16,6 +16,7 @@ from twisted.python.compat import nativeString
 from zope.interface import implementer
 
 from securechat import wire
+from securechat.client.settings import normalise_fingerprint
 
 
 class FingerprintMismatch(Exception):
@@ -28,13 +29,6 @@ class FingerprintMismatch(Exception):
         )
         self.expected = expected
         self.seen = seen
-
-
-def normalise_fingerprint(text):
-    hexdigits = text.replace(":", "").strip().upper()
-    if len(hexdigits) != 64 or any(c not in "0123456789ABCDEF" for c in hexdigits):
-        raise ValueError(f"not a SHA-256 fingerprint: {text!r}")
-    return ":".join(hexdigits[i : i + 2] for i in range(0, 64, 2))
 
 
 def certificate_fingerprint(x509):

@@ -1,19 +1,27 @@
 """Everything derived from a user's password, each with its own salt.
 
-The password itself never leaves the machine.  The server gets a *login
-secret* derived with argon2id and salted with the relay's own stable id (as
-the relay reports it) and the user name: the same password on two relays
-gives unrelated secrets, and any spelling of one relay's address
-(``localhost:6698``, ``127.0.0.1:6698``) the same one.  It crosses the wire
-only to register, to log in a new device and to change it; a registered
+The password itself never leaves the machine, and nothing derived from it
+that would work again does either.  The client derives with argon2id an
+Ed25519 *password key*, salted with the relay's own stable id (as the relay
+reports it) and the user name: the same password on two relays gives
+unrelated keys, and any spelling of one relay's address (``localhost:6698``,
+``127.0.0.1:6698``) the same one.  The relay knows only its public half
+(given at registration); a password proof is a signature of a challenge
+bound to the TLS session, worthless on any other connection, so an
+interceptor learns nothing it could replay on the real relay.  A registered
 device logs in by its device key.  The local key store is unlocked by a
 different argon2id derivation with a random salt kept in the store.
 Knowing one derived value tells nothing about the other.
+
+The two *legacy login secrets* are what accounts registered before password
+keys sent to the relay; they are derived only to move such an account to a
+password key, once.
 """
 
 import hashlib
 
 from nacl import pwhash
+from nacl.signing import SigningKey
 
 LOGIN_OPS = pwhash.argon2id.OPSLIMIT_INTERACTIVE
 LOGIN_MEM = pwhash.argon2id.MEMLIMIT_INTERACTIVE
@@ -27,17 +35,25 @@ def _salt(*parts):
     return hashlib.sha256(text).digest()[:SALT_BYTES]
 
 
-def login_secret(password, relay_id, user):
-    """32 bytes the relay checks (it stores only an argon2id hash of them), salted with the
-    relay's stable id."""
+def password_key(password, relay_id, user):
+    """The account's Ed25519 password key (a ``nacl.signing.SigningKey``); the relay stores
+    its public half and checks the password proofs it signs."""
+    salt = _salt("securechat-password-key-v1", relay_id, user)
+    return SigningKey(pwhash.argon2id.kdf(32, password.encode("utf-8"), salt, LOGIN_OPS,
+                                          LOGIN_MEM))
+
+
+def legacy_login_secret(password, relay_id, user):
+    """The legacy login secret salted with the relay's stable id (what accounts registered
+    between relay ids and password keys sent; the relay kept an argon2id hash of it)."""
     salt = _salt("securechat-login-v2", relay_id, user)
     return pwhash.argon2id.kdf(32, password.encode("utf-8"), salt, LOGIN_OPS, LOGIN_MEM)
 
 
 def address_salted_login_secret(password, server, user):
     """The login secret of accounts registered before relays had an id: salted with the
-    server address as typed at registration.  Only to move such an account's secret to
-    ``login_secret`` (the relay checks the old one before taking the new)."""
+    server address as typed at registration.  Only to move such an account to a password
+    key (the relay checks it against its hash before taking the key)."""
     salt = _salt("securechat-login-v1", server.lower(), user)
     return pwhash.argon2id.kdf(32, password.encode("utf-8"), salt, LOGIN_OPS, LOGIN_MEM)
 

@@ -7,13 +7,19 @@ relay checks the signature against the device's published Ed25519 key
 restart followed by thousands of reconnecting devices is not a queue of
 password hashes, and nothing reusable crosses the wire.
 
-The password is needed only where no device key can vouch: registering, a
-new device's first login, changing the secret.  The client never sends the
-password itself but a login secret derived from it (see docs/protocol.rst),
-and the server keeps only an argon2id hash of that secret.  argon2id costs
-64 MiB and tens of milliseconds per call, so it runs in the reactor's thread
-pool behind a fair queue that bounds how many run at once (memory and CPU
-stay predictable under a login storm) and serves clients in turn, logins
+The password is needed only where no device key can vouch: a new device's
+first login and a password change.  It is proved the same way, by a signature
+of the connection's challenge under its own context
+(``wire.password_login_message``) with the account's *password key*, an
+Ed25519 key the client derives from the password; the relay holds only its
+public half (``PasswordKeys``).  No value that would work on another
+connection crosses the wire, and account logins cost no argon2 work.
+
+argon2id (64 MiB and tens of milliseconds per call) remains for room
+passwords and, once per account, for the legacy login secret of an account
+registered before password keys (``LegacySecrets``).  It runs in the
+reactor's thread pool behind a fair queue that bounds how many run at once
+(memory and CPU stay predictable) and serves clients in turn, account moves
 first (see ``securechat.server.fairqueue``).
 """
 
@@ -25,7 +31,7 @@ from nacl.signing import VerifyKey
 from twisted.cred import credentials, error, portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, threads
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, Interface, implementer, implementer_only
 
 from securechat.server.fairqueue import FairQueue, QueueFull
 from securechat import wire
@@ -33,27 +39,10 @@ from securechat.server.ratelimit import rate_limited
 from securechat.wire import ProtocolError
 
 LOGIN_WORK = 0
-"""Logins and registrations, queued per client address: always served first."""
+"""Legacy login secrets of accounts moving to a password key, queued per client address:
+always served first."""
 ROOM_WORK = 1
 """Room password checks and hashes, queued per user."""
-
-
-class IDeviceSecret(credentials.ICredentials):
-    """A device of an account proving the account's login secret."""
-
-    user = Attribute("user name")
-    device = Attribute("device id")
-    secret = Attribute("login secret, bytes")
-    address = Attribute("the client's address (failures are counted per account and address)")
-
-
-@implementer(IDeviceSecret)
-class DeviceSecret:
-    def __init__(self, user, device, secret, address):
-        self.user = user
-        self.device = device
-        self.secret = secret
-        self.address = address
 
 
 class IDeviceSignature(credentials.ICredentials):
@@ -74,6 +63,23 @@ class DeviceSignature:
         self.message = message
         self.signature = signature
         self.address = address
+
+
+class IPasswordSignature(credentials.ICredentials):
+    """A device not yet known to the relay proving the account's password: a signature of
+    ``message`` by the account's password key.  Not an ``IDeviceSignature``, so the portal
+    never hands a password proof to the device-key checker, nor the reverse."""
+
+    user = Attribute("user name")
+    device = Attribute("device id")
+    message = Attribute("the signed bytes (wire.password_login_message)")
+    signature = Attribute("the Ed25519 signature by the password key, bytes")
+    address = Attribute("the client's address (failures are counted per account and address)")
+
+
+@implementer_only(IPasswordSignature)
+class PasswordSignature(DeviceSignature):
+    """A device signature's fields, for the password key's checker only."""
 
 
 class IDevice(Interface):
@@ -138,56 +144,97 @@ def _refuse_when_full(failure):
     raise rate_limited("too many password checks of yours are waiting", 1)
 
 
-class AccountSecrets:
-    """Checks and replaces an account's login secret against its stored argon2id hash.
+class LegacySecrets:
+    """Moves an account registered before password keys to its password key, once.
 
-    An unknown user and a wrong secret get the same error after the same
-    work (a hash of a dummy secret), so a caller cannot probe for names.
-    The ``guard`` (``ratelimit.LoginGuard``) refuses, before any argon2 work,
-    an address or an (account, address) pair that failed too often.
+    Such an account's row holds an argon2id hash of its legacy login secret.
+    Its device, logged in by device key, sends that secret once with the new
+    password key; the relay checks the secret (argon2 through the fair queue,
+    limited like a login by the ``guard``, ``ratelimit.LoginGuard``) and then
+    stores the key in place of the hash.
     """
 
-    def __init__(self, store, hasher, dummy_hash, guard):
+    def __init__(self, store, hasher, guard):
         self._store = store
         self._hasher = hasher
-        self._dummy_hash = dummy_hash
         self._guard = guard
 
-    async def check(self, user, secret, address):
-        """Return when ``secret`` is the account's; else ``UnauthorizedLogin``."""
+    async def move(self, user, legacy_secret, password_key, address):
+        """Store ``password_key`` once ``legacy_secret`` matches the account's hash;
+        ``nothing_to_move`` when the account already holds a password key,
+        ``UnauthorizedLogin`` for a wrong secret."""
+        account = await self._store.get_account(user)
+        hashed = account and account["secret_hash"]
+        if not hashed:
+            raise ProtocolError("nothing_to_move", "the account already has a password key")
         self._guard.attempt(user, address)
         try:
-            account = await self._store.get_account(user)
-            hashed = account["secret_hash"] if account else self._dummy_hash
-            matches = await self._hasher.verify(hashed, secret, LOGIN_WORK, address)
+            matches = await self._hasher.verify(hashed, legacy_secret, LOGIN_WORK, address)
         except Exception:
             self._guard.login_abandoned(user, address)
             raise
-        if account is None or not matches:
+        if not matches:
+            raise error.UnauthorizedLogin("wrong legacy login secret")
+        self._guard.login_succeeded(user, address)
+        if not await self._store.move_to_password_key(user, hashed, password_key):
+            raise ProtocolError("nothing_to_move", "the account already has a password key")
+
+
+class PasswordKeys:
+    """Checks a signature by an account's password key, and changes that key.
+
+    No argon2 work: an Ed25519 verification and a store read.  Unlike a
+    device key's login, a password proof counts as failed from the moment it
+    is let through (``LoginGuard.attempt``): it can be guessed (with offline
+    argon2 work per guess), password proofs are rare (a new device, a
+    password change), and guesses sent at once must not all pass the limit
+    before the first is counted.  An unknown user, an account not moved to a
+    password key yet and a wrong signature get the same error.
+    """
+
+    def __init__(self, store, guard):
+        self._store = store
+        self._guard = guard
+
+    async def prove(self, user, message, signature, address):
+        """Fire with the account's password key (base64) when ``signature`` is its
+        signature of ``message``; else ``UnauthorizedLogin``."""
+        self._guard.attempt(user, address)
+        try:
+            account = await self._store.get_account(user)
+        except Exception:
+            self._guard.login_abandoned(user, address)
+            raise
+        key = account and account["password_key"]
+        if not key or not _verifies(key, message, signature):
             raise error.UnauthorizedLogin("wrong user name or password")
         self._guard.login_succeeded(user, address)
+        return key
 
-    async def replace(self, user, old_secret, new_secret, address):
-        """Store the hash of ``new_secret`` once ``old_secret`` is proved the current one."""
-        await self.check(user, old_secret, address)
-        hashed = await self._hasher.hash(new_secret, LOGIN_WORK, address)
-        await self._store.set_secret_hash(user, hashed)
+    async def change(self, user, message, signature, new_key, address):
+        """Replace the account's password key by ``new_key`` once ``signature`` proves the
+        current one (a password change)."""
+        key = await self.prove(user, message, signature, address)
+        if not await self._store.replace_password_key(user, key, new_key):
+            raise ProtocolError("password_changed", "the password was changed meanwhile; "
+                                                    "prove the new one")
 
 
 @implementer(ICredentialsChecker)
-class SecretChecker:
-    """A device not yet known to the relay logs in with the account's login secret.
+class PasswordKeyChecker:
+    """A device not yet known to the relay logs in with the account's password key.
 
-    A device that has published its keys logs in by its key only: the
-    login secret (which crossed the wire at registration) cannot be used to
-    take the place of an existing device and read or acknowledge its queue.
+    A device that has published its keys logs in by its key only
+    (``device_key_required``): a password proof cannot take the place of an
+    existing device and read or acknowledge its queue.  The proof is checked
+    by ``PasswordKeys.prove``.
     """
 
-    credentialInterfaces = (IDeviceSecret,)
+    credentialInterfaces = (IPasswordSignature,)
 
-    def __init__(self, store, secrets):
+    def __init__(self, store, password_keys):
         self._store = store
-        self._secrets = secrets
+        self._password_keys = password_keys
 
     def requestAvatarId(self, creds):
         return defer.ensureDeferred(self._check(creds))
@@ -197,7 +244,8 @@ class SecretChecker:
             raise ProtocolError(
                 "device_key_required",
                 f"device {creds.device} has published keys: it logs in with its device key")
-        await self._secrets.check(creds.user, creds.secret, creds.address)
+        await self._password_keys.prove(creds.user, creds.message, creds.signature,
+                                        creds.address)
         return (creds.user, creds.device, None)
 
 
@@ -247,6 +295,16 @@ def _signed_by(device_keys, message, signature):
     return True
 
 
+def _verifies(public_key, message, signature):
+    """Whether ``signature`` is the Ed25519 signature of ``message`` by ``public_key``
+    (base64)."""
+    try:
+        VerifyKey(wire.b64decode(public_key)).verify(message, signature)
+    except (BadSignatureError, ValueError):
+        return False
+    return True
+
+
 @implementer(portal.IRealm)
 class DeviceRealm:
     """Turns a checked ``(user, device, login_counts or None)`` into an avatar attached to
@@ -264,6 +322,6 @@ class DeviceRealm:
         return IDevice, avatar, lambda: self._relay.detach(user, device, mind)
 
 
-def make_portal(store, relay, secrets, guard):
-    return portal.Portal(DeviceRealm(relay),
-                         [SecretChecker(store, secrets), DeviceKeyChecker(store, guard)])
+def make_portal(store, relay, guard, password_keys):
+    return portal.Portal(DeviceRealm(relay), [PasswordKeyChecker(store, password_keys),
+                                              DeviceKeyChecker(store, guard)])

@@ -4,7 +4,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from securechat.server.admission import UnauthenticatedPerAddress, client_address
-from securechat.server.auth import AccountSecrets, make_portal
+from securechat.server.auth import LegacySecrets, PasswordKeys, make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
 from securechat.server.protocol import RelayProtocol
@@ -19,7 +19,7 @@ class RelayFactory(ServerFactory):
 
     log = Logger()
 
-    def __init__(self, config, store, clock, hasher, dummy_hash, relay_id):
+    def __init__(self, config, store, clock, hasher, relay_id):
         self.config = config
         self.relay_id = relay_id  # the store's: the same on every node of one database
         self.store = store
@@ -29,8 +29,9 @@ class RelayFactory(ServerFactory):
         self.store_outage = OutageLog(clock)
         self.relay = Relay(store, self.devices, clock, self.store_outage)
         self.login_guard = LoginGuard(clock, config)
-        self.account_secrets = AccountSecrets(store, hasher, dummy_hash, self.login_guard)
-        self.portal = make_portal(store, self.relay, self.account_secrets, self.login_guard)
+        self.legacy_secrets = LegacySecrets(store, hasher, self.login_guard)
+        self.password_keys = PasswordKeys(store, self.login_guard)
+        self.portal = make_portal(store, self.relay, self.login_guard, self.password_keys)
         self.key_claims = KeyClaimLimits(clock, config)
         self.keys = KeyDirectory(store, self.devices, self.relay, self.key_claims,
                                  config.one_time_keys_low)

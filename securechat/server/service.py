@@ -3,7 +3,6 @@
 import gc
 import os
 
-from nacl.utils import random as random_bytes
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
@@ -11,7 +10,7 @@ from twisted.logger import Logger
 
 import securechat
 from securechat import database_url
-from securechat.server.auth import LOGIN_WORK, SecretHasher
+from securechat.server.auth import SecretHasher
 from securechat.server.datadir import prepare_data_dir
 from securechat.server.factory import RelayFactory
 from securechat.server.fdlimit import raise_open_file_limit
@@ -81,10 +80,8 @@ class RelayService(service.Service):
         await self._open_store()
         hasher = SecretHasher(self.reactor, self.config.argon2_concurrency,
                               self.config.argon2_waiting_per_client)
-        dummy_hash = await hasher.hash(random_bytes(32), LOGIN_WORK, "start-up")
         relay_id = await self.store.relay_id()
-        self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, dummy_hash,
-                                    relay_id)
+        self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, relay_id)
         try:
             self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
                                    self.config.interface)

@@ -31,7 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from securechat import wire
-from securechat.server.auth import LOGIN_WORK, DeviceSecret, DeviceSignature, IDevice
+from securechat.server.auth import DeviceSignature, IDevice, PasswordSignature
 from securechat.server.ratelimit import TokenBucket
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError
@@ -190,11 +190,12 @@ class ConnectionSession:
         return {"relay": self._server.relay_id, "nonce": wire.b64encode(self._challenge)}
 
     async def op_register(self, fields):
+        """Create an account holding the public half of its password key (no secret: the
+        relay never sees anything that would prove the password on another connection)."""
         self._server.login_guard.registering(self._peer)
-        hashed = await self._server.hasher.hash(wire.b64decode(fields["secret"]), LOGIN_WORK,
-                                                self._peer)
         try:
-            await self._server.store.create_account(fields["user"], hashed, fields["identity_key"])
+            await self._server.store.create_account(fields["user"], fields["password_key"],
+                                                    fields["identity_key"])
         except store_errors.UserExists:
             raise ProtocolError("user_exists", f"user name {fields['user']!r} is taken")
         self.log.info("Registered user {user}", user=fields["user"])
@@ -226,25 +227,33 @@ class ConnectionSession:
         return {"user": user, "device": device, **counts}
 
     def _credentials(self, user, device, fields):
-        """A device-key login's signature (over this connection's challenge and TLS session),
-        or a new device's login secret; a signed login uses the challenge up, right or wrong."""
-        signature, secret = fields["signature"], fields["secret"]
-        if (signature is None) == (secret is None):
-            raise ProtocolError("bad_field", "a login carries either 'signature' (a device "
-                                             "with published keys) or 'secret' (a new device)")
-        if secret is not None:
-            return DeviceSecret(user, device, wire.b64decode(secret), self._peer)
+        """A login's signature over this connection's challenge and TLS session: by the
+        device key (a device with published keys), or by the password key (a new device,
+        ``password_signature``); either uses the challenge up, right or wrong."""
+        signature, by_password = fields["signature"], fields["password_signature"]
+        if (signature is None) == (by_password is None):
+            raise ProtocolError("bad_field", "a login carries either 'signature' (a device with "
+                                             "published keys) or 'password_signature' (a new "
+                                             "device)")
+        if by_password is not None:
+            signed = self._login_message(wire.password_login_message, user, device)
+            return PasswordSignature(user, device, signed, wire.b64decode(by_password),
+                                     self._peer)
+        message = self._login_message(wire.device_login_message, user, device)
+        return DeviceSignature(user, device, message, wire.b64decode(signature), self._peer)
+
+    def _login_message(self, message, user, device):
+        """``message`` (a ``wire`` login message) of this connection's challenge, which it
+        uses up, and its TLS session."""
         nonce = self._challenge
         if not nonce:
-            raise ProtocolError("no_challenge", "a device-key login signs this connection's "
+            raise ProtocolError("no_challenge", "a login signs this connection's "
                                                 "login.challenge: ask for one first")
         self._challenge = CHALLENGE_USED
         binding = self._connection.tls_exporter()
         if binding is None:
             raise ProtocolError("auth_failed", "this connection has no TLS session to bind to")
-        message = wire.device_login_message(self._server.relay_id, user, device, nonce, binding)
-        return DeviceSignature(user, device, message, wire.b64decode(signature), self._peer)
-
+        return message(self._server.relay_id, user, device, nonce, binding)
 
     # -- authenticated ops --------------------------------------------------
 
@@ -252,17 +261,34 @@ class ConnectionSession:
         self.logged_out()
         return {"bye": True}
 
-    async def op_account_secret(self, fields):
-        """Replace the account's login secret (a password change, or the move of an old
-        account's secret to the relay-id salt), proving the current one first."""
+    async def op_account_move(self, fields):
+        """Move an account registered before password keys to its password key, proving its
+        legacy login secret (the last time a password-derived secret crosses the wire)."""
         try:
-            await self._server.account_secrets.replace(
-                self.user, wire.b64decode(fields["old_secret"]),
-                wire.b64decode(fields["secret"]), self._peer)
+            await self._server.legacy_secrets.move(
+                self.user, wire.b64decode(fields["legacy_secret"]), fields["password_key"],
+                self._peer)
         except cred_error.UnauthorizedLogin:
-            raise ProtocolError("auth_failed", "the current login secret is wrong")
-        self.log.info("User {user} replaced its login secret", user=self.user)
-        return {"replaced": True}
+            raise ProtocolError("auth_failed", "the legacy login secret is wrong")
+        self.log.info("User {user} moved to a password key", user=self.user)
+        return {"moved": True}
+
+    async def op_account_password(self, fields):
+        """Change the password: the new password key, signed for by the current one over
+        this connection's TLS session."""
+        binding = self._connection.tls_exporter()
+        if binding is None:
+            raise ProtocolError("auth_failed", "this connection has no TLS session to bind to")
+        message = wire.password_change_message(self._server.relay_id, self.user, self.device,
+                                               fields["password_key"], binding)
+        try:
+            await self._server.password_keys.change(
+                self.user, message, wire.b64decode(fields["signature"]), fields["password_key"],
+                self._peer)
+        except cred_error.UnauthorizedLogin:
+            raise ProtocolError("auth_failed", "wrong password")
+        self.log.info("User {user} changed its password", user=self.user)
+        return {"changed": True}
 
     async def op_keys_upload(self, fields):
         return await self._server.keys.upload(self.user, self.device, fields)

@@ -27,24 +27,32 @@ class IStore(Interface):
 
     # -- accounts ---------------------------------------------------------
 
-    def create_account(user, secret_hash, identity_key):
+    def create_account(user, password_key, identity_key):
         """Create an account.
 
-        ``secret_hash`` is the argon2id string of the login secret and
-        ``identity_key`` the user's Ed25519 identity key (base64).  Errbacks
-        with ``UserExists`` when the name is taken.
+        ``password_key`` is the Ed25519 public key derived from the password
+        and ``identity_key`` the user's Ed25519 identity key (both base64).
+        Errbacks with ``UserExists`` when the name is taken.
         """
 
     def count_accounts():
         """Fire with the number of accounts."""
 
     def get_account(user):
-        """Fire with ``{"user", "secret_hash", "identity_key", "created"}`` or None."""
+        """Fire with ``{"user", "password_key", "secret_hash", "identity_key", "created"}``
+        or None.  Exactly one of ``password_key`` and ``secret_hash`` is set: the hash
+        (the argon2id string of a legacy login secret) only in an account registered
+        before password keys and not moved yet."""
 
-    def set_secret_hash(user, secret_hash):
-        """Replace the account's argon2id hash of its login secret (a password change, or
-        the move to the relay-id salt).  Fires with True, or False when there is no
-        such account."""
+    def move_to_password_key(user, secret_hash, password_key):
+        """Give an account whose legacy hash is still ``secret_hash`` the password key
+        ``password_key`` in its place.  Fires with True, or False when the account holds
+        no such hash (moved meanwhile, or no such account)."""
+
+    def replace_password_key(user, old_key, new_key):
+        """Replace the account's password key ``old_key`` by ``new_key`` (a password
+        change).  Fires with True, or False when the account's key is not ``old_key``
+        (changed meanwhile, or no such account)."""
 
     def relay_id():
         """Fire with this relay's stable id (text): chosen at random by the first call on

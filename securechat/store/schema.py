@@ -23,11 +23,16 @@ Changelog:
       finds none): clients salt the password-derived login secret with it instead of the
       address they typed, and devices sign it into their logins.  Every node sharing the
       database reports the same id.
+  8 — password keys: an account holds the Ed25519 public key its password derives
+      (password_key) and the relay checks signatures, no argon2 hash of a login
+      secret that crossed the wire.  Accounts from before keep their hash
+      (secret_hash, now nullable) until their device's next login moves them; an
+      account holds exactly one of the two.
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -204,6 +209,20 @@ MIGRATIONS = {
         """CREATE TABLE relay_identity (
             only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
             relay_id TEXT NOT NULL)""",
+    ],
+    8: [
+        # Rebuilt, as SQLite cannot drop a NOT NULL: every existing account keeps its hash.
+        """CREATE TABLE accounts_v8 (
+            user_id TEXT PRIMARY KEY,
+            password_key TEXT,
+            secret_hash TEXT,
+            identity_key TEXT NOT NULL,
+            created BIGINT NOT NULL,
+            CHECK ((password_key IS NULL) <> (secret_hash IS NULL)))""",
+        "INSERT INTO accounts_v8 (user_id, secret_hash, identity_key, created) "
+        "SELECT user_id, secret_hash, identity_key, created FROM accounts",
+        "DROP TABLE accounts",
+        "ALTER TABLE accounts_v8 RENAME TO accounts",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

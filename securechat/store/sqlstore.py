@@ -145,14 +145,17 @@ class SqlStore:
     def stop(self):
         return self._close()
 
-    def create_account(self, user, secret_hash, identity_key):
-        return self._run(accounts.txn_create_account, user, secret_hash, identity_key)
+    def create_account(self, user, password_key, identity_key):
+        return self._run(accounts.txn_create_account, user, password_key, identity_key)
 
     def get_account(self, user):
         return self._run(accounts.txn_get_account, user)
 
-    def set_secret_hash(self, user, secret_hash):
-        return self._run(accounts.txn_set_secret_hash, user, secret_hash)
+    def move_to_password_key(self, user, secret_hash, password_key):
+        return self._run(accounts.txn_move_to_password_key, user, secret_hash, password_key)
+
+    def replace_password_key(self, user, old_key, new_key):
+        return self._run(accounts.txn_replace_password_key, user, old_key, new_key)
 
     def relay_id(self):
         return self._run(accounts.txn_relay_id, secrets.token_urlsafe(RELAY_ID_BYTES))

@@ -10,11 +10,11 @@ from securechat.store.transactions.keys import txn_key_counts
 from securechat.store.transactions.queue import txn_queue_length
 
 
-async def txn_create_account(txn, user, secret_hash, identity_key):
+async def txn_create_account(txn, user, password_key, identity_key):
     if not await txn.execute(
-            "INSERT INTO accounts (user_id, secret_hash, identity_key, created) "
+            "INSERT INTO accounts (user_id, password_key, identity_key, created) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
-            (user, secret_hash, identity_key, txn.now_ms)):
+            (user, password_key, identity_key, txn.now_ms)):
         raise UserExists(user)
 
 
@@ -23,15 +23,22 @@ async def txn_count_accounts(txn):
 
 
 async def txn_get_account(txn, user):
-    return _record(("user", "secret_hash", "identity_key", "created"), await _first(
-        txn, "SELECT user_id, secret_hash, identity_key, created FROM accounts "
-             "WHERE user_id = ?", (user,)))
+    return _record(("user", "password_key", "secret_hash", "identity_key", "created"),
+                   await _first(txn, "SELECT user_id, password_key, secret_hash, identity_key, "
+                                     "created FROM accounts WHERE user_id = ?", (user,)))
 
 
-async def txn_set_secret_hash(txn, user, secret_hash):
+async def txn_move_to_password_key(txn, user, secret_hash, password_key):
     return bool(await txn.execute(
-        "UPDATE accounts SET secret_hash = ? WHERE user_id = ? RETURNING user_id",
-        (secret_hash, user)))
+        "UPDATE accounts SET password_key = ?, secret_hash = NULL "
+        "WHERE user_id = ? AND secret_hash = ? RETURNING user_id",
+        (password_key, user, secret_hash)))
+
+
+async def txn_replace_password_key(txn, user, old_key, new_key):
+    return bool(await txn.execute(
+        "UPDATE accounts SET password_key = ? WHERE user_id = ? AND password_key = ? "
+        "RETURNING user_id", (new_key, user, old_key)))
 
 
 async def txn_relay_id(txn, candidate):

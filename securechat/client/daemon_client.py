@@ -1,0 +1,60 @@
+"""The daemon's socket from Twisted code (``chat``): requests as Deferreds, notifications
+to a callback.  The one-shot commands use the blocking client in rpc.py instead."""
+
+import itertools
+import json
+
+from twisted.internet import defer, endpoints
+from twisted.protocols.basic import LineReceiver
+
+from securechat.client import rpc
+from securechat.client.rpc import CommandFailed
+
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""The longest line read from the daemon (an ``inbox`` page of large messages); the
+daemon is this user's own process, so this only stops a runaway."""
+
+
+class DaemonClient(LineReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_ANSWER_BYTES
+
+    def __init__(self, on_notification):
+        self._ids = itertools.count(1)
+        self._pending = {}
+        self._on_notification = on_notification
+        self.closed = defer.Deferred()
+
+    def call(self, method, **params):
+        """Fire with the result of ``method``, or fail with CommandFailed."""
+        request_id = next(self._ids)
+        d = self._pending[request_id] = defer.Deferred()
+        self.sendLine(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method,
+                                  "params": params}).encode("ascii"))
+        return d
+
+    def lineReceived(self, line):
+        message = json.loads(line)
+        if "id" not in message:
+            self._on_notification(message["method"], message.get("params") or {})
+            return
+        d = self._pending.pop(message["id"], None)
+        if d is None:
+            return
+        if "error" in message:
+            error = message["error"]
+            d.errback(CommandFailed(error["message"],
+                                    (error.get("data") or {}).get("exit_code", rpc.EXIT_ERROR)))
+        else:
+            d.callback(message["result"])
+
+    def connectionLost(self, reason):
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(CommandFailed("the daemon closed the connection", rpc.EXIT_UNREACHABLE))
+        self.closed.callback(None)
+
+
+async def connect(reactor, data_dir, on_notification):
+    endpoint = endpoints.UNIXClientEndpoint(reactor, rpc.socket_path(data_dir))
+    return await endpoints.connectProtocol(endpoint, DaemonClient(on_notification))

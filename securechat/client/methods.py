@@ -1,0 +1,341 @@
+"""What each one-shot command does on an open Client, as JSON-RPC methods.
+
+The daemon serves these on its socket, and a command run without a daemon calls the
+same ``Methods`` on a client it opens itself: both paths run one piece of code and
+return the same result, which ``cli.py`` prints the same way.  Results are plain JSON
+(messages as the objects ``inbox --json`` prints); failures are ``CommandFailed`` with
+the CLI's exit code.
+"""
+
+import json
+
+from twisted.internet import defer
+
+from securechat.client.contacts import TrustError
+from securechat.client.messaging import iso
+from securechat.client.protocol import ConnectionClosed, RemoteError
+from securechat.client.render import message_json
+from securechat.client.rooms import ROOM_MODES
+from securechat.client.rpc import (
+    EXIT_UNREACHABLE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed)
+from securechat.client.session import (
+    EXIT_UNTRUSTED, NO_OTHER_DEVICE, ClientError, Queued, refusal)
+from securechat.client.verification import Verification, VerificationFailed
+from securechat.crypto.fingerprint import key_fingerprint, safety_number
+from securechat.wire import BROADCAST_ROOM
+
+INBOX_PAGE = 500
+"""Messages one ``inbox`` answer holds at most (``more`` says when others wait)."""
+INBOX_MAX_WAIT = 86400
+"""The longest ``inbox`` ``wait``, in seconds (it holds a request in flight meanwhile)."""
+PENDING_STARTS = 16
+"""Verification requests kept until someone runs ``verify`` (the newest ones)."""
+ANSWER_TIMEOUT = 180
+"""Seconds a verification waits for ``verify.confirm`` before it counts as a no."""
+
+
+class InvalidParams(Exception):
+    """A method was called with parameters it does not take (JSON-RPC -32602)."""
+
+    code = INVALID_PARAMS
+
+
+class UnknownMethod(Exception):
+    code = METHOD_NOT_FOUND
+
+
+def public(record):
+    """A stored message as ``inbox --json`` prints it."""
+    return json.loads(message_json(record))
+
+
+def as_command_failed(error):
+    """``error`` as the person sees it (message and exit code), or itself when it is not
+    one a command reports (a bug: the caller logs it)."""
+    if isinstance(error, ClientError):
+        return CommandFailed(str(error), error.exit_code)
+    if isinstance(error, TrustError):
+        return CommandFailed(str(error), getattr(error, "exit_code", 1))
+    if isinstance(error, RemoteError):
+        error = refusal(error)
+        return CommandFailed(str(error), error.exit_code)
+    if isinstance(error, ConnectionClosed):
+        return CommandFailed(f"{error} (the command may not have completed)", EXIT_UNREACHABLE)
+    if isinstance(error, VerificationFailed):
+        return CommandFailed(f"verification failed: {error}", EXIT_UNTRUSTED)
+    return error
+
+
+class Params:
+    """Checked access to a request's ``params``: a wrong or missing one names itself."""
+
+    def __init__(self, method, params):
+        if not isinstance(params, dict):
+            raise InvalidParams(f"{method}: params must be an object")
+        self._method = method
+        self._params = params
+
+    def get(self, name, kind, default=...):
+        value = self._params.get(name, default)
+        if value is ...:
+            raise InvalidParams(f"{self._method}: the parameter {name!r} is missing")
+        if value is not default and (not isinstance(value, kind) or isinstance(value, bool)
+                                     and kind is not bool):
+            what = "a number" if isinstance(kind, tuple) else kind.__name__
+            raise InvalidParams(f"{self._method}: {name!r} must be {what}")
+        return value
+
+
+class Methods:
+    """The methods, by JSON-RPC name; ``call`` runs one and turns every failure into
+    CommandFailed (or InvalidParams / UnknownMethod)."""
+
+    NAMES = {
+        "status": "status", "login": "status", "send": "send", "inbox": "inbox",
+        "say": "say", "broadcast": "say", "rooms.create": "rooms_create",
+        "rooms.list": "rooms_list", "rooms.bans": "rooms_bans", "rooms.mode": "rooms_mode",
+        "join": "join", "leave": "leave", "members": "members", "history": "history",
+        "invite": "moderate", "kick": "moderate", "unban": "moderate",
+        "fingerprint": "fingerprint", "trust": "trust", "verify": "verify",
+        "verify.confirm": "verify_confirm", "outbox": "outbox",
+    }
+
+    def __init__(self, client, verifications):
+        self.client = client
+        self.verifications = verifications
+
+    async def call(self, name, params, show=lambda text: None):
+        """Run method ``name``; ``show`` receives progress lines (verification)."""
+        attribute = self.NAMES.get(name)
+        if attribute is None:
+            raise UnknownMethod(f"no method named {name!r}")
+        params = Params(name, params)
+        try:
+            return await getattr(self, attribute)(name, params, show)
+        except Exception as e:
+            raise as_command_failed(e) from None
+
+    async def status(self, name, params, show):
+        client = self.client
+        return {"user": client.user, "device": client.device, "state": client.state,
+                "state_detail": client.state_detail, "queued": client.queued_at_login}
+
+    async def send(self, name, params, show):
+        user, text = params.get("user", str), params.get("text", str)
+        devices = await self._send_or_keep(params, lambda: self.client.send_text(user, text))
+        return {"devices": devices, "notice": NO_OTHER_DEVICE if devices == 0 else None}
+
+    async def _send_or_keep(self, params, send):
+        """Run ``send()`` (a message send); with the server unreachable the message waits in
+        the outbox (Queued: exit 4) unless ``wait`` seconds give the reconnect time to send
+        it.  What ``send`` fires with (None when the reconnect sent it)."""
+        wait = params.get("wait", (int, float), 0)
+        try:
+            return await send()
+        except Queued as queued:
+            if wait <= 0:
+                raise
+            return await self._wait_sent(queued, wait)
+
+    async def _wait_sent(self, queued, wait):
+        """Wait for the reconnect to send an outbox entry; Queued again at the deadline,
+        the reason if the server refused it."""
+        client, entry = self.client, queued.entry_id
+        client.reconnect()
+        await client.wait_for(lambda: not client.outbox.holds(entry)
+                              or client.outbox.error(entry) is not None
+                              or client.state in ("replaced", "closed"), wait)
+        error = client.outbox.error(entry)
+        if error is not None:
+            client.outbox.drop(entry)
+            raise ClientError(f"the server refused the message: {error}")
+        if client.outbox.holds(entry):
+            raise queued
+        return None
+
+    async def inbox(self, name, params, show):
+        """What was received and not shown yet (oldest first), marked shown by this answer."""
+        client = self.client
+        wait = params.get("wait", (int, float), 0)
+        limit = params.get("limit", int, INBOX_PAGE)
+        if not 0 <= wait <= INBOX_MAX_WAIT or not 0 < limit <= INBOX_PAGE:
+            raise InvalidParams(f"inbox: wait must be 0-{INBOX_MAX_WAIT} s, "
+                                f"limit 1-{INBOX_PAGE}")
+        if not client.unread() and wait > 0:
+            await client.wait_for(lambda: client.unread(), wait)
+        await client.wait_for(client.receiver.idle, 10)
+        unread = client.unread()
+        page = unread[:limit]
+        if page:
+            client.mark_read(page[-1][0])
+        return {"messages": [public(record) for _, record in page],
+                "more": len(unread) > limit,
+                "unreachable": None if client.state == "connected" else client.state_detail}
+
+    async def outbox(self, name, params, show):
+        """The messages the relay has not accepted yet, or ``drop`` one (works offline)."""
+        outbox, drop = self.client.outbox, params.get("drop", str, None)
+        if drop is not None:
+            if not outbox.drop(drop):
+                raise ClientError(f"no entry {drop} in the outbox")
+            return {"dropped": drop}
+        return {"entries": [{"id": entry["id"], "to": entry["to"], "room": entry["room"],
+                             "text": entry["text"], "queued_at": iso(entry["queued_at"]),
+                             "error": entry["error"]}
+                            for entry in self.client.outbox_pending()]}
+
+    async def say(self, name, params, show):
+        room = BROADCAST_ROOM if name == "broadcast" else params.get("room", str)
+        text = params.get("text", str)
+        return {"id": await self._send_or_keep(params, lambda: self.client.rooms.say(room, text))}
+
+    async def rooms_create(self, name, params, show):
+        room, password = params.get("room", str), params.get("password", str, None)
+        await self.client.rooms.create(room, password)
+        return {"room": room, "password": password is not None}
+
+    async def rooms_list(self, name, params, show):
+        return {"rooms": (await self.client.request("rooms.list"))["rooms"]}
+
+    async def rooms_bans(self, name, params, show):
+        bans = await self.client.rooms.bans(params.get("room", str))
+        return {"bans": [{"user": ban["user"], "by": ban["by"], "role": ban["role"],
+                          "created": iso(ban["created"])} for ban in bans]}
+
+    async def rooms_mode(self, name, params, show):
+        mode = params.get("mode", str)
+        if mode not in ROOM_MODES:
+            raise InvalidParams(f"rooms.mode: mode must be one of {', '.join(sorted(ROOM_MODES))}")
+        return {"text": await self.client.rooms.set_mode(params.get("room", str), mode)}
+
+    async def join(self, name, params, show):
+        result = await self.client.rooms.join(params.get("room", str),
+                                              params.get("password", str, None))
+        return {"members": result["members"]}
+
+    async def leave(self, name, params, show):
+        await self.client.rooms.leave(params.get("room", str))
+        return {}
+
+    async def members(self, name, params, show):
+        result = await self.client.request("room.members", room=params.get("room", str))
+        return {"members": result["members"]}
+
+    async def history(self, name, params, show):
+        records = await self.client.rooms.history(params.get("room", str))
+        return {"messages": [public(record) for record in records if record is not None]}
+
+    async def moderate(self, name, params, show):
+        return {"text": await self.client.rooms.moderate(
+            name, params.get("room", str), params.get("user", str))}
+
+    async def fingerprint(self, name, params, show):
+        client, user = self.client, params.get("user", str, None)
+        own = client.crypto.identity_key
+        if user is None:
+            return {"user": client.user, "fingerprint": key_fingerprint(own)}
+        await client.trusted_devices(user, sending=False)
+        record = client.contacts.record(user)
+        theirs = record.get("pending") or record["identity_key"]
+        return {"user": user, "fingerprint": key_fingerprint(theirs),
+                "verified": client.contacts.is_verified(user),
+                "safety_number": safety_number(client.user, own, user, theirs)}
+
+    async def trust(self, name, params, show):
+        user = params.get("user", str)
+        await self.client.trusted_devices(user, sending=False)
+        key = self.client.contacts.trust(user)
+        return {"user": user, "accepted": key_fingerprint(key) if key is not None else None}
+
+    async def verify(self, name, params, show):
+        """Run the SAS exchange with ``user`` up to the comparison: fires with the
+        verification's number and the emoji text; ``verify.confirm`` gives the answer."""
+        return await self.verifications.start(self.client, params.get("user", str), show)
+
+    async def verify_confirm(self, name, params, show):
+        return await self.verifications.confirm(params.get("verification", int),
+                                                params.get("match", bool))
+
+
+class Verifications:
+    """SAS verifications, each answered by the person through a callback or a second call.
+
+    ``run`` is the whole exchange with a ``confirm`` callback (the standalone CLI asks
+    on its terminal).  Over the daemon's socket ``start`` (method ``verify``) returns as
+    soon as the emoji are ready, and ``confirm`` (method ``verify.confirm``) gives the
+    person's answer and returns once both sides exchanged their MACs.  Requests from
+    others (``verify.start``) wait here, the newest ``PENDING_STARTS``, until someone
+    runs ``verify`` for that user.
+    """
+
+    def __init__(self):
+        self._running = []
+        self._pending_starts = []
+        self._questions = {}  # verification number -> (answer Deferred, outcome Deferred)
+        self._numbers = iter(range(1, 2**31))
+
+    def control(self, record):
+        """A decrypted control message (``verify.*``) arrived."""
+        if record.get("type") == "verify.start":
+            self._pending_starts = (self._pending_starts + [record])[-PENDING_STARTS:]
+        for verification in self._running:
+            verification.deliver(record)
+
+    async def run(self, client, user, confirm, show):
+        """One verification with ``user``: answer their request if one waits, else start one."""
+        verification = Verification(client, user, confirm, show)
+        self._running.append(verification)
+        try:
+            starts = [r for r in self._pending_starts if r["from"] == user]
+            if starts:
+                self._pending_starts = [r for r in self._pending_starts if r["from"] != user]
+                await verification.respond(starts[-1]["inner"])
+            else:
+                await verification.initiate()
+            show(f"{user} is verified")
+        finally:
+            self._running.remove(verification)
+
+    async def start(self, client, user, show):
+        number = next(self._numbers)
+        asked, answer, shown = defer.Deferred(), defer.Deferred(), []
+
+        def keep(text):
+            shown.append(text)
+            show(text)
+
+        def confirm():
+            timer = client.reactor.callLater(ANSWER_TIMEOUT, self._unanswered, number)
+            answer.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+            asked.callback({"verification": number, "text": shown[-1] if shown else ""})
+            return answer
+
+        def failed_before_asking(failure):
+            if asked.called:
+                return failure
+            asked.errback(failure)
+            return None
+
+        outcome = defer.ensureDeferred(self.run(client, user, confirm, keep))
+        self._questions[number] = (answer, outcome)
+        outcome.addErrback(failed_before_asking)
+        try:
+            return await asked
+        except BaseException:
+            self._questions.pop(number, None)
+            raise
+
+    def _unanswered(self, number):
+        """Nobody confirmed in time: the answer is no (the other side is told)."""
+        answer, outcome = self._questions.pop(number, (None, None))
+        if answer is not None:
+            outcome.addErrback(lambda failure: None)
+            answer.callback(False)
+
+    async def confirm(self, number, match):
+        answer, outcome = self._questions.pop(number, (None, None))
+        if answer is None or answer.called:
+            raise InvalidParams(f"verify.confirm: no verification {number} waits for an answer")
+        answer.callback(match)
+        await outcome
+        return {"verified": True}

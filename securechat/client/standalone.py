@@ -1,0 +1,174 @@
+"""A command with no daemon to hand it to: unlock, connect, run it, disconnect.
+
+This is the Twisted side of the CLI, imported only when it is needed (cli.py stays
+light for the daemon path).  One-shot commands call the same ``Methods`` the daemon
+serves, so the output and exit codes are the same either way.  ``daemon`` and ``chat``
+run here too, as long-lived processes.
+"""
+
+import sys
+
+from twisted.internet import defer, threads
+from twisted.logger import (
+    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
+    textFileLogObserver)
+from twisted.python.failure import Failure
+
+from securechat.client import cli
+from securechat.client.methods import Methods, Verifications, as_command_failed
+from securechat.client.render import EscapingStream
+from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed
+from securechat.client.session import Client, ClientError
+from securechat.client.unlock import UnlockingNotice, read_password
+from securechat.crypto.fingerprint import key_fingerprint
+
+
+def log_to_stderr(ours=LogLevel.warn):
+    """Warnings and errors (never message contents) go to stderr, and securechat's own
+    lines from level ``ours`` (the daemon says what it serves and its connection state)."""
+    levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    levels.setLogLevelForNamespace("securechat", ours)
+    observer = FilteringLogObserver(textFileLogObserver(EscapingStream(sys.stderr)), [levels])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def run_reactor(main):
+    """Run ``main(reactor)`` (a coroutine function) to its end; its result, or its error
+    raised here (like task.react, without exiting)."""
+    from twisted.internet import reactor
+
+    outcome = []
+
+    def start():
+        d = defer.ensureDeferred(main(reactor))
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
+def run(settings, args, request=None):
+    """Run the command ``args`` names without a daemon; its exit code.  ``request`` is the
+    one-shot command's ``(method, params)`` (cli.request_for)."""
+    if args.command == "daemon":
+        from securechat.client.daemon import serve
+
+        return serve(settings)
+    log_to_stderr()
+    if args.command == "chat":
+        from securechat.client.chat import run_chat
+
+        return run_reactor(lambda reactor: run_chat(reactor, settings))
+    if args.command == "register":
+        return run_reactor(lambda reactor: register(reactor, settings))
+    if args.command == "verify":
+        return run_reactor(lambda reactor: verify(reactor, settings, args.user))
+    method, params = request
+    if method == "outbox":
+        return run_reactor(lambda reactor: offline(reactor, settings, args, method, params))
+    return run_reactor(lambda reactor: one_shot(reactor, settings, args, method, params))
+
+
+async def open_or_reconnect(client, keep_trying):
+    """Open ``client``; when the server is unreachable and ``keep_trying``, keep the store
+    open and go on reconnecting in the background instead of failing."""
+    try:
+        with UnlockingNotice():  # only around the unlock: the connection's states are logged
+            client.unlock()
+        await client.open()
+    except ClientError as e:
+        if e.exit_code != EXIT_UNREACHABLE or not keep_trying:
+            raise
+        client.reconnect()
+
+
+async def opened(reactor, settings, verifications=None, keep_trying=False):
+    """A Client unlocked and (unless ``keep_trying`` found the relay unreachable: then it
+    reconnects meanwhile) logged in, with what was waiting processed, so a command sees
+    the state ``inbox`` would; CommandFailed when that fails."""
+    client = Client(reactor, settings, read_password(settings),
+                    on_control=verifications.control if verifications else None)
+    try:
+        await open_or_reconnect(client, keep_trying)
+        if client.state == "connected":
+            await client.drain(timeout=60)
+    except Exception as e:
+        client.close()
+        raise as_command_failed(e) from None
+    return client
+
+
+async def one_shot(reactor, settings, args, method, params):
+    """A message to send waits for a reconnect (its outbox keeps it), and so does an
+    ``inbox --wait``; every other command needs the relay now."""
+    keep_trying = method in ("send", "say", "broadcast") or params.get("wait", 0) > 0
+    client = await opened(reactor, settings, keep_trying=keep_trying)
+    try:
+        methods = Methods(client, Verifications())
+        while True:
+            result = await methods.call(method, params)
+            cli.show_result(args, result)
+            if not result.get("more"):
+                cli.check_complete(result)
+                return 0
+            params = cli.next_page(params)
+    finally:
+        await client.disconnect()
+
+
+async def offline(reactor, settings, args, method, params):
+    """``outbox``: the key store only, no connection (it works while the relay is down)."""
+    client = Client(reactor, settings, read_password(settings))
+    try:
+        with UnlockingNotice():
+            client.unlock()
+        cli.show_result(args, await Methods(client, Verifications()).call(method, params))
+        return 0
+    except Exception as e:
+        raise as_command_failed(e) from None
+    finally:
+        client.close()
+
+
+async def register(reactor, settings):
+    client = Client(reactor, settings, read_password(settings, confirm=True))
+    try:
+        with UnlockingNotice():
+            await client.register()
+    except Exception as e:
+        raise as_command_failed(e) from None
+    print(f"registered {client.user}, device {client.device}")
+    print(f"your fingerprint: {key_fingerprint(client.crypto.identity_key)}")
+    await client.disconnect()
+    return 0
+
+
+async def verify(reactor, settings, user):
+    """Compare emoji with ``user`` on this terminal (the answer read in a thread, so the
+    reactor keeps receiving meanwhile)."""
+    verifications = Verifications()
+    client = await opened(reactor, settings, verifications)
+
+    async def ask_yes():
+        print("Do they match? [y/N] ", flush=True)
+        answer = await threads.deferToThread(sys.stdin.readline)
+        return answer.strip().lower() in ("y", "yes")
+
+    def show(text):
+        print(text, flush=True)
+
+    try:
+        await verifications.run(client, user, ask_yes, show)
+        return 0
+    except Exception as e:
+        failure = as_command_failed(e)
+        if isinstance(failure, CommandFailed) and failure.exit_code == EXIT_UNTRUSTED:
+            print(failure)
+            return EXIT_UNTRUSTED
+        raise failure from None
+    finally:
+        await client.disconnect()
