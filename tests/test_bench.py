@@ -7,13 +7,17 @@ workload runs, reports its figures and loses nothing.
 import json
 import os
 import pathlib
+import secrets
 import subprocess
+import sys
 import tempfile
 
 import psycopg2
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import task, threads
+
+from securechat import wire
 
 from securechat.bench.database import POSTGRES_COMMANDS, local_postmaster
 from securechat.bench.disk import FsyncProbe
@@ -191,3 +195,32 @@ def test_a_fsync_directory_that_does_not_exist_is_named(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert f"--fsync-dir '{missing}' is not a directory" in out.stderr
+
+
+def _storm_devices(relay, hostname):
+    """One unknown device of W6's lean load generator logging in to ``relay``: its results."""
+    job = {"host": "127.0.0.1", "port": relay.port, "ca_file": relay.cert_path,
+           "hostname": hostname, "concurrency": 1,
+           "devices": [["nobody", "BENCH", wire.b64encode(secrets.token_bytes(32))]]}
+    out = subprocess.run([sys.executable, "-m", "securechat.bench.storm_devices"],
+                         input=json.dumps(job) + "\ngo\n", capture_output=True, text=True,
+                         timeout=60)
+    ready, results = out.stdout.splitlines()
+    return json.loads(results)
+
+
+@pytest.fixture
+def relay(start_relay):
+    return start_relay()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_storm_devices_verify_the_relay_certificate_and_name(relay):
+    """W6's devices do real, verified TLS: expecting another host name fails the handshake;
+    the right name gets through TLS to a signed login, which the relay refuses for a
+    device it does not know."""
+    wrong = await threads.deferToThread(_storm_devices, relay, "elsewhere.example")
+    right = await threads.deferToThread(_storm_devices, relay, "localhost")
+    assert wrong["logged_in"] == 0 and "certificate verify failed" in wrong["failures"][0]
+    assert right["logged_in"] == 0 and right["failures"][0].startswith(
+        "RuntimeError: auth_failed")

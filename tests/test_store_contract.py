@@ -184,6 +184,26 @@ async def test_login_counts_are_the_key_counts_and_the_queue_length(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_logins_arriving_together_each_get_their_devices_keys_and_counts(store):
+    """device_login answers each of several logins asked at once (they share transactions)
+    its device's keys and login counts; None for a device or user without keys."""
+    await device(store, "alice", "A")
+    await device(store, "bob", "B")
+    await store.add_one_time_keys("alice", "A", [("k1", "key1", "sig")])
+    await store.enqueue([envelope("e" * 16, [("alice", "A")])])
+    alice, bob, unknown, nobody = await defer.gatherResults([
+        store.device_login("alice", "A"), store.device_login("bob", "B"),
+        store.device_login("alice", "B"), store.device_login("nobody", "A")])
+    assert alice == {"device_keys": '{"device":"A"}',
+                     "counts": await store.login_counts("alice", "A")}
+    assert (alice["counts"]["otk_count"], alice["counts"]["queued"]) == (1, 1)
+    assert bob == {"device_keys": '{"device":"B"}',
+                   "counts": await store.login_counts("bob", "B")}
+    assert (bob["counts"]["otk_count"], bob["counts"]["queued"]) == (0, 0)
+    assert unknown is None and nobody is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_version_6_database_keeps_its_accounts_and_gains_a_relay_id(database, tmp_path):
     """Upgrading from schema version 6 keeps accounts and their hashes as they were and gives
     the relay an id, the same at every start after."""

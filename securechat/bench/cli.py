@@ -22,7 +22,7 @@ DEFAULTS = {
     "w3": dict(members=50, rates=(100.0, 1000.0), size=200, warmup=1.0, duration=10.0),
     "w4": dict(connections=10000, idle=25.0),
     "w5": dict(envelopes=10000, size=200, inflight=200),
-    "w6": dict(connections=10000, concurrency=1000),
+    "w6": dict(connections=10000, concurrency=1000, processes=2),
 }
 NAMES = {"w1": "throughput", "w2": "latency", "w3": "room fan-out", "w4": "idle connections",
          "w5": "offline drain", "w6": "reconnect storm"}
@@ -55,6 +55,8 @@ def build_parser():
                         help="w4: connections to open; w6: devices logging in")
     parser.add_argument("--concurrency", type=int,
                         help="w6: logins (TLS handshakes included) under way at once")
+    parser.add_argument("--processes", type=int,
+                        help="w6: processes the devices are spread over (default 2)")
     parser.add_argument("--idle", type=float,
                         help="w4: seconds the connections stay idle before memory is sampled")
     parser.add_argument("--envelopes", type=int, help="w5: envelopes to queue")
@@ -66,7 +68,7 @@ def build_parser():
 def workload_options(args):
     options = dict(DEFAULTS[args.workload])
     for key in ("pairs", "inflight", "size", "members", "connections", "idle", "envelopes",
-                "warmup", "duration", "concurrency"):
+                "warmup", "duration", "concurrency", "processes"):
         value = getattr(args, key)
         if value is not None and key in options:
             options[key] = value

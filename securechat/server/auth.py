@@ -91,9 +91,11 @@ class IDevice(Interface):
 
 @implementer(IDevice)
 class DeviceAvatar:
-    def __init__(self, user, device):
+    def __init__(self, user, device, login_counts=None):
         self.user = user
         self.device = device
+        # What the login's check read of the store for the login's answer (None: nothing).
+        self.login_counts = login_counts
 
 
 class SecretHasher:
@@ -244,14 +246,16 @@ class PasswordKeyChecker:
                 f"device {creds.device} has published keys: it logs in with its device key")
         await self._password_keys.prove(creds.user, creds.message, creds.signature,
                                         creds.address)
-        return (creds.user, creds.device)
+        return (creds.user, creds.device, None)
 
 
 @implementer(ICredentialsChecker)
 class DeviceKeyChecker:
     """Checks a device's signature of its login against the Ed25519 key it published.
 
-    No argon2 work: an Ed25519 verification and one store read.  The
+    No argon2 work: an Ed25519 verification and one store read, shared with
+    the logins arriving with it (``IStore.device_login``), which also answers
+    the counts the login's answer carries (the avatar's ``login_counts``).  The
     login limits still apply (``LoginGuard``): a wrong signature counts as a
     failed login of that (account, address) pair and of that address, and a
     pair or address past its limit waits as after wrong passwords.  Only a
@@ -272,12 +276,13 @@ class DeviceKeyChecker:
 
     async def _check(self, creds):
         self._guard.check(creds.user, creds.address)
-        device_keys = await self._store.get_device_keys(creds.user, creds.device)
-        if device_keys is None or not _signed_by(device_keys, creds.message, creds.signature):
+        found = await self._store.device_login(creds.user, creds.device)
+        if found is None or not _signed_by(found["device_keys"], creds.message,
+                                           creds.signature):
             self._guard.failed(creds.user, creds.address)
             raise error.UnauthorizedLogin("unknown device or wrong signature")
         self._guard.verified(creds.user, creds.address)
-        return (creds.user, creds.device)
+        return (creds.user, creds.device, found["counts"])
 
 
 def _signed_by(device_keys, message, signature):
@@ -302,7 +307,8 @@ def _verifies(public_key, message, signature):
 
 @implementer(portal.IRealm)
 class DeviceRealm:
-    """Turns a checked ``(user, device)`` into an avatar attached to the relay."""
+    """Turns a checked ``(user, device, login_counts or None)`` into an avatar attached to
+    the relay."""
 
     def __init__(self, relay):
         self._relay = relay
@@ -310,8 +316,8 @@ class DeviceRealm:
     def requestAvatar(self, avatar_id, mind, *interfaces):
         if IDevice not in interfaces:
             raise NotImplementedError("securechat only offers IDevice avatars")
-        user, device = avatar_id
-        avatar = DeviceAvatar(user, device)
+        user, device, login_counts = avatar_id
+        avatar = DeviceAvatar(user, device, login_counts)
         self._relay.attach(user, device, mind)
         return IDevice, avatar, lambda: self._relay.detach(user, device, mind)
 

@@ -221,8 +221,10 @@ class ConnectionSession:
         self.login_succeeded(avatar, logout)
         if self.state != AUTHENTICATED:
             raise ProtocolError("closed", "connection closed during login")
-        return {"user": user, "device": device,
-                **await self._server.store.login_counts(user, device)}
+        counts = avatar.login_counts
+        if counts is None:  # a new device's login: its check read nothing of the kind
+            counts = await self._server.store.login_counts(user, device)
+        return {"user": user, "device": device, **counts}
 
     def _credentials(self, user, device, fields):
         """A login's signature over this connection's challenge and TLS session: by the

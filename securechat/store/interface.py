@@ -84,6 +84,13 @@ class IStore(Interface):
         transaction: what a device is told when it logs in (one store round trip per login,
         which counts when thousands of devices log in at once after a restart)."""
 
+    def device_login(user, device):
+        """Fire with what a device-key login needs: ``{"device_keys", "counts"}``
+        (``get_device_keys``, and ``login_counts`` as of that read), or None when the
+        device has published no keys.  Logins arriving together share one transaction:
+        a relay restart brings thousands at once, and a round trip to the store each
+        would be most of what the relay spends on them."""
+
     def all_devices():
         """Fire with every current device as a list of ``(user, device)``."""
 
@@ -155,7 +162,9 @@ class IStore(Interface):
         by seq, as a list of ``{"seq", "id", "body", "intact", "room", "pos"}``;
         ``intact`` is False when the stored digest no longer matches the body
         (corruption at rest); ``room`` and ``pos`` place a room entry in its
-        room's history (None for a queued envelope).
+        room's history (None for a queued envelope).  Reads from the start
+        (``after_seq`` 0: the first read of a device that just logged in) share
+        transactions when several arrive together, as logins do after a restart.
         """
 
     def queue_length(user, device):

@@ -27,7 +27,7 @@ so it rides along with the next envelopes' commit, or commits with other acks af
 
 
 class GroupCommit:
-    """Writes that arrive while a group is committing share the next transaction.
+    """Calls that arrive while a group is committing share the next transaction.
 
     Under load a commit (and its fsync) then serves many callers at once;
     with one caller at a time it adds no delay, except for items submitted
@@ -107,6 +107,10 @@ class SqlStore:
         self._pool = None
         # Envelopes and acks share transactions: one fsync serves both.
         self._writes = GroupCommit(self._run, queue.txn_write_group)
+        # Device-key logins arriving together (a storm after a restart) share a read, and
+        # so do the first reads of their queues that follow.
+        self._logins = GroupCommit(self._run, accounts.txn_device_login_group)
+        self._first_reads = GroupCommit(self._run, queue.txn_fetch_queue_group)
 
     def _open(self):
         """Open the connections; a Deferred."""
@@ -171,6 +175,9 @@ class SqlStore:
     def login_counts(self, user, device):
         return self._run(accounts.txn_login_counts, user, device)
 
+    def device_login(self, user, device):
+        return self._logins.submit((user, device))
+
     def all_devices(self):
         return self._run(accounts.txn_all_devices)
 
@@ -196,6 +203,8 @@ class SqlStore:
         return self._writes.submit(("enqueue", envelopes))
 
     def fetch_queue(self, user, device, after_seq, limit):
+        if after_seq == 0:  # a device's first read since it logged in
+            return self._first_reads.submit((user, device, after_seq, limit))
         return self._run(queue.txn_fetch_queue, user, device, after_seq, limit)
 
     def queue_length(self, user, device):

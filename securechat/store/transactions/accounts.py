@@ -84,6 +84,18 @@ async def txn_login_counts(txn, user, device):
             "queued": await txn_queue_length(txn, user, device)}
 
 
+async def txn_device_login_group(txn, pairs):
+    """What each ``(user, device)`` of a group of device-key logins needs, in one
+    transaction: ``{"device_keys", "counts"}`` (``txn_login_counts``), or None for a
+    device that has published no keys."""
+    found = []
+    for user, device in pairs:
+        device_keys = await txn_get_device_keys(txn, user, device)
+        found.append(None if device_keys is None else {
+            "device_keys": device_keys, "counts": await txn_login_counts(txn, user, device)})
+    return found
+
+
 async def txn_all_devices(txn):
     rows = await txn.execute(
         "SELECT user_id, device_id FROM devices WHERE device_keys IS NOT NULL "

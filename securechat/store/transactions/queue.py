@@ -355,6 +355,12 @@ _PENDING_ROOM_ENTRIES = (  # "+h.pos": compared, not looked up by, so that an in
 rooms (up to its user's removal), except those it sent itself."""
 
 
+async def txn_fetch_queue_group(txn, reads):
+    """Several ``fetch_queue`` calls ``(user, device, after_seq, limit)`` in one
+    transaction; one page per call."""
+    return [await txn_fetch_queue(txn, *read) for read in reads]
+
+
 async def txn_fetch_queue(txn, user, device, after_seq, limit):
     """A page of what one device has yet to acknowledge: its queue rows and the pending
     entries of its rooms' histories, merged in ``seq`` order."""
