@@ -13,7 +13,7 @@ from nacl import pwhash
 from nacl.signing import SigningKey
 
 from securechat import wire
-from securechat.client.session import PASSWORD_KEY_AT, SALTED_WITH
+from securechat.client.session import PASSWORD_KEY_AT
 from securechat.client.tls import channel_binding
 from securechat.crypto import passwords
 from securechat.crypto.keystore import STORE_FILE
@@ -134,10 +134,10 @@ async def test_wrong_passwords_are_auth_failed_like_an_unknown_user_and_then_lim
     await owner.close()
 
 
-def make_legacy(server, key_store_dir, user, secret, salted_with):
+def make_legacy(server, key_store_dir, user, secret):
     """Turn a freshly registered account into one registered before password keys: the
     relay's row holds an argon2 hash of ``secret`` and no key (as schema 8 migrates it), and
-    the key store records no password key (and ``salted_with`` as its secret's salt)."""
+    the key store records no password key."""
     hashed = pwhash.argon2id.str(secret).decode("ascii")
     relay_db = sqlite3.connect(server.service.config.database)
     with relay_db:
@@ -146,9 +146,7 @@ def make_legacy(server, key_store_dir, user, secret, salted_with):
     relay_db.close()
     key_store = sqlite3.connect(os.path.join(key_store_dir, STORE_FILE))
     with key_store:
-        key_store.execute("DELETE FROM meta WHERE key IN (?, ?)", (PASSWORD_KEY_AT, SALTED_WITH))
-        if salted_with is not None:
-            key_store.execute("INSERT INTO meta VALUES (?, ?)", (SALTED_WITH, salted_with))
+        key_store.execute("DELETE FROM meta WHERE key = ?", (PASSWORD_KEY_AT,))
     key_store.close()
 
 
@@ -159,12 +157,10 @@ def key_store_meta(key_store_dir, key):
     return rows
 
 
-@pytest.mark.parametrize("salt", ["address", "relay id"])
 @pytest_twisted.ensureDeferred
-async def test_an_old_account_moves_to_its_password_key_on_its_next_login(server, tmp_path,
-                                                                          salt):
+async def test_an_old_account_moves_to_its_password_key_on_its_next_login(server, tmp_path):
     """An account whose relay row holds an argon2 hash of its legacy login secret (salted
-    with the address as typed, or with the relay's id) logs in by device key and moves:
+    with the address as typed) logs in by device key and moves:
     one account.move with the legacy secret, then the row holds the password key (which
     logs in a new device) and no hash, and the next login sends nothing of the kind."""
     config = write_client_config(str(tmp_path / "clients"), "alice", server.port,
@@ -172,13 +168,10 @@ async def test_an_old_account_moves_to_its_password_key_on_its_next_login(server
     assert (await run_cli(config, "register")).code == 0
     store = server.service.store
     relay = await store.relay_id()
-    if salt == "address":
-        legacy = passwords.address_salted_login_secret(PASSWORD, f"127.0.0.1:{server.port}",
-                                                       "alice")
-    else:
-        legacy = passwords.legacy_login_secret(PASSWORD, relay, "alice")
+    legacy = passwords.address_salted_login_secret(PASSWORD, f"127.0.0.1:{server.port}",
+                                                   "alice")
     key_store_dir = str(tmp_path / "clients" / "alice")
-    make_legacy(server, key_store_dir, "alice", legacy, relay if salt == "relay id" else None)
+    make_legacy(server, key_store_dir, "alice", legacy)
     assert (await store.get_account("alice"))["password_key"] is None
 
     received = record_lines(server)

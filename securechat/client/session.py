@@ -45,11 +45,6 @@ EXIT_UNTRUSTED = 7
 EXIT_RATE_LIMITED = 8
 EXIT_UNAVAILABLE = 9
 
-SALTED_WITH = "login_secret_salted_with"
-"""Key store meta of a device registered before password keys: the relay id its legacy
-login secret is salted with; absent when that secret is salted with the address typed at
-registration (before relays had ids)."""
-
 PASSWORD_KEY_AT = "password_key_relay"
 """Key store meta: the relay id the account's password key is salted with (and known to
 that relay).  Absent in a key store registered before password keys: the first login
@@ -452,17 +447,13 @@ class Client:
 
     async def _move_to_password_key(self, relay):
         """An account registered before password keys: the relay holds an argon2 hash of
-        its legacy login secret (salted with the address typed at registration, or with
-        the relay's id).  Send that secret once with the public password key, which the
+        its legacy login secret (salted with the address typed at registration).  Send that secret once with the public password key, which the
         relay stores in the hash's place after checking it.  ``nothing_to_move`` (another
         device of the account moved it) or ``auth_failed`` (the relay holds another
         secret): nothing this device can move; either way it is recorded, never sent
         again.  A limit or an outage leaves it to the next login."""
-        if self.store.meta(SALTED_WITH) == relay:
-            legacy = passwords.legacy_login_secret(self._password, relay, self.user)
-        else:
-            legacy = passwords.address_salted_login_secret(
-                self._password, self.store.meta("server", self.settings.server), self.user)
+        legacy = passwords.address_salted_login_secret(
+            self._password, self.store.meta("server", self.settings.server), self.user)
         try:
             await self.request("account.move", legacy_secret=wire.b64encode(legacy),
                                password_key=self._public_password_key(relay))

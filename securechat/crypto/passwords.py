@@ -13,9 +13,9 @@ device logs in by its device key.  The local key store is unlocked by a
 different argon2id derivation with a random salt kept in the store.
 Knowing one derived value tells nothing about the other.
 
-The two *legacy login secrets* are what accounts registered before password
-keys sent to the relay; they are derived only to move such an account to a
-password key, once.
+The *legacy login secret* is what accounts registered before password keys
+sent to the relay; it is derived only to move such an account to a password
+key, once.
 """
 
 import hashlib
@@ -41,13 +41,6 @@ def password_key(password, relay_id, user):
     salt = _salt("securechat-password-key-v1", relay_id, user)
     return SigningKey(pwhash.argon2id.kdf(32, password.encode("utf-8"), salt, LOGIN_OPS,
                                           LOGIN_MEM))
-
-
-def legacy_login_secret(password, relay_id, user):
-    """The legacy login secret salted with the relay's stable id (what accounts registered
-    between relay ids and password keys sent; the relay kept an argon2id hash of it)."""
-    salt = _salt("securechat-login-v2", relay_id, user)
-    return pwhash.argon2id.kdf(32, password.encode("utf-8"), salt, LOGIN_OPS, LOGIN_MEM)
 
 
 def address_salted_login_secret(password, server, user):
