@@ -18,7 +18,8 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.pgserver import TemporaryPostgres, create_database, drop_database
-from tests.support import start_server
+from tests.processes import ServerProcess, free_port
+from tests.support import start_server, write_config
 
 SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +46,19 @@ def start_relay(tmp_path):
     yield start
     for running in started:
         pytest_twisted.blockon(running.stop())
+
+
+@pytest.fixture
+def twistd_relay(tmp_path):
+    """A real ``twistd -n securechat`` on a free port, its data in ``tmp_path``/relay;
+    ``.port`` and ``.data_dir`` say where (wait for ``wait_listening()`` before use)."""
+    data_dir = tmp_path / "relay"
+    port = free_port()
+    proc = ServerProcess(tmp_path, write_config(str(data_dir), port=port))
+    proc.data_dir, proc.port = data_dir, port
+    proc.start()
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from twisted.internet import defer
 from securechat import wire
 from securechat.client.protocol import RemoteError
 from securechat.client.session import ClientError, relay_id
-from tests.processes import ServerProcess, free_port, run_cli, write_client_config
-from tests.support import ScriptedDevice, cleanup, expect_error, write_config
+from tests.processes import run_cli, write_client_config
+from tests.support import ScriptedDevice, cleanup, expect_error
 from tests.test_client_security import record_lines
 
 PASSWORD = "correct horse battery staple"
@@ -172,17 +172,6 @@ def test_an_answer_without_a_usable_relay_id_is_a_clear_error(answer):
     assert relay_id({"relay": "roMuDPepF-z2arD-HFKryg"}) == "roMuDPepF-z2arD-HFKryg"
 
 
-@pytest.fixture
-def relay_process(tmp_path):
-    data_dir = tmp_path / "relay"
-    port = free_port()
-    proc = ServerProcess(tmp_path, write_config(str(data_dir), port=port))
-    proc.data_dir, proc.port = data_dir, port
-    proc.start()
-    yield proc
-    proc.stop()
-
-
 def spelled(config, spelling):
     """The client ini ``config`` with the server written as ``spelling`` (host:port)."""
     with open(config) as f:
@@ -194,13 +183,13 @@ def spelled(config, spelling):
 
 
 @pytest_twisted.ensureDeferred
-async def test_localhost_and_127_0_0_1_spellings_both_register_and_log_in(relay_process,
+async def test_localhost_and_127_0_0_1_spellings_both_register_and_log_in(twistd_relay,
                                                                           tmp_path):
     """A device registered at 127.0.0.1:PORT logs in and sends at localhost:PORT, and one
     registered at localhost:PORT logs in at 127.0.0.1:PORT (real twistd and CLI processes,
     certificates pinned on first use): the login secret no longer depends on the spelling."""
-    await relay_process.wait_listening()
-    port = relay_process.port
+    await twistd_relay.wait_listening()
+    port = twistd_relay.port
     clients = str(tmp_path / "clients")
     alice = write_client_config(clients, "alice", port)
     bob = spelled(write_client_config(clients, "bob", port),
@@ -220,19 +209,19 @@ async def test_localhost_and_127_0_0_1_spellings_both_register_and_log_in(relay_
 
 
 @pytest_twisted.ensureDeferred
-async def test_another_spelling_is_held_to_the_pin_learnt_at_registration(relay_process,
+async def test_another_spelling_is_held_to_the_pin_learnt_at_registration(twistd_relay,
                                                                           tmp_path):
     """A relay that comes back with another certificate is refused (exit 5) under the
     registered spelling and under a spelling never used before alike: a new spelling is
     not a new first use."""
-    await relay_process.wait_listening()
-    port = relay_process.port
+    await twistd_relay.wait_listening()
+    port = twistd_relay.port
     alice = write_client_config(str(tmp_path / "clients"), "alice", port)
     assert (await run_cli(alice, "register")).code == 0
-    relay_process.stop()
-    shutil.rmtree(relay_process.data_dir / "tls")
-    relay_process.start()
-    await relay_process.wait_listening()
+    twistd_relay.stop()
+    shutil.rmtree(twistd_relay.data_dir / "tls")
+    twistd_relay.start()
+    await twistd_relay.wait_listening()
     for spelling in (f"127.0.0.1:{port}", f"localhost:{port}"):
         result = await run_cli(spelled(alice, spelling), "login")
         assert result.code == 5 and "REFUSED" in result.err, result

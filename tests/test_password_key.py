@@ -19,8 +19,8 @@ from securechat.crypto import passwords
 from securechat.crypto.keystore import STORE_FILE
 from securechat.server.auth import (
     DeviceSignature, IDeviceSignature, IPasswordSignature, PasswordSignature)
-from tests.processes import ServerProcess, free_port, run_cli, write_client_config
-from tests.support import ScriptedDevice, cleanup, expect_error, write_config
+from tests.processes import run_cli, write_client_config
+from tests.support import ScriptedDevice, cleanup, expect_error
 from tests.test_client_security import record_lines
 from tests.test_device_login import connected, published, requests_of
 
@@ -277,25 +277,14 @@ async def test_a_password_change_is_proved_by_the_current_key_on_this_connection
     await cleanup(device, elsewhere, old, new)
 
 
-@pytest.fixture
-def relay_process(tmp_path):
-    data_dir = tmp_path / "relay"
-    port = free_port()
-    proc = ServerProcess(tmp_path, write_config(str(data_dir), port=port))
-    proc.data_dir, proc.port = data_dir, port
-    proc.start()
-    yield proc
-    proc.stop()
-
-
 @pytest_twisted.ensureDeferred
-async def test_register_login_and_send_end_to_end_store_only_password_keys(relay_process,
-                                                                             tmp_path):
+async def test_register_login_and_send_end_to_end_store_only_password_keys(twistd_relay,
+                                                                           tmp_path):
     """With real twistd and securechat processes, two users register, log in and exchange
     a message, and the relay's database holds a password key for each and no secret hash."""
-    await relay_process.wait_listening()
+    await twistd_relay.wait_listening()
     clients = str(tmp_path / "clients")
-    alice, bob = (write_client_config(clients, user, relay_process.port)
+    alice, bob = (write_client_config(clients, user, twistd_relay.port)
                   for user in ("alice", "bob"))
     for config in (alice, bob):
         for command in ("register", "login"):
@@ -305,7 +294,7 @@ async def test_register_login_and_send_end_to_end_store_only_password_keys(relay
     assert result.code == 0, result
     inbox = await run_cli(bob, "inbox")
     assert inbox.code == 0 and "signed, not secret" in inbox.out, inbox
-    relay_db = sqlite3.connect(str(relay_process.data_dir / "securechat.sqlite3"))
+    relay_db = sqlite3.connect(str(twistd_relay.data_dir / "securechat.sqlite3"))
     rows = relay_db.execute(
         "SELECT user_id, length(password_key), secret_hash FROM accounts ORDER BY user_id"
     ).fetchall()

@@ -250,10 +250,14 @@ class ConnectionSession:
             raise ProtocolError("no_challenge", "a login signs this connection's "
                                                 "login.challenge: ask for one first")
         self._challenge = CHALLENGE_USED
+        return message(self._server.relay_id, user, device, nonce, self._tls_binding())
+
+    def _tls_binding(self):
+        """The keying material of this connection's TLS session that a signature binds."""
         binding = self._connection.tls_exporter()
         if binding is None:
             raise ProtocolError("auth_failed", "this connection has no TLS session to bind to")
-        return message(self._server.relay_id, user, device, nonce, binding)
+        return binding
 
     # -- authenticated ops --------------------------------------------------
 
@@ -276,11 +280,8 @@ class ConnectionSession:
     async def op_account_password(self, fields):
         """Change the password: the new password key, signed for by the current one over
         this connection's TLS session."""
-        binding = self._connection.tls_exporter()
-        if binding is None:
-            raise ProtocolError("auth_failed", "this connection has no TLS session to bind to")
         message = wire.password_change_message(self._server.relay_id, self.user, self.device,
-                                               fields["password_key"], binding)
+                                               fields["password_key"], self._tls_binding())
         try:
             await self._server.password_keys.change(
                 self.user, message, wire.b64decode(fields["signature"]), fields["password_key"],
