@@ -12,7 +12,7 @@ import json
 from twisted.internet import defer
 
 from securechat.client.contacts import TrustError
-from securechat.client.messaging import iso
+from securechat.client.inbound import iso
 from securechat.client.protocol import ConnectionClosed, RemoteError
 from securechat.client.render import message_json
 from securechat.client.rooms import ROOM_MODES
