@@ -244,7 +244,7 @@ async def test_unlock_with_a_password_file_or_a_password_command(relay, tmp_path
 def test_the_exit_codes_of_the_light_modules_match_the_clients():
     """rpc.py repeats some exit codes of session.py (which imports Twisted): they agree."""
     from securechat.client import rpc, session
-    from securechat.client.cli import ROOM_MODE_NAMES
+    from securechat.client.commands import ROOM_MODE_NAMES
     from securechat.client.rooms import ROOM_MODES
 
     for name in ("EXIT_ERROR", "EXIT_UNREACHABLE", "EXIT_UNTRUSTED", "EXIT_RATE_LIMITED"):

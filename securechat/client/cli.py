@@ -6,7 +6,8 @@ Exit codes: 0 done; 1 error; 2 usage; 3 wrong password or login refused;
 7 sending blocked by trust (changed or unsigned keys);
 8 rate limited (try again in the seconds given); 9 server unavailable (its database).
 
-Argument parsing and dispatch only.  A one-shot command goes to the running daemon of
+Dispatch only (the commands themselves, their arguments and their output are in
+commands.py).  A one-shot command goes to the running daemon of
 its data directory when there is one (securechat.client.rpc: no password, no
 argon2id, no new TLS connection) and runs standalone otherwise
 (securechat.client.standalone, imported only then).  So this module and what it
@@ -14,221 +15,18 @@ imports at the top are the standard library and the light settings modules: the
 daemon path never imports Twisted or the crypto (tests/test_daemon.py checks it).
 """
 
-import argparse
-import getpass
-import json
 import os
 import sys
 
 from securechat.client import settings as client_settings
-from securechat.client.render import (
-    format_history, format_message, message_json, safe, terminal_width)
+from securechat.client.commands import build_parser, next_page, request_for, show_result
+from securechat.client.render import safe
 from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection
 from securechat.client.unlock import PasswordUnavailable
 from securechat.config import ConfigError
 
-DEFAULT_CONFIG = os.path.join("~", ".config", "securechat", "client.ini")
-ROOM_MODE_NAMES = ("invite-only", "open")
-"""``rooms mode`` choices: the names of rooms.ROOM_MODES (not imported: it needs Twisted)."""
 STANDALONE_ONLY = ("register", "daemon", "chat")
 """Commands that never go to a running daemon (``chat`` starts one when none runs)."""
-
-
-def add_send_wait(parser):
-    parser.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                        help="if the server is unreachable, keep the message in the outbox and "
-                             "wait this long for the server to take it (default 0: exit 4 at "
-                             "once; the next command or the daemon sends it)")
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(prog="securechat", description="securechat: an end-to-end encrypted messenger for the terminal")
-    parser.add_argument("--config", default=os.environ.get("SECURECHAT_CONFIG", DEFAULT_CONFIG),
-                        help="client ini file (default: $SECURECHAT_CONFIG or %(default)s)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("register", help="create this device's keys and the account")
-    commands.add_parser("login", help="check the password and the server, top up keys")
-    send = commands.add_parser("send", help="send a message to a user")
-    send.add_argument("user")
-    send.add_argument("text", nargs="+")
-    add_send_wait(send)
-    inbox = commands.add_parser("inbox", help="fetch, decrypt, acknowledge and print messages")
-    inbox.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                       help="if nothing is waiting, wait this long for a message (through "
-                            "reconnects)")
-    inbox.add_argument("--json", action="store_true", help="one JSON object per line")
-    commands.add_parser("chat", help="interactive chat (type /help)")
-    outbox = commands.add_parser(
-        "outbox", help="messages not yet accepted by the server (works without the server)")
-    outbox.add_argument("--drop", metavar="ID", help="remove one entry (one that failed)")
-    commands.add_parser("daemon", help="unlock once and serve this device to the other "
-                                       "commands, scripts and bots (foreground)")
-    fingerprint = commands.add_parser("fingerprint", help="your fingerprint, or the safety number with USER")
-    fingerprint.add_argument("user", nargs="?")
-    verify = commands.add_parser("verify", help="compare emoji with USER (both run this)")
-    verify.add_argument("user")
-    trust = commands.add_parser("trust", help="accept USER's changed identity key (unverified)")
-    trust.add_argument("user")
-    rooms = commands.add_parser("rooms", help="create or list rooms")
-    rooms_commands = rooms.add_subparsers(dest="rooms_command", required=True, metavar="ACTION")
-    create = rooms_commands.add_parser("create", help="create a room (you own it)")
-    create.add_argument("room")
-    create.add_argument("--password", action="store_true",
-                        help="protect it with a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
-    rooms_commands.add_parser("list", help="the rooms you are in")
-    rooms_commands.add_parser(
-        "bans", help="who is banned from a room, by whom (owner/admins)").add_argument("room")
-    mode = rooms_commands.add_parser(
-        "mode", help="open a room you own to anyone, or make it invite-only")
-    mode.add_argument("room")
-    mode.add_argument("mode", choices=ROOM_MODE_NAMES)
-    join = commands.add_parser("join", help="join a room")
-    join.add_argument("room")
-    join.add_argument("--password", action="store_true",
-                      help="the room needs a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
-    for name, text in (("leave", "leave a room"), ("members", "a room's members and devices"),
-                       ("history", "the room's stored messages, decrypted where you can")):
-        commands.add_parser(name, help=text).add_argument("room")
-    say = commands.add_parser("say", help="send a message to a room")
-    say.add_argument("room")
-    say.add_argument("text", nargs="+")
-    add_send_wait(say)
-    broadcast = commands.add_parser("broadcast", help="send a message to every user")
-    broadcast.add_argument("text", nargs="+")
-    add_send_wait(broadcast)
-    for name, text in (("invite", "add USER to ROOM (owner/admins)"),
-                       ("kick", "remove USER from ROOM (if in it) and ban USER from it (owner/admins)"),
-                       ("unban", "lift USER's ban from ROOM (owner/admins)")):
-        action = commands.add_parser(name, help=text)
-        action.add_argument("room")
-        action.add_argument("user")
-    return parser
-
-
-def read_room_password(wanted):
-    if not wanted:
-        return None
-    password = os.environ.get("SECURECHAT_ROOM_PASSWORD")
-    if password is None:
-        if not sys.stdin.isatty():
-            raise CommandFailed("set SECURECHAT_ROOM_PASSWORD or run in a terminal", 2)
-        password = getpass.getpass("Room password: ")
-    return password
-
-
-def request_for(args):
-    """The daemon method and params that do what ``args`` asks."""
-    command = args.command
-    if command in ("send", "say", "broadcast"):
-        params = {"text": " ".join(args.text), "wait": args.wait}
-        if command != "broadcast":
-            params.update({"user": args.user} if command == "send" else {"room": args.room})
-        return command, params
-    if command == "inbox":
-        return "inbox", {"wait": args.wait}
-    if command == "rooms":
-        params = {"room": args.room} if args.rooms_command != "list" else {}
-        if args.rooms_command == "create":
-            params.update(_room_password(args))
-        elif args.rooms_command == "mode":
-            params["mode"] = args.mode
-        return "rooms." + args.rooms_command, params
-    if command == "join":
-        return "join", {"room": args.room, **_room_password(args)}
-    if command in ("leave", "members", "history"):
-        return command, {"room": args.room}
-    if command in ("invite", "kick", "unban"):
-        return command, {"room": args.room, "user": args.user}
-    if command in ("fingerprint", "trust", "verify"):
-        return command, {"user": args.user} if args.user else {}
-    if command == "outbox":
-        return "outbox", {"drop": args.drop} if args.drop else {}
-    return command, {}
-
-
-def _room_password(args):
-    password = read_room_password(args.password)
-    return {} if password is None else {"password": password}
-
-
-def next_page(params):
-    """The params that fetch the rest of an answer that said ``more`` (no new wait)."""
-    return {key: value for key, value in params.items() if key != "wait"}
-
-
-def show_result(args, result, out=print):
-    """Print what a command's result says, as the standalone commands always have (what
-    others wrote passes render.safe)."""
-    command = args.command
-    width = terminal_width(sys.stdout)
-    if command == "login":
-        out(f"logged in as {result['user']} (device {result['device']}); "
-            f"{result['queued']} message(s) waiting")
-    elif command in ("send", "say", "broadcast"):
-        if result.get("notice"):
-            out(result["notice"])
-    elif command == "inbox":
-        for record in result["messages"]:
-            out(message_json({**record, "from_dev": record["from_device"]}) if args.json
-                else format_message(record, width))
-        sys.stdout.flush()
-    elif command == "outbox":
-        _show_outbox(result, out)
-    elif command == "history":
-        for record in result["messages"]:
-            out(format_history(record, width))
-    elif command == "rooms":
-        _show_rooms_result(args, result, out)
-    elif command == "join":
-        out(f"joined {args.room}: {', '.join(map(safe, result['members']))}")
-    elif command == "leave":
-        out(f"left {args.room}")
-    elif command == "members":
-        for user, devices in result["members"].items():
-            out(f"{safe(user)}: {', '.join(map(safe, devices)) or '(no device)'}")
-    elif command in ("invite", "kick", "unban"):
-        out(result["text"])
-    elif command == "fingerprint":
-        if "safety_number" not in result:
-            out(f"{result['user']}: {result['fingerprint']}")
-        else:
-            state = "verified" if result["verified"] else "unverified"
-            out(f"{result['user']}: {result['fingerprint']} ({state})")
-            out("safety number: " + result["safety_number"])
-    elif command == "trust":
-        if result["accepted"] is None:
-            out(f"{args.user}'s identity key has not changed; nothing to accept")
-        else:
-            out(f"accepted {args.user}'s new identity key {result['accepted']}"
-                " (unverified: run 'securechat verify' to verify it)")
-
-
-def _show_outbox(result, out):
-    if "dropped" in result:
-        out(f"dropped {result['dropped']}")
-        return
-    for entry in result["entries"]:
-        where = f"in {entry['room']}" if entry["room"] else f"to {entry['to']}"
-        state = f"failed: {entry['error']}" if entry["error"] else "pending"
-        out(f"{entry['id']} [{entry['queued_at']}] {where} ({state}): "
-            + json.dumps(entry["text"], ensure_ascii=False))
-
-
-def _show_rooms_result(args, result, out):
-    action = args.rooms_command
-    if action == "create":
-        out(f"created {args.room}" + (" (password protected)" if result["password"] else ""))
-    elif action == "list":
-        for room in result["rooms"]:
-            out(safe(room))
-    elif action == "mode":
-        out(result["text"])
-    elif action == "bans":
-        for ban in result["bans"]:
-            out(f"{safe(ban['user'])}: banned by {safe(ban['by'])} at {ban['created']} "
-                f"(a former {safe(ban['role'])})")
-        if not result["bans"]:
-            out(f"nobody is banned from {args.room}")
 
 
 def check_complete(result):

@@ -14,7 +14,7 @@ from twisted.logger import (
     textFileLogObserver)
 from twisted.python.failure import Failure
 
-from securechat.client import cli
+from securechat.client import cli, commands
 from securechat.client.methods import Methods, Verifications, as_command_failed
 from securechat.client.render import EscapingStream
 from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed
@@ -53,7 +53,7 @@ def run_reactor(main):
 
 def run(settings, args, request=None):
     """Run the command ``args`` names without a daemon; its exit code.  ``request`` is the
-    one-shot command's ``(method, params)`` (cli.request_for)."""
+    one-shot command's ``(method, params)`` (commands.request_for)."""
     if args.command == "daemon":
         from securechat.client.daemon import serve
 
@@ -111,11 +111,11 @@ async def one_shot(reactor, settings, args, method, params):
         methods = Methods(client, Verifications())
         while True:
             result = await methods.call(method, params)
-            cli.show_result(args, result)
+            commands.show_result(args, result)
             if not result.get("more"):
                 cli.check_complete(result)
                 return 0
-            params = cli.next_page(params)
+            params = commands.next_page(params)
     finally:
         await client.disconnect()
 
@@ -126,7 +126,7 @@ async def offline(reactor, settings, args, method, params):
     try:
         with UnlockingNotice():
             client.unlock()
-        cli.show_result(args, await Methods(client, Verifications()).call(method, params))
+        commands.show_result(args, await Methods(client, Verifications()).call(method, params))
         return 0
     except Exception as e:
         raise as_command_failed(e) from None
