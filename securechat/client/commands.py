@@ -117,8 +117,7 @@ def add_history(commands):
                     "messages the relay keeps for it, decrypted where you can.  A bare NAME "
                     "is the room when you are in a room of that name (asked of the relay), "
                     "else the user; --room, --user or '#NAME' say which.",
-        epilog="example: securechat history bob --last 20",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="example: securechat history bob --last 20")
     history.add_argument("name", metavar="NAME", help="a user, or a room ('#ops')")
     kind = history.add_mutually_exclusive_group()
     kind.add_argument("--room", dest="kind", action="store_const", const="room",
