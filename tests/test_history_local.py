@@ -14,7 +14,7 @@ from twisted.internet import defer, reactor, threads
 from securechat.client import rpc
 from securechat.client.session import Client
 from securechat.client.settings import ClientSettings
-from securechat.crypto.keystore import KeyStore
+from securechat.crypto.keystore import KeyStore, KeyStoreError
 from tests.processes import (
     DaemonProcess, ServerProcess, free_port, run_cli, write_client_config)
 from tests.support import poll_until_async, write_config
@@ -230,3 +230,16 @@ def test_a_store_from_before_schema_2_opens_with_its_messages_filed_by_conversat
         assert store.meta("schema_version") == "2"
     finally:
         store.close()
+
+
+def test_a_store_of_a_newer_schema_is_refused_with_a_clear_error(tmp_path):
+    """A key store whose schema_version is newer than this code knows is not opened: the
+    error says to upgrade, and the lock is released."""
+    directory = str(tmp_path / "keys")
+    store = KeyStore.create(directory, PASSWORD, {"user": "alice"})
+    with store.transaction():
+        store.set_meta("schema_version", "99")
+    store.close()
+    for _ in range(2):  # the second time: not "another process is using" (lock released)
+        with pytest.raises(KeyStoreError, match=r"newer securechat \(schema 99.*upgrade"):
+            KeyStore.open(directory, PASSWORD)

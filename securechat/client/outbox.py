@@ -6,8 +6,8 @@ message).  When it is encrypted, its envelopes are written to its entry in
 the same transaction as the ratchet state that produced them, so the
 envelopes that may have left are always the ones kept.  The entry goes
 when the relay answers "accepted", and in the same transaction a 1:1
-message enters the conversation's history as sent (``sent_record``), so
-each message is there once, however many times it was sent again.  If the connection drops first, the
+message enters its conversation's history as sent (``sent_record``): once,
+however often it was sent again.  If the connection drops first, the
 entry stays, and after the reconnect it is sent again with its ORIGINAL
 envelope ids: the relay refuses an id it still holds (``duplicate_envelope``,
 which means it was accepted before) and a recipient drops an id it has seen,

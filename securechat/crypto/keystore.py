@@ -53,8 +53,9 @@ CREATE INDEX IF NOT EXISTS sent_peer ON sent (peer, pos);
 """
 
 SCHEMA_VERSION = 2
-"""Meta ``schema_version`` (absent: 1).  2: the ``sent`` table (own 1:1 messages the relay
-accepted) and ``messages.peer`` (the conversation of a received 1:1 message)."""
+"""Meta ``schema_version`` (absent: 1, before versions were kept).  2: the ``sent`` table
+(own 1:1 messages the relay accepted) and ``messages.peer`` (the conversation of a
+received 1:1 message)."""
 
 
 def conversation_peer(record):
@@ -151,12 +152,18 @@ class KeyStore:
 
     def _migrate(self):
         """Bring a store written by an older client up to ``SCHEMA_VERSION`` (a new one
-        too: it starts at 1), each step one transaction."""
+        too: it starts at 1), each step one transaction; refuse one from a newer client."""
         version = int(self.meta("schema_version", "1"))
-        if version < 2:
-            with self.transaction():
-                self._add_message_peers()
-                self.set_meta("schema_version", "2")
+        if version > SCHEMA_VERSION:
+            self.close()
+            raise KeyStoreError(f"the key store in {self.directory} is of a newer securechat "
+                                f"(schema {version}, this one knows {SCHEMA_VERSION}): "
+                                "upgrade securechat")
+        for target, step in ((2, self._add_message_peers),):
+            if version < target:
+                with self.transaction():
+                    step()
+                    self.set_meta("schema_version", str(target))
 
     def _add_message_peers(self):
         """Version 2: received 1:1 messages get their conversation's ``peer`` hash (the
