@@ -2,7 +2,8 @@
 
 An account is its name and the keys that prove it; its devices, their keys
 and its signed device list are the ``devices`` aggregate.  The relay's id
-lives here too: one row, like an account's, made once and read at login.
+lives here too (one row, made by the first start and read by every start):
+the challenge every login signs names it.
 """
 
 from securechat.store.errors import UserExists
