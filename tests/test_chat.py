@@ -41,11 +41,12 @@ async def started(config, **kw):
 
 
 async def received(config, count):
-    """The texts ``config``'s user reads with ``inbox``, once ``count`` arrived."""
+    """The 1:1 texts ``config``'s user reads with ``inbox``, once ``count`` arrived."""
     got = []
 
     async def enough():
-        got.extend(m["text"] for m in (await ok(config, "inbox", "--json")).json_lines())
+        got.extend(m["text"] for m in (await ok(config, "inbox", "--json")).json_lines()
+                   if m["type"] != "membership" and not m["room"])
         return len(got) >= count
 
     await poll_until_async(enough, timeout=60)
@@ -78,3 +79,199 @@ async def test_typing_while_a_message_arrives_leaves_the_input_line_intact(serve
     finally:
         chat.kill()
     assert await received(bob, 1) == ["half a line"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversation_switching_with_query_join_and_alt_keys_counts_unread(server, tmp_path):
+    """/join #ops and /join dev open and switch to room buffers, Alt-2 goes back to #ops,
+    messages to the other buffers show as unread counts in the status line, switching
+    (Alt-3, /buffer 4, /query #ops) clears them; /msg sends without switching; /me shows
+    "* alice ..."; /names lists members; /part closes the buffer."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    await ok(bob, "rooms", "create", "ops")
+    await ok(bob, "rooms", "create", "dev")
+    chat = await started(alice)
+    try:
+        chat.line("/join #ops")
+        await chat.wait_for(lambda c: c.status_row == "[connected] #ops", what="#ops current")
+        chat.line("/join dev")
+        await chat.wait_for(lambda c: c.status_row == "[connected] #dev", what="#dev current")
+        assert "1:(status) 2:#ops 3:#dev" in chat.rows()[0], chat.text()
+        chat.press("\x1b2")  # Alt-2
+        await chat.wait_for(lambda c: c.status_row == "[connected] #ops", what="Alt-2")
+        await ok(bob, "say", "dev", "first in dev")
+        await ok(bob, "say", "dev", "second in dev")
+        await ok(bob, "send", "alice", "direct")
+        await chat.wait_for(lambda c: c.status_row == "[connected] #ops | #dev(2) bob(1)",
+                            what="unread counts")
+        assert "4:bob" in chat.rows()[0], chat.text()
+        chat.press("\x1b3")  # Alt-3
+        await chat.wait_for(lambda c: c.status_row == "[connected] #dev | bob(1)", what="Alt-3")
+        assert "<bob?> first in dev" in chat.text() and "<bob?> second in dev" in chat.text()
+        chat.line("/buffer 4")
+        await chat.wait_for(lambda c: c.status_row == "[connected] bob", what="/buffer 4")
+        assert "<bob?> direct" in chat.text()
+        chat.line("/query #ops")
+        await chat.wait_for(lambda c: c.status_row == "[connected] #ops", what="/query #ops")
+        chat.line("/msg bob sent from ops")
+        chat.line("/me waves")
+        await chat.wait_for("* alice waves")
+        assert chat.status_row == "[connected] #ops", chat.text()
+        chat.line("/names")
+        await chat.wait_for(lambda c: any(r.split()[-2:-1] == ["bob:"] for r in c.rows()),
+                            what="bob in /names")
+        chat.line("/part")
+        await chat.wait_for("left ops")
+        await chat.wait_for(lambda c: "#ops" not in c.rows()[0], what="#ops closed")
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
+    assert await received(bob, 1) == ["sent from ops"]
+    history = (await ok(bob, "history", "ops")).out
+    assert "alice in ops (unverified): /me waves" in history, history
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_commands_go_through_the_cli_command_layer(server, tmp_path):
+    """Slash commands that are CLI commands answer in the CLI's words (/fingerprint prints
+    what `securechat fingerprint` prints, /create says "created lobby"), a usage error is
+    shown on the screen and the chat goes on, an unknown command is named, /help lists the
+    commands, and a note to yourself from your only device says it went nowhere."""
+    from securechat.client.session import NO_OTHER_DEVICE
+
+    alice = await register(server, tmp_path, "alice")
+    chat = await started(alice)
+    try:
+        chat.line("/help")
+        await chat.wait_for("/query USER")
+        chat.line("/fingerprint")
+        cli = (await ok(alice, "fingerprint", password=None)).out.strip()  # via the chat's daemon
+        await chat.wait_for(cli)
+        chat.line("/create lobby")
+        await chat.wait_for("created lobby")
+        chat.line("/invite lobby")
+        await chat.wait_for("usage: securechat invite")
+        await chat.wait_for("the following arguments are required: user")
+        chat.line("/nonsense")
+        await chat.wait_for("unknown command /nonsense")
+        chat.line("/msg alice a note")
+        await chat.wait_for(NO_OTHER_DEVICE[:60])
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_serves_the_other_commands_while_it_runs(server, tmp_path):
+    """With no daemon, `chat` starts one: scripts work beside it without a password, what
+    they send and receive meanwhile shows in the chat (so `inbox` has nothing left); the
+    daemon ends with the chat."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    chat = await started(alice)
+    try:
+        listed = await run_cli(alice, "rooms", "list", password=None)
+        assert listed.code == 0 and listed.out == "", listed
+        await ok(alice, "send", "bob", "from a script beside the chat", password=None)
+        await ok(bob, "send", "alice", "to the chat")
+        await chat.wait_for(lambda c: "2:bob(1)" in c.rows()[0] or "bob(1)" in c.status_row,
+                            what="bob's message")
+        empty = await run_cli(alice, "inbox", password=None)
+        assert empty.code == 0 and empty.out == "", empty
+        chat.press("\x1b2")
+        await chat.wait_for("<bob?> to the chat")
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
+    after = await run_cli(alice, "rooms", "list", password=None)  # no daemon now
+    assert after.code == 2 and "no password" in after.err, after
+    assert await received(bob, 1) == ["from a script beside the chat"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_room_is_joined_from_inside_the_chat(server, tmp_path):
+    """/join of a room with a password asks for it in the input line, masked (the password
+    never shows on the screen), then joins and opens the room's buffer; Esc at the prompt
+    (/join ROOM --password) cancels."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    await ok(bob, "rooms", "create", "secret", "--password",
+             extra_env={"SECURECHAT_ROOM_PASSWORD": "swordfish-42"})
+    chat = await started(alice)
+    try:
+        chat.line("/join #secret")
+        await chat.wait_for(lambda c: c.input_row.startswith("password for secret:"),
+                            what="the password prompt")
+        chat.type("swordfish-42")
+        await chat.wait_for(lambda c: c.input_row == "password for secret: " + "*" * 12,
+                            what="the masked password")
+        chat.press("enter")
+        await chat.wait_for(lambda c: c.status_row == "[connected] #secret", what="joined")
+        await chat.wait_for("joined secret")
+        assert "swordfish" not in chat.text()
+        chat.line("/join secret --password")
+        await chat.wait_for(lambda c: c.input_row.startswith("password for secret:"),
+                            what="the prompt of --password")
+        chat.type("nope")
+        chat.press("esc")
+        await chat.wait_for("cancelled")
+        assert chat.input_row == ">", chat.text()
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
+    members = (await ok(bob, "members", "secret")).out
+    assert "alice:" in members, members
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hostile_message_shows_escaped_on_the_screen(server, tmp_path):
+    """mallory's message with a CR, ANSI colour, an OSC title, BEL and U+202E arrives as
+    visible escapes; its second line is marked and stays in the message column, so no row
+    of it starts like a message of its own."""
+    mallory = await register(server, tmp_path, "mallory")
+    bob = await register(server, tmp_path, "bob")
+    chat = await started(bob)
+    try:
+        await ok(mallory, "send", "bob", FORGED)
+        chat.press("\x1b2")
+        await chat.wait_for("<U+202E>yek/pmt/")
+        rows = chat.rows()
+        assert len([row for row in rows if "<mallory?> see you" in row]) == 1, rows
+        forged = [row for row in rows if "alice (verified)" in row]
+        assert forged and all(row.startswith("      ") for row in forged), rows
+        assert "| [2026-12-06T17:30:00.000Z] alice (verified)" in forged[0], rows
+        assert "^M^[[32mok^[[0m^[]0;alice (verified)^G <U+202E>yek/pmt/" in "".join(
+            row.strip() for row in rows), rows
+        assert all(cell.fg != "green" for cell in chat.cells() if cell.data in "ok"), rows
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_color_gives_a_screen_without_colour_attributes(server, tmp_path):
+    """With NO_COLOR set, no cell of the screen has a colour (pyte's fg and bg stay
+    "default"), bars and all; without it the same screen has coloured cells."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    await ok(bob, "send", "alice", "colourful")
+    for no_color, coloured in (("1", False), ("", True)):
+        chat = await started(alice, extra_env={"NO_COLOR": no_color})
+        try:
+            chat.line("/query bob")
+            chat.line("/nonsense")
+            await chat.wait_for("unknown command /nonsense")
+            if no_color:
+                await chat.wait_for("<bob?> colourful")
+            colours = {(cell.fg, cell.bg) for cell in chat.cells()}
+            assert (colours != {("default", "default")}) == coloured, (no_color, colours)
+            chat.line("/quit")
+            assert await chat.finish() == 0
+        finally:
+            chat.kill()

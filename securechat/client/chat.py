@@ -143,10 +143,17 @@ class Chat:
                 return
 
     def deliver(self, record):
+        """A message into its buffer (opened for it, with the history before it); a
+        membership change into its room's buffer, or the status buffer when none is open
+        (one's own /part does not open the room again)."""
         room = record.get("room")
         kind, name = ("room", room) if room else ("user", record.get("from"))
+        lines = message_lines(record, self.me)
+        if record.get("type") == "membership":
+            self.add(self.buffers.find(kind, name) or self.buffers.status, lines)
+            return
         buffer, new = self.buffers.open(kind, name)
-        self.add(buffer, message_lines(record, self.me), counts=True)
+        self.add(buffer, lines, counts=True)
         if new and kind == "user":
             self._in_background(self._load_history(buffer))
 
@@ -204,10 +211,11 @@ class Chat:
             return
         self.add(buffer, [own_line(self.me, text)])
 
-    async def command(self, words, password=None, strict=False):
+    async def command(self, words, password=None, strict=False, into=None):
         """Run a CLI command (``words`` as typed after ``securechat``) through the command
-        layer and show what it prints; its result, or None when it could not run (its
-        usage error is shown).  ``strict``: its failure is raised, not shown."""
+        layer and show what it prints (in the current buffer, or the one ``into()`` opens
+        when it succeeded); its result, or None when it could not run (its usage error is
+        shown).  ``strict``: its failure is raised, not shown."""
         args = self._parse(words)
         if args is None:
             return None
@@ -220,7 +228,8 @@ class Chat:
         try:
             while True:
                 result = await self.call(method, **params)
-                show_result(args, result, out=self.say)
+                buffer = into() if into else self.buffers.current
+                show_result(args, result, out=lambda text: self.add(buffer, [notice(text)]))
                 if not result.get("more"):
                     return result
                 params = next_page(params)
@@ -243,33 +252,46 @@ class Chat:
         """The buffer of a user or (``#name``) a room, opened (with its recent history)
         if it was not; made current if ``switch``."""
         kind = "room" if name.startswith("#") else "user"
-        buffer, new = self.buffers.open(kind, name.lstrip("#").lower())
-        if switch:
-            self._select(buffer)
-        else:
-            self._bars()
+        buffer, new = self._opened(kind, name.lstrip("#").lower(), switch)
         if new:
             await self._load_history(buffer)
         return buffer
 
+    def _opened(self, kind, name, switch):
+        buffer, new = self.buffers.open(kind, name)
+        if switch:
+            self._select(buffer)
+        else:
+            self._bars()
+        return buffer, new
+
     async def join(self, room, options):
         """Join ``room`` and open its buffer; a room with a password asks for it here."""
+        opened = []
+
+        def into():
+            opened[:] = self._opened("room", room, switch=True)
+            return opened[0]
+
         try:
-            result = await self.command(["join", room, *options], strict=True)
+            await self.command(["join", room, *options], strict=True, into=into)
         except CommandFailed as e:
             if not needs_password(e) or "--password" in options:
                 raise
             self.say(f"{room} has a password")
-            result = await self.command(["join", room, "--password", *options])
-        if result is not None:
-            await self.open("#" + room, switch=True)
+            await self.command(["join", room, "--password", *options], into=into)
+        if opened and opened[1]:
+            await self._load_history(opened[0])
 
-    def close(self, kind, name):
-        buffer = self.buffers.find(kind, name)
+    async def part(self, room):
+        """Leave ``room``: its buffer closes first, so what ``leave`` says shows where
+        the person is then."""
+        buffer = self.buffers.find("room", room)
         if buffer is not None:
             self.buffers.close(buffer)
             self.view.show(self.buffers.current)
             self._bars()
+        await self.command(["leave", room])
 
     async def _load_history(self, buffer):
         """What the conversation said before: a 1:1 buffer from the local store (the

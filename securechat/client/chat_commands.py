@@ -108,8 +108,8 @@ class SlashCommands:
 
     async def do_part(self, rest):
         room = self._room_or_current(rest, "/part ROOM")
-        if room is not None and await self._chat.command(["leave", room]) is not None:
-            self._chat.close("room", room)
+        if room is not None:
+            await self._chat.part(room)
 
     async def do_names(self, rest):
         room = self._room_or_current(rest, "/names ROOM")
