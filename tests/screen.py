@@ -35,7 +35,7 @@ class ChatScreen:
 
     def _pump(self):
         """Feed what the process wrote so far into the screen."""
-        while True:
+        while not self.child.closed:
             try:
                 data = self.child.read_nonblocking(65536, timeout=0)
             except pexpect.TIMEOUT:

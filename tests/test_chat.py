@@ -4,7 +4,7 @@ screen read through pyte (tests/screen.py), against real relays and real CLI pro
 import pytest
 import pytest_twisted
 
-from tests.processes import run_cli, write_client_config
+from tests.processes import DaemonProcess, RelayEndpoint, run_cli, write_client_config
 from tests.screen import ChatScreen
 from tests.support import poll_until_async
 
@@ -275,3 +275,58 @@ async def test_no_color_gives_a_screen_without_colour_attributes(server, tmp_pat
             assert await chat.finish() == 0
         finally:
             chat.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_restart_shows_notices_and_a_line_typed_meanwhile_is_delivered_once(
+        twistd_relay, tmp_path):
+    """The relay is stopped (SIGTERM) and started again: the chat shows a notice and
+    "[disconnected]" in the status line, accepts a line typed meanwhile (shown "queued"),
+    then shows "[connected]" and a notice; bob reads that line exactly once."""
+    await twistd_relay.wait_listening()
+    endpoint = RelayEndpoint(twistd_relay.port, twistd_relay.data_dir)
+    alice, bob = (write_client_config(str(tmp_path / "clients"), name, endpoint.port,
+                                      ca_file=endpoint.cert_path) for name in ("alice", "bob"))
+    for config in (alice, bob):
+        await ok(config, "register")
+    await ok(alice, "send", "bob", "hello")  # sessions and keys exist before the outage
+    assert await received(bob, 1) == ["hello"]
+    chat = await started(alice)
+    try:
+        chat.line("/query bob")
+        await chat.wait_for(lambda c: c.status_row == "[connected] bob", what="bob's buffer")
+        twistd_relay.stop()
+        await chat.wait_for(lambda c: c.status_row == "[disconnected] bob", what="disconnected")
+        await chat.wait_for("!! disconnected: ")
+        chat.line("typed during the outage")
+        await chat.wait_for("<alice> typed during the outage (queued")
+        twistd_relay.start()
+        await twistd_relay.wait_listening()
+        await chat.wait_for(lambda c: c.status_row == "[connected] bob", what="connected again")
+        await chat.wait_for("-!- connected: ")
+        assert await received(bob, 1) == ["typed during the outage"]
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
+    assert (await ok(bob, "inbox", "--json")).json_lines() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_chat_ends_with_exit_code_4_when_its_daemon_goes_away(server, tmp_path):
+    """A chat on a running `securechat daemon` (no password asked) says so and exits 4
+    when that daemon is stopped."""
+    alice = await register(server, tmp_path, "alice")
+    daemon = DaemonProcess(alice, tmp_path / "clients" / "alice")
+    try:
+        await daemon.ready()
+        chat = await started(alice, password=None)
+        try:
+            assert await daemon.stop() == 0
+            assert await chat.finish() == 4
+            assert "the daemon stopped" in chat.text(), chat.text()
+        finally:
+            chat.kill()
+    finally:
+        if not daemon.ended.called:
+            daemon.transport.signalProcess("KILL")
