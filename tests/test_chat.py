@@ -118,6 +118,8 @@ async def test_conversation_switching_with_query_join_and_alt_keys_counts_unread
         chat.line("/me waves")
         await chat.wait_for("* alice waves")
         assert chat.status_row == "[connected] #ops", chat.text()
+        chat.line("/history ops")
+        await chat.wait_for("alice in ops (unverified): /me waves")
         chat.line("/names")
         await chat.wait_for(lambda c: any(r.split()[-2:-1] == ["bob:"] for r in c.rows()),
                             what="bob in /names")
@@ -173,8 +175,10 @@ async def test_chat_serves_the_other_commands_while_it_runs(server, tmp_path):
     bob = await register(server, tmp_path, "bob")
     chat = await started(alice)
     try:
+        chat.line("/create lobby")
+        await chat.wait_for("created lobby")
         listed = await run_cli(alice, "rooms", "list", password=None)
-        assert listed.code == 0 and listed.out == "", listed
+        assert listed.code == 0 and listed.out.split() == ["lobby"], listed
         await ok(alice, "send", "bob", "from a script beside the chat", password=None)
         await ok(bob, "send", "alice", "to the chat")
         await chat.wait_for(lambda c: "2:bob(1)" in c.rows()[0] or "bob(1)" in c.status_row,
