@@ -200,7 +200,7 @@ async def test_chat_serves_the_other_commands_while_it_runs(server, tmp_path):
 async def test_a_password_room_is_joined_from_inside_the_chat(server, tmp_path):
     """/join of a room with a password asks for it in the input line, masked (the password
     never shows on the screen), then joins and opens the room's buffer; Esc at the prompt
-    (/join ROOM --password) cancels."""
+    (/join ROOM --password) cancels; Ctrl-C ends the chat (exit 130)."""
     alice = await register(server, tmp_path, "alice")
     bob = await register(server, tmp_path, "bob")
     await ok(bob, "rooms", "create", "secret", "--password",
@@ -224,8 +224,8 @@ async def test_a_password_room_is_joined_from_inside_the_chat(server, tmp_path):
         chat.press("esc")
         await chat.wait_for("cancelled")
         assert chat.input_row == ">", chat.text()
-        chat.line("/quit")
-        assert await chat.finish() == 0
+        chat.press("ctrl c")
+        assert await chat.finish() == 130
     finally:
         chat.kill()
     members = (await ok(bob, "members", "secret")).out

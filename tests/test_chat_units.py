@@ -143,3 +143,17 @@ def test_the_quiet_parser_raises_what_argparse_would_print_and_exit_with():
     assert request_for(args, lambda wanted: "pw" if wanted else None) == (
         "join", {"room": "ops", "password": "pw"})
     assert parser.parse_args(["send", "bob", "--", "-1 degrees"]).text == ["-1 degrees"]
+
+
+def test_the_chat_imports_the_command_layer_and_never_the_cli():
+    """No chat module imports cli.py (the chat is not a second CLI: both use commands.py
+    and render.py), and neither the CLI nor the command layer imports the chat at load."""
+    from tests.test_layers import ROOT, imported_names
+
+    client = ROOT / "securechat" / "client"
+    for path in client.glob("chat*.py"):
+        assert "securechat.client.cli" not in set(imported_names(path)), path
+    assert "securechat.client.commands" in set(imported_names(client / "chat.py"))
+    for name in ("cli.py", "commands.py"):
+        assert not any(n.startswith("securechat.client.chat")
+                       for n in imported_names(client / name)), name

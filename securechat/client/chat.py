@@ -10,6 +10,7 @@ lives no longer than the chat the person started.  The daemon reconnects to the 
 itself and keeps what is sent meanwhile in its outbox; the chat says so.
 """
 
+import logging
 import sys
 
 from twisted.internet import defer
@@ -348,6 +349,9 @@ async def run_chat(reactor, settings, log_lines):
     from securechat.client.methods import as_command_failed
     from securechat.client.unlock import read_password
 
+    urwid_log = logging.getLogger("urwid")  # its errors too: stderr is under the screen
+    urwid_log.addHandler(logging.StreamHandler(log_lines))
+    urwid_log.propagate = False
     own = None
     running = DaemonConnection.find(settings.data_dir)
     if running is not None:
