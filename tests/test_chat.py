@@ -3,6 +3,7 @@ screen read through pyte (tests/screen.py), against real relays and real CLI pro
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from tests.processes import DaemonProcess, RelayEndpoint, run_cli, write_client_config
 from tests.screen import ChatScreen
@@ -334,3 +335,38 @@ async def test_the_chat_ends_with_exit_code_4_when_its_daemon_goes_away(server, 
     finally:
         if not daemon.ended.called:
             daemon.transport.signalProcess("KILL")
+
+
+@pytest_twisted.ensureDeferred
+async def test_verify_in_the_chat_asks_in_the_input_line_and_marks_the_sender_verified(
+        server, tmp_path):
+    """/verify bob shows the emoji and asks "Do they match?" in the input line; after y
+    (bob runs `securechat verify alice` and answers y too) bob is verified, and his next
+    message shows without the "?" mark."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    await ok(alice, "send", "bob", "hello")
+    await ok(bob, "inbox")
+    chat = await started(alice)
+    try:
+        chat.line("/verify bob")
+
+        async def asked():
+            return sum([await server.service.store.queue_length("bob", d["device"])
+                        for d in await server.service.store.get_devices("bob")])
+
+        await poll_until_async(asked, timeout=60)
+        responder = defer.ensureDeferred(run_cli(bob, "verify", "alice", stdin=b"y\n"))
+        await chat.wait_for(lambda c: c.input_row.startswith("Do they match? [y/N]"),
+                            what="the question")
+        assert "Compare with" in chat.text(), chat.text()
+        chat.line("y")
+        await chat.wait_for("bob is verified")
+        assert (await responder).code == 0
+        await ok(bob, "send", "alice", "verified now")
+        chat.line("/query bob")
+        await chat.wait_for("<bob> verified now")
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()

@@ -157,3 +157,40 @@ def test_the_chat_imports_the_command_layer_and_never_the_cli():
     for name in ("cli.py", "commands.py"):
         assert not any(n.startswith("securechat.client.chat")
                        for n in imported_names(client / name)), name
+
+
+class RecordedScreen:
+    """What the chat asks its screen to do, kept (the real one is in the screen tests)."""
+
+    def __init__(self, on_enter, on_key):
+        self.status = None
+
+    def bars(self, title, status):
+        self.status = status
+
+    def show(self, buffer):
+        pass
+
+    def append(self, buffer, count):
+        pass
+
+
+def test_the_chat_says_each_state_change_once_and_shows_verification_requests():
+    """Reconnect attempts (``connecting``, ``disconnected`` with a new delay) add no line;
+    each change of state adds one notice and sets the status line; a verification
+    request from bob tells how to answer it."""
+    from securechat.client.chat import Chat
+
+    chat = Chat(daemon=None, me="alice", view_factory=RecordedScreen)
+    chat.state = "connected"
+    for state, detail in (("disconnected", "lost; next attempt in 0.5 s"),
+                          ("connecting", "relay:6697"),
+                          ("disconnected", "refused; next attempt in 1.0 s"),
+                          ("connecting", "relay:6697"), ("connected", "relay:6697")):
+        chat.notified("state", {"state": state, "detail": detail})
+    assert [line.body for line in chat.buffers.status.lines] == [
+        "disconnected: lost; next attempt in 0.5 s", "connected: relay:6697"]
+    assert chat.view.status == "[connected] (status)"
+    chat.notified("verify.request", {"user": "bob", "device": "DEV\x1b"})
+    assert chat.buffers.status.lines[-1].body == (
+        "bob (device DEV^[) asks you to verify: /verify bob")
