@@ -370,3 +370,12 @@ async def test_verify_in_the_chat_asks_in_the_input_line_and_marks_the_sender_ve
         assert await chat.finish() == 0
     finally:
         chat.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_chat_without_a_terminal_says_it_needs_one(server, tmp_path):
+    """`securechat chat` with a pipe for stdin and stdout exits 2 naming what to use
+    instead, before it asks for a password or starts a daemon."""
+    alice = await register(server, tmp_path, "alice")
+    result = await run_cli(alice, "chat", password=None)
+    assert result.code == 2 and "securechat chat needs a terminal" in result.err, result

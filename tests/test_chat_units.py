@@ -5,12 +5,16 @@ import os
 import time
 
 import pytest
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from securechat.client import chat_buffers
 from securechat.client.chat_buffers import Buffers
 from securechat.client.chat_lines import local_time, message_lines, notice, own_line
 from securechat.client.chat_view import InputLine
 from securechat.client.commands import ParseStopped, QuietParser, build_parser, request_for
+from securechat.client.daemon_client import DaemonError
+from securechat.client.rpc import INVALID_PARAMS, METHOD_NOT_FOUND
 
 
 @pytest.fixture
@@ -194,3 +198,52 @@ def test_the_chat_says_each_state_change_once_and_shows_verification_requests():
     chat.notified("verify.request", {"user": "bob", "device": "DEV\x1b"})
     assert chat.buffers.status.lines[-1].body == (
         "bob (device DEV^[) asks you to verify: /verify bob")
+
+
+def fired(coroutine):
+    """The result of a coroutine that awaits only fired Deferreds (no reactor needed)."""
+    outcome = []
+    defer.ensureDeferred(coroutine).addBoth(outcome.append)
+    (result,) = outcome
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+class AnsweringDaemon:
+    """A daemon connection that answers each method with a fixed result or error."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = answers, []
+
+    def call(self, method, **params):
+        self.calls.append((method, params))
+        answer = self.answers[method]
+        return defer.fail(answer) if isinstance(answer, Exception) else defer.succeed(answer)
+
+
+def test_a_conversation_opens_with_its_recent_history_own_lines_included():
+    """/query bob asks the daemon for bob's last 50 messages ("history" {"user", "last"})
+    and shows them, the ones this person sent as own lines."""
+    from securechat.client.chat import Chat
+
+    mine = {**record("mine", sender="alice"), "outgoing": True}
+    daemon = AnsweringDaemon({"history": {"messages": [record("old"), mine], "more": False}})
+    chat = Chat(daemon=daemon, me="alice", view_factory=RecordedScreen)
+    buffer = fired(chat.open("Bob", switch=True))
+    assert daemon.calls == [("history", {"user": "bob", "last": 50})]
+    assert [(l.mark, l.mark_style, l.body) for l in buffer.lines] == [
+        ("<bob?>", "unverified", "old"), ("<alice>", "own", "mine")]
+    assert chat.view.status == "[connecting] bob"
+
+
+@pytest.mark.parametrize("code", [METHOD_NOT_FOUND, INVALID_PARAMS])
+def test_a_daemon_without_one_to_one_history_opens_an_empty_conversation(code):
+    """A daemon that has no 1:1 "history" (unknown method, or room-only params) gives an
+    empty buffer and no error line."""
+    from securechat.client.chat import Chat
+
+    daemon = AnsweringDaemon({"history": DaemonError("no such method", 2, code)})
+    chat = Chat(daemon=daemon, me="alice", view_factory=RecordedScreen)
+    buffer = fired(chat.open("bob", switch=True))
+    assert buffer.lines == [] and chat.buffers.status.lines == []

@@ -23,7 +23,7 @@ from securechat.client.commands import (
     ParseStopped, QuietParser, build_parser, next_page, request_for, show_result)
 from securechat.client.render import safe
 from securechat.client.rpc import (
-    EXIT_UNREACHABLE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed, DaemonConnection)
+    EXIT_UNREACHABLE, EXIT_USAGE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed, DaemonConnection)
 
 HISTORY_LINES = 50
 """Messages a 1:1 buffer shows from the local store when it opens."""
@@ -47,6 +47,7 @@ class Chat:
         self._parser = build_parser(QuietParser)
         self._slash = SlashCommands(self)
         self._showing = defer.DeferredLock()  # one inbox read at a time: each message once
+        self._sending = defer.DeferredLock()  # lines leave in the order they were typed
         self.done = defer.Deferred()
         self.view = view_factory(self._typed, self._key)
 
@@ -199,9 +200,12 @@ class Chat:
             return
         await self.send(buffer, text)
 
-    async def send(self, buffer, text):
+    def send(self, buffer, text):
         """Send ``text`` to ``buffer``'s person or room and show it there as this person's
         line; with the relay away it waits in the daemon's outbox (shown "queued")."""
+        return self._sending.run(lambda: defer.ensureDeferred(self._send(buffer, text)))
+
+    async def _send(self, buffer, text):
         command = "send" if buffer.kind == "user" else "say"
         try:
             await self.command([command, buffer.name, "--", text], strict=True)
@@ -349,6 +353,9 @@ async def run_chat(reactor, settings, log_lines):
     from securechat.client.methods import as_command_failed
     from securechat.client.unlock import read_password
 
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CommandFailed("securechat chat needs a terminal (scripts: 'securechat daemon' "
+                            "and its socket, or send and inbox --json)", EXIT_USAGE)
     urwid_log = logging.getLogger("urwid")  # its errors too: stderr is under the screen
     urwid_log.addHandler(logging.StreamHandler(log_lines))
     urwid_log.propagate = False
