@@ -140,8 +140,9 @@ async def test_conversation_switching_with_query_join_and_alt_keys_counts_unread
 async def test_chat_commands_go_through_the_cli_command_layer(server, tmp_path):
     """Slash commands that are CLI commands answer in the CLI's words (/fingerprint prints
     what `securechat fingerprint` prints, /create says "created lobby"), a usage error is
-    shown on the screen and the chat goes on, an unknown command is named, /help lists the
-    commands, and a note to yourself from your only device says it went nowhere."""
+    shown on the screen and the chat goes on, an unknown command or an unclosed quote is
+    named, /help lists the commands, and a note to yourself from your only device says it
+    went nowhere."""
     from securechat.client.session import NO_OTHER_DEVICE
 
     alice = await register(server, tmp_path, "alice")
@@ -159,6 +160,8 @@ async def test_chat_commands_go_through_the_cli_command_layer(server, tmp_path):
         await chat.wait_for("the following arguments are required: user")
         chat.line("/nonsense")
         await chat.wait_for("unknown command /nonsense")
+        chat.line('/invite lobby "bob')
+        await chat.wait_for("cannot read the command: No closing quotation")
         chat.line("/msg alice a note")
         await chat.wait_for(NO_OTHER_DEVICE[:60])
         chat.line("/quit")

@@ -375,9 +375,9 @@ async def run_chat(reactor, settings, log_lines):
     chat = Chat(connection, settings.username,
                 lambda on_enter, on_key: ChatView(reactor, on_enter, on_key))
     connection.closed.addCallback(lambda _: chat.daemon_lost())
+    log_lines.chat = chat
     try:
         await chat.start()
-        log_lines.chat = chat
         code = await chat.done
     finally:
         log_lines.chat = None

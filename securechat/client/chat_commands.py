@@ -11,6 +11,7 @@ import argparse
 import shlex
 
 from securechat.client.commands import build_parser
+from securechat.client.rpc import EXIT_USAGE, CommandFailed
 
 HELP = """\
 Type a line to send it to the current buffer's person or room (//text sends /text).
@@ -63,7 +64,11 @@ class SlashCommands:
 
     @staticmethod
     def _words(rest):
-        return shlex.split(rest)
+        """The words of a command line, quoted as in a shell."""
+        try:
+            return shlex.split(rest)
+        except ValueError as e:
+            raise CommandFailed(f"cannot read the command: {e}", EXIT_USAGE) from None
 
     def _room_or_current(self, rest, usage):
         room = rest.lstrip("#") or self._chat.current_room()
