@@ -382,3 +382,24 @@ async def test_the_chat_without_a_terminal_says_it_needs_one(server, tmp_path):
     alice = await register(server, tmp_path, "alice")
     result = await run_cli(alice, "chat", password=None)
     assert result.code == 2 and "securechat chat needs a terminal" in result.err, result
+
+
+@pytest_twisted.ensureDeferred
+async def test_opening_a_conversation_shows_its_recent_history_with_own_lines(server, tmp_path):
+    """/query bob shows what alice and bob wrote before (read already, from alice's local
+    store): bob's line as his, alice's own line as hers, oldest first."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    await ok(alice, "send", "bob", "earlier from alice")
+    await ok(bob, "send", "alice", "earlier from bob")
+    await ok(alice, "inbox")
+    chat = await started(alice)
+    try:
+        chat.line("/query bob")
+        await chat.wait_for("<bob?> earlier from bob")
+        rows = chat.text()
+        assert rows.index("<alice> earlier from alice") < rows.index("<bob?> earlier from bob")
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
