@@ -1,4 +1,5 @@
-"""With real CLI processes: SAS verification, a changed identity key blocking sends, the chat."""
+"""With real CLI processes: SAS verification, a changed identity key blocking sends (the
+chat: tests/test_chat.py)."""
 
 import sqlite3
 
@@ -6,7 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.processes import InteractiveCli, run_cli, write_client_config
+from tests.processes import run_cli, write_client_config
 from tests.support import poll_until_async
 
 
@@ -70,38 +71,3 @@ async def test_changed_identity_key_blocks_sending_until_trusted(server, tmp_pat
     assert (await run_cli(alice, "send", "bob", "third")).code == 0
     texts = [m["text"] for m in (await run_cli(new_bob, "inbox", "--json")).json_lines()]
     assert texts == ["third"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_interactive_chat_sends_and_shows_incoming(server, tmp_path):
-    """In `securechat chat`, /msg sends, a plain line goes to the same person, and replies appear live."""
-    alice = await register(server, tmp_path, "alice")
-    bob = await register(server, tmp_path, "bob")
-    chat = InteractiveCli(alice, "chat")
-    await chat.wait_for("/help for help")
-    chat.type("/help")
-    await chat.wait_for("/verify USER")
-    chat.type("/msg bob hello from the chat")
-    await chat.wait_for("talking to bob")
-    chat.type("and a second line")
-    chat.type("/nonsense")
-    await chat.wait_for("unknown command /nonsense")
-    await poll_until_async(lambda: queued(server, "bob"), timeout=30)
-    got = []
-    for _ in range(3):
-        got += (await run_cli(bob, "inbox", "--json", "--wait", "10")).json_lines()
-        if len(got) >= 2:
-            break
-    assert [m["text"] for m in got] == ["hello from the chat", "and a second line"]
-    assert (await run_cli(bob, "send", "alice", "live reply")).code == 0
-    await chat.wait_for("bob (unverified): live reply")
-    chat.type("/create lobby")
-    await chat.wait_for("created lobby")
-    chat.type("/room lobby hello lobby")
-    await chat.wait_for("talking in lobby")
-    await poll_until_async(
-        lambda: server.service.store.room_history("lobby", None, 5), timeout=30)
-    chat.type("/history lobby")
-    await chat.wait_for("alice in lobby (unverified): hello lobby")
-    chat.type("/quit")
-    assert await chat.finish() == 0

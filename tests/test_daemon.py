@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 
 from tests.processes import (
-    DaemonProcess, InteractiveCli, ServerProcess, executable, free_port, run_cli, write_client_config)
+    DaemonProcess, ServerProcess, executable, free_port, run_cli, write_client_config)
 from tests.support import poll_until, write_config
 
 PASSWORD = "correct horse battery staple"
@@ -370,30 +370,6 @@ async def test_verify_through_the_daemon_asks_here_and_confirms_there(relay, tmp
     await ok(alice, "send", "bob", "now verified", password=None)
     (message,) = (await ok(bob, "inbox", "--json")).json_lines()
     assert message["verified"] is True
-
-
-@pytest_twisted.ensureDeferred
-async def test_chat_serves_the_other_commands_while_it_runs(relay, tmp_path):
-    """With no daemon, `chat` starts one: scripts work beside it without a password; it ends with the chat."""
-    alice = await registered(tmp_path, relay, "alice")
-    bob = await registered(tmp_path, relay, "bob")
-    chat = InteractiveCli(alice, "chat")
-    await chat.wait_for("/help for help")
-    chat.type("/create lobby")
-    await chat.wait_for("created lobby")
-    listed = await run_cli(alice, "rooms", "list", password=None)
-    assert listed.code == 0 and listed.out.split() == ["lobby"], listed
-    await ok(alice, "send", "bob", "from a script beside the chat", password=None)
-    await ok(bob, "send", "alice", "to the chat")
-    await chat.wait_for("bob (unverified): to the chat")
-    empty = await run_cli(alice, "inbox", password=None)  # the chat showed it: nothing unread
-    assert empty.code == 0 and empty.out == "", empty
-    chat.type("/quit")
-    assert await chat.finish() == 0
-    after = await run_cli(alice, "rooms", "list", password=None)  # no daemon now, no password
-    assert after.code == 2 and "no password" in after.err, after
-    texts = [m["text"] for m in (await ok(bob, "inbox", "--json")).json_lines()]
-    assert texts == ["from a script beside the chat"]
 
 
 def bot_example():

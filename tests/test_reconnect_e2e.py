@@ -12,8 +12,8 @@ from twisted.internet import defer, reactor
 from securechat.client.session import Client
 from securechat.client.settings import ClientSettings
 from tests.processes import (
-    InteractiveCli, RelayEndpoint, ServerProcess, free_port, run_cli, write_client_config)
-from tests.support import poll_until, poll_until_async, write_config
+    RelayEndpoint, ServerProcess, free_port, run_cli, write_client_config)
+from tests.support import poll_until, write_config
 
 
 @pytest.fixture
@@ -146,37 +146,6 @@ async def test_send_wait_sends_once_the_relay_is_back(relay, tmp_path):
     result = await sending
     assert result.code == 0, result
     assert [m["text"] for m in (await ok(bob, "inbox", "--json")).json_lines()] == ["patient"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_chat_says_it_reconnects_and_sends_a_line_typed_during_the_outage(relay, tmp_path):
-    """`chat` prints a notice when the relay goes away and when it is back, keeps a line
-    typed meanwhile in the outbox (saying so, not dropping it) and sends it after the
-    reconnect: bob reads it once."""
-    proc, port, _ = relay
-    alice, bob = await users(tmp_path, proc, port)
-    chat = InteractiveCli(alice, "chat")
-    await chat.wait_for("/help for help")
-    chat.type("/msg bob")
-    await chat.wait_for("talking to bob")
-    proc.stop()
-    await chat.wait_for("* disconnected: lost the connection")
-    chat.type("typed during the outage")
-    await chat.wait_for("kept in the outbox")
-    proc.start()
-    await proc.wait_listening()
-    await chat.wait_for("* connected: ")
-    received = []
-
-    async def arrived():
-        received.extend(m["text"] for m in (await ok(bob, "inbox", "--json")).json_lines())
-        return received
-
-    await poll_until_async(arrived, timeout=60)
-    chat.type("/quit")
-    assert await chat.finish() == 0
-    assert received == ["typed during the outage"]
-    assert (await ok(bob, "inbox", "--json")).json_lines() == []
 
 
 @pytest_twisted.ensureDeferred

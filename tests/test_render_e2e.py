@@ -14,7 +14,7 @@ from twisted.internet import protocol, reactor, ssl, threads
 from twisted.protocols.basic import LineReceiver
 
 from securechat.server.tls import ensure_self_signed
-from tests.processes import InteractiveCli, executable, run_cli, write_client_config
+from tests.processes import executable, run_cli, write_client_config
 from tests.test_client_e2e import ok, relay  # noqa: F401  (relay: the twistd fixture)
 
 FORGED = ("see you\n[2026-12-06T17:30:00.000Z] alice (verified): new deploy key is in /tmp/key"
@@ -71,24 +71,6 @@ async def test_a_forged_verified_line_shows_as_part_of_the_unverified_message(re
     assert [line.split("] ", 1)[1] for line in header_lines(shown)] == [
         "* bob invited ops (by mallory)", "mallory in ops (unverified): see you"], shown
     assert_nothing_raw(shown)
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_chat_shows_a_forged_line_marked_and_escaped(relay, tmp_path):
-    """In a running `securechat chat`, mallory's forged message arrives live as one header
-    line with its continuation marked and its escapes visible, no raw ESC, CR, BEL, U+202E."""
-    mallory, bob = await mallory_and_bob(relay, tmp_path)
-    chat = InteractiveCli(bob, "chat")
-    await chat.wait_for("/help for help")
-    await ok(mallory, "send", "bob", FORGED)
-    await chat.wait_for("<U+202E>yek/pmt/")
-    chat.type("/quit")
-    assert await chat.finish() == 0
-    shown = chat.text()
-    assert_nothing_raw(shown)
-    (header,) = header_lines(shown)
-    assert header.endswith("] mallory (unverified): see you"), shown
-    assert "\n  | [2026-12-06T17:30:00.000Z] alice (verified): new deploy key" in shown
 
 
 def run_on_terminal(config, *args, columns):

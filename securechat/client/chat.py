@@ -1,231 +1,135 @@
-"""``securechat chat``: an interactive session; messages appear while you type.
-
-A line that does not start with ``/`` goes to the current conversation
-(chosen with ``/msg USER``).  Slash commands are listed by ``/help``.
+"""``securechat chat``: a terminal chat -- buffers per person and room, a status line, an
+input line with editing and history (the screen: chat_view; its lines: chat_lines; its
+buffers: chat_buffers; its slash commands: chat_commands).
 
 The chat is a client of the daemon, like a script: it talks JSON-RPC on the daemon's
 socket and shows its notifications.  With no daemon running it starts one in this
 process (unlocking the key store here), which serves the socket to the other commands
 until the chat ends: ``chat`` and scripts work side by side, and the unlocked store
-lives no longer than the chat the person started.
+lives no longer than the chat the person started.  The daemon reconnects to the relay by
+itself and keeps what is sent meanwhile in its outbox; the chat says so.
 """
 
-import shlex
+import logging
 import sys
 
-from twisted.internet import defer, stdio
-from twisted.protocols.basic import LineReceiver
+from twisted.internet import defer
 
 from securechat.client import daemon_client
-from securechat.client.daemon import Daemon
-from securechat.client.methods import as_command_failed
-from securechat.client.render import format_history, format_message, safe, terminal_width
-from securechat.client.rpc import EXIT_UNREACHABLE, CommandFailed, DaemonConnection
-from securechat.client.unlock import read_password
+from securechat.client.chat_buffers import Buffers
+from securechat.client.chat_commands import SlashCommands
+from securechat.client.chat_lines import message_lines, notice, own_line
+from securechat.client.commands import (
+    ParseStopped, QuietParser, build_parser, next_page, request_for, show_result)
+from securechat.client.render import safe
+from securechat.client.rpc import (
+    EXIT_UNREACHABLE, EXIT_USAGE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed, DaemonConnection)
 
-HELP = """\
-/msg USER [TEXT]   talk to USER from now on (and send TEXT if given)
-/room ROOM [TEXT]  talk in ROOM from now on (and say TEXT if given)
-/create ROOM       create a room (rooms with passwords: the CLI's 'rooms create --password')
-/join ROOM         join a room (rooms with passwords: the CLI's 'join --password')
-/leave ROOM        leave a room
-/rooms             the rooms you are in
-/who ROOM          the members of a room and their devices
-/history ROOM      the room's stored messages, decrypted where this device can
-/invite ROOM USER  add USER to ROOM (owner and admins)
-/kick ROOM USER    remove USER from ROOM (if in it) and ban USER from it (owner and admins)
-/unban ROOM USER   lift USER's ban from ROOM (owner and admins)
-/broadcast TEXT    send TEXT to every user
-/verify USER       compare emoji with USER (they run /verify too)
-/trust USER        accept USER's changed identity key (unverified)
-/fingerprint       your own fingerprint
-/help              this text
-/quit              leave"""
+HISTORY_LINES = 50
+"""Messages a 1:1 buffer shows from the local store when it opens."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C, as the shell counts it."""
 
 
-class ChatInput(LineReceiver):
-    delimiter = b"\n"
-
-    def __init__(self, chat):
-        self._chat = chat
-
-    def lineReceived(self, line):
-        self._chat.handle_line(line.decode("utf-8", "replace").strip())
-
-    def connectionLost(self, reason):
-        self._chat.quit()
+def needs_password(error):
+    """The relay refused a join for want of the room's password."""
+    return "needs a password" in str(error)
 
 
 class Chat:
-    def __init__(self):
-        self._daemon = None
-        self._peer = None
-        self._answers = defer.DeferredQueue()
-        self._verifying = False
+    """The daemon's notifications into buffers, typed lines into commands."""
+
+    def __init__(self, daemon, me, view_factory):
+        self._daemon = daemon
+        self.me = me
+        self.buffers = Buffers()
+        self.state = "connecting"
+        self._parser = build_parser(QuietParser)
+        self._slash = SlashCommands(self)
         self._showing = defer.DeferredLock()  # one inbox read at a time: each message once
+        self._sending = defer.DeferredLock()  # lines leave in the order they were typed
         self.done = defer.Deferred()
-        self._io = None
+        self.view = view_factory(self._typed, self._key)
 
     def call(self, method, **params):
         return self._daemon.call(method, **params)
 
-    def show(self, text):
-        if self._io is not None:
-            self._io.sendLine(text.encode("utf-8"))
+    # -- what the screen shows -------------------------------------------------------
 
-    async def start(self, daemon):
-        self._daemon = daemon
+    def _bars(self):
+        self.view.bars(self.buffers.title_line(self.me), self.buffers.status_line(self.state))
+
+    def add(self, buffer, lines, counts=False):
+        """Add ``lines`` to ``buffer`` (a message ``counts`` as unread elsewhere)."""
+        new = [line for line in lines if buffer.add(line)]
+        if not new:
+            return
+        self.buffers.added(buffer, counts)
+        if buffer is self.buffers.current:
+            self.view.append(buffer, len(new))
+        self._bars()
+
+    def say(self, text, style="notice"):
+        """A line of the chat in the current buffer (a command's output, a notice)."""
+        self.add(self.buffers.current, [notice(text, style)])
+
+    def warn(self, text):
+        self.say(text, "warning")
+
+    def announce(self, text, style="notice"):
+        """A notice for the current buffer and the status buffer (state changes)."""
+        self.say(text, style)
+        if self.buffers.current is not self.buffers.status:
+            self.add(self.buffers.status, [notice(text, style)])
+
+    def switch(self, number):
+        buffer = self.buffers.number(number)
+        if buffer is None:
+            self.warn(f"no buffer {number}: the top line lists them")
+            return
+        self._select(buffer)
+
+    def _select(self, buffer):
+        self.buffers.select(buffer)
+        self.view.show(buffer)
+        self._bars()
+
+    def current_room(self):
+        current = self.buffers.current
+        return current.name if current.kind == "room" else None
+
+    # -- start, notifications, the end -----------------------------------------------
+
+    async def start(self):
         status = await self.call("subscribe")
         me = await self.call("status")
-        self._io = ChatInput(self)
-        stdio.StandardIO(self._io)
-        self.show(f"securechat: {me['user']} (device {me['device']}). /help for help.")
-        if status["state"] != "connected":
-            self.connection_state(status["state"], me["state_detail"])
+        self.state = status["state"]
+        self.view.start()
+        self.say(f"securechat: {me['user']} (device {me['device']}). /help for help.")
+        if self.state != "connected":
+            self.say(f"{self.state}: {me['state_detail']}", "warning")
+        self._bars()
+        self.view.show(self.buffers.current)
         self.show_unread()
 
     def notified(self, method, params):
         if method == "message":
             self.show_unread()
         elif method == "state":
-            self.connection_state(params["state"], params["detail"])
+            self.state_changed(params["state"], params.get("detail"))
         elif method == "verify.show":
-            self.show(params["text"])
+            self.say(params["text"])
+        elif method == "verify.request":
+            user = safe(params.get("user"))
+            self.announce(f"{user} (device {safe(params.get('device'))}) asks you to verify: "
+                          f"/verify {user}", "warning")
 
-    def handle_line(self, line):
-        if not line:
+    def state_changed(self, state, detail):
+        """Say each change of the connection, not each attempt (``connecting``)."""
+        if state == "connecting" or state == self.state:
             return
-        if self._verifying:
-            self._answers.put(line)
-            return
-        d = defer.ensureDeferred(self._dispatch(line))
-        d.addErrback(self._report)
-
-    def connection_state(self, state, detail):
-        """Say each change of the connection (not each attempt: ``connecting``)."""
-        if state != "connecting":
-            self.show(f"* {state}: {detail}")
-
-    def _report(self, failure):
-        error = failure.value
-        if isinstance(error, CommandFailed):
-            self.show(f"! {safe(error)}")
-        else:
-            self.show(f"! unexpected error: {safe(repr(error))}")
-
-    async def _dispatch(self, line):
-        if not line.startswith("/"):
-            if self._peer is None:
-                self.show("! choose whom to talk to first: /msg USER or /room ROOM")
-            elif self._peer.startswith("#"):
-                await self.call("say", room=self._peer[1:], text=line)
-            else:
-                await self._send_text(self._peer, line)
-            return
-        name, _, rest = line[1:].partition(" ")
-        handler = getattr(self, "do_" + name, None)
-        if handler is None:
-            self.show(f"! unknown command /{name}; /help lists them")
-            return
-        await handler(rest.strip())
-
-    async def do_help(self, rest):
-        self.show(HELP)
-
-    async def do_quit(self, rest):
-        self.quit()
-
-    async def do_msg(self, rest):
-        user, _, text = rest.partition(" ")
-        if not user:
-            self.show("! usage: /msg USER [TEXT]")
-            return
-        self._peer = user
-        self.show(f"talking to {user}")
-        if text:
-            await self._send_text(user, text)
-
-    async def _send_text(self, user, text):
-        result = await self.call("send", user=user, text=text)
-        if result["notice"]:
-            self.show(f"! {result['notice']}")
-
-    async def do_room(self, rest):
-        room, _, text = rest.partition(" ")
-        if not room:
-            self.show("! usage: /room ROOM [TEXT]")
-            return
-        self._peer = "#" + room
-        self.show(f"talking in {room}")
-        if text:
-            await self.call("say", room=room, text=text)
-
-    async def do_create(self, rest):
-        await self.call("rooms.create", room=rest)
-        self.show(f"created {rest}")
-
-    async def do_join(self, rest):
-        result = await self.call("join", room=rest)
-        self.show(f"joined {rest}: " + ", ".join(map(safe, result["members"])))
-
-    async def do_leave(self, rest):
-        await self.call("leave", room=rest)
-        self.show(f"left {rest}")
-
-    async def do_history(self, rest):
-        for record in (await self.call("history", room=rest))["messages"]:
-            self.show(format_history(record, terminal_width(sys.stdout)))
-
-    async def do_invite(self, rest):
-        await self._moderate("invite", rest)
-
-    async def do_kick(self, rest):
-        await self._moderate("kick", rest)
-
-    async def do_unban(self, rest):
-        await self._moderate("unban", rest)
-
-    async def _moderate(self, action, rest):
-        room, _, user = rest.partition(" ")
-        self.show((await self.call(action, room=room, user=user.strip()))["text"])
-
-    async def do_broadcast(self, rest):
-        await self.call("broadcast", text=rest)
-
-    async def do_rooms(self, rest):
-        rooms = (await self.call("rooms.list"))["rooms"]
-        self.show("rooms: " + (", ".join(map(safe, rooms)) if rooms else "(none)"))
-
-    async def do_who(self, rest):
-        members = (await self.call("members", room=rest))["members"]
-        for user, devices in members.items():
-            self.show(f"  {safe(user)}: {', '.join(map(safe, devices)) or '(no device)'}")
-
-    async def do_fingerprint(self, rest):
-        result = await self.call("fingerprint")
-        self.show(f"{result['user']}: {result['fingerprint']}")
-
-    async def do_trust(self, rest):
-        result = await self.call("trust", user=rest)
-        self.show(f"accepted {rest}'s new key" if result["accepted"]
-                  else f"{rest}'s key has not changed")
-
-    async def do_verify(self, rest):
-        """The daemon runs the exchange (its steps arrive as ``verify.show``); the answer
-        to its question is the next line typed."""
-        user = shlex.split(rest)[0] if rest else None
-        if not user:
-            self.show("! usage: /verify USER")
-            return
-        self._verifying = True
-        try:
-            question = await self.call("verify", user=user)
-            self.show("Do they match? [y/N]")
-            answer = await self._answers.get()
-            await self.call("verify.confirm", verification=question["verification"],
-                            match=answer.lower() in ("y", "yes"))
-        finally:
-            self._verifying = False
+        self.state = state
+        self.announce(f"{state}: {detail}", "notice" if state == "connected" else "warning")
 
     def show_unread(self):
         """Show every stored message not shown yet (received now or by another command)."""
@@ -236,22 +140,225 @@ class Chat:
         while True:
             page = await self.call("inbox")
             for record in page["messages"]:
-                self.show(format_message(record, terminal_width(sys.stdout)))
+                self.deliver(record)
             if not page["more"]:
                 return
 
-    def quit(self):
+    def deliver(self, record):
+        """A message into its buffer (opened for it, with the history before it); a
+        membership change into its room's buffer, or the status buffer when none is open
+        (one's own /part does not open the room again)."""
+        room = record.get("room")
+        kind, name = ("room", room) if room else ("user", record.get("from"))
+        lines = message_lines(record, self.me)
+        if record.get("type") == "membership":
+            self.add(self.buffers.find(kind, name) or self.buffers.status, lines)
+            return
+        buffer, new = self.buffers.open(kind, name)
+        self.add(buffer, lines, counts=True)
+        if new and kind == "user":
+            self._in_background(self._load_history(buffer))
+
+    def _key(self, key):
+        if key == "ctrl c":
+            self.quit(EXIT_INTERRUPTED)
+        elif key.startswith("meta ") and key[5:].isdigit():
+            self.switch(int(key[5:]) or 10)
+
+    def quit(self, code=0):
         if not self.done.called:
-            self.done.callback(0)
+            self.done.callback(code)
 
     def daemon_lost(self):
         if not self.done.called:
-            self.show("! the daemon stopped: the chat ends")
+            self.announce("the daemon stopped: the chat ends", "warning")
             self.done.callback(EXIT_UNREACHABLE)
 
+    # -- typed lines -----------------------------------------------------------------
 
-async def run_chat(reactor, settings):
+    def _typed(self, line):
+        if line.startswith("/") and not line.startswith("//"):
+            work = self._slash.run(line)
+        else:
+            work = self.send_here(line[1:] if line.startswith("//") else line)
+        self._in_background(work)
+
+    def _in_background(self, work):
+        defer.ensureDeferred(work).addErrback(self._report)
+
+    def _report(self, failure):
+        error = failure.value
+        if isinstance(error, CommandFailed):
+            self.warn(str(error))
+        else:
+            self.warn(f"unexpected error: {error!r}")
+
+    async def send_here(self, text):
+        buffer = self.buffers.current
+        if buffer is self.buffers.status:
+            self.warn("this is the status buffer: /query USER or /join ROOM first")
+            return
+        await self.send(buffer, text)
+
+    def send(self, buffer, text):
+        """Send ``text`` to ``buffer``'s person or room and show it there as this person's
+        line; with the relay away it waits in the daemon's outbox (shown "queued")."""
+        return self._sending.run(lambda: defer.ensureDeferred(self._send(buffer, text)))
+
+    async def _send(self, buffer, text):
+        command = "send" if buffer.kind == "user" else "say"
+        try:
+            await self.command([command, buffer.name, "--", text], strict=True)
+        except CommandFailed as e:
+            if e.exit_code != EXIT_UNREACHABLE:
+                raise
+            self.add(buffer, [own_line(self.me, text, queued=True)])
+            return
+        self.add(buffer, [own_line(self.me, text)])
+
+    async def command(self, words, password=None, strict=False, into=None):
+        """Run a CLI command (``words`` as typed after ``securechat``) through the command
+        layer and show what it prints (in the current buffer, or the one ``into()`` opens
+        when it succeeded); its result, or None when it could not run (its usage error is
+        shown).  ``strict``: its failure is raised, not shown."""
+        args = self._parse(words)
+        if args is None:
+            return None
+        if getattr(args, "password", False) and password is None:
+            password = await self.view.ask(f"password for {args.room}: ", masked=True)
+            if password is None:
+                self.say("cancelled")
+                return None
+        method, params = request_for(args, lambda wanted: password if wanted else None)
+        try:
+            while True:
+                result = await self.call(method, **params)
+                buffer = into() if into else self.buffers.current
+                show_result(args, result, out=lambda text: self.add(buffer, [notice(text)]))
+                if not result.get("more"):
+                    return result
+                params = next_page(params)
+        except CommandFailed as e:
+            if strict:
+                raise
+            self.warn(str(e))
+            return None
+
+    def _parse(self, words):
+        try:
+            return self._parser.parse_args(words)
+        except ParseStopped as stopped:
+            self.say(str(stopped).rstrip("\n"), "warning" if stopped.status else "notice")
+            return None
+
+    # -- buffers ---------------------------------------------------------------------
+
+    async def open(self, name, switch):
+        """The buffer of a user or (``#name``) a room, opened (with its recent history)
+        if it was not; made current if ``switch``."""
+        kind = "room" if name.startswith("#") else "user"
+        buffer, new = self._opened(kind, name.lstrip("#").lower(), switch)
+        if new:
+            await self._load_history(buffer)
+        return buffer
+
+    def _opened(self, kind, name, switch):
+        buffer, new = self.buffers.open(kind, name)
+        if switch:
+            self._select(buffer)
+        else:
+            self._bars()
+        return buffer, new
+
+    async def join(self, room, options):
+        """Join ``room`` and open its buffer; a room with a password asks for it here."""
+        opened = []
+
+        def into():
+            opened[:] = self._opened("room", room, switch=True)
+            return opened[0]
+
+        try:
+            await self.command(["join", room, *options], strict=True, into=into)
+        except CommandFailed as e:
+            if not needs_password(e) or "--password" in options:
+                raise
+            self.say(f"{room} has a password")
+            await self.command(["join", room, "--password", *options], into=into)
+        if opened and opened[1]:
+            await self._load_history(opened[0])
+
+    async def part(self, room):
+        """Leave ``room``: its buffer closes first, so what ``leave`` says shows where
+        the person is then."""
+        buffer = self.buffers.find("room", room)
+        if buffer is not None:
+            self.buffers.close(buffer)
+            self.view.show(self.buffers.current)
+            self._bars()
+        await self.command(["leave", room])
+
+    async def _load_history(self, buffer):
+        """What the conversation said before: a 1:1 buffer from the local store (the
+        last HISTORY_LINES), a room's from the relay.  A daemon without 1:1 history
+        shows none."""
+        params = ({"user": buffer.name, "last": HISTORY_LINES} if buffer.kind == "user"
+                  else {"room": buffer.name})
+        try:
+            result = await self.call("history", **params)
+        except daemon_client.DaemonError as e:
+            if e.code in (METHOD_NOT_FOUND, INVALID_PARAMS):
+                return
+            raise
+        lines = [line for record in result["messages"]
+                 for line in message_lines(record, self.me)]
+        if buffer.add_history(lines) and buffer is self.buffers.current:
+            self.view.show(buffer)
+
+    async def verify(self, words):
+        """``/verify USER``: the daemon runs the exchange (its steps arrive as
+        ``verify.show``); the question is asked in the input line."""
+        args = self._parse(words)
+        if args is None:
+            return
+        method, params = request_for(args)
+        question = await self.call(method, **params)
+        answer = await self.view.ask("Do they match? [y/N] ")
+        await self.call("verify.confirm", verification=question["verification"],
+                        match=(answer or "").strip().lower() in ("y", "yes"))
+
+
+class LogLines:
+    """Where the chat's log lines go: stderr until the screen is up, then the status
+    buffer (the screen owns the terminal)."""
+
+    def __init__(self):
+        self.chat = None
+
+    def write(self, text):
+        if self.chat is None:
+            sys.stderr.write(text)
+        elif text.strip():
+            self.chat.add(self.chat.buffers.status, [notice(text.rstrip("\n"), "warning")])
+
+    def flush(self):
+        if self.chat is None:
+            sys.stderr.flush()
+
+
+async def run_chat(reactor, settings, log_lines):
     """Chat through the running daemon, or through one started here for the chat's time."""
+    from securechat.client.chat_view import ChatView
+    from securechat.client.daemon import Daemon
+    from securechat.client.methods import as_command_failed
+    from securechat.client.unlock import read_password
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CommandFailed("securechat chat needs a terminal (scripts: 'securechat daemon' "
+                            "and its socket, or send and inbox --json)", EXIT_USAGE)
+    urwid_log = logging.getLogger("urwid")  # its errors too: stderr is under the screen
+    urwid_log.addHandler(logging.StreamHandler(log_lines))
+    urwid_log.propagate = False
     own = None
     running = DaemonConnection.find(settings.data_dir)
     if running is not None:
@@ -263,13 +370,21 @@ async def run_chat(reactor, settings):
         except Exception as e:
             await own.stop()
             raise as_command_failed(e) from None
-    chat = Chat()
-    connection = await daemon_client.connect(reactor, settings.data_dir, chat.notified)
+    connection = await daemon_client.connect(  # notifications start with "subscribe"
+        reactor, settings.data_dir, lambda method, params: chat.notified(method, params))
+    chat = Chat(connection, settings.username,
+                lambda on_enter, on_key: ChatView(reactor, on_enter, on_key))
     connection.closed.addCallback(lambda _: chat.daemon_lost())
+    log_lines.chat = chat
     try:
-        await chat.start(connection)
-        return await chat.done
+        await chat.start()
+        code = await chat.done
     finally:
+        log_lines.chat = None
+        chat.view.stop()
         connection.transport.loseConnection()
         if own is not None:
             await own.stop()
+    if code == EXIT_UNREACHABLE:
+        raise CommandFailed("the daemon stopped: the chat ended", EXIT_UNREACHABLE)
+    return code

@@ -28,8 +28,32 @@ def add_send_wait(parser):
                              "once; the next command or the daemon sends it)")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="securechat", description="securechat: an end-to-end encrypted messenger for the terminal")
+class ParseStopped(Exception):
+    """What the parser would have printed before exiting (a usage error, ``--help``), with
+    its exit status: the chat shows it instead of letting argparse end the process."""
+
+    def __init__(self, text, status):
+        super().__init__(text)
+        self.status = status
+
+
+class QuietParser(argparse.ArgumentParser):
+    """The parser of the chat's slash commands: it raises ParseStopped where argparse would
+    print on the terminal (drawn by the chat's screen) and exit."""
+
+    def _print_message(self, message, file=None):
+        raise ParseStopped(message or "", 0)
+
+    def error(self, message):
+        raise ParseStopped(f"{self.format_usage()}{self.prog}: error: {message}", 2)
+
+    def exit(self, status=0, message=None):
+        raise ParseStopped(message or "", status)
+
+
+def build_parser(parser_class=argparse.ArgumentParser):
+    """The parser of every command (``parser_class=QuietParser``: one that never exits)."""
+    parser = parser_class(prog="securechat", description="securechat: an end-to-end encrypted messenger for the terminal")
     parser.add_argument("--config", default=os.environ.get("SECURECHAT_CONFIG", DEFAULT_CONFIG),
                         help="client ini file (default: $SECURECHAT_CONFIG or %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -151,8 +175,9 @@ def read_room_password(wanted):
     return password
 
 
-def request_for(args):
-    """The daemon method and params that do what ``args`` asks."""
+def request_for(args, room_password=read_room_password):
+    """The daemon method and params that do what ``args`` asks; ``room_password(wanted)``
+    gives a room's password when ``--password`` asks for one (the chat asks on its screen)."""
     command = args.command
     if command in ("send", "say", "broadcast"):
         params = {"text": " ".join(args.text), "wait": args.wait}
@@ -164,12 +189,12 @@ def request_for(args):
     if command == "rooms":
         params = {"room": args.room} if args.rooms_command != "list" else {}
         if args.rooms_command == "create":
-            params.update(_room_password(args))
+            params.update(_room_password(args, room_password))
         elif args.rooms_command == "mode":
             params["mode"] = args.mode
         return "rooms." + args.rooms_command, params
     if command == "join":
-        return "join", {"room": args.room, **_room_password(args)}
+        return "join", {"room": args.room, **_room_password(args, room_password)}
     if command in ("leave", "members"):
         return command, {"room": args.room}
     if command == "history":
@@ -183,8 +208,8 @@ def request_for(args):
     return command, {}
 
 
-def _room_password(args):
-    password = read_room_password(args.password)
+def _room_password(args, room_password):
+    password = room_password(args.password)
     return {} if password is None else {"password": password}
 
 

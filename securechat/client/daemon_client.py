@@ -15,6 +15,15 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 daemon is this user's own process, so this only stops a runaway."""
 
 
+class DaemonError(CommandFailed):
+    """The daemon answered with an error; ``code`` is its JSON-RPC code (a method this
+    daemon does not have: ``rpc.METHOD_NOT_FOUND``)."""
+
+    def __init__(self, message, exit_code, code):
+        super().__init__(message, exit_code)
+        self.code = code
+
+
 class DaemonClient(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = MAX_ANSWER_BYTES
@@ -43,8 +52,9 @@ class DaemonClient(LineReceiver):
             return
         if "error" in message:
             error = message["error"]
-            d.errback(CommandFailed(error["message"],
-                                    (error.get("data") or {}).get("exit_code", rpc.EXIT_ERROR)))
+            d.errback(DaemonError(error["message"],
+                                  (error.get("data") or {}).get("exit_code", rpc.EXIT_ERROR),
+                                  error.get("code")))
         else:
             d.callback(message["result"])
 

@@ -23,12 +23,14 @@ from securechat.client.unlock import UnlockingNotice, read_password
 from securechat.crypto.fingerprint import key_fingerprint
 
 
-def log_to_stderr(ours=LogLevel.warn):
-    """Warnings and errors (never message contents) go to stderr, and securechat's own
-    lines from level ``ours`` (the daemon says what it serves and its connection state)."""
+def log_to_stderr(ours=LogLevel.warn, stream=None):
+    """Warnings and errors (never message contents) go to stderr (or ``stream``: the
+    chat's, which moves them onto its screen), and securechat's own lines from level
+    ``ours`` (the daemon says what it serves and its connection state)."""
     levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
     levels.setLogLevelForNamespace("securechat", ours)
-    observer = FilteringLogObserver(textFileLogObserver(EscapingStream(sys.stderr)), [levels])
+    observer = FilteringLogObserver(
+        textFileLogObserver(EscapingStream(stream or sys.stderr)), [levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
@@ -58,11 +60,13 @@ def run(settings, args, request=None):
         from securechat.client.daemon import serve
 
         return serve(settings)
-    log_to_stderr()
     if args.command == "chat":
-        from securechat.client.chat import run_chat
+        from securechat.client.chat import LogLines, run_chat
 
-        return run_reactor(lambda reactor: run_chat(reactor, settings))
+        log_lines = LogLines()
+        log_to_stderr(stream=log_lines)
+        return run_reactor(lambda reactor: run_chat(reactor, settings, log_lines))
+    log_to_stderr()
     if args.command == "register":
         return run_reactor(lambda reactor: register(reactor, settings))
     if args.command == "verify":
