@@ -27,6 +27,19 @@ def test_sliding_window_blocks_then_forgets():
     assert window._events == {}
 
 
+def test_a_key_whose_only_event_was_taken_back_is_pruned_without_error():
+    """An attempt counted, then taken back (not a failure), leaves nothing for prune to trip on."""
+    clock = Clock()
+    window = SlidingWindow(clock, limit=3, window=60)
+    window.record("alice")
+    window.unrecord("alice")
+    window.record("bob")
+    clock.advance(61)
+    window.prune()
+    assert window._events == {}
+    assert window.retry_after("alice") == 0
+
+
 def test_token_bucket_refills_at_its_rate():
     """A bucket spends its burst, refuses, and refills `rate` tokens per second."""
     clock = Clock()

@@ -67,10 +67,13 @@ class SlidingWindow:
 
     def unrecord(self, key):
         """Take back the newest event of ``key`` (an attempt counted before its outcome,
-        which turned out not to be a failure)."""
+        which turned out not to be a failure).  A key left with no event is forgotten:
+        ``prune`` reads each kept key's newest event."""
         events = self._events.get(key)
         if events:
             events.pop()
+            if not events:
+                del self._events[key]
 
     def prune(self):
         horizon = self._clock.seconds() - self._window
