@@ -85,7 +85,7 @@ def run(settings, args, request=None):
     if args.command == "verify":
         return run_reactor(lambda reactor: verify(reactor, settings, password, args.user))
     method, params = request
-    if method == "outbox":
+    if method == "outbox" or method == "history" and "user" in params:
         return run_reactor(lambda reactor: offline(reactor, settings, password, args, method,
                                                    params))
     return run_reactor(lambda reactor: one_shot(reactor, settings, password, args, method,
@@ -123,8 +123,10 @@ async def opened(reactor, settings, password, verifications=None, keep_trying=Fa
 
 async def one_shot(reactor, settings, password, args, method, params):
     """A message to send waits for a reconnect (its outbox keeps it), and so does an
-    ``inbox --wait``; every other command needs the relay now."""
-    keep_trying = method in ("send", "say", "broadcast") or params.get("wait", 0) > 0
+    ``inbox --wait``; ``history NAME`` reads the local store when the relay is down;
+    every other command needs the relay now."""
+    keep_trying = (method in ("send", "say", "broadcast") or params.get("wait", 0) > 0
+                   or method == "history" and "name" in params)
     client = await opened(reactor, settings, password, keep_trying=keep_trying)
     try:
         methods = Methods(client, Verifications())
@@ -140,7 +142,8 @@ async def one_shot(reactor, settings, password, args, method, params):
 
 
 async def offline(reactor, settings, password, args, method, params):
-    """``outbox``: the key store only, no connection (it works while the relay is down)."""
+    """``outbox``, ``history --user``: the key store only, no connection (they work while
+    the relay is down)."""
     client = Client(reactor, settings, password)
     try:
         with UnlockingNotice():
