@@ -5,8 +5,10 @@ operator would, with this checkout's code (tests/conftest.py puts it first on
 their PYTHONPATH).
 """
 
+import hashlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -59,11 +61,23 @@ def run_twistd(cwd, *args, timeout=60):
                           text=True, timeout=timeout)
 
 
+def relay_fingerprint(port):
+    """The SHA-256 fingerprint of the certificate the relay on 127.0.0.1:``port`` presents,
+    read over a real TLS handshake (as a person reads it from ``securechat init``)."""
+    pem = ssl.get_server_certificate(("127.0.0.1", port), timeout=30)
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+
+
 def write_client_config(directory, user, port, fingerprint=None, ca_file=None, data_dir=None,
                         extra_lines=()):
     """A client ini for ``user`` whose device data lives under ``directory``/``user`` (or
-    ``data_dir``)."""
+    ``data_dir``).  Without a ``ca_file`` it pins ``fingerprint``, by default the one the
+    relay on ``port`` presents (the client never pins silently): that relay must be a
+    process listening already (an in-process one cannot answer while this blocks)."""
     os.makedirs(directory, exist_ok=True)
+    if not fingerprint and not ca_file:
+        fingerprint = relay_fingerprint(port)
     lines = ["[client]", f"server = 127.0.0.1:{port}", f"username = {user}",
              f"data_dir = {data_dir or os.path.join(directory, user)}", *extra_lines]
     if fingerprint:

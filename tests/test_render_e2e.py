@@ -144,7 +144,8 @@ async def test_a_relays_reason_is_escaped_on_the_error_line(tmp_path):
     port = reactor.listenSSL(0, protocol.Factory.forProtocol(LyingRelay), options,
                              interface="127.0.0.1")
     try:
-        config = write_client_config(str(tmp_path / "clients"), "bob", port.getHost().port)
+        config = write_client_config(str(tmp_path / "clients"), "bob", port.getHost().port,
+                                     ca_file=cert_path)
         result = await run_cli(config, "register")
     finally:
         await port.stopListening()

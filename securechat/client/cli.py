@@ -25,6 +25,9 @@ from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFaile
 from securechat.client.unlock import PasswordUnavailable
 from securechat.config import ConfigError
 
+EXIT_INTERRUPTED = 130
+"""Ctrl-C, as a shell reports a command that SIGINT ended (128 + 2)."""
+
 STANDALONE_ONLY = ("register", "daemon", "chat")
 """Commands that never go to a running daemon (``chat`` starts one when none runs)."""
 
@@ -77,6 +80,10 @@ def _verify_through_daemon(connection, params):
 
 def run(args):
     """Parse-time work done: run the command; its exit code."""
+    if args.command == "init":  # writes the configuration the others read
+        from securechat.client import firstrun
+
+        return firstrun.run(args)
     settings = client_settings.load(os.path.expanduser(args.config))
     request = None
     if args.command not in STANDALONE_ONLY:
@@ -99,6 +106,9 @@ def main(argv=None):
     except (CommandFailed, ConfigError, PasswordUnavailable) as e:
         print(f"securechat: {safe(e)}", file=sys.stderr)
         code = getattr(e, "exit_code", 1)
+    except KeyboardInterrupt:  # Ctrl-C: a new line after the prompt, no traceback
+        print(file=sys.stderr)
+        code = EXIT_INTERRUPTED
     if code:
         raise SystemExit(code)
 

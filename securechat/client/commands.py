@@ -15,8 +15,8 @@ import sys
 from securechat.client.render import (
     format_history, format_message, history_json, message_json, safe, terminal_width)
 from securechat.client.rpc import CommandFailed
+from securechat.client.settings import default_config_path
 
-DEFAULT_CONFIG = os.path.join("~", ".config", "securechat", "client.ini")
 ROOM_MODE_NAMES = ("invite-only", "open")
 """``rooms mode`` choices: the names of rooms.ROOM_MODES (not imported: it needs Twisted)."""
 
@@ -54,9 +54,11 @@ class QuietParser(argparse.ArgumentParser):
 def build_parser(parser_class=argparse.ArgumentParser):
     """The parser of every command (``parser_class=QuietParser``: one that never exits)."""
     parser = parser_class(prog="securechat", description="securechat: an end-to-end encrypted messenger for the terminal")
-    parser.add_argument("--config", default=os.environ.get("SECURECHAT_CONFIG", DEFAULT_CONFIG),
-                        help="client ini file (default: $SECURECHAT_CONFIG or %(default)s)")
+    parser.add_argument("--config", default=default_config_path(),
+                        help="client ini file (default: $SECURECHAT_CONFIG, else "
+                             "$XDG_CONFIG_HOME/securechat/client.ini: %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_init(commands)
     commands.add_parser("register", help="create this device's keys and the account")
     commands.add_parser("login", help="check the password and the server, top up keys")
     send = commands.add_parser("send", help="send a message to a user")
@@ -162,6 +164,30 @@ def _history_request(args):
     if args.kind == "room" or args.name.startswith("#") and args.kind is None:
         return "history", {"room": args.name.removeprefix("#"), **params}
     return "history", {"user" if args.kind == "user" else "name": args.name, **params}
+
+
+def add_init(commands):
+    init = commands.add_parser(
+        "init", help="first run: choose the relay (checking its certificate) and your user "
+                     "name, write the client ini, register",
+        description="Write the client ini (--config) for a relay whose certificate "
+                    "fingerprint you confirm against what its operator published, then "
+                    "offer to register.",
+        epilog="example: securechat init --server chat.example.org:6697 --user alice")
+    init.add_argument("--server", metavar="HOST:PORT", help="the relay (asked if not given)")
+    init.add_argument("--user", metavar="NAME", help="your user name (asked if not given)")
+    init.add_argument("--fingerprint", metavar="FP",
+                      help="the relay certificate's SHA-256 fingerprint its operator published: "
+                           "compared instead of asking you")
+    init.add_argument("--yes", action="store_true",
+                      help="answer yes to the questions (only with --fingerprint)")
+    init.add_argument("--force", action="store_true", help="replace an existing ini")
+    register = init.add_mutually_exclusive_group()
+    register.add_argument("--register", action="store_true", default=None,
+                          help="register without asking")
+    register.add_argument("--no-register", dest="register", action="store_false",
+                          help="do not register now")
+    init.set_defaults(usage_error=init.error)
 
 
 def read_room_password(wanted):

@@ -36,6 +36,7 @@ LIMIT = -32002
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 4
+EXIT_CERTIFICATE = 5
 EXIT_UNTRUSTED = 7
 EXIT_RATE_LIMITED = 8
 """The CLI's exit codes this side needs (client/session.py has them all; it imports

@@ -25,7 +25,7 @@ from securechat.client.protocol import RemoteError
 from securechat.client.reconnect import Reconnector
 from securechat.client.rooms import RoomClient
 from securechat.client.deferreds import returns_deferred
-from securechat.client.tls import PinnedCertificate, ca_file_options, channel_binding
+from securechat.client.tls import NotPinned, PinnedCertificate, ca_file_options, channel_binding
 from securechat.crypto import passwords
 from securechat.crypto.device import DeviceCrypto
 from securechat.crypto.keystore import KeyStore, KeyStoreError, WrongPassword
@@ -318,6 +318,8 @@ class Client:
         try:
             await self.request("ping")
         except client_protocol.ConnectionClosed:
+            if pinning is not None and isinstance(pinning.mismatch, NotPinned):
+                raise ClientError(self._not_pinned(pinning.seen), EXIT_CERTIFICATE) from None
             if pinning is not None and pinning.mismatch is not None:
                 raise ClientError(f"REFUSED: {pinning.mismatch}", EXIT_CERTIFICATE) from None
             if isinstance(self.protocol.lost_reason, SSL.Error):
@@ -328,11 +330,19 @@ class Client:
             # Closed without a TLS error (a relay stopping, a limit): worth trying again.
             raise ClientError(f"the server {server} closed the connection before it answered "
                               f"({self.protocol.lost_reason})", EXIT_UNREACHABLE) from None
-        if pinning is not None and pinning.expected is None:
+        if pinning is not None and self._pinned_fingerprint() is None:
+            # The key store remembers the pin it first connected with (one the person
+            # confirmed): another spelling of the relay's address is held to it.
             with self.store.transaction():
                 self.store.pin_server(self.settings.server, pinning.seen)
-            self.log.info("pinned the certificate of {server}: {fp}", server=self.settings.server,
-                          fp=pinning.seen)
+
+    def _not_pinned(self, seen):
+        """Why a connection with nothing to verify the relay by was refused, and how to pin."""
+        return (f"REFUSED: no fingerprint is pinned for {self.settings.server}, and a relay's "
+                f"certificate is never trusted silently; it shows {seen}.  If that is the "
+                "fingerprint its operator published, run 'securechat init' or add "
+                f"'server_fingerprint = {seen}' to the [client] section of "
+                f"{self.settings.source}")
 
     def request(self, op, **fields):
         if self.protocol is None:

@@ -5,10 +5,13 @@
     [client]
     server = chat.example.org:6697
     username = alice
-    data_dir = ~/.securechat/alice        ; relative paths: from this file's directory
-    ca_file = /etc/ssl/certs/ca.pem       ; optional: verify with a CA instead of pinning
-    server_fingerprint = AB:CD:...        ; optional: the pin, instead of trusting on first use
+    data_dir = ~/.local/share/securechat/alice  ; relative paths: from this file's directory
+    ca_file = /etc/ssl/certs/ca.pem       ; verify with a CA ...
+    server_fingerprint = AB:CD:...        ; ... or pin the relay's certificate (one is needed)
     password_command = pass show chat     ; optional: a command printing the password
+
+``securechat init`` writes it where ``default_config_path`` says, and the data
+directory defaults to ``default_data_dir`` (the XDG base directories).
 
 It imports nothing beyond the standard library, ``securechat.config`` and
 ``securechat.wire``: the path that hands a command to a running daemon reads
@@ -21,6 +24,53 @@ from dataclasses import dataclass
 
 from securechat import wire
 from securechat.config import ConfigError, read_ini
+
+USERNAME_RULE = "1-32 of a-z 0-9 . _ -, starting with a letter or digit"
+LEGACY_DATA_ROOT = os.path.join("~", ".securechat")
+"""Where data directories defaulted to before the XDG ones: a device already there stays."""
+
+
+class NoConfiguration(ConfigError):
+    """There is no client ini at all: a first run, which ``securechat init`` is for."""
+
+    exit_code = 2
+
+    def __init__(self, path):
+        super().__init__(f"no configuration at {path}: run 'securechat init' (or pass --config)")
+
+
+def _xdg_home(variable, fallback):
+    """An XDG base directory: ``$variable`` when set to an absolute path (the specification
+    ignores a relative one), else ``~/fallback``."""
+    value = os.environ.get(variable, "")
+    return value if os.path.isabs(value) else os.path.join(os.path.expanduser("~"), fallback)
+
+
+def default_config_path():
+    """``$SECURECHAT_CONFIG``, else ``$XDG_CONFIG_HOME/securechat/client.ini`` (default
+    ``~/.config/securechat/client.ini``)."""
+    return os.environ.get("SECURECHAT_CONFIG") or os.path.join(
+        _xdg_home("XDG_CONFIG_HOME", ".config"), "securechat", "client.ini")
+
+
+def default_data_dir(username):
+    """Where ``username``'s device lives when the ini names no ``data_dir``:
+    ``$XDG_DATA_HOME/securechat/USER`` (default ``~/.local/share/securechat/USER``), unless
+    a device already lives in the old default ``~/.securechat/USER`` (its keys stay found)."""
+    legacy = os.path.join(os.path.expanduser(LEGACY_DATA_ROOT), username)
+    if os.path.isdir(legacy):
+        return legacy
+    return os.path.join(_xdg_home("XDG_DATA_HOME", os.path.join(".local", "share")),
+                        "securechat", username)
+
+
+def parse_server(text):
+    """``(host, port)`` of ``host:port`` (``[v6]:port`` too); ValueError when it is not one."""
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port")
+    return host.strip("[]"), int(port)
+
 
 KEYS = ("server", "username", "data_dir", "ca_file", "server_fingerprint", "password_command")
 
@@ -51,6 +101,8 @@ def normalise_fingerprint(text):
 
 
 def load(path):
+    if not os.path.exists(path):
+        raise NoConfiguration(path)
     parser = read_ini(path)
     if not parser.has_section("client"):
         raise ConfigError(f"{path}: [client] section is missing")
@@ -62,14 +114,15 @@ def load(path):
     def bad(key, problem):
         return ConfigError(f"{path}: [client] {key} = {section.get(key)!r}: {problem}")
 
-    host, _, port = section.get("server", "").rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise bad("server", "must be host:port")
+    try:
+        host, port = parse_server(section.get("server", ""))
+    except ValueError as e:
+        raise bad("server", str(e)) from None
     username = section.get("username", "")
     if not wire.USERNAME_RE.fullmatch(username):
-        raise bad("username", "1-32 of a-z 0-9 . _ -, starting with a letter or digit")
+        raise bad("username", USERNAME_RULE)
     base = os.path.dirname(os.path.abspath(path))
-    data_dir = section.get("data_dir", "") or os.path.join("~", ".securechat", username)
+    data_dir = section.get("data_dir", "") or default_data_dir(username)
     data_dir = os.path.join(base, os.path.expanduser(data_dir))
     ca_file = section.get("ca_file", "")
     if ca_file:
@@ -86,5 +139,5 @@ def load(path):
         password_command = tuple(shlex.split(section.get("password_command", "")))
     except ValueError as e:
         raise bad("password_command", str(e)) from None
-    return ClientSettings(host.strip("[]"), int(port), username, data_dir, ca_file, fingerprint,
+    return ClientSettings(host, port, username, data_dir, ca_file, fingerprint,
                           path, password_command)

@@ -19,7 +19,7 @@ from securechat.client.methods import Methods, Verifications, as_command_failed
 from securechat.client.render import EscapingStream
 from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed
 from securechat.client.session import Client, ClientError
-from securechat.client.unlock import UnlockingNotice, read_password
+from securechat.client.unlock import UnlockingNotice, read_new_password, read_password
 from securechat.crypto.fingerprint import key_fingerprint
 
 
@@ -36,18 +36,32 @@ def log_to_stderr(ours=LogLevel.warn, stream=None):
 
 def run_reactor(main):
     """Run ``main(reactor)`` (a coroutine function) to its end; its result, or its error
-    raised here (like task.react, without exiting)."""
+    raised here (like task.react, without exiting).  Ctrl-C (the reactor stops on SIGINT)
+    cancels ``main`` first, so what it was making is undone (a registration's new key
+    store), then raises KeyboardInterrupt here."""
     from twisted.internet import reactor
 
-    outcome = []
+    outcome, running, interrupted = [], [], []
 
     def start():
-        d = defer.ensureDeferred(main(reactor))
-        d.addBoth(outcome.append)
-        d.addBoth(lambda _: reactor.stop())
+        running.append(defer.ensureDeferred(main(reactor)))
+        running[0].addBoth(finished)
+
+    def finished(result):
+        outcome.append(result)
+        if not interrupted:
+            reactor.stop()
+
+    def stopping():
+        if running and not running[0].called:  # a signal stops it, not finished()
+            interrupted.append(True)
+            running[0].cancel()
 
     reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.run()
+    if interrupted or not outcome:
+        raise KeyboardInterrupt
     if isinstance(outcome[0], Failure):
         outcome[0].raiseException()
     return outcome[0]
@@ -67,14 +81,19 @@ def run(settings, args, request=None):
         log_to_stderr(stream=log_lines)
         return run_reactor(lambda reactor: run_chat(reactor, settings, log_lines))
     log_to_stderr()
+    # Passwords are asked before the reactor runs (unlock.py says why).
     if args.command == "register":
-        return run_reactor(lambda reactor: register(reactor, settings))
+        password = read_new_password(settings)
+        return run_reactor(lambda reactor: register(reactor, settings, password))
+    password = read_password(settings)
     if args.command == "verify":
-        return run_reactor(lambda reactor: verify(reactor, settings, args.user))
+        return run_reactor(lambda reactor: verify(reactor, settings, password, args.user))
     method, params = request
     if method == "outbox" or method == "history" and "user" in params:
-        return run_reactor(lambda reactor: offline(reactor, settings, args, method, params))
-    return run_reactor(lambda reactor: one_shot(reactor, settings, args, method, params))
+        return run_reactor(lambda reactor: offline(reactor, settings, password, args, method,
+                                                   params))
+    return run_reactor(lambda reactor: one_shot(reactor, settings, password, args, method,
+                                                params))
 
 
 async def open_or_reconnect(client, keep_trying):
@@ -90,11 +109,11 @@ async def open_or_reconnect(client, keep_trying):
         client.reconnect()
 
 
-async def opened(reactor, settings, verifications=None, keep_trying=False):
+async def opened(reactor, settings, password, verifications=None, keep_trying=False):
     """A Client unlocked and (unless ``keep_trying`` found the relay unreachable: then it
     reconnects meanwhile) logged in, with what was waiting processed, so a command sees
     the state ``inbox`` would; CommandFailed when that fails."""
-    client = Client(reactor, settings, read_password(settings),
+    client = Client(reactor, settings, password,
                     on_control=verifications.control if verifications else None)
     try:
         await open_or_reconnect(client, keep_trying)
@@ -106,13 +125,13 @@ async def opened(reactor, settings, verifications=None, keep_trying=False):
     return client
 
 
-async def one_shot(reactor, settings, args, method, params):
+async def one_shot(reactor, settings, password, args, method, params):
     """A message to send waits for a reconnect (its outbox keeps it), and so does an
     ``inbox --wait``; ``history NAME`` reads the local store when the relay is down;
     every other command needs the relay now."""
     keep_trying = (method in ("send", "say", "broadcast") or params.get("wait", 0) > 0
                    or method == "history" and "name" in params)
-    client = await opened(reactor, settings, keep_trying=keep_trying)
+    client = await opened(reactor, settings, password, keep_trying=keep_trying)
     try:
         methods = Methods(client, Verifications())
         while True:
@@ -126,10 +145,10 @@ async def one_shot(reactor, settings, args, method, params):
         await client.disconnect()
 
 
-async def offline(reactor, settings, args, method, params):
+async def offline(reactor, settings, password, args, method, params):
     """``outbox``, ``history --user``: the key store only, no connection (they work while
     the relay is down)."""
-    client = Client(reactor, settings, read_password(settings))
+    client = Client(reactor, settings, password)
     try:
         with UnlockingNotice():
             client.unlock()
@@ -141,8 +160,8 @@ async def offline(reactor, settings, args, method, params):
         client.close()
 
 
-async def register(reactor, settings):
-    client = Client(reactor, settings, read_password(settings, confirm=True))
+async def register(reactor, settings, password):
+    client = Client(reactor, settings, password)
     try:
         with UnlockingNotice():
             await client.register()
@@ -154,11 +173,11 @@ async def register(reactor, settings):
     return 0
 
 
-async def verify(reactor, settings, user):
+async def verify(reactor, settings, password, user):
     """Compare emoji with ``user`` on this terminal (the answer read in a thread, so the
     reactor keeps receiving meanwhile)."""
     verifications = Verifications()
-    client = await opened(reactor, settings, verifications)
+    client = await opened(reactor, settings, password, verifications)
 
     async def ask_yes():
         print("Do they match? [y/N] ", flush=True)

@@ -1,9 +1,9 @@
 """How the client trusts a server: a CA file, or a pinned certificate fingerprint.
 
-There is no unverified mode.  A self-hosted relay usually has a
-self-signed certificate, so like ssh's known_hosts the client can pin the
-SHA-256 fingerprint of the certificate it saw first (TOFU) and refuses any
-other certificate after that.
+There is no unverified mode.  A self-hosted relay usually has a self-signed
+certificate, so like ssh's known_hosts the client pins its SHA-256 fingerprint --
+one the person confirmed (``securechat init``) or wrote in the ini, never one it
+just saw: a connection with no pin is refused, showing what it saw.
 """
 
 import hashlib
@@ -28,6 +28,15 @@ class FingerprintMismatch(Exception):
             "someone may be intercepting the connection (or the server's certificate changed)"
         )
         self.expected = expected
+        self.seen = seen
+
+
+class NotPinned(Exception):
+    """No fingerprint is pinned for the server: its certificate was refused, not trusted on
+    first use; ``seen`` is its fingerprint, for the person to compare and pin."""
+
+    def __init__(self, seen):
+        super().__init__(f"no fingerprint is pinned; the server's is {seen}")
         self.seen = seen
 
 
@@ -66,8 +75,8 @@ def _split_pem(data):
 class PinnedCertificate:
     """Accepts exactly the certificate whose SHA-256 fingerprint is ``expected``.
 
-    With ``expected=None`` it accepts any certificate and records what it
-    saw in ``seen``: the caller must then pin that fingerprint (first use).
+    With ``expected=None`` it refuses every certificate (``mismatch`` is then NotPinned);
+    either way ``seen`` holds the fingerprint the server showed.
     """
 
     def __init__(self, expected=None):
@@ -79,7 +88,10 @@ class PinnedCertificate:
         if depth != 0:
             return True
         self.seen = certificate_fingerprint(x509)
-        if self.expected is not None and self.seen != self.expected:
+        if self.expected is None:
+            self.mismatch = NotPinned(self.seen)
+            return False
+        if self.seen != self.expected:
             self.mismatch = FingerprintMismatch(self.expected, self.seen)
             return False
         return True

@@ -7,8 +7,12 @@
    first line of its standard output (``pass show chat``, ``secret-tool lookup ...``);
 4. a no-echo prompt, when standard input is a terminal.
 
-Registering a new account always asks twice on a terminal unless the password comes
-from 1-3.  Standard library only: the daemon and the standalone commands share it.
+Registering a new account (``read_new_password``) asks twice on a terminal unless the
+password comes from 1-3, and refuses one under ``MIN_NEW_PASSWORD`` characters wherever it
+comes from; logging in to an existing account takes any password (it may predate the rule).
+Every prompt here is read before the reactor runs: Ctrl-C then raises KeyboardInterrupt
+(exit 130) instead of being swallowed by the reactor's signal handler.
+Standard library only: the daemon and the standalone commands share it.
 """
 
 import getpass
@@ -20,6 +24,12 @@ import sys
 EXIT_USAGE = 2
 """The CLI's exit code when no password is available (the same as a usage error)."""
 
+MIN_NEW_PASSWORD = 10
+"""The fewest characters a new account's password may have."""
+TOO_SHORT = f"password too short (at least {MIN_NEW_PASSWORD} characters)"
+PROMPT_TRIES = 3
+"""How many times registering asks for a new password on a terminal before giving up."""
+
 COMMAND_TIMEOUT = 60
 """Seconds a ``password_command`` may take (a keyring may ask the person to unlock it)."""
 
@@ -30,24 +40,57 @@ class PasswordUnavailable(Exception):
     exit_code = EXIT_USAGE
 
 
-def read_password(settings, confirm=False):
+def read_password(settings):
     """The password for ``settings``' key store, from the first source that has one."""
+    given = _given_password(settings)
+    if given is not None:
+        return given[0]
+    _need_terminal()
+    return getpass.getpass("Password: ")
+
+
+def read_new_password(settings):
+    """The password of an account being registered: from the first source that has one,
+    at least ``MIN_NEW_PASSWORD`` characters.  A terminal asks again after a short one or a
+    mismatched confirmation (``PROMPT_TRIES`` times in all); another source that gives a
+    short one is refused at once (a script cannot answer again)."""
+    given = _given_password(settings)
+    if given is not None:
+        password, where = given
+        if len(password) < MIN_NEW_PASSWORD:
+            raise PasswordUnavailable(f"{where}: {TOO_SHORT}")
+        return password
+    _need_terminal()
+    for _ in range(PROMPT_TRIES):
+        password = getpass.getpass(f"New password (at least {MIN_NEW_PASSWORD} characters): ")
+        if len(password) < MIN_NEW_PASSWORD:
+            print(TOO_SHORT, file=sys.stderr)
+        elif getpass.getpass("Password again: ") != password:
+            print("passwords do not match; try again", file=sys.stderr)
+        else:
+            return password
+    raise PasswordUnavailable(f"no password chosen after {PROMPT_TRIES} tries")
+
+
+def _given_password(settings):
+    """``(password, where it came from)`` from the first of sources 1-3, or None."""
     password = os.environ.get("SECURECHAT_PASSWORD")
     if password is not None:
-        return password
+        return password, "SECURECHAT_PASSWORD"
     path = os.environ.get("SECURECHAT_PASSWORD_FILE")
     if path:
-        return _from_file(path)
+        return _from_file(path), f"SECURECHAT_PASSWORD_FILE {path}"
     if settings.password_command:
-        return _from_command(settings.password_command, settings.source)
+        return (_from_command(settings.password_command, settings.source),
+                f"password_command (in {settings.source})")
+    return None
+
+
+def _need_terminal():
     if not sys.stdin.isatty():
         raise PasswordUnavailable(
             "no password: set SECURECHAT_PASSWORD or SECURECHAT_PASSWORD_FILE, "
             "set password_command in the [client] section, or run in a terminal")
-    password = getpass.getpass("Password: ")
-    if confirm and getpass.getpass("Password again: ") != password:
-        raise PasswordUnavailable("the passwords differ")
-    return password
 
 
 def _first_line(data, where):
