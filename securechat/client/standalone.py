@@ -46,6 +46,8 @@ def run_reactor(main):
 
     reactor.callWhenRunning(start)
     reactor.run()
+    if not outcome:  # a signal (Ctrl-C, SIGTERM) stopped the reactor before ``main`` ended
+        raise KeyboardInterrupt
     if isinstance(outcome[0], Failure):
         outcome[0].raiseException()
     return outcome[0]
