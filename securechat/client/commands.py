@@ -64,7 +64,8 @@ class ShowVersion(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from importlib.metadata import version
 
-        parser.exit(message=f"securechat {version('securechat')}\n")
+        print(f"securechat {version('securechat')}")
+        parser.exit()
 
 
 def add_command(commands, name, help, description, *examples):
@@ -293,6 +294,8 @@ def show_result(args, result, out=print):
     elif command in ("send", "say", "broadcast"):
         if result.get("notice"):
             out(result["notice"])
+        elif sys.stdout.isatty():  # a person is watching; a script wants silence
+            out(sent_to(args, result))
     elif command == "inbox":
         for record in result["messages"]:
             out(message_json({**record, "from_dev": record["from_device"]}) if args.json
@@ -327,6 +330,16 @@ def show_result(args, result, out=print):
         else:
             out(f"accepted {args.user}'s new identity key {result['accepted']}"
                 " (unverified: run 'securechat verify' to verify it)")
+
+
+def sent_to(args, result):
+    """``sent to bob (2 devices)``: where a message went, as the command's result says."""
+    where = {"send": lambda: args.user, "say": lambda: args.room,
+             "broadcast": lambda: "everyone"}[args.command]()
+    devices = result.get("devices")
+    if not devices:  # a room message, or one the reconnect sent (count unknown)
+        return f"sent to {where}"
+    return f"sent to {where} ({devices} device{'s' if devices != 1 else ''})"
 
 
 def _show_outbox(result, out):

@@ -83,6 +83,8 @@ def refusal(error, what="the server refused"):
     if error.code == "unavailable":
         return ClientError(f"the server is unavailable (its database): {error.message}",
                            EXIT_UNAVAILABLE)
+    if error.code == "wrong_password":  # a room's
+        return ClientError(f"{what}: {error.message}", EXIT_AUTH)
     if error.code in NOT_FOUND_CODES:
         return ClientError(f"{what}: {error.message}", EXIT_NOT_FOUND)
     return ClientError(f"{what}: {error.message}")

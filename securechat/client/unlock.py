@@ -13,6 +13,7 @@ from 1-3.  Standard library only: the daemon and the standalone commands share i
 
 import getpass
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -44,10 +45,21 @@ def read_password(settings, confirm=False):
         raise PasswordUnavailable(
             "no password: set SECURECHAT_PASSWORD or SECURECHAT_PASSWORD_FILE, "
             "set password_command in the [client] section, or run in a terminal")
-    password = getpass.getpass("Password: ")
-    if confirm and getpass.getpass("Password again: ") != password:
+    password = _getpass("Password: ")
+    if confirm and _getpass("Password again: ") != password:
         raise PasswordUnavailable("the passwords differ")
     return password
+
+
+def _getpass(prompt):
+    """A password prompt that Ctrl-C ends (KeyboardInterrupt: the CLI exits 130), even
+    inside a running reactor, whose own SIGINT handler would only stop the reactor once
+    the blocked read returned, that is after Enter."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return getpass.getpass(prompt)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _first_line(data, where):
