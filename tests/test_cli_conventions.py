@@ -481,3 +481,100 @@ async def test_rooms_without_an_action_lists_the_rooms(twistd_relay, tmp_path):
     listed = await run_cli(configs["alice"], "rooms")
     assert listed.code == 0 and "ops" in listed.out.split(), listed
     assert listed.out == (await run_cli(configs["alice"], "rooms", "list")).out
+
+
+@pytest_twisted.ensureDeferred
+async def test_commands_through_a_connected_daemon_exit_9_while_the_database_is_down(
+        tmp_path, postgres_dsn, fresh_postgres_dsn):
+    """With the daemon logged in before the outage, ``send`` and ``rooms`` during a
+    PostgreSQL outage exit 9 naming the database (not 3, not 1), and ``send`` works
+    again once it is back."""
+    from tests.processes import DaemonProcess, ServerProcess, free_port
+    from tests.support import write_config
+    from tests.test_login_limits_e2e import set_connections_allowed
+
+    port = free_port()
+    relay = ServerProcess(tmp_path, write_config(str(tmp_path / "relay"), port=port,
+                                                 database=fresh_postgres_dsn))
+    relay.port = port
+    relay.start()
+    daemon = None
+    try:
+        configs = await registered(relay, tmp_path, "alice", "bob")
+        daemon = DaemonProcess(configs["alice"], tmp_path / "clients" / "alice")
+        await daemon.ready()
+        assert (await run_cli(configs["alice"], "send", "bob", "before")).code == 0
+        set_connections_allowed(postgres_dsn, fresh_postgres_dsn, False)
+        try:
+            during = [await run_cli(configs["alice"], "send", "bob", "during"),
+                      await run_cli(configs["alice"], "rooms")]
+        finally:
+            set_connections_allowed(postgres_dsn, fresh_postgres_dsn, True)
+        for result in during:
+            assert result.code == 9, result
+            assert "the server is unavailable (its database)" in result.err, result
+        for _ in range(20):  # bounded: the relay reconnects to its database within 10 s
+            after = await run_cli(configs["alice"], "send", "bob", "after")
+            if after.code == 0:
+                break
+            assert after.code == 9, after
+        assert after.code == 0, after
+    finally:
+        if daemon is not None:
+            await daemon.stop()
+        relay.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_refuses_a_message_too_long_from_any_caller(twistd_relay, tmp_path):
+    """A script or the chat calling a running daemon's ``send``/``say`` with a text over
+    the limit gets the same one-line error with exit code 2, and nothing is queued."""
+    from tests.processes import DaemonProcess
+
+    configs = await registered(twistd_relay, tmp_path, "alice", "bob")
+    data_dir = tmp_path / "clients" / "alice"
+    daemon = DaemonProcess(configs["alice"], data_dir)
+    try:
+        await daemon.ready()
+
+        def call(method, params):
+            connection = rpc.DaemonConnection.find(str(data_dir))
+            try:
+                return connection.call(method, params)
+            except rpc.CommandFailed as e:
+                return e
+            finally:
+                connection.close()
+
+        text = "x" * (MAX_MESSAGE_BYTES + 1)
+        for method, params in (("send", {"user": "bob", "text": text}),
+                               ("say", {"room": "ops", "text": text}),
+                               ("broadcast", {"text": text})):
+            refused = await threads.deferToThread(call, method, params)
+            assert isinstance(refused, rpc.CommandFailed), (method, refused)
+            assert refused.exit_code == 2 and str(refused) == (
+                f"message too long: {MAX_MESSAGE_BYTES + 1} bytes "
+                f"(limit {MAX_MESSAGE_BYTES} bytes)"), refused
+        assert (await threads.deferToThread(call, "outbox", {}))["entries"] == []
+    finally:
+        await daemon.stop()
+
+
+def test_the_chats_daemon_client_refuses_a_message_too_long_without_writing_it():
+    """daemon_client.DaemonClient (the chat's side) fails send/say/broadcast of a text over
+    the limit at once, writing nothing to the daemon (whose request lines are bounded)."""
+    from twisted.internet.testing import StringTransport
+
+    from securechat.client.daemon_client import DaemonClient
+
+    client = DaemonClient(lambda method, params: None)
+    transport = StringTransport()
+    client.makeConnection(transport)
+    for method, params in (("send", {"user": "bob"}), ("say", {"room": "ops"}),
+                           ("broadcast", {})):
+        failed = client.call(method, text="y" * 800_000, **params)
+        failure = []
+        failed.addErrback(failure.append)
+        assert failure and failure[0].value.exit_code == 2, method
+        assert "message too long: 800000 bytes" in str(failure[0].value)
+    assert transport.value() == b""
