@@ -205,7 +205,7 @@ def build_parser():
     add_command(commands, "manpage", "print the man page (troff)",
                 "Print securechat(1), generated from these commands.",
                 "securechat manpage | man -l -")
-    _conventions(parser)
+    _conventions(parser)  # last: it completes every subcommand declared above
     return parser
 
 
