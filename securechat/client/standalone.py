@@ -70,7 +70,7 @@ def run(settings, args, request=None):
     if args.command == "verify":
         return run_reactor(lambda reactor: verify(reactor, settings, args.user))
     method, params = request
-    if method == "outbox":
+    if method == "outbox" or method == "history" and "user" in params:
         return run_reactor(lambda reactor: offline(reactor, settings, args, method, params))
     return run_reactor(lambda reactor: one_shot(reactor, settings, args, method, params))
 
@@ -106,8 +106,10 @@ async def opened(reactor, settings, verifications=None, keep_trying=False):
 
 async def one_shot(reactor, settings, args, method, params):
     """A message to send waits for a reconnect (its outbox keeps it), and so does an
-    ``inbox --wait``; every other command needs the relay now."""
-    keep_trying = method in ("send", "say", "broadcast") or params.get("wait", 0) > 0
+    ``inbox --wait``; ``history NAME`` reads the local store when the relay is down;
+    every other command needs the relay now."""
+    keep_trying = (method in ("send", "say", "broadcast") or params.get("wait", 0) > 0
+                   or method == "history" and "name" in params)
     client = await opened(reactor, settings, keep_trying=keep_trying)
     try:
         methods = Methods(client, Verifications())
@@ -123,7 +125,8 @@ async def one_shot(reactor, settings, args, method, params):
 
 
 async def offline(reactor, settings, args, method, params):
-    """``outbox``: the key store only, no connection (it works while the relay is down)."""
+    """``outbox``, ``history --user``: the key store only, no connection (they work while
+    the relay is down)."""
     client = Client(reactor, settings, read_password(settings))
     try:
         with UnlockingNotice():
