@@ -109,7 +109,7 @@ async def test_the_daemon_path_prints_and_exits_as_the_standalone_path(relay, tm
     served = [await run_cli(alice, *command, password=None) for command in commands]
     for command, one, other in zip(commands, alone, served):
         assert (one.code, one.out, one.err) == (other.code, other.out, other.err), command
-    assert [r.code for r in served] == [0, 0, 6, 0, 1, 0, 0]
+    assert [r.code for r in served] == [0, 0, 6, 0, 6, 0, 0]  # leave no-such-room: not found
     assert "no user named nobody" in served[2].err
     assert "sent to no device" in served[3].out
 

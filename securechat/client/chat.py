@@ -21,14 +21,13 @@ from securechat.client.chat_commands import SlashCommands
 from securechat.client.chat_lines import message_lines, notice, own_line
 from securechat.client.commands import (
     ParseStopped, QuietParser, build_parser, next_page, request_for, show_result)
+from securechat.client.exit_codes import EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE
 from securechat.client.render import safe
 from securechat.client.rpc import (
-    EXIT_UNREACHABLE, EXIT_USAGE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed, DaemonConnection)
+    INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed, DaemonConnection)
 
 HISTORY_LINES = 50
 """Messages a 1:1 buffer shows from the local store when it opens."""
-EXIT_INTERRUPTED = 130
-"""Ctrl-C, as the shell counts it."""
 
 
 def needs_password(error):

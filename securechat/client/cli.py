@@ -1,10 +1,8 @@
 """``securechat``: the command line.  One-shot scriptable commands and an interactive chat.
 
-Exit codes: 0 done; 1 error; 2 usage; 3 wrong password or login refused;
-4 server unreachable (a message to send is kept in the outbox);
-5 server certificate not trusted (pin mismatch); 6 unknown user;
-7 sending blocked by trust (changed or unsigned keys);
-8 rate limited (try again in the seconds given); 9 server unavailable (its database).
+Exit codes: exit_codes.TABLE (docs/usage.rst, "Exit codes"; the man page prints it).
+Every failure is one line on stderr: Ctrl-C exits 130 ("interrupted"), an unexpected
+error exits 1 saying so (SECURECHAT_DEBUG=1 shows its traceback).
 
 Dispatch only (the commands themselves, their arguments and their output are in
 commands.py).  A one-shot command goes to the running daemon of
@@ -20,16 +18,16 @@ import sys
 
 from securechat.client import settings as client_settings
 from securechat.client.commands import build_parser, next_page, request_for, show_result
+from securechat.client.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
 from securechat.client.render import safe
 from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection
 from securechat.client.unlock import PasswordUnavailable
 from securechat.config import ConfigError
 
-EXIT_INTERRUPTED = 130
-"""Ctrl-C, as a shell reports a command that SIGINT ended (128 + 2)."""
-
 STANDALONE_ONLY = ("register", "daemon", "chat")
 """Commands that never go to a running daemon (``chat`` starts one when none runs)."""
+GENERATED = ("completion", "manpage")
+"""Commands that print what is generated from the parser: no config file, no daemon."""
 
 
 def check_complete(result):
@@ -84,6 +82,11 @@ def run(args):
         from securechat.client import firstrun
 
         return firstrun.run(args)
+    if args.command in GENERATED:
+        from securechat.client import shell_help
+
+        print(shell_help.generate(build_parser(), args), end="")
+        return 0
     settings = client_settings.load(os.path.expanduser(args.config))
     request = None
     if args.command not in STANDALONE_ONLY:
@@ -100,15 +103,23 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """The ``securechat`` command: every way it can end is an exit code and at most one
+    line on stderr (a traceback only when SECURECHAT_DEBUG=1 asks for one)."""
     try:
-        code = run(args)
+        code = run(build_parser().parse_args(argv))
     except (CommandFailed, ConfigError, PasswordUnavailable) as e:
         print(f"securechat: {safe(e)}", file=sys.stderr)
-        code = getattr(e, "exit_code", 1)
-    except KeyboardInterrupt:  # Ctrl-C: a new line after the prompt, no traceback
-        print(file=sys.stderr)
+        code = getattr(e, "exit_code", EXIT_ERROR)
+    except KeyboardInterrupt:
+        start = "\n" if sys.stderr.isatty() else ""  # after the ^C, not beside it
+        print(f"{start}securechat: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except Exception as e:  # a bug: said in one line, the traceback on request
+        if os.environ.get("SECURECHAT_DEBUG") == "1":
+            raise
+        print(f"securechat: internal error: {safe(type(e).__name__)}: {safe(e)} "
+              "(run with SECURECHAT_DEBUG=1 for the traceback)", file=sys.stderr)
+        code = EXIT_ERROR
     if code:
         raise SystemExit(code)
 

@@ -11,7 +11,10 @@ import getpass
 import json
 import os
 import sys
+import textwrap
 
+from securechat import wire
+from securechat.client.message_size import check_message_size
 from securechat.client.render import (
     format_history, format_message, history_json, message_json, safe, terminal_width)
 from securechat.client.rpc import CommandFailed
@@ -51,71 +54,205 @@ class QuietParser(argparse.ArgumentParser):
         raise ParseStopped(message or "", status)
 
 
+def user_name(text):
+    """A USER argument: user names are lowercase, so ``Bob`` is taken as ``bob`` (with a
+    note on stderr); anything that is still no user name is a usage error naming it."""
+    name = text.lower()
+    if not wire.USERNAME_RE.fullmatch(name):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a user name (1-32 lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit)")
+    if name != text:
+        print(f"securechat: user names are lowercase: using {name}", file=sys.stderr)
+    return name
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written, except that an unindented line is wrapped
+    to the terminal: examples (indented) stay as typed, long sentences still fit."""
+
+    def _fill_text(self, text, width, indent):
+        return "\n".join(line if line.startswith(" ") or not line
+                         else textwrap.fill(line, width, initial_indent=indent,
+                                            subsequent_indent=indent)
+                         for line in text.splitlines())
+
+
+class ShowVersion(argparse.Action):
+    """``--version``: the installed package's version, read only when asked for."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import version
+
+        parser._print_message(f"securechat {version('securechat')}\n", sys.stdout)
+        parser.exit()
+
+
+def add_command(commands, name, help, description, *examples):
+    """Declare subcommand ``name`` once: ``help`` for the command list, ``description``
+    and the ``examples`` for its ``--help`` (and the man page and completions, which
+    read the same parser)."""
+    return commands.add_parser(name, help=help, description=description,
+                               epilog="example:\n" + "\n".join(f"  {e}" for e in examples))
+
+
+def subcommands(parser, path=()):
+    """``(path, parser, help)`` of every subcommand under ``parser``, depth first
+    (``("rooms", "create")`` for ``securechat rooms create``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield (*path, name), sub, helps.get(name)
+                yield from subcommands(sub, (*path, name))
+
+
+def _conventions(parser):
+    """What every subcommand gets, including those declared without add_command: its
+    description and epilog printed as written, and ``--config`` anywhere on the line
+    (default SUPPRESS: given after the subcommand it overrides the one before it, absent
+    it leaves the main parser's default alone)."""
+    for _, sub, _ in subcommands(parser):
+        sub.formatter_class = HelpFormatter
+        if "--config" not in sub._option_string_actions:
+            sub.add_argument("--config", default=argparse.SUPPRESS,
+                             help="client ini file (as before the command)")
+
+
 def build_parser(parser_class=argparse.ArgumentParser):
     """The parser of every command (``parser_class=QuietParser``: one that never exits)."""
-    parser = parser_class(prog="securechat", description="securechat: an end-to-end encrypted messenger for the terminal")
+    parser = parser_class(
+        prog="securechat", description="securechat: an end-to-end encrypted messenger for "
+        "the terminal", epilog="'securechat COMMAND --help' tells what a command does, with "
+        "an example.", formatter_class=HelpFormatter)
     parser.add_argument("--config", default=default_config_path(),
                         help="client ini file (default: $SECURECHAT_CONFIG, else "
                              "$XDG_CONFIG_HOME/securechat/client.ini: %(default)s)")
+    parser.add_argument("--version", action=ShowVersion, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_init(commands)
-    commands.add_parser("register", help="create this device's keys and the account")
-    commands.add_parser("login", help="check the password and the server, top up keys")
-    send = commands.add_parser("send", help="send a message to a user")
-    send.add_argument("user")
-    send.add_argument("text", nargs="+")
+    add_command(commands, "register", "create this device's keys and the account",
+                "Create this device's keys and your account on the server named in the "
+                "config file; asks for the password twice.", "securechat register")
+    add_command(commands, "login", "check the password and the server, top up keys",
+                "Unlock the key store, log in, top up the published one-time keys and say "
+                "how many messages wait.", "securechat login")
+    send = add_command(commands, "send", "send a message to a user",
+                       "Encrypt a message for every device of USER (and your other devices) "
+                       "and hand it to the server; on a terminal, says to how many devices.",
+                       'securechat send bob "meet at noon"',
+                       "securechat send bob 'the build failed' --wait 60")
+    send.add_argument("user", metavar="USER", type=user_name)
+    send.add_argument("text", nargs="+", metavar="TEXT")
     add_send_wait(send)
-    inbox = commands.add_parser("inbox", help="fetch, decrypt, acknowledge and print messages")
+    inbox = add_command(commands, "inbox", "fetch, decrypt, acknowledge and print messages",
+                        "Print every message not shown before, each once, oldest first.",
+                        "securechat inbox --wait 60 --json")
     inbox.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                        help="if nothing is waiting, wait this long for a message (through "
                             "reconnects)")
     inbox.add_argument("--json", action="store_true", help="one JSON object per line")
-    commands.add_parser("chat", help="interactive chat (type /help)")
-    outbox = commands.add_parser(
-        "outbox", help="messages not yet accepted by the server (works without the server)")
+    add_command(commands, "chat", "interactive chat (type /help)",
+                "An interactive chat: incoming messages as they arrive, your lines sent "
+                "to the conversation you chose.", "securechat chat")
+    outbox = add_command(
+        commands, "outbox", "messages not yet accepted by the server (works without the server)",
+        "List the messages kept until the server accepts them, or drop one that failed.",
+        "securechat outbox --drop Qm9yZWQgbm93Pw")
     outbox.add_argument("--drop", metavar="ID", help="remove one entry (one that failed)")
-    commands.add_parser("daemon", help="unlock once and serve this device to the other "
-                                       "commands, scripts and bots (foreground)")
-    fingerprint = commands.add_parser("fingerprint", help="your fingerprint, or the safety number with USER")
-    fingerprint.add_argument("user", nargs="?")
-    verify = commands.add_parser("verify", help="compare emoji with USER (both run this)")
-    verify.add_argument("user")
-    trust = commands.add_parser("trust", help="accept USER's changed identity key (unverified)")
-    trust.add_argument("user")
-    rooms = commands.add_parser("rooms", help="create or list rooms")
-    rooms_commands = rooms.add_subparsers(dest="rooms_command", required=True, metavar="ACTION")
-    create = rooms_commands.add_parser("create", help="create a room (you own it)")
-    create.add_argument("room")
-    create.add_argument("--password", action="store_true",
-                        help="protect it with a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
-    rooms_commands.add_parser("list", help="the rooms you are in")
-    rooms_commands.add_parser(
-        "bans", help="who is banned from a room, by whom (owner/admins)").add_argument("room")
-    mode = rooms_commands.add_parser(
-        "mode", help="open a room you own to anyone, or make it invite-only")
-    mode.add_argument("room")
-    mode.add_argument("mode", choices=ROOM_MODE_NAMES)
-    join = commands.add_parser("join", help="join a room")
-    join.add_argument("room")
+    add_command(commands, "daemon", "unlock once and serve this device to the other "
+                                    "commands, scripts and bots (foreground)",
+                "Unlock once and keep this device connected; other commands, scripts and "
+                "the chat then use it through a private socket, without the password.",
+                "securechat daemon &")
+    fingerprint = add_command(
+        commands, "fingerprint", "your fingerprint, or the safety number with USER",
+        "Print your identity key's fingerprint, or USER's and the safety number you "
+        "share, to compare out of band.", "securechat fingerprint bob")
+    fingerprint.add_argument("user", metavar="USER", nargs="?", type=user_name)
+    verify = add_command(commands, "verify", "compare emoji with USER (both run this)",
+                         "Verify USER by comparing seven emoji; both of you run it at once.",
+                         "securechat verify bob")
+    verify.add_argument("user", metavar="USER", type=user_name)
+    trust = add_command(commands, "trust", "accept USER's changed identity key (unverified)",
+                        "Accept USER's new identity key after a change, as unverified.",
+                        "securechat trust bob")
+    trust.add_argument("user", metavar="USER", type=user_name)
+    _rooms_commands(add_command(
+        commands, "rooms", "create or list rooms (no action: list them)",
+        "Create rooms and manage those you own; with no action, list the rooms you are in.",
+        "securechat rooms", "securechat rooms create ops --password"))
+    join = add_command(commands, "join", "join a room",
+                       "Join ROOM (an open room, one you were invited to, or one with a "
+                       "password).", "securechat join ops",
+                       "SECURECHAT_ROOM_PASSWORD=... securechat join ops --password")
+    join.add_argument("room", metavar="ROOM")
     join.add_argument("--password", action="store_true",
                       help="the room needs a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
-    for name, text in (("leave", "leave a room"), ("members", "a room's members and devices")):
-        commands.add_parser(name, help=text).add_argument("room")
+    for name, text, description in (
+            ("leave", "leave a room", "Leave ROOM; what is said there afterwards is not "
+                                      "readable by you."),
+            ("members", "a room's members and devices", "List ROOM's members and their "
+                                                        "devices.")):
+        add_command(commands, name, text, description,
+                    f"securechat {name} ops").add_argument("room", metavar="ROOM")
     add_history(commands)
-    say = commands.add_parser("say", help="send a message to a room")
-    say.add_argument("room")
-    say.add_argument("text", nargs="+")
+    say = add_command(commands, "say", "send a message to a room",
+                      "Send a message to every member of ROOM.",
+                      'securechat say ops "deploy at 5"')
+    say.add_argument("room", metavar="ROOM")
+    say.add_argument("text", nargs="+", metavar="TEXT")
     add_send_wait(say)
-    broadcast = commands.add_parser("broadcast", help="send a message to every user")
-    broadcast.add_argument("text", nargs="+")
+    broadcast = add_command(commands, "broadcast", "send a message to every user",
+                            "Send a message to every user of the server (if the server lets "
+                            "you).", 'securechat broadcast "maintenance at 22:00"')
+    broadcast.add_argument("text", nargs="+", metavar="TEXT")
     add_send_wait(broadcast)
-    for name, text in (("invite", "add USER to ROOM (owner/admins)"),
-                       ("kick", "remove USER from ROOM (if in it) and ban USER from it (owner/admins)"),
-                       ("unban", "lift USER's ban from ROOM (owner/admins)")):
-        action = commands.add_parser(name, help=text)
-        action.add_argument("room")
-        action.add_argument("user")
+    for name, text, description in (
+            ("invite", "add USER to ROOM (owner/admins)", "Add USER to ROOM."),
+            ("kick", "remove USER from ROOM (if in it) and ban USER from it (owner/admins)",
+             "Remove USER from ROOM and ban them from it until 'unban'."),
+            ("unban", "lift USER's ban from ROOM (owner/admins)",
+             "Lift USER's ban from ROOM.")):
+        action = add_command(commands, name, text, description, f"securechat {name} ops bob")
+        action.add_argument("room", metavar="ROOM")
+        action.add_argument("user", metavar="USER", type=user_name)
+    completion = add_command(
+        commands, "completion", "print the shell completion script (bash or zsh)",
+        "Print a completion script for SHELL, generated from these commands.",
+        'eval "$(securechat completion bash)"    # in ~/.bashrc',
+        "securechat completion zsh > ~/.zfunc/_securechat")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    add_command(commands, "manpage", "print the man page (troff)",
+                "Print securechat(1), generated from these commands.",
+                "securechat manpage | man -l -")
+    _conventions(parser)  # last: it completes every subcommand declared above
     return parser
+
+
+def _rooms_commands(rooms):
+    rooms_commands = rooms.add_subparsers(dest="rooms_command", metavar="ACTION")
+    rooms.set_defaults(rooms_command="list")
+    create = add_command(rooms_commands, "create", "create a room (you own it)",
+                         "Create ROOM; you own it.", "securechat rooms create ops",
+                         "securechat rooms create ops --password")
+    create.add_argument("room", metavar="ROOM")
+    create.add_argument("--password", action="store_true",
+                        help="protect it with a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
+    add_command(rooms_commands, "list", "the rooms you are in",
+                "List the rooms you are in, one a line.", "securechat rooms list")
+    add_command(rooms_commands, "bans", "who is banned from a room, by whom (owner/admins)",
+                "List who is banned from ROOM, by whom and when.",
+                "securechat rooms bans ops").add_argument("room", metavar="ROOM")
+    mode = add_command(rooms_commands, "mode",
+                       "open a room you own to anyone, or make it invite-only",
+                       "Open ROOM to anyone, or make it invite-only (its owner only).",
+                       "securechat rooms mode ops invite-only")
+    mode.add_argument("room", metavar="ROOM")
+    mode.add_argument("mode", choices=ROOM_MODE_NAMES)
 
 
 HISTORY_LAST = 50
@@ -207,6 +344,7 @@ def request_for(args, room_password=read_room_password):
     command = args.command
     if command in ("send", "say", "broadcast"):
         params = {"text": " ".join(args.text), "wait": args.wait}
+        check_message_size(params["text"])
         if command != "broadcast":
             params.update({"user": args.user} if command == "send" else {"room": args.room})
         return command, params
@@ -255,6 +393,8 @@ def show_result(args, result, out=print):
     elif command in ("send", "say", "broadcast"):
         if result.get("notice"):
             out(result["notice"])
+        elif sys.stdout.isatty():  # a person is watching; a script wants silence
+            out(sent_to(args, result))
     elif command == "inbox":
         for record in result["messages"]:
             out(message_json({**record, "from_dev": record["from_device"]}) if args.json
@@ -289,6 +429,16 @@ def show_result(args, result, out=print):
         else:
             out(f"accepted {args.user}'s new identity key {result['accepted']}"
                 " (unverified: run 'securechat verify' to verify it)")
+
+
+def sent_to(args, result):
+    """``sent to bob (2 devices)``: where a message went, as the command's result says."""
+    where = {"send": lambda: args.user, "say": lambda: args.room,
+             "broadcast": lambda: "everyone"}[args.command]()
+    devices = result.get("devices")
+    if not devices:  # a room message, or one the reconnect sent (count unknown)
+        return f"sent to {where}"
+    return f"sent to {where} ({devices} device{'s' if devices != 1 else ''})"
 
 
 def _show_outbox(result, out):

@@ -8,6 +8,7 @@ from twisted.internet import defer, endpoints
 from twisted.protocols.basic import LineReceiver
 
 from securechat.client import rpc
+from securechat.client.message_size import check_message_size
 from securechat.client.rpc import CommandFailed
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
@@ -35,7 +36,13 @@ class DaemonClient(LineReceiver):
         self.closed = defer.Deferred()
 
     def call(self, method, **params):
-        """Fire with the result of ``method``, or fail with CommandFailed."""
+        """Fire with the result of ``method``, or fail with CommandFailed (a message too
+        long fails here: its request would be longer than the daemon reads)."""
+        if method in ("send", "say", "broadcast"):
+            try:
+                check_message_size(params.get("text", ""))
+            except CommandFailed as e:
+                return defer.fail(e)
         request_id = next(self._ids)
         d = self._pending[request_id] = defer.Deferred()
         self.sendLine(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method,

@@ -22,7 +22,8 @@ import tempfile
 
 from securechat import wire
 from securechat.client import settings as client_settings
-from securechat.client.rpc import EXIT_CERTIFICATE, EXIT_UNREACHABLE, EXIT_USAGE, CommandFailed
+from securechat.client.exit_codes import EXIT_CERTIFICATE, EXIT_UNREACHABLE, EXIT_USAGE
+from securechat.client.rpc import CommandFailed
 
 HANDSHAKE_TIMEOUT = 15
 """Seconds to reach the relay and finish the TLS handshake."""

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from securechat.client.commands import HISTORY_LAST, HISTORY_MAX
 from securechat.client.contacts import TrustError
 from securechat.client.inbound import iso
+from securechat.client.message_size import check_message_size
 from securechat.client.protocol import ConnectionClosed, RemoteError
 from securechat.client.render import message_json
 from securechat.client.rooms import ROOM_MODES
@@ -123,6 +124,7 @@ class Methods:
 
     async def send(self, name, params, show):
         user, text = params.get("user", str), params.get("text", str)
+        check_message_size(text)
         devices = await self._send_or_keep(params, lambda: self.client.send_text(user, text))
         return {"devices": devices, "notice": NO_OTHER_DEVICE if devices == 0 else None}
 
@@ -188,6 +190,7 @@ class Methods:
     async def say(self, name, params, show):
         room = BROADCAST_ROOM if name == "broadcast" else params.get("room", str)
         text = params.get("text", str)
+        check_message_size(text)
         return {"id": await self._send_or_keep(params, lambda: self.client.rooms.say(room, text))}
 
     async def rooms_create(self, name, params, show):

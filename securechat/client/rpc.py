@@ -16,6 +16,9 @@ import socket
 import struct
 import time
 
+from securechat.client.exit_codes import (  # noqa: F401 (for this side and importers)
+    EXIT_ERROR, EXIT_RATE_LIMITED, EXIT_UNREACHABLE, EXIT_UNTRUSTED, EXIT_USAGE)
+
 SOCKET_NAME = "daemon.sock"
 MAX_SOCKET_PATH = 107
 """The longest path a UNIX socket may have (Linux's sun_path, less its NUL)."""
@@ -32,15 +35,6 @@ REFUSED = -32001
 """The connecting process does not belong to the daemon's user."""
 LIMIT = -32002
 """A bound of the daemon was hit (requests in flight, connections, line length)."""
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 4
-EXIT_CERTIFICATE = 5
-EXIT_UNTRUSTED = 7
-EXIT_RATE_LIMITED = 8
-"""The CLI's exit codes this side needs (client/session.py has them all; it imports
-Twisted, so they are repeated here and a test keeps the two the same)."""
 
 
 ANSWER_SECONDS = 120

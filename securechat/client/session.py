@@ -19,6 +19,9 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.client import protocol as client_protocol
 from securechat.client.contacts import Contacts, TrustError
+from securechat.client.exit_codes import (  # noqa: F401 (others import them from here)
+    EXIT_AUTH, EXIT_CERTIFICATE, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_RATE_LIMITED,
+    EXIT_UNAVAILABLE, EXIT_UNKNOWN_USER, EXIT_UNREACHABLE, EXIT_UNTRUSTED)
 from securechat.client.messaging import Receiver, Sender, new_id
 from securechat.client.outbox import NotSent, Outbox
 from securechat.client.protocol import RemoteError
@@ -36,14 +39,8 @@ ACK_SETTLE_SECONDS = 5
 """How long closing waits for the server to confirm the last acknowledgements (a missed
 one only means the envelope is delivered again and skipped)."""
 
-EXIT_ERROR = 1
-EXIT_AUTH = 3
-EXIT_UNREACHABLE = 4
-EXIT_CERTIFICATE = 5
-EXIT_UNKNOWN_USER = 6
-EXIT_UNTRUSTED = 7
-EXIT_RATE_LIMITED = 8
-EXIT_UNAVAILABLE = 9
+NOT_FOUND_CODES = ("unknown_user", "unknown_room", "not_member")
+"""The relay's answers that mean "no such user or room (for you)": exit code 6."""
 
 PASSWORD_KEY_AT = "password_key_relay"
 """Key store meta: the relay id the account's password key is salted with (and known to
@@ -86,6 +83,10 @@ def refusal(error, what="the server refused"):
     if error.code == "unavailable":
         return ClientError(f"the server is unavailable (its database): {error.message}",
                            EXIT_UNAVAILABLE)
+    if error.code == "wrong_password":  # a room's
+        return ClientError(f"{what}: {error.message}", EXIT_AUTH)
+    if error.code in NOT_FOUND_CODES:
+        return ClientError(f"{what}: {error.message}", EXIT_NOT_FOUND)
     return ClientError(f"{what}: {error.message}")
 
 

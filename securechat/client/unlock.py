@@ -17,6 +17,7 @@ Standard library only: the daemon and the standalone commands share it.
 
 import getpass
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def read_password(settings):
     if given is not None:
         return given[0]
     _need_terminal()
-    return getpass.getpass("Password: ")
+    return _getpass("Password: ")
 
 
 def read_new_password(settings):
@@ -62,10 +63,10 @@ def read_new_password(settings):
         return password
     _need_terminal()
     for _ in range(PROMPT_TRIES):
-        password = getpass.getpass(f"New password (at least {MIN_NEW_PASSWORD} characters): ")
+        password = _getpass(f"New password (at least {MIN_NEW_PASSWORD} characters): ")
         if len(password) < MIN_NEW_PASSWORD:
             print(TOO_SHORT, file=sys.stderr)
-        elif getpass.getpass("Password again: ") != password:
+        elif _getpass("Password again: ") != password:
             print("passwords do not match; try again", file=sys.stderr)
         else:
             return password
@@ -91,6 +92,17 @@ def _need_terminal():
         raise PasswordUnavailable(
             "no password: set SECURECHAT_PASSWORD or SECURECHAT_PASSWORD_FILE, "
             "set password_command in the [client] section, or run in a terminal")
+
+
+def _getpass(prompt):
+    """A password prompt that Ctrl-C ends (KeyboardInterrupt: the CLI exits 130), even
+    inside a running reactor, whose own SIGINT handler would only stop the reactor once
+    the blocked read returned, that is after Enter."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return getpass.getpass(prompt)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _first_line(data, where):
