@@ -157,7 +157,7 @@ async def test_chat_commands_go_through_the_cli_command_layer(server, tmp_path):
         await chat.wait_for("created lobby")
         chat.line("/invite lobby")
         await chat.wait_for("usage: securechat invite")
-        await chat.wait_for("the following arguments are required: user")
+        await chat.wait_for("the following arguments are required: USER")
         chat.line("/nonsense")
         await chat.wait_for("unknown command /nonsense")
         chat.line('/invite lobby "bob')

@@ -139,7 +139,7 @@ def test_the_quiet_parser_raises_what_argparse_would_print_and_exit_with():
     parser = build_parser(QuietParser)
     with pytest.raises(ParseStopped) as error:
         parser.parse_args(["invite", "ops"])
-    assert error.value.status == 2 and "required: user" in str(error.value)
+    assert error.value.status == 2 and "required: USER" in str(error.value)
     with pytest.raises(ParseStopped) as shown:
         parser.parse_args(["join", "--help"])
     assert shown.value.status == 0 and "usage: securechat join" in str(shown.value)

@@ -241,14 +241,11 @@ async def test_unlock_with_a_password_file_or_a_password_command(relay, tmp_path
     assert nothing.code == 2 and "SECURECHAT_PASSWORD_FILE" in nothing.err, nothing
 
 
-def test_the_exit_codes_of_the_light_modules_match_the_clients():
-    """rpc.py repeats some exit codes of session.py (which imports Twisted): they agree."""
-    from securechat.client import rpc, session
+def test_the_room_modes_of_the_light_parser_match_the_clients():
+    """commands.py repeats the room modes of rooms.py (which imports Twisted): they agree."""
     from securechat.client.commands import ROOM_MODE_NAMES
     from securechat.client.rooms import ROOM_MODES
 
-    for name in ("EXIT_ERROR", "EXIT_UNREACHABLE", "EXIT_UNTRUSTED", "EXIT_RATE_LIMITED"):
-        assert getattr(rpc, name) == getattr(session, name), name
     assert sorted(ROOM_MODE_NAMES) == sorted(ROOM_MODES)
 
 

@@ -346,10 +346,3 @@ def test_defaults_follow_xdg_and_keep_an_old_data_directory(monkeypatch, tmp_pat
     ini = tmp_path / "no-data-dir.ini"
     ini.write_text("[client]\nserver = relay.example:6697\nusername = bob\n")
     assert client_settings.load(str(ini)).data_dir == str(tmp_path / "d" / "securechat" / "bob")
-
-
-def test_the_light_modules_exit_code_for_certificates_matches_the_clients():
-    """rpc.EXIT_CERTIFICATE (used by init, which does not import Twisted) is session's."""
-    from securechat.client import rpc, session
-
-    assert rpc.EXIT_CERTIFICATE == session.EXIT_CERTIFICATE == 5
