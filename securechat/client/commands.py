@@ -69,6 +69,15 @@ def build_parser():
         "mode", help="open a room you own to anyone, or make it invite-only")
     mode.add_argument("room")
     mode.add_argument("mode", choices=ROOM_MODE_NAMES)
+    admin = rooms_commands.add_parser(
+        "admin", help="make USER an admin of ROOM, or a plain member again (owner only)",
+        description="Make USER an admin of ROOM (admins invite, kick members and lift "
+                    "their bans), or with --remove a plain member again. Only the room's "
+                    "owner names admins; USER must be a member.",
+        epilog="example: securechat rooms admin ops carol")
+    admin.add_argument("room")
+    admin.add_argument("user")
+    admin.add_argument("--remove", action="store_true", help="take the admin role away")
     join = commands.add_parser("join", help="join a room")
     join.add_argument("room")
     join.add_argument("--password", action="store_true",
@@ -119,6 +128,8 @@ def request_for(args):
             params.update(_room_password(args))
         elif args.rooms_command == "mode":
             params["mode"] = args.mode
+        elif args.rooms_command == "admin":
+            params.update({"user": args.user, "remove": args.remove})
         return "rooms." + args.rooms_command, params
     if command == "join":
         return "join", {"room": args.room, **_room_password(args)}
@@ -172,7 +183,8 @@ def show_result(args, result, out=print):
         out(f"left {args.room}")
     elif command == "members":
         for user, devices in result["members"].items():
-            out(f"{safe(user)}: {', '.join(map(safe, devices)) or '(no device)'}")
+            out(f"{safe(user)} ({_member_marks(user, result)}): "
+                f"{', '.join(map(safe, devices)) or '(no device)'}")
     elif command in ("invite", "kick", "unban"):
         out(result["text"])
     elif command == "fingerprint":
@@ -188,6 +200,17 @@ def show_result(args, result, out=print):
         else:
             out(f"accepted {args.user}'s new identity key {result['accepted']}"
                 " (unverified: run 'securechat verify' to verify it)")
+
+
+def _member_marks(user, result):
+    """``owner``/``admin`` and ``verified``/``unverified`` (by this device), or ``you``."""
+    role = result.get("roles", {}).get(user, "member")
+    marks = [] if role == "member" else [role]
+    if user == result.get("you"):
+        marks.append("you")
+    else:
+        marks.append("verified" if result.get("verified", {}).get(user) else "unverified")
+    return ", ".join(marks)
 
 
 def _show_outbox(result, out):
@@ -210,6 +233,10 @@ def _show_rooms_result(args, result, out):
             out(safe(room))
     elif action == "mode":
         out(result["text"])
+    elif action == "admin":
+        out(f"{safe(result['user'])} is now an admin of {safe(result['room'])}"
+            if result["role"] == "admin" else
+            f"{safe(result['user'])} is now a plain member of {safe(result['room'])}")
     elif action == "bans":
         for ban in result["bans"]:
             out(f"{safe(ban['user'])}: banned by {safe(ban['by'])} at {ban['created']} "

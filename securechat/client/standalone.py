@@ -68,7 +68,7 @@ def run(settings, args, request=None):
     if args.command == "verify":
         return run_reactor(lambda reactor: verify(reactor, settings, args.user))
     method, params = request
-    if method == "outbox":
+    if method == "outbox" or (method == "fingerprint" and "user" not in params):
         return run_reactor(lambda reactor: offline(reactor, settings, args, method, params))
     return run_reactor(lambda reactor: one_shot(reactor, settings, args, method, params))
 
@@ -104,8 +104,10 @@ async def opened(reactor, settings, verifications=None, keep_trying=False):
 
 async def one_shot(reactor, settings, args, method, params):
     """A message to send waits for a reconnect (its outbox keeps it), and so does an
-    ``inbox --wait``; every other command needs the relay now."""
-    keep_trying = method in ("send", "say", "broadcast") or params.get("wait", 0) > 0
+    ``inbox --wait``; ``fingerprint USER`` answers from the contact this device knows
+    when the relay is down; every other command needs the relay now."""
+    keep_trying = (method in ("send", "say", "broadcast", "fingerprint")
+                   or params.get("wait", 0) > 0)
     client = await opened(reactor, settings, keep_trying=keep_trying)
     try:
         methods = Methods(client, Verifications())
@@ -121,7 +123,8 @@ async def one_shot(reactor, settings, args, method, params):
 
 
 async def offline(reactor, settings, args, method, params):
-    """``outbox``: the key store only, no connection (it works while the relay is down)."""
+    """``outbox`` and the own ``fingerprint``: the key store only, no connection (they
+    work while the relay is down)."""
     client = Client(reactor, settings, read_password(settings))
     try:
         with UnlockingNotice():
@@ -150,7 +153,7 @@ async def register(reactor, settings):
 async def verify(reactor, settings, user):
     """Compare emoji with ``user`` on this terminal (the answer read in a thread, so the
     reactor keeps receiving meanwhile)."""
-    verifications = Verifications()
+    verifications = Verifications(settings.verify_timeout)
     client = await opened(reactor, settings, verifications)
 
     async def ask_yes():

@@ -1,0 +1,178 @@
+"""The missing halves of issue 18, with real ``securechat`` processes against a relay on
+127.0.0.1: a verification request reaches the other side (inbox, daemon subscribers) and
+both sides time out naming the other; rooms admin; members' role and verified marks; the
+password hint of ``join``; the own fingerprint with the relay stopped."""
+
+import re
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from securechat.client import daemon_client
+from securechat.client.render import format_message
+from securechat.client.settings import load as load_client_settings
+from securechat.config import ConfigError
+from tests.processes import DaemonProcess, InteractiveCli, run_cli, write_client_config
+from tests.support import cleanup, expect_error, poll_until, poll_until_async
+from tests.test_relay_tls import registered
+from tests.test_room_roles import staffed_room
+
+SHORT = 3
+"""The ``verify_timeout`` (seconds) of a side whose wait a test lets run out."""
+
+
+@pytest.fixture
+def server(start_relay):
+    return start_relay()
+
+
+async def register(server, tmp_path, name, verify_timeout=None):
+    """``name``'s client ini, registered (``verify_timeout``: its seconds)."""
+    extra = [f"verify_timeout = {verify_timeout}"] if verify_timeout else []
+    config = write_client_config(str(tmp_path / "clients"), name, server.port,
+                                 ca_file=server.cert_path, extra_lines=extra)
+    result = await run_cli(config, "register")
+    assert result.code == 0, result
+    return config
+
+
+async def device_of(config):
+    """The device id ``securechat login`` reports."""
+    return re.search(r"\(device (\w+)\)", (await ok(config, "login")).out).group(1)
+
+
+async def queued(server, user):
+    devices = await server.service.store.get_devices(user)
+    return sum([await server.service.store.queue_length(user, d["device"]) for d in devices])
+
+
+async def asked(server, user):
+    """Wait until the relay holds something for ``user`` (a verification request sent)."""
+    await poll_until_async(lambda: queued(server, user), timeout=60)
+
+
+async def ok(config, *args, **kwargs):
+    result = await run_cli(config, *args, **kwargs)
+    assert result.code == 0, result
+    return result
+
+
+async def verify_both(server, alice, bob):
+    started = defer.ensureDeferred(run_cli(alice, "verify", "bob", stdin=b"y\n"))
+    await asked(server, "bob")
+    responder = await run_cli(bob, "verify", "alice", stdin=b"y\n")
+    initiator = await started
+    assert initiator.code == 0 and responder.code == 0, (initiator, responder)
+
+
+# -- verification requests and timeouts -------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_verify_request_shows_in_the_others_inbox_json_and_their_verify_answers_it(
+        server, tmp_path):
+    """bob, not running verify, finds alice's request in `inbox --json` (type
+    verify_request, once); the `verify alice` it suggests then completes alice's."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    alice_device = await device_of(alice)
+    started = defer.ensureDeferred(run_cli(alice, "verify", "bob", stdin=b"y\n"))
+    await asked(server, "bob")
+    (request,) = (await ok(bob, "inbox", "--json")).json_lines()
+    assert (request["type"], request["from"], request["from_device"], request["text"]) == (
+        "verify_request", "alice", alice_device, None)
+    assert (await ok(bob, "inbox", "--json")).json_lines() == []  # shown once
+    responder = await run_cli(bob, "verify", "alice", stdin=b"y\n")
+    initiator = await started
+    assert initiator.code == 0 and responder.code == 0, (initiator, responder)
+    assert "bob is verified" in initiator.out and "alice is verified" in responder.out
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unanswered_verify_times_out_naming_the_other_and_calls_its_request_off(
+        server, tmp_path):
+    """alice's `verify bob` with nobody answering fails after verify_timeout with exit 7
+    and "bob did not answer the verification request within 3 s"; bob's inbox then does
+    not offer the request she gave up on."""
+    alice = await register(server, tmp_path, "alice", verify_timeout=SHORT)
+    bob = await register(server, tmp_path, "bob")
+    initiator = await run_cli(alice, "verify", "bob", stdin=b"y\n")
+    assert initiator.code == 7, initiator
+    assert f"bob did not answer the verification request within {SHORT} s" in initiator.out
+    assert (await ok(bob, "inbox", "--json")).json_lines() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_answering_a_request_whose_sender_is_gone_times_out_naming_them(
+        server, tmp_path):
+    """bob's plain `inbox` prints "alice asks to verify your keys: run 'securechat verify
+    alice'"; alice's process is killed meanwhile, so bob's `verify alice` fails after his
+    verify_timeout with exit 7 naming alice."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob", verify_timeout=SHORT)
+    initiator = InteractiveCli(alice, "verify", "bob")
+    await asked(server, "bob")
+    initiator.transport.signalProcess("KILL")  # gone without calling its request off
+    await initiator.finish()
+    shown = await ok(bob, "inbox")
+    assert "alice asks to verify your keys: run 'securechat verify alice'" in shown.out
+    responder = await run_cli(bob, "verify", "alice", stdin=b"y\n")
+    assert responder.code == 7, responder
+    assert f"alice did not answer the verification request within {SHORT} s" in responder.out
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_verifies_started_at_once_both_complete(server, tmp_path):
+    """alice and bob run `verify` at the same moment (their requests may cross): both end
+    verified, and neither inbox is left offering a request."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    results = await defer.gatherResults([
+        defer.ensureDeferred(run_cli(alice, "verify", "bob", stdin=b"y\n")),
+        defer.ensureDeferred(run_cli(bob, "verify", "alice", stdin=b"y\n"))])
+    assert [r.code for r in results] == [0, 0], results
+    for config in (alice, bob):
+        assert (await ok(config, "inbox", "--json")).json_lines() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_tells_its_subscribers_of_a_verification_request(server, tmp_path):
+    """A subscriber of bob's daemon gets the notification "verify.request" {"user":
+    "alice", "device": her device} when alice runs `verify bob`."""
+    alice = await register(server, tmp_path, "alice", verify_timeout=SHORT)
+    bob = await register(server, tmp_path, "bob")
+    alice_device = await device_of(alice)
+    daemon = DaemonProcess(bob, tmp_path / "clients" / "bob")
+    notifications = []
+    try:
+        await daemon.ready()
+        connection = await daemon_client.connect(
+            reactor, str(tmp_path / "clients" / "bob"),
+            lambda method, params: notifications.append((method, params)))
+        await connection.call("subscribe")
+        initiator = await run_cli(alice, "verify", "bob", stdin=b"y\n")
+        assert initiator.code == 7  # bob's chat was told, bob did not answer
+        await poll_until(lambda: any(m == "verify.request" for m, _ in notifications), 30)
+        connection.transport.loseConnection()
+    finally:
+        await daemon.stop()
+    (params,) = [p for m, p in notifications if m == "verify.request"]
+    assert params == {"user": "alice", "device": alice_device}
+
+
+def test_a_verification_request_reads_as_an_invitation_to_verify():
+    """`inbox` shows a verify_request record as who asks and the command to answer with."""
+    line = format_message({"type": "verify_request", "from": "alice", "from_device": "D",
+                           "sent_at": "2026-12-07T00:00:00.000Z", "text": None})
+    assert line == ("[2026-12-07T00:00:00.000Z] alice asks to verify your keys: "
+                    "run 'securechat verify alice'")
+
+
+def test_verify_timeout_outside_its_range_is_a_config_error(tmp_path):
+    """verify_timeout = 0 (or more than 240) is refused naming the key and the range."""
+    config = write_client_config(str(tmp_path), "alice", 6697, extra_lines=["verify_timeout = 0"])
+    with pytest.raises(ConfigError, match="verify_timeout.*1-240"):
+        load_client_settings(config)
+    config = write_client_config(str(tmp_path), "bob", 6697, extra_lines=["verify_timeout = 9"])
+    assert load_client_settings(config).verify_timeout == 9
