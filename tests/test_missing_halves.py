@@ -14,8 +14,7 @@ from securechat.client.render import format_message
 from securechat.client.settings import load as load_client_settings
 from securechat.config import ConfigError
 from tests.processes import DaemonProcess, InteractiveCli, run_cli, write_client_config
-from tests.support import cleanup, expect_error, poll_until, poll_until_async
-from tests.test_relay_tls import registered
+from tests.support import cleanup, poll_until, poll_until_async
 from tests.test_room_roles import staffed_room
 
 SHORT = 3
@@ -176,3 +175,104 @@ def test_verify_timeout_outside_its_range_is_a_config_error(tmp_path):
         load_client_settings(config)
     config = write_client_config(str(tmp_path), "bob", 6697, extra_lines=["verify_timeout = 9"])
     assert load_client_settings(config).verify_timeout == 9
+
+
+# -- rooms admin, members' marks, join's hint ------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_members_names_the_owner_and_the_admins(server):
+    """The relay's `room.members` answers `roles`: the owner and each admin by name, and a
+    demoted admin is gone from it."""
+    alice, bob, carol, dave, erin = await staffed_room(server)
+    answer = await dave.request("room.members", room="ops")
+    assert answer["roles"] == {"alice": "owner", "bob": "admin", "carol": "admin"}
+    await alice.request("room.admin", room="ops", user="bob", admin=False)
+    assert (await dave.request("room.members", room="ops"))["roles"] == {
+        "alice": "owner", "carol": "admin"}
+    await cleanup(alice, bob, carol, dave, erin)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_admin_names_and_removes_admins_for_the_owner_only(server, tmp_path):
+    """`rooms admin ops bob` by the owner makes bob an admin (who may then invite), `--remove`
+    makes him a member again; bob cannot name admins, nor can a non-member be named."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    await register(server, tmp_path, "carol")
+    await ok(alice, "rooms", "create", "ops")
+    await ok(bob, "join", "ops")
+    named = await ok(alice, "rooms", "admin", "ops", "bob")
+    assert named.out.strip() == "bob is now an admin of ops"
+    assert (await ok(bob, "invite", "ops", "carol")).out.strip() == "carol is now in ops"
+    refused = await run_cli(bob, "rooms", "admin", "ops", "carol")
+    assert refused.code == 1 and "only the owner of room 'ops' names admins" in refused.err
+    removed = await ok(alice, "rooms", "admin", "--remove", "ops", "bob")
+    assert removed.out.strip() == "bob is now a plain member of ops"
+    assert (await run_cli(bob, "kick", "ops", "carol")).code == 1  # no longer an admin
+    await ok(alice, "kick", "ops", "carol")
+    outsider = await run_cli(alice, "rooms", "admin", "ops", "carol")
+    assert outsider.code == 1 and "carol is not a member of room 'ops'" in outsider.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_members_marks_the_owner_admins_and_who_you_verified(server, tmp_path):
+    """`members ops` prints each member as "bob (owner, verified): DEVICE", "carol (admin,
+    unverified): ...", yourself as "(you)"; the daemon's result keeps `members` and adds
+    `roles` and `verified`."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    carol = await register(server, tmp_path, "carol")
+    await verify_both(server, alice, bob)
+    await ok(bob, "rooms", "create", "ops")
+    await ok(alice, "join", "ops")
+    await ok(carol, "join", "ops")
+    await ok(bob, "rooms", "admin", "ops", "carol")
+    devices = {name: await device_of(config)
+               for name, config in (("alice", alice), ("bob", bob), ("carol", carol))}
+    lines = (await ok(alice, "members", "ops")).out.splitlines()
+    assert lines == [f"alice (you): {devices['alice']}",
+                     f"bob (owner, verified): {devices['bob']}",
+                     f"carol (admin, unverified): {devices['carol']}"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_joining_a_password_room_without_password_says_how_with_exit_3(server, tmp_path):
+    """`join vault` of a password room without --password fails with exit 3 and "vault needs
+    a password: securechat join vault --password"; with the password it joins."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    room_password = {"SECURECHAT_ROOM_PASSWORD": "a room secret"}
+    await ok(alice, "rooms", "create", "vault", "--password", extra_env=room_password)
+    refused = await run_cli(bob, "join", "vault")
+    assert refused.code == 3, refused
+    assert refused.err.strip() == ("securechat: vault needs a password: "
+                                   "securechat join vault --password")
+    wrong = await run_cli(bob, "join", "vault", "--password",
+                          extra_env={"SECURECHAT_ROOM_PASSWORD": "not it"})
+    assert wrong.code == 3 and "wrong password for room 'vault'" in wrong.err, wrong
+    await ok(bob, "join", "vault", "--password", extra_env=room_password)
+
+
+# -- fingerprints without the relay -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_own_fingerprint_and_a_known_contacts_work_with_the_relay_stopped(
+        twistd_relay, tmp_path):
+    """With the relay (twistd) stopped, `fingerprint` prints the fingerprint `register`
+    printed and `fingerprint bob` (met before) his, both exit 0; `fingerprint carol` (never
+    met) needs the relay: exit 4 saying so."""
+    await twistd_relay.wait_listening()
+    configs = {name: write_client_config(str(tmp_path / "clients"), name, twistd_relay.port)
+               for name in ("alice", "bob", "carol")}
+    registration = await ok(configs["alice"], "register")
+    for name in ("bob", "carol"):
+        await ok(configs[name], "register")
+    own = registration.out.split("your fingerprint: ")[1].strip()
+    online = await ok(configs["alice"], "fingerprint", "bob")
+    twistd_relay.stop()
+    assert (await ok(configs["alice"], "fingerprint")).out.strip() == f"alice: {own}"
+    assert (await ok(configs["alice"], "fingerprint", "bob")).out == online.out
+    unknown = await run_cli(configs["alice"], "fingerprint", "carol")
+    assert unknown.code == 4 and "carol's keys are not on this device yet" in unknown.err, unknown

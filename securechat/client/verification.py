@@ -139,9 +139,11 @@ class Verification:
         if record.get("from") == self._peer and str(record.get("type", "")).startswith("verify."):
             self._incoming.put(record["inner"])
 
-    async def _next(self, txn, expected, their_request_wins=False):
+    async def _next(self, txn, expected, their_request_wins=False,
+                    silence="did not answer the verification request"):
         """The peer's next step of ``txn``, or (``their_request_wins``) a request of
-        theirs that crossed ours."""
+        theirs that crossed ours; VerificationFailed saying the peer's ``silence`` when
+        nothing came within the timeout."""
         timer = self._client.reactor.callLater(self._timeout, self._incoming.put, None)
         try:
             while True:
@@ -149,8 +151,7 @@ class Verification:
                 if message is None:
                     await self._cancel(txn, "timed out")
                     raise VerificationFailed(
-                        f"{self._peer} did not answer the verification request within "
-                        f"{self._timeout:g} s")
+                        f"{self._peer} {silence} within {self._timeout:g} s")
                 if their_request_wins and message["type"] == "verify.start":
                     return message
                 if message.get("txn") != txn:
@@ -213,7 +214,7 @@ class Verification:
         own_key = self._client.crypto.identity_key
         await self._send({"type": "verify.mac", "txn": txn,
                           "mac": sas.mac(own_key, mac_info + "|" + self._client.user)})
-        their_mac = await self._next(txn, "verify.mac")
+        their_mac = await self._next(txn, "verify.mac", silence="did not confirm the emoji")
         pinned = (await self._client.trusted_devices(self._peer, sending=False)) and \
             self._client.contacts.record(self._peer)
         their_key = pinned.get("pending") or pinned["identity_key"]
