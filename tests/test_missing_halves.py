@@ -3,15 +3,22 @@
 both sides time out naming the other; rooms admin; members' role and verified marks; the
 password hint of ``join``; the own fingerprint with the relay stopped."""
 
+import contextlib
+import copy
 import re
+import secrets
+import types
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 
 from securechat.client import daemon_client
+from securechat.client.contacts import Contacts
+from securechat.client.methods import Verifications
 from securechat.client.render import format_message
 from securechat.client.settings import load as load_client_settings
+from securechat.client.verification import PendingRequests
 from securechat.config import ConfigError
 from tests.processes import DaemonProcess, InteractiveCli, run_cli, write_client_config
 from tests.support import cleanup, poll_until, poll_until_async
@@ -121,18 +128,89 @@ async def test_answering_a_request_whose_sender_is_gone_times_out_naming_them(
     assert f"alice did not answer the verification request within {SHORT} s" in responder.out
 
 
+class MemoryKeyStore:
+    """The part of the key store a verification touches (sealed values, contacts), in
+    memory: for the unit test of two verifications whose requests cross."""
+
+    def __init__(self):
+        self._values, self._contacts = {}, {}
+
+    @contextlib.contextmanager
+    def transaction(self):
+        yield
+
+    def secret(self, key):
+        return copy.deepcopy(self._values.get(key))
+
+    def set_secret(self, key, value):
+        self._values[key] = copy.deepcopy(value)
+
+    def contact(self, user):
+        return copy.deepcopy(self._contacts.get(user))
+
+    def put_contact(self, user, record):
+        self._contacts[user] = copy.deepcopy(record)
+
+
+class Side:
+    """One user's device for the crossing test: its verify messages are held on ``wire``
+    until the test lets them through, as the relay and the receiver would deliver them."""
+
+    def __init__(self, user, wire_, clock):
+        self.user, self.device, self.reactor = user, user.upper() + "1", clock
+        self.store = MemoryKeyStore()
+        self.crypto = types.SimpleNamespace(identity_key=f"{user}-identity-key")
+        self.contacts = Contacts(self.store, user, self.crypto.identity_key)
+        self.verifications = Verifications(timeout=60)
+        self._wire = wire_
+
+    def meet(self, other):
+        """What TOFU leaves after a first message: the other's identity key pinned."""
+        self.store.put_contact(other.user, {"identity_key": other.crypto.identity_key,
+                                            "verified": False, "pending": None})
+
+    async def trusted_devices(self, user, sending):
+        return {user.upper() + "1": {}}
+
+    async def send_control(self, user, payload):
+        inner = {**payload, "from": self.user, "from_dev": self.device, "to": user}
+        self._wire.append((user, {"id": secrets.token_hex(8), "type": payload["type"],
+                                  "from": self.user, "from_dev": self.device, "room": None,
+                                  "sent_at": "2026-12-07T00:00:00.000Z", "inner": inner}))
+
+    def receive(self, record):
+        if record["type"] in ("verify.start", "verify.cancel"):
+            PendingRequests(self.store).note(record)
+        self.verifications.control(record)
+
+
 @pytest_twisted.ensureDeferred
-async def test_two_verifies_started_at_once_both_complete(server, tmp_path):
-    """alice and bob run `verify` at the same moment (their requests may cross): both end
-    verified, and neither inbox is left offering a request."""
-    alice = await register(server, tmp_path, "alice")
-    bob = await register(server, tmp_path, "bob")
-    results = await defer.gatherResults([
-        defer.ensureDeferred(run_cli(alice, "verify", "bob", stdin=b"y\n")),
-        defer.ensureDeferred(run_cli(bob, "verify", "alice", stdin=b"y\n"))])
-    assert [r.code for r in results] == [0, 0], results
-    for config in (alice, bob):
-        assert (await ok(config, "inbox", "--json")).json_lines() == []
+async def test_verifications_whose_requests_cross_complete_as_one_exchange():
+    """alice and bob each send a request before either sees the other's: bob (whose name
+    sorts later) answers alice's, both end verified, and no request is left waiting."""
+    wire_, clock = [], task.Clock()
+    sides = {user: Side(user, wire_, clock) for user in ("alice", "bob")}
+    alice, bob = sides["alice"], sides["bob"]
+    alice.meet(bob)
+    bob.meet(alice)
+
+    async def yes():
+        return True
+
+    runs = [defer.ensureDeferred(side.verifications.run(side, other.user, yes, lambda t: None))
+            for side, other in ((alice, bob), (bob, alice))]
+    assert [record["type"] for _, record in wire_] == ["verify.start", "verify.start"]
+    for _ in range(100):  # each step delivers what was sent; 100 is far more than it takes
+        if all(run.called for run in runs):
+            break
+        sent, wire_[:] = list(wire_), []
+        for user, record in sent:
+            sides[user].receive(record)
+        await task.deferLater(reactor, 0, lambda: None)
+    assert all(run.called for run in runs)
+    await defer.gatherResults(runs)
+    assert alice.contacts.is_verified("bob") and bob.contacts.is_verified("alice")
+    assert PendingRequests(alice.store).unshown() == PendingRequests(bob.store).unshown() == []
 
 
 @pytest_twisted.ensureDeferred
