@@ -82,6 +82,7 @@ class DevicesChangedClient:
 
     def __init__(self, store):
         self.store = store
+        self.user, self.device = "alice", "DEV1"
         self.state = "connected"
         self.forgotten = 0
         self.sender = self
@@ -112,7 +113,7 @@ async def test_a_waiting_message_is_encrypted_again_for_changed_devices(store):
     devices there are now: the cached device lists are dropped first), then removed."""
     client = DevicesChangedClient(store)
     outbox = Outbox(client)
-    entry = outbox.add({"type": "msg", "body": "hi"}, to="bob")
+    entry = outbox.add({"type": "msg", "mid": "m1", "ts": 0, "body": "hi"}, to="bob")
     with store.transaction():
         outbox.encrypted(entry, [{"id": "old-envelope-id-0000", "to": "bob", "to_dev": "OLD"}])
     await outbox.flush()

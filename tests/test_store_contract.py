@@ -544,7 +544,7 @@ async def test_data_survives_a_restart(database, tmp_path):
 async def test_a_group_larger_than_one_statement_is_numbered_and_checked(store, monkeypatch):
     """Rows and devices beyond what one statement holds: every row is numbered from the
     group's share of the sequence, in order, and a missing device still fails the call."""
-    monkeypatch.setattr("securechat.store.transactions.queue.ROWS_PER_INSERT", 2)
+    monkeypatch.setattr("securechat.store.transactions.common.ROWS_PER_INSERT", 2)
     for name in ("B1", "B2", "B3"):
         await device(store, "bob", name)
     everyone = [("bob", "B1"), ("bob", "B2"), ("bob", "B3")]

@@ -13,7 +13,7 @@ import os
 import sys
 
 from securechat.client.render import (
-    format_history, format_message, message_json, safe, terminal_width)
+    format_history, format_message, history_json, message_json, safe, terminal_width)
 from securechat.client.rpc import CommandFailed
 
 DEFAULT_CONFIG = os.path.join("~", ".config", "securechat", "client.ini")
@@ -82,9 +82,9 @@ def build_parser():
     join.add_argument("room")
     join.add_argument("--password", action="store_true",
                       help="the room needs a password ($SECURECHAT_ROOM_PASSWORD or a prompt)")
-    for name, text in (("leave", "leave a room"), ("members", "a room's members and devices"),
-                       ("history", "the room's stored messages, decrypted where you can")):
+    for name, text in (("leave", "leave a room"), ("members", "a room's members and devices")):
         commands.add_parser(name, help=text).add_argument("room")
+    add_history(commands)
     say = commands.add_parser("say", help="send a message to a room")
     say.add_argument("room")
     say.add_argument("text", nargs="+")
@@ -99,6 +99,54 @@ def build_parser():
         action.add_argument("room")
         action.add_argument("user")
     return parser
+
+
+HISTORY_LAST = 50
+"""Messages of a 1:1 conversation ``history`` shows when ``--last`` is not given."""
+HISTORY_MAX = 1000
+"""The most ``history --last`` (the daemon method's ``last``) gives at once."""
+
+
+def _history_count(text):
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 0 < count <= HISTORY_MAX:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {HISTORY_MAX}")
+    return count
+
+
+def add_history(commands):
+    history = commands.add_parser(
+        "history", help="a 1:1 conversation from this device's store, or a room's history",
+        description="Print a conversation, oldest first.  With a user: your 1:1 messages "
+                    "both ways, from this device's encrypted store (works while the relay "
+                    "is down; your own lines are marked 'you -> USER').  With a room: the "
+                    "messages the relay keeps for it, decrypted where you can.  A bare NAME "
+                    "is the room when you are in a room of that name (asked of the relay), "
+                    "else the user; --room, --user or '#NAME' say which.",
+        epilog="example: securechat history bob --last 20")
+    history.add_argument("name", metavar="NAME", help="a user, or a room ('#ops')")
+    kind = history.add_mutually_exclusive_group()
+    kind.add_argument("--room", dest="kind", action="store_const", const="room",
+                      help="NAME is a room")
+    kind.add_argument("--user", dest="kind", action="store_const", const="user",
+                      help="NAME is a user")
+    history.add_argument("--last", type=_history_count, metavar="N",
+                         help=f"only the newest N messages (1:1 default {HISTORY_LAST}; "
+                              f"at most {HISTORY_MAX})")
+    history.add_argument("--json", action="store_true",
+                         help="one JSON object per line (as inbox --json, plus \"outgoing\")")
+
+
+def _history_request(args):
+    """``#NAME`` and ``--room`` name a room, ``--user`` a user; a bare name is decided by
+    the method (``Methods.history``)."""
+    params = {} if args.last is None else {"last": args.last}
+    if args.kind == "room" or args.name.startswith("#") and args.kind is None:
+        return "history", {"room": args.name.removeprefix("#"), **params}
+    return "history", {"user" if args.kind == "user" else "name": args.name, **params}
 
 
 def read_room_password(wanted):
@@ -133,8 +181,10 @@ def request_for(args):
         return "rooms." + args.rooms_command, params
     if command == "join":
         return "join", {"room": args.room, **_room_password(args)}
-    if command in ("leave", "members", "history"):
+    if command in ("leave", "members"):
         return command, {"room": args.room}
+    if command == "history":
+        return _history_request(args)
     if command in ("invite", "kick", "unban"):
         return command, {"room": args.room, "user": args.user}
     if command in ("fingerprint", "trust", "verify"):
@@ -174,7 +224,7 @@ def show_result(args, result, out=print):
         _show_outbox(result, out)
     elif command == "history":
         for record in result["messages"]:
-            out(format_history(record, width))
+            out(history_json(record) if args.json else format_history(record, width))
     elif command == "rooms":
         _show_rooms_result(args, result, out)
     elif command == "join":

@@ -11,6 +11,7 @@ import json
 
 from twisted.internet import defer
 
+from securechat.client.commands import HISTORY_LAST, HISTORY_MAX
 from securechat.client.contacts import TrustError
 from securechat.client.inbound import iso
 from securechat.client.protocol import ConnectionClosed, RemoteError
@@ -243,8 +244,34 @@ class Methods:
                 "verified": {user: client.contacts.is_verified(user) for user in members}}
 
     async def history(self, name, params, show):
-        records = await self.client.rooms.history(params.get("room", str))
-        return {"messages": [public(record) for record in records if record is not None]}
+        """A room's history from the relay (``room``), or the newest ``last`` messages of
+        a 1:1 conversation from the key store (``user``, works offline); ``name`` is
+        the room when you are in a room of that name (asked of the relay when connected),
+        else the user.  Each message as ``inbox --json`` prints it, plus ``outgoing``."""
+        client = self.client
+        last = params.get("last", int, None)
+        if last is not None and not 0 < last <= HISTORY_MAX:
+            raise InvalidParams(f"history: last must be 1-{HISTORY_MAX}")
+        room, user = params.get("room", str, None), params.get("user", str, None)
+        if room is None and user is None:
+            room, user = await self._room_or_user(params.get("name", str))
+        if room is not None:  # all the relay gives unless ``last`` is said
+            records = [r for r in await client.rooms.history(room) if r is not None]
+            records = records[-last:] if last else records
+            return {"messages": [{**public(r), "outgoing": r["from"] == client.user}
+                                 for r in records], "more": False}
+        return {"messages": [{**public(r), "outgoing": r["outgoing"],
+                              "to": r.get("to", client.user)}
+                             for r in client.store.conversation(user, last or HISTORY_LAST)],
+                "more": False}
+
+    async def _room_or_user(self, name):
+        """``(room, None)`` when this user is in a room called ``name``, else ``(None, name)``;
+        without the relay to ask, the user (the local store is what can be read then)."""
+        if self.client.state != "connected":
+            return None, name
+        rooms = (await self.client.request("rooms.list"))["rooms"]
+        return (name, None) if name in rooms else (None, name)
 
     async def moderate(self, name, params, show):
         return {"text": await self.client.rooms.moderate(

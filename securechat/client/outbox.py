@@ -5,7 +5,9 @@ the history (its recipients and text are as private as a received
 message).  When it is encrypted, its envelopes are written to its entry in
 the same transaction as the ratchet state that produced them, so the
 envelopes that may have left are always the ones kept.  The entry goes
-when the relay answers "accepted".  If the connection drops first, the
+when the relay answers "accepted", and in the same transaction a 1:1
+message enters its conversation's history as sent (``sent_record``): once,
+however often it was sent again.  If the connection drops first, the
 entry stays, and after the reconnect it is sent again with its ORIGINAL
 envelope ids: the relay refuses an id it still holds (``duplicate_envelope``,
 which means it was accepted before) and a recipient drops an id it has seen,
@@ -23,12 +25,24 @@ import time
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from securechat.client.inbound import iso
 from securechat.client.messaging import new_id
 from securechat.client.protocol import ConnectionClosed, RemoteError
 
 TRANSIENT_REFUSALS = ("rate_limited", "unavailable")
 """Refusals that say "later": a message refused so stays pending (retried after the next
 connect) instead of failing."""
+
+
+def sent_record(client, record):
+    """An accepted 1:1 message as its conversation's history keeps it: the fields of a
+    received one (``inbox --json``), from this device, plus ``to`` and the envelope ids."""
+    payload = record["payload"]
+    return {"id": payload["mid"], "type": "msg", "mid": payload["mid"], "from": client.user,
+            "from_dev": client.device, "to": record["to"], "room": None,
+            "text": payload.get("body"), "sent_at": iso(payload["ts"]),
+            "accepted_at": iso(int(time.time() * 1000)), "verified": True, "warning": None,
+            "error": None, "envelopes": [env["id"] for env in record["envelopes"] or ()]}
 
 
 class NotSent(Exception):
@@ -95,6 +109,16 @@ class Outbox:
         with self._store.transaction():
             self._store.outbox_remove(entry_id)
 
+    def _accepted(self, entry_id):
+        """The relay took an entry: it leaves the outbox; a 1:1 message is kept as sent."""
+        with self._store.transaction():
+            record = self._store.outbox_entry(entry_id)
+            if record is not None and record["room"] is None and record["payload"].get(
+                    "type") == "msg":
+                self._store.add_sent(record["payload"]["mid"], record["to"],
+                                     sent_record(self._client, record))
+            self._store.outbox_remove(entry_id)
+
     # -- sending ------------------------------------------------------------------------
 
     async def submit(self, entry_id):
@@ -116,7 +140,7 @@ class Outbox:
                 self._lock.release()
         finally:
             self._live.discard(entry_id)
-        self._remove(entry_id)
+        self._accepted(entry_id)
         return result
 
     async def flush(self):
@@ -147,7 +171,7 @@ class Outbox:
         except Exception as e:  # refused for good here (a blocked key, an unknown user)
             self._failed(entry_id, record, str(e) or type(e).__name__)
         else:
-            self._remove(entry_id)
+            self._accepted(entry_id)
         return True
 
     def _failed(self, entry_id, record, reason):

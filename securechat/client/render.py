@@ -188,7 +188,11 @@ def format_message(record, width=None):
 
 
 def format_history(record, width=None):
-    """A history line: what this device cannot decrypt is said so, not shown as an error."""
+    """A history line: what this device cannot decrypt is said so, not shown as an error;
+    an own 1:1 line (``outgoing``) as ``[time] you -> bob: text``."""
+    if record.get("outgoing") and record.get("room") is None:
+        return fit(f"[{safe(record['sent_at'])}] you -> {safe(record['to'])}: "
+                   f"{safe(record['text'], lines=True)}", width)
     if record.get("error"):
         record = {**record, "error": None, "text": "(not decryptable on this device)"}
     return format_message(record, width)
@@ -197,8 +201,9 @@ def format_history(record, width=None):
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def message_json(record):
-    """A message as one JSON line (``--json``): the exact text, escaped by JSON itself.
+def message_json(record, **extra):
+    """A message as one JSON line (``--json``): the exact text, escaped by JSON itself;
+    ``extra`` fields follow the message's own.
 
     Non-ASCII text stays readable; a lone surrogate (valid in JSON, not in UTF-8) is
     written as its ``\\uXXXX`` escape, which decodes to the same string.
@@ -208,6 +213,15 @@ def message_json(record):
         "from_device": record["from_dev"],
         "room": record.get("room"), "text": record.get("text"), "sent_at": record["sent_at"],
         "verified": bool(record.get("verified")), "error": record.get("error"),
-        "warning": record.get("warning"),
+        "warning": record.get("warning"), **extra,
     }, ensure_ascii=False)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+def history_json(record):
+    """A ``history`` message (as the method gives it) as one JSON line: ``inbox --json``'s
+    fields, plus ``outgoing`` (an own line) and, for a 1:1 message, ``to``."""
+    extra = {"outgoing": bool(record.get("outgoing"))}
+    if record.get("room") is None:
+        extra["to"] = record.get("to")
+    return message_json({**record, "from_dev": record["from_device"]}, **extra)

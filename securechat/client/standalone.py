@@ -68,7 +68,8 @@ def run(settings, args, request=None):
     if args.command == "verify":
         return run_reactor(lambda reactor: verify(reactor, settings, args.user))
     method, params = request
-    if method == "outbox" or (method == "fingerprint" and "user" not in params):
+    if (method == "outbox" or method == "history" and "user" in params
+            or method == "fingerprint" and "user" not in params):
         return run_reactor(lambda reactor: offline(reactor, settings, args, method, params))
     return run_reactor(lambda reactor: one_shot(reactor, settings, args, method, params))
 
@@ -104,10 +105,12 @@ async def opened(reactor, settings, verifications=None, keep_trying=False):
 
 async def one_shot(reactor, settings, args, method, params):
     """A message to send waits for a reconnect (its outbox keeps it), and so does an
-    ``inbox --wait``; ``fingerprint USER`` answers from the contact this device knows
-    when the relay is down; every other command needs the relay now."""
+    ``inbox --wait``; ``history NAME`` reads the local store when the relay is down, and
+    ``fingerprint USER`` answers from the contact this device knows; every other command
+    needs the relay now."""
     keep_trying = (method in ("send", "say", "broadcast", "fingerprint")
-                   or params.get("wait", 0) > 0)
+                   or params.get("wait", 0) > 0
+                   or method == "history" and "name" in params)
     client = await opened(reactor, settings, keep_trying=keep_trying)
     try:
         methods = Methods(client, Verifications())
@@ -123,8 +126,8 @@ async def one_shot(reactor, settings, args, method, params):
 
 
 async def offline(reactor, settings, args, method, params):
-    """``outbox`` and the own ``fingerprint``: the key store only, no connection (they
-    work while the relay is down)."""
+    """``outbox``, ``history --user`` and the own ``fingerprint``: the key store only, no
+    connection (they work while the relay is down)."""
     client = Client(reactor, settings, read_password(settings))
     try:
         with UnlockingNotice():

@@ -4,7 +4,10 @@ Nothing secret is stored in the clear.  A random 32-byte master key is
 wrapped with ``SecretBox`` under an argon2id key derived from the password;
 from the master key come the key vodozemac pickles the Account and sessions
 with, and the key that seals everything else (identity key, message
-history).  Each change that must not be half-done (a decrypt with the new
+history).  A conversation's rows carry a keyed hash of the peer's name
+(``peer``), never the name: enough to find one conversation without
+unsealing every message, nothing a reader of the file can turn back into
+a name.  Each change that must not be half-done (a decrypt with the new
 ratchet state, the plaintext and the seen id) is one SQLite transaction.
 
 Two processes on one crypto store would fork the ratchets, so a lock file
@@ -43,7 +46,23 @@ CREATE TABLE IF NOT EXISTS group_sessions (
     name TEXT PRIMARY KEY, pickle TEXT NOT NULL, sealed_meta TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     pos INTEGER PRIMARY KEY, entry_id TEXT UNIQUE NOT NULL, sealed TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (
+    pos INTEGER PRIMARY KEY, message_id TEXT UNIQUE NOT NULL, peer TEXT NOT NULL,
+    sealed TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS sent_peer ON sent (peer, pos);
 """
+
+SCHEMA_VERSION = 2
+"""Meta ``schema_version`` (absent: 1, before versions were kept).  2: the ``sent`` table
+(own 1:1 messages the relay accepted) and ``messages.peer`` (the conversation of a
+received 1:1 message)."""
+
+
+def conversation_peer(record):
+    """Whose 1:1 conversation a stored received message belongs to (None: a room's)."""
+    if record.get("room") is None and record.get("type") == "msg":
+        return record.get("from")
+    return None
 
 
 class KeyStoreError(Exception):
@@ -71,6 +90,8 @@ class KeyStore:
         self._lock_fd = lock_fd
         self.pickle_key = _subkey(master, b"sc-pickle")
         self._box = nacl.secret.SecretBox(_subkey(master, b"sc-seal"))
+        self._peer_key = _subkey(master, b"sc-peer")
+        self._migrate()
 
     # -- opening ------------------------------------------------------------
 
@@ -129,6 +150,34 @@ class KeyStore:
         db.execute("PRAGMA synchronous=FULL")
         return db, lock_fd
 
+    def _migrate(self):
+        """Bring a store written by an older client up to ``SCHEMA_VERSION`` (a new one
+        too: it starts at 1), each step one transaction; refuse one from a newer client."""
+        version = int(self.meta("schema_version", "1"))
+        if version > SCHEMA_VERSION:
+            self.close()
+            raise KeyStoreError(f"the key store in {self.directory} is of a newer securechat "
+                                f"(schema {version}, this one knows {SCHEMA_VERSION}): "
+                                "upgrade securechat")
+        for target, step in ((2, self._add_message_peers),):
+            if version < target:
+                with self.transaction():
+                    step()
+                    self.set_meta("schema_version", str(target))
+
+    def _add_message_peers(self):
+        """Version 2: received 1:1 messages get their conversation's ``peer`` hash (the
+        received messages are unsealed once for it)."""
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(messages)")]
+        if "peer" not in columns:
+            self._db.execute("ALTER TABLE messages ADD COLUMN peer TEXT")
+        for pos, sealed in self._db.execute("SELECT pos, sealed FROM messages").fetchall():
+            peer = conversation_peer(self.unseal(sealed))
+            if peer is not None:
+                self._db.execute("UPDATE messages SET peer = ? WHERE pos = ?",
+                                 (self._peer_tag(peer), pos))
+        self._db.execute("CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, pos)")
+
     def close(self):
         if self._db is not None:
             self._db.close()
@@ -169,6 +218,11 @@ class KeyStore:
 
     def unseal(self, text):
         return json.loads(self._box.decrypt(bytes.fromhex(text)))
+
+    def _peer_tag(self, user):
+        """The keyed hash a conversation with ``user`` is filed under."""
+        return nacl.hash.blake2b(user.encode("utf-8"), key=self._peer_key, digest_size=16,
+                                 encoder=nacl.encoding.HexEncoder).decode("ascii")
 
     # -- plain values -----------------------------------------------------------
 
@@ -236,9 +290,10 @@ class KeyStore:
         self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (envelope_id, at))
 
     def add_message(self, envelope_id, record):
+        peer = conversation_peer(record)
         self._db.execute(
-            "INSERT OR IGNORE INTO messages (envelope_id, sealed) VALUES (?, ?)",
-            (envelope_id, self.seal(record)),
+            "INSERT OR IGNORE INTO messages (envelope_id, sealed, peer) VALUES (?, ?, ?)",
+            (envelope_id, self.seal(record), None if peer is None else self._peer_tag(peer)),
         )
 
     def messages(self, after_pos=0):
@@ -249,6 +304,29 @@ class KeyStore:
                 "SELECT pos, sealed FROM messages WHERE pos > ? ORDER BY pos", (after_pos,)
             )
         ]
+
+    # -- 1:1 conversations: what was received and what this device sent -----------------
+
+    def add_sent(self, message_id, peer, record):
+        """Keep an own 1:1 message to ``peer`` the relay accepted (once per message id)."""
+        self._db.execute("INSERT OR IGNORE INTO sent (message_id, peer, sealed) VALUES (?, ?, ?)",
+                         (message_id, self._peer_tag(peer), self.seal(record)))
+
+    def conversation(self, peer, last):
+        """The newest ``last`` messages with ``peer``, both ways, oldest first: the stored
+        records, each with ``outgoing`` (False: received).  Ordered by the time each was
+        written (``sent_at``), which interleaves the two directions."""
+        tag = self._peer_tag(peer)
+        received = self._db.execute(
+            "SELECT pos, sealed FROM messages WHERE peer = ? ORDER BY pos DESC LIMIT ?",
+            (tag, last)).fetchall()
+        sent = self._db.execute(
+            "SELECT pos, sealed FROM sent WHERE peer = ? ORDER BY pos DESC LIMIT ?",
+            (tag, last)).fetchall()
+        records = [(self.unseal(sealed), False, pos) for pos, sealed in received]
+        records += [(self.unseal(sealed), True, pos) for pos, sealed in sent]
+        records.sort(key=lambda item: (item[0]["sent_at"], item[1], item[2]))
+        return [{**record, "outgoing": outgoing} for record, outgoing, _ in records[-last:]]
 
     # -- contacts (pinned identities) ----------------------------------------------
 

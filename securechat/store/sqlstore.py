@@ -13,9 +13,8 @@ from zope.interface import implementer
 
 from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
-from securechat.store.transactions import accounts, migrate, queue, rooms
-# Not ``keys``: that is the name of ``add_one_time_keys``'s argument.
-from securechat.store.transactions import keys as published_keys
+from securechat.store.transactions import (
+    accounts, devices, history, migrate, queue_reads, queue_writes, rooms)
 
 
 RELAY_ID_BYTES = 16
@@ -106,11 +105,11 @@ class SqlStore:
         self._clock = clock if clock is not None else reactor
         self._pool = None
         # Envelopes and acks share transactions: one fsync serves both.
-        self._writes = GroupCommit(self._run, queue.txn_write_group)
+        self._writes = GroupCommit(self._run, queue_writes.txn_write_group)
         # Device-key logins arriving together (a storm after a restart) share a read, and
         # so do the first reads of their queues that follow.
-        self._logins = GroupCommit(self._run, accounts.txn_device_login_group)
-        self._first_reads = GroupCommit(self._run, queue.txn_fetch_queue_group)
+        self._logins = GroupCommit(self._run, devices.txn_device_login_group)
+        self._first_reads = GroupCommit(self._run, queue_reads.txn_fetch_queue_group)
 
     def _open(self):
         """Open the connections; a Deferred."""
@@ -164,40 +163,40 @@ class SqlStore:
         return self._run(accounts.txn_count_accounts)
 
     def set_device_keys(self, user, device, device_keys, signature):
-        return self._run(accounts.txn_set_device_keys, user, device, device_keys, signature)
+        return self._run(devices.txn_set_device_keys, user, device, device_keys, signature)
 
     def get_devices(self, user):
-        return self._run(accounts.txn_get_devices, user)
+        return self._run(devices.txn_get_devices, user)
 
     def get_device_keys(self, user, device):
-        return self._run(accounts.txn_get_device_keys, user, device)
+        return self._run(devices.txn_get_device_keys, user, device)
 
     def login_counts(self, user, device):
-        return self._run(accounts.txn_login_counts, user, device)
+        return self._run(devices.txn_login_counts, user, device)
 
     def device_login(self, user, device):
         return self._logins.submit((user, device))
 
     def all_devices(self):
-        return self._run(accounts.txn_all_devices)
+        return self._run(devices.txn_all_devices)
 
     def set_device_list(self, user, version, device_list, signature):
-        return self._run(accounts.txn_set_device_list, user, version, device_list, signature)
+        return self._run(devices.txn_set_device_list, user, version, device_list, signature)
 
     def get_device_list(self, user):
-        return self._run(accounts.txn_get_device_list, user)
+        return self._run(devices.txn_get_device_list, user)
 
     def add_one_time_keys(self, user, device, keys):
-        return self._run(published_keys.txn_add_one_time_keys, user, device, keys)
+        return self._run(devices.txn_add_one_time_keys, user, device, keys)
 
     def set_fallback_key(self, user, device, kid, key, signature):
-        return self._run(published_keys.txn_set_fallback_key, user, device, kid, key, signature)
+        return self._run(devices.txn_set_fallback_key, user, device, kid, key, signature)
 
     def claim_keys(self, pairs, fallback_only=frozenset()):
-        return self._run(published_keys.txn_claim_keys, pairs, fallback_only)
+        return self._run(devices.txn_claim_keys, pairs, fallback_only)
 
     def key_counts(self, user, device):
-        return self._run(published_keys.txn_key_counts, user, device)
+        return self._run(devices.txn_key_counts, user, device)
 
     def enqueue(self, envelopes):
         return self._writes.submit(("enqueue", envelopes))
@@ -205,10 +204,10 @@ class SqlStore:
     def fetch_queue(self, user, device, after_seq, limit):
         if after_seq == 0:  # a device's first read since it logged in
             return self._first_reads.submit((user, device, after_seq, limit))
-        return self._run(queue.txn_fetch_queue, user, device, after_seq, limit)
+        return self._run(queue_reads.txn_fetch_queue, user, device, after_seq, limit)
 
     def queue_length(self, user, device):
-        return self._run(queue.txn_queue_length, user, device)
+        return self._run(queue_reads.txn_queue_length, user, device)
 
     def ack(self, user, device, ids, positions=None):
         return self._writes.submit(
@@ -257,7 +256,7 @@ class SqlStore:
         return self._run(rooms.txn_rooms_of, user)
 
     def room_history(self, room, before_pos, limit, max_bytes=None):
-        return self._run(rooms.txn_room_history, room, before_pos, limit, max_bytes)
+        return self._run(history.txn_room_history, room, before_pos, limit, max_bytes)
 
     def prune_history(self, older_than, keep_per_room):
-        return self._run(rooms.txn_prune_history, older_than, keep_per_room)
+        return self._run(history.txn_prune_history, older_than, keep_per_room)

@@ -13,10 +13,13 @@ counters by ``UPDATE ... RETURNING``, and the one-time keys of a device by
 a lock on its row.  On SQLite every transaction is serial anyway.
 
 One module per aggregate, so that a change touches the one it is about:
-``migrate`` (the schema), ``accounts`` (accounts, devices and device lists),
-``keys`` (one-time and fallback keys and their claims), ``queue`` (the write
-group: envelopes stored and acknowledged, and the queue a device reads),
-``rooms`` (rooms, members, bans, history and its pruning); ``common`` holds
-what several of them share.  Callers import the aggregate they use; this
-package re-exports nothing, so each name is listed in one place only.
+``migrate`` (the schema), ``accounts`` (accounts, their password and identity
+keys, the relay's id), ``devices`` (devices, device lists, one-time and
+fallback keys and their claims), ``queue_writes`` (the write group: envelopes
+numbered and stored, with the acks that ride along), ``queue_reads`` (what a
+device reads from its queue and rooms, and its acks), ``rooms`` (rooms,
+members, bans), ``history`` (room history pages and their pruning);
+``common`` holds what several of them share.  Callers import the aggregate
+they use; this package re-exports nothing, so each name is listed in one
+place only.
 """

@@ -1,13 +1,16 @@
-"""What several aggregates share: the body digest, row helpers and the rooms a device follows.
+"""What several aggregates share: the body digest, row and statement helpers, room cursors.
 
-``digest`` is stored beside every envelope body (``queue``) and checked when
-it is read back (and by the tests); ``_record`` and ``_first`` shape the
-rows most transactions read; ``_open_cursors`` starts devices following
-rooms, both when a device publishes its keys (``accounts``) and when its user
-joins a room (``rooms``).  The underscore names are internal to this package.
+``digest`` is stored beside every envelope body (``queue_writes``) and
+checked when it is read back (``queue_reads``, and the tests); ``_record``
+and ``_first`` shape the rows most transactions read; ``_chunks`` and
+``_values`` build the multi-row statements of both the write group and the
+acks it applies; ``_open_cursors`` starts devices following rooms, both when
+a device publishes its keys (``devices``) and when its user joins a room
+(``rooms``).  The underscore names are internal to this package.
 """
 
 import hashlib
+import itertools
 
 from securechat.wire import BROADCAST_ROOM
 
@@ -24,6 +27,24 @@ def _record(names, row):
 async def _first(txn, sql, args=()):
     rows = await txn.execute(sql, args)
     return rows[0] if rows else None
+
+
+ROWS_PER_INSERT = 2000
+"""Rows of one multi-row INSERT or DELETE.  Large, because every statement costs the
+SQLite thread a turn at the interpreter lock and PostgreSQL a round trip; 2,000 rows
+of up to 9 columns stay below SQLite's limit of 32,766 variables (SQLite 3.32+)."""
+
+
+def _chunks(items):
+    size = ROWS_PER_INSERT
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _values(rows):
+    """``rows`` (tuples of one width) as SQL: ``"VALUES (?, ?), (?, ?) ..."`` and its
+    parameters, flattened."""
+    row = "(" + ", ".join("?" * len(rows[0])) + ")"
+    return "VALUES " + ", ".join([row] * len(rows)), tuple(itertools.chain.from_iterable(rows))
 
 
 async def _open_cursors(txn, user, room=None, device=None):

@@ -1,12 +1,89 @@
-"""One-time and fallback keys: published by a device, each one-time key claimed exactly once.
+"""Devices and their keys: identity keys, signed device lists, one-time and fallback keys.
 
-Every transaction that adds or claims a device's one-time keys first takes
-that device's lock (``_lock_device``), so concurrent claims on PostgreSQL take
-turns and a handed-out key is never handed out again.
+One aggregate, because every key belongs to a device row: a device exists
+once it publishes its identity keys, and its one-time keys are counted and
+locked through that row.  A device publishing its identity keys also starts
+following its user's rooms (``common._open_cursors``), so it reads what is
+sent to them from then on.  Every transaction that adds or claims a device's
+one-time keys first takes that device's lock (``_lock_device``), so
+concurrent claims on PostgreSQL take turns and a handed-out key is never
+handed out again; each one-time key is claimed exactly once.
 """
 
-from securechat.store.errors import KeyConflict
-from securechat.store.transactions.common import _first, _record
+from securechat.store.errors import KeyConflict, StaleVersion
+from securechat.store.transactions.common import _first, _open_cursors, _record
+from securechat.store.transactions.queue_reads import txn_queue_length
+
+
+async def txn_set_device_keys(txn, user, device, device_keys, signature):
+    await txn.execute(
+        "INSERT INTO devices (user_id, device_id, device_keys, signature, created) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE SET "
+        "device_keys = excluded.device_keys, signature = excluded.signature "
+        "WHERE devices.device_keys IS NULL", (user, device, device_keys, signature, txn.now_ms))
+    (stored,) = await _first(
+        txn, "SELECT device_keys FROM devices WHERE user_id = ? AND device_id = ?",
+        (user, device))
+    if stored != device_keys:
+        raise KeyConflict(f"device {device} already has other keys")
+    await _open_cursors(txn, user, device=device)
+
+
+async def txn_get_devices(txn, user):
+    rows = await txn.execute(
+        "SELECT device_id, device_keys, signature FROM devices WHERE user_id = ? "
+        "AND device_keys IS NOT NULL ORDER BY device_id", (user,))
+    return [_record(("device", "device_keys", "signature"), row) for row in rows]
+
+
+async def txn_get_device_keys(txn, user, device):
+    row = await _first(
+        txn, "SELECT device_keys FROM devices WHERE user_id = ? AND device_id = ?",
+        (user, device))
+    return row[0] if row else None
+
+
+async def txn_login_counts(txn, user, device):
+    return {**await txn_key_counts(txn, user, device),
+            "queued": await txn_queue_length(txn, user, device)}
+
+
+async def txn_device_login_group(txn, pairs):
+    """What each ``(user, device)`` of a group of device-key logins needs, in one
+    transaction: ``{"device_keys", "counts"}`` (``txn_login_counts``), or None for a
+    device that has published no keys."""
+    found = []
+    for user, device in pairs:
+        device_keys = await txn_get_device_keys(txn, user, device)
+        found.append(None if device_keys is None else {
+            "device_keys": device_keys, "counts": await txn_login_counts(txn, user, device)})
+    return found
+
+
+async def txn_all_devices(txn):
+    rows = await txn.execute(
+        "SELECT user_id, device_id FROM devices WHERE device_keys IS NOT NULL "
+        "ORDER BY user_id, device_id")
+    return [tuple(row) for row in rows]
+
+
+async def txn_set_device_list(txn, user, version, device_list, signature):
+    if not await txn.execute(
+            "INSERT INTO device_lists (user_id, version, device_list, signature) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "
+            "version = excluded.version, device_list = excluded.device_list, "
+            "signature = excluded.signature WHERE device_lists.version < excluded.version "
+            "RETURNING version", (user, version, device_list, signature)):
+        raise StaleVersion(f"device list version {version} is not above the stored one")
+
+
+async def txn_get_device_list(txn, user):
+    return _record(("version", "device_list", "signature"), await _first(
+        txn, "SELECT version, device_list, signature FROM device_lists WHERE user_id = ?",
+        (user,)))
+
+
+# -- one-time and fallback keys -----------------------------------------------------
 
 
 async def _lock_device(txn, user, device):
