@@ -626,7 +626,8 @@ async def test_rooms(store):
 
 @pytest_twisted.ensureDeferred
 async def test_member_roles(store):
-    """The creator is owner; roles can be changed for members only."""
+    """The creator is owner; roles can be changed for members only; ``room_roles`` names
+    the owner and the admins."""
     await store.create_room("ops", "alice", None)
     await store.add_member("ops", "bob")
     assert await store.member_role("ops", "alice") == "owner"
@@ -635,6 +636,8 @@ async def test_member_roles(store):
     assert await store.member_role("ops", "bob") == "admin"
     assert await store.set_member_role("ops", "carol", "admin") is False
     assert await store.member_role("ops", "carol") is None
+    assert await store.room_roles("ops") == {"alice": "owner", "bob": "admin"}
+    assert await store.room_roles("nope") == {}
 
 
 @pytest_twisted.ensureDeferred

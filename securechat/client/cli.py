@@ -52,8 +52,9 @@ def through_daemon(connection, args, method, params):
 
 
 VERIFY_PATIENCE = 600
-"""Seconds a verification step may take on the daemon: it waits up to 180 s for each of
-the peer's steps and for this terminal's answer."""
+"""Seconds a verification step may take on the daemon: it waits up to ``verify_timeout``
+(240 s at most) for each of the peer's two first steps, and 180 s for this terminal's
+answer."""
 
 
 def _verify_through_daemon(connection, params):

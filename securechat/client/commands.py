@@ -253,6 +253,15 @@ def _rooms_commands(rooms):
                        "securechat rooms mode ops invite-only")
     mode.add_argument("room", metavar="ROOM")
     mode.add_argument("mode", choices=ROOM_MODE_NAMES)
+    admin = add_command(
+        rooms_commands, "admin", "make USER an admin of ROOM, or a plain member again (owner only)",
+        "Make USER an admin of ROOM (admins invite, kick members and lift their bans), or "
+        "with --remove a plain member again. Only the room's owner names admins; USER must "
+        "be a member.", "securechat rooms admin ops carol",
+        "securechat rooms admin ops carol --remove")
+    admin.add_argument("room", metavar="ROOM")
+    admin.add_argument("user", metavar="USER", type=user_name)
+    admin.add_argument("--remove", action="store_true", help="take the admin role away")
 
 
 HISTORY_LAST = 50
@@ -356,6 +365,8 @@ def request_for(args, room_password=read_room_password):
             params.update(_room_password(args, room_password))
         elif args.rooms_command == "mode":
             params["mode"] = args.mode
+        elif args.rooms_command == "admin":
+            params.update({"user": args.user, "remove": args.remove})
         return "rooms." + args.rooms_command, params
     if command == "join":
         return "join", {"room": args.room, **_room_password(args, room_password)}
@@ -413,7 +424,8 @@ def show_result(args, result, out=print):
         out(f"left {args.room}")
     elif command == "members":
         for user, devices in result["members"].items():
-            out(f"{safe(user)}: {', '.join(map(safe, devices)) or '(no device)'}")
+            out(f"{safe(user)} ({_member_marks(user, result)}): "
+                f"{', '.join(map(safe, devices)) or '(no device)'}")
     elif command in ("invite", "kick", "unban"):
         out(result["text"])
     elif command == "fingerprint":
@@ -441,6 +453,17 @@ def sent_to(args, result):
     return f"sent to {where} ({devices} device{'s' if devices != 1 else ''})"
 
 
+def _member_marks(user, result):
+    """``owner``/``admin`` and ``verified``/``unverified`` (by this device), or ``you``."""
+    role = result.get("roles", {}).get(user, "member")
+    marks = [] if role == "member" else [role]
+    if user == result.get("you"):
+        marks.append("you")
+    else:
+        marks.append("verified" if result.get("verified", {}).get(user) else "unverified")
+    return ", ".join(marks)
+
+
 def _show_outbox(result, out):
     if "dropped" in result:
         out(f"dropped {result['dropped']}")
@@ -461,6 +484,10 @@ def _show_rooms_result(args, result, out):
             out(safe(room))
     elif action == "mode":
         out(result["text"])
+    elif action == "admin":
+        out(f"{safe(result['user'])} is now an admin of {safe(result['room'])}"
+            if result["role"] == "admin" else
+            f"{safe(result['user'])} is now a plain member of {safe(result['room'])}")
     elif action == "bans":
         for ban in result["bans"]:
             out(f"{safe(ban['user'])}: banned by {safe(ban['by'])} at {ban['created']} "

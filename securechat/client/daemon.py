@@ -35,6 +35,7 @@ from securechat.client.rpc import CommandFailed
 from securechat.client.session import Client
 from securechat.client.standalone import log_to_stderr, open_or_reconnect
 from securechat.client.unlock import read_password
+from securechat.client.verification import PendingRequests
 
 MAX_REQUEST_BYTES = 256 * 1024
 """The longest request line (a message's text fits many times over)."""
@@ -212,7 +213,7 @@ class Daemon:
         self.reactor = reactor
         self.settings = settings
         self.connections = set()
-        self.verifications = Verifications()
+        self.verifications = Verifications(settings.verify_timeout, self._verify_request)
         self.client = Client(reactor, settings, password, on_message=self._message,
                              on_control=self.verifications.control, on_state=self._state)
         self.methods = Methods(self.client, self.verifications)
@@ -273,6 +274,15 @@ class Daemon:
             params = public(record)
             for connection in subscribers:
                 connection.notify("message", params)
+
+    def _verify_request(self, user, device):
+        """Someone asks this user to verify: tell the subscribers (the chat shows it), and
+        then ``inbox`` need not say it again."""
+        subscribers = [c for c in self.connections if c.subscribed]
+        for connection in subscribers:
+            connection.notify("verify.request", {"user": user, "device": device})
+        if subscribers:
+            PendingRequests(self.client.store).mark_shown(user)
 
     def _state(self, state, detail=None):
         self.log.info("connection to the relay: {state} ({detail})", state=state, detail=detail)

@@ -19,6 +19,7 @@ import time
 
 from securechat.client.contacts import TrustError
 from securechat.client.protocol import RemoteError
+from securechat.client.verification import PendingRequests
 from securechat.crypto.device import DecryptError
 
 
@@ -77,7 +78,10 @@ async def open_envelope(client, env, unseal, keep=True):
 
 
 def _keep(store, record):
-    """Mark the envelope seen; store it if it is a chat message (not a key or a control)."""
+    """Mark the envelope seen; store it if it is a chat message (not a key or a control),
+    keep it if it asks for (or calls off) a verification."""
     store.mark_seen(record["id"], int(time.time() * 1000))
     if record["type"] == "msg":
         store.add_message(record["id"], public(record))
+    elif record["type"] in ("verify.start", "verify.cancel") and record["room"] is None:
+        PendingRequests(store).note(record)

@@ -21,8 +21,10 @@ from securechat.client.rooms import ROOM_MODES
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed)
 from securechat.client.session import (
-    EXIT_UNTRUSTED, NO_OTHER_DEVICE, ClientError, Queued, refusal)
-from securechat.client.verification import Verification, VerificationFailed
+    EXIT_AUTH, EXIT_UNTRUSTED, NO_OTHER_DEVICE, ClientError, Queued, refusal)
+from securechat.client.settings import VERIFY_TIMEOUT
+from securechat.client.verification import (
+    PendingRequests, Verification, VerificationFailed, is_request, request_message)
 from securechat.crypto.fingerprint import key_fingerprint, safety_number
 from securechat.wire import BROADCAST_ROOM
 
@@ -30,8 +32,6 @@ INBOX_PAGE = 500
 """Messages one ``inbox`` answer holds at most (``more`` says when others wait)."""
 INBOX_MAX_WAIT = 86400
 """The longest ``inbox`` ``wait``, in seconds (it holds a request in flight meanwhile)."""
-PENDING_STARTS = 16
-"""Verification requests kept until someone runs ``verify`` (the newest ones)."""
 ANSWER_TIMEOUT = 180
 """Seconds a verification waits for ``verify.confirm`` before it counts as a no."""
 
@@ -96,6 +96,7 @@ class Methods:
         "status": "status", "login": "status", "send": "send", "inbox": "inbox",
         "say": "say", "broadcast": "say", "rooms.create": "rooms_create",
         "rooms.list": "rooms_list", "rooms.bans": "rooms_bans", "rooms.mode": "rooms_mode",
+        "rooms.admin": "rooms_admin",
         "join": "join", "leave": "leave", "members": "members", "history": "history",
         "invite": "moderate", "kick": "moderate", "unban": "moderate",
         "fingerprint": "fingerprint", "trust": "trust", "verify": "verify",
@@ -164,14 +165,17 @@ class Methods:
         if not 0 <= wait <= INBOX_MAX_WAIT or not 0 < limit <= INBOX_PAGE:
             raise InvalidParams(f"inbox: wait must be 0-{INBOX_MAX_WAIT} s, "
                                 f"limit 1-{INBOX_PAGE}")
+        requests = PendingRequests(client.store)
         if not client.unread() and wait > 0:
-            await client.wait_for(lambda: client.unread(), wait)
+            await client.wait_for(lambda: client.unread() or requests.waiting(), wait)
         await client.wait_for(client.receiver.idle, 10)
         unread = client.unread()
         page = unread[:limit]
         if page:
             client.mark_read(page[-1][0])
-        return {"messages": [public(record) for _, record in page],
+        asked = [request_message(request, client.contacts.is_verified(request["user"]))
+                 for request in requests.unshown()]
+        return {"messages": asked + [public(record) for _, record in page],
                 "more": len(unread) > limit,
                 "unreachable": None if client.state == "connected" else client.state_detail}
 
@@ -213,8 +217,19 @@ class Methods:
         return {"text": await self.client.rooms.set_mode(params.get("room", str), mode)}
 
     async def join(self, name, params, show):
-        result = await self.client.rooms.join(params.get("room", str),
-                                              params.get("password", str, None))
+        """Join a room.  A password room joined without a password, like a wrong password,
+        fails with exit code 3 (EXIT_AUTH): the chat, which joins without one first, asks
+        for the password when it sees that code."""
+        room, password = params.get("room", str), params.get("password", str, None)
+        try:
+            result = await self.client.rooms.join(room, password)
+        except RemoteError as e:
+            if e.code != "wrong_password":
+                raise
+            if password is None:
+                raise ClientError(f"{room} needs a password: securechat join {room} --password",
+                                  EXIT_AUTH) from None
+            raise ClientError(f"the server refused: {e.message}", EXIT_AUTH) from None
         return {"members": result["members"]}
 
     async def leave(self, name, params, show):
@@ -222,8 +237,14 @@ class Methods:
         return {}
 
     async def members(self, name, params, show):
-        result = await self.client.request("room.members", room=params.get("room", str))
-        return {"members": result["members"]}
+        """Each member's devices, its role in the room (owner, admin or member) and
+        whether this device has verified its identity key."""
+        client = self.client
+        result = await client.request("room.members", room=params.get("room", str))
+        members, roles = result["members"], result.get("roles", {})
+        return {"members": members, "you": client.user,
+                "roles": {user: roles.get(user, "member") for user in members},
+                "verified": {user: client.contacts.is_verified(user) for user in members}}
 
     async def history(self, name, params, show):
         """A room's history from the relay (``room``), or the newest ``last`` messages of
@@ -259,13 +280,28 @@ class Methods:
         return {"text": await self.client.rooms.moderate(
             name, params.get("room", str), params.get("user", str))}
 
+    async def rooms_admin(self, name, params, show):
+        """The owner makes a member an admin, or (``remove``) a plain member again."""
+        room, user = params.get("room", str), params.get("user", str)
+        result = await self.client.request("room.admin", room=room, user=user,
+                                           admin=not params.get("remove", bool, False))
+        return {"room": room, "user": user, "role": result["role"]}
+
     async def fingerprint(self, name, params, show):
+        """The own fingerprint (from the key store: no relay needed), or a contact's with
+        the safety number: from the identity key this device pinned, refreshed from the
+        relay when connected; the relay is needed only for a user not met yet."""
         client, user = self.client, params.get("user", str, None)
         own = client.crypto.identity_key
-        if user is None:
+        if user is None or user == client.user:
             return {"user": client.user, "fingerprint": key_fingerprint(own)}
-        await client.trusted_devices(user, sending=False)
         record = client.contacts.record(user)
+        if record is None or client.state == "connected":
+            if client.state != "connected":
+                raise ClientError(f"{user}'s keys are not on this device yet, and the server "
+                                  f"is not reachable ({client.state_detail})", EXIT_UNREACHABLE)
+            await client.trusted_devices(user, sending=False)
+            record = client.contacts.record(user)
         theirs = record.get("pending") or record["identity_key"]
         return {"user": user, "fingerprint": key_fingerprint(theirs),
                 "verified": client.contacts.is_verified(user),
@@ -294,34 +330,36 @@ class Verifications:
     on its terminal).  Over the daemon's socket ``start`` (method ``verify``) returns as
     soon as the emoji are ready, and ``confirm`` (method ``verify.confirm``) gives the
     person's answer and returns once both sides exchanged their MACs.  Requests from
-    others (``verify.start``) wait here, the newest ``PENDING_STARTS``, until someone
-    runs ``verify`` for that user.
+    others wait in the key store (verification.PendingRequests) until someone runs
+    ``verify`` for that user; ``on_request(user, device)`` hears of each as it arrives.
     """
 
-    def __init__(self):
+    def __init__(self, timeout=VERIFY_TIMEOUT, on_request=lambda user, device: None):
+        self._timeout = timeout
+        self._on_request = on_request
         self._running = []
-        self._pending_starts = []
         self._questions = {}  # verification number -> (answer Deferred, outcome Deferred)
         self._numbers = iter(range(1, 2**31))
 
     def control(self, record):
-        """A decrypted control message (``verify.*``) arrived."""
-        if record.get("type") == "verify.start":
-            self._pending_starts = (self._pending_starts + [record])[-PENDING_STARTS:]
+        """A decrypted control message (``verify.*``) arrived (and a request is kept)."""
+        if is_request(record):
+            self._on_request(record["from"], record["from_dev"])
         for verification in self._running:
             verification.deliver(record)
 
     async def run(self, client, user, confirm, show):
         """One verification with ``user``: answer their request if one waits, else start one."""
-        verification = Verification(client, user, confirm, show)
+        verification = Verification(client, user, confirm, show, self._timeout)
         self._running.append(verification)
+        requests = PendingRequests(client.store)
         try:
-            starts = [r for r in self._pending_starts if r["from"] == user]
-            if starts:
-                self._pending_starts = [r for r in self._pending_starts if r["from"] != user]
-                await verification.respond(starts[-1]["inner"])
+            request = requests.take(user)
+            if request is not None:
+                await verification.respond(request)
             else:
                 await verification.initiate()
+            requests.take(user)  # a request that crossed ours is answered too
             show(f"{user} is verified")
         finally:
             self._running.remove(verification)

@@ -170,6 +170,10 @@ def format_message(record, width=None):
     after the changed-key warning if there is one; no row wider than ``width`` (``fit``)."""
     if record.get("type") == "membership":
         return fit(f"[{safe(record['sent_at'])}] * {safe(record['text'])}", width)
+    if record.get("type") == "verify_request":
+        who = safe(record["from"])
+        return fit(f"[{safe(record['sent_at'])}] {who} asks to verify your keys: "
+                   f"run 'securechat verify {who}'", width)
     mark = "verified" if record.get("verified") else "unverified"
     where = f" in {safe(record['room'])}" if record.get("room") else ""
     head = f"[{safe(record['sent_at'])}] {safe(record['from'])}{where} ({mark})"

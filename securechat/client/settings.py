@@ -9,6 +9,7 @@
     ca_file = /etc/ssl/certs/ca.pem       ; verify with a CA ...
     server_fingerprint = AB:CD:...        ; ... or pin the relay's certificate (one is needed)
     password_command = pass show chat     ; optional: a command printing the password
+    verify_timeout = 120                  ; optional: seconds to wait for each verify step
 
 ``securechat init`` writes it where ``default_config_path`` says, and the data
 directory defaults to ``default_data_dir`` (the XDG base directories).
@@ -72,7 +73,16 @@ def parse_server(text):
     return host.strip("[]"), int(port)
 
 
-KEYS = ("server", "username", "data_dir", "ca_file", "server_fingerprint", "password_command")
+KEYS = ("server", "username", "data_dir", "ca_file", "server_fingerprint", "password_command",
+        "verify_timeout")
+
+VERIFY_TIMEOUT = 120
+"""Seconds a verification waits for each answer of the other side (the first one: that
+they run ``verify`` too) before it fails naming them."""
+MAX_VERIFY_TIMEOUT = 240
+"""The longest ``verify_timeout``: a one-shot ``verify`` handed to the daemon waits for two
+such steps within rpc's patience (cli.VERIFY_PATIENCE), and a request older than this is
+dropped by the one asked (its sender has given up)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class ClientSettings:
     source: str
     password_command: tuple = ()
     """The argv of ``password_command`` (split like a shell would, run without one)."""
+    verify_timeout: float = VERIFY_TIMEOUT
 
     @property
     def server(self):
@@ -139,5 +150,11 @@ def load(path):
         password_command = tuple(shlex.split(section.get("password_command", "")))
     except ValueError as e:
         raise bad("password_command", str(e)) from None
+    try:
+        verify_timeout = float(section.get("verify_timeout", VERIFY_TIMEOUT))
+    except ValueError:
+        verify_timeout = 0
+    if not 1 <= verify_timeout <= MAX_VERIFY_TIMEOUT:
+        raise bad("verify_timeout", f"must be a number of seconds, 1-{MAX_VERIFY_TIMEOUT}")
     return ClientSettings(host, port, username, data_dir, ca_file, fingerprint,
-                          path, password_command)
+                          path, password_command, verify_timeout)

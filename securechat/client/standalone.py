@@ -89,7 +89,8 @@ def run(settings, args, request=None):
     if args.command == "verify":
         return run_reactor(lambda reactor: verify(reactor, settings, password, args.user))
     method, params = request
-    if method == "outbox" or method == "history" and "user" in params:
+    if (method == "outbox" or method == "history" and "user" in params
+            or method == "fingerprint" and "user" not in params):
         return run_reactor(lambda reactor: offline(reactor, settings, password, args, method,
                                                    params))
     return run_reactor(lambda reactor: one_shot(reactor, settings, password, args, method,
@@ -127,9 +128,11 @@ async def opened(reactor, settings, password, verifications=None, keep_trying=Fa
 
 async def one_shot(reactor, settings, password, args, method, params):
     """A message to send waits for a reconnect (its outbox keeps it), and so does an
-    ``inbox --wait``; ``history NAME`` reads the local store when the relay is down;
-    every other command needs the relay now."""
-    keep_trying = (method in ("send", "say", "broadcast") or params.get("wait", 0) > 0
+    ``inbox --wait``; ``history NAME`` reads the local store when the relay is down, and
+    ``fingerprint USER`` answers from the contact this device knows; every other command
+    needs the relay now."""
+    keep_trying = (method in ("send", "say", "broadcast", "fingerprint")
+                   or params.get("wait", 0) > 0
                    or method == "history" and "name" in params)
     client = await opened(reactor, settings, password, keep_trying=keep_trying)
     try:
@@ -146,8 +149,8 @@ async def one_shot(reactor, settings, password, args, method, params):
 
 
 async def offline(reactor, settings, password, args, method, params):
-    """``outbox``, ``history --user``: the key store only, no connection (they work while
-    the relay is down)."""
+    """``outbox``, ``history --user`` and the own ``fingerprint``: the key store only, no
+    connection (they work while the relay is down)."""
     client = Client(reactor, settings, password)
     try:
         with UnlockingNotice():
@@ -176,7 +179,7 @@ async def register(reactor, settings, password):
 async def verify(reactor, settings, password, user):
     """Compare emoji with ``user`` on this terminal (the answer read in a thread, so the
     reactor keeps receiving meanwhile)."""
-    verifications = Verifications()
+    verifications = Verifications(settings.verify_timeout)
     client = await opened(reactor, settings, password, verifications)
 
     async def ask_yes():

@@ -165,9 +165,10 @@ class Rooms:
         return {"room": room, "user": member, "role": "admin" if admin else "member"}
 
     async def members(self, user, room):
-        """Each member's devices: members of a room see each other; the ``everyone`` room's
-        members are every user and device, listed to those who may broadcast (a client
-        needs them to encrypt a broadcast): the server's admins, or every user when the
+        """Each member's devices, and who of them owns the room or is an admin: members
+        of a room see each other; the ``everyone`` room's members are every user and
+        device (and it has no roles), listed to those who may broadcast (a client needs
+        them to encrypt a broadcast): the server's admins, or every user when the
         operator chose ``[broadcast] senders = anyone``."""
         if room == BROADCAST_ROOM and not self._may_broadcast(user):
             raise ProtocolError(
@@ -178,7 +179,8 @@ class Rooms:
         result = {}
         for member in members:
             result[member] = list(await self._directory.devices(member) or ())
-        return {"room": room, "members": result}
+        roles = {} if room == BROADCAST_ROOM else await self._store.room_roles(room)
+        return {"room": room, "members": result, "roles": roles}
 
     async def list(self, user):
         return {"rooms": await self._store.rooms_of(user)}

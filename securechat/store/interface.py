@@ -238,6 +238,10 @@ class IStore(Interface):
     def room_members(room):
         """Fire with the sorted list of member user names."""
 
+    def room_roles(room):
+        """Fire with ``{user: role}`` of the room's owner and admins (every other member
+        is a "member")."""
+
     def rooms_of(user):
         """Fire with the sorted list of room names ``user`` belongs to."""
 

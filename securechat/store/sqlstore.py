@@ -249,6 +249,9 @@ class SqlStore:
     def room_members(self, room):
         return self._run(rooms.txn_room_members, room)
 
+    def room_roles(self, room):
+        return self._run(rooms.txn_room_roles, room)
+
     def rooms_of(self, user):
         return self._run(rooms.txn_rooms_of, user)
 

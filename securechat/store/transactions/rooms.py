@@ -138,6 +138,13 @@ async def txn_room_members(txn, room):
     return await _members(txn, room)
 
 
+async def txn_room_roles(txn, room):
+    rows = await txn.execute(
+        "SELECT user_id, role FROM room_members WHERE room = ? AND role <> 'member' "
+        "ORDER BY user_id", (room,))
+    return {row[0]: row[1] for row in rows}
+
+
 async def txn_rooms_of(txn, user):
     rows = await txn.execute(
         "SELECT room FROM room_members WHERE user_id = ? ORDER BY room", (user,))
