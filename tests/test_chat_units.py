@@ -64,6 +64,15 @@ def test_lines_mark_unverified_senders_actions_and_escape_network_text():
     assert [(l.mark, l.body) for l in warned] == [("!!", "bob's key changed^["), ("<bob?>", "t")]
 
 
+def test_a_verification_request_from_the_inbox_reads_as_an_invitation_to_verify():
+    """A request the daemon could not announce live (no chat was open) shows as a warning
+    naming the command, not as an empty message from its sender."""
+    asked = {**record(""), "type": "verify_request", "from": "bob\x1b"}
+    del asked["text"]
+    (line,) = message_lines(asked, "alice")
+    assert (line.style, line.body) == ("warning", "bob^[ asks you to verify: /verify bob^[")
+
+
 def test_status_line_shows_state_current_buffer_and_unread_counts():
     """``[connected] #ops | bob(2) #dev(5)``; switching to a buffer clears its count."""
     buffers = Buffers()

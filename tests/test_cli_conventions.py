@@ -230,8 +230,7 @@ def zsh_completes(script_path, typed, expected):
 def test_the_zsh_completion_completes_commands_and_actions_in_zsh(tmp_path):
     """``securechat completion zsh`` parses (zsh -n) and, loaded by compinit in a real
     interactive zsh, completes ``securechat se`` and ``securechat rooms cr``."""
-    if not shutil.which("zsh"):
-        pytest.skip("zsh is not installed on this machine (apt-get install zsh to run this)")
+    assert shutil.which("zsh"), "zsh is not installed (README.rst: what the tests need)"
     done = securechat("completion", "zsh")
     assert done.returncode == 0, done
     script = tmp_path / "_securechat"
@@ -244,12 +243,8 @@ def test_the_zsh_completion_completes_commands_and_actions_in_zsh(tmp_path):
 
 def rendered_man_page(source):
     """The man page as ``man -l`` (or groff) renders it, as plain text."""
-    if shutil.which("groff"):
-        argv = ["groff", "-man", "-Tutf8", "-ww", "-P-cbou"]
-    elif shutil.which("man"):
-        argv = ["man", "-l", "-"]
-    else:
-        pytest.skip("neither groff nor man is installed on this machine")
+    assert shutil.which("groff"), "groff is not installed (README.rst: what the tests need)"
+    argv = ["groff", "-man", "-Tutf8", "-ww", "-P-cbou"]
     done = subprocess.run(argv, input=source, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "MANWIDTH": "200", "MAN_KEEP_FORMATTING": "0"})
     assert done.returncode == 0 and not done.stderr.strip(), done

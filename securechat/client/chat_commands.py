@@ -23,7 +23,7 @@ Type a line to send it to the current buffer's person or room (//text sends /tex
 /names [ROOM]        ROOM's members (default: this buffer's room)
 /buffer N, /win N    go to buffer N (or Alt-N)
 /create ROOM [--password], /invite ROOM USER, /kick ROOM USER, /unban ROOM USER,
-/rooms list|bans|mode, /members ROOM, /history USER|ROOM, /leave ROOM, /broadcast TEXT,
+/rooms list|bans|mode|admin, /members ROOM, /history USER|ROOM, /leave ROOM, /broadcast TEXT,
 /fingerprint [USER], /verify USER, /trust USER, /outbox [--drop ID]:
                      as the CLI commands of the same name (/COMMAND --help)
 /quit                leave (Ctrl-C too)

@@ -72,6 +72,10 @@ def message_lines(record, me):
     if record.get("type") == "membership":
         return [Line(when, "*", "notice", safe(record.get("text", ""), lines=True), "notice",
                      message_id)]
+    if record.get("type") == "verify_request":  # one the daemon could not announce live
+        who = safe(record.get("from", ""))
+        return [Line(when, "-!-", "warning", f"{who} asks you to verify: /verify {who}",
+                     "warning", message_id)]
     lines = []
     if record.get("warning"):
         lines.append(Line(when, "!!", "warning", safe(record["warning"], lines=True), "warning"))
