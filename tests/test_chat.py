@@ -58,7 +58,8 @@ async def received(config, count):
 async def test_typing_while_a_message_arrives_leaves_the_input_line_intact(server, tmp_path):
     """Half a line is typed when bob's message arrives: the message shows in the
     scrollback with a local HH:MM time, the input row still holds the half line, and
-    finishing it sends the whole line to bob."""
+    finishing it sends the whole line to bob (shown as alice's line, with no "sent to"
+    notice under every line typed)."""
     alice = await register(server, tmp_path, "alice")
     bob = await register(server, tmp_path, "bob")
     chat = await started(alice)
@@ -75,6 +76,7 @@ async def test_typing_while_a_message_arrives_leaves_the_input_line_intact(serve
         chat.line("ne")
         await chat.wait_for("<alice> half a line")
         assert chat.input_row == ">", chat.text()
+        assert "sent to bob" not in chat.text(), chat.text()
         chat.line("/quit")
         assert await chat.finish() == 0
     finally:
@@ -122,8 +124,7 @@ async def test_conversation_switching_with_query_join_and_alt_keys_counts_unread
         chat.line("/history ops")
         await chat.wait_for("alice in ops (unverified): /me waves")
         chat.line("/names")
-        await chat.wait_for(lambda c: any(r.split()[-2:-1] == ["bob:"] for r in c.rows()),
-                            what="bob in /names")
+        await chat.wait_for("bob (owner, unverified): ", what="bob marked owner in /names")
         chat.line("/part")
         await chat.wait_for("left ops")
         await chat.wait_for(lambda c: "#ops" not in c.rows()[0], what="#ops closed")
@@ -233,7 +234,7 @@ async def test_a_password_room_is_joined_from_inside_the_chat(server, tmp_path):
     finally:
         chat.kill()
     members = (await ok(bob, "members", "secret")).out
-    assert "alice:" in members, members
+    assert "alice (unverified): " in members, members
 
 
 @pytest_twisted.ensureDeferred

@@ -207,7 +207,7 @@ class Chat:
     async def _send(self, buffer, text):
         command = "send" if buffer.kind == "user" else "say"
         try:
-            await self.command([command, buffer.name, "--", text], strict=True)
+            await self.command([command, buffer.name, "--", text], strict=True, quiet=True)
         except CommandFailed as e:
             if e.exit_code != EXIT_UNREACHABLE:
                 raise
@@ -215,11 +215,12 @@ class Chat:
             return
         self.add(buffer, [own_line(self.me, text)])
 
-    async def command(self, words, password=None, strict=False, into=None):
+    async def command(self, words, password=None, strict=False, into=None, quiet=False):
         """Run a CLI command (``words`` as typed after ``securechat``) through the command
         layer and show what it prints (in the current buffer, or the one ``into()`` opens
         when it succeeded); its result, or None when it could not run (its usage error is
-        shown).  ``strict``: its failure is raised, not shown."""
+        shown).  ``strict``: its failure is raised, not shown; ``quiet``: a message sent
+        is not confirmed (its line in the buffer says it)."""
         args = self._parse(words)
         if args is None:
             return None
@@ -233,7 +234,8 @@ class Chat:
             while True:
                 result = await self.call(method, **params)
                 buffer = into() if into else self.buffers.current
-                show_result(args, result, out=lambda text: self.add(buffer, [notice(text)]))
+                show_result(args, result, out=lambda text: self.add(buffer, [notice(text)]),
+                            say_sent=not quiet)
                 if not result.get("more"):
                     return result
                 params = next_page(params)

@@ -130,7 +130,8 @@ def build_parser(parser_class=argparse.ArgumentParser):
         "an example.", formatter_class=HelpFormatter)
     parser.add_argument("--config", default=default_config_path(),
                         help="client ini file (default: $SECURECHAT_CONFIG, else "
-                             "$XDG_CONFIG_HOME/securechat/client.ini: %(default)s)")
+                             "$XDG_CONFIG_HOME/securechat/client.ini, else "
+                             "~/.config/securechat/client.ini)")
     parser.add_argument("--version", action=ShowVersion, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_init(commands)
@@ -393,9 +394,11 @@ def next_page(params):
     return {key: value for key, value in params.items() if key != "wait"}
 
 
-def show_result(args, result, out=print):
+def show_result(args, result, out=print, say_sent=None):
     """Print what a command's result says, as the standalone commands always have (what
-    others wrote passes render.safe)."""
+    others wrote passes render.safe).  ``say_sent``: whether a message sent says where it
+    went (default: when a person watches, stdout a terminal; the chat, which shows the
+    line itself, says no)."""
     command = args.command
     width = terminal_width(sys.stdout)
     if command == "login":
@@ -404,7 +407,7 @@ def show_result(args, result, out=print):
     elif command in ("send", "say", "broadcast"):
         if result.get("notice"):
             out(result["notice"])
-        elif sys.stdout.isatty():  # a person is watching; a script wants silence
+        elif sys.stdout.isatty() if say_sent is None else say_sent:  # a script wants silence
             out(sent_to(args, result))
     elif command == "inbox":
         for record in result["messages"]:
