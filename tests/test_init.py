@@ -346,3 +346,14 @@ def test_defaults_follow_xdg_and_keep_an_old_data_directory(monkeypatch, tmp_pat
     ini = tmp_path / "no-data-dir.ini"
     ini.write_text("[client]\nserver = relay.example:6697\nusername = bob\n")
     assert client_settings.load(str(ini)).data_dir == str(tmp_path / "d" / "securechat" / "bob")
+
+
+def test_a_server_without_a_port_means_the_relays_default_port():
+    """``chat.example.org`` and ``[::1]`` are taken with port 6697, as people type them;
+    a port out of range or a missing host is still refused."""
+    assert client_settings.parse_server("chat.example.org") == ("chat.example.org", 6697)
+    assert client_settings.parse_server("[::1]") == ("::1", 6697)
+    assert client_settings.parse_server("[::1]:7000") == ("::1", 7000)
+    for wrong in ("", ":6697", "host:70000", "host:port"):
+        with pytest.raises(ValueError):
+            client_settings.parse_server(wrong)

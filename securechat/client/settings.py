@@ -65,11 +65,19 @@ def default_data_dir(username):
                         "securechat", username)
 
 
+DEFAULT_PORT = 6697
+"""The relay's port when ``server`` names none (the relay's own default, ``[server] port``)."""
+
+
 def parse_server(text):
-    """``(host, port)`` of ``host:port`` (``[v6]:port`` too); ValueError when it is not one."""
-    host, _, port = text.strip().rpartition(":")
+    """``(host, port)`` of ``host:port`` (``[v6]:port`` too), or of a bare ``host`` (the
+    default port, as people type it); ValueError when it is neither."""
+    text = text.strip()
+    if text and ":" not in text or text.startswith("[") and text.endswith("]"):
+        text = f"{text}:{DEFAULT_PORT}"
+    host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be host:port")
+        raise ValueError("must be host:port (or a host name: port 6697)")
     return host.strip("[]"), int(port)
 
 
