@@ -62,6 +62,13 @@ def twistd_relay(tmp_path):
 
 
 @pytest.fixture
+def listening_relay(twistd_relay):
+    """``twistd_relay`` once it listens."""
+    pytest_twisted.blockon(defer.ensureDeferred(twistd_relay.wait_listening()))
+    return twistd_relay
+
+
+@pytest.fixture
 def open_broadcast(start_relay):
     """A relay whose [broadcast] senders = anyone: every user may broadcast (and so is given
     the everyone room's members)."""

@@ -94,6 +94,20 @@ async def expect_error(code, d):
     raise AssertionError(f"expected the error {code!r}, the request succeeded")
 
 
+def keep_encrypted_outbox_entries(client):
+    """``(entry id, stored entry, envelopes)`` of each message ``client`` encrypts from now
+    on, in a list that fills as it sends (to replay a send whose answer was lost)."""
+    kept = []
+    encrypted = client.outbox.encrypted
+
+    def spy(entry_id, envelopes):
+        kept.append((entry_id, client.store.outbox_entry(entry_id), envelopes))
+        encrypted(entry_id, envelopes)
+
+    client.outbox.encrypted = spy
+    return kept
+
+
 def new_envelope_id():
     return secrets.token_hex(16)
 

@@ -14,26 +14,15 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
-from tests.processes import (
-    DaemonProcess, ServerProcess, executable, free_port, run_cli, write_client_config)
-from tests.support import poll_until, write_config
+from tests.processes import DaemonProcess, executable, run_cli, write_client_config
+from tests.support import poll_until
 
 PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def relay_process(tmp_path):
-    port = free_port()
-    proc = ServerProcess(tmp_path, write_config(str(tmp_path / "data"), port=port))
-    proc.start()
-    pytest_twisted.blockon(defer.ensureDeferred(proc.wait_listening()))
-    yield proc, port
-    proc.stop()
-
-
-@pytest.fixture
-def relay(relay_process):
-    return relay_process[1]
+def relay(listening_relay):
+    return listening_relay.port
 
 
 @pytest.fixture
@@ -422,10 +411,10 @@ def test_the_send_wall_benchmark_reports_both_cases():
 
 @pytest_twisted.ensureDeferred
 async def test_a_subscriber_hears_messages_and_the_relay_connection_state(
-        relay_process, tmp_path, daemons):
+        listening_relay, tmp_path, daemons):
     """After subscribe: a received message arrives as a notification (still unread for inbox),
     and the relay going away as a state notification."""
-    proc, port = relay_process
+    proc, port = listening_relay, listening_relay.port
     alice = await registered(tmp_path, port, "alice")
     bob = await registered(tmp_path, port, "bob")
     daemon = daemons(alice, tmp_path / "clients" / "alice")
@@ -481,10 +470,10 @@ async def test_a_daemon_given_a_wrong_password_exits_3_and_serves_nothing(relay,
 
 @pytest_twisted.ensureDeferred
 async def test_the_daemon_reconnects_after_a_relay_restart_and_sends_what_it_kept(
-        relay_process, tmp_path, daemons):
+        listening_relay, tmp_path, daemons):
     """Relay SIGTERMed: a send through the daemon exits 4 (kept); once the relay is back the
     daemon reconnects by itself, sends it, and bob gets it once."""
-    proc, port = relay_process
+    proc, port = listening_relay, listening_relay.port
     alice = await registered(tmp_path, port, "alice")
     bob = await registered(tmp_path, port, "bob")
     await ok(alice, "send", "bob", "before")

@@ -9,28 +9,17 @@ import re
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import reactor, threads
 
 from securechat.client import rpc
 from securechat.client.session import Client
 from securechat.client.settings import ClientSettings
 from securechat.crypto.keystore import KeyStore, KeyStoreError
-from tests.processes import (
-    DaemonProcess, ServerProcess, free_port, run_cli, write_client_config)
-from tests.support import poll_until_async, write_config
+from tests.processes import DaemonProcess, run_cli, write_client_config
+from tests.support import keep_encrypted_outbox_entries, poll_until_async
 
 PASSWORD = "correct horse battery staple"
 LINE = re.compile(r"\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] (.*)")
-
-
-@pytest.fixture
-def relay_process(tmp_path):
-    port = free_port()
-    proc = ServerProcess(tmp_path, write_config(str(tmp_path / "data"), port=port))
-    proc.start()
-    pytest_twisted.blockon(defer.ensureDeferred(proc.wait_listening()))
-    yield proc, port
-    proc.stop()
 
 
 async def ok(config, *args, **kwargs):
@@ -63,10 +52,10 @@ def shown(result):
 
 @pytest_twisted.ensureDeferred
 async def test_history_user_shows_both_directions_oldest_first_with_the_relay_down(
-        relay_process, tmp_path):
+        listening_relay, tmp_path):
     """With the relay stopped, `history bob` (standalone) prints alice's conversation with
     bob from her key store, oldest first, her own lines as 'you -> bob'."""
-    proc, port = relay_process
+    proc, port = listening_relay, listening_relay.port
     alice, _ = await conversation(tmp_path, port)
     proc.stop()
     result = await ok(alice, "history", "bob")
@@ -76,10 +65,10 @@ async def test_history_user_shows_both_directions_oldest_first_with_the_relay_do
 
 
 @pytest_twisted.ensureDeferred
-async def test_history_json_marks_outgoing_and_last_gives_the_newest(relay_process, tmp_path):
+async def test_history_json_marks_outgoing_and_last_gives_the_newest(listening_relay, tmp_path):
     """`history bob --json` prints inbox --json's fields plus "outgoing" (and "to");
     `--last 2` gives the two newest messages, still oldest first."""
-    _, port = relay_process
+    port = listening_relay.port
     alice, _ = await conversation(tmp_path, port)
     lines = (await ok(alice, "history", "bob", "--json")).json_lines()
     assert [(m["from"], m["to"], m["text"], m["outgoing"]) for m in lines] == [
@@ -93,10 +82,10 @@ async def test_history_json_marks_outgoing_and_last_gives_the_newest(relay_proce
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_bare_name_of_a_room_you_are_in_still_shows_the_room(relay_process, tmp_path):
+async def test_a_bare_name_of_a_room_you_are_in_still_shows_the_room(listening_relay, tmp_path):
     """`history ops` keeps showing the room ops when alice is in it (old scripts work);
     `history --user ops` is the (empty) 1:1 conversation with a user ops instead."""
-    _, port = relay_process
+    port = listening_relay.port
     alice = await registered(tmp_path, port, "alice")
     await ok(alice, "rooms", "create", "ops")
     await ok(alice, "say", "ops", "room line")
@@ -108,11 +97,11 @@ async def test_a_bare_name_of_a_room_you_are_in_still_shows_the_room(relay_proce
 
 @pytest_twisted.ensureDeferred
 async def test_a_message_sent_from_the_daemons_outbox_after_an_outage_is_in_history_once(
-        relay_process, tmp_path):
+        listening_relay, tmp_path):
     """Through alice's daemon: a send while the relay is down is kept (exit 4) and not in
     the history yet; after the relay is back the daemon sends it and the daemon method
     history {user, last} lists it once, as outgoing, after the earlier line."""
-    proc, port = relay_process
+    proc, port = listening_relay, listening_relay.port
     alice = await registered(tmp_path, port, "alice")
     await registered(tmp_path, port, "bob")
     daemon = DaemonProcess(alice, tmp_path / "clients" / "alice")
@@ -179,14 +168,7 @@ async def test_a_sent_message_is_kept_sealed_and_once_when_resent_after_a_lost_a
     await bob.disconnect()
     alice = client_for(server, tmp_path, "alice")
     await alice.register()
-    kept = []
-    encrypted = alice.outbox.encrypted
-
-    def spy(entry_id, envelopes):
-        kept.append((entry_id, alice.store.outbox_entry(entry_id), envelopes))
-        encrypted(entry_id, envelopes)
-
-    alice.outbox.encrypted = spy
+    kept = keep_encrypted_outbox_entries(alice)
     secret = "zebra crossing at 4711 sharp"
     assert await alice.send_text("bob", secret) == 1
     (entry_id, record, envelopes), = kept

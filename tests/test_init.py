@@ -65,6 +65,14 @@ def ended(child):
     return child.exitstatus, child.before
 
 
+def choose_password(child, password=PASSWORD, again=None):
+    """Answer registration's two password questions."""
+    child.expect("New password")
+    child.sendline(password)
+    child.expect("Password again: ")
+    child.sendline(password if again is None else again)
+
+
 def files_under(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
@@ -100,10 +108,7 @@ def test_init_confirmed_writes_the_xdg_config_and_registers(relay, home):
     child.sendline("yes")
     child.expect_exact(f"Register alice on {relay.server} now? [Y/n] ")
     child.sendline("")
-    child.expect("New password")
-    child.sendline(PASSWORD)
-    child.expect("Password again: ")
-    child.sendline(PASSWORD)
+    choose_password(child)
     code, shown = ended(child)
     assert code == 0 and "registered alice, device" in shown, shown
     ini = home["ini"]
@@ -261,10 +266,7 @@ def test_a_short_password_is_refused_and_asked_again(relay, home):
         child.expect("New password")
         child.sendline(short)
         child.expect_exact("password too short (at least 10 characters)")
-    child.expect("New password")
-    child.sendline(PASSWORD)
-    child.expect("Password again: ")
-    child.sendline(PASSWORD)
+    choose_password(child)
     code, shown = ended(child)
     assert code == 0 and "registered alice" in shown, shown
 
@@ -273,15 +275,9 @@ def test_a_mismatched_confirmation_asks_again(relay, home):
     """At register, a confirmation that differs says "passwords do not match; try again"
     and asks for both again (it does not abort); the account gets the second password."""
     child, ini = register_on_terminal(relay, home)
-    child.expect("New password")
-    child.sendline("first password typed")
-    child.expect("Password again: ")
-    child.sendline("first password typo'd")
+    choose_password(child, "first password typed", "first password typo'd")
     child.expect_exact("passwords do not match; try again")
-    child.expect("New password")
-    child.sendline(PASSWORD)
-    child.expect("Password again: ")
-    child.sendline(PASSWORD)
+    choose_password(child)
     code, shown = ended(child)
     assert code == 0 and "registered alice" in shown, shown
     assert cli(home["env"], "--config", ini, "login", password=PASSWORD).returncode == 0

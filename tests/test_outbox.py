@@ -13,7 +13,7 @@ from securechat.client.protocol import RemoteError
 from securechat.client.session import Client
 from securechat.client.settings import ClientSettings
 from securechat.crypto.keystore import KeyStore
-from tests.support import poll_until
+from tests.support import keep_encrypted_outbox_entries, poll_until
 
 PASSWORD = "correct horse battery staple"
 
@@ -51,14 +51,7 @@ async def test_a_resend_the_relay_already_accepted_counts_as_sent_and_arrives_on
     await bob.disconnect()  # offline: the relay keeps the envelope until bob acknowledges
     alice = client_for(server, tmp_path, "alice")
     await alice.register()
-    kept = []
-    encrypted = alice.outbox.encrypted
-
-    def spy(entry_id, envelopes):
-        kept.append((entry_id, alice.store.outbox_entry(entry_id), envelopes))
-        encrypted(entry_id, envelopes)
-
-    alice.outbox.encrypted = spy
+    kept = keep_encrypted_outbox_entries(alice)
     assert await alice.send_text("bob", "exactly once") == 1
     assert alice.outbox_pending() == []
     (entry_id, record, envelopes), = kept
