@@ -2,19 +2,23 @@
 move to the new password, or neither does; with a real ``twistd`` relay and the real
 ``securechat``, and the relay checked by a device that logs in by password."""
 
+import os
 import signal
 import subprocess
 import sys
 
+import pexpect
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 
 from securechat import wire
+from securechat.client import settings as client_settings
 from securechat.client.tls import channel_binding
 from securechat.crypto import passwords
 from securechat.crypto.keystore import KeyStore, WrongPassword
-from tests.processes import DaemonProcess, RelayEndpoint, run_cli, write_client_config
+from tests.processes import (
+    DaemonProcess, RelayEndpoint, executable, run_cli, write_client_config)
 from tests.support import ScriptedDevice, cleanup, expect_error
 
 OLD = "correct horse battery staple"
@@ -131,11 +135,11 @@ async def test_a_short_or_unchanged_new_password_is_refused(alice):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_running_daemon_makes_it_refuse(alice, tmp_path):
+async def test_a_running_daemon_makes_it_refuse(alice):
     """While a daemon serves the data dir the change stops at once, saying to stop the
     daemon first; the store keeps the old password."""
     config, _ = alice
-    daemon = DaemonProcess(config, str(tmp_path / "clients" / "alice"), password=OLD)
+    daemon = DaemonProcess(config, client_settings.load(config).data_dir, password=OLD)
     try:
         await daemon.ready()
         result = await change(config)
@@ -221,3 +225,30 @@ def test_a_rewrap_killed_half_way_leaves_the_old_password_and_one_done_the_new(t
     store = KeyStore.open(str(directory), NEW)
     assert store.secret("kept") == {"text": "still here"} and store.meta("user") == "alice"
     store.close()
+
+
+def test_on_a_terminal_the_new_password_is_asked_twice_until_it_fits(alice):
+    """In a terminal (current password from SECURECHAT_PASSWORD) the new one is asked for:
+    a short one and a mismatched confirmation are each said and asked again, the third
+    answer changes it."""
+    config, _ = alice
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    child = pexpect.spawn(executable("securechat"), ["--config", config, "password"],
+                          env=dict(env, SECURECHAT_PASSWORD=OLD), encoding="utf-8",
+                          timeout=120)
+    child.expect_exact("New password (at least 10 characters): ")
+    child.sendline("short")
+    child.expect_exact("password too short (at least 10 characters)")
+    child.expect_exact("New password (at least 10 characters): ")
+    child.sendline(NEW)
+    child.expect_exact("Password again: ")
+    child.sendline(NEW + " typo")
+    child.expect_exact("passwords do not match; try again")
+    child.expect_exact("New password (at least 10 characters): ")
+    child.sendline(NEW)
+    child.expect_exact("Password again: ")
+    child.sendline(NEW)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and "password changed" in child.before, child.before
+    assert opens_with(client_settings.load(config).data_dir) == [NEW]
