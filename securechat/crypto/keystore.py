@@ -1,7 +1,8 @@
 """The device's state at rest: one SQLite file, readable only by its owner, locked to one process.
 
 Nothing secret is stored in the clear.  A random 32-byte master key is
-wrapped with ``SecretBox`` under an argon2id key derived from the password;
+wrapped with ``SecretBox`` under an argon2id key derived from the password (a new
+password wraps the same master key again: ``rewrap``);
 from the master key come the key vodozemac pickles the Account and sessions
 with, and the key that seals everything else (identity key, message
 history).  A conversation's rows carry a keyed hash of the peer's name
@@ -115,9 +116,10 @@ class KeyStore:
             raise KeyStoreError(f"a key store already exists in {directory}")
         db, lock_fd = cls._open_files(directory)
         master = nacl.utils.random(32)
+        wrapping = _wrapping(master, password)
         with db:
             db.executescript(SCHEMA)
-            rows = {**_wrapping(master, password), **meta}
+            rows = {**wrapping, **meta}
             db.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
         return cls(directory, db, lock_fd, master)
 
