@@ -230,6 +230,13 @@ def build_parser(parser_class=argparse.ArgumentParser):
     add_command(commands, "manpage", "print the man page (troff)",
                 "Print securechat(1), generated from these commands.",
                 "securechat manpage | man -l -")
+    add_command(commands, "password", "change your password (stop the daemon first)",
+                "Change the password: the relay's login secret and this device's key "
+                "store, from the current password (as every command reads it) to the new "
+                "one ($SECURECHAT_NEW_PASSWORD, or asked twice).  Your other devices keep "
+                "working; run it there too to lock their key stores with the new one.",
+                "securechat password",
+                "SECURECHAT_PASSWORD_FILE=~/.pw SECURECHAT_NEW_PASSWORD=... securechat password")
     _conventions(parser)  # last: it completes every subcommand declared above
     return parser
 

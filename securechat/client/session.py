@@ -479,6 +479,52 @@ class Client:
         with self.store.transaction():
             self.store.set_meta(PASSWORD_KEY_AT, relay)
 
+    @returns_deferred
+    async def change_password(self, new_password):
+        """Make ``new_password`` the account's password on the relay, then this device's
+        key store's (logged in, the store unlocked by the current password).
+
+        The relay first: refused (a wrong password, a limit, an outage), nothing is
+        changed.  A crash or a lost answer after the relay took the new key leaves the
+        store locked by the old password (it opens, and device-key logins never needed
+        either), and running the change again finishes it: the current key is then
+        refused, and the same change signed by the new key proves the relay holds it
+        already.  Another device of the account catches up the same way.  Store first
+        would instead leave, on a crash, a store whose password the relay refuses, and a
+        second run signing with that refused key.
+        """
+        relay = relay_id(await self.request("ping"))
+        if self.store.meta(PASSWORD_KEY_AT) != relay:
+            raise ClientError("this account has no password key on this relay yet (it moves "
+                              "to one at a login): try again later")
+        new_key = passwords.password_key(new_password, relay, self.user)
+        try:
+            try:
+                await self._sign_password_change(relay, self._password_key(relay), new_key)
+            except RemoteError as e:
+                if e.code != "auth_failed":
+                    raise
+                await self._sign_password_change(relay, new_key, new_key)
+        except RemoteError as e:
+            if e.code == "auth_failed":
+                raise ClientError("the relay refused the current password (if it was changed "
+                                  "on another device, give that one as the new password)",
+                                  EXIT_AUTH) from None
+            if e.code == "password_changed":
+                raise ClientError("the password was changed meanwhile on another device",
+                                  EXIT_AUTH) from None
+            raise refusal(e) from None
+        self.store.rewrap(new_password)
+        self._password, self._password_keys = new_password, {relay: new_key}
+
+    def _sign_password_change(self, relay, key, new_key):
+        """``account.password`` installing ``new_key``, signed by ``key`` on this connection."""
+        public = wire.b64encode(bytes(new_key.verify_key))
+        message = wire.password_change_message(relay, self.user, self.device, public,
+                                               channel_binding(self.protocol.transport))
+        return self.request("account.password", password_key=public,
+                            signature=wire.b64encode(key.sign(message).signature))
+
     # -- keys ---------------------------------------------------------------------
 
     async def _publish_device(self):

@@ -17,9 +17,12 @@ from twisted.python.failure import Failure
 from securechat.client import cli, commands
 from securechat.client.methods import Methods, Verifications, as_command_failed
 from securechat.client.render import EscapingStream
-from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed
+from securechat.client.exit_codes import EXIT_USAGE
+from securechat.client.rpc import (
+    EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection)
 from securechat.client.session import Client, ClientError
-from securechat.client.unlock import UnlockingNotice, read_new_password, read_password
+from securechat.client.unlock import (
+    UnlockingNotice, read_changed_password, read_new_password, read_password)
 from securechat.crypto.fingerprint import key_fingerprint
 
 
@@ -85,6 +88,15 @@ def run(settings, args, request=None):
     if args.command == "register":
         password = read_new_password(settings)
         return run_reactor(lambda reactor: register(reactor, settings, password))
+    if args.command == "password":
+        refuse_beside_daemon(settings)
+        password = read_password(settings)
+        new_password = read_changed_password()
+        if new_password == password:
+            raise CommandFailed("the new password is the current one: nothing to change",
+                                EXIT_USAGE)
+        return run_reactor(lambda reactor: change_password(reactor, settings, password,
+                                                           new_password))
     password = read_password(settings)
     if args.command == "verify":
         return run_reactor(lambda reactor: verify(reactor, settings, password, args.user))
@@ -173,6 +185,31 @@ async def register(reactor, settings, password):
     print(f"registered {client.user}, device {client.device}")
     print(f"your fingerprint: {key_fingerprint(client.crypto.identity_key)}")
     await client.disconnect()
+    return 0
+
+
+def refuse_beside_daemon(settings):
+    """``password`` re-wraps the key store, which a running daemon (or a chat's) holds open
+    with the old password: it stops before asking anything."""
+    connection = DaemonConnection.find(settings.data_dir)
+    if connection is not None:
+        connection.close()
+        raise CommandFailed(f"a securechat daemon serves {settings.data_dir}: stop the "
+                            "daemon (or the chat) first, then change the password")
+
+
+async def change_password(reactor, settings, password, new_password):
+    """Unlock with ``password`` (wrong: exit 3), log in (the relay unreachable: exit 4),
+    then change it to ``new_password`` on the relay and in the store (Client.change_password
+    says in which order and why); nothing is changed when any of it fails."""
+    client = await opened(reactor, settings, password)
+    try:
+        await client.change_password(new_password)
+    except Exception as e:
+        raise as_command_failed(e) from None
+    finally:
+        await client.disconnect()
+    print("password changed")
     return 0
 
 

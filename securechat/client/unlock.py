@@ -10,6 +10,9 @@
 Registering a new account (``read_new_password``) asks twice on a terminal unless the
 password comes from 1-3, and refuses one under ``MIN_NEW_PASSWORD`` characters wherever it
 comes from; logging in to an existing account takes any password (it may predate the rule).
+``securechat password`` reads the current password from 1-4 and the new one
+(``read_changed_password``) from ``SECURECHAT_NEW_PASSWORD`` or the same two questions, under
+the same rule.
 Every prompt here is read before the reactor runs: Ctrl-C then raises KeyboardInterrupt
 (exit 130) instead of being swallowed by the reactor's signal handler.
 Standard library only: the daemon and the standalone commands share it.
@@ -30,6 +33,10 @@ MIN_NEW_PASSWORD = 10
 TOO_SHORT = f"password too short (at least {MIN_NEW_PASSWORD} characters)"
 PROMPT_TRIES = 3
 """How many times registering asks for a new password on a terminal before giving up."""
+
+NO_PASSWORD = ("no password: set SECURECHAT_PASSWORD or SECURECHAT_PASSWORD_FILE, "
+               "set password_command in the [client] section, or run in a terminal")
+"""Why a command stops when no source gives the password and there is no terminal."""
 
 COMMAND_TIMEOUT = 60
 """Seconds a ``password_command`` may take (a keyring may ask the person to unlock it)."""
@@ -52,16 +59,30 @@ def read_password(settings):
 
 def read_new_password(settings):
     """The password of an account being registered: from the first source that has one,
-    at least ``MIN_NEW_PASSWORD`` characters.  A terminal asks again after a short one or a
-    mismatched confirmation (``PROMPT_TRIES`` times in all); another source that gives a
-    short one is refused at once (a script cannot answer again)."""
-    given = _given_password(settings)
+    at least ``MIN_NEW_PASSWORD`` characters (``_new_password``)."""
+    return _new_password(_given_password(settings), NO_PASSWORD)
+
+
+def read_changed_password():
+    """The new password of ``securechat password``: ``SECURECHAT_NEW_PASSWORD``, else asked
+    twice on a terminal, under the registration rule (the other sources give the current
+    password, which this replaces)."""
+    given = os.environ.get("SECURECHAT_NEW_PASSWORD")
+    return _new_password(None if given is None else (given, "SECURECHAT_NEW_PASSWORD"),
+                         "no new password: set SECURECHAT_NEW_PASSWORD or run in a terminal")
+
+
+def _new_password(given, missing):
+    """``given`` (``(password, where)`` or None) when it has at least ``MIN_NEW_PASSWORD``
+    characters; without one, a terminal asks, and asks again after a short one or a
+    mismatched confirmation (``PROMPT_TRIES`` times in all); a given short one is refused
+    at once (a script cannot answer again).  ``missing``: the error without either."""
     if given is not None:
         password, where = given
         if len(password) < MIN_NEW_PASSWORD:
             raise PasswordUnavailable(f"{where}: {TOO_SHORT}")
         return password
-    _need_terminal()
+    _need_terminal(missing)
     for _ in range(PROMPT_TRIES):
         password = _getpass(f"New password (at least {MIN_NEW_PASSWORD} characters): ")
         if len(password) < MIN_NEW_PASSWORD:
@@ -87,11 +108,9 @@ def _given_password(settings):
     return None
 
 
-def _need_terminal():
+def _need_terminal(missing=NO_PASSWORD):
     if not sys.stdin.isatty():
-        raise PasswordUnavailable(
-            "no password: set SECURECHAT_PASSWORD or SECURECHAT_PASSWORD_FILE, "
-            "set password_command in the [client] section, or run in a terminal")
+        raise PasswordUnavailable(missing)
 
 
 def _getpass(prompt):

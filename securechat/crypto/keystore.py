@@ -1,7 +1,8 @@
 """The device's state at rest: one SQLite file, readable only by its owner, locked to one process.
 
 Nothing secret is stored in the clear.  A random 32-byte master key is
-wrapped with ``SecretBox`` under an argon2id key derived from the password;
+wrapped with ``SecretBox`` under an argon2id key derived from the password (a new
+password wraps the same master key again: ``rewrap``);
 from the master key come the key vodozemac pickles the Account and sessions
 with, and the key that seals everything else (identity key, message
 history).  A conversation's rows carry a keyed hash of the peer's name
@@ -77,6 +78,14 @@ class StoreLocked(KeyStoreError):
     pass
 
 
+def _wrapping(master, password):
+    """The meta rows that let ``password`` (alone) unwrap ``master``: a random salt and
+    the master key sealed under the argon2id key of the password with that salt."""
+    salt = nacl.utils.random(passwords.SALT_BYTES)
+    wrapped = nacl.secret.SecretBox(passwords.store_key(password, salt)).encrypt(master)
+    return {"kdf_salt": salt.hex(), "wrapped_master": wrapped.hex()}
+
+
 def _subkey(master, purpose):
     return nacl.hash.blake2b(
         b"", key=master, person=purpose, digest_size=32, encoder=nacl.encoding.RawEncoder
@@ -88,6 +97,7 @@ class KeyStore:
         self.directory = directory
         self._db = db
         self._lock_fd = lock_fd
+        self._master = master  # kept to wrap it under a new password (rewrap)
         self.pickle_key = _subkey(master, b"sc-pickle")
         self._box = nacl.secret.SecretBox(_subkey(master, b"sc-seal"))
         self._peer_key = _subkey(master, b"sc-peer")
@@ -105,12 +115,11 @@ class KeyStore:
         if cls.exists(directory):
             raise KeyStoreError(f"a key store already exists in {directory}")
         db, lock_fd = cls._open_files(directory)
-        salt = nacl.utils.random(passwords.SALT_BYTES)
         master = nacl.utils.random(32)
-        wrapped = nacl.secret.SecretBox(passwords.store_key(password, salt)).encrypt(master)
+        wrapping = _wrapping(master, password)
         with db:
             db.executescript(SCHEMA)
-            rows = {"kdf_salt": salt.hex(), "wrapped_master": wrapped.hex(), **meta}
+            rows = {**wrapping, **meta}
             db.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
         return cls(directory, db, lock_fd, master)
 
@@ -130,6 +139,20 @@ class KeyStore:
             os.close(lock_fd)
             raise WrongPassword("wrong password for this device's key store") from None
         return cls(directory, db, lock_fd, master)
+
+    def rewrap(self, password):
+        """Lock the store with ``password`` from now on: the same master key wrapped
+        under a key derived from it with a new salt.
+
+        Nothing else changes (everything is sealed under keys derived from the master
+        key), so no migration and no re-encryption: the two meta rows of the wrapping
+        are replaced in one SQLite transaction (WAL, ``synchronous=FULL``).  A crash
+        before its commit leaves the old pair, after it the new one: the store opens
+        with the old password or with the new, never with neither."""
+        wrapping = _wrapping(self._master, password)
+        with self.transaction():
+            for key, value in wrapping.items():
+                self.set_meta(key, value)
 
     @staticmethod
     def _open_files(directory):
