@@ -247,6 +247,7 @@ async def test_a_hostile_message_shows_escaped_on_the_screen(server, tmp_path):
     chat = await started(bob)
     try:
         await ok(mallory, "send", "bob", FORGED)
+        await chat.wait_for("2:mallory")  # the buffer the message opens, before going there
         chat.press("\x1b2")
         await chat.wait_for("<U+202E>yek/pmt/")
         rows = chat.rows()

@@ -290,7 +290,7 @@ async def test_rooms_admin_names_and_removes_admins_for_the_owner_only(server, t
     assert (await run_cli(bob, "kick", "ops", "carol")).code == 1  # no longer an admin
     await ok(alice, "kick", "ops", "carol")
     outsider = await run_cli(alice, "rooms", "admin", "ops", "carol")
-    assert outsider.code == 1 and "carol is not a member of room 'ops'" in outsider.err
+    assert outsider.code == 6 and "carol is not a member of room 'ops'" in outsider.err
 
 
 @pytest_twisted.ensureDeferred
