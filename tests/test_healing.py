@@ -1,0 +1,134 @@
+"""Sessions that heal: after bob's data dir is restored from an older copy, alice's next
+1:1 message and next room message reach him readable (marked re-sent / decrypted once
+the key came again) without bob replying -- real twistd relay, real securechat CLI
+processes -- and the rate limits that keep two broken peers from looping."""
+
+import json
+import shutil
+
+import pytest_twisted
+from twisted.internet import task
+
+from securechat.client.healing import PER_MINUTE, RequestLimiter, TRACKED
+from tests.processes import run_cli, write_client_config
+
+
+async def ok(config, *args, **kwargs):
+    result = await run_cli(config, *args, **kwargs)
+    assert result.code == 0, result
+    return result
+
+
+async def registered(clients, port, user):
+    path = write_client_config(clients, user, port)
+    await ok(path, "register")
+    return path
+
+
+def copy_dir(source, target):
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+
+
+async def inbox(config):
+    return [json.loads(line) for line in (await ok(config, "inbox", "--json")).out.splitlines()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_1to1_message_to_a_restored_data_dir_arrives_re_sent_without_a_reply(
+        listening_relay, tmp_path):
+    """bob's data dir restored from a copy older than the last exchange: alice's next 1:1
+    message fails at bob, bob's client asks again on a fresh session, alice's next command
+    sends it again, and bob reads it marked re-sent -- the error is not left in history."""
+    port, clients = listening_relay.port, str(tmp_path / "clients")
+    alice = await registered(clients, port, "alice")
+    bob = await registered(clients, port, "bob")
+    bob_dir, backup = tmp_path / "clients" / "bob", tmp_path / "bob-backup"
+    await ok(alice, "send", "bob", "one")
+    assert [m["text"] for m in await inbox(bob)] == ["one"]
+    copy_dir(bob_dir, backup)
+    await ok(bob, "send", "alice", "two")  # the ratchet moves on past the copy
+    await ok(alice, "send", "bob", "three")
+    assert [m["text"] for m in await inbox(bob)] == ["three"]
+    await ok(bob, "send", "alice", "four")
+    copy_dir(backup, bob_dir)  # the restore
+
+    await ok(alice, "send", "bob", "five")
+    failed = await inbox(bob)  # fails, and asks alice's device again
+    assert [m["error"] for m in failed] == [
+        "no session with this device can decrypt it (tampered, replayed or out of sync)"]
+    assert [m["text"] for m in await inbox(alice)] == ["two", "four"]  # answers the request
+    healed = await inbox(bob)
+    assert [(m["text"], m.get("resent"), m["error"]) for m in healed] == [
+        ("five", True, None)]
+    text = (await ok(bob, "history", "alice")).out
+    assert "alice (unverified) (re-sent): five" in text, text
+    assert "not decryptable" not in text, text
+
+    await ok(alice, "send", "bob", "six")  # and the healed session simply works on
+    assert [(m["text"], m.get("resent")) for m in await inbox(bob)] == [("six", None)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_message_to_a_restored_data_dir_is_read_once_the_key_is_given_again(
+        listening_relay, tmp_path):
+    """bob's data dir restored from before alice's room key reached him: her next room
+    message fails, bob's client asks her device for the key, alice's next command gives
+    it again, and bob's client decrypts the kept message (shown once, readable)."""
+    port, clients = listening_relay.port, str(tmp_path / "clients")
+    alice = await registered(clients, port, "alice")
+    bob = await registered(clients, port, "bob")
+    bob_dir, backup = tmp_path / "clients" / "bob", tmp_path / "bob-backup"
+    await ok(alice, "rooms", "create", "ops")
+    await ok(bob, "join", "ops")
+    copy_dir(bob_dir, backup)
+    await ok(alice, "say", "ops", "r1")
+    assert [m["text"] for m in await inbox(bob) if m["type"] == "msg"] == ["r1"]
+    copy_dir(backup, bob_dir)  # the restore: the room key is gone
+
+    await ok(alice, "say", "ops", "r2")
+    failed = [m for m in await inbox(bob) if m["type"] == "msg"]
+    assert [(m["text"], bool(m["error"])) for m in failed] == [(None, True)], failed
+    await ok(alice, "inbox")  # answers the key request
+    healed = await inbox(bob)
+    assert [(m["id"], m["room"], m["text"], m["error"]) for m in healed] == [
+        (failed[0]["id"], "ops", "r2", None)]
+
+    await ok(alice, "say", "ops", "r3")
+    assert [m["text"] for m in await inbox(bob)] == ["r3"]
+
+
+# -- the rate limits, on a task.Clock ---------------------------------------------------
+
+
+def test_one_request_per_device_and_item():
+    """The same (device, envelope) is asked (or answered) once, however often it comes."""
+    limiter = RequestLimiter(task.Clock().seconds)
+    assert limiter.allow(("alice", "D1"), "env1")
+    assert not limiter.allow(("alice", "D1"), "env1")
+    assert limiter.allow(("alice", "D2"), "env1")
+
+
+def test_a_device_gets_per_minute_requests_then_waits_a_minute():
+    """After PER_MINUTE requests to/from one device in a minute the next is refused; a
+    minute later it goes; another device is not held back meanwhile."""
+    clock = task.Clock()
+    limiter = RequestLimiter(clock.seconds)
+    peer = ("mallory", "M1")
+    assert all(limiter.allow(peer, f"env{i}") for i in range(PER_MINUTE))
+    assert not limiter.allow(peer, "one more")
+    assert limiter.allow(("alice", "D1"), "one more")
+    clock.advance(59)
+    assert not limiter.allow(peer, "one more")
+    clock.advance(1)
+    assert limiter.allow(peer, "one more")
+
+
+def test_the_limiter_remembers_a_bounded_number_of_devices_and_items():
+    """A flood of distinct devices and items leaves at most TRACKED of each remembered."""
+    clock = task.Clock()
+    limiter = RequestLimiter(clock.seconds)
+    for i in range(3 * TRACKED):
+        clock.advance(1)
+        limiter.allow(("mallory", f"M{i}"), f"env{i}")
+    assert len(limiter._items) == TRACKED and len(limiter._recent) == TRACKED
