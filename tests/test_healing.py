@@ -3,14 +3,23 @@
 the key came again) without bob replying -- real twistd relay, real securechat CLI
 processes -- and the rate limits that keep two broken peers from looping."""
 
+import dataclasses
 import json
 import shutil
+import time
 
+import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import reactor, task
 
 from securechat.client.healing import PER_MINUTE, RequestLimiter, TRACKED
+from securechat.client.messaging import new_id
+from securechat.client.session import Client
+from securechat.client.settings import ClientSettings
 from tests.processes import run_cli, write_client_config
+from tests.support import poll_until
+
+PASSWORD = "correct horse battery staple"
 
 
 async def ok(config, *args, **kwargs):
@@ -98,6 +107,71 @@ async def test_a_room_message_to_a_restored_data_dir_is_read_once_the_key_is_giv
     assert [m["text"] for m in await inbox(bob)] == ["r3"]
 
 
+# -- who is sent a message again: in-process clients, the relay over real TLS -----------
+
+
+@pytest.fixture
+def server(start_relay):
+    return start_relay()
+
+
+async def online(server, tmp_path, user, received):
+    settings = ClientSettings(host="127.0.0.1", port=server.port, username=user,
+                              data_dir=str(tmp_path / user), ca_file=server.cert_path,
+                              server_fingerprint=None, source="test")
+    client = Client(reactor, settings, PASSWORD, on_message=received.append)
+    await client.register()
+    return client
+
+
+async def ask_again(client, sender, envelope_id):
+    """``client`` asks ``sender``'s device to send envelope ``envelope_id`` again."""
+    await client.sender.send([sender.user], {
+        "type": "retry.request", "envelope": envelope_id, "mid": new_id(), "room": None,
+        "ts": int(time.time() * 1000)}, only={(sender.user, sender.device)})
+
+
+async def after_a_marker(alice, client, received):
+    """Everything alice sent ``client`` before is in ``received`` (a last message came)."""
+    await alice.send_text(client.user, "marker")
+    await poll_until(lambda: received and received[-1]["text"] == "marker"
+                     and client.receiver.idle())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_is_sent_again_only_to_its_recipient_device_within_resend_days(
+        server, tmp_path):
+    """A retry request for alice's message to bob gets it re-sent to bob's device, never to
+    carol's device that asks for the same envelope; with resend_days = 0 bob's request for
+    a newer message is refused too."""
+    to_bob, to_carol, to_alice = [], [], []
+    bob = await online(server, tmp_path, "bob", to_bob)
+    carol = await online(server, tmp_path, "carol", to_carol)
+    alice = await online(server, tmp_path, "alice", to_alice)
+    try:
+        await alice.send_text("bob", "first")
+        envelope_id, = alice.store.conversation("bob", 1)[0]["to_devices"]
+        await ask_again(carol, alice, envelope_id)
+        await ask_again(bob, alice, envelope_id)
+        await poll_until(lambda: alice.receiver.processed == 2 and alice.receiver.idle())
+        await after_a_marker(alice, carol, to_carol)
+        await after_a_marker(alice, bob, to_bob)
+        assert [m["text"] for m in to_carol] == ["marker"]
+        assert [(m["text"], m.get("resent")) for m in to_bob] == [
+            ("first", None), ("first", True), ("marker", None)]
+
+        alice.settings = dataclasses.replace(alice.settings, resend_days=0)
+        await alice.send_text("bob", "second")
+        envelope_id, = alice.store.conversation("bob", 1)[0]["to_devices"]
+        await ask_again(bob, alice, envelope_id)
+        await poll_until(lambda: alice.receiver.processed == 3 and alice.receiver.idle())
+        await after_a_marker(alice, bob, to_bob)
+        assert [m["text"] for m in to_bob[3:]] == ["second", "marker"]
+    finally:
+        for client in (alice, bob, carol):
+            await client.disconnect()
+
+
 # -- the rate limits, on a task.Clock ---------------------------------------------------
 
 
@@ -132,3 +206,37 @@ def test_the_limiter_remembers_a_bounded_number_of_devices_and_items():
         clock.advance(1)
         limiter.allow(("mallory", f"M{i}"), f"env{i}")
     assert len(limiter._items) == TRACKED and len(limiter._recent) == TRACKED
+
+
+class RecordingSender:
+    """What Healer uses of a client's Sender: it notes each send (no network in a unit)."""
+
+    def __init__(self):
+        self.sent = []
+
+    async def send(self, users, payload, fresh=(), only=None):
+        self.sent.append((payload["type"], payload.get("envelope"), bool(fresh)))
+
+
+def failed_from(peer_device, envelope_id):
+    return {"id": envelope_id, "from": "alice", "from_dev": peer_device, "kind": "olm"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_failures_asks_once_per_envelope_on_one_fresh_session_a_minute():
+    """Failures from one device: each envelope is asked for once, only the first request of
+    a minute starts a fresh session, and past PER_MINUTE requests the rest wait a minute."""
+    from securechat.client.healing import Healer
+
+    clock = task.Clock()
+    client = type("C", (), {"user": "bob", "device": "B1", "sender": RecordingSender()})()
+    healer = Healer(client, clock.seconds)
+    for envelope_id in ["e1", "e1", "e2", "e3", "e4", "e5", "e6"]:
+        await healer.ask_again(failed_from("A1", envelope_id))
+    assert client.sender.sent == [("retry.request", "e1", True)] + [
+        ("retry.request", f"e{i}", False) for i in range(2, PER_MINUTE + 1)]
+    clock.advance(60)
+    await healer.ask_again(failed_from("A1", "e6"))
+    await healer.ask_again(failed_from("A1", "e1"))
+    assert client.sender.sent[-1] == ("retry.request", "e6", True)
+    assert len(client.sender.sent) == PER_MINUTE + 1
