@@ -15,7 +15,9 @@ from twisted.internet import reactor, task
 from securechat.client.healing import PER_MINUTE, RequestLimiter, TRACKED
 from securechat.client.messaging import new_id
 from securechat.client.session import Client
+from securechat.client import settings
 from securechat.client.settings import ClientSettings
+from securechat.config import ConfigError
 from tests.processes import run_cli, write_client_config
 from tests.support import poll_until
 
@@ -115,20 +117,35 @@ def server(start_relay):
     return start_relay()
 
 
-async def online(server, tmp_path, user, received):
+async def online(server, tmp_path, user, received, controls=None):
     settings = ClientSettings(host="127.0.0.1", port=server.port, username=user,
                               data_dir=str(tmp_path / user), ca_file=server.cert_path,
                               server_fingerprint=None, source="test")
-    client = Client(reactor, settings, PASSWORD, on_message=received.append)
+    client = Client(reactor, settings, PASSWORD, on_message=received.append,
+                    on_control=None if controls is None else controls.append)
     await client.register()
     return client
 
 
+async def ask(client, sender, request):
+    """``client`` sends ``sender``'s device a ``request`` (a healing control), then a 1:1
+    "asked", which ``sender`` processes after the request (one device's envelopes keep
+    their order)."""
+    await client.sender.send([sender.user], {
+        "mid": new_id(), "room": None, "ts": int(time.time() * 1000), **request},
+        only={(sender.user, sender.device)})
+    await client.send_text(sender.user, "asked")
+
+
+async def answered(sender, received, count):
+    """``sender`` processed (and answered) the requests before its ``count``-th "asked"."""
+    await poll_until(lambda: len([m for m in received if m["text"] == "asked"]) == count
+                     and sender.receiver.idle())
+
+
 async def ask_again(client, sender, envelope_id):
     """``client`` asks ``sender``'s device to send envelope ``envelope_id`` again."""
-    await client.sender.send([sender.user], {
-        "type": "retry.request", "envelope": envelope_id, "mid": new_id(), "room": None,
-        "ts": int(time.time() * 1000)}, only={(sender.user, sender.device)})
+    await ask(client, sender, {"type": "retry.request", "envelope": envelope_id})
 
 
 async def after_a_marker(alice, client, received):
@@ -153,7 +170,7 @@ async def test_a_message_is_sent_again_only_to_its_recipient_device_within_resen
         envelope_id, = alice.store.conversation("bob", 1)[0]["to_devices"]
         await ask_again(carol, alice, envelope_id)
         await ask_again(bob, alice, envelope_id)
-        await poll_until(lambda: alice.receiver.processed == 2 and alice.receiver.idle())
+        await answered(alice, to_alice, 2)
         await after_a_marker(alice, carol, to_carol)
         await after_a_marker(alice, bob, to_bob)
         assert [m["text"] for m in to_carol] == ["marker"]
@@ -164,12 +181,58 @@ async def test_a_message_is_sent_again_only_to_its_recipient_device_within_resen
         await alice.send_text("bob", "second")
         envelope_id, = alice.store.conversation("bob", 1)[0]["to_devices"]
         await ask_again(bob, alice, envelope_id)
-        await poll_until(lambda: alice.receiver.processed == 3 and alice.receiver.idle())
+        await answered(alice, to_alice, 3)
         await after_a_marker(alice, bob, to_bob)
         assert [m["text"] for m in to_bob[3:]] == ["second", "marker"]
     finally:
         for client in (alice, bob, carol):
             await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_key_is_given_again_only_to_a_member_device_that_had_it(server, tmp_path):
+    """A room_key.request for alice's room session from carol (not a member) gets no key;
+    from bob (a member that was given it) it gets the key again, in the exported form."""
+    to_bob, to_carol, to_alice, bob_keys, carol_keys = [], [], [], [], []
+    bob = await online(server, tmp_path, "bob", to_bob, bob_keys)
+    carol = await online(server, tmp_path, "carol", to_carol, carol_keys)
+    alice = await online(server, tmp_path, "alice", to_alice)
+    try:
+        await alice.rooms.create("ops")
+        await bob.rooms.join("ops")
+        await alice.rooms.say("ops", "r1")
+        await poll_until(lambda: [m for m in to_bob if m["text"] == "r1"]
+                         and bob.receiver.idle())
+        session_id = alice.store.group_session("out:ops")[1]["session_id"]
+        for asking in (carol, bob):
+            await ask(asking, alice, {"type": "room_key.request", "room": "ops",
+                                      "session_id": session_id})
+        await answered(alice, to_alice, 2)
+        await after_a_marker(alice, carol, to_carol)
+        await after_a_marker(alice, bob, to_bob)
+        assert carol_keys == []
+        assert [k["inner"].get("exported") for k in bob_keys if k["type"] == "room_key"] == [
+            None, True]
+    finally:
+        for client in (alice, bob, carol):
+            await client.disconnect()
+
+
+def client_ini(tmp_path, extra):
+    path = tmp_path / "client.ini"
+    path.write_text("[client]\nserver = 127.0.0.1:6697\nusername = bob\n"
+                    "server_fingerprint = " + ":".join(["AB"] * 32) + "\n" + extra)
+    return str(path)
+
+
+def test_resend_days_defaults_to_7_and_a_bad_value_is_named(tmp_path):
+    """[client] resend_days is 7 when absent, a number of days 0-365 when set; anything
+    else is refused with an error naming the key and the allowed range."""
+    assert settings.load(client_ini(tmp_path, "")).resend_days == 7
+    assert settings.load(client_ini(tmp_path, "resend_days = 0.5\n")).resend_days == 0.5
+    for bad in ("-1", "366", "soon", "nan"):
+        with pytest.raises(ConfigError, match=r"\[client\] resend_days = .*0-365"):
+            settings.load(client_ini(tmp_path, f"resend_days = {bad}\n"))
 
 
 # -- the rate limits, on a task.Clock ---------------------------------------------------
