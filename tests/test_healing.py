@@ -72,6 +72,9 @@ async def test_a_1to1_message_to_a_restored_data_dir_arrives_re_sent_without_a_r
     healed = await inbox(bob)
     assert [(m["text"], m.get("resent"), m["error"]) for m in healed] == [
         ("five", True, None)]
+    written = [m["sent_at"] for m in (await ok(alice, "history", "bob", "--json")).json_lines()
+               if m["text"] == "five"]
+    assert [healed[0]["sent_at"]] == written  # when alice wrote it, not when it went again
     text = (await ok(bob, "history", "alice")).out
     assert "alice (unverified) (re-sent): five" in text, text
     assert "not decryptable" not in text, text

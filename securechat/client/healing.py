@@ -32,6 +32,7 @@ keys as pinned (``contacts``: a changed identity key is never used silently).
 """
 
 import collections
+import datetime
 import time
 
 from twisted.logger import Logger
@@ -50,6 +51,13 @@ TRACKED = 1024
 PENDING_ROOM_MESSAGES = 64
 """Undecryptable room envelopes kept for a key that may come (the newest)."""
 PENDING_KEY = "pending_room_messages"
+
+
+def first_written(sent):
+    """When (ms) a sent message was first written: a re-sent one keeps its time, so it
+    takes its place in the conversation (its record keeps the time as ISO text)."""
+    when = datetime.datetime.fromisoformat(sent["sent_at"].replace("Z", "+00:00"))
+    return int(when.timestamp() * 1000)
 
 
 class RequestLimiter:
@@ -145,7 +153,7 @@ class Healer:
         resent_to = sent.get("resent_to", [])
         if envelope_id in resent_to:
             return
-        await self._tell(peer, {"type": "msg", "mid": sent["mid"], "ts": int(time.time() * 1000),
+        await self._tell(peer, {"type": "msg", "mid": sent["mid"], "ts": first_written(sent),
                                 "body": sent["text"], "resent": True, "resent_of": envelope_id})
         with client.store.transaction():
             client.store.update_sent(sent["mid"], {**sent, "resent_to": resent_to + [envelope_id]})
