@@ -153,8 +153,10 @@ class Healer:
         resent_to = sent.get("resent_to", [])
         if envelope_id in resent_to:
             return
-        await self._tell(peer, {"type": "msg", "mid": sent["mid"], "ts": first_written(sent),
-                                "body": sent["text"], "resent": True, "resent_of": envelope_id})
+        if not await self._tell(peer, {"type": "msg", "mid": sent["mid"],
+                                       "ts": first_written(sent), "body": sent["text"],
+                                       "resent": True, "resent_of": envelope_id}):
+            return
         with client.store.transaction():
             client.store.update_sent(sent["mid"], {**sent, "resent_to": resent_to + [envelope_id]})
 
@@ -225,12 +227,14 @@ class Healer:
 
     async def _tell(self, peer, payload, fresh=()):
         """An encrypted control (or re-sent message) to one device of a peer; a failure is
-        logged (the person is told nothing: the error record already says it failed)."""
-        user, device = peer
+        logged (the person is told nothing: the error record already says it failed);
+        True when it went."""
         try:
-            await self._client.sender.send(
-                [user], {"mid": new_id(), "room": None, "ts": int(time.time() * 1000), **payload},
-                fresh=fresh, only={peer})
+            devices = await self._client.sender.send(
+                [peer[0]], {"mid": new_id(), "room": None, "ts": int(time.time() * 1000),
+                            **payload}, fresh=fresh, only={peer})
         except Exception as e:  # noqa: BLE001 (best effort: whatever failed, the record stays)
             self.log.info("could not send {type} to {peer}: {error}", type=payload["type"],
                           peer=peer, error=e)
+            return False
+        return devices > 0  # 0: not a device of theirs this client trusts
