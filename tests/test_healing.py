@@ -162,8 +162,8 @@ async def after_a_marker(alice, client, received):
 async def test_a_message_is_sent_again_only_to_its_recipient_device_within_resend_days(
         server, tmp_path):
     """A retry request for alice's message to bob gets it re-sent to bob's device, never to
-    carol's device that asks for the same envelope; with resend_days = 0 bob's request for
-    a newer message is refused too."""
+    carol's device that asks for the same envelope, and once (a later alice process does
+    not send it again); with resend_days = 0 bob's request for a newer one is refused."""
     to_bob, to_carol, to_alice = [], [], []
     bob = await online(server, tmp_path, "bob", to_bob)
     carol = await online(server, tmp_path, "carol", to_carol)
@@ -180,11 +180,16 @@ async def test_a_message_is_sent_again_only_to_its_recipient_device_within_resen
         assert [(m["text"], m.get("resent")) for m in to_bob] == [
             ("first", None), ("first", True), ("marker", None)]
 
+        await alice.disconnect()  # a new process: the limiters forget, the key store not
+        alice = Client(reactor, alice.settings, PASSWORD, on_message=to_alice.append)
+        await alice.open()
+        await ask_again(bob, alice, envelope_id)
+        await answered(alice, to_alice, 3)
         alice.settings = dataclasses.replace(alice.settings, resend_days=0)
         await alice.send_text("bob", "second")
         envelope_id, = alice.store.conversation("bob", 1)[0]["to_devices"]
         await ask_again(bob, alice, envelope_id)
-        await answered(alice, to_alice, 3)
+        await answered(alice, to_alice, 4)
         await after_a_marker(alice, bob, to_bob)
         assert [m["text"] for m in to_bob[3:]] == ["second", "marker"]
     finally:
