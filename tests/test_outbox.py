@@ -3,6 +3,7 @@ waiting message is encrypted again when the recipient's devices changed, and the
 store's nested transactions that keep an entry and its ratchet state together."""
 
 import sqlite3
+import types
 
 import pytest
 import pytest_twisted
@@ -11,7 +12,7 @@ from twisted.internet import reactor
 from securechat.client.outbox import Outbox
 from securechat.client.protocol import RemoteError
 from securechat.client.session import Client
-from securechat.client.settings import ClientSettings
+from securechat.client.settings import RESEND_DAYS, ClientSettings
 from securechat.crypto.keystore import KeyStore
 from tests.support import keep_encrypted_outbox_entries, poll_until
 
@@ -76,6 +77,7 @@ class DevicesChangedClient:
     def __init__(self, store):
         self.store = store
         self.user, self.device = "alice", "DEV1"
+        self.settings = types.SimpleNamespace(resend_days=RESEND_DAYS)
         self.state = "connected"
         self.forgotten = 0
         self.sender = self

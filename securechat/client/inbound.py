@@ -33,14 +33,17 @@ def public(record):
     return {k: v for k, v in record.items() if k != "inner"}
 
 
-async def open_envelope(client, env, unseal, keep=True):
+async def open_envelope(client, env, unseal, keep=True, replaces=None):
     """Decrypt one envelope into a message record; a failure into a record with an ``error``.
 
     ``unseal(sender_keys)`` decrypts and checks the sealed content, applying
     what it carries (a room key), inside the store transaction; it returns
     the inner message, or None for a duplicate already recorded (then this
     returns None).  ``keep``: mark the envelope seen and store the message
-    (``history`` re-reads old ones and keeps nothing).
+    (``history`` re-reads old ones and keeps nothing).  A message that takes the place of
+    one that failed (``replaces``, its envelope id: a room message decrypted once its key
+    came again; or a 1:1 message re-sent, whose sealed ``resent_of`` names it, see
+    ``healing``) drops that error record, so it is shown once, readable.
     """
     store = client.store
     received_at = iso(env["ts"])
@@ -62,8 +65,11 @@ async def open_envelope(client, env, unseal, keep=True):
                       "inner": inner}
             if isinstance(inner.get("ts"), int):
                 record["sent_at"] = iso(inner["ts"])
+            if inner.get("resent") is True and env.get("room") is None:
+                record["resent"] = True
+                replaces = inner.get("resent_of")
             if keep:
-                _keep(store, record)
+                _keep(store, record, replaces)
         return record
     except (DecryptError, TrustError, RemoteError) as e:
         # What failed to open proves nothing about its sender: never verified, but a
@@ -77,11 +83,14 @@ async def open_envelope(client, env, unseal, keep=True):
         return record
 
 
-def _keep(store, record):
+def _keep(store, record, replaces=None):
     """Mark the envelope seen; store it if it is a chat message (not a key or a control),
-    keep it if it asks for (or calls off) a verification."""
+    in place of the error record it ``replaces``; keep it if it asks for (or calls off) a
+    verification."""
     store.mark_seen(record["id"], int(time.time() * 1000))
     if record["type"] == "msg":
-        store.add_message(record["id"], public(record))
+        if not (isinstance(replaces, str) and not record["error"]
+                and store.replace_failed(replaces, public(record))):
+            store.add_message(record["id"], public(record))
     elif record["type"] in ("verify.start", "verify.cancel") and record["room"] is None:
         PendingRequests(store).note(record)

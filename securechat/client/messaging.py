@@ -29,7 +29,6 @@ from securechat.client.protocol import RemoteError
 from securechat.crypto.device import DecryptError
 
 PAD_BUCKET = 256
-UNWEDGE_INTERVAL = 3600
 
 
 def new_id():
@@ -46,7 +45,7 @@ class Sender:
     def __init__(self, client):
         self._client = client
 
-    async def send(self, users, payload, fresh=(), retry=True, outbox_id=None):
+    async def send(self, users, payload, fresh=(), retry=True, outbox_id=None, only=None):
         """Encrypt ``payload`` (a dict) for every device of ``users`` and our other devices.
 
         Devices in ``fresh`` (``(user, device)`` pairs) get a new session even
@@ -54,10 +53,13 @@ class Sender:
         the number of devices it went to: 0 for a note to ourselves when this
         is our only device (then nothing is sent: the relay refuses a send
         for nobody).  A message of the outbox (``outbox_id``) keeps its
-        envelopes there, written with the ratchet states that made them.
+        envelopes there, written with the ratchet states that made them.  ``only`` (a set
+        of ``(user, device)``) limits it to those devices (an answer meant for one device).
         """
         client = self._client
         targets = await self._targets(users)
+        if only is not None:
+            targets = [t for t in targets if (t[0], t[1]) in only]
         if not targets:
             return 0
         sessions = await self._start_sessions(
@@ -81,7 +83,8 @@ class Sender:
         except RemoteError as e:
             if e.code == "devices_mismatch" and retry:
                 client.forget_devices()
-                return await self.send(users, payload, fresh, retry=False, outbox_id=outbox_id)
+                return await self.send(users, payload, fresh, retry=False, outbox_id=outbox_id,
+                                       only=only)
             raise
 
     async def _targets(self, users):
@@ -146,7 +149,7 @@ class Receiver:
         try:
             if not store.seen(env["id"]):
                 record = await self._open_any(env)
-                if record is None:
+                if record is None or await self._heal(record):
                     pass
                 elif record.get("type") in ("msg", "membership"):
                     self._on_message(record)
@@ -167,10 +170,31 @@ class Receiver:
 
     async def _open_any(self, env):
         if env["kind"] == "megolm":
-            return await self._client.rooms.open_room_message(env)
+            record = await self._client.rooms.open_room_message(env)
+            if record is not None and record["error"]:
+                await self._client.healer.ask_room_key(env)
+            return record
         if env["kind"] == "membership":
             return self._membership(env)
         return await self._open(env)
+
+    async def _heal(self, record):
+        """Answer a request of ``healing`` (a message or a room key asked for again), or
+        decrypt the kept room messages a room key opens; True when ``record`` was one."""
+        healer = self._client.healer
+        if record["error"] or record["room"] is not None:  # a room's own message
+            return False
+        if record["type"] == "retry.request":
+            await healer.resend(record)
+        elif record["type"] == "room_key.request":
+            await healer.reshare_room_key(record)
+        elif record["type"] == "room_key":
+            for opened in await healer.retry_pending(record["inner"]["room"]):
+                self._on_message(opened)
+            return False
+        else:
+            return False
+        return True
 
     def _membership(self, env):
         """A server notice that someone joined or left a room (the server knows that anyway)."""
@@ -205,8 +229,8 @@ class Receiver:
             return inner
 
         record = await open_envelope(client, env, unseal)
-        if record["error"]:
-            await self._maybe_unwedge(env)
+        if record["error"] and env["kind"] == "olm":
+            await client.healer.ask_again(env)
         return record
 
     def _check_inner(self, env, plaintext, sender):
@@ -225,21 +249,3 @@ class Receiver:
                     f"the sealed header's '{key}' does not match the envelope (forwarded or forged)"
                 )
         return inner
-
-    async def _maybe_unwedge(self, env):
-        """After a real decryption failure start a fresh session (at most once an hour per device)."""
-        if env["kind"] != "olm" or env["from"] == self._client.user:
-            return
-        peer = (env["from"], env["from_dev"])
-        store = self._client.store
-        key = f"unwedged:{peer[0]}:{peer[1]}"
-        now = time.time()
-        if now - float(store.meta(key, "0")) < UNWEDGE_INTERVAL:
-            return
-        with store.transaction():
-            store.set_meta(key, str(now))
-        try:
-            await self._client.start_fresh_session(*peer)
-        except (TrustError, RemoteError) as e:
-            self.log.info("could not replace the session with {peer}: {e}", peer=peer, e=e)
-

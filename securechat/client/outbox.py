@@ -36,13 +36,22 @@ connect) instead of failing."""
 
 def sent_record(client, record):
     """An accepted 1:1 message as its conversation's history keeps it: the fields of a
-    received one (``inbox --json``), from this device, plus ``to`` and the envelope ids."""
+    received one (``inbox --json``), from this device, plus ``to``, the envelope ids and
+    the device each went to (``to_devices``: only such a device is ever sent it again,
+    see ``healing``)."""
     payload = record["payload"]
+    envelopes = record["envelopes"] or ()
     return {"id": payload["mid"], "type": "msg", "mid": payload["mid"], "from": client.user,
             "from_dev": client.device, "to": record["to"], "room": None,
             "text": payload.get("body"), "sent_at": iso(payload["ts"]),
             "accepted_at": iso(int(time.time() * 1000)), "verified": True, "warning": None,
-            "error": None, "envelopes": [env["id"] for env in record["envelopes"] or ()]}
+            "error": None, "envelopes": [env["id"] for env in envelopes],
+            "to_devices": {env["id"]: [env["to"], env["to_dev"]] for env in envelopes}}
+
+
+def resend_window_ms(settings):
+    """How long (ms) an accepted 1:1 message may be sent again (``[client] resend_days``)."""
+    return int(settings.resend_days * 24 * 3600 * 1000)
 
 
 class NotSent(Exception):
@@ -115,8 +124,10 @@ class Outbox:
             record = self._store.outbox_entry(entry_id)
             if record is not None and record["room"] is None and record["payload"].get(
                     "type") == "msg":
+                now = int(time.time() * 1000)
                 self._store.add_sent(record["payload"]["mid"], record["to"],
-                                     sent_record(self._client, record))
+                                     sent_record(self._client, record), now,
+                                     now - resend_window_ms(self._client.settings))
             self._store.outbox_remove(entry_id)
 
     # -- sending ------------------------------------------------------------------------

@@ -176,7 +176,8 @@ def format_message(record, width=None):
                    f"run 'securechat verify {who}'", width)
     mark = "verified" if record.get("verified") else "unverified"
     where = f" in {safe(record['room'])}" if record.get("room") else ""
-    head = f"[{safe(record['sent_at'])}] {safe(record['from'])}{where} ({mark})"
+    resent = " (re-sent)" if record.get("resent") else ""
+    head = f"[{safe(record['sent_at'])}] {safe(record['from'])}{where} ({mark}){resent}"
     lines = []
     if record.get("warning"):
         lines.append(safe(record["warning"]))
@@ -203,7 +204,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def message_json(record, **extra):
     """A message as one JSON line (``--json``): the exact text, escaped by JSON itself;
-    ``extra`` fields follow the message's own.
+    ``extra`` fields follow the message's own; a message sent again after this device
+    could not decrypt it (``healing``) has ``"resent": true``.
 
     Non-ASCII text stays readable; a lone surrogate (valid in JSON, not in UTF-8) is
     written as its ``\\uXXXX`` escape, which decodes to the same string.
@@ -213,7 +215,8 @@ def message_json(record, **extra):
         "from_device": record["from_dev"],
         "room": record.get("room"), "text": record.get("text"), "sent_at": record["sent_at"],
         "verified": bool(record.get("verified")), "error": record.get("error"),
-        "warning": record.get("warning"), **extra,
+        "warning": record.get("warning"), **({"resent": True} if record.get("resent") else {}),
+        **extra,
     }, ensure_ascii=False)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 

@@ -103,7 +103,13 @@ class RoomClient:
         room = inner.get("room")
         if not isinstance(room, str) or not isinstance(inner.get("session_key"), str):
             raise DecryptError("a malformed room key")
-        self._crypto.add_inbound(room, sender, sender_device, sender_curve, inner["session_key"])
+        self._crypto.add_inbound(room, sender, sender_device, sender_curve, inner["session_key"],
+                                 exported=inner.get("exported") is True)
+
+    def reshare_key(self, room, session_id, user, device):
+        """This device's room key for a member device that lost it (``healing``), or None."""
+        return self._crypto.reshare_key(room, session_id, user, device,
+                                        self._client.crypto.curve25519)
 
     def _password(self, room, password):
         if password is None:
@@ -192,8 +198,9 @@ class RoomClient:
         return records
 
     @returns_deferred
-    async def open_room_message(self, env, for_history=False):
-        """Decrypt one Megolm envelope into a message record (or one with an ``error``)."""
+    async def open_room_message(self, env, for_history=False, replaces=None):
+        """Decrypt one Megolm envelope into a message record (or one with an ``error``);
+        ``replaces``: the envelope id of an error record this one takes the place of."""
         def unseal(sender):
             plaintext = self._crypto.decrypt(
                 env["room"], env["from"], env["from_dev"], sender["curve25519"], env["sid"],
@@ -203,7 +210,8 @@ class RoomClient:
             # A room carries chat messages only: whatever its sealed type, it is shown as one.
             return {**check_room_inner(env, plaintext), "type": "msg"}
 
-        return await open_envelope(self._client, env, unseal, keep=not for_history)
+        return await open_envelope(self._client, env, unseal, keep=not for_history,
+                                   replaces=replaces)
 
 
 def check_room_inner(env, plaintext):

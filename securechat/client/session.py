@@ -22,6 +22,7 @@ from securechat.client.contacts import Contacts, TrustError
 from securechat.client.exit_codes import (  # noqa: F401 (others import them from here)
     EXIT_AUTH, EXIT_CERTIFICATE, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_RATE_LIMITED,
     EXIT_UNAVAILABLE, EXIT_UNKNOWN_USER, EXIT_UNREACHABLE, EXIT_UNTRUSTED)
+from securechat.client.healing import Healer
 from securechat.client.messaging import Receiver, Sender, new_id
 from securechat.client.outbox import NotSent, Outbox
 from securechat.client.protocol import RemoteError
@@ -130,6 +131,7 @@ class Client:
         self._key_top_up = defer.DeferredLock()  # one top-up at a time (login, keys.low)
         self.sender = Sender(self)
         self.rooms = RoomClient(self)
+        self.healer = Healer(self, reactor.seconds)
         self.receiver = Receiver(self, on_message or (lambda record: None),
                                  on_control or (lambda record: None))
         self.outbox = Outbox(self)
@@ -623,11 +625,6 @@ class Client:
         """An encrypted non-chat message (verification steps, dummies)."""
         await self.sender.send([user], {"mid": new_id(), "room": None,
                                         "ts": int(time.time() * 1000), **payload})
-
-    @returns_deferred
-    async def start_fresh_session(self, user, device):
-        await self.sender.send([user], {"type": "dummy", "mid": new_id(), "room": None,
-                                        "ts": int(time.time() * 1000)}, fresh={(user, device)})
 
     def unread(self):
         """Messages stored (by any command) but not yet shown: ``[(pos, record)]``.

@@ -82,7 +82,7 @@ def parse_server(text):
 
 
 KEYS = ("server", "username", "data_dir", "ca_file", "server_fingerprint", "password_command",
-        "verify_timeout")
+        "verify_timeout", "resend_days")
 
 VERIFY_TIMEOUT = 120
 """Seconds a verification waits for each answer of the other side (the first one: that
@@ -91,6 +91,10 @@ MAX_VERIFY_TIMEOUT = 240
 """The longest ``verify_timeout``: a one-shot ``verify`` handed to the daemon waits for two
 such steps within rpc's patience (cli.VERIFY_PATIENCE), and a request older than this is
 dropped by the one asked (its sender has given up)."""
+RESEND_DAYS = 7
+"""Days an own 1:1 message may be sent again to a recipient device that could not decrypt
+it (``healing``); an older one is refused (its record stays: it is the history)."""
+MAX_RESEND_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class ClientSettings:
     password_command: tuple = ()
     """The argv of ``password_command`` (split like a shell would, run without one)."""
     verify_timeout: float = VERIFY_TIMEOUT
+    resend_days: float = RESEND_DAYS
 
     @property
     def server(self):
@@ -164,5 +169,12 @@ def load(path):
         verify_timeout = 0
     if not 1 <= verify_timeout <= MAX_VERIFY_TIMEOUT:
         raise bad("verify_timeout", f"must be a number of seconds, 1-{MAX_VERIFY_TIMEOUT}")
+    try:
+        resend_days = float(section.get("resend_days", RESEND_DAYS))
+    except ValueError:
+        resend_days = -1
+    if not 0 <= resend_days <= MAX_RESEND_DAYS:
+        raise bad("resend_days", f"must be a number of days, 0-{MAX_RESEND_DAYS} (0: never "
+                                 "send a message again)")
     return ClientSettings(host, port, username, data_dir, ca_file, fingerprint,
-                          path, password_command, verify_timeout)
+                          path, password_command, verify_timeout, resend_days)

@@ -62,9 +62,18 @@ class RoomCrypto:
         return session.session_key.to_base64()
 
     def encrypt(self, room, session, meta, plaintext, shared_with):
-        """Encrypt one room message; the advanced session is saved before the result is used."""
+        """Encrypt one room message; the advanced session is saved before the result is used.
+
+        The meta notes the index each device first got the key at (``shared_at``): a
+        device that asks for it again is given it from there, never earlier
+        (``reshare_key``).
+        """
+        shared_at = dict(meta.get("shared_at", {}))
+        for user, device in shared_with:
+            shared_at.setdefault(f"{user}/{device}", session.message_index)
         message = session.encrypt(plaintext)
-        meta = {**meta, "count": meta["count"] + 1, "shared_with": sorted(shared_with)}
+        meta = {**meta, "count": meta["count"] + 1, "shared_with": sorted(shared_with),
+                "shared_at": shared_at, "session_id": session.session_id}
         with self._store.transaction():
             self._store.put_group_session(
                 _outbound_name(room), session.pickle(self._store.pickle_key), meta)
@@ -74,12 +83,33 @@ class RoomCrypto:
         with self._store.transaction():
             self._store.drop_group_session(_outbound_name(room))
 
+    def reshare_key(self, room, session_id, user, device, own_curve):
+        """The key of this device's current session of ``room`` for a member device that
+        was given it and lost it, exported at the index it was first given (so it reads
+        no earlier message than before); None when the session is not the current one or
+        that device never had it."""
+        _, meta = self._store.group_session(_outbound_name(room))
+        if meta is None or meta.get("session_id") != session_id:
+            return None
+        index = meta.get("shared_at", {}).get(f"{user}/{device}")
+        own, _ = self._store.group_session(_inbound_name(room, own_curve, session_id))
+        if index is None or own is None:
+            return None
+        session = vodozemac.InboundGroupSession.from_pickle(own, self._store.pickle_key)
+        return session.export_at(index).to_base64()
+
     # -- receiving -----------------------------------------------------------------
 
-    def add_inbound(self, room, sender, sender_device, sender_curve, session_key):
-        """Store a room key received over Olm (call inside the Olm message's transaction)."""
+    def add_inbound(self, room, sender, sender_device, sender_curve, session_key,
+                    exported=False):
+        """Store a room key received over Olm (call inside the Olm message's transaction);
+        ``exported``: a key given again (``reshare_key``), in the exported form."""
         try:
-            session = vodozemac.InboundGroupSession(vodozemac.SessionKey(session_key))
+            if exported:
+                session = vodozemac.InboundGroupSession.import_session(
+                    vodozemac.ExportedSessionKey(session_key))
+            else:
+                session = vodozemac.InboundGroupSession(vodozemac.SessionKey(session_key))
         except (vodozemac.SessionKeyDecodeException, ValueError) as e:
             raise DecryptError(f"the room key is malformed: {e}") from None
         name = _inbound_name(room, sender_curve, session.session_id)

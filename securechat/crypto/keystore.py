@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS sent (
     pos INTEGER PRIMARY KEY, message_id TEXT UNIQUE NOT NULL, peer TEXT NOT NULL,
     sealed TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS sent_peer ON sent (peer, pos);
+CREATE TABLE IF NOT EXISTS sent_envelopes (
+    envelope_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sent_envelopes_at ON sent_envelopes (at);
 """
 
 SCHEMA_VERSION = 2
@@ -312,11 +315,11 @@ class KeyStore:
     def mark_seen(self, envelope_id, at):
         self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (envelope_id, at))
 
-    def add_message(self, envelope_id, record):
+    def add_message(self, envelope_id, record, pos=None):
         peer = conversation_peer(record)
         self._db.execute(
-            "INSERT OR IGNORE INTO messages (envelope_id, sealed, peer) VALUES (?, ?, ?)",
-            (envelope_id, self.seal(record), None if peer is None else self._peer_tag(peer)),
+            "INSERT OR IGNORE INTO messages (pos, envelope_id, sealed, peer) VALUES (?, ?, ?, ?)",
+            (pos, envelope_id, self.seal(record), None if peer is None else self._peer_tag(peer)),
         )
 
     def messages(self, after_pos=0):
@@ -330,10 +333,42 @@ class KeyStore:
 
     # -- 1:1 conversations: what was received and what this device sent -----------------
 
-    def add_sent(self, message_id, peer, record):
-        """Keep an own 1:1 message to ``peer`` the relay accepted (once per message id)."""
+    def add_sent(self, message_id, peer, record, at, keep_from):
+        """Keep an own 1:1 message to ``peer`` the relay accepted (once per message id), and
+        find it by its envelope ids (``record["to_devices"]``) for a re-send; index rows
+        written before ``keep_from`` (ms) are dropped: too old to be re-sent."""
         self._db.execute("INSERT OR IGNORE INTO sent (message_id, peer, sealed) VALUES (?, ?, ?)",
                          (message_id, self._peer_tag(peer), self.seal(record)))
+        self._db.executemany("INSERT OR IGNORE INTO sent_envelopes VALUES (?, ?, ?)",
+                             [(env_id, message_id, at) for env_id in record.get("to_devices", ())])
+        self._db.execute("DELETE FROM sent_envelopes WHERE at < ?", (keep_from,))
+
+    def sent_by_envelope(self, envelope_id):
+        """``(record, at_ms)`` of the own 1:1 message an envelope id carried (None: unknown)."""
+        row = self._db.execute(
+            "SELECT sent.sealed, sent_envelopes.at FROM sent_envelopes JOIN sent "
+            "USING (message_id) WHERE envelope_id = ?", (envelope_id,)).fetchone()
+        return (self.unseal(row[0]), row[1]) if row else None
+
+    def update_sent(self, message_id, record):
+        self._db.execute("UPDATE sent SET sealed = ? WHERE message_id = ?",
+                         (self.seal(record), message_id))
+
+    def replace_failed(self, failed_id, record):
+        """Store ``record`` in place of the record of envelope ``failed_id`` when that one
+        could not be decrypted and came from the same sender device (its readable copy:
+        ``healing``); it goes after every stored message, so it is unread again.  False
+        (nothing changed) when there is no such failed record."""
+        row = self._db.execute("SELECT sealed FROM messages WHERE envelope_id = ?",
+                               (failed_id,)).fetchone()
+        failed = self.unseal(row[0]) if row else {}
+        if not failed.get("error") or (failed.get("from"), failed.get("from_dev")) != (
+                record["from"], record["from_dev"]):
+            return False
+        last = self._db.execute("SELECT MAX(pos) FROM messages").fetchone()[0]
+        self._db.execute("DELETE FROM messages WHERE envelope_id = ?", (failed_id,))
+        self.add_message(record["id"], record, pos=last + 1)
+        return True
 
     def conversation(self, peer, last):
         """The newest ``last`` messages with ``peer``, both ways, oldest first: the stored
