@@ -66,7 +66,7 @@ class _Rooms:
     async def open_room_message(self, env):
         if env["id"] == "broken":
             raise OSError("the key store could not be written")
-        return {"type": "msg"}
+        return {"type": "msg", "error": None, "room": env["room"]}
 
 
 class _Client:

@@ -181,9 +181,9 @@ class Receiver:
     async def _heal(self, record):
         """Answer a request of ``healing`` (a message or a room key asked for again), or
         decrypt the kept room messages a room key opens; True when ``record`` was one."""
-        healer = self._client.healer
         if record["error"] or record["room"] is not None:  # a room's own message
             return False
+        healer = self._client.healer
         if record["type"] == "retry.request":
             await healer.resend(record)
         elif record["type"] == "room_key.request":
