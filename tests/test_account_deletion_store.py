@@ -42,7 +42,8 @@ async def test_deleting_removes_devices_keys_queue_and_memberships_at_once(store
 
     deleted = await store.delete_account("bob")
 
-    assert deleted == {"devices": ["B1", "B2"], "rooms": ["ops"], "heirs": {}}
+    assert deleted == {"devices": ["B1", "B2"], "rooms": ["ops"], "heirs": {},
+                       "deleted_at": await store.deleted_at("bob")}
     assert await store.get_account("bob") is None
     assert await store.get_devices("bob") == []
     assert await store.get_device_list("bob") is None

@@ -42,9 +42,9 @@ class IStore(Interface):
         queued envelopes, its room cursors, memberships and bans; a room it owned passes
         to its longest-standing admin, else member, or is dropped with its history when
         nobody else is in it.  The name and the time are kept (``deleted_at``) until the
-        name is registered again.  Fires with ``{"devices", "rooms", "heirs"}`` (its
-        device ids, the rooms it was in, ``{room: new owner}``), or None for no such
-        account."""
+        name is registered again.  Fires with ``{"devices", "rooms", "heirs", "deleted_at"}``
+        (its device ids, the rooms it was in, ``{room: new owner}``, when), or None for
+        no such account."""
 
     def deleted_at(user):
         """Fire with when the account named ``user`` was deleted (ms), or None (never

@@ -19,9 +19,9 @@ ACCOUNT_TABLES = ("room_cursors", "queue", "one_time_keys", "claimed_kids", "fal
 
 
 async def txn_delete_account(txn, user):
-    """Delete ``user``'s account; fire with ``{"devices", "rooms", "heirs"}`` (its device
-    ids, the rooms it left, ``{room: new owner}`` of those it owned and passed on), or None
-    for no such account."""
+    """Delete ``user``'s account; fire with ``{"devices", "rooms", "heirs", "deleted_at"}``
+    (its device ids, the rooms it left, ``{room: new owner}`` of those it owned and passed
+    on, when), or None for no such account."""
     if await _first(txn, "SELECT 1 FROM accounts WHERE user_id = ?", (user,)) is None:
         return None
     devices = [row[0] for row in await txn.execute(
@@ -38,4 +38,4 @@ async def txn_delete_account(txn, user):
         "INSERT INTO deleted_accounts (user_id, deleted_at) VALUES (?, ?) "
         "ON CONFLICT (user_id) DO UPDATE SET deleted_at = excluded.deleted_at",
         (user, txn.now_ms))
-    return {"devices": devices, "rooms": rooms, "heirs": heirs}
+    return {"devices": devices, "rooms": rooms, "heirs": heirs, "deleted_at": txn.now_ms}
