@@ -4,8 +4,9 @@
 
     handshaking --TLS done--> logging_in --login--> checking_login --accepted--> authenticated
                                    ^                      |                         |
-                                   +------refused---------+        logout, replaced, closed
-                                                                   by the server  -> closing
+                                   +------refused---------+        logout, replaced, account
+                                                                   deleted, closed by the
+                                                                   server  -> closing
     before login: deadline passed, closed by the server ----------------------------> closing
     (closed by the server: a flood, an overlong line, output stalled over its budget)
     any state --connection lost--> closed
