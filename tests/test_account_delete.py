@@ -154,3 +154,21 @@ def test_name_quarantine_days_is_checked(tmp_path, value, accepted):
             server_config.load(path)
     else:
         assert server_config.load(path).name_quarantine_days == accepted
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_the_deleted_user_owned_passes_to_its_member(alice, tmp_path):
+    """alice's room passes to bob, its other member: the delete says so, bob's inbox shows
+    alice leaving, and bob, now its owner, can make it invite-only."""
+    config, relay = alice
+    bob = await registered(relay, tmp_path, "bob")
+    assert (await run_cli(config, "rooms", "create", "ops")).code == 0
+    assert (await run_cli(bob, "join", "ops")).code == 0
+    result = await delete(config)
+    assert result.code == 0, result
+    assert "room ops now belongs to bob" in result.out
+    inbox = await run_cli(bob, "inbox")
+    assert inbox.code == 0, inbox
+    assert "alice left" in inbox.out, inbox
+    mode = await run_cli(bob, "rooms", "mode", "ops", "invite-only")
+    assert mode.code == 0, mode
