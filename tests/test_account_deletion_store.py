@@ -7,7 +7,8 @@ from twisted.internet import defer, task
 
 from securechat.store import make_store
 from securechat.store.errors import NameQuarantined, UserExists
-from securechat.store.schema import MIGRATIONS, SCHEMA_VERSION, STATEMENTS as SCHEMA_V1, VERSION_TABLE
+from securechat.store.schema import (
+    MIGRATIONS, SCHEMA_VERSION, STATEMENTS as SCHEMA_V1, VERSION_TABLE)
 from tests.test_store_contract import database, device, envelope, raw_sql, store  # noqa: F401
 
 DAY_MS = 86_400_000
@@ -25,7 +26,8 @@ def clocked(database, tmp_path):  # noqa: F811 (the imported fixture)
 
 
 @pytest_twisted.ensureDeferred
-async def test_deleting_removes_devices_keys_queue_and_memberships_at_once(store, database):  # noqa: F811
+async def test_deleting_removes_devices_keys_queue_and_memberships_at_once(
+        store, database):  # noqa: F811
     """After delete_account nothing of bob is left: account, devices, keys, queued
     envelopes, room memberships and cursors; alice's own rows are untouched."""
     await device(store, "alice", "A1")
@@ -118,7 +120,8 @@ async def test_a_deleted_name_is_refused_until_its_quarantine_ends(clocked):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_version_8_database_gains_the_deleted_accounts_table(database, tmp_path):  # noqa: F811
+async def test_a_version_8_database_gains_the_deleted_accounts_table(
+        database, tmp_path):  # noqa: F811
     """Upgrading from schema version 8 keeps the accounts and lets an account be deleted
     and its name quarantined."""
     earlier = [statement for version in range(2, 9) for statement in MIGRATIONS[version]]

@@ -61,7 +61,11 @@ class Accounts:
             raise ProtocolError("auth_failed", "wrong user name or password")
         self._devices.changed(user)
         self._relay.end_sessions_of(user, [d for d in deleted["devices"] if d != device])
-        await self._rooms.left_for_good(user, deleted["rooms"])
+        try:  # the deletion is committed: a notice that fails must not say otherwise
+            await self._rooms.left_for_good(user, deleted["rooms"])
+        except Exception:
+            self.log.failure("Telling the rooms of {user} that it left failed", user=user)
         self.log.info("User {user} deleted its account", user=user)
         return {"deleted": True, "devices": len(deleted["devices"]), "rooms": deleted["rooms"],
-                "heirs": deleted["heirs"], "name_frees_at": deleted["deleted_at"] + self._quarantine_ms}
+                "heirs": deleted["heirs"],
+                "name_frees_at": deleted["deleted_at"] + self._quarantine_ms}
