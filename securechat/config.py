@@ -50,6 +50,13 @@ def _positive(text):
     return value
 
 
+def _days(text):
+    value = _whole_number(text, "a number of days from 0 to 36500")
+    if not 0 <= value <= 36500:
+        raise ValueError("must be a number of days from 0 to 36500")
+    return value
+
+
 def _seconds(text):
     try:
         value = float(text)
@@ -122,6 +129,7 @@ OPTIONS = (
     Option("tls", "key_exchange", "hybrid", _key_exchange),
     Option("store", "database", "securechat.sqlite3", _database,
            show=lambda raw: repr(database_url.redact(raw))),
+    Option("accounts", "name_quarantine_days", "30", _days),
     Option("rooms", "history_days", "30", _positive),
     Option("rooms", "history_max_messages", "10000", _positive),
     Option("broadcast", "senders", "admins", _senders),
@@ -170,6 +178,7 @@ class ServerConfig:
     private_key: str
     key_exchange: str
     database: str
+    name_quarantine_days: int
     history_days: int
     history_max_messages: int
     senders: str

@@ -365,6 +365,8 @@ REQUESTS = {
     "account.move": {"legacy_secret": SECRET, "password_key": PUBLIC_KEY},
     # A password change: the new password key, signed for by the current one.
     "account.password": {"password_key": PUBLIC_KEY, "signature": SIGNATURE},
+    # Deleting the account for good: signed for by the password key.
+    "account.delete": {"signature": SIGNATURE},
     "logout": {},
     "keys.upload": {
         "device_keys": optional(DEVICE_KEYS),
@@ -405,6 +407,8 @@ PASSWORD_LOGIN_CONTEXT = "securechat-password-login-v1"
 """What a password key's login signature is for: never a device's login, nor the reverse."""
 PASSWORD_CHANGE_CONTEXT = "securechat-password-change-v1"
 """What a password key's signature of a password change is for."""
+ACCOUNT_DELETE_CONTEXT = "securechat-account-delete-v1"
+"""What a password key's signature of an account's deletion is for."""
 LOGIN_EXPORTER_LABEL = b"EXPORTER-securechat-device-login"
 """The TLS exporter label (RFC 5705 / RFC 8446 section 7.5) of a login's channel binding."""
 LOGIN_EXPORTER_BYTES = 32
@@ -437,13 +441,25 @@ def password_login_message(relay, user, device, nonce, channel_binding):
                            "context": PASSWORD_LOGIN_CONTEXT})
 
 
+def _password_proof(context, relay, user, device, channel_binding, **fields):
+    """The bytes a password key signs for what ``context`` names on a logged-in
+    connection: bound to this relay, this device and this TLS session, so the proof is
+    worth nothing on any other connection, nor for any other purpose."""
+    return canonical_json({"context": context, "relay": relay, "user": user,
+                           "device": device, **fields,
+                           "tls_exporter": b64encode(channel_binding)})
+
+
 def password_change_message(relay, user, device, password_key, channel_binding):
     """The bytes the current password key signs to replace itself by ``password_key``
-    (base64), on a logged-in connection: bound to this relay, this device and this TLS
-    session, so the proof is worth nothing on any other connection."""
-    return canonical_json({"context": PASSWORD_CHANGE_CONTEXT, "relay": relay, "user": user,
-                           "device": device, "password_key": password_key,
-                           "tls_exporter": b64encode(channel_binding)})
+    (base64)."""
+    return _password_proof(PASSWORD_CHANGE_CONTEXT, relay, user, device, channel_binding,
+                           password_key=password_key)
+
+
+def account_delete_message(relay, user, device, channel_binding):
+    """The bytes the password key signs to delete its account."""
+    return _password_proof(ACCOUNT_DELETE_CONTEXT, relay, user, device, channel_binding)
 
 
 def parse_header(frame):

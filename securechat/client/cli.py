@@ -24,9 +24,10 @@ from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFaile
 from securechat.client.unlock import PasswordUnavailable
 from securechat.config import ConfigError
 
-STANDALONE_ONLY = ("register", "daemon", "chat", "password")
+STANDALONE_ONLY = ("register", "daemon", "chat", "password", "account")
 """Commands that never go to a running daemon (``chat`` starts one when none runs;
-``password`` re-wraps the key store a daemon holds open: it refuses while one runs)."""
+``password`` re-wraps the key store a daemon holds open and ``account delete`` removes
+it: they refuse while one runs)."""
 GENERATED = ("completion", "manpage")
 """Commands that print what is generated from the parser: no config file, no daemon."""
 

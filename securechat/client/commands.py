@@ -237,6 +237,21 @@ def build_parser(parser_class=argparse.ArgumentParser):
                 "working; run it there too to lock their key stores with the new one.",
                 "securechat password",
                 "SECURECHAT_PASSWORD_FILE=~/.pw SECURECHAT_NEW_PASSWORD=... securechat password")
+    account = add_command(
+        commands, "account", "delete your account (stop the daemon first)",
+        "Act on the whole account on the relay: 'delete' removes it for good.",
+        "securechat account delete")
+    account_commands = account.add_subparsers(dest="account_command", metavar="ACTION",
+                                              required=True)
+    add_command(account_commands, "delete", "delete the account and this device's data",
+                "Delete the account on the relay for good: its devices, keys, waiting "
+                "messages and room memberships (a room you own passes to its oldest admin, "
+                "else its oldest member).  Asks for the password, then for your user name "
+                "typed again on standard input; then removes this device's data directory. "
+                "The name can be registered again only after the relay's quarantine "
+                "(30 days by default).",
+                "securechat account delete",
+                "echo alice | SECURECHAT_PASSWORD_FILE=~/.pw securechat account delete")
     _conventions(parser)  # last: it completes every subcommand declared above
     return parser
 

@@ -40,7 +40,7 @@ ACK_SETTLE_SECONDS = 5
 """How long closing waits for the server to confirm the last acknowledgements (a missed
 one only means the envelope is delivered again and skipped)."""
 
-NOT_FOUND_CODES = ("unknown_user", "unknown_room", "not_member")
+NOT_FOUND_CODES = ("unknown_user", "user_deleted", "unknown_room", "not_member")
 """The relay's answers that mean "no such user or room (for you)": exit code 6."""
 
 PASSWORD_KEY_AT = "password_key_relay"
@@ -166,14 +166,17 @@ class Client:
             with self.store.transaction():
                 self.store.set_meta(PASSWORD_KEY_AT, relay)
         except BaseException:
-            self._discard_new_store(directory)
+            self.discard_store()
             raise
         await self._login()
         await self._publish_device()
         self._connected()
 
-    def _discard_new_store(self, directory):
+    def discard_store(self):
+        """Close and remove everything in the data directory: a registration that failed
+        half-way, or an account deleted for good (its keys can log in nowhere any more)."""
         self.close()
+        directory = self.settings.data_dir
         for name in os.listdir(directory):
             path = os.path.join(directory, name)
             if os.path.isfile(path):
@@ -364,6 +367,10 @@ class Client:
             # only push that one out in turn, so the caller hears it and decides.
             self._reconnector.stop()
             self._set_state("replaced", "the server says: " + str(frame.get("message")))
+        elif frame.get("event") == "account_deleted":
+            # Deleted from another device: this device's key is gone from the relay.
+            self._reconnector.stop()
+            self._set_state("closed", "the server says: " + str(frame.get("message")))
         else:
             self._unknown_frame(frame)
 
@@ -527,6 +534,26 @@ class Client:
         return self.request("account.password", password_key=public,
                             signature=wire.b64encode(key.sign(message).signature))
 
+    @returns_deferred
+    async def delete_account(self):
+        """Delete the account on the relay for good (logged in, the store unlocked), signed
+        for by the password key; fire with the relay's answer (``name_frees_at``...).
+        Refused (a wrong password, a limit, an outage): nothing is deleted."""
+        relay = relay_id(await self.request("ping"))
+        if self.store.meta(PASSWORD_KEY_AT) != relay:
+            raise ClientError("this account has no password key on this relay yet (it moves "
+                              "to one at a login): try again later")
+        message = wire.account_delete_message(relay, self.user, self.device,
+                                              channel_binding(self.protocol.transport))
+        try:
+            return await self.request(
+                "account.delete",
+                signature=wire.b64encode(self._password_key(relay).sign(message).signature))
+        except RemoteError as e:
+            if e.code == "auth_failed":
+                raise ClientError("the relay refused the password", EXIT_AUTH) from None
+            raise refusal(e) from None
+
     # -- keys ---------------------------------------------------------------------
 
     async def _publish_device(self):
@@ -585,6 +612,8 @@ class Client:
                 if e.code == "unknown_user":
                     raise ClientError(f"no user named {user} on this server",
                                       EXIT_UNKNOWN_USER) from None
+                if e.code == "user_deleted":
+                    raise ClientError(f"{user} deleted their account", EXIT_UNKNOWN_USER) from None
                 raise
             entry = result["users"][user]
             self._directory[user] = entry

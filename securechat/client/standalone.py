@@ -24,6 +24,7 @@ from securechat.client.session import Client, ClientError
 from securechat.client.unlock import (
     UnlockingNotice, read_changed_password, read_new_password, read_password)
 from securechat.crypto.fingerprint import key_fingerprint
+from securechat.timestamps import utc_date
 
 
 def log_to_stderr(ours=LogLevel.warn, stream=None):
@@ -97,6 +98,11 @@ def run(settings, args, request=None):
                                 EXIT_USAGE)
         return run_reactor(lambda reactor: change_password(reactor, settings, password,
                                                            new_password))
+    if args.command == "account":  # its one action: delete
+        refuse_beside_daemon(settings, "delete the account")
+        password = read_password(settings)
+        confirm_deletion(settings.username)
+        return run_reactor(lambda reactor: delete_account(reactor, settings, password))
     password = read_password(settings)
     if args.command == "verify":
         return run_reactor(lambda reactor: verify(reactor, settings, password, args.user))
@@ -188,14 +194,15 @@ async def register(reactor, settings, password):
     return 0
 
 
-def refuse_beside_daemon(settings):
+def refuse_beside_daemon(settings, doing="change the password"):
     """``password`` re-wraps the key store, which a running daemon (or a chat's) holds open
-    with the old password: it stops before asking anything."""
+    with the old password, and ``account delete`` removes it: they stop before asking
+    anything."""
     connection = DaemonConnection.find(settings.data_dir)
     if connection is not None:
         connection.close()
         raise CommandFailed(f"a securechat daemon serves {settings.data_dir}: stop the "
-                            "daemon (or the chat) first, then change the password")
+                            f"daemon (or the chat) first, then {doing}")
 
 
 async def change_password(reactor, settings, password, new_password):
@@ -210,6 +217,34 @@ async def change_password(reactor, settings, password, new_password):
     finally:
         await client.disconnect()
     print("password changed")
+    return 0
+
+
+def confirm_deletion(user):
+    """The user name typed again on standard input (a script can pipe it), else nothing is
+    deleted (exit 1)."""
+    print(f"Type your user name ({user}) to delete the account for good:", flush=True)
+    if sys.stdin.readline().strip() != user:
+        raise CommandFailed(f"that is not {user}: nothing was deleted")
+
+
+async def delete_account(reactor, settings, password):
+    """Unlock with ``password`` (wrong: exit 3), log in (the relay unreachable: exit 4),
+    delete the account on the relay, then remove this device's data directory: its keys
+    log in nowhere any more, and its name may belong to someone else one day."""
+    client = await opened(reactor, settings, password)
+    try:
+        result = await client.delete_account()
+    except Exception as e:
+        await client.disconnect()
+        raise as_command_failed(e) from None
+    client.discard_store()
+    print(f"account {client.user} deleted: {result['devices']} device(s) removed from the relay, "
+          f"and {settings.data_dir} from this machine")
+    for room, heir in sorted(result["heirs"].items()):
+        print(f"room {room} now belongs to {heir}")
+    print(f"the name {client.user} can be registered again from "
+          f"{utc_date(result['name_frees_at'])}")
     return 0
 
 

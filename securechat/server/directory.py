@@ -86,6 +86,14 @@ class RoomDirectory:
     def set_invite_only(self, room, invite_only):
         return self._changing(self._rooms, room, self._store.set_invite_only(room, invite_only))
 
+    def forget(self, rooms):
+        """Forget all that is cached of ``rooms``: they were changed in the store by a
+        transaction of another kind (an account's deletion)."""
+        self._changes += 1
+        for room in rooms:
+            self._rooms.pop(room, None)
+            self._members.pop(room, None)
+
     async def _changing(self, cache, room, change):
         """The outcome of a ``change`` (a Deferred) to what ``cache`` holds of ``room``,
         which is forgotten whatever it is (a failure may come after the commit)."""

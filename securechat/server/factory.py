@@ -3,6 +3,7 @@
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from securechat.server.accounts import Accounts
 from securechat.server.admission import UnauthenticatedPerAddress, client_address
 from securechat.server.auth import LegacySecrets, PasswordKeys, make_portal
 from securechat.server.directory import DeviceDirectory
@@ -38,6 +39,8 @@ class RelayFactory(ServerFactory):
         self.room_passwords = RoomPasswordGuard(clock, config)
         self.rooms = Rooms(config, store, self.devices, self.relay, self.hasher,
                            self.room_passwords)
+        self.accounts = Accounts(config, store, self.password_keys, self.devices, self.rooms,
+                                 self.relay)
         self.connections = set()
         self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 

@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from securechat import wire
+from securechat.server.accounts import no_such_user
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError, canonical_json
 
@@ -130,7 +131,7 @@ class KeyDirectory:
         for user in users:
             account = await self._store.get_account(user)
             if account is None:
-                raise ProtocolError("unknown_user", f"no user named {user!r}")
+                raise await no_such_user(self._store, user)
             listed = await self._store.get_device_list(user)
             result[user] = {
                 "identity_key": account["identity_key"],

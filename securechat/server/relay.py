@@ -12,6 +12,7 @@ announced in commit order, so a caught-up cursor sees ``seq`` only grow.
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from securechat.server.accounts import no_such_user
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError
 
@@ -257,6 +258,15 @@ class Relay:
     def online(self, user, device):
         return (user, device) in self._online
 
+    def end_sessions_of(self, user, devices):
+        """Close the connections of ``user``'s ``devices`` (its account was deleted), each
+        told why; the one that asked for it is closed by its own session."""
+        for device in devices:
+            entry = self._online.get((user, device))
+            if entry is not None:
+                entry[1].closed = True
+                entry[0].account_deleted()
+
     def push_event(self, user, device, line):
         """Push an event line to a device if it is online here (an event is not stored)."""
         entry = self._online.get((user, device))
@@ -292,7 +302,7 @@ class Relay:
         for user in sorted(users):
             loaded[user] = await self._directory.devices(user)
             if loaded[user] is None:
-                raise ProtocolError("unknown_user", f"no user named {user!r}")
+                raise await no_such_user(self._store, user)
         return loaded
 
     def _accept_unicast(self, sender, sender_device, envelopes, covered, devices_of):

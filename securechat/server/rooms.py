@@ -97,6 +97,16 @@ class Rooms:
         await self._announce(room, user, "left", user, members)
         return {"room": room}
 
+    async def left_for_good(self, user, rooms):
+        """``user``'s account was deleted, which took it out of ``rooms`` (and passed on or
+        dropped those it owned): forget what was cached of them and tell the members left
+        that it left."""
+        self._rooms.forget(rooms)
+        for room in rooms:
+            members = await self._rooms.members(room)
+            if members:
+                await self._announce(room, user, "left", user, members)
+
     async def invite(self, user, room, invitee):
         """An admin adds a user directly (no password needed: the admin vouches).  A banned
         user is refused: lifting a ban is its own op (``unban``), never a side effect."""

@@ -4,8 +4,9 @@
 
     handshaking --TLS done--> logging_in --login--> checking_login --accepted--> authenticated
                                    ^                      |                         |
-                                   +------refused---------+        logout, replaced, closed
-                                                                   by the server  -> closing
+                                   +------refused---------+        logout, replaced, account
+                                                                   deleted, closed by the
+                                                                   server  -> closing
     before login: deadline passed, closed by the server ----------------------------> closing
     (closed by the server: a flood, an overlong line, output stalled over its budget)
     any state --connection lost--> closed
@@ -193,11 +194,8 @@ class ConnectionSession:
         """Create an account holding the public half of its password key (no secret: the
         relay never sees anything that would prove the password on another connection)."""
         self._server.login_guard.registering(self._peer)
-        try:
-            await self._server.store.create_account(fields["user"], fields["password_key"],
-                                                    fields["identity_key"])
-        except store_errors.UserExists:
-            raise ProtocolError("user_exists", f"user name {fields['user']!r} is taken")
+        await self._server.accounts.register(fields["user"], fields["password_key"],
+                                             fields["identity_key"])
         self.log.info("Registered user {user}", user=fields["user"])
         return {"user": fields["user"]}
 
@@ -290,6 +288,22 @@ class ConnectionSession:
             raise ProtocolError("auth_failed", "wrong password")
         self.log.info("User {user} changed its password", user=self.user)
         return {"changed": True}
+
+    async def op_account_delete(self, fields):
+        """Delete the account for good, signed for by its password key over this
+        connection's TLS session (``PasswordKeys.prove``, as a password change); the
+        account's other connections are closed at once, this one once it is answered."""
+        message = wire.account_delete_message(self._server.relay_id, self.user, self.device,
+                                              self._tls_binding())
+        try:
+            result = await self._server.accounts.delete(
+                self.user, self.device, message, wire.b64decode(fields["signature"]),
+                self._peer)
+        except cred_error.UnauthorizedLogin:
+            raise ProtocolError("auth_failed", "wrong password")
+        if self.state == AUTHENTICATED:
+            self.logged_out()
+        return result
 
     async def op_keys_upload(self, fields):
         return await self._server.keys.upload(self.user, self.device, fields)
@@ -414,6 +428,10 @@ class ConnectionSession:
         "The same device logged in on another connection: this one ends."
 
     @_machine.input()
+    def account_deleted(self):
+        "The account was deleted (by another of its devices): this connection ends."
+
+    @_machine.input()
     def deadline_passed(self):
         "The handshake or the login took longer than the configured deadline."
 
@@ -509,6 +527,11 @@ class ConnectionSession:
         self._send(wire.encode({"event": "replaced", "message": "this device logged in elsewhere"}))
 
     @_machine.output()
+    def _say_account_deleted(self):
+        self._send(wire.encode({"event": "account_deleted",
+                                "message": "this account was deleted"}))
+
+    @_machine.output()
     def _say_login_timeout(self):
         seconds = self._server.config.login_timeout_seconds
         self._answer_error(None, ProtocolError(
@@ -556,6 +579,8 @@ class ConnectionSession:
                        outputs=[_now_closing, _release_avatar, _disconnect_after_answer])
     authenticated.upon(replaced, enter=closing,
                        outputs=[_say_replaced, _now_closing, _release_avatar, _disconnect])
+    authenticated.upon(account_deleted, enter=closing,
+                       outputs=[_say_account_deleted, _now_closing, _release_avatar, _disconnect])
     authenticated.upon(close, enter=closing, outputs=[_now_closing, _release_avatar, _disconnect])
     authenticated.upon(abort, enter=closing,
                        outputs=[_now_closing, _release_avatar, _abort_transport])
@@ -565,7 +590,8 @@ class ConnectionSession:
     closing.upon(connection_lost, enter=closed, outputs=[_now_closed])
     for _state in (closing, closed):
         _state.upon(login_succeeded, enter=_state, outputs=[_release_late_avatar])
-        for _input in (login_failed, handshake_completed, replaced, close, deadline_passed):
+        for _input in (login_failed, handshake_completed, replaced, account_deleted, close,
+                       deadline_passed):
             _state.upon(_input, enter=_state, outputs=[])
     closed.upon(abort, enter=closed, outputs=[])
     closed.upon(connection_lost, enter=closed, outputs=[])

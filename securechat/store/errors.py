@@ -9,6 +9,15 @@ class UserExists(StoreError):
     """The user name is already registered."""
 
 
+class NameQuarantined(StoreError):
+    """The user name belonged to an account deleted too recently to be registered again;
+    ``frees_at`` is when it may be (ms since the epoch)."""
+
+    def __init__(self, user, frees_at):
+        super().__init__(user, frees_at)
+        self.user, self.frees_at = user, frees_at
+
+
 class RoomExists(StoreError):
     """The room name is already taken."""
 

@@ -27,13 +27,28 @@ class IStore(Interface):
 
     # -- accounts ---------------------------------------------------------
 
-    def create_account(user, password_key, identity_key):
+    def create_account(user, password_key, identity_key, quarantine_ms=0):
         """Create an account.
 
         ``password_key`` is the Ed25519 public key derived from the password
         and ``identity_key`` the user's Ed25519 identity key (both base64).
-        Errbacks with ``UserExists`` when the name is taken.
+        Errbacks with ``UserExists`` when the name is taken, and with
+        ``NameQuarantined`` when an account of that name was deleted less than
+        ``quarantine_ms`` ago (decided in the same transaction).
         """
+
+    def delete_account(user):
+        """Delete the account and, in the same transaction, its devices, their keys, its
+        queued envelopes, its room cursors, memberships and bans; a room it owned passes
+        to its longest-standing admin, else member, or is dropped with its history when
+        nobody else is in it.  The name and the time are kept (``deleted_at``) until the
+        name is registered again.  Fires with ``{"devices", "rooms", "heirs", "deleted_at"}``
+        (its device ids, the rooms it was in, ``{room: new owner}``, when), or None for
+        no such account."""
+
+    def deleted_at(user):
+        """Fire with when the account named ``user`` was deleted (ms), or None (never
+        deleted, or its name registered again since)."""
 
     def count_accounts():
         """Fire with the number of accounts."""

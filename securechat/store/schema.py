@@ -28,11 +28,15 @@ Changelog:
       secret that crossed the wire.  Accounts from before keep their hash
       (secret_hash, now nullable) until their device's next login moves them; an
       account holds exactly one of the two.
+  9 — deleted accounts: the name and when its account was deleted (deleted_accounts),
+      kept until the name is registered again, so that a name contacts still trust is
+      not taken over before the relay's quarantine ends, and lookups of it can answer
+      "deleted" instead of "no such user".
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -223,6 +227,11 @@ MIGRATIONS = {
         "SELECT user_id, secret_hash, identity_key, created FROM accounts",
         "DROP TABLE accounts",
         "ALTER TABLE accounts_v8 RENAME TO accounts",
+    ],
+    9: [
+        """CREATE TABLE deleted_accounts (
+            user_id TEXT PRIMARY KEY,
+            deleted_at BIGINT NOT NULL)""",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

@@ -14,7 +14,7 @@ from zope.interface import implementer
 from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
 from securechat.store.transactions import (
-    accounts, devices, history, migrate, queue_reads, queue_writes, rooms)
+    account_deletion, accounts, devices, history, migrate, queue_reads, queue_writes, rooms)
 
 
 RELAY_ID_BYTES = 16
@@ -144,8 +144,15 @@ class SqlStore:
     def stop(self):
         return self._close()
 
-    def create_account(self, user, password_key, identity_key):
-        return self._run(accounts.txn_create_account, user, password_key, identity_key)
+    def create_account(self, user, password_key, identity_key, quarantine_ms=0):
+        return self._run(accounts.txn_create_account, user, password_key, identity_key,
+                         quarantine_ms)
+
+    def delete_account(self, user):
+        return self._run(account_deletion.txn_delete_account, user)
+
+    def deleted_at(self, user):
+        return self._run(accounts.txn_deleted_at, user)
 
     def get_account(self, user):
         return self._run(accounts.txn_get_account, user)

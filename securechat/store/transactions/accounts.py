@@ -3,19 +3,32 @@
 An account is its name and the keys that prove it; its devices, their keys
 and its signed device list are the ``devices`` aggregate.  The relay's id
 lives here too (one row, made by the first start and read by every start):
-the challenge every login signs names it.
+the challenge every login signs names it.  A deleted account leaves its name
+and the time in ``deleted_accounts`` until the name is registered again
+(``account_deletion`` removes everything else of it).
 """
 
-from securechat.store.errors import UserExists
+from securechat.store.errors import NameQuarantined, UserExists
 from securechat.store.transactions.common import _first, _record
 
 
-async def txn_create_account(txn, user, password_key, identity_key):
+async def txn_create_account(txn, user, password_key, identity_key, quarantine_ms=0):
+    deleted_at = await txn_deleted_at(txn, user)
+    if deleted_at is not None:
+        if txn.now_ms < deleted_at + quarantine_ms:
+            raise NameQuarantined(user, deleted_at + quarantine_ms)
+        await txn.execute("DELETE FROM deleted_accounts WHERE user_id = ?", (user,))
     if not await txn.execute(
             "INSERT INTO accounts (user_id, password_key, identity_key, created) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
             (user, password_key, identity_key, txn.now_ms)):
         raise UserExists(user)
+
+
+async def txn_deleted_at(txn, user):
+    """When the account named ``user`` was deleted (ms), or None: never, or registered again."""
+    row = await _first(txn, "SELECT deleted_at FROM deleted_accounts WHERE user_id = ?", (user,))
+    return row[0] if row else None
 
 
 async def txn_count_accounts(txn):

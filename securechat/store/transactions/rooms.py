@@ -149,3 +149,25 @@ async def txn_rooms_of(txn, user):
     rows = await txn.execute(
         "SELECT room FROM room_members WHERE user_id = ? ORDER BY room", (user,))
     return [row[0] for row in rows]
+
+
+async def txn_leave_for_good(txn, room, user):
+    """Take a deleted account out of ``room``.  A room it owned passes to its
+    longest-standing admin, else its longest-standing member, who becomes its owner; a
+    room it owned alone is dropped with its history and bans.  Fires with the new owner,
+    None when the room is gone or the user did not own it."""
+    await _lock_room(txn, room)
+    if await _remove_member(txn, room, user) != "owner":
+        return None
+    heir = await _first(
+        txn, "SELECT user_id FROM room_members WHERE room = ? "
+             "ORDER BY CASE role WHEN 'admin' THEN 0 ELSE 1 END, joined, user_id LIMIT 1",
+        (room,))
+    if heir is not None:
+        await txn.execute("UPDATE rooms SET owner = ? WHERE room = ?", (heir[0], room))
+        await txn.execute("UPDATE room_members SET role = 'owner' WHERE room = ? AND user_id = ?",
+                          (room, heir[0]))
+        return heir[0]
+    for table in ("room_cursors", "room_history", "room_counters", "room_bans", "rooms"):
+        await txn.execute(f"DELETE FROM {table} WHERE room = ?", (room,))
+    return None

@@ -1,0 +1,71 @@
+"""Accounts as a whole: registering a name (held back while a deleted account's quarantine
+runs) and deleting an account for good.
+
+A deletion is proved by the account's password key, checked by the same
+``PasswordKeys.prove`` as a password change (limited like a login), and done
+by the store in one transaction (``IStore.delete_account``).  The relay then
+forgets what it cached of the account and its rooms and ends every
+connection of its devices at once: none of them can do anything more.
+"""
+
+from twisted.logger import Logger
+
+from securechat.server.rooms import DAY_MS
+from securechat.store.errors import NameQuarantined, UserExists
+from securechat.timestamps import utc_date
+from securechat.wire import ProtocolError
+
+
+async def no_such_user(store, user):
+    """The error for a lookup of ``user`` that found no account: ``user_deleted`` when it
+    names a deleted account (its contacts' clients say so), else ``unknown_user``."""
+    if await store.deleted_at(user) is not None:
+        return ProtocolError("user_deleted", f"{user!r} deleted their account")
+    return ProtocolError("unknown_user", f"no user named {user!r}")
+
+
+class Accounts:
+    log = Logger()
+
+    def __init__(self, config, store, password_keys, devices, rooms, relay):
+        self._quarantine_ms = config.name_quarantine_days * DAY_MS
+        self._store = store
+        self._password_keys = password_keys
+        self._devices = devices
+        self._rooms = rooms
+        self._relay = relay
+
+    async def register(self, user, password_key, identity_key):
+        """Create the account; ``user_exists`` for a taken name, ``name_quarantined`` (with
+        ``frees_at``, ms) for the name of an account deleted within the quarantine."""
+        try:
+            await self._store.create_account(user, password_key, identity_key,
+                                             self._quarantine_ms)
+        except UserExists:
+            raise ProtocolError("user_exists", f"user name {user!r} is taken")
+        except NameQuarantined as e:
+            raise ProtocolError(
+                "name_quarantined", f"user name {user!r} belonged to a deleted account; it "
+                                    f"can be registered again from {utc_date(e.frees_at)}",
+                {"frees_at": e.frees_at})
+
+    async def delete(self, user, device, message, signature, address):
+        """Delete ``user``'s account once ``signature`` proves its password key on
+        ``message`` (``wire.account_delete_message``); fire with what the client is told:
+        ``{"deleted", "devices", "rooms", "heirs", "name_frees_at"}``.  The connections of
+        the account's other devices are closed; ``device``'s (the caller's) closes after
+        its answer."""
+        await self._password_keys.prove(user, message, signature, address)
+        deleted = await self._store.delete_account(user)
+        if deleted is None:  # deleted meanwhile, by another of its devices
+            raise ProtocolError("auth_failed", "wrong user name or password")
+        self._devices.changed(user)
+        self._relay.end_sessions_of(user, [d for d in deleted["devices"] if d != device])
+        try:  # the deletion is committed: a notice that fails must not say otherwise
+            await self._rooms.left_for_good(user, deleted["rooms"])
+        except Exception:
+            self.log.failure("Telling the rooms of {user} that it left failed", user=user)
+        self.log.info("User {user} deleted its account", user=user)
+        return {"deleted": True, "devices": len(deleted["devices"]), "rooms": deleted["rooms"],
+                "heirs": deleted["heirs"],
+                "name_frees_at": deleted["deleted_at"] + self._quarantine_ms}
