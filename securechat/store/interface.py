@@ -90,6 +90,16 @@ class IStore(Interface):
         device id; only devices whose keys were uploaded are current.
         """
 
+    def list_devices(user):
+        """Fires with ``user``'s devices with published keys, oldest first: dicts of
+        ``device``, ``name`` ('' until renamed), ``created`` and ``last_seen`` (ms since
+        the epoch; ``last_seen`` is set at each login only, never per message, and is
+        None for a device not logged in since schema version 10)."""
+
+    def rename_device(user, device, name):
+        """Fires with True once ``user``'s ``device`` is named ``name``; False if ``user``
+        has no such device (another account's device is never renamed)."""
+
     def get_device_keys(user, device):
         """Fire with the device's published identity keys (the JSON text given to
         ``set_device_keys``), or None when the device has published none."""
