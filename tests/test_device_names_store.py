@@ -12,7 +12,6 @@ from securechat.store.schema import (
 from tests.test_store_contract import database, device, raw_sql, store  # noqa: F401
 
 
-
 @pytest.fixture
 def clocked(database, tmp_path):  # noqa: F811 (the imported fixture)
     """A store whose stamps come from a task.Clock the test moves, and that clock."""
