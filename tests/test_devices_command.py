@@ -89,8 +89,8 @@ async def test_renaming_another_accounts_device_is_refused(alice, tmp_path):
     assert (await run_cli(bob, "register")).code == 0
     (bobs,) = await listed(bob)
     refused = await run_cli(config, "devices", "rename", bobs["id"], "mine now")
-    assert refused.code != 0
-    assert f"device {bobs['id']}" in refused.err
+    assert refused.code == 1
+    assert f"your account has no device {bobs['id']}" in refused.err
     assert [d["name"] for d in await listed(bob)] == [""]
     assert bobs["id"] not in {d["id"] for d in await listed(config)}
 
@@ -103,7 +103,7 @@ async def test_a_hostile_name_is_refused_by_the_relay(alice):
     (mine,) = await listed(config)
     for hostile in ("\x1b[31mred", "evil\u202eexe.txt", " "):
         refused = await run_cli(config, "devices", "rename", mine["id"], hostile)
-        assert refused.code != 0
+        assert refused.code == 1
         assert "device name" in refused.err
     second = await second_device(relay)
     try:
