@@ -2,29 +2,18 @@
 listing an account's devices, renaming one (never another account's), last seen set at
 login, and the migration from schema version 9."""
 
-import pytest
 import pytest_twisted
-from twisted.internet import defer, task
 
 from securechat.store import make_store
 from securechat.store.schema import (
     MIGRATIONS, SCHEMA_VERSION, STATEMENTS as SCHEMA_V1, VERSION_TABLE)
+from tests.test_account_deletion_store import clocked  # noqa: F401
 from tests.test_store_contract import database, device, raw_sql, store  # noqa: F401
 
 
-@pytest.fixture
-def clocked(database, tmp_path):  # noqa: F811 (the imported fixture)
-    """A store whose stamps come from a task.Clock the test moves, and that clock."""
-    clock = task.Clock()
-    clock.advance(1_000)
-    store = make_store(database, str(tmp_path), clock)
-    pytest_twisted.blockon(defer.ensureDeferred(store.start()))
-    yield store, clock
-    pytest_twisted.blockon(defer.ensureDeferred(store.stop()))
-
-
 @pytest_twisted.ensureDeferred
-async def test_devices_are_listed_with_created_and_last_seen_set_by_logins(clocked):
+async def test_devices_are_listed_with_created_and_last_seen_set_by_logins(
+        clocked):  # noqa: F811
     """list_devices gives the account's own devices, oldest first, unnamed, with their
     creation time; a device's login (only) moves its last-seen time."""
     store, clock = clocked
@@ -34,12 +23,12 @@ async def test_devices_are_listed_with_created_and_last_seen_set_by_logins(clock
     await device(store, "bob", "B1")
     listed = await store.list_devices("alice")
     assert listed == [
-        {"device": "A1", "name": "", "created": 1_000_000, "last_seen": 1_000_000},
-        {"device": "A2", "name": "", "created": 1_060_000, "last_seen": 1_060_000}]
+        {"device": "A1", "name": "", "created": 1_000_000_000, "last_seen": 1_000_000_000},
+        {"device": "A2", "name": "", "created": 1_000_060_000, "last_seen": 1_000_060_000}]
     clock.advance(30)
     assert await store.device_login("alice", "A1") is not None
     seen = {d["device"]: d["last_seen"] for d in await store.list_devices("alice")}
-    assert seen == {"A1": 1_090_000, "A2": 1_060_000}
+    assert seen == {"A1": 1_000_090_000, "A2": 1_000_060_000}
 
 
 @pytest_twisted.ensureDeferred
