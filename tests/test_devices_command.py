@@ -13,6 +13,7 @@ from securechat.client.commands import show_result
 from securechat.client.render import safe
 from tests.processes import RelayEndpoint, run_cli, write_client_config
 from tests.support import cleanup, expect_error
+from tests.test_daemon import daemons  # noqa: F401 (a fixture)
 from tests.test_password_change import OLD, password_device
 
 
@@ -78,6 +79,24 @@ async def test_a_rename_shows_on_both_devices(alice):
         assert {d["device"]: d["name"] for d in seen}["SECOND"] == "work laptop"
     finally:
         await cleanup(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_serves_devices_and_rename(alice, tmp_path, daemons):  # noqa: F811
+    """With a daemon running, ``devices`` and ``devices rename`` work without the
+    password (the daemon's methods) and give what the standalone command gives."""
+    config, _ = alice
+    standalone = await listed(config)
+    daemon = daemons(config, tmp_path / "clients" / "alice")
+    await daemon.ready()
+    (mine,) = standalone
+    renamed = await run_cli(config, "devices", "rename", mine["id"], "desk", password=None)
+    assert renamed.code == 0, renamed
+    served = await run_cli(config, "devices", "--json", password=None)
+    assert served.code == 0, served
+    (through_daemon,) = [json.loads(line) for line in served.out.splitlines()]
+    assert through_daemon["last_seen"] >= mine["last_seen"]  # the daemon's login (ISO order)
+    assert through_daemon == {**mine, "name": "desk", "last_seen": through_daemon["last_seen"]}
 
 
 @pytest_twisted.ensureDeferred
