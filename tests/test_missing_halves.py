@@ -248,10 +248,13 @@ def test_a_verification_request_reads_as_an_invitation_to_verify():
 
 def test_verify_timeout_outside_its_range_is_a_config_error(tmp_path):
     """verify_timeout = 0 (or more than 240) is refused naming the key and the range."""
-    config = write_client_config(str(tmp_path), "alice", 6697, extra_lines=["verify_timeout = 0"])
+    pin = ":".join(["AB"] * 32)  # a config file only: no relay to read a fingerprint from
+    config = write_client_config(str(tmp_path), "alice", 6697, fingerprint=pin,
+                                 extra_lines=["verify_timeout = 0"])
     with pytest.raises(ConfigError, match="verify_timeout.*1-240"):
         load_client_settings(config)
-    config = write_client_config(str(tmp_path), "bob", 6697, extra_lines=["verify_timeout = 9"])
+    config = write_client_config(str(tmp_path), "bob", 6697, fingerprint=pin,
+                                 extra_lines=["verify_timeout = 9"])
     assert load_client_settings(config).verify_timeout == 9
 
 
