@@ -95,7 +95,7 @@ async def test_the_daemon_serves_devices_and_rename(alice, tmp_path, daemons):  
     served = await run_cli(config, "devices", "--json", password=None)
     assert served.code == 0, served
     (through_daemon,) = [json.loads(line) for line in served.out.splitlines()]
-    assert through_daemon["last_seen"] >= mine["last_seen"]  # the daemon's login (ISO order)
+    assert through_daemon["last_seen"] >= mine["last_seen"]  # connected now (ISO order)
     assert through_daemon == {**mine, "name": "desk", "last_seen": through_daemon["last_seen"]}
 
 

@@ -324,9 +324,13 @@ class ConnectionSession:
 
     async def op_devices_list(self, fields):
         """This account's devices (a device sees only its own account's): id, name,
-        created and last seen (ms; set at login, so a connected device may have been
-        active since)."""
-        return {"devices": await self._server.store.list_devices(self.user)}
+        created and last seen (ms): now for a device connected to this relay, else when
+        its last connection ended."""
+        now = int(self._server.clock.seconds() * 1000)
+        relay = self._server.relay
+        return {"devices": [
+            {**d, "last_seen": now} if relay.online(self.user, d["device"]) else d
+            for d in await self._server.store.list_devices(self.user)]}
 
     async def op_devices_rename(self, fields):
         """Name one of this account's devices; any other device id (another account's

@@ -93,8 +93,12 @@ class IStore(Interface):
     def list_devices(user):
         """Fires with ``user``'s devices with published keys, oldest first: dicts of
         ``device``, ``name`` ('' until renamed), ``created`` and ``last_seen`` (ms since
-        the epoch; ``last_seen`` is set at each login only, never per message, and is
-        None for a device not logged in since schema version 10)."""
+        the epoch: when the device's last verified connection ended, see ``mark_seen``;
+        None for a device not disconnected since schema version 10)."""
+
+    def mark_seen(user, device):
+        """Fires once ``device``'s last-seen time is now: called when a logged-in
+        connection of it ends (never per message, never before a login is verified)."""
 
     def rename_device(user, device, name):
         """Fires with True once ``user``'s ``device`` is named ``name``; False if ``user``

@@ -181,6 +181,9 @@ class SqlStore:
     def rename_device(self, user, device, name):
         return self._run(devices.txn_rename_device, user, device, name)
 
+    def mark_seen(self, user, device):
+        return self._run(devices.txn_mark_seen, user, device)
+
     def get_device_keys(self, user, device):
         return self._run(devices.txn_get_device_keys, user, device)
 

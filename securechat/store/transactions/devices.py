@@ -69,22 +69,21 @@ async def txn_login_counts(txn, user, device):
 async def txn_device_login_group(txn, pairs):
     """What each ``(user, device)`` of a group of device-key logins needs, in one
     transaction: ``{"device_keys", "counts"}`` (``txn_login_counts``), or None for a
-    device that has published no keys.
+    device that has published no keys.  Nothing is written here: a login is not
+    verified yet when this runs (see ``txn_mark_seen``)."""
+    found = []
+    for user, device in pairs:
+        device_keys = await txn_get_device_keys(txn, user, device)
+        found.append(None if device_keys is None else {
+            "device_keys": device_keys, "counts": await txn_login_counts(txn, user, device)})
+    return found
 
-    Each device's last-seen time is set here, at its login: the one place it is kept
-    up to date, so that sending, acks and deliveries (the relay's hot path) never
-    write it.  A login whose signature then proves wrong still marks the device seen,
-    which only says someone tried it.  The rows are written in sorted order, as
-    ``_lock_device`` takes them, so a login group and a key claim never deadlock."""
-    found = {}
-    for user, device in sorted(set(pairs)):
-        row = await _first(
-            txn, "UPDATE devices SET last_seen = ? WHERE user_id = ? AND device_id = ? "
-                 "RETURNING device_keys", (txn.now_ms, user, device))
-        device_keys = row[0] if row else None
-        found[(user, device)] = None if device_keys is None else {
-            "device_keys": device_keys, "counts": await txn_login_counts(txn, user, device)}
-    return [found[pair] for pair in pairs]
+
+async def txn_mark_seen(txn, user, device):
+    """Record that ``device`` was connected until now: written when its verified
+    connection ends, so neither an unverified login nor the hot path writes it."""
+    await txn.execute("UPDATE devices SET last_seen = ? WHERE user_id = ? AND device_id = ?",
+                      (txn.now_ms, user, device))
 
 
 async def txn_all_devices(txn):
