@@ -152,6 +152,19 @@ def text_matching(pattern, what):
     return check
 
 
+def printable_text(max_len, what):
+    """A name a person gave: 1 to ``max_len`` printable characters (``str.isprintable``:
+    no control character, no line break, no format character such as U+202E that would
+    reorder what a terminal shows), not only spaces."""
+    def check(value):
+        if (not isinstance(value, str) or not 0 < len(value) <= max_len
+                or not value.isprintable() or not value.strip()):
+            raise _bad(what)
+        return value
+
+    return check
+
+
 def base64_bytes(min_len, max_len):
     what = f"base64 (with padding) of {min_len} to {max_len} bytes"
 
@@ -321,6 +334,9 @@ SIGNATURE = base64_bytes(64, 64)
 SECRET = base64_bytes(16, 64)
 PASSWORD = base64_bytes(16, 64)
 CIPHERTEXT = base64_bytes(1, MAX_CIPHERTEXT_CHARS * 3 // 4)
+DEVICE_NAME_MAX = 64
+DEVICE_NAME = printable_text(
+    DEVICE_NAME_MAX, f"a device name: 1-{DEVICE_NAME_MAX} printable characters, not only spaces")
 KIND = one_of("olm", "megolm")
 TIMESTAMP = integer(0, 2**53)
 VERSION = integer(1, 2**53)
@@ -378,6 +394,9 @@ REQUESTS = {
     "keys.query": {"users": list_of(USER, max_items=100)},
     "keys.claim": {"devices": map_of(USER, list_of(DEVICE, max_items=64), max_items=100)},
     "devices.publish": {"device_list": DEVICE_LIST, "signature": SIGNATURE},
+    # The logged-in device's own account's devices, and naming one of them.
+    "devices.list": {},
+    "devices.rename": {"device": DEVICE, "name": DEVICE_NAME},
     "send": {"envelopes": list_of(UNICAST_ENVELOPE, max_items=MAX_ENVELOPES_PER_SEND)},
     "room.send": {"room": ROOM, **ENVELOPE_FIELDS},
     "broadcast": ENVELOPE_FIELDS,

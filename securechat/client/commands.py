@@ -7,6 +7,7 @@ Standard library and light modules only: the daemon path imports this (see cli.p
 """
 
 import argparse
+import datetime
 import getpass
 import json
 import os
@@ -252,8 +253,30 @@ def build_parser(parser_class=argparse.ArgumentParser):
                 "(30 days by default).",
                 "securechat account delete",
                 "echo alice | SECURECHAT_PASSWORD_FILE=~/.pw securechat account delete")
+    _devices_commands(add_command(
+        commands, "devices", "your account's devices (no action: list them)",
+        "List your account's devices (id, name, when added, when last seen; this one "
+        "marked), or name one of them.", "securechat devices", "securechat devices --json",
+        'securechat devices rename Xb3kQ9 "work laptop"'))
     _conventions(parser)  # last: it completes every subcommand declared above
     return parser
+
+
+def _devices_commands(devices):
+    """``devices`` lists (as ``devices list``); ``devices rename ID NAME`` names one."""
+    devices.add_argument("--json", action="store_true",
+                         help="one JSON object per device and line: id, name, added, "
+                              "last_seen (ISO UTC or null), this")
+    devices_commands = devices.add_subparsers(dest="devices_command", metavar="ACTION")
+    devices.set_defaults(devices_command="list")
+    add_command(devices_commands, "list", "your account's devices",
+                "List your account's devices, one a line; this one marked.",
+                "securechat devices list")
+    rename = add_command(devices_commands, "rename", "name one of your devices",
+                         "Name device ID (as 'devices' lists it) NAME: up to 64 printable "
+                         "characters.", 'securechat devices rename Xb3kQ9 "work laptop"')
+    rename.add_argument("device", metavar="ID")
+    rename.add_argument("name", metavar="NAME")
 
 
 def _rooms_commands(rooms):
@@ -391,6 +414,10 @@ def request_for(args, room_password=read_room_password):
         elif args.rooms_command == "admin":
             params.update({"user": args.user, "remove": args.remove})
         return "rooms." + args.rooms_command, params
+    if command == "devices":
+        params = ({"device": args.device, "name": args.name}
+                  if args.devices_command == "rename" else {})
+        return "devices." + args.devices_command, params
     if command == "join":
         return "join", {"room": args.room, **_room_password(args, room_password)}
     if command in ("leave", "members"):
@@ -443,6 +470,8 @@ def show_result(args, result, out=print, say_sent=None):
             out(history_json(record) if args.json else format_history(record, width))
     elif command == "rooms":
         _show_rooms_result(args, result, out)
+    elif command == "devices":
+        _show_devices_result(args, result, out)
     elif command == "join":
         out(f"joined {args.room}: {', '.join(map(safe, result['members']))}")
     elif command == "leave":
@@ -498,6 +527,26 @@ def _show_outbox(result, out):
         state = f"failed: {entry['error']}" if entry["error"] else "pending"
         out(f"{entry['id']} [{entry['queued_at']}] {where} ({state}): "
             + json.dumps(entry["text"], ensure_ascii=False))
+
+
+def _show_devices_result(args, result, out):
+    if args.devices_command == "rename":
+        out(f"device {safe(result['device'])} is now named {safe(result['name'])}")
+        return
+    for device in result["devices"]:
+        if args.json:  # ASCII escapes: no byte of a name reaches the terminal as it came
+            out(json.dumps(device))
+            continue
+        name = safe(device["name"]) if device["name"] else "(no name)"
+        seen = _local_minute(device["last_seen"]) if device["last_seen"] else "never"
+        out(f"{safe(device['id'])}  {name}  added {_local_minute(device['added'])}  "
+            f"last seen {seen}" + ("  (this device)" if device["this"] else ""))
+
+
+def _local_minute(when):
+    """An ISO UTC time (``...Z``) as local ``YYYY-MM-DD HH:MM``."""
+    moment = datetime.datetime.fromisoformat(when.replace("Z", "+00:00"))
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 def _show_rooms_result(args, result, out):

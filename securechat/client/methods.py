@@ -101,6 +101,7 @@ class Methods:
         "invite": "moderate", "kick": "moderate", "unban": "moderate",
         "fingerprint": "fingerprint", "trust": "trust", "verify": "verify",
         "verify.confirm": "verify_confirm", "outbox": "outbox",
+        "devices.list": "devices_list", "devices.rename": "devices_rename",
     }
 
     def __init__(self, client, verifications):
@@ -215,6 +216,20 @@ class Methods:
         if mode not in ROOM_MODES:
             raise InvalidParams(f"rooms.mode: mode must be one of {', '.join(sorted(ROOM_MODES))}")
         return {"text": await self.client.rooms.set_mode(params.get("room", str), mode)}
+
+    async def devices_list(self, name, params, show):
+        """The account's devices as the relay lists them, this one marked, times in ISO
+        UTC (``last_seen`` null for a device not seen since the relay started keeping it)."""
+        this = self.client.device
+        return {"devices": [
+            {"id": d["device"], "name": d["name"], "added": iso(d["created"]),
+             "last_seen": None if d["last_seen"] is None else iso(d["last_seen"]),
+             "this": d["device"] == this}
+            for d in (await self.client.request("devices.list"))["devices"]]}
+
+    async def devices_rename(self, name, params, show):
+        return await self.client.request("devices.rename", device=params.get("device", str),
+                                         name=params.get("name", str))
 
     async def join(self, name, params, show):
         """Join a room.  A password room joined without a password, like a wrong password,

@@ -250,6 +250,13 @@ class Relay:
             del devices[device]
             if not devices:
                 del self._online_devices_of[user]
+            self._store.mark_seen(user, device).addErrback(self._not_marked_seen, user, device)
+
+    def _not_marked_seen(self, failure, user, device):
+        """A last-seen time is a courtesy to the owner: losing one (a store outage, a
+        device removed meanwhile) is logged, never raised."""
+        self.log.warn("Could not record when {user}/{device} was last seen: {error}",
+                      user=user, device=device, error=failure.getErrorMessage())
 
     def cursor(self, user, device):
         entry = self._online.get((user, device))

@@ -322,6 +322,25 @@ class ConnectionSession:
             self.user, fields["device_list"], fields["signature"]
         )
 
+    async def op_devices_list(self, fields):
+        """This account's devices (a device sees only its own account's): id, name,
+        created and last seen (ms): now for a device connected to this relay, else when
+        its last connection ended."""
+        now = int(self._server.clock.seconds() * 1000)
+        relay = self._server.relay
+        return {"devices": [
+            {**d, "last_seen": now} if relay.online(self.user, d["device"]) else d
+            for d in await self._server.store.list_devices(self.user)]}
+
+    async def op_devices_rename(self, fields):
+        """Name one of this account's devices; any other device id (another account's
+        included) is ``unknown_device``."""
+        if not await self._server.store.rename_device(self.user, fields["device"],
+                                                      fields["name"]):
+            raise ProtocolError("unknown_device",
+                                f"your account has no device {fields['device']}")
+        return {"device": fields["device"], "name": fields["name"]}
+
     def op_send(self, fields):
         return self._server.relay.send_unicast(self.user, self.device, fields["envelopes"])
 

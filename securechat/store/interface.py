@@ -90,6 +90,20 @@ class IStore(Interface):
         device id; only devices whose keys were uploaded are current.
         """
 
+    def list_devices(user):
+        """Fires with ``user``'s devices with published keys, oldest first: dicts of
+        ``device``, ``name`` ('' until renamed), ``created`` and ``last_seen`` (ms since
+        the epoch: when the device's last verified connection ended, see ``mark_seen``;
+        None for a device not disconnected since schema version 10)."""
+
+    def mark_seen(user, device):
+        """Fires once ``device``'s last-seen time is now: called when a logged-in
+        connection of it ends (never per message, never before a login is verified)."""
+
+    def rename_device(user, device, name):
+        """Fires with True once ``user``'s ``device`` is named ``name``; False if ``user``
+        has no such device (another account's device is never renamed)."""
+
     def get_device_keys(user, device):
         """Fire with the device's published identity keys (the JSON text given to
         ``set_device_keys``), or None when the device has published none."""

@@ -32,11 +32,14 @@ Changelog:
       kept until the name is registered again, so that a name contacts still trust is
       not taken over before the relay's quarantine ends, and lookups of it can answer
       "deleted" instead of "no such user".
+  10 — device names and last-seen times: a name the account's user chose (``devices
+      rename``; empty until then, and a client shows the device's id) and when the
+      device last logged in (NULL before its first login after this version).
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -232,6 +235,10 @@ MIGRATIONS = {
         """CREATE TABLE deleted_accounts (
             user_id TEXT PRIMARY KEY,
             deleted_at BIGINT NOT NULL)""",
+    ],
+    10: [
+        "ALTER TABLE devices ADD COLUMN name TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE devices ADD COLUMN last_seen BIGINT",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

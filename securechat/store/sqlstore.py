@@ -175,6 +175,15 @@ class SqlStore:
     def get_devices(self, user):
         return self._run(devices.txn_get_devices, user)
 
+    def list_devices(self, user):
+        return self._run(devices.txn_list_devices, user)
+
+    def rename_device(self, user, device, name):
+        return self._run(devices.txn_rename_device, user, device, name)
+
+    def mark_seen(self, user, device):
+        return self._run(devices.txn_mark_seen, user, device)
+
     def get_device_keys(self, user, device):
         return self._run(devices.txn_get_device_keys, user, device)
 

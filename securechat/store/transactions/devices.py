@@ -17,10 +17,11 @@ from securechat.store.transactions.queue_reads import txn_queue_length
 
 async def txn_set_device_keys(txn, user, device, device_keys, signature):
     await txn.execute(
-        "INSERT INTO devices (user_id, device_id, device_keys, signature, created) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE SET "
+        "INSERT INTO devices (user_id, device_id, device_keys, signature, created, last_seen) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE SET "
         "device_keys = excluded.device_keys, signature = excluded.signature "
-        "WHERE devices.device_keys IS NULL", (user, device, device_keys, signature, txn.now_ms))
+        "WHERE devices.device_keys IS NULL",
+        (user, device, device_keys, signature, txn.now_ms, txn.now_ms))
     (stored,) = await _first(
         txn, "SELECT device_keys FROM devices WHERE user_id = ? AND device_id = ?",
         (user, device))
@@ -34,6 +35,23 @@ async def txn_get_devices(txn, user):
         "SELECT device_id, device_keys, signature FROM devices WHERE user_id = ? "
         "AND device_keys IS NOT NULL ORDER BY device_id", (user,))
     return [_record(("device", "device_keys", "signature"), row) for row in rows]
+
+
+async def txn_list_devices(txn, user):
+    """The user's devices with published keys, for their owner's eyes: id, name (empty
+    until renamed), created and last seen (ms; None before its first login since v10)."""
+    rows = await txn.execute(
+        "SELECT device_id, name, created, last_seen FROM devices WHERE user_id = ? "
+        "AND device_keys IS NOT NULL ORDER BY created, device_id", (user,))
+    return [_record(("device", "name", "created", "last_seen"), row) for row in rows]
+
+
+async def txn_rename_device(txn, user, device, name):
+    """Name one of ``user``'s own devices; False if ``user`` has no such device (a device
+    of another account is never touched)."""
+    return bool(await txn.execute(
+        "UPDATE devices SET name = ? WHERE user_id = ? AND device_id = ? "
+        "AND device_keys IS NOT NULL RETURNING device_id", (name, user, device)))
 
 
 async def txn_get_device_keys(txn, user, device):
@@ -51,13 +69,21 @@ async def txn_login_counts(txn, user, device):
 async def txn_device_login_group(txn, pairs):
     """What each ``(user, device)`` of a group of device-key logins needs, in one
     transaction: ``{"device_keys", "counts"}`` (``txn_login_counts``), or None for a
-    device that has published no keys."""
+    device that has published no keys.  Nothing is written here: a login is not
+    verified yet when this runs (see ``txn_mark_seen``)."""
     found = []
     for user, device in pairs:
         device_keys = await txn_get_device_keys(txn, user, device)
         found.append(None if device_keys is None else {
             "device_keys": device_keys, "counts": await txn_login_counts(txn, user, device)})
     return found
+
+
+async def txn_mark_seen(txn, user, device):
+    """Record that ``device`` was connected until now: written when its verified
+    connection ends, so neither an unverified login nor the hot path writes it."""
+    await txn.execute("UPDATE devices SET last_seen = ? WHERE user_id = ? AND device_id = ?",
+                      (txn.now_ms, user, device))
 
 
 async def txn_all_devices(txn):
