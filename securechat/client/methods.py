@@ -20,11 +20,12 @@ from securechat.client.render import message_json
 from securechat.client.rooms import ROOM_MODES
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed)
+from securechat.client.sas_exchange import ExchangeFailed
 from securechat.client.session import (
     EXIT_AUTH, EXIT_UNTRUSTED, NO_OTHER_DEVICE, ClientError, Queued, refusal)
 from securechat.client.settings import VERIFY_TIMEOUT
 from securechat.client.verification import (
-    PendingRequests, Verification, VerificationFailed, is_request, request_message)
+    PendingRequests, Verification, is_request, request_message)
 from securechat.crypto.fingerprint import key_fingerprint, safety_number
 from securechat.wire import BROADCAST_ROOM
 
@@ -63,8 +64,8 @@ def as_command_failed(error):
         return CommandFailed(str(error), error.exit_code)
     if isinstance(error, ConnectionClosed):
         return CommandFailed(f"{error} (the command may not have completed)", EXIT_UNREACHABLE)
-    if isinstance(error, VerificationFailed):
-        return CommandFailed(f"verification failed: {error}", EXIT_UNTRUSTED)
+    if isinstance(error, ExchangeFailed):  # a verification's or a link's
+        return CommandFailed(f"{error.doing} failed: {error}", EXIT_UNTRUSTED)
     return error
 
 
