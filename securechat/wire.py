@@ -347,7 +347,10 @@ DEVICE_LIST = obj(
     {
         "user": USER,
         "version": VERSION,
-        "devices": map_of(DEVICE, obj({"curve25519": PUBLIC_KEY, "ed25519": PUBLIC_KEY})),
+        # ``added`` (format 2): when the signing device added it; optional (older lists
+        # have none), ignored by the relay.
+        "devices": map_of(DEVICE, obj({"curve25519": PUBLIC_KEY, "ed25519": PUBLIC_KEY,
+                                       "added": optional(TIMESTAMP)})),
         "ts": TIMESTAMP,
     }
 )
