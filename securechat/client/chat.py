@@ -235,7 +235,8 @@ class Chat:
                 result = await self.call(method, **params)
                 buffer = into() if into else self.buffers.current
                 show_result(args, result, out=lambda text: self.add(buffer, [notice(text)]),
-                            say_sent=not quiet)
+                            say_sent=not quiet,
+                            warn=lambda text: self.add(buffer, [notice(text, "warning")]))
                 if not result.get("more"):
                     return result
                 params = next_page(params)

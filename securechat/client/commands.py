@@ -21,6 +21,12 @@ from securechat.client.render import (
 from securechat.client.rpc import CommandFailed
 from securechat.client.settings import default_config_path
 
+STANDALONE_ONLY = ("register", "daemon", "chat", "password", "account")
+"""Commands that never go to a running daemon (``chat`` starts one when none runs;
+``password`` re-wraps the key store a daemon holds open and ``account delete`` removes
+it: they refuse while one runs; so does ``devices approve``, and ``devices link`` runs
+where no device is yet)."""
+
 ROOM_MODE_NAMES = ("invite-only", "open")
 """``rooms mode`` choices: the names of rooms.ROOM_MODES (not imported: it needs Twisted)."""
 
@@ -277,6 +283,20 @@ def _devices_commands(devices):
                          "characters.", 'securechat devices rename Xb3kQ9 "work laptop"')
     rename.add_argument("device", metavar="ID")
     rename.add_argument("name", metavar="NAME")
+    add_command(devices_commands, "link", "make this machine a new device of your account",
+                "On a new machine (its ini names your user and its own data_dir): log in "
+                "with the password, print 'link code: CODE' and wait for one of your devices "
+                "to run 'securechat devices approve CODE'; both then show seven emoji and "
+                "ask whether they match (y/n on standard input).  The new device reads what "
+                "is sent to you from then on, not earlier messages.",
+                "securechat --config ~/.config/securechat/laptop.ini devices link")
+    approve = add_command(
+        devices_commands, "approve", "add the device showing CODE to your account",
+        "Compare emoji with the new device that printed 'link code: CODE' (y/n on "
+        "standard input); if both say yes, sign it into your account's device list and "
+        "hand it the account key.  Stop this device's daemon first.",
+        "securechat devices approve K7QM2XW9PA")
+    approve.add_argument("code", metavar="CODE")
 
 
 def _rooms_commands(rooms):
@@ -393,6 +413,16 @@ def read_room_password(wanted):
     return password
 
 
+LINKING = ("link", "approve")
+"""``devices`` actions that run standalone only: a SAS exchange on this terminal."""
+
+
+def standalone_only(args):
+    """Whether ``args`` names a command that never goes to a running daemon."""
+    return args.command in STANDALONE_ONLY or (
+        args.command == "devices" and args.devices_command in LINKING)
+
+
 def request_for(args, room_password=read_room_password):
     """The daemon method and params that do what ``args`` asks; ``room_password(wanted)``
     gives a room's password when ``--password`` asks for one (the chat asks on its screen)."""
@@ -443,13 +473,20 @@ def next_page(params):
     return {key: value for key, value in params.items() if key != "wait"}
 
 
-def show_result(args, result, out=print, say_sent=None):
+def warn_on_stderr(text):
+    print(f"securechat: warning: {safe(text)}", file=sys.stderr, flush=True)
+
+
+def show_result(args, result, out=print, say_sent=None, warn=warn_on_stderr):
     """Print what a command's result says, as the standalone commands always have (what
     others wrote passes render.safe).  ``say_sent``: whether a message sent says where it
     went (default: when a person watches, stdout a terminal; the chat, which shows the
-    line itself, says no)."""
+    line itself, says no).  ``warn`` says the result's warnings (devices a message was
+    not encrypted to), on stderr unless the chat shows them."""
     command = args.command
     width = terminal_width(sys.stdout)
+    for warning in result.get("warnings") or ():
+        warn(warning)
     if command == "login":
         out(f"logged in as {result['user']} (device {result['device']}); "
             f"{result['queued']} message(s) waiting")

@@ -129,7 +129,8 @@ class Methods:
         user, text = params.get("user", str), params.get("text", str)
         check_message_size(text)
         devices = await self._send_or_keep(params, lambda: self.client.send_text(user, text))
-        return {"devices": devices, "notice": NO_OTHER_DEVICE if devices == 0 else None}
+        return {"devices": devices, "notice": NO_OTHER_DEVICE if devices == 0 else None,
+                "warnings": self.client.unsigned_warnings({user, self.client.user})}
 
     async def _send_or_keep(self, params, send):
         """Run ``send()`` (a message send); with the server unreachable the message waits in
@@ -197,7 +198,8 @@ class Methods:
         room = BROADCAST_ROOM if name == "broadcast" else params.get("room", str)
         text = params.get("text", str)
         check_message_size(text)
-        return {"id": await self._send_or_keep(params, lambda: self.client.rooms.say(room, text))}
+        mid = await self._send_or_keep(params, lambda: self.client.rooms.say(room, text))
+        return {"id": mid, "warnings": self.client.rooms.left_out.get(room, [])}
 
     async def rooms_create(self, name, params, show):
         room, password = params.get("room", str), params.get("password", str, None)

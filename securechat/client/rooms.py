@@ -14,7 +14,6 @@ import json
 import time
 
 from securechat import wire
-from securechat.client.contacts import TrustError
 from securechat.client.inbound import open_envelope
 from securechat.client.messaging import new_id, padded
 from securechat.crypto.device import DecryptError
@@ -45,6 +44,9 @@ ROOM_MODES = {
 class RoomClient:
     def __init__(self, client):
         self._client = client
+        self.left_out = {}
+        """room -> the warnings of member devices the last message there was not
+        encrypted to (not signed by their account key)."""
 
     @property
     def _crypto(self):
@@ -139,13 +141,10 @@ class RoomClient:
         client = self._client
         members = (await client.request("room.members", room=room))["members"]
         devices = {}
-        for user in members:
+        for user in members:  # a member's device not signed by its account: left out
             trusted = await client.trusted_devices(user, sending=True)
-            missing = set(members[user]) - set(trusted)
-            if missing:
-                raise TrustError(f"{user}'s device(s) {', '.join(sorted(missing))} are not "
-                                 f"signed by {user}'s identity key; not sending to {room}")
             devices.update({(user, device): keys for device, keys in trusted.items()})
+        self.left_out[room] = client.unsigned_warnings(members)
         devices.pop((client.user, client.device), None)
         crypto = self._crypto
         session, meta, rotated = crypto.outbound(room, set(devices))

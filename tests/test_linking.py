@@ -1,0 +1,114 @@
+"""Linking a second device to an account with real processes: a ``twistd`` relay and the
+``securechat`` CLI, alice on two data directories (``devices link`` on the new one,
+``devices approve CODE`` on the first), bob as her contact."""
+
+import json
+import re
+import sqlite3
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from securechat import wire
+from securechat.client.exit_codes import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNTRUSTED
+from tests.processes import InteractiveCli, run_cli, write_client_config
+from tests.support import poll_until
+
+CODE = re.compile(r"^link code: ([A-Z0-9]+)$", re.MULTILINE)
+
+
+@pytest.fixture
+def accounts(listening_relay, tmp_path):
+    """alice (first device) and bob registered on a twistd relay; alice's second machine's
+    ini (same user, its own data dir); the relay."""
+    clients = str(tmp_path / "clients")
+    alice = write_client_config(clients, "alice", listening_relay.port)
+    bob = write_client_config(clients, "bob", listening_relay.port)
+    laptop = write_client_config(str(tmp_path / "laptop"), "alice", listening_relay.port)
+    for config in (alice, bob):
+        result = pytest_twisted.blockon(defer.ensureDeferred(run_cli(config, "register")))
+        assert result.code == 0, result
+    return alice, laptop, bob, listening_relay
+
+
+async def ok(config, *args, stdin=None):
+    result = await run_cli(config, *args, stdin=stdin)
+    assert result.code == 0, (args, result)
+    return result
+
+
+async def start_link(config):
+    """``devices link`` running on ``config``'s machine, and the code it printed."""
+    new = InteractiveCli(config, "devices", "link")
+    await poll_until(lambda: CODE.search(new.text()) or new.ended.called, timeout=60)
+    match = CODE.search(new.text())
+    assert match, new.text()
+    return new, match.group(1)
+
+
+async def link(first, second, new_answer="y", approver_answer="y"):
+    """Link ``second`` to ``first``'s account, each side answering as told; the exit codes
+    ``(new, approver)`` and both processes' output."""
+    new, code = await start_link(second)
+    approver = InteractiveCli(first, "devices", "approve", code)
+    for side, answer in ((new, new_answer), (approver, approver_answer)):
+        await side.wait_for("Do they match?", timeout=90)
+    approver.type(approver_answer)
+    new.type(new_answer)
+    codes = (await new.finish(90), await approver.finish(90))
+    return codes, new.text(), approver.text(), code
+
+
+def device_list(relay, user):
+    """The relay's stored device list of ``user`` (its JSON) and signature."""
+    database = sqlite3.connect(str(relay.data_dir / "securechat.sqlite3"))
+    try:
+        row = database.execute("SELECT device_list, signature FROM device_lists "
+                               "WHERE user_id = ?", (user,)).fetchone()
+    finally:
+        database.close()
+    return json.loads(row[0]), row[1]
+
+
+async def texts(config):
+    """``inbox --json``'s chat messages: ``{text: message}``."""
+    lines = (await ok(config, "inbox", "--json")).json_lines()
+    return {m["text"]: m for m in lines if m["type"] == "msg"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_linked_device_receives_what_bob_sends_and_bob_is_not_asked_again(accounts):
+    """bob verifies alice, then alice links a second device (y on both sides): both of
+    alice's devices read bob's 1:1 and room messages, bob's send to alice works without a
+    new verification, and what alice sends from the new device shows verified to bob."""
+    alice, laptop, bob, relay = accounts
+    await verify_each_other(alice, bob)
+    (codes, new_out, approver_out, code) = await link(alice, laptop)
+    assert codes == (0, 0), (new_out, approver_out)
+    assert f"linked: this device ({code}) is now one of alice's devices" in new_out
+    assert f"linked device {code} to alice's account" in approver_out
+    listing, _ = device_list(relay, "alice")
+    assert code in listing["devices"] and len(listing["devices"]) == 2
+    assert all(isinstance(d["added"], int) for d in listing["devices"].values())
+    await ok(alice, "rooms", "create", "ops")
+    await ok(alice, "invite", "ops", "bob")
+    await ok(bob, "send", "alice", "to both of you")
+    await ok(bob, "say", "ops", "in the room")
+    for device in (alice, laptop):
+        shown = await texts(device)
+        assert {"to both of you", "in the room"} <= set(shown), shown
+        assert all(m["error"] is None for m in shown.values()), shown
+    await ok(laptop, "send", "bob", "from the laptop")
+    from_laptop = (await texts(bob))["from the laptop"]
+    assert from_laptop["verified"] is True and from_laptop["from_device"] == code
+
+
+async def verify_each_other(alice, bob):
+    """bob and alice run ``verify`` and confirm the emoji (y on both sides)."""
+    await ok(alice, "send", "bob", "hello")
+    await ok(bob, "inbox")
+    started = defer.ensureDeferred(run_cli(alice, "verify", "bob", stdin=b"y\n"))
+    responder = await run_cli(bob, "verify", "alice", stdin=b"y\n")
+    initiator = await started
+    assert initiator.code == 0 and responder.code == 0, (initiator, responder)
