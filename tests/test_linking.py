@@ -112,3 +112,76 @@ async def verify_each_other(alice, bob):
     responder = await run_cli(bob, "verify", "alice", stdin=b"y\n")
     initiator = await started
     assert initiator.code == 0 and responder.code == 0, (initiator, responder)
+
+
+@pytest.mark.parametrize("who", ["new device", "approver"])
+@pytest_twisted.ensureDeferred
+async def test_a_no_on_either_side_links_nothing(accounts, who):
+    """When either person answers no, both commands fail with exit 7 (the other side is
+    told it was cancelled) and the relay's device list of alice is unchanged."""
+    alice, laptop, _, relay = accounts
+    before = device_list(relay, "alice")
+    answers = {"new_answer": "n"} if who == "new device" else {"approver_answer": "n"}
+    (codes, new_out, approver_out, _) = await link(alice, laptop, **answers)
+    assert codes == (EXIT_UNTRUSTED, EXIT_UNTRUSTED), (new_out, approver_out)
+    said_no, told = (new_out, approver_out) if who == "new device" else (approver_out, new_out)
+    assert "you said the emoji do not match: NOT linked" in said_no
+    assert "cancelled: the emoji did not match" in told
+    assert device_list(relay, "alice") == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_code_is_not_found(accounts):
+    """``devices approve`` with a code no device waits with exits 6 naming the code, and
+    publishes nothing."""
+    alice, _, _, relay = accounts
+    before = device_list(relay, "alice")
+    result = await run_cli(alice, "devices", "approve", "NOSUCHCODE")
+    assert result.code == EXIT_NOT_FOUND, result
+    assert "no device waiting to link with code NOSUCHCODE" in result.err
+    assert device_list(relay, "alice") == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_password_on_the_new_device_exits_3_and_keeps_nothing(accounts, tmp_path):
+    """``devices link`` with a wrong password is refused at the login (exit 3) and leaves no
+    key store behind: the next try starts clean."""
+    _, laptop, _, _ = accounts
+    result = await run_cli(laptop, "devices", "link", password="not the password")
+    assert result.code == EXIT_AUTH, result
+    assert "wrong user name or password" in result.err
+    assert not (tmp_path / "laptop" / "alice" / "keystore.sqlite3").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_approval_times_out_naming_the_new_device(accounts, tmp_path):
+    """A new device that printed its code and went away: the approval waits verify_timeout
+    for its answer, then fails with exit 7 naming it; the list is unchanged."""
+    alice, laptop, _, relay = accounts
+    new, code = await start_link(laptop)
+    new.transport.signalProcess("KILL")
+    await new.finish()
+    before = device_list(relay, "alice")
+    hasty = write_client_config(str(tmp_path / "clients"), "alice", relay.port,
+                                extra_lines=["verify_timeout = 2"])
+    result = await run_cli(hasty, "devices", "approve", code)
+    assert result.code == EXIT_UNTRUSTED, result
+    assert f"the new device {code} did not answer the link request within 2 s" in result.out
+    assert device_list(relay, "alice") == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_approve_refuses_while_a_daemon_serves_the_device(accounts, tmp_path):
+    """``devices approve`` refuses before asking anything while this device's daemon runs
+    (the daemon holds its key store and connection), saying to stop it first."""
+    from tests.processes import DaemonProcess
+
+    alice, _, _, _ = accounts
+    daemon = DaemonProcess(alice, tmp_path / "clients" / "alice")
+    try:
+        await daemon.ready()
+        result = await run_cli(alice, "devices", "approve", "ANYCODE", password=None)
+        assert result.code == 1, result
+        assert "stop the daemon (or the chat) first, then approve the new device" in result.err
+    finally:
+        await daemon.stop()
