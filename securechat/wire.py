@@ -343,14 +343,25 @@ VERSION = integer(1, 2**53)
 
 DEVICE_KEYS = obj({"user": USER, "device": DEVICE, "curve25519": PUBLIC_KEY, "ed25519": PUBLIC_KEY})
 SIGNED_KEY = obj({"key": PUBLIC_KEY, "signature": SIGNATURE})
+_LISTED_DEVICE = obj({"curve25519": PUBLIC_KEY, "ed25519": PUBLIC_KEY,
+                      "added": optional(TIMESTAMP)})
+
+
+def listed_device(value):
+    """A device list's entry: its keys, and (format 2) ``added``, when the signing device
+    added it: optional (older lists have none) and ignored by the relay.  An absent
+    ``added`` stays absent: the list's signature covers it as its owner signed it."""
+    checked = _LISTED_DEVICE(value)
+    if "added" not in value:
+        del checked["added"]
+    return checked
+
+
 DEVICE_LIST = obj(
     {
         "user": USER,
         "version": VERSION,
-        # ``added`` (format 2): when the signing device added it; optional (older lists
-        # have none), ignored by the relay.
-        "devices": map_of(DEVICE, obj({"curve25519": PUBLIC_KEY, "ed25519": PUBLIC_KEY,
-                                       "added": optional(TIMESTAMP)})),
+        "devices": map_of(DEVICE, listed_device),
         "ts": TIMESTAMP,
     }
 )
