@@ -107,10 +107,10 @@ async def migrate(client):
             await _publish(client, listing, {
                 device: listed_entry(keys, keys.get("added") or created.get(device) or now_ms())
                 for device, keys in listing["devices"].items()})
-            log.info("re-signed the account's device list in format {format}", format=FORMAT)
+            log.info("re-signed the account's device list in format {version}", version=FORMAT)
         else:
             with client.store.transaction():
                 client.store.set_meta(FORMAT_META, str(FORMAT))
     except (RemoteError, DeviceListError) as e:
-        log.warn("could not move the account's device list to format {format}: {error}",
-                 format=FORMAT, error=str(e))
+        log.warn("could not move the account's device list to format {version}: {error}",
+                 version=FORMAT, error=str(e))
