@@ -185,3 +185,28 @@ async def test_approve_refuses_while_a_daemon_serves_the_device(accounts, tmp_pa
         assert "stop the daemon (or the chat) first, then approve the new device" in result.err
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_client_reads_a_device_linked_after_it_looked_up_alice(accounts,
+                                                                               tmp_path):
+    """bob's daemon looked up alice's devices (to send to her) before she linked a second
+    one: the first message from the new device makes it ask for alice's keys again, and
+    shows readable."""
+    from tests.processes import DaemonProcess
+
+    alice, laptop, bob, _ = accounts
+    daemon = DaemonProcess(bob, tmp_path / "clients" / "bob")
+    try:
+        await daemon.ready()
+        sent = await run_cli(bob, "send", "alice", "hi", password=None)
+        assert sent.code == 0, sent
+        (codes, new_out, approver_out, code) = await link(alice, laptop)
+        assert codes == (0, 0), (new_out, approver_out)
+        await ok(laptop, "send", "bob", "from my new laptop")
+        shown = (await run_cli(bob, "inbox", "--json", "--wait", "30", password=None))
+        (message,) = [m for m in shown.json_lines() if m["type"] == "msg"]
+        assert message["text"] == "from my new laptop" and message["from_device"] == code
+        assert message["error"] is None, message
+    finally:
+        await daemon.stop()
