@@ -154,20 +154,28 @@ async def test_a_wrong_password_on_the_new_device_exits_3_and_keeps_nothing(acco
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_approval_times_out_naming_the_new_device(accounts, tmp_path):
+async def test_an_approval_times_out_naming_the_new_device_which_can_link_later(accounts,
+                                                                                 tmp_path):
     """A new device that printed its code and went away: the approval waits verify_timeout
-    for its answer, then fails with exit 7 naming it; the list is unchanged."""
+    for its answer, then fails with exit 7 naming it, the list unchanged; the half-made
+    device runs no other command, and ``devices link`` run again goes on with the same
+    code (the timed-out approval waiting for it is passed over) and links."""
     alice, laptop, _, relay = accounts
     new, code = await start_link(laptop)
     new.transport.signalProcess("KILL")
     await new.finish()
     before = device_list(relay, "alice")
-    hasty = write_client_config(str(tmp_path / "clients"), "alice", relay.port,
+    hasty = write_client_config(str(tmp_path / "hasty"), "alice", relay.port,
+                                data_dir=str(tmp_path / "clients" / "alice"),
                                 extra_lines=["verify_timeout = 2"])
     result = await run_cli(hasty, "devices", "approve", code)
     assert result.code == EXIT_UNTRUSTED, result
     assert f"the new device {code} did not answer the link request within 2 s" in result.out
     assert device_list(relay, "alice") == before
+    refused = await run_cli(laptop, "inbox")
+    assert refused.code == 1 and "is not linked to alice's account yet" in refused.err
+    (codes, new_out, approver_out, again) = await link(alice, laptop)
+    assert (codes, again) == ((0, 0), code), (new_out, approver_out)
 
 
 @pytest_twisted.ensureDeferred

@@ -152,14 +152,24 @@ async def approve(client, links, code, confirm, show, timeout):
 
 
 async def link(client, links, confirm, show, timeout):
-    """``devices link`` on the new machine, once ``client.join_account()`` has made it a
-    pending device: print the code, answer the first approval that starts, take the
-    account key.  Fire with the approving device's id."""
-    account_key = await client.join_account()
-    show(f"link code: {client.device}")
-    show(f"On a device of {safe(client.user)}'s account, run: securechat devices approve "
-         f"{client.device}   (waiting {LINK_WAIT // 60} minutes)")
-    start = await _first_start(client, links, LINK_WAIT)
+    """``devices link`` on the new machine: made a pending device (``join_account``; a
+    run after an interrupted one goes on with the same device and code), print the code,
+    answer the newest approval that was not called off, take the account key.  Fire with
+    the approving device's id."""
+    waiter = Approvals(client.user)
+    links.running.append(waiter)  # before the login: steps may wait on the relay
+    try:
+        account_key = await client.join_account()
+        show(f"link code: {client.device}")
+        show(f"On a device of {safe(client.user)}'s account, run: securechat devices approve "
+             f"{client.device}   (waiting {LINK_WAIT // 60} minutes)")
+        await client.drain(timeout)  # what waited: approvals, and their cancellations
+        start = await waiter.first(client.reactor, LINK_WAIT)
+    finally:
+        links.running.remove(waiter)
+    if start is None:
+        raise LinkFailed(f"no device of {client.user} approved this one within "
+                         f"{LINK_WAIT // 60} minutes: NOT linked")
     approver = start["from_dev"]
     approver_keys = (await client.trusted_devices(client.user, sending=False)).get(approver)
     if approver_keys is None:
@@ -186,32 +196,37 @@ async def link(client, links, confirm, show, timeout):
     return approver
 
 
-class FirstStart:
-    """Waits for the first ``link.start`` from a device of this account (fed by Links)."""
+class Approvals:
+    """The ``link.start`` steps of this account's devices, less those called off
+    (``link.cancel``: an approval that timed out while this device was away)."""
 
     def __init__(self, user):
         self._user = user
-        self.started = defer.Deferred()
+        self._open = {}  # txn -> the start, oldest first
+        self._wanted = None
 
     def deliver(self, record):
-        if (record.get("type"), record.get("from")) == ("link.start", self._user) \
-                and not self.started.called:
-            self.started.callback({**record["inner"], "from_dev": record["from_dev"]})
+        inner = record.get("inner") or {}
+        if record.get("from") != self._user:
+            return
+        if record.get("type") == "link.start":
+            self._open[inner.get("txn")] = {**inner, "from_dev": record["from_dev"]}
+        elif record.get("type") == "link.cancel":
+            self._open.pop(inner.get("txn"), None)
+        self._answer()
 
+    def _answer(self):
+        if self._wanted is not None and not self._wanted.called and self._open:
+            self._wanted.callback(list(self._open.values())[-1])
 
-async def _first_start(client, links, wait):
-    """The first ``link.start`` from a device of this account within ``wait`` seconds."""
-    waiter = FirstStart(client.user)
-    links.running.append(waiter)
-    timer = client.reactor.callLater(wait, lambda: waiter.started.called
-                                     or waiter.started.callback(None))
-    try:
-        start = await waiter.started
-    finally:
-        links.running.remove(waiter)
-        if timer.active():
-            timer.cancel()
-    if start is None:
-        raise LinkFailed(f"no device of {client.user} approved this one within {wait // 60} "
-                         "minutes: NOT linked")
-    return start
+    async def first(self, reactor, wait):
+        """The newest open approval, or the next one within ``wait`` seconds (None)."""
+        self._wanted = defer.Deferred()
+        timer = reactor.callLater(wait, lambda: self._wanted.called
+                                  or self._wanted.callback(None))
+        self._answer()
+        try:
+            return await self._wanted
+        finally:
+            if timer.active():
+                timer.cancel()
