@@ -136,3 +136,18 @@ async def test_remove_refuses_this_device_and_an_unknown_one(people):
     assert unknown.code == 6, unknown
     assert "has no device NOSUCHDEV1" in unknown.err
     await ok(alice2, "inbox")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removed_devices_daemon_is_told_stops_and_exits_3(people, daemons):  # noqa: F811
+    """A2's daemon, connected when A1 removes A2, gets the relay's device_removed event:
+    it says "this device (ID) was removed from alice's account" and ends with exit code 3
+    instead of reconnecting."""
+    alice, alice2, second, _, _ = people
+    daemon = daemons(alice2, client_settings.load(alice2).data_dir)
+    await daemon.ready()
+
+    await ok(alice, "devices", "remove", second)
+
+    assert await daemon.finish() == 3
+    assert f"this device ({second}) was removed from alice's account" in daemon.text()
