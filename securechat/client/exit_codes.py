@@ -24,7 +24,8 @@ TABLE = (
     (EXIT_OK, "done"),
     (EXIT_ERROR, "an error (the message says which)"),
     (EXIT_USAGE, "usage error: a wrong argument, a message too long, no password available"),
-    (EXIT_AUTH, "wrong password, or login refused"),
+    (EXIT_AUTH, "wrong password, or login refused (this device removed from its account "
+                "included)"),
     (EXIT_UNREACHABLE, "the server cannot be reached (send: the message is kept in the "
                        "outbox and sent later)"),
     (EXIT_CERTIFICATE, "the server's certificate is not the trusted one"),

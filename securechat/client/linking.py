@@ -114,7 +114,7 @@ class Links:
 def waiting_device(client, entry, code):
     """The keys of the device ``code`` waiting to be linked: self-signed keys the relay
     holds for this account, in no signed list; ClientError (exit 6) when there is none."""
-    listing = device_list.signed_list(client, entry)
+    listing = device_list.signed_list(client, entry, required=False)
     listed = listing["devices"] if listing else {}
     candidates = {**entry["devices"], **(entry.get("pending") or {})}
     signed = candidates.get(code)
@@ -130,10 +130,7 @@ async def approve(client, links, code, confirm, show, timeout):
     """``devices approve CODE`` on a device of the account: the SAS exchange with the
     device ``code``; once both people said yes, that device signed into the list and
     handed the account key.  Fire with the new list's version."""
-    try:
-        keys = waiting_device(client, await device_list.own_entry(client), code)
-    except device_list.DeviceListError as e:
-        raise ClientError(str(e)) from None
+    keys = waiting_device(client, await device_list.own_entry(client), code)
     exchange = LinkExchange(client, (code, keys), client.crypto.identity_key, confirm, show,
                             timeout, f"the new device {code}")
     client.linking = (code, keys)
@@ -141,7 +138,7 @@ async def approve(client, links, code, confirm, show, timeout):
     try:
         txn = await exchange.start(f"Waiting for the new device {safe(code)} "
                                    f"(for {timeout:g} s)...")
-        version = await device_list.add(client, {code: keys})
+        version = (await device_list.add(client, {code: keys}))["version"]
         await exchange.send_step({"type": "link.account_key", "txn": txn,
                                   "identity_seed": client.crypto.identity_seed,
                                   "version": version})
