@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 from securechat import wire
+from securechat.client.exit_codes import EXIT_USAGE
 from securechat.client.message_size import check_message_size
 from securechat.client.render import (
     format_history, format_message, history_json, message_json, safe, terminal_width)
@@ -454,6 +455,9 @@ def request_for(args, room_password=read_room_password):
         elif args.rooms_command == "admin":
             params.update({"user": args.user, "remove": args.remove})
         return "rooms." + args.rooms_command, params
+    if command == "devices" and args.devices_command in LINKING:  # only the chat gets here
+        raise CommandFailed(f"'devices {args.devices_command}' runs in a terminal of its own "
+                            "(securechat devices ...), not in the chat", EXIT_USAGE)
     if command == "devices":
         params = {"device": args.device} if args.devices_command != "list" else {}
         if args.devices_command == "rename":
