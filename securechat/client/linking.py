@@ -113,11 +113,11 @@ class Links:
 
 def waiting_device(client, entry, code):
     """The keys of the device ``code`` waiting to be linked: self-signed keys the relay
-    holds for this account, in no signed list; ClientError (exit 6) when there is none."""
+    holds for this account (``pending`` in its own keys.query entry), in no signed list;
+    ClientError (exit 6) when there is none."""
     listing = device_list.signed_list(client, entry, required=False)
     listed = listing["devices"] if listing else {}
-    candidates = {**entry["devices"], **(entry.get("pending") or {})}
-    signed = candidates.get(code)
+    signed = (entry.get("pending") or {}).get(code)
     if signed is not None and code not in listed:
         keys = signed["device_keys"]
         if (keys.get("user"), keys.get("device")) == (client.user, code) and verify(
