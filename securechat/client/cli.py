@@ -17,17 +17,14 @@ import os
 import sys
 
 from securechat.client import settings as client_settings
-from securechat.client.commands import build_parser, next_page, request_for, show_result
+from securechat.client.commands import (
+    build_parser, next_page, request_for, show_result, standalone_only)
 from securechat.client.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
 from securechat.client.render import safe
 from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection
 from securechat.client.unlock import PasswordUnavailable
 from securechat.config import ConfigError
 
-STANDALONE_ONLY = ("register", "daemon", "chat", "password", "account")
-"""Commands that never go to a running daemon (``chat`` starts one when none runs;
-``password`` re-wraps the key store a daemon holds open and ``account delete`` removes
-it: they refuse while one runs)."""
 GENERATED = ("completion", "manpage")
 """Commands that print what is generated from the parser: no config file, no daemon."""
 
@@ -92,7 +89,7 @@ def run(args):
         return 0
     settings = client_settings.load(os.path.expanduser(args.config))
     request = None
-    if args.command not in STANDALONE_ONLY:
+    if not standalone_only(args):
         request = request_for(args)  # asks for a room password, if one is wanted, once
         connection = DaemonConnection.find(settings.data_dir)
         if connection is not None:

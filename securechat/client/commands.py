@@ -15,11 +15,18 @@ import sys
 import textwrap
 
 from securechat import wire
+from securechat.client.exit_codes import EXIT_USAGE
 from securechat.client.message_size import check_message_size
 from securechat.client.render import (
     format_history, format_message, history_json, message_json, safe, terminal_width)
 from securechat.client.rpc import CommandFailed
 from securechat.client.settings import default_config_path
+
+STANDALONE_ONLY = ("register", "daemon", "chat", "password", "account")
+"""Commands that never go to a running daemon (``chat`` starts one when none runs;
+``password`` re-wraps the key store a daemon holds open and ``account delete`` removes
+it: they refuse while one runs; so does ``devices approve``, and ``devices link`` runs
+where no device is yet)."""
 
 ROOM_MODE_NAMES = ("invite-only", "open")
 """``rooms mode`` choices: the names of rooms.ROOM_MODES (not imported: it needs Twisted)."""
@@ -256,14 +263,16 @@ def build_parser(parser_class=argparse.ArgumentParser):
     _devices_commands(add_command(
         commands, "devices", "your account's devices (no action: list them)",
         "List your account's devices (id, name, when added, when last seen; this one "
-        "marked), or name one of them.", "securechat devices", "securechat devices --json",
-        'securechat devices rename Xb3kQ9 "work laptop"'))
+        "marked), name one of them, or remove one.", "securechat devices",
+        "securechat devices --json", 'securechat devices rename Xb3kQ9 "work laptop"',
+        "securechat devices remove Xb3kQ9"))
     _conventions(parser)  # last: it completes every subcommand declared above
     return parser
 
 
 def _devices_commands(devices):
-    """``devices`` lists (as ``devices list``); ``devices rename ID NAME`` names one."""
+    """``devices`` lists (as ``devices list``); ``devices rename ID NAME`` names one;
+    ``devices remove ID`` removes one."""
     devices.add_argument("--json", action="store_true",
                          help="one JSON object per device and line: id, name, added, "
                               "last_seen (ISO UTC or null), this")
@@ -277,6 +286,28 @@ def _devices_commands(devices):
                          "characters.", 'securechat devices rename Xb3kQ9 "work laptop"')
     rename.add_argument("device", metavar="ID")
     rename.add_argument("name", metavar="NAME")
+    remove = add_command(devices_commands, "remove", "remove one of your devices",
+                         "Sign your account's device list without device ID (as 'devices' "
+                         "lists it) and publish it: the relay refuses that device's logins "
+                         "at once and drops what waits for it, and your contacts stop "
+                         "encrypting to it.  Not this device itself.  A device that was "
+                         "stolen still holds your account key in its data directory: change "
+                         "your password too.", "securechat devices remove Xb3kQ9")
+    remove.add_argument("device", metavar="ID")
+    add_command(devices_commands, "link", "make this machine a new device of your account",
+                "On a new machine (its ini names your user and its own data_dir): log in "
+                "with the password, print 'link code: CODE' and wait for one of your devices "
+                "to run 'securechat devices approve CODE'; both then show seven emoji and "
+                "ask whether they match (y/n on standard input).  The new device reads what "
+                "is sent to you from then on, not earlier messages.",
+                "securechat --config ~/.config/securechat/laptop.ini devices link")
+    approve = add_command(
+        devices_commands, "approve", "add the device showing CODE to your account",
+        "Compare emoji with the new device that printed 'link code: CODE' (y/n on "
+        "standard input); if both say yes, sign it into your account's device list and "
+        "hand it the account key.  Stop this device's daemon first.",
+        "securechat devices approve K7QM2XW9PA")
+    approve.add_argument("code", metavar="CODE")
 
 
 def _rooms_commands(rooms):
@@ -393,6 +424,16 @@ def read_room_password(wanted):
     return password
 
 
+LINKING = ("link", "approve")
+"""``devices`` actions that run standalone only: a SAS exchange on this terminal."""
+
+
+def standalone_only(args):
+    """Whether ``args`` names a command that never goes to a running daemon."""
+    return args.command in STANDALONE_ONLY or (
+        args.command == "devices" and args.devices_command in LINKING)
+
+
 def request_for(args, room_password=read_room_password):
     """The daemon method and params that do what ``args`` asks; ``room_password(wanted)``
     gives a room's password when ``--password`` asks for one (the chat asks on its screen)."""
@@ -414,9 +455,13 @@ def request_for(args, room_password=read_room_password):
         elif args.rooms_command == "admin":
             params.update({"user": args.user, "remove": args.remove})
         return "rooms." + args.rooms_command, params
+    if command == "devices" and args.devices_command in LINKING:  # only the chat gets here
+        raise CommandFailed(f"'devices {args.devices_command}' runs in a terminal of its own "
+                            "(securechat devices ...), not in the chat", EXIT_USAGE)
     if command == "devices":
-        params = ({"device": args.device, "name": args.name}
-                  if args.devices_command == "rename" else {})
+        params = {"device": args.device} if args.devices_command != "list" else {}
+        if args.devices_command == "rename":
+            params["name"] = args.name
         return "devices." + args.devices_command, params
     if command == "join":
         return "join", {"room": args.room, **_room_password(args, room_password)}
@@ -443,13 +488,20 @@ def next_page(params):
     return {key: value for key, value in params.items() if key != "wait"}
 
 
-def show_result(args, result, out=print, say_sent=None):
+def warn_on_stderr(text):
+    print(f"securechat: warning: {safe(text)}", file=sys.stderr, flush=True)
+
+
+def show_result(args, result, out=print, say_sent=None, warn=warn_on_stderr):
     """Print what a command's result says, as the standalone commands always have (what
     others wrote passes render.safe).  ``say_sent``: whether a message sent says where it
     went (default: when a person watches, stdout a terminal; the chat, which shows the
-    line itself, says no)."""
+    line itself, says no).  ``warn`` says the result's warnings (devices a message was
+    not encrypted to), on stderr unless the chat shows them."""
     command = args.command
     width = terminal_width(sys.stdout)
+    for warning in result.get("warnings") or ():
+        warn(warning)
     if command == "login":
         out(f"logged in as {result['user']} (device {result['device']}); "
             f"{result['queued']} message(s) waiting")
@@ -532,6 +584,10 @@ def _show_outbox(result, out):
 def _show_devices_result(args, result, out):
     if args.devices_command == "rename":
         out(f"device {safe(result['device'])} is now named {safe(result['name'])}")
+        return
+    if args.devices_command == "remove":
+        out(f"removed device {safe(result['device'])} from {safe(result['user'])}'s account "
+            f"(device list version {result['version']}): the relay refuses it from now on")
         return
     for device in result["devices"]:
         if args.json:  # ASCII escapes: no byte of a name reaches the terminal as it came

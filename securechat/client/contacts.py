@@ -3,7 +3,8 @@
 The server hands out keys, so the server could hand out its own.  Each
 contact's Ed25519 identity key is pinned the first time we see it; the
 device keys we encrypt to must be listed in a device list signed by that
-identity key and self-signed by the device.  A changed identity key blocks
+identity key and self-signed by the device; any other device is left out, with a
+warning.  A changed identity key blocks
 sending until the user accepts it (``securechat trust USER``) or verifies
 it again; a contact that was verified stays blocked until re-verified.
 """
@@ -112,11 +113,14 @@ class Contacts:
         return {"verified": bool(record and record["verified"]), "warning": None}
 
     def devices(self, user, entry, sending):
-        """The devices of ``user`` (a keys.query entry) we may talk to: ``{device: keys}``.
+        """The devices of ``user`` (a keys.query entry) we may talk to, and those we may
+        not: ``({device: keys}, [warning, ...])``.
 
-        Each must be in the device list signed by the pinned identity key and
-        carry a valid self-signature.  Raises TrustError when ``sending`` and
-        any current device fails (the server would refuse a send that skips it).
+        Each trusted device is in the device list signed by the pinned identity key
+        (its curve25519 and ed25519 keys: what else a list entry carries, such as
+        ``added``, is not compared) and carries a valid self-signature.  Any other
+        device is never encrypted to, and is said as a warning, not an error: the
+        signed devices stay reachable.  A changed identity key raises when ``sending``.
         """
         record = self.pin(user, entry["identity_key"], sending)
         listing, signature = entry.get("device_list"), entry.get("device_list_signature")
@@ -127,20 +131,23 @@ class Contacts:
         if listing and listing.get("user") == user and verify(identity_key, listing,
                                                               signature or ""):
             listed = listing["devices"]
-        trusted = {}
+        trusted, warnings = {}, []
         for device, signed in entry["devices"].items():
             keys = signed["device_keys"]
+            in_list = listed.get(device) or {}
             ok = (
                 keys.get("user") == user and keys.get("device") == device
-                and listed.get(device) == {"curve25519": keys["curve25519"],
-                                           "ed25519": keys["ed25519"]}
+                and (in_list.get("curve25519"), in_list.get("ed25519")) == (
+                    keys["curve25519"], keys["ed25519"])
                 and verify(keys["ed25519"], keys, signed["signature"])
             )
             if ok:
                 trusted[device] = keys
-            elif sending:
-                raise TrustError(
-                    f"{user}'s device {device} is not signed by {user}'s identity key; "
-                    "not sending to it"
-                )
-        return trusted
+            else:
+                warnings.append(unsigned_warning(user, device))
+        return trusted, warnings
+
+
+def unsigned_warning(user, device):
+    return (f"{user}'s device {device} is not signed by {user}'s identity key: "
+            "nothing is encrypted to it")

@@ -24,13 +24,15 @@ TABLE = (
     (EXIT_OK, "done"),
     (EXIT_ERROR, "an error (the message says which)"),
     (EXIT_USAGE, "usage error: a wrong argument, a message too long, no password available"),
-    (EXIT_AUTH, "wrong password, or login refused"),
+    (EXIT_AUTH, "wrong password, or login refused (this device removed from its account "
+                "included)"),
     (EXIT_UNREACHABLE, "the server cannot be reached (send: the message is kept in the "
                        "outbox and sent later)"),
     (EXIT_CERTIFICATE, "the server's certificate is not the trusted one"),
-    (EXIT_NOT_FOUND, "not found: no such user (or one who deleted their account), or no such "
-                     "room (or you are not in it)"),
-    (EXIT_UNTRUSTED, "sending blocked by trust: a changed or unsigned key"),
+    (EXIT_NOT_FOUND, "not found: no such user (or one who deleted their account), no such "
+                     "room (or you are not in it), or no device waiting to link with a code"),
+    (EXIT_UNTRUSTED, "sending blocked by trust: a changed or unsigned key; a verification "
+                     "or a device link that did not succeed"),
     (EXIT_RATE_LIMITED, "rate limited: the message says how many seconds to wait"),
     (EXIT_UNAVAILABLE, "the server is unavailable (its database or disk): try again later"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),

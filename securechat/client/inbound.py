@@ -51,9 +51,10 @@ async def open_envelope(client, env, unseal, keep=True, replaces=None):
             "room": env.get("room"), "received_at": received_at, "sent_at": received_at,
             "type": "msg", "mid": None, "text": None, "error": None}
     try:
-        devices = await client.trusted_devices(env["from"], sending=False)
+        sender = await client.sender_keys(env["from"], env["from_dev"])
+        if sender is None and env["kind"] == "olm":
+            sender = client.link_peer(env["from"], env["from_dev"])
         standing = client.contacts.standing(env["from"])
-        sender = devices.get(env["from_dev"])
         if sender is None:
             raise DecryptError(f"{env['from']}'s device {env['from_dev']} is not one we trust")
         with store.transaction():

@@ -56,10 +56,28 @@ class Sender:
         envelopes there, written with the ratchet states that made them.  ``only`` (a set
         of ``(user, device)``) limits it to those devices (an answer meant for one device).
         """
-        client = self._client
         targets = await self._targets(users)
         if only is not None:
             targets = [t for t in targets if (t[0], t[1]) in only]
+        try:
+            return await self._send_to(targets, payload, fresh, outbox_id)
+        except RemoteError as e:
+            if e.code == "devices_mismatch" and retry:
+                self._client.forget_devices()
+                return await self.send(users, payload, fresh, retry=False, outbox_id=outbox_id,
+                                       only=only)
+            raise
+
+    async def send_to_own_device(self, device, keys, payload):
+        """Encrypt ``payload`` for one device of this account whose ``keys`` the caller
+        checked (a device being linked, in no list yet: the relay takes a send that goes
+        to the own account only without the coverage rule)."""
+        return await self._send_to([(self._client.user, device, keys)], payload)
+
+    async def _send_to(self, targets, payload, fresh=(), outbox_id=None):
+        """Encrypt for each ``(user, device, keys)`` of ``targets`` and send; fire with the
+        number of devices (0: nothing sent)."""
+        client = self._client
         if not targets:
             return 0
         sessions = await self._start_sessions(
@@ -77,15 +95,8 @@ class Sender:
                                   "sid": sid, "otype": otype, "ct": ct})
             if outbox_id is not None:
                 client.outbox.encrypted(outbox_id, envelopes)
-        try:
-            await client.request("send", envelopes=envelopes)
-            return len(envelopes)
-        except RemoteError as e:
-            if e.code == "devices_mismatch" and retry:
-                client.forget_devices()
-                return await self.send(users, payload, fresh, retry=False, outbox_id=outbox_id,
-                                       only=only)
-            raise
+        await client.request("send", envelopes=envelopes)
+        return len(envelopes)
 
     async def _targets(self, users):
         client = self._client
@@ -93,7 +104,8 @@ class Sender:
         for user in sorted(set(users) | {client.user}):
             devices = await client.trusted_devices(user, sending=True)
             if not devices and user != client.user:
-                raise TrustError(f"{user} has no device to send to yet")
+                left_out = "".join(f"; {w}" for w in client.unsigned_warnings([user]))
+                raise TrustError(f"{user} has no device to send to yet{left_out}")
             targets.extend((user, device, keys) for device, keys in sorted(devices.items())
                            if (user, device) != (client.user, client.device))
         return targets
@@ -224,6 +236,9 @@ class Receiver:
             plaintext = client.crypto.decrypt(env["from"], env["from_dev"], sender["curve25519"],
                                               env["sid"], env["otype"], env["ct"])
             inner = self._check_inner(env, plaintext, sender)
+            if sender.get("linking") and not str(inner.get("type", "")).startswith("link."):
+                raise DecryptError(f"{env['from_dev']} is a device being linked: only its "
+                                   "link messages are read")
             if inner.get("type") == "room_key":
                 client.rooms.accept_key(inner, env["from"], env["from_dev"], sender["curve25519"])
             return inner

@@ -13,6 +13,7 @@ from twisted.internet import defer
 
 from securechat.client.commands import HISTORY_LAST, HISTORY_MAX
 from securechat.client.contacts import TrustError
+from securechat.client.device_list import remove_device
 from securechat.client.inbound import iso
 from securechat.client.message_size import check_message_size
 from securechat.client.protocol import ConnectionClosed, RemoteError
@@ -20,11 +21,12 @@ from securechat.client.render import message_json
 from securechat.client.rooms import ROOM_MODES
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed)
+from securechat.client.sas_exchange import ExchangeFailed
 from securechat.client.session import (
-    EXIT_AUTH, EXIT_UNTRUSTED, NO_OTHER_DEVICE, ClientError, Queued, refusal)
+    EXIT_AUTH, EXIT_UNTRUSTED, FINAL_STATES, NO_OTHER_DEVICE, ClientError, Queued, refusal)
 from securechat.client.settings import VERIFY_TIMEOUT
 from securechat.client.verification import (
-    PendingRequests, Verification, VerificationFailed, is_request, request_message)
+    PendingRequests, Verification, is_request, request_message)
 from securechat.crypto.fingerprint import key_fingerprint, safety_number
 from securechat.wire import BROADCAST_ROOM
 
@@ -63,8 +65,8 @@ def as_command_failed(error):
         return CommandFailed(str(error), error.exit_code)
     if isinstance(error, ConnectionClosed):
         return CommandFailed(f"{error} (the command may not have completed)", EXIT_UNREACHABLE)
-    if isinstance(error, VerificationFailed):
-        return CommandFailed(f"verification failed: {error}", EXIT_UNTRUSTED)
+    if isinstance(error, ExchangeFailed):  # a verification's or a link's
+        return CommandFailed(f"{error.doing} failed: {error}", EXIT_UNTRUSTED)
     return error
 
 
@@ -102,6 +104,7 @@ class Methods:
         "fingerprint": "fingerprint", "trust": "trust", "verify": "verify",
         "verify.confirm": "verify_confirm", "outbox": "outbox",
         "devices.list": "devices_list", "devices.rename": "devices_rename",
+        "devices.remove": "devices_remove",
     }
 
     def __init__(self, client, verifications):
@@ -128,7 +131,8 @@ class Methods:
         user, text = params.get("user", str), params.get("text", str)
         check_message_size(text)
         devices = await self._send_or_keep(params, lambda: self.client.send_text(user, text))
-        return {"devices": devices, "notice": NO_OTHER_DEVICE if devices == 0 else None}
+        return {"devices": devices, "notice": NO_OTHER_DEVICE if devices == 0 else None,
+                "warnings": self.client.unsigned_warnings({user, self.client.user})}
 
     async def _send_or_keep(self, params, send):
         """Run ``send()`` (a message send); with the server unreachable the message waits in
@@ -149,7 +153,9 @@ class Methods:
         client.reconnect()
         await client.wait_for(lambda: not client.outbox.holds(entry)
                               or client.outbox.error(entry) is not None
-                              or client.state in ("replaced", "closed"), wait)
+                              or client.state in FINAL_STATES, wait)
+        if client.state == "removed":  # for good: the outbox can never send it
+            raise ClientError(client.state_detail, EXIT_AUTH)
         error = client.outbox.error(entry)
         if error is not None:
             client.outbox.drop(entry)
@@ -196,7 +202,8 @@ class Methods:
         room = BROADCAST_ROOM if name == "broadcast" else params.get("room", str)
         text = params.get("text", str)
         check_message_size(text)
-        return {"id": await self._send_or_keep(params, lambda: self.client.rooms.say(room, text))}
+        mid = await self._send_or_keep(params, lambda: self.client.rooms.say(room, text))
+        return {"id": mid, "warnings": self.client.rooms.left_out.get(room, [])}
 
     async def rooms_create(self, name, params, show):
         room, password = params.get("room", str), params.get("password", str, None)
@@ -230,6 +237,12 @@ class Methods:
     async def devices_rename(self, name, params, show):
         return await self.client.request("devices.rename", device=params.get("device", str),
                                          name=params.get("name", str))
+
+    async def devices_remove(self, name, params, show):
+        """Publish the account's device list without the device: the relay removes it."""
+        device = params.get("device", str)
+        answer = await remove_device(self.client, device)
+        return {"device": device, "user": self.client.user, "version": answer["version"]}
 
     async def join(self, name, params, show):
         """Join a room.  A password room joined without a password, like a wrong password,

@@ -1,6 +1,7 @@
 """Room messaging on the client: one Megolm ciphertext per message, keys shared over Olm.
 
-Before each message the sender asks the server who is in the room, checks
+Before each message the sender asks the server who is in the room and which
+devices each member has (those of the member's signed device list), checks
 every member device against the pinned identities, and lets
 ``RoomCrypto.outbound`` decide whether the Megolm session must be replaced
 (the member devices changed, 100 messages, 7 days).  Devices that have not
@@ -14,7 +15,7 @@ import json
 import time
 
 from securechat import wire
-from securechat.client.contacts import TrustError
+from securechat.client.contacts import unsigned_warning
 from securechat.client.inbound import open_envelope
 from securechat.client.messaging import new_id, padded
 from securechat.crypto.device import DecryptError
@@ -45,6 +46,9 @@ ROOM_MODES = {
 class RoomClient:
     def __init__(self, client):
         self._client = client
+        self.left_out = {}
+        """room -> the warnings of member devices the last message there was not
+        encrypted to (not signed by their account key)."""
 
     @property
     def _crypto(self):
@@ -138,14 +142,10 @@ class RoomClient:
         """
         client = self._client
         members = (await client.request("room.members", room=room))["members"]
-        devices = {}
-        for user in members:
-            trusted = await client.trusted_devices(user, sending=True)
-            missing = set(members[user]) - set(trusted)
-            if missing:
-                raise TrustError(f"{user}'s device(s) {', '.join(sorted(missing))} are not "
-                                 f"signed by {user}'s identity key; not sending to {room}")
-            devices.update({(user, device): keys for device, keys in trusted.items()})
+        devices, self.left_out[room] = {}, []
+        for user, current in members.items():
+            devices.update({(user, device): keys for device, keys in
+                            (await self._member_devices(room, user, current)).items()})
         devices.pop((client.user, client.device), None)
         crypto = self._crypto
         session, meta, rotated = crypto.outbound(room, set(devices))
@@ -169,6 +169,22 @@ class RoomClient:
             client.outbox.encrypted(entry_id, [envelope])
         await client.request("room.send", **envelope)
         return inner["mid"]
+
+    async def _member_devices(self, room, user, current):
+        """The checked keys of ``current``, the devices the relay lists for member ``user``:
+        exactly those, so a device removed from its account drops out of the room's
+        device set (and the session rotates) even while the keys.query answer kept for
+        this connection still holds it.  An answer that differs from ``current`` is asked
+        again once (a device was added or removed since).  A device not signed by the
+        member's account key is left out, said in ``left_out``."""
+        client = self._client
+        trusted = await client.trusted_devices(user, sending=True)
+        if set(trusted) != set(current):
+            client.forget_devices(user)
+            trusted = await client.trusted_devices(user, sending=True)
+        self.left_out[room].extend(unsigned_warning(user, device)
+                                   for device in sorted(set(current) - set(trusted)))
+        return {device: trusted[device] for device in current if device in trusted}
 
     # -- reading history ------------------------------------------------------------
 

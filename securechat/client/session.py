@@ -17,7 +17,7 @@ from twisted.internet import defer, error as net_error
 from twisted.logger import Logger
 
 from securechat import wire
-from securechat.client import protocol as client_protocol
+from securechat.client import device_list, protocol as client_protocol
 from securechat.client.contacts import Contacts, TrustError
 from securechat.client.exit_codes import (  # noqa: F401 (others import them from here)
     EXIT_AUTH, EXIT_CERTIFICATE, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_RATE_LIMITED,
@@ -49,6 +49,14 @@ that relay).  Absent in a key store registered before password keys: the first l
 moves the account (``Client._move_to_password_key``)."""
 
 
+LINK_PENDING = "link_pending"
+"""Key store meta: non-empty while this device waits to be linked (``devices link``)."""
+LINK_KEYS_UPLOADED = "link_keys_uploaded"
+"""Key store meta: the device waiting to be linked has uploaded its keys."""
+LINK_ACCOUNT_KEY = "link_account_key"
+"""Key store meta: the account key the relay gave the device waiting to be linked (the
+link's SAS proves it; ``join_account``)."""
+
 NO_OTHER_DEVICE = "sent to no device: you have no other device to deliver a note to yourself"
 """What a person sees after writing to themselves from their only device."""
 
@@ -71,9 +79,29 @@ class Queued(ClientError):
         self.entry_id = entry_id
 
 
+class LinkExpired(ClientError):
+    """This device waited to be linked longer than the relay's link window: the relay
+    refuses its login, and linking starts again with a new device."""
+
+    def __init__(self, message):
+        super().__init__(message, EXIT_AUTH)
+
+
+class DeviceRemoved(ClientError):
+    """This device was removed from its account (by another of its devices): the relay
+    refuses it for good, so nothing reconnects."""
+
+    def __init__(self, user, device):
+        super().__init__(f"this device ({device}) was removed from {user}'s account",
+                         EXIT_AUTH)
+
+
 HARD_ERRORS = (EXIT_AUTH, EXIT_CERTIFICATE)
 """Exit codes of a failed connect that retrying cannot fix: a login refused, a certificate
 that is not the relay's.  Every other failure (unreachable, closed, busy) is retried."""
+
+FINAL_STATES = ("replaced", "removed", "closed")
+"""Connection states nothing reconnects from."""
 
 
 def refusal(error, what="the server refused"):
@@ -127,6 +155,9 @@ class Client:
         self.protocol = None
         self.queued_at_login = 0
         self._directory = {}
+        self._unsigned = {}  # user -> warnings of their devices left out at the last lookup
+        self._requeried = set()  # (user, device) whose unknown device made a keys.query
+        self.linking = None  # (device, keys) of the device an approval runs with
         self._password_keys = {}  # relay id -> password key (one argon2 run per process)
         self._key_top_up = defer.DeferredLock()  # one top-up at a time (login, keys.low)
         self.sender = Sender(self)
@@ -136,8 +167,9 @@ class Client:
                                  on_control or (lambda record: None))
         self.outbox = Outbox(self)
         # connecting, connected, disconnected (waiting for the next attempt), replaced
-        # (another login of this device took the relay connection) or closed (by the
-        # caller, or a hard error); neither of the last two reconnects.
+        # (another login of this device took the relay connection), removed (from its
+        # account, for good) or closed (by the caller, or a hard error); none of the last
+        # three reconnects.
         self.state = "closed"
         self.state_detail = None
         self._problem = None  # why the last connection or attempt failed
@@ -157,6 +189,8 @@ class Client:
             "user": self.user, "device": self.device, "server": self.settings.server})
         self.crypto = DeviceCrypto.create(self.store)
         self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
+        with self.store.transaction():
+            self.store.set_meta(device_list.FORMAT_META, str(device_list.FORMAT))
         try:
             await self._connect()
             relay = relay_id(await self.request("ping"))
@@ -198,21 +232,103 @@ class Client:
             await self._establish()
         except ClientError as e:
             self._problem = str(e)
-            self._set_state("closed" if e.exit_code in HARD_ERRORS else "disconnected", str(e))
+            if e.exit_code in HARD_ERRORS:
+                self._give_up(e)
+            else:
+                self._set_state("disconnected", str(e))
             raise
         await self.outbox.flush()
 
-    def unlock(self):
-        """Open the key store only (what works without the server: the outbox, the history)."""
+    def unlock(self, linking=False):
+        """Open the key store only (what works without the server: the outbox, the history).
+        A device still waiting to be linked (``LINK_PENDING``) opens only for ``linking``:
+        it holds no account key yet, so nothing else can run on it."""
         try:
             self.store = KeyStore.open(self.settings.data_dir, self._password)
         except WrongPassword as e:
             raise ClientError(str(e), EXIT_AUTH) from None
         except KeyStoreError as e:
             raise ClientError(str(e)) from None
+        if self.store.meta(LINK_PENDING) and not linking:
+            self.close()
+            raise ClientError(f"this device ({self.settings.data_dir}) is not linked to "
+                              f"{self.user}'s account yet: run 'securechat devices link' to "
+                              "finish linking it")
         self.device = self.store.meta("device")
         self.crypto = DeviceCrypto.load(self.store)
         self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
+
+    @returns_deferred
+    async def join_account(self):
+        """``devices link`` on a new machine, up to waiting: a key store marked
+        ``LINK_PENDING`` (made now, or kept from an earlier run of it), a login by the
+        password proof, this device's keys uploaded (no device list: it has no account
+        key yet, so it is a pending device), and the account key as the relay gives it
+        (the link's SAS proves it is the one the approving device holds).  Fire with
+        that key."""
+        try:
+            return await self._join_account()
+        except LinkExpired:
+            if self.store is None:
+                raise
+            self.discard_store()  # an expired request: a new device asks again
+            return await self._join_account()
+
+    async def _join_account(self):
+        directory = self.settings.data_dir
+        resumed = KeyStore.exists(directory)
+        if resumed:
+            self.unlock(linking=True)
+            if not self.store.meta(LINK_PENDING):
+                self.close()
+                raise ClientError(f"{directory} already holds a device of {self.user}: it "
+                                  "needs no linking")
+            # Link steps may wait on the relay: they are read as the account key says.
+            self.contacts = Contacts(self.store, self.user, self.store.meta(LINK_ACCOUNT_KEY))
+        else:
+            self.device = new_device_id()
+            self.store = KeyStore.create(directory, self._password, {
+                "user": self.user, "device": self.device, "server": self.settings.server,
+                LINK_PENDING: "1"})
+            self.crypto = DeviceCrypto.create(self.store)  # its identity seed is replaced
+        try:
+            await self._connect()
+            relay = relay_id(await self.request("ping"))
+            with self.store.transaction():
+                self.store.set_meta(PASSWORD_KEY_AT, relay)  # an account moved long ago
+            await self._login()
+            if not self.store.meta(LINK_KEYS_UPLOADED):
+                await self._upload_device_keys()
+                with self.store.transaction():
+                    self.store.set_meta(LINK_KEYS_UPLOADED, "1")
+            if not self.store.meta(LINK_ACCOUNT_KEY):
+                account_key = (await device_list.own_entry(self))["identity_key"]
+                with self.store.transaction():
+                    self.store.set_meta(LINK_ACCOUNT_KEY, account_key)
+                self.contacts = Contacts(self.store, self.user, account_key)
+        except BaseException:
+            if not resumed:
+                self.discard_store()
+            raise
+        self._connected()
+        return self.store.meta(LINK_ACCOUNT_KEY)
+
+    def become_linked(self, identity_seed, version):
+        """The approving device handed over the account key (checked by the caller):
+        this device now holds it, knows the list it is in, and is an ordinary device."""
+        self.crypto.adopt_identity(identity_seed)
+        with self.store.transaction():
+            self.store.set_meta("device_list_version", str(version))
+            self.store.set_meta(device_list.FORMAT_META, str(device_list.FORMAT))
+            self.store.set_meta(LINK_PENDING, "")
+        self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
+
+    def link_peer(self, user, device):
+        """The keys of the device being linked that a message came from (``linking``
+        marks them: only its link steps are read), else None."""
+        if self.linking is not None and (user, device) == (self.user, self.linking[0]):
+            return {**self.linking[1], "linking": True}
+        return None
 
     def close(self):
         self._reconnector.stop()
@@ -249,6 +365,7 @@ class Client:
             await self._connect()
             counts = await self._login()
             await self._key_top_up.run(lambda: defer.ensureDeferred(self._top_up(counts)))
+            await device_list.migrate(self)
         except client_protocol.ConnectionClosed as e:
             raise ClientError(f"the connection to {self.settings.server} closed: {e}",
                               EXIT_UNREACHABLE) from None
@@ -264,8 +381,12 @@ class Client:
         protocol = self.protocol
         protocol.closed_d.addCallback(lambda _: self._connection_lost(protocol))
 
+    def _give_up(self, error):
+        """A hard error: nothing reconnects (``removed`` when this device was removed)."""
+        self._set_state("removed" if isinstance(error, DeviceRemoved) else "closed", str(error))
+
     def _connection_lost(self, protocol):
-        if protocol is not self.protocol or self.state in ("replaced", "closed"):
+        if protocol is not self.protocol or self.state in FINAL_STATES:
             return
         self.log.warn("lost the connection to {server} ({reason}); reconnecting",
                       server=self.settings.server, reason=protocol.lost_reason)
@@ -283,8 +404,9 @@ class Client:
 
     async def _reconnect_once(self):
         """One attempt of the reconnect loop: True when it is over (connected, or a hard
-        error: then the state is ``closed`` with the error), False to try again."""
-        if self.state in ("replaced", "closed"):
+        error: then the state is ``closed``, or ``removed``, with the error), False to try
+        again."""
+        if self.state in FINAL_STATES:
             return True
         try:
             await self._establish()
@@ -295,7 +417,7 @@ class Client:
                 raise
             if getattr(e, "exit_code", None) in HARD_ERRORS:
                 self.log.error("not reconnecting: {error}", error=str(e))
-                self._set_state("closed", str(e))
+                self._give_up(e)
                 return True
             self._problem = str(e)
             return False
@@ -371,6 +493,10 @@ class Client:
             # Deleted from another device: this device's key is gone from the relay.
             self._reconnector.stop()
             self._set_state("closed", "the server says: " + str(frame.get("message")))
+        elif frame.get("event") == "device_removed":
+            # Another device of the account removed this one: its key is gone for good.
+            self._reconnector.stop()
+            self._give_up(DeviceRemoved(self.user, self.device))
         else:
             self._unknown_frame(frame)
 
@@ -426,6 +552,8 @@ class Client:
             if by_key:
                 result = await self._log_in_by_device_key(challenge)
         except RemoteError as e:
+            if e.code == "device_removed":
+                raise DeviceRemoved(self.user, self.device) from None
             if e.code == "auth_failed" and by_key:
                 raise ClientError(f"the server does not know this device's key ({e.message}): "
                                   f"is {self.user} registered on this server?",
@@ -434,6 +562,8 @@ class Client:
                 raise ClientError("wrong user name or password", EXIT_AUTH) from None
             if e.code in ("rate_limited", "unavailable"):
                 raise refusal(e) from None
+            if e.code == "device_not_linked":
+                raise LinkExpired(f"login refused: {e.message}") from None
             raise ClientError(f"login refused: {e.message}", EXIT_AUTH) from None
         self.queued_at_login = result["queued"]
         if self.store.meta(PASSWORD_KEY_AT) != challenge.relay:
@@ -557,20 +687,22 @@ class Client:
     # -- keys ---------------------------------------------------------------------
 
     async def _publish_device(self):
+        """Publish this device's keys, then sign it into the account's device list (the
+        current list read again and added to: ``device_list.add``)."""
+        keys = await self._upload_device_keys()
+        await device_list.add(self, {self.device: keys})
+
+    async def _upload_device_keys(self):
+        """Publish this device's signed keys, one-time keys and fallback key (a device the
+        relay does not know yet); its keys.  Until a device list names it, the device is
+        pending: nobody encrypts to it."""
         keys = self.crypto.device_keys(self.user, self.device)
         otks = self.crypto.one_time_keys(self.user, self.device, OTK_TARGET)
         fallback = self.crypto.fallback_key(self.user, self.device)
         await self.request("keys.upload", device_keys=keys, signature=self.crypto.sign_as_device(keys),
                            one_time_keys=otks, fallback_key=fallback)
         self.crypto.mark_published()
-        version = int(self.store.meta("device_list_version", "0")) + 1
-        listing = {"user": self.user, "version": version, "ts": int(time.time() * 1000),
-                   "devices": {self.device: {"curve25519": keys["curve25519"],
-                                             "ed25519": keys["ed25519"]}}}
-        await self.request("devices.publish", device_list=listing,
-                           signature=self.crypto.sign_as_user(listing))
-        with self.store.transaction():
-            self.store.set_meta("device_list_version", str(version))
+        return keys
 
     async def _top_up(self, counts, low_water=OTK_LOW_WATER):
         """Keep enough one-time keys published, and always a fallback key.
@@ -603,7 +735,8 @@ class Client:
 
     @returns_deferred
     async def trusted_devices(self, user, sending):
-        """Checked device keys of ``user`` (cached for this connection)."""
+        """Checked device keys of ``user`` (cached for this connection); the devices left
+        out (not signed by the account key) are kept for ``unsigned_warnings``."""
         entry = self._directory.get(user)
         if entry is None:
             try:
@@ -617,10 +750,34 @@ class Client:
                 raise
             entry = result["users"][user]
             self._directory[user] = entry
-        return self.contacts.devices(user, entry, sending)
+        trusted, self._unsigned[user] = self.contacts.devices(user, entry, sending)
+        return trusted
 
-    def forget_devices(self):
-        self._directory.clear()
+    def unsigned_warnings(self, users):
+        """What was said of the devices of ``users`` left out at their last lookup."""
+        return [warning for user in sorted(set(users)) for warning in self._unsigned.get(user, ())]
+
+    @returns_deferred
+    async def sender_keys(self, user, device):
+        """The checked keys of ``user``'s ``device`` a message came from, or None.  A device
+        not among the cached ones may have been linked since: the user's keys are asked
+        for again, once per device and connection (a stranger's messages cannot make this
+        client query the relay without end)."""
+        trusted = await self.trusted_devices(user, sending=False)
+        if device not in trusted and user in self._directory \
+                and (user, device) not in self._requeried:
+            self._requeried.add((user, device))
+            self._directory.pop(user, None)
+            trusted = await self.trusted_devices(user, sending=False)
+        return trusted.get(device)
+
+    def forget_devices(self, user=None):
+        """Forget the keys.query answers kept for this connection (of ``user`` only)."""
+        if user is None:
+            self._directory.clear()
+            self._requeried.clear()
+        else:
+            self._directory.pop(user, None)
 
     # -- messaging ----------------------------------------------------------------------
 

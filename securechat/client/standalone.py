@@ -14,10 +14,10 @@ from twisted.logger import (
     textFileLogObserver)
 from twisted.python.failure import Failure
 
-from securechat.client import cli, commands
+from securechat.client import cli, commands, linking
 from securechat.client.methods import Methods, Verifications, as_command_failed
 from securechat.client.render import EscapingStream
-from securechat.client.exit_codes import EXIT_USAGE
+from securechat.client.exit_codes import EXIT_AUTH, EXIT_USAGE
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection)
 from securechat.client.session import Client, ClientError
@@ -103,6 +103,12 @@ def run(settings, args, request=None):
         password = read_password(settings)
         confirm_deletion(settings.username)
         return run_reactor(lambda reactor: delete_account(reactor, settings, password))
+    if args.command == "devices" and args.devices_command in commands.LINKING:
+        if args.devices_command == "approve":
+            refuse_beside_daemon(settings, "approve the new device")
+        password = read_password(settings)
+        run = link_device if args.devices_command == "link" else approve_device
+        return run_reactor(lambda reactor: run(reactor, settings, password, args))
     password = read_password(settings)
     if args.command == "verify":
         return run_reactor(lambda reactor: verify(reactor, settings, password, args.user))
@@ -128,12 +134,13 @@ async def open_or_reconnect(client, keep_trying):
         client.reconnect()
 
 
-async def opened(reactor, settings, password, verifications=None, keep_trying=False):
+async def opened(reactor, settings, password, controls=None, keep_trying=False):
     """A Client unlocked and (unless ``keep_trying`` found the relay unreachable: then it
     reconnects meanwhile) logged in, with what was waiting processed, so a command sees
-    the state ``inbox`` would; CommandFailed when that fails."""
+    the state ``inbox`` would; CommandFailed when that fails.  ``controls`` (Verifications,
+    linking.Links) receives the decrypted control messages."""
     client = Client(reactor, settings, password,
-                    on_control=verifications.control if verifications else None)
+                    on_control=controls.control if controls else None)
     try:
         await open_or_reconnect(client, keep_trying)
         if client.state == "connected":
@@ -156,7 +163,11 @@ async def one_shot(reactor, settings, password, args, method, params):
     try:
         methods = Methods(client, Verifications())
         while True:
-            result = await methods.call(method, params)
+            try:
+                result = await methods.call(method, params)
+            finally:
+                if client.state == "removed":  # meanwhile, by another device: for good
+                    raise CommandFailed(client.state_detail, EXIT_AUTH)
             commands.show_result(args, result)
             if not result.get("more"):
                 cli.check_complete(result)
@@ -248,28 +259,69 @@ async def delete_account(reactor, settings, password):
     return 0
 
 
+async def ask_yes():
+    """The person's answer to "Do they match?" on standard input (read in a thread, so the
+    reactor keeps receiving meanwhile): yes only for y or yes."""
+    print("Do they match? [y/N] ", flush=True)
+    answer = await threads.deferToThread(sys.stdin.readline)
+    return answer.strip().lower() in ("y", "yes")
+
+
+def show(text):
+    print(text, flush=True)
+
+
 async def verify(reactor, settings, password, user):
-    """Compare emoji with ``user`` on this terminal (the answer read in a thread, so the
-    reactor keeps receiving meanwhile)."""
+    """Compare emoji with ``user`` on this terminal."""
     verifications = Verifications(settings.verify_timeout)
     client = await opened(reactor, settings, password, verifications)
-
-    async def ask_yes():
-        print("Do they match? [y/N] ", flush=True)
-        answer = await threads.deferToThread(sys.stdin.readline)
-        return answer.strip().lower() in ("y", "yes")
-
-    def show(text):
-        print(text, flush=True)
-
     try:
         await verifications.run(client, user, ask_yes, show)
         return 0
     except Exception as e:
-        failure = as_command_failed(e)
-        if isinstance(failure, CommandFailed) and failure.exit_code == EXIT_UNTRUSTED:
-            print(failure)
-            return EXIT_UNTRUSTED
-        raise failure from None
+        return untrusted_exit(e)
     finally:
         await client.disconnect()
+
+
+def untrusted_exit(error):
+    """A failed exchange (verification, link) is said on stdout with exit 7; any other
+    error is raised as the command's failure."""
+    failure = as_command_failed(error)
+    if isinstance(failure, CommandFailed) and failure.exit_code == EXIT_UNTRUSTED:
+        print(failure)
+        return EXIT_UNTRUSTED
+    raise failure from None
+
+
+async def link_device(reactor, settings, password, args):
+    """``devices link``: make this machine's new device, print its code, wait for the
+    approval and compare emoji on this terminal (linking.link)."""
+    links = linking.Links()
+    client = Client(reactor, settings, password, on_control=links.control)
+    try:
+        approver = await linking.link(client, links, ask_yes, show, settings.verify_timeout)
+    except Exception as e:
+        return untrusted_exit(e)
+    finally:
+        await client.disconnect()
+    print(f"linked: this device ({client.device}) is now one of {client.user}'s devices "
+          f"(approved by {approver})")
+    return 0
+
+
+async def approve_device(reactor, settings, password, args):
+    """``devices approve CODE``: the exchange with the new device on this terminal, then
+    the list signed and the account key handed over (linking.approve)."""
+    links = linking.Links()
+    client = await opened(reactor, settings, password, links)
+    try:
+        version = await linking.approve(client, links, args.code, ask_yes, show,
+                                        settings.verify_timeout)
+    except Exception as e:
+        return untrusted_exit(e)
+    finally:
+        await client.disconnect()
+    print(f"linked device {args.code} to {client.user}'s account (device list version "
+          f"{version})")
+    return 0

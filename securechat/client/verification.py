@@ -23,15 +23,11 @@ answers it.  When both ask at the same moment, the request of the user whose nam
 sorts first is the one answered.
 """
 
-import secrets
 import time
 
-from twisted.internet import defer
-from twisted.logger import Logger
-
 from securechat.client.render import safe
+from securechat.client.sas_exchange import ExchangeFailed, SasExchange
 from securechat.client.settings import MAX_VERIFY_TIMEOUT, VERIFY_TIMEOUT
-from securechat.crypto.sas import SasSession, commitment
 
 PENDING_REQUESTS = 16
 """Verification requests kept for the person to answer (the newest, one per user)."""
@@ -119,116 +115,63 @@ def request_message(request, verified):
             "warning": None}
 
 
-class VerificationFailed(Exception):
-    pass
+class VerificationFailed(ExchangeFailed):
+    doing = "verification"
 
 
-class Verification:
-    log = Logger()
+class Verification(SasExchange):
+    """The SAS exchange between two users: each MAC covers the sender's identity key, and
+    a match marks the peer's (pinned) identity key verified."""
+
+    PREFIX = "verify"
+    Failed = VerificationFailed
+    SILENCE = "did not answer the verification request"
 
     def __init__(self, client, peer, confirm, show, timeout=VERIFY_TIMEOUT):
-        self._client = client
+        super().__init__(client, confirm, show, timeout)
         self._peer = peer
-        self._confirm = confirm
-        self._show = show
-        self._timeout = timeout
-        self._incoming = defer.DeferredQueue()
+        self.peer_name = peer
+        self._their_key = None
 
-    def deliver(self, record):
-        """Feed a received ``verify.*`` message (routed here by the client)."""
-        if record.get("from") == self._peer and str(record.get("type", "")).startswith("verify."):
-            self._incoming.put(record["inner"])
-
-    async def _next(self, txn, expected, their_request_wins=False,
-                    silence="did not answer the verification request"):
-        """The peer's next step of ``txn``, or (``their_request_wins``) a request of
-        theirs that crossed ours; VerificationFailed saying the peer's ``silence`` when
-        nothing came within the timeout."""
-        timer = self._client.reactor.callLater(self._timeout, self._incoming.put, None)
-        try:
-            while True:
-                message = await self._incoming.get()
-                if message is None:
-                    await self._cancel(txn, "timed out")
-                    raise VerificationFailed(
-                        f"{self._peer} {silence} within {self._timeout:g} s")
-                if their_request_wins and message["type"] == "verify.start":
-                    return message
-                if message.get("txn") != txn:
-                    continue
-                if message["type"] == "verify.cancel":
-                    raise VerificationFailed(f"{self._peer} cancelled: {message.get('reason')}")
-                if message["type"] == expected:
-                    return message
-        finally:
-            if timer.active():
-                timer.cancel()
+    def _from_peer(self, record):
+        return record.get("from") == self._peer
 
     async def _send(self, payload):
         await self._client.send_control(self._peer, payload)
 
-    async def initiate(self):
-        txn = secrets.token_hex(8)
-        start = {"type": "verify.start", "txn": txn}
-        await self._send(start)
-        self._show(f"Waiting for {safe(self._peer)} to run "
-                   f"'securechat verify {self._client.user}' "
-                   f"(for {self._timeout:g} s)...")
-        accept = await self._next(txn, "verify.accept",
-                                  their_request_wins=self._client.user > self._peer)
-        if accept["type"] == "verify.start":  # both asked at once: theirs is answered
-            return await self.respond(accept)
-        sas = SasSession()
-        await self._send({"type": "verify.key", "txn": txn, "key": sas.public_key})
-        their = await self._next(txn, "verify.key")
-        if commitment(their["key"], start) != accept.get("commitment"):
-            await self._cancel(txn, "commitment mismatch")
-            raise VerificationFailed("the other side's key does not match its commitment (attack?)")
-        sas.establish(their["key"])
-        return await self._compare(txn, sas, sas.public_key, their["key"], initiator=True,
-                                   their_device=their["from_dev"])
+    def _parties(self, their_device):
+        return (self._client.user, self._client.device), (self._peer, their_device)
 
-    async def respond(self, start):
-        txn = start["txn"]
-        sas = SasSession()
-        await self._send({"type": "verify.accept", "txn": txn,
-                          "commitment": commitment(sas.public_key, {"type": "verify.start",
-                                                                    "txn": txn})})
-        their = await self._next(txn, "verify.key")
-        sas.establish(their["key"])
-        await self._send({"type": "verify.key", "txn": txn, "key": sas.public_key})
-        return await self._compare(txn, sas, their["key"], sas.public_key, initiator=False,
-                                   their_device=their["from_dev"])
+    def _own_mac_value(self):
+        return self._client.crypto.identity_key
 
-    async def _compare(self, txn, sas, initiator_key, responder_key, initiator, their_device):
-        me = (self._client.user, self._client.device)
-        them = (self._peer, their_device)
-        first, second = (me, them) if initiator else (them, me)
-        info = "|".join(["SECURECHAT_SAS_V1", *first, initiator_key, *second, responder_key, txn])
-        emoji, decimals = sas.short_string(info)
-        self._show(f"Compare with {safe(self._peer)}:\n  {emoji}\n  or the numbers: {decimals}")
-        if not await self._confirm():
-            await self._cancel(txn, "the emoji did not match")
-            raise VerificationFailed("you said the emoji do not match: NOT verified")
-        mac_info = "SECURECHAT_MAC_V1|" + txn
-        own_key = self._client.crypto.identity_key
-        await self._send({"type": "verify.mac", "txn": txn,
-                          "mac": sas.mac(own_key, mac_info + "|" + self._client.user)})
-        their_mac = await self._next(txn, "verify.mac", silence="did not confirm the emoji")
+    async def _their_mac_value(self):
         pinned = (await self._client.trusted_devices(self._peer, sending=False)) and \
             self._client.contacts.record(self._peer)
-        their_key = pinned.get("pending") or pinned["identity_key"]
-        if not sas.mac_matches(their_key, mac_info + "|" + self._peer, their_mac.get("mac", "")):
-            raise VerificationFailed(
-                f"{self._peer}'s identity key does not match what the server gave us: NOT verified")
-        self._client.contacts.mark_verified(self._peer, their_key)
-        return their_key
+        self._their_key = pinned.get("pending") or pinned["identity_key"]
+        return self._their_key
 
-    async def _cancel(self, txn, reason):
-        """Tell the peer this verification is over (best effort: it is over anyway, and
-        the peer's own wait is bounded)."""
-        try:
-            await self._send({"type": "verify.cancel", "txn": txn, "reason": reason})
-        except Exception as e:
-            self.log.info("could not tell {peer} the verification ended: {error}",
-                          peer=self._peer, error=e)
+    def _mac_mismatch(self):
+        return f"{self._peer}'s identity key does not match what the server gave us: NOT verified"
+
+    def _not_done(self):
+        return "NOT verified"
+
+    async def initiate(self):
+        answer = await self.start(
+            f"Waiting for {safe(self._peer)} to run 'securechat verify {self._client.user}' "
+            f"(for {self._timeout:g} s)...",
+            # both asked at once: the request of the user whose name sorts first is answered
+            crossed=lambda message: (self._client.user > self._peer
+                                     and message["type"] == "verify.start"))
+        if isinstance(answer, dict):
+            return await self.respond(answer)
+        return self._verified()
+
+    async def respond(self, start):
+        await self.answer(start)
+        return self._verified()
+
+    def _verified(self):
+        self._client.contacts.mark_verified(self._peer, self._their_key)
+        return self._their_key

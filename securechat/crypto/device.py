@@ -72,6 +72,19 @@ class DeviceCrypto:
         """The user's Ed25519 identity key (signs device lists; what contacts pin)."""
         return wire.b64encode(bytes(self._identity.verify_key))
 
+    def adopt_identity(self, seed_hex):
+        """Hold the account identity key ``seed_hex`` (handed over by a device of the
+        account when this one is linked) in place of the one this device made."""
+        identity = SigningKey(bytes.fromhex(seed_hex))
+        with self._store.transaction():
+            self._store.set_secret("identity_seed", bytes(identity).hex())
+        self._identity = identity
+
+    @property
+    def identity_seed(self):
+        """The account identity key's seed (hex), to hand to a device being linked."""
+        return bytes(self._identity).hex()
+
     def sign_as_device(self, obj):
         return b64(self._account.sign(wire.canonical_json(obj)).to_base64())
 
