@@ -24,12 +24,20 @@ from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFaile
 from securechat.client.unlock import PasswordUnavailable
 from securechat.config import ConfigError
 
-STANDALONE_ONLY = ("register", "daemon", "chat", "password", "account")
+STANDALONE_ONLY = ("register", "daemon", "chat", "password", "account", "recover",
+                   ("devices", "recovery-key"))
 """Commands that never go to a running daemon (``chat`` starts one when none runs;
-``password`` re-wraps the key store a daemon holds open and ``account delete`` removes
-it: they refuse while one runs)."""
+``password`` re-wraps the key store a daemon holds open, ``account delete`` removes
+it, and ``devices recovery-key`` makes what takes the whole account over, so it asks for
+the password as they do: they refuse while one runs; ``recover`` makes a new device)."""
 GENERATED = ("completion", "manpage")
 """Commands that print what is generated from the parser: no config file, no daemon."""
+
+
+def standalone_only(args):
+    """Whether ``args`` names a command (or a command's action) of ``STANDALONE_ONLY``."""
+    return (args.command in STANDALONE_ONLY
+            or (args.command, getattr(args, "devices_command", None)) in STANDALONE_ONLY)
 
 
 def check_complete(result):
@@ -92,7 +100,7 @@ def run(args):
         return 0
     settings = client_settings.load(os.path.expanduser(args.config))
     request = None
-    if args.command not in STANDALONE_ONLY:
+    if not standalone_only(args):
         request = request_for(args)  # asks for a room password, if one is wanted, once
         connection = DaemonConnection.find(settings.data_dir)
         if connection is not None:

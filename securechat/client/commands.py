@@ -139,6 +139,17 @@ def build_parser(parser_class=argparse.ArgumentParser):
     add_command(commands, "register", "create this device's keys and the account",
                 "Create this device's keys and your account on the server named in the "
                 "config file; asks for the password twice.", "securechat register")
+    add_command(commands, "recover", "make this machine your account's only device, with "
+                                     "the recovery key (every device lost)",
+                "With the recovery key that 'register' printed: log in on a new machine "
+                "(the config names your user and an empty data directory), take back your "
+                "account's identity (contacts who verified you stay verified), choose a new "
+                "password, and remove every other device of the account.  Then prints a new "
+                "recovery key: the one you typed stops working.  The key comes from "
+                "$SECURECHAT_RECOVERY_KEY or a prompt, the new password from "
+                "$SECURECHAT_NEW_PASSWORD or two prompts.  Messages sent before are not "
+                "brought back.", "securechat recover",
+                "SECURECHAT_RECOVERY_KEY='...' SECURECHAT_NEW_PASSWORD=... securechat recover")
     add_command(commands, "login", "check the password and the server, top up keys",
                 "Unlock the key store, log in, top up the published one-time keys and say "
                 "how many messages wait.", "securechat login")
@@ -256,7 +267,8 @@ def build_parser(parser_class=argparse.ArgumentParser):
     _devices_commands(add_command(
         commands, "devices", "your account's devices (no action: list them)",
         "List your account's devices (id, name, when added, when last seen; this one "
-        "marked), or name one of them.", "securechat devices", "securechat devices --json",
+        "marked), name one of them, or make a new recovery key.", "securechat devices",
+        "securechat devices --json",
         'securechat devices rename Xb3kQ9 "work laptop"'))
     _conventions(parser)  # last: it completes every subcommand declared above
     return parser
@@ -277,6 +289,12 @@ def _devices_commands(devices):
                          "characters.", 'securechat devices rename Xb3kQ9 "work laptop"')
     rename.add_argument("device", metavar="ID")
     rename.add_argument("name", metavar="NAME")
+    add_command(devices_commands, "recovery-key",
+                "make a new recovery key; the old one stops working (stop the daemon first)",
+                "Make a new recovery key for your account and print it once: write it down. "
+                "The previous one stops working at once.  With it, 'securechat recover' "
+                "brings the account back on a new machine when every device is lost.",
+                "securechat devices recovery-key")
 
 
 def _rooms_commands(rooms):

@@ -41,8 +41,11 @@ class DeviceCrypto:
         self._identity = identity
 
     @classmethod
-    def create(cls, store):
-        crypto = cls(store, vodozemac.Account(), SigningKey.generate())
+    def create(cls, store, identity_seed=None):
+        """A new device's keys; its account's identity key from ``identity_seed`` (bytes: a
+        device of an existing account, recovered) or new (a new account)."""
+        identity = SigningKey(identity_seed) if identity_seed else SigningKey.generate()
+        crypto = cls(store, vodozemac.Account(), identity)
         with store.transaction():
             store.set_secret("identity_seed", bytes(crypto._identity).hex())
             crypto._save_account()
@@ -71,6 +74,12 @@ class DeviceCrypto:
     def identity_key(self):
         """The user's Ed25519 identity key (signs device lists; what contacts pin)."""
         return wire.b64encode(bytes(self._identity.verify_key))
+
+    @property
+    def identity_seed(self):
+        """The identity key's 32-byte seed: sealed by the recovery key for the relay to keep
+        (it signs the account's device list, which a recovered device must do)."""
+        return bytes(self._identity)
 
     def sign_as_device(self, obj):
         return b64(self._account.sign(wire.canonical_json(obj)).to_base64())
