@@ -1,0 +1,52 @@
+"""The recovery key as a person writes it (groups, checksum, typos named) and the keys derived
+from it (no sockets)."""
+
+import pytest
+
+from securechat.crypto.recovery import CHARACTERS, RecoveryKey, RecoveryKeyTypo
+
+
+def test_the_key_reads_back_as_written_and_as_a_person_may_type_it():
+    """14 groups of 4 characters; reading ignores case, spaces and hyphens and takes O, I
+    and L for 0, 1 and 1."""
+    key = RecoveryKey.generate()
+    groups = key.text.split(" ")
+    assert len(groups) == 14 and all(len(group) == 4 for group in groups)
+    sloppy = key.text.lower().replace(" ", "-").replace("0", "o").replace("1", "l")
+    assert RecoveryKey.parse(sloppy).text == key.text
+    assert RecoveryKey.parse(sloppy).public_key == key.public_key
+
+
+def test_a_mistyped_character_is_caught_by_the_checksum_and_its_group_named():
+    """One character changed: RecoveryKeyTypo naming the checksum and (when one group alone
+    can be at fault) that group."""
+    key = RecoveryKey.generate()
+    chars = list(key.text.replace(" ", ""))
+    chars[30] = "X" if chars[30] != "X" else "Y"
+    with pytest.raises(RecoveryKeyTypo, match=r"does not match its checksum.*group 8"):
+        RecoveryKey.parse("".join(chars))
+
+
+@pytest.mark.parametrize("mangle, named", [
+    (lambda text: text + "7", rf"57 characters instead of {CHARACTERS}"),
+    (lambda text: text[:-5], rf"52 characters instead of {CHARACTERS}"),
+    (lambda text: "U" + text[1:], r"'U' \(character 1 as typed\)"),
+    (lambda text: text[:10] + "!" + text[11:], r"'!' \(character 11 as typed\)"),
+])
+def test_a_key_of_the_wrong_length_or_alphabet_is_named(mangle, named):
+    """A missing or extra character, or one no key holds, is named with where it is."""
+    with pytest.raises(RecoveryKeyTypo, match=named):
+        RecoveryKey.parse(mangle(RecoveryKey.generate().text))
+
+
+def test_the_derived_keys_differ_and_the_backup_opens_with_its_key_only():
+    """The signing key and the backup key are distinct derivations, different for every
+    recovery key; a sealed seed opens with its own key and no other."""
+    first, second = RecoveryKey.generate(), RecoveryKey.generate()
+    assert bytes(first.signing_key) != bytes(first.backup_box)
+    assert first.public_key != second.public_key
+    sealed = first.seal(b"s" * 32)
+    assert first.open(sealed) == b"s" * 32
+    assert RecoveryKey.parse(first.text).open(sealed) == b"s" * 32
+    with pytest.raises(ValueError, match="does not open"):
+        second.open(sealed)
