@@ -130,17 +130,17 @@ async def test_recovery_set_needs_a_listed_device_and_the_account_key(server):
 @pytest_twisted.ensureDeferred
 async def test_the_backup_and_a_recovery_password_need_a_recovery_login(server):
     """On a connection logged in by the password or a device key, recovery.backup and a
-    recovery-signed account.password get recovery_login_required."""
+    recovery-signed account.password get not_recovery_login."""
     alice = await listed_alice(server)
     key = RecoveryKey.generate()
     await set_recovery(alice, key)
-    await expect_error("recovery_login_required", alice.request("recovery.backup"))
-    await expect_error("recovery_login_required", password_reset(
+    await expect_error("not_recovery_login", alice.request("recovery.backup"))
+    await expect_error("not_recovery_login", password_reset(
         alice, await relay_of(alice), key, SigningKey.generate()))
     by_password = ScriptedDevice("alice", "PW", password=alice.password)
     await by_password.connect(server)
     await by_password.password_login()
-    await expect_error("recovery_login_required", by_password.request("recovery.backup"))
+    await expect_error("not_recovery_login", by_password.request("recovery.backup"))
     await cleanup(alice, by_password)
 
 

@@ -317,7 +317,7 @@ class ConnectionSession:
 
     def _need_recovery_login(self, what):
         if not self._by_recovery:
-            raise ProtocolError("recovery_login_required",
+            raise ProtocolError("not_recovery_login",
                                 f"{what} is allowed only on a connection logged in by the "
                                 "recovery key")
 
