@@ -1,8 +1,11 @@
-"""The recovery key as a person writes it (groups, checksum, typos named) and the keys derived
-from it (no sockets)."""
+"""The recovery key as a person writes it (groups, checksum, typos named), the keys derived
+from it, and what ``register`` says when the relay refuses it (no sockets)."""
 
 import pytest
+import pytest_twisted
 
+from securechat.client.session import ClientError
+from securechat.client.standalone import show_new_recovery_key
 from securechat.crypto.recovery import CHARACTERS, RecoveryKey, RecoveryKeyTypo
 
 
@@ -50,3 +53,23 @@ def test_the_derived_keys_differ_and_the_backup_opens_with_its_key_only():
     assert RecoveryKey.parse(first.text).open(sealed) == b"s" * 32
     with pytest.raises(ValueError, match="does not open"):
         second.open(sealed)
+
+
+class RefusingClient:
+    """A client whose relay refuses ``recovery.set`` (what ``register`` must report)."""
+
+    async def new_recovery_key(self):
+        raise ClientError("the relay refused the new recovery key: not now")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_recovery_key_is_reported_with_what_to_run(capsys):
+    """When the relay refuses the new key, nothing is printed as a recovery key, and stderr
+    says what is done, why, and to run `devices recovery-key`."""
+    await show_new_recovery_key(RefusingClient(), "keep it", "the account is registered, but "
+                                                             "no recovery key was set")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("securechat: the account is registered, but no recovery key was set (the "
+                   "relay refused the new recovery key: not now): run 'securechat devices "
+                   "recovery-key' to make one\n")
