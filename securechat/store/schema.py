@@ -35,14 +35,14 @@ Changelog:
   10 — device names and last-seen times: a name the account's user chose (``devices
       rename``; empty until then, and a client shows the device's id) and when the
       device last logged in (NULL before its first login after this version).
-  11 — recovery keys: an account's public recovery key and its identity key's seed
+  12 — recovery keys: an account's public recovery key and its identity key's seed
       sealed by the recovery key (recovery_keys, at most one row an account); a device
       that proves the recovery key logs in where every device of the account is lost.
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -243,7 +243,7 @@ MIGRATIONS = {
         "ALTER TABLE devices ADD COLUMN name TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE devices ADD COLUMN last_seen BIGINT",
     ],
-    11: [
+    12: [
         # A table of its own: no other migration touches it, whatever their order.
         """CREATE TABLE recovery_keys (
             user_id TEXT PRIMARY KEY,
