@@ -109,7 +109,7 @@ async def test_recover_after_every_device_is_lost_keeps_the_identity_and_verific
                                      data_dir=lost)
     refused = await run_cli(old_device, "login", password=OLD)
     assert refused.code == 3, refused
-    assert "removed" in refused.err, refused
+    assert "was removed from alice's account" in refused.err, refused
 
 
 @pytest_twisted.ensureDeferred
