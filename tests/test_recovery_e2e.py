@@ -14,7 +14,7 @@ from twisted.internet import defer
 from securechat.client import settings as client_settings
 from securechat.crypto.keystore import KeyStore
 from securechat.crypto.recovery import RecoveryKey
-from tests.processes import run_cli, write_client_config
+from tests.processes import DaemonProcess, run_cli, write_client_config
 from tests.support import poll_until
 
 OLD = "correct horse battery staple"
@@ -153,13 +153,36 @@ async def test_a_wrong_key_is_refused_and_a_typo_is_named_before_anything_is_sen
 
 
 @pytest_twisted.ensureDeferred
-async def test_recover_refuses_a_data_dir_that_holds_a_device(tmp_path):
-    """`recover` into a data dir with a key store stops at once (exit 1) and asks nothing."""
+async def test_recover_refuses_a_data_dir_that_is_not_empty(tmp_path):
+    """`recover` into a data dir with a key store, or with any other file, stops at once
+    (exit 1), asks nothing and leaves the file where it was."""
     config = write_client_config(str(tmp_path / "clients"), "alice", 6698,
                                  fingerprint="AA:" * 31 + "AA")
     os.makedirs(data_dir(config))
-    with open(os.path.join(data_dir(config), "keystore.sqlite3"), "w"):
-        pass
-    result = await recover(config, "x")
-    assert result.code == 1, result
-    assert "already holds a device's key store" in result.err
+    for name, said in (("notes.txt", "is not empty"),
+                       ("keystore.sqlite3", "already holds a device's key store")):
+        path = os.path.join(data_dir(config), name)
+        with open(path, "w"):
+            pass
+        result = await recover(config, "x")
+        assert result.code == 1, result
+        assert said in result.err, result
+        assert os.path.exists(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_recovery_key_is_refused_through_a_running_daemon(listening_relay,
+                                                                      tmp_path):
+    """While a daemon serves the data dir, `devices recovery-key` stops saying to stop it
+    (exit 1) and the key from `register` still recovers the account."""
+    relay = listening_relay
+    alice, key = await registered(relay, tmp_path, "alice")
+    daemon = DaemonProcess(alice, data_dir(alice), password=OLD)
+    try:
+        await daemon.ready()
+        result = await run_cli(alice, "devices", "recovery-key", password=OLD)
+        assert result.code == 1 and "stop the daemon" in result.err, result
+        assert not RECOVERY_LINE.search(result.out)
+    finally:
+        await daemon.stop()
+    assert (await recover(new_machine(relay, tmp_path, "new-laptop"), key)).code == 0

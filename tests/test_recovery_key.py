@@ -1,9 +1,12 @@
 """The recovery key as a person writes it (groups, checksum, typos named), the keys derived
-from it, and what ``register`` says when the relay refuses it (no sockets)."""
+from it, what ``register`` says when the relay refuses it, and the chat's and daemon's
+refusal to make one (no sockets)."""
 
 import pytest
 import pytest_twisted
 
+from securechat.client.methods import Methods
+from securechat.client.rpc import CommandFailed
 from securechat.client.session import ClientError
 from securechat.client.standalone import show_new_recovery_key
 from securechat.crypto.recovery import CHARACTERS, RecoveryKey, RecoveryKeyTypo
@@ -73,3 +76,12 @@ async def test_a_refused_recovery_key_is_reported_with_what_to_run(capsys):
     assert err == ("securechat: the account is registered, but no recovery key was set (the "
                    "relay refused the new recovery key: not now): run 'securechat devices "
                    "recovery-key' to make one\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_chat_and_the_daemon_send_a_new_recovery_key_to_the_cli():
+    """The method behind `/devices recovery-key` (the chat, a daemon) makes no key: a usage
+    error (2) saying to run the command with no daemon or chat."""
+    with pytest.raises(CommandFailed, match="while no daemon or chat runs") as failed:
+        await Methods(client=None, verifications=None).call("devices.recovery-key", {})
+    assert failed.value.exit_code == 2

@@ -119,6 +119,16 @@ Challenge = collections.namedtuple("Challenge", "relay nonce binding")
 channel binding (``tls.channel_binding``)."""
 
 
+def require_empty(directory):
+    """A ClientError unless ``directory`` is absent or empty: ``recover`` makes a key store
+    there, and empties it again if it fails, which must never touch anything else."""
+    if os.path.isdir(directory) and os.listdir(directory):
+        what = ("already holds a device's key store" if KeyStore.exists(directory)
+                else "is not empty")
+        raise ClientError(f"{directory} {what}: recover into an empty data directory "
+                          "(data_dir in the config)")
+
+
 def new_device_id():
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     return "".join(secrets.choice(alphabet) for _ in range(10))
@@ -200,9 +210,7 @@ class Client:
         unchanged on the relay: running it again starts afresh.
         """
         directory = self.settings.data_dir
-        if KeyStore.exists(directory):
-            raise ClientError(f"{directory} already holds a device's key store: recover "
-                              "into an empty data directory (data_dir in the config)")
+        require_empty(directory)
         self.device = new_device_id()
         self.store = KeyStore.create(directory, self._password, {
             "user": self.user, "device": self.device, "server": self.settings.server})

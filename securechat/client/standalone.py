@@ -20,11 +20,10 @@ from securechat.client.render import EscapingStream
 from securechat.client.exit_codes import EXIT_AUTH, EXIT_USAGE
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection)
-from securechat.client.session import Client, ClientError
+from securechat.client.session import Client, ClientError, require_empty
 from securechat.client.unlock import (
     UnlockingNotice, read_changed_password, read_new_password, read_password,
     read_recovery_key)
-from securechat.crypto.keystore import KeyStore
 from securechat.crypto.recovery import RecoveryKey, RecoveryKeyTypo
 from securechat.crypto.fingerprint import key_fingerprint
 from securechat.timestamps import utc_date
@@ -243,12 +242,13 @@ async def new_recovery_key(reactor, settings, password):
 
 
 def recover_command(settings):
-    """``recover``: an empty data directory, the recovery key (a typo, caught by its
+    """``recover``: an empty (or absent) data directory, the recovery key (a typo, caught by its
     checksum, is a usage error naming it: nothing is sent), then the new password;
     asked before the reactor runs (unlock.py says why)."""
-    if KeyStore.exists(settings.data_dir):
-        raise CommandFailed(f"{settings.data_dir} already holds a device's key store: "
-                            "recover into an empty data directory (data_dir in the config)")
+    try:
+        require_empty(settings.data_dir)
+    except ClientError as e:
+        raise as_command_failed(e) from None
     try:
         key = RecoveryKey.parse(read_recovery_key())
     except RecoveryKeyTypo as e:
