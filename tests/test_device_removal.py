@@ -109,7 +109,7 @@ async def test_a_connected_removed_device_is_told_and_closed_at_once(server):
 
     await publish(a1, 3, a1)
 
-    await a2.protocol.closed_d
+    await poll_until(lambda: a2.protocol.closed)
     removed = [e for e in a2.events if e.get("event") == "device_removed"]
     assert removed and "removed from alice's account" in removed[0]["message"]
     await cleanup(a1)
@@ -125,7 +125,7 @@ async def test_a_removed_device_cannot_upload_keys_again(server):
     await a2.login(server)
     await publish(a1, 2, a1, a2)
     await publish(a1, 3, a1)
-    await a2.protocol.closed_d
+    await poll_until(lambda: a2.protocol.closed)
     keys = server.service.factory.keys
     for fields in ({"device_keys": a2.device_keys(), "signature": a2.sign(a2.device_keys())},
                    {"device_keys": None, "signature": None}):

@@ -142,7 +142,7 @@ async def test_remove_refuses_this_device_and_an_unknown_one(people):
 async def test_a_removed_devices_daemon_is_told_stops_and_exits_3(people, daemons):  # noqa: F811
     """A2's daemon, connected when A1 removes A2, gets the relay's device_removed event:
     it says "this device (ID) was removed from alice's account" and ends with exit code 3
-    instead of reconnecting."""
+    instead of reconnecting; started again, it stops at its login the same way."""
     alice, alice2, second, _, _ = people
     daemon = daemons(alice2, client_settings.load(alice2).data_dir)
     await daemon.ready()
@@ -151,3 +151,7 @@ async def test_a_removed_devices_daemon_is_told_stops_and_exits_3(people, daemon
 
     assert await daemon.finish() == 3
     assert f"this device ({second}) was removed from alice's account" in daemon.text()
+    again = daemons(alice2, client_settings.load(alice2).data_dir)
+    assert await again.finish() == 3
+    assert f"this device ({second}) was removed from alice's account" in again.text()
+    assert "Unhandled" not in again.text()

@@ -318,8 +318,9 @@ def serve(settings):
             reactor.stop()
 
     def removed(detail):  # nothing can reconnect this device: the daemon ends, exit 3
-        failures.append(CommandFailed(detail, EXIT_AUTH))
-        reactor.stop()
+        if daemon.port is not None:  # else start() fails with it, and stops the reactor
+            failures.append(CommandFailed(detail, EXIT_AUTH))
+            reactor.stop()
 
     daemon.removed.addCallback(removed)
     reactor.callWhenRunning(lambda: defer.ensureDeferred(start()))

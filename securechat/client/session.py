@@ -412,7 +412,8 @@ class Client:
 
     async def _reconnect_once(self):
         """One attempt of the reconnect loop: True when it is over (connected, or a hard
-        error: then the state is ``closed`` with the error), False to try again."""
+        error: then the state is ``closed``, or ``removed``, with the error), False to try
+        again."""
         if self.state in FINAL_STATES:
             return True
         try:

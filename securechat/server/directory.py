@@ -25,6 +25,7 @@ class DeviceDirectory:
     def __init__(self, store):
         self._store = store
         self._cache = {}
+        self._changes = 0  # changes seen: a read that saw one go by is not kept
 
     def cached(self, user):
         """The sorted device ids of ``user`` if already known, else None (no store access)."""
@@ -34,16 +35,19 @@ class DeviceDirectory:
         """The sorted device ids of ``user``; None when there is no such account."""
         cached = self._cache.get(user)
         if cached is None:
+            changes = self._changes
             cached = tuple(row["device"] for row in await self._store.get_devices(user)
                            if row["listed"])
             if not cached and await self._store.get_account(user) is None:
                 return None
-            if len(self._cache) >= MAX_CACHED:
-                self._cache.clear()
-            self._cache[user] = cached
+            if changes == self._changes:  # else it may predate the change (a removal)
+                if len(self._cache) >= MAX_CACHED:
+                    self._cache.clear()
+                self._cache[user] = cached
         return cached
 
     def changed(self, user):
+        self._changes += 1
         self._cache.pop(user, None)
 
 
