@@ -334,6 +334,9 @@ SIGNATURE = base64_bytes(64, 64)
 SECRET = base64_bytes(16, 64)
 PASSWORD = base64_bytes(16, 64)
 CIPHERTEXT = base64_bytes(1, MAX_CIPHERTEXT_CHARS * 3 // 4)
+RECOVERY_BACKUP = base64_bytes(40, 1024)
+"""The account identity key's seed sealed by the recovery key's backup key (SecretBox:
+a nonce, the sealed bytes and their tag; 72 bytes for a seed today)."""
 DEVICE_NAME_MAX = 64
 DEVICE_NAME = printable_text(
     DEVICE_NAME_MAX, f"a device name: 1-{DEVICE_NAME_MAX} printable characters, not only spaces")
@@ -390,16 +393,26 @@ REQUESTS = {
     "login.challenge": {},
     # A device with published keys signs the challenge with its device key (``signature``);
     # a device not yet known to the relay (just registered, or being added) signs it with
-    # the password key (``password_signature``).
+    # the password key (``password_signature``), or, recovering an account whose devices
+    # are lost, with the recovery key (``recovery_signature``).
     "login": {"user": USER, "device": DEVICE, "signature": optional(SIGNATURE),
-              "password_signature": optional(SIGNATURE)},
+              "password_signature": optional(SIGNATURE),
+              "recovery_signature": optional(SIGNATURE)},
     # An account registered before password keys: its legacy login secret, once, to
     # replace the relay's argon2 hash of it with the password key.
     "account.move": {"legacy_secret": SECRET, "password_key": PUBLIC_KEY},
-    # A password change: the new password key, signed for by the current one.
-    "account.password": {"password_key": PUBLIC_KEY, "signature": SIGNATURE},
+    # A password change: the new password key, signed for by the current one; or, on a
+    # connection logged in by recovery proof, by the recovery key (``recovery_signature``).
+    "account.password": {"password_key": PUBLIC_KEY, "signature": optional(SIGNATURE),
+                         "recovery_signature": optional(SIGNATURE)},
     # Deleting the account for good: signed for by the password key.
     "account.delete": {"signature": SIGNATURE},
+    # The account's recovery key (its public half) and the identity seed it seals, signed
+    # by the account identity key; replaces the earlier one.  A listed device only.
+    "recovery.set": {"recovery_key": PUBLIC_KEY, "backup": RECOVERY_BACKUP,
+                     "signature": SIGNATURE},
+    # The sealed identity seed, on a connection logged in by recovery proof only.
+    "recovery.backup": {},
     "logout": {},
     "keys.upload": {
         "device_keys": optional(DEVICE_KEYS),
@@ -446,6 +459,12 @@ PASSWORD_CHANGE_CONTEXT = "securechat-password-change-v1"
 """What a password key's signature of a password change is for."""
 ACCOUNT_DELETE_CONTEXT = "securechat-account-delete-v1"
 """What a password key's signature of an account's deletion is for."""
+RECOVERY_SET_CONTEXT = "securechat-recovery-set-v1"
+"""What the account identity key's signature of a recovery key and its backup is for."""
+RECOVERY_LOGIN_CONTEXT = "securechat-recovery-login-v1"
+"""What a recovery key's login signature is for: never a password's or a device's login."""
+RECOVERY_PASSWORD_CONTEXT = "securechat-recovery-password-v1"
+"""What a recovery key's signature of a new password key is for."""
 LOGIN_EXPORTER_LABEL = b"EXPORTER-securechat-device-login"
 """The TLS exporter label (RFC 5705 / RFC 8446 section 7.5) of a login's channel binding."""
 LOGIN_EXPORTER_BYTES = 32
@@ -478,6 +497,21 @@ def password_login_message(relay, user, device, nonce, channel_binding):
                            "context": PASSWORD_LOGIN_CONTEXT})
 
 
+def recovery_login_message(relay, user, device, nonce, channel_binding):
+    """The bytes a recovery key signs to log in a device not yet known to the relay: the
+    fields of a device's login under their own context (``RECOVERY_LOGIN_CONTEXT``)."""
+    return canonical_json({**device_login_fields(relay, user, device, nonce, channel_binding),
+                           "context": RECOVERY_LOGIN_CONTEXT})
+
+
+def recovery_set_fields(relay, user, recovery_key, backup):
+    """What the account identity key signs (as ``canonical_json``) to make ``recovery_key``
+    (base64 public key) and ``backup`` (base64) the account's recovery: bound to this
+    relay and user.  Not to a connection: it is the account's own statement."""
+    return {"context": RECOVERY_SET_CONTEXT, "relay": relay, "user": user,
+            "recovery_key": recovery_key, "backup": backup}
+
+
 def _password_proof(context, relay, user, device, channel_binding, **fields):
     """The bytes a password key signs for what ``context`` names on a logged-in
     connection: bound to this relay, this device and this TLS session, so the proof is
@@ -491,6 +525,13 @@ def password_change_message(relay, user, device, password_key, channel_binding):
     """The bytes the current password key signs to replace itself by ``password_key``
     (base64)."""
     return _password_proof(PASSWORD_CHANGE_CONTEXT, relay, user, device, channel_binding,
+                           password_key=password_key)
+
+
+def recovery_password_message(relay, user, device, password_key, channel_binding):
+    """The bytes a recovery key signs to make ``password_key`` (base64) the account's
+    password key (the old password may be forgotten), bound to this TLS session."""
+    return _password_proof(RECOVERY_PASSWORD_CONTEXT, relay, user, device, channel_binding,
                            password_key=password_key)
 
 

@@ -350,7 +350,7 @@ async def test_the_own_fingerprint_and_a_known_contacts_work_with_the_relay_stop
     registration = await ok(configs["alice"], "register")
     for name in ("bob", "carol"):
         await ok(configs[name], "register")
-    own = registration.out.split("your fingerprint: ")[1].strip()
+    own = registration.out.split("your fingerprint: ")[1].splitlines()[0]
     online = await ok(configs["alice"], "fingerprint", "bob")
     twistd_relay.stop()
     assert (await ok(configs["alice"], "fingerprint")).out.strip() == f"alice: {own}"

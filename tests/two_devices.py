@@ -12,7 +12,7 @@ logs in by its device key like any device.
 from twisted.internet import reactor
 
 from securechat.client import settings as client_settings
-from securechat.client.device_list import publish_next, published_list
+from securechat.client import device_list
 from securechat.client.session import Client, new_device_id
 from securechat.crypto.device import DeviceCrypto
 from securechat.crypto.keystore import KeyStore
@@ -39,11 +39,7 @@ async def add_device(first_config, second_config, password):
     try:
         await client._connect()
         await client._login()  # by password proof: the relay does not know this device
-        keys = await client._upload_device_keys()
-        listing = await published_list(client)
-        await publish_next(client, listing, {
-            **listing["devices"],
-            client.device: {"curve25519": keys["curve25519"], "ed25519": keys["ed25519"]}})
+        await device_list.add(client, {client.device: await client._upload_device_keys()})
         return client.device
     finally:
         await client.disconnect()

@@ -30,9 +30,10 @@ Type a line to send it to the current buffer's person or room (//text sends /tex
 Keys: Alt-1..9 buffers, PgUp/PgDn scroll, Up/Down typed lines, Ctrl-A/E/U/W edit.
 A ? after a name: that person is not verified (/verify NAME)."""
 
-NOT_IN_CHAT = ("register", "chat", "daemon", "inbox", "password", "account")
+NOT_IN_CHAT = ("register", "chat", "daemon", "inbox", "password", "account", "recover")
 """CLI commands the chat does not run: it shows the inbox itself, and the others start or
-set up what the chat runs in (``password`` needs the key store the chat holds)."""
+set up what the chat runs in (``password`` needs the key store the chat holds, ``recover``
+makes a new one)."""
 
 ALIASES = {"create": ["rooms", "create"]}
 """Chat commands that are a CLI command under another name."""

@@ -22,11 +22,12 @@ from securechat.client.render import (
 from securechat.client.rpc import CommandFailed
 from securechat.client.settings import default_config_path
 
-STANDALONE_ONLY = ("register", "daemon", "chat", "password", "account")
+STANDALONE_ONLY = ("register", "daemon", "chat", "password", "account", "recover")
 """Commands that never go to a running daemon (``chat`` starts one when none runs;
 ``password`` re-wraps the key store a daemon holds open and ``account delete`` removes
-it: they refuse while one runs; so does ``devices approve``, and ``devices link`` runs
-where no device is yet)."""
+it: they refuse while one runs; so do ``devices approve`` and ``devices recovery-key``,
+which makes what takes the whole account over and so asks for the password; ``devices
+link`` and ``recover`` run where no device is yet)."""
 
 ROOM_MODE_NAMES = ("invite-only", "open")
 """``rooms mode`` choices: the names of rooms.ROOM_MODES (not imported: it needs Twisted)."""
@@ -146,6 +147,17 @@ def build_parser(parser_class=argparse.ArgumentParser):
     add_command(commands, "register", "create this device's keys and the account",
                 "Create this device's keys and your account on the server named in the "
                 "config file; asks for the password twice.", "securechat register")
+    add_command(commands, "recover", "make this machine your account's only device, with "
+                                     "the recovery key (every device lost)",
+                "With the recovery key that 'register' printed: log in on a new machine "
+                "(the config names your user and an empty data directory), take back your "
+                "account's identity (contacts who verified you stay verified), choose a new "
+                "password, and remove every other device of the account.  Then prints a new "
+                "recovery key: the one you typed stops working.  The key comes from "
+                "$SECURECHAT_RECOVERY_KEY or a prompt, the new password from "
+                "$SECURECHAT_NEW_PASSWORD or two prompts.  Messages sent before are not "
+                "brought back.", "securechat recover",
+                "SECURECHAT_RECOVERY_KEY='...' SECURECHAT_NEW_PASSWORD=... securechat recover")
     add_command(commands, "login", "check the password and the server, top up keys",
                 "Unlock the key store, log in, top up the published one-time keys and say "
                 "how many messages wait.", "securechat login")
@@ -263,16 +275,16 @@ def build_parser(parser_class=argparse.ArgumentParser):
     _devices_commands(add_command(
         commands, "devices", "your account's devices (no action: list them)",
         "List your account's devices (id, name, when added, when last seen; this one "
-        "marked), name one of them, or remove one.", "securechat devices",
-        "securechat devices --json", 'securechat devices rename Xb3kQ9 "work laptop"',
-        "securechat devices remove Xb3kQ9"))
+        "marked), name one of them, remove one, or make a new recovery key.",
+        "securechat devices", "securechat devices --json",
+        'securechat devices rename Xb3kQ9 "work laptop"', "securechat devices remove Xb3kQ9"))
     _conventions(parser)  # last: it completes every subcommand declared above
     return parser
 
 
 def _devices_commands(devices):
     """``devices`` lists (as ``devices list``); ``devices rename ID NAME`` names one;
-    ``devices remove ID`` removes one."""
+    ``devices remove ID`` removes one; ``devices recovery-key`` makes a new recovery key."""
     devices.add_argument("--json", action="store_true",
                          help="one JSON object per device and line: id, name, added, "
                               "last_seen (ISO UTC or null), this")
@@ -308,6 +320,12 @@ def _devices_commands(devices):
         "hand it the account key.  Stop this device's daemon first.",
         "securechat devices approve K7QM2XW9PA")
     approve.add_argument("code", metavar="CODE")
+    add_command(devices_commands, "recovery-key",
+                "make a new recovery key; the old one stops working (stop the daemon first)",
+                "Make a new recovery key for your account and print it once: write it down. "
+                "The previous one stops working at once.  With it, 'securechat recover' "
+                "brings the account back on a new machine when every device is lost.",
+                "securechat devices recovery-key")
 
 
 def _rooms_commands(rooms):
@@ -427,11 +445,13 @@ def read_room_password(wanted):
 LINKING = ("link", "approve")
 """``devices`` actions that run standalone only: a SAS exchange on this terminal."""
 
+STANDALONE_DEVICES_ACTIONS = (*LINKING, "recovery-key")
+
 
 def standalone_only(args):
     """Whether ``args`` names a command that never goes to a running daemon."""
     return args.command in STANDALONE_ONLY or (
-        args.command == "devices" and args.devices_command in LINKING)
+        args.command == "devices" and args.devices_command in STANDALONE_DEVICES_ACTIONS)
 
 
 def request_for(args, room_password=read_room_password):
@@ -459,7 +479,8 @@ def request_for(args, room_password=read_room_password):
         raise CommandFailed(f"'devices {args.devices_command}' runs in a terminal of its own "
                             "(securechat devices ...), not in the chat", EXIT_USAGE)
     if command == "devices":
-        params = {"device": args.device} if args.devices_command != "list" else {}
+        params = ({"device": args.device} if args.devices_command in ("rename", "remove")
+                  else {})
         if args.devices_command == "rename":
             params["name"] = args.name
         return "devices." + args.devices_command, params

@@ -97,6 +97,15 @@ async def add(client, devices):
     return await publish_next(client, listing, current)
 
 
+async def only(client, devices):
+    """Publish a list holding ``devices`` alone (a recovery: every lost device goes), as
+    the version after the account's current list (checked with the account key, which a
+    recovered device holds again).  The relay's answer, with the new ``version``."""
+    listing = signed_list(client, await own_entry(client), required=False)
+    return await publish_next(client, listing, {
+        device: listed_entry(keys, now_ms()) for device, keys in devices.items()})
+
+
 async def remove_device(client, device):
     """Publish the account's list without ``device``: the relay removes it at once."""
     if device == client.device:

@@ -23,9 +23,10 @@ EXIT_UNKNOWN_USER = EXIT_NOT_FOUND
 TABLE = (
     (EXIT_OK, "done"),
     (EXIT_ERROR, "an error (the message says which)"),
-    (EXIT_USAGE, "usage error: a wrong argument, a message too long, no password available"),
+    (EXIT_USAGE, "usage error: a wrong argument, a message too long, no password available, "
+                 "a mistyped recovery key"),
     (EXIT_AUTH, "wrong password, or login refused (this device removed from its account "
-                "included)"),
+                "included), or a recovery key refused"),
     (EXIT_UNREACHABLE, "the server cannot be reached (send: the message is kept in the "
                        "outbox and sent later)"),
     (EXIT_CERTIFICATE, "the server's certificate is not the trusted one"),

@@ -140,7 +140,7 @@ async def approve(client, links, code, confirm, show, timeout):
                                    f"(for {timeout:g} s)...")
         version = (await device_list.add(client, {code: keys}))["version"]
         await exchange.send_step({"type": "link.account_key", "txn": txn,
-                                  "identity_seed": client.crypto.identity_seed,
+                                  "identity_seed": client.crypto.identity_seed.hex(),
                                   "version": version})
         return version
     finally:

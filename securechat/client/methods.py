@@ -19,6 +19,7 @@ from securechat.client.message_size import check_message_size
 from securechat.client.protocol import ConnectionClosed, RemoteError
 from securechat.client.render import message_json
 from securechat.client.rooms import ROOM_MODES
+from securechat.client.exit_codes import EXIT_USAGE
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed)
 from securechat.client.sas_exchange import ExchangeFailed
@@ -105,6 +106,7 @@ class Methods:
         "verify.confirm": "verify_confirm", "outbox": "outbox",
         "devices.list": "devices_list", "devices.rename": "devices_rename",
         "devices.remove": "devices_remove",
+        "devices.recovery-key": "devices_recovery_key",
     }
 
     def __init__(self, client, verifications):
@@ -243,6 +245,13 @@ class Methods:
         device = params.get("device", str)
         answer = await remove_device(self.client, device)
         return {"device": device, "user": self.client.user, "version": answer["version"]}
+
+    async def devices_recovery_key(self, name, params, show):
+        """Never through a daemon or the chat (commands.standalone_only): a new recovery key
+        takes the whole account over, so it asks for the password, as ``password`` does."""
+        raise CommandFailed("a new recovery key is made by 'securechat devices recovery-key' "
+                            "while no daemon or chat runs (it asks for the password)",
+                            EXIT_USAGE)
 
     async def join(self, name, params, show):
         """Join a room.  A password room joined without a password, like a wrong password,

@@ -33,6 +33,7 @@ from securechat.client.tls import NotPinned, PinnedCertificate, ca_file_options,
 from securechat.crypto import passwords
 from securechat.crypto.device import DeviceCrypto
 from securechat.crypto.keystore import KeyStore, KeyStoreError, WrongPassword
+from securechat.crypto.recovery import RecoveryKey
 
 OTK_TARGET = 50
 OTK_LOW_WATER = 25
@@ -134,6 +135,16 @@ Challenge = collections.namedtuple("Challenge", "relay nonce binding")
 channel binding (``tls.channel_binding``)."""
 
 
+def require_empty(directory):
+    """A ClientError unless ``directory`` is absent or empty: ``recover`` makes a key store
+    there, and empties it again if it fails, which must never touch anything else."""
+    if os.path.isdir(directory) and os.listdir(directory):
+        what = ("already holds a device's key store" if KeyStore.exists(directory)
+                else "is not empty")
+        raise ClientError(f"{directory} {what}: recover into an empty data directory "
+                          "(data_dir in the config)")
+
+
 def new_device_id():
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     return "".join(secrets.choice(alphabet) for _ in range(10))
@@ -205,6 +216,104 @@ class Client:
         await self._login()
         await self._publish_device()
         self._connected()
+
+    @returns_deferred
+    async def recover(self, recovery_key):
+        """Make this machine a device of an account whose devices are all lost
+        (docs/usage.rst, "Recovery"), with its ``recovery_key`` (a RecoveryKey): log in
+        by it, open the account identity key sealed in the relay's backup, give the
+        account the password key of this client's password, then upload this device's
+        keys and publish a device list holding this device alone (which removes every
+        other device of the account).
+
+        A failure before that list is published leaves nothing here (the data
+        directory is emptied, as after a failed registration) and the recovery key
+        unchanged on the relay: running it again starts afresh.
+        """
+        directory = self.settings.data_dir
+        require_empty(directory)
+        self.device = new_device_id()
+        self.store = KeyStore.create(directory, self._password, {
+            "user": self.user, "device": self.device, "server": self.settings.server})
+        try:
+            await self._connect()
+            challenge = await self._challenge()
+            await self._log_in_by_recovery(challenge, recovery_key)
+            await self._open_backup(recovery_key)
+            await self._reset_password(challenge.relay, recovery_key)
+            await device_list.only(self, {self.device: await self._upload_device_keys()})
+        except BaseException:
+            self.discard_store()
+            raise
+        self._connected()
+
+    async def _log_in_by_recovery(self, challenge, recovery_key):
+        """Sign the relay's challenge with the recovery key, under the recovery context."""
+        message = wire.recovery_login_message(challenge.relay, self.user, self.device,
+                                              challenge.nonce, challenge.binding)
+        try:
+            result = await self.request("login", user=self.user, device=self.device,
+                                        recovery_signature=wire.b64encode(
+                                            recovery_key.sign(message)))
+        except RemoteError as e:
+            if e.code == "auth_failed":
+                raise ClientError(
+                    f"the relay refused this recovery key: it is not {self.user}'s recovery "
+                    "key (a wrong key, one replaced since by 'devices recovery-key' or by a "
+                    "recovery, or the account has none)", EXIT_AUTH) from None
+            if e.code in ("rate_limited", "unavailable"):
+                raise refusal(e) from None
+            raise ClientError(f"recovery refused: {e.message}", EXIT_AUTH) from None
+        self.queued_at_login = result["queued"]
+
+    async def _open_backup(self, recovery_key):
+        """This device's crypto with the account identity key the relay's backup seals,
+        checked against the account's published identity key; the device list's version
+        the next one must exceed."""
+        own = (await self.request("keys.query", users=[self.user]))["users"][self.user]
+        backup = (await self.request("recovery.backup"))["backup"]
+        try:
+            seed = recovery_key.open(wire.b64decode(backup))
+        except ValueError:
+            raise ClientError("the relay's recovery backup does not open with this key (was "
+                              "it replaced meanwhile?): try again", EXIT_AUTH) from None
+        self.crypto = DeviceCrypto.create(self.store, seed)
+        if self.crypto.identity_key != own["identity_key"]:
+            raise ClientError(f"the recovery backup holds another identity key than "
+                              f"{self.user}'s: refused", EXIT_AUTH)
+        self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
+        listing = own.get("device_list")
+        with self.store.transaction():  # the list this device publishes comes after it
+            self.store.set_meta("device_list_version", str(listing["version"] if listing else 0))
+
+    async def _reset_password(self, relay, recovery_key):
+        """Make this client's password the account's, signed for by the recovery key on
+        this connection (the old password may be forgotten)."""
+        public = self._public_password_key(relay)
+        message = wire.recovery_password_message(relay, self.user, self.device, public,
+                                                 channel_binding(self.protocol.transport))
+        await self.request("account.password", password_key=public,
+                           recovery_signature=wire.b64encode(recovery_key.sign(message)))
+        with self.store.transaction():
+            self.store.set_meta(PASSWORD_KEY_AT, relay)
+
+    @returns_deferred
+    async def new_recovery_key(self):
+        """Make a new recovery key the account's (logged in, a listed device): its public
+        half and the identity seed it seals go to the relay, signed by the identity key,
+        and the earlier key stops working.  Fire with the key's text, to show once."""
+        relay = relay_id(await self.request("ping"))
+        key = RecoveryKey.generate()
+        public = wire.b64encode(key.public_key)
+        backup = wire.b64encode(key.seal(self.crypto.identity_seed))
+        signature = self.crypto.sign_as_user(
+            wire.recovery_set_fields(relay, self.user, public, backup))
+        try:
+            await self.request("recovery.set", recovery_key=public, backup=backup,
+                               signature=signature)
+        except RemoteError as e:
+            raise refusal(e, "the relay refused the new recovery key") from None
+        return key.text
 
     def discard_store(self):
         """Close and remove everything in the data directory: a registration that failed

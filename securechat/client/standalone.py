@@ -20,9 +20,11 @@ from securechat.client.render import EscapingStream
 from securechat.client.exit_codes import EXIT_AUTH, EXIT_USAGE
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection)
-from securechat.client.session import Client, ClientError
+from securechat.client.session import Client, ClientError, require_empty
 from securechat.client.unlock import (
-    UnlockingNotice, read_changed_password, read_new_password, read_password)
+    UnlockingNotice, read_changed_password, read_new_password, read_password,
+    read_recovery_key)
+from securechat.crypto.recovery import RecoveryKey, RecoveryKeyTypo
 from securechat.crypto.fingerprint import key_fingerprint
 from securechat.timestamps import utc_date
 
@@ -98,6 +100,12 @@ def run(settings, args, request=None):
                                 EXIT_USAGE)
         return run_reactor(lambda reactor: change_password(reactor, settings, password,
                                                            new_password))
+    if args.command == "recover":
+        return recover_command(settings)
+    if args.command == "devices" and args.devices_command == "recovery-key":
+        refuse_beside_daemon(settings, "make a new recovery key")
+        password = read_password(settings)
+        return run_reactor(lambda reactor: new_recovery_key(reactor, settings, password))
     if args.command == "account":  # its one action: delete
         refuse_beside_daemon(settings, "delete the account")
         password = read_password(settings)
@@ -201,6 +209,81 @@ async def register(reactor, settings, password):
         raise as_command_failed(e) from None
     print(f"registered {client.user}, device {client.device}")
     print(f"your fingerprint: {key_fingerprint(client.crypto.identity_key)}")
+    await show_new_recovery_key(client, KEEP_THE_KEY, "the account is registered, but no "
+                                                      "recovery key was set")
+    await client.disconnect()
+    return 0
+
+
+KEEP_THE_KEY = ("write the recovery key down and keep it apart from this machine: with it, "
+                "'securechat recover' brings your account back when every device is lost; "
+                "without it, a lost account stays lost.  It is shown this once.")
+
+
+async def show_new_recovery_key(client, note, failed):
+    """Make a new recovery key and print it on a line of its own, once, then ``note``;
+    when the relay does not take it, say so (``failed``: what is done all the same) on
+    stderr and how to try again.  The command still succeeds: what it was for is done."""
+    try:
+        key = await client.new_recovery_key()
+    except Exception as e:
+        print(f"securechat: {failed} ({as_command_failed(e)}): run 'securechat devices "
+              "recovery-key' to make one", file=sys.stderr)
+        return
+    print(f"recovery key: {key}")
+    print(note)
+
+
+async def new_recovery_key(reactor, settings, password):
+    """``devices recovery-key``: unlock, log in, replace the account's recovery key."""
+    client = await opened(reactor, settings, password)
+    try:
+        key = await client.new_recovery_key()
+    except Exception as e:
+        raise as_command_failed(e) from None
+    finally:
+        await client.disconnect()
+    print(f"recovery key: {key}")
+    print("the previous recovery key no longer works.  " + KEEP_THE_KEY)
+    return 0
+
+
+def recover_command(settings):
+    """``recover``: an empty (or absent) data directory, the recovery key (a typo, caught by its
+    checksum, is a usage error naming it: nothing is sent), then the new password;
+    asked before the reactor runs (unlock.py says why)."""
+    try:
+        require_empty(settings.data_dir)
+    except ClientError as e:
+        raise as_command_failed(e) from None
+    try:
+        key = RecoveryKey.parse(read_recovery_key())
+    except RecoveryKeyTypo as e:
+        raise CommandFailed(str(e), EXIT_USAGE) from None
+    password = read_changed_password()
+    return run_reactor(lambda reactor: recover(reactor, settings, key, password))
+
+
+async def recover(reactor, settings, key, password):
+    """Make this machine the account's only device (Client.recover), then give the
+    account a new recovery key: the one typed here may linger (a terminal, an
+    environment), and whoever holds it could take the account over again."""
+    client = Client(reactor, settings, password)
+    try:
+        with UnlockingNotice():
+            await client.recover(key)
+    except Exception as e:
+        raise as_command_failed(e) from None
+    print(f"recovered {client.user}: this device ({client.device}) is now its only device; "
+          "every other device was removed from the account")
+    print(f"your fingerprint: {key_fingerprint(client.crypto.identity_key)} (unchanged: "
+          "contacts who verified you still see you verified)")
+    await show_new_recovery_key(
+        client, "this new recovery key replaces the one you typed, which no longer works: "
+                "that one was typed on this machine and may linger (in a terminal, an "
+                "environment, a note).  " + KEEP_THE_KEY,
+        "the account is recovered, but no new recovery key was set, so the one you typed "
+        "still works")
     await client.disconnect()
     return 0
 

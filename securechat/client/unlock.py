@@ -12,7 +12,8 @@ password comes from 1-3, and refuses one under ``MIN_NEW_PASSWORD`` characters w
 comes from; logging in to an existing account takes any password (it may predate the rule).
 ``securechat password`` reads the current password from 1-4 and the new one
 (``read_changed_password``) from ``SECURECHAT_NEW_PASSWORD`` or the same two questions, under
-the same rule.
+the same rule.  ``securechat recover`` reads the recovery key (``read_recovery_key``) from
+``SECURECHAT_RECOVERY_KEY`` or a prompt, and the new password as ``securechat password`` does.
 Every prompt here is read before the reactor runs: Ctrl-C then raises KeyboardInterrupt
 (exit 130) instead of being swallowed by the reactor's signal handler.
 Standard library only: the daemon and the standalone commands share it.
@@ -70,6 +71,16 @@ def read_changed_password():
     given = os.environ.get("SECURECHAT_NEW_PASSWORD")
     return _new_password(None if given is None else (given, "SECURECHAT_NEW_PASSWORD"),
                          "no new password: set SECURECHAT_NEW_PASSWORD or run in a terminal")
+
+
+def read_recovery_key():
+    """The recovery key as typed: ``SECURECHAT_RECOVERY_KEY``, else a no-echo prompt on a
+    terminal (it takes the whole account over: not for the screen's scrollback)."""
+    given = os.environ.get("SECURECHAT_RECOVERY_KEY")
+    if given is not None:
+        return given
+    _need_terminal("no recovery key: set SECURECHAT_RECOVERY_KEY or run in a terminal")
+    return _getpass("Recovery key (the groups 'register' printed; spaces do not matter): ")
 
 
 def _new_password(given, missing):

@@ -41,8 +41,11 @@ class DeviceCrypto:
         self._identity = identity
 
     @classmethod
-    def create(cls, store):
-        crypto = cls(store, vodozemac.Account(), SigningKey.generate())
+    def create(cls, store, identity_seed=None):
+        """A new device's keys; its account's identity key from ``identity_seed`` (bytes: a
+        device of an existing account, recovered) or new (a new account)."""
+        identity = SigningKey(identity_seed) if identity_seed else SigningKey.generate()
+        crypto = cls(store, vodozemac.Account(), identity)
         with store.transaction():
             store.set_secret("identity_seed", bytes(crypto._identity).hex())
             crypto._save_account()
@@ -82,8 +85,10 @@ class DeviceCrypto:
 
     @property
     def identity_seed(self):
-        """The account identity key's seed (hex), to hand to a device being linked."""
-        return bytes(self._identity).hex()
+        """The account identity key's 32-byte seed: handed (as hex) to a device being
+        linked, sealed by the recovery key for the relay to keep (a device that holds it
+        signs the account's device list)."""
+        return bytes(self._identity)
 
     def sign_as_device(self, obj):
         return b64(self._account.sign(wire.canonical_json(obj)).to_base64())

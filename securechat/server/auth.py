@@ -82,6 +82,23 @@ class PasswordSignature(DeviceSignature):
     """A device signature's fields, for the password key's checker only."""
 
 
+class IRecoverySignature(credentials.ICredentials):
+    """A device not yet known to the relay proving the account's recovery key (every
+    device of the account lost): a signature of ``message`` by the recovery signing key.
+    Neither a password proof nor a device's, so no other checker ever sees it."""
+
+    user = Attribute("user name")
+    device = Attribute("device id")
+    message = Attribute("the signed bytes (wire.recovery_login_message)")
+    signature = Attribute("the Ed25519 signature by the recovery key, bytes")
+    address = Attribute("the client's address (failures are counted per account and address)")
+
+
+@implementer_only(IRecoverySignature)
+class RecoverySignature(DeviceSignature):
+    """A device signature's fields, for the recovery key's checker only."""
+
+
 class IDevice(Interface):
     """The avatar of a logged-in device."""
 
@@ -180,6 +197,24 @@ class LegacySecrets:
             raise ProtocolError("nothing_to_move", "the account already has a password key")
 
 
+async def guarded_proof(guard, user, address, read_key, message, signature, refusal):
+    """The key ``read_key(user)`` fires with (base64 Ed25519, or None) when ``signature``
+    is its signature of ``message``; else ``UnauthorizedLogin(refusal)``.  Counted as a
+    failed login of ``(user, address)`` from the moment it is let through
+    (``LoginGuard.attempt``) until it succeeds: a proof of a secret a person holds
+    (a password, a recovery key) is limited like a password login."""
+    guard.attempt(user, address)
+    try:
+        key = await read_key(user)
+    except Exception:
+        guard.login_abandoned(user, address)
+        raise
+    if not key or not verifies(key, message, signature):
+        raise error.UnauthorizedLogin(refusal)
+    guard.login_succeeded(user, address)
+    return key
+
+
 class PasswordKeys:
     """Checks a signature by an account's password key, and changes that key.
 
@@ -199,17 +234,12 @@ class PasswordKeys:
     async def prove(self, user, message, signature, address):
         """Fire with the account's password key (base64) when ``signature`` is its
         signature of ``message``; else ``UnauthorizedLogin``."""
-        self._guard.attempt(user, address)
-        try:
-            account = await self._store.get_account(user)
-        except Exception:
-            self._guard.login_abandoned(user, address)
-            raise
-        key = account and account["password_key"]
-        if not key or not _verifies(key, message, signature):
-            raise error.UnauthorizedLogin("wrong user name or password")
-        self._guard.login_succeeded(user, address)
-        return key
+        return await guarded_proof(self._guard, user, address, self._password_key, message,
+                                   signature, "wrong user name or password")
+
+    async def _password_key(self, user):
+        account = await self._store.get_account(user)
+        return account and account["password_key"]
 
     async def change(self, user, message, signature, new_key, address):
         """Replace the account's password key by ``new_key`` once ``signature`` proves the
@@ -227,14 +257,14 @@ class PasswordKeyChecker:
     A device that has published its keys logs in by its key only
     (``device_key_required``): a password proof cannot take the place of an
     existing device and read or acknowledge its queue.  The proof is checked
-    by ``PasswordKeys.prove``.
+    by ``PasswordKeys.prove`` (a ``RecoveryKeyChecker``: ``Recovery.prove``).
     """
 
     credentialInterfaces = (IPasswordSignature,)
 
     def __init__(self, store, password_keys):
         self._store = store
-        self._password_keys = password_keys
+        self._password_keys = password_keys  # what has ``prove(user, message, sig, addr)``
 
     def requestAvatarId(self, creds):
         return defer.ensureDeferred(self._check(creds))
@@ -249,6 +279,13 @@ class PasswordKeyChecker:
         await self._password_keys.prove(creds.user, creds.message, creds.signature,
                                         creds.address)
         return (creds.user, creds.device, None, False)  # no keys yet: in no list
+
+
+class RecoveryKeyChecker(PasswordKeyChecker):
+    """A device not yet known to the relay logs in with the account's recovery key: the
+    same rules as a password login, the proof checked by ``Recovery.prove``."""
+
+    credentialInterfaces = (IRecoverySignature,)
 
 
 @implementer(ICredentialsChecker)
@@ -310,10 +347,10 @@ def _signed_by(device_keys, message, signature):
         key = json.loads(device_keys)["ed25519"]
     except (ValueError, KeyError):
         return False
-    return _verifies(key, message, signature)
+    return verifies(key, message, signature)
 
 
-def _verifies(public_key, message, signature):
+def verifies(public_key, message, signature):
     """Whether ``signature`` is the Ed25519 signature of ``message`` by ``public_key``
     (base64)."""
     try:
@@ -341,6 +378,7 @@ class DeviceRealm:
         return IDevice, avatar, lambda: self._relay.detach(user, device, mind)
 
 
-def make_portal(store, relay, guard, password_keys, link_window_ms):
+def make_portal(store, relay, guard, password_keys, recovery, link_window_ms):
     return portal.Portal(DeviceRealm(relay), [PasswordKeyChecker(store, password_keys),
+                                              RecoveryKeyChecker(store, recovery),
                                               DeviceKeyChecker(store, guard, link_window_ms)])

@@ -11,6 +11,7 @@ from securechat.server.keys import KeyDirectory
 from securechat.server.protocol import RelayProtocol
 from securechat.server.outage import OutageLog
 from securechat.server.ratelimit import KeyClaimLimits, LoginGuard, RoomPasswordGuard
+from securechat.server.recovery import Recovery
 from securechat.server.relay import Relay
 from securechat.server.rooms import Rooms
 
@@ -32,9 +33,10 @@ class RelayFactory(ServerFactory):
         self.login_guard = LoginGuard(clock, config)
         self.legacy_secrets = LegacySecrets(store, hasher, self.login_guard)
         self.password_keys = PasswordKeys(store, self.login_guard)
+        self.recovery = Recovery(store, self.login_guard)
         link_window_ms = config.link_window_minutes * 60_000
         self.portal = make_portal(store, self.relay, self.login_guard, self.password_keys,
-                                  link_window_ms)
+                                  self.recovery, link_window_ms)
         self.key_claims = KeyClaimLimits(clock, config)
         self.keys = KeyDirectory(store, self.devices, self.relay, self.key_claims,
                                  config.one_time_keys_low, config.max_devices, link_window_ms)

@@ -33,7 +33,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from securechat import wire
-from securechat.server.auth import DeviceSignature, IDevice, PasswordSignature
+from securechat.server.auth import (
+    DeviceSignature, IDevice, PasswordSignature, RecoverySignature)
 from securechat.server.ratelimit import TokenBucket
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError
@@ -84,6 +85,7 @@ class ConnectionSession:
         self.user = None
         self.device = None
         self._logout = None
+        self._by_recovery = False  # logged in by the account's recovery key
         self._challenge = None  # None: none asked yet; bytes: waiting; CHALLENGE_USED
         self._deadline = server.clock.callLater(
             server.config.handshake_timeout_seconds, self.deadline_passed)
@@ -218,6 +220,7 @@ class ConnectionSession:
         except cred_error.UnauthorizedLogin as e:
             raise ProtocolError("auth_failed", str(e))
         self.login_succeeded(avatar, logout)
+        self._by_recovery = isinstance(creds, RecoverySignature)
         if self.state != AUTHENTICATED:
             raise ProtocolError("closed", "connection closed during login")
         counts = avatar.login_counts
@@ -225,21 +228,25 @@ class ConnectionSession:
             counts = await self._server.store.login_counts(user, device)
         return {"user": user, "device": device, **counts}
 
+    _PROOFS = (("signature", wire.device_login_message, DeviceSignature),
+               ("password_signature", wire.password_login_message, PasswordSignature),
+               ("recovery_signature", wire.recovery_login_message, RecoverySignature))
+    """A login's kinds of proof: its field, the bytes it signs, its credentials."""
+
     def _credentials(self, user, device, fields):
         """A login's signature over this connection's challenge and TLS session: by the
-        device key (a device with published keys), or by the password key (a new device,
-        ``password_signature``); either uses the challenge up, right or wrong."""
-        signature, by_password = fields["signature"], fields["password_signature"]
-        if (signature is None) == (by_password is None):
-            raise ProtocolError("bad_field", "a login carries either 'signature' (a device with "
-                                             "published keys) or 'password_signature' (a new "
-                                             "device)")
-        if by_password is not None:
-            signed = self._login_message(wire.password_login_message, user, device)
-            return PasswordSignature(user, device, signed, wire.b64decode(by_password),
-                                     self._peer)
-        message = self._login_message(wire.device_login_message, user, device)
-        return DeviceSignature(user, device, message, wire.b64decode(signature), self._peer)
+        device key (a device with published keys), by the password key (a new device,
+        ``password_signature``) or by the recovery key (a new device of an account whose
+        devices are lost, ``recovery_signature``); any uses the challenge up, right or
+        wrong."""
+        given = [proof for proof in self._PROOFS if fields[proof[0]] is not None]
+        if len(given) != 1:
+            raise ProtocolError("bad_field", "a login carries one of 'signature' (a device "
+                                             "with published keys), 'password_signature' or "
+                                             "'recovery_signature' (a new device)")
+        ((field, message, credentials),) = given
+        signed = self._login_message(message, user, device)
+        return credentials(user, device, signed, wire.b64decode(fields[field]), self._peer)
 
     def _login_message(self, message, user, device):
         """``message`` (a ``wire`` login message) of this connection's challenge, which it
@@ -278,17 +285,56 @@ class ConnectionSession:
 
     async def op_account_password(self, fields):
         """Change the password: the new password key, signed for by the current one over
-        this connection's TLS session."""
+        this connection's TLS session, or by the recovery key on a connection logged in
+        by it (``recovery_signature``: the old password may be forgotten)."""
+        signature, by_recovery = fields["signature"], fields["recovery_signature"]
+        if (signature is None) == (by_recovery is None):
+            raise ProtocolError("bad_field", "a password change carries either 'signature' "
+                                             "(the password key) or 'recovery_signature'")
+        if by_recovery is not None:
+            return await self._reset_password(fields["password_key"], by_recovery)
         message = wire.password_change_message(self._server.relay_id, self.user, self.device,
                                                fields["password_key"], self._tls_binding())
         try:
             await self._server.password_keys.change(
-                self.user, message, wire.b64decode(fields["signature"]), fields["password_key"],
+                self.user, message, wire.b64decode(signature), fields["password_key"],
                 self._peer)
         except cred_error.UnauthorizedLogin:
             raise ProtocolError("auth_failed", "wrong password")
         self.log.info("User {user} changed its password", user=self.user)
         return {"changed": True}
+
+    async def _reset_password(self, password_key, signature):
+        self._need_recovery_login("a password change signed by the recovery key")
+        message = wire.recovery_password_message(self._server.relay_id, self.user,
+                                                 self.device, password_key, self._tls_binding())
+        try:
+            await self._server.recovery.reset_password(
+                self.user, message, wire.b64decode(signature), password_key, self._peer)
+        except cred_error.UnauthorizedLogin:
+            raise ProtocolError("auth_failed", "wrong recovery key")
+        self.log.info("User {user} set a new password by its recovery key", user=self.user)
+        return {"changed": True}
+
+    def _need_recovery_login(self, what):
+        if not self._by_recovery:
+            raise ProtocolError("not_recovery_login",
+                                f"{what} is allowed only on a connection logged in by the "
+                                "recovery key")
+
+    async def op_recovery_set(self, fields):
+        """Make a new recovery key the account's (signed by its identity key; the calling
+        device must be in the account's signed device list); the old one stops working."""
+        result = await self._server.recovery.set(
+            self._server.relay_id, self.user, self.device, fields["recovery_key"],
+            fields["backup"], fields["signature"])
+        self.log.info("User {user} set a new recovery key", user=self.user)
+        return result
+
+    async def op_recovery_backup(self, fields):
+        """The account identity seed sealed by the recovery key: to a recovery login only."""
+        self._need_recovery_login("reading the recovery backup")
+        return await self._server.recovery.backup(self.user)
 
     async def op_account_delete(self, fields):
         """Delete the account for good, signed for by its password key over this

@@ -69,6 +69,21 @@ class IStore(Interface):
         change).  Fires with True, or False when the account's key is not ``old_key``
         (changed meanwhile, or no such account)."""
 
+    def set_recovery(user, recovery_key, backup):
+        """Make ``recovery_key`` (the base64 public recovery key) and ``backup`` (the
+        base64 identity seed it seals) the account's recovery, in place of any earlier
+        one.  Fires with True, or False when there is no such account."""
+
+    def get_recovery(user):
+        """Fire with the account's ``{"recovery_key", "backup", "created"}``, or None (no
+        recovery key set, or no such account)."""
+
+    def reset_password_key(user, recovery_key, password_key):
+        """Make ``password_key`` the account's password key whatever it held before (a
+        recovery: the old password may be forgotten), provided ``recovery_key`` is still
+        the account's recovery key.  Fires with True, or False (replaced meanwhile, or no
+        such account)."""
+
     def relay_id():
         """Fire with this relay's stable id (text): chosen at random by the first call on
         a database and the same ever after, for every node sharing the database."""

@@ -42,11 +42,14 @@ Changelog:
       with keys before this version is listed (each was current then).  A device removed
       from the list goes for good: (user, device, removed_at) in removed_devices, so its
       id is refused at login and upload ever after.
+  12 — recovery keys: an account's public recovery key and its identity key's seed
+      sealed by the recovery key (recovery_keys, at most one row an account); a device
+      that proves the recovery key logs in where every device of the account is lost.
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -255,6 +258,14 @@ MIGRATIONS = {
             device_id TEXT NOT NULL,
             removed_at BIGINT NOT NULL,
             PRIMARY KEY (user_id, device_id))""",
+    ],
+    12: [
+        # A table of its own: no other migration touches it, whatever their order.
+        """CREATE TABLE recovery_keys (
+            user_id TEXT PRIMARY KEY,
+            recovery_key TEXT NOT NULL,
+            backup TEXT NOT NULL,
+            created BIGINT NOT NULL)""",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

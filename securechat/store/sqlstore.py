@@ -14,7 +14,8 @@ from zope.interface import implementer
 from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
 from securechat.store.transactions import (
-    account_deletion, accounts, devices, history, migrate, queue_reads, queue_writes, rooms)
+    account_deletion, accounts, devices, history, migrate, queue_reads, queue_writes, recovery,
+    rooms)
 
 
 RELAY_ID_BYTES = 16
@@ -162,6 +163,15 @@ class SqlStore:
 
     def replace_password_key(self, user, old_key, new_key):
         return self._run(accounts.txn_replace_password_key, user, old_key, new_key)
+
+    def set_recovery(self, user, recovery_key, backup):
+        return self._run(recovery.txn_set_recovery, user, recovery_key, backup)
+
+    def get_recovery(self, user):
+        return self._run(recovery.txn_get_recovery, user)
+
+    def reset_password_key(self, user, recovery_key, password_key):
+        return self._run(recovery.txn_reset_password_key, user, recovery_key, password_key)
 
     def relay_id(self):
         return self._run(accounts.txn_relay_id, secrets.token_urlsafe(RELAY_ID_BYTES))

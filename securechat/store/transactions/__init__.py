@@ -19,7 +19,9 @@ fallback keys and their claims), ``queue_writes`` (the write group: envelopes
 numbered and stored, with the acks that ride along), ``queue_reads`` (what a
 device reads from its queue and rooms, and its acks), ``rooms`` (rooms,
 members, bans), ``history`` (room history pages and their pruning);
-``account_deletion`` (an account and everything of it, in one transaction);
+``recovery`` (an account's recovery key and the sealed identity seed, and the
+password reset it proves); ``account_deletion`` (an account and everything of it,
+in one transaction);
 ``common`` holds what several of them share.  Callers import the aggregate
 they use; this package re-exports nothing, so each name is listed in one
 place only.

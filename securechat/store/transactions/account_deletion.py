@@ -14,7 +14,8 @@ from securechat.store.transactions.common import _first
 from securechat.store.transactions.devices import DEVICE_TABLES
 from securechat.store.transactions.rooms import txn_leave_for_good, txn_rooms_of
 
-ACCOUNT_TABLES = (*DEVICE_TABLES, "removed_devices", "device_lists", "room_bans", "accounts")
+ACCOUNT_TABLES = (*DEVICE_TABLES, "removed_devices", "device_lists", "room_bans",
+                  "recovery_keys", "accounts")
 """Every table with rows of one account (by ``user_id``), the account's own row last."""
 
 
