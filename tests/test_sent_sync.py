@@ -4,13 +4,17 @@ message look sent by her -- a real twistd relay, real securechat CLI and chat pr
 alice on two real devices (the second made by tests/two_devices.py)."""
 
 import time
+import types
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from securechat.client import settings as client_settings
-from securechat.client.messaging import new_id, padded
+from securechat.client.inbound import sent_by_you
+from securechat.client.messaging import copy_peer, new_id, padded
 from securechat.client.session import Client
+from securechat.crypto.device import DecryptError
 from tests.processes import run_cli, write_client_config
 from tests.screen import ChatScreen
 from tests.two_devices import PASSWORD, second_device
@@ -204,3 +208,28 @@ async def test_bob_cannot_make_a_message_look_sent_by_alice(listening_relay, tmp
         ("sessions", False), ("the real one", True), (None, False), (None, False),
         ("claims a peer", False)], conversation
     assert (await ok(alice2, "history", "carol")).out == ""
+
+
+def test_only_a_chat_message_to_one_user_names_a_peer_on_its_copies():
+    """The copies of a 1:1 chat message carry its peer; a control, a room key (for one
+    user or several) and a room's message carry none."""
+    assert copy_peer(["bob"], {"type": "msg", "room": None}) == "bob"
+    assert copy_peer(["alice"], {"type": "msg", "room": None}) == "alice"  # a note to self
+    assert copy_peer(["bob"], {"type": "verify.start", "room": None}) is None
+    assert copy_peer(["bob"], {"type": "room_key", "room": "ops"}) is None
+    assert copy_peer(["bob", "carol"], {"type": "msg", "room": None}) is None
+
+
+def test_a_message_from_an_own_device_is_yours_to_its_peer_and_a_bad_peer_is_an_error():
+    """A message from another device of this account is outgoing and verified, 1:1 sent to
+    its sealed peer (this user without one: a note to self); a peer that is no user name
+    makes it an error rather than a line in some odd conversation."""
+    client = types.SimpleNamespace(user="alice")
+    assert sent_by_you(client, {"peer": "bob"}, None) == {
+        "outgoing": True, "verified": True, "warning": None, "to": "bob"}
+    assert sent_by_you(client, {}, None)["to"] == "alice"
+    assert sent_by_you(client, {"peer": "bob"}, "ops") == {
+        "outgoing": True, "verified": True, "warning": None}
+    for bad in ("Bob", "bob\n[00:00] bob (verified): hi", 7, None):
+        with pytest.raises(DecryptError, match="'peer'"):
+            sent_by_you(client, {"peer": bad}, None)
