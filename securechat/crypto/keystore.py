@@ -383,9 +383,10 @@ class KeyStore:
         sent = self._db.execute(
             "SELECT pos, sealed FROM sent WHERE peer = ? ORDER BY pos DESC LIMIT ?",
             (tag, last)).fetchall()
-        records = [(record, bool(record.get("outgoing")), pos)
-                   for record, pos in ((self.unseal(sealed), pos) for pos, sealed in received)]
-        records += [(self.unseal(sealed), True, pos) for pos, sealed in sent]
+        records = [(self.unseal(sealed), True, pos) for pos, sealed in sent]
+        for pos, sealed in received:
+            record = self.unseal(sealed)
+            records.append((record, bool(record.get("outgoing")), pos))
         records.sort(key=lambda item: (item[0]["sent_at"], item[1], item[2]))
         return [{**record, "outgoing": outgoing} for record, outgoing, _ in records[-last:]]
 
