@@ -2,6 +2,9 @@
 
 import datetime
 
+DAY_MS = 24 * 3600 * 1000
+"""A day in milliseconds, the unit of the relay's stored times."""
+
 
 def utc_date(ms):
     """``ms`` since the epoch as a UTC date and minute: ``2026-12-07 01:40 UTC``."""

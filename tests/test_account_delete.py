@@ -172,3 +172,17 @@ async def test_a_room_the_deleted_user_owned_passes_to_its_member(alice, tmp_pat
     assert "alice left" in inbox.out, inbox
     mode = await run_cli(bob, "rooms", "mode", "ops", "invite-only")
     assert mode.code == 0, mode
+
+
+@pytest_twisted.ensureDeferred
+async def test_inviting_or_kicking_the_deleted_user_says_it_was_deleted(alice, tmp_path):
+    """bob's `invite` and `kick` of alice after she deleted her account exit 6
+    saying she deleted it, not that no such user exists (the name is still quarantined)."""
+    config, relay = alice
+    bob = await registered(relay, tmp_path, "bob")
+    assert (await run_cli(bob, "rooms", "create", "ops")).code == 0
+    assert (await delete(config)).code == 0
+    for action in ("invite", "kick"):
+        result = await run_cli(bob, action, "ops", "alice")
+        assert result.code == 6, result
+        assert "alice" in result.err and "deleted their account" in result.err, result

@@ -10,9 +10,8 @@ connection of its devices at once: none of them can do anything more.
 
 from twisted.logger import Logger
 
-from securechat.server.rooms import DAY_MS
 from securechat.store.errors import NameQuarantined, UserExists
-from securechat.timestamps import utc_date
+from securechat.timestamps import DAY_MS, utc_date
 from securechat.wire import ProtocolError
 
 

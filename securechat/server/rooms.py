@@ -19,12 +19,13 @@ import json
 import secrets
 
 from securechat import wire
+from securechat.server.accounts import no_such_user
 from securechat.server.auth import ROOM_WORK
 from securechat.server.directory import RoomDirectory
 from securechat.store import errors as store_errors
+from securechat.timestamps import DAY_MS
 from securechat.wire import BROADCAST_ROOM, ProtocolError
 
-DAY_MS = 24 * 3600 * 1000
 HISTORY_PAGE = 100
 BANS_PAGE = 500
 HISTORY_PAGE_BYTES = 1024 * 1024
@@ -112,7 +113,7 @@ class Rooms:
         user is refused: lifting a ban is its own op (``unban``), never a side effect."""
         await self._require_admin(user, room)
         if await self._store.get_account(invitee) is None:
-            raise ProtocolError("unknown_user", f"no user named {invitee!r}")
+            raise await no_such_user(self._store, invitee)
         members = await self._admit(room, invitee, f"{invitee} is banned from room {room!r}; "
                                                    "lift the ban first (room.unban)")
         if members:
@@ -284,7 +285,7 @@ class Rooms:
         if ban is not None:
             return ban["role"]
         if await self._store.get_account(user) is None:
-            raise ProtocolError("unknown_user", f"no user named {user!r}")
+            raise await no_such_user(self._store, user)
         return "member"
 
     async def _check_admission(self, info, user):
