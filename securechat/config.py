@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from securechat import database_url
-from securechat.wire import MAX_LINE_BYTES, USERNAME_RE
+from securechat.wire import MAX_LINE_BYTES, MAX_LISTED_DEVICES as MAX_DEVICES, USERNAME_RE
 
 MIN_OUTPUT_BUDGET = 2 * MAX_LINE_BYTES
 """The smallest ``[limits] output_budget_bytes``: the largest frame the relay writes (an
@@ -54,6 +54,20 @@ def _days(text):
     value = _whole_number(text, "a number of days from 0 to 36500")
     if not 0 <= value <= 36500:
         raise ValueError("must be a number of days from 0 to 36500")
+    return value
+
+
+def _max_devices(text):
+    value = _whole_number(text, f"a number of devices from 1 to {MAX_DEVICES}")
+    if not 1 <= value <= MAX_DEVICES:
+        raise ValueError(f"must be a number of devices from 1 to {MAX_DEVICES}")
+    return value
+
+
+def _minutes(text):
+    value = _whole_number(text, "a number of minutes from 1 to 1440")
+    if not 1 <= value <= 1440:
+        raise ValueError("must be a number of minutes from 1 to 1440")
     return value
 
 
@@ -130,6 +144,8 @@ OPTIONS = (
     Option("store", "database", "securechat.sqlite3", _database,
            show=lambda raw: repr(database_url.redact(raw))),
     Option("accounts", "name_quarantine_days", "30", _days),
+    Option("accounts", "max_devices", "10", _max_devices),
+    Option("accounts", "link_window_minutes", "10", _minutes),
     Option("rooms", "history_days", "30", _positive),
     Option("rooms", "history_max_messages", "10000", _positive),
     Option("broadcast", "senders", "admins", _senders),
@@ -179,6 +195,8 @@ class ServerConfig:
     key_exchange: str
     database: str
     name_quarantine_days: int
+    max_devices: int
+    link_window_minutes: int
     history_days: int
     history_max_messages: int
     senders: str

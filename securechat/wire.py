@@ -343,11 +343,28 @@ VERSION = integer(1, 2**53)
 
 DEVICE_KEYS = obj({"user": USER, "device": DEVICE, "curve25519": PUBLIC_KEY, "ed25519": PUBLIC_KEY})
 SIGNED_KEY = obj({"key": PUBLIC_KEY, "signature": SIGNATURE})
+MAX_LISTED_DEVICES = 64
+"""Devices one signed list may hold (and one key claim may name per user): the bound of
+the relay's ``[accounts] max_devices``."""
+_LISTED_KEYS = {"curve25519": PUBLIC_KEY, "ed25519": PUBLIC_KEY}
+_LISTED_DEVICE_V1 = obj(_LISTED_KEYS)
+_LISTED_DEVICE_V2 = obj({**_LISTED_KEYS, "added": TIMESTAMP})
+
+
+def _listed_device(value):
+    """A device list's entry: its keys, and since list format 2 ``added`` (when it was
+    signed into the list).  An entry without ``added`` stays without it: the signature
+    covers the list as its signer wrote it."""
+    if isinstance(value, dict) and "added" in value:
+        return _LISTED_DEVICE_V2(value)
+    return _LISTED_DEVICE_V1(value)
+
+
 DEVICE_LIST = obj(
     {
         "user": USER,
         "version": VERSION,
-        "devices": map_of(DEVICE, obj({"curve25519": PUBLIC_KEY, "ed25519": PUBLIC_KEY})),
+        "devices": map_of(DEVICE, _listed_device, max_items=MAX_LISTED_DEVICES),
         "ts": TIMESTAMP,
     }
 )
@@ -392,7 +409,8 @@ REQUESTS = {
     },
     "keys.count": {},
     "keys.query": {"users": list_of(USER, max_items=100)},
-    "keys.claim": {"devices": map_of(USER, list_of(DEVICE, max_items=64), max_items=100)},
+    "keys.claim": {"devices": map_of(USER, list_of(DEVICE, max_items=MAX_LISTED_DEVICES),
+                                      max_items=100)},
     "devices.publish": {"device_list": DEVICE_LIST, "signature": SIGNATURE},
     # The logged-in device's own account's devices, and naming one of them.
     "devices.list": {},

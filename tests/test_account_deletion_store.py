@@ -35,7 +35,7 @@ async def test_deleting_removes_devices_keys_queue_and_memberships_at_once(
     await device(store, "bob", "B2")
     await store.add_one_time_keys("bob", "B1", [("k1", "key1", "s1"), ("k2", "key2", "s2")])
     await store.set_fallback_key("bob", "B1", "f1", "fkey", "fs")
-    await store.set_device_list("bob", 1, "[]", "sig")
+    await store.set_device_list("bob", 1, "[]", "sig", ["B1", "B2"], 0)
     await store.claim_keys([("bob", "B1")])
     await store.create_room("ops", "alice", None)
     await store.add_member("ops", "bob")

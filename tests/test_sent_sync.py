@@ -17,7 +17,9 @@ from securechat.client.session import Client
 from securechat.crypto.device import DecryptError
 from tests.processes import run_cli, write_client_config
 from tests.screen import ChatScreen
-from tests.two_devices import PASSWORD, second_device
+from tests.two_devices import add_device
+
+PASSWORD = "correct horse battery staple"
 
 KINDS = {"msg", "membership"}
 """What an inbox holds: messages and room notices (never a room key or another control)."""
@@ -37,7 +39,8 @@ async def alice_on_two_devices_and_bob(tmp_path, port):
     await ok(alice, "register")
     bob = write_client_config(str(clients), "bob", port)
     await ok(bob, "register")
-    alice2, device2 = await second_device(clients / "alice", tmp_path / "second", "alice", port)
+    alice2 = write_client_config(str(tmp_path / "second"), "alice", port)
+    device2 = await add_device(alice, alice2, PASSWORD)
     return alice, alice2, bob, device2
 
 

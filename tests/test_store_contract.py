@@ -194,10 +194,10 @@ async def test_logins_arriving_together_each_get_their_devices_keys_and_counts(s
     alice, bob, unknown, nobody = await defer.gatherResults([
         store.device_login("alice", "A"), store.device_login("bob", "B"),
         store.device_login("alice", "B"), store.device_login("nobody", "A")])
-    assert alice == {"device_keys": '{"device":"A"}',
+    assert alice == {"device_keys": '{"device":"A"}', "pending_since": None,
                      "counts": await store.login_counts("alice", "A")}
     assert (alice["counts"]["otk_count"], alice["counts"]["queued"]) == (1, 1)
-    assert bob == {"device_keys": '{"device":"B"}',
+    assert bob == {"device_keys": '{"device":"B"}', "pending_since": None,
                    "counts": await store.login_counts("bob", "B")}
     assert (bob["counts"]["otk_count"], bob["counts"]["queued"]) == (0, 0)
     assert unknown is None and nobody is None
@@ -241,10 +241,10 @@ async def test_device_keys_are_fixed_and_listed(store):
 async def test_device_list_versions_grow(store):
     """A device list is replaced only by a higher version."""
     await device(store, "alice")
-    await store.set_device_list("alice", 1, "list1", "s1")
+    await store.set_device_list("alice", 1, "list1", "s1", ["D1"], 0)
     with pytest.raises(StaleVersion):
-        await store.set_device_list("alice", 1, "list1b", "s1b")
-    await store.set_device_list("alice", 3, "list3", "s3")
+        await store.set_device_list("alice", 1, "list1b", "s1b", ["D1"], 0)
+    await store.set_device_list("alice", 3, "list3", "s3", ["D1"], 0)
     assert await store.get_device_list("alice") == {"version": 3, "device_list": "list3",
                                                     "signature": "s3"}
 

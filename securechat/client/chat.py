@@ -21,7 +21,8 @@ from securechat.client.chat_commands import SlashCommands
 from securechat.client.chat_lines import message_lines, notice, own_line
 from securechat.client.commands import (
     ParseStopped, QuietParser, build_parser, next_page, request_for, show_result)
-from securechat.client.exit_codes import EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE
+from securechat.client.exit_codes import (
+    EXIT_AUTH, EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE)
 from securechat.client.render import safe
 from securechat.client.rpc import (
     INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed, DaemonConnection)
@@ -48,6 +49,7 @@ class Chat:
         self._showing = defer.DeferredLock()  # one inbox read at a time: each message once
         self._sending = defer.DeferredLock()  # lines leave in the order they were typed
         self.done = defer.Deferred()
+        self.removed = None  # why the chat ended, when this device was removed
         self.view = view_factory(self._typed, self._key)
 
     def call(self, method, **params):
@@ -124,11 +126,15 @@ class Chat:
                           f"/verify {user}", "warning")
 
     def state_changed(self, state, detail):
-        """Say each change of the connection, not each attempt (``connecting``)."""
+        """Say each change of the connection, not each attempt (``connecting``); this
+        device removed from its account ends the chat (nothing can reconnect it)."""
         if state == "connecting" or state == self.state:
             return
         self.state = state
         self.announce(f"{state}: {detail}", "notice" if state == "connected" else "warning")
+        if state == "removed":
+            self.removed = detail
+            self.quit(EXIT_AUTH)
 
     def show_unread(self):
         """Show every stored message not shown yet (received now or by another command)."""

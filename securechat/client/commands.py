@@ -256,14 +256,16 @@ def build_parser(parser_class=argparse.ArgumentParser):
     _devices_commands(add_command(
         commands, "devices", "your account's devices (no action: list them)",
         "List your account's devices (id, name, when added, when last seen; this one "
-        "marked), or name one of them.", "securechat devices", "securechat devices --json",
-        'securechat devices rename Xb3kQ9 "work laptop"'))
+        "marked), name one of them, or remove one.", "securechat devices",
+        "securechat devices --json", 'securechat devices rename Xb3kQ9 "work laptop"',
+        "securechat devices remove Xb3kQ9"))
     _conventions(parser)  # last: it completes every subcommand declared above
     return parser
 
 
 def _devices_commands(devices):
-    """``devices`` lists (as ``devices list``); ``devices rename ID NAME`` names one."""
+    """``devices`` lists (as ``devices list``); ``devices rename ID NAME`` names one;
+    ``devices remove ID`` removes one."""
     devices.add_argument("--json", action="store_true",
                          help="one JSON object per device and line: id, name, added, "
                               "last_seen (ISO UTC or null), this")
@@ -277,6 +279,14 @@ def _devices_commands(devices):
                          "characters.", 'securechat devices rename Xb3kQ9 "work laptop"')
     rename.add_argument("device", metavar="ID")
     rename.add_argument("name", metavar="NAME")
+    remove = add_command(devices_commands, "remove", "remove one of your devices",
+                         "Sign your account's device list without device ID (as 'devices' "
+                         "lists it) and publish it: the relay refuses that device's logins "
+                         "at once and drops what waits for it, and your contacts stop "
+                         "encrypting to it.  Not this device itself.  A device that was "
+                         "stolen still holds your account key in its data directory: change "
+                         "your password too.", "securechat devices remove Xb3kQ9")
+    remove.add_argument("device", metavar="ID")
 
 
 def _rooms_commands(rooms):
@@ -415,8 +425,9 @@ def request_for(args, room_password=read_room_password):
             params.update({"user": args.user, "remove": args.remove})
         return "rooms." + args.rooms_command, params
     if command == "devices":
-        params = ({"device": args.device, "name": args.name}
-                  if args.devices_command == "rename" else {})
+        params = {"device": args.device} if args.devices_command != "list" else {}
+        if args.devices_command == "rename":
+            params["name"] = args.name
         return "devices." + args.devices_command, params
     if command == "join":
         return "join", {"room": args.room, **_room_password(args, room_password)}
@@ -532,6 +543,10 @@ def _show_outbox(result, out):
 def _show_devices_result(args, result, out):
     if args.devices_command == "rename":
         out(f"device {safe(result['device'])} is now named {safe(result['name'])}")
+        return
+    if args.devices_command == "remove":
+        out(f"removed device {safe(result['device'])} from {safe(result['user'])}'s account "
+            f"(device list version {result['version']}): the relay refuses it from now on")
         return
     for device in result["devices"]:
         if args.json:  # ASCII escapes: no byte of a name reaches the terminal as it came

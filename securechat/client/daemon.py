@@ -29,6 +29,7 @@ from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from securechat.client import rpc
+from securechat.client.exit_codes import EXIT_AUTH
 from securechat.client.methods import (
     InvalidParams, Methods, UnknownMethod, Verifications, as_command_failed, public)
 from securechat.client.rpc import CommandFailed
@@ -218,6 +219,7 @@ class Daemon:
                              on_control=self.verifications.control, on_state=self._state)
         self.methods = Methods(self.client, self.verifications)
         self.port = None
+        self.removed = defer.Deferred()  # fires with why, once this device is removed
 
     @property
     def socket_path(self):
@@ -289,6 +291,8 @@ class Daemon:
         for connection in list(self.connections):
             if connection.subscribed:
                 connection.notify("state", {"state": state, "detail": detail})
+        if state == "removed" and not self.removed.called:
+            self.removed.callback(detail)
 
 
 def serve(settings):
@@ -313,6 +317,11 @@ def serve(settings):
             failures.append(as_command_failed(e))
             reactor.stop()
 
+    def removed(detail):  # nothing can reconnect this device: the daemon ends, exit 3
+        failures.append(CommandFailed(detail, EXIT_AUTH))
+        reactor.stop()
+
+    daemon.removed.addCallback(removed)
     reactor.callWhenRunning(lambda: defer.ensureDeferred(start()))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(daemon.stop()))
     reactor.run()

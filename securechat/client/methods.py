@@ -13,6 +13,7 @@ from twisted.internet import defer
 
 from securechat.client.commands import HISTORY_LAST, HISTORY_MAX
 from securechat.client.contacts import TrustError
+from securechat.client.device_list import remove_device
 from securechat.client.inbound import iso
 from securechat.client.message_size import check_message_size
 from securechat.client.protocol import ConnectionClosed, RemoteError
@@ -21,7 +22,7 @@ from securechat.client.rooms import ROOM_MODES
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed)
 from securechat.client.session import (
-    EXIT_AUTH, EXIT_UNTRUSTED, NO_OTHER_DEVICE, ClientError, Queued, refusal)
+    EXIT_AUTH, EXIT_UNTRUSTED, FINAL_STATES, NO_OTHER_DEVICE, ClientError, Queued, refusal)
 from securechat.client.settings import VERIFY_TIMEOUT
 from securechat.client.verification import (
     PendingRequests, Verification, VerificationFailed, is_request, request_message)
@@ -102,6 +103,7 @@ class Methods:
         "fingerprint": "fingerprint", "trust": "trust", "verify": "verify",
         "verify.confirm": "verify_confirm", "outbox": "outbox",
         "devices.list": "devices_list", "devices.rename": "devices_rename",
+        "devices.remove": "devices_remove",
     }
 
     def __init__(self, client, verifications):
@@ -149,7 +151,9 @@ class Methods:
         client.reconnect()
         await client.wait_for(lambda: not client.outbox.holds(entry)
                               or client.outbox.error(entry) is not None
-                              or client.state in ("replaced", "closed"), wait)
+                              or client.state in FINAL_STATES, wait)
+        if client.state == "removed":  # for good: the outbox can never send it
+            raise ClientError(client.state_detail, EXIT_AUTH)
         error = client.outbox.error(entry)
         if error is not None:
             client.outbox.drop(entry)
@@ -230,6 +234,12 @@ class Methods:
     async def devices_rename(self, name, params, show):
         return await self.client.request("devices.rename", device=params.get("device", str),
                                          name=params.get("name", str))
+
+    async def devices_remove(self, name, params, show):
+        """Publish the account's device list without the device: the relay removes it."""
+        device = params.get("device", str)
+        answer = await remove_device(self.client, device)
+        return {"device": device, "user": self.client.user, "version": answer["version"]}
 
     async def join(self, name, params, show):
         """Join a room.  A password room joined without a password, like a wrong password,

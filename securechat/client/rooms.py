@@ -1,6 +1,7 @@
 """Room messaging on the client: one Megolm ciphertext per message, keys shared over Olm.
 
-Before each message the sender asks the server who is in the room, checks
+Before each message the sender asks the server who is in the room and which
+devices each member has (those of the member's signed device list), checks
 every member device against the pinned identities, and lets
 ``RoomCrypto.outbound`` decide whether the Megolm session must be replaced
 (the member devices changed, 100 messages, 7 days).  Devices that have not
@@ -139,13 +140,9 @@ class RoomClient:
         client = self._client
         members = (await client.request("room.members", room=room))["members"]
         devices = {}
-        for user in members:
-            trusted = await client.trusted_devices(user, sending=True)
-            missing = set(members[user]) - set(trusted)
-            if missing:
-                raise TrustError(f"{user}'s device(s) {', '.join(sorted(missing))} are not "
-                                 f"signed by {user}'s identity key; not sending to {room}")
-            devices.update({(user, device): keys for device, keys in trusted.items()})
+        for user, current in members.items():
+            devices.update({(user, device): keys for device, keys in
+                            (await self._member_devices(room, user, current)).items()})
         devices.pop((client.user, client.device), None)
         crypto = self._crypto
         session, meta, rotated = crypto.outbound(room, set(devices))
@@ -169,6 +166,23 @@ class RoomClient:
             client.outbox.encrypted(entry_id, [envelope])
         await client.request("room.send", **envelope)
         return inner["mid"]
+
+    async def _member_devices(self, room, user, current):
+        """The checked keys of ``current``, the devices the relay lists for member ``user``:
+        exactly those, so a device removed from its account drops out of the room's
+        device set (and the session rotates) even while the keys.query answer kept for
+        this connection still holds it.  An answer that differs from ``current`` is asked
+        again once (a device was added or removed since)."""
+        client = self._client
+        trusted = await client.trusted_devices(user, sending=True)
+        if set(trusted) != set(current):
+            client.forget_devices(user)
+            trusted = await client.trusted_devices(user, sending=True)
+        missing = set(current) - set(trusted)
+        if missing:
+            raise TrustError(f"{user}'s device(s) {', '.join(sorted(missing))} are not "
+                             f"signed by {user}'s identity key; not sending to {room}")
+        return {device: trusted[device] for device in current}
 
     # -- reading history ------------------------------------------------------------
 

@@ -71,9 +71,21 @@ class Queued(ClientError):
         self.entry_id = entry_id
 
 
+class DeviceRemoved(ClientError):
+    """This device was removed from its account (by another of its devices): the relay
+    refuses it for good, so nothing reconnects."""
+
+    def __init__(self, user, device):
+        super().__init__(f"this device ({device}) was removed from {user}'s account",
+                         EXIT_AUTH)
+
+
 HARD_ERRORS = (EXIT_AUTH, EXIT_CERTIFICATE)
 """Exit codes of a failed connect that retrying cannot fix: a login refused, a certificate
 that is not the relay's.  Every other failure (unreachable, closed, busy) is retried."""
+
+FINAL_STATES = ("replaced", "removed", "closed")
+"""Connection states nothing reconnects from."""
 
 
 def refusal(error, what="the server refused"):
@@ -136,8 +148,9 @@ class Client:
                                  on_control or (lambda record: None))
         self.outbox = Outbox(self)
         # connecting, connected, disconnected (waiting for the next attempt), replaced
-        # (another login of this device took the relay connection) or closed (by the
-        # caller, or a hard error); neither of the last two reconnects.
+        # (another login of this device took the relay connection), removed (from its
+        # account, for good) or closed (by the caller, or a hard error); none of the last
+        # three reconnects.
         self.state = "closed"
         self.state_detail = None
         self._problem = None  # why the last connection or attempt failed
@@ -198,7 +211,10 @@ class Client:
             await self._establish()
         except ClientError as e:
             self._problem = str(e)
-            self._set_state("closed" if e.exit_code in HARD_ERRORS else "disconnected", str(e))
+            if e.exit_code in HARD_ERRORS:
+                self._give_up(e)
+            else:
+                self._set_state("disconnected", str(e))
             raise
         await self.outbox.flush()
 
@@ -264,8 +280,12 @@ class Client:
         protocol = self.protocol
         protocol.closed_d.addCallback(lambda _: self._connection_lost(protocol))
 
+    def _give_up(self, error):
+        """A hard error: nothing reconnects (``removed`` when this device was removed)."""
+        self._set_state("removed" if isinstance(error, DeviceRemoved) else "closed", str(error))
+
     def _connection_lost(self, protocol):
-        if protocol is not self.protocol or self.state in ("replaced", "closed"):
+        if protocol is not self.protocol or self.state in FINAL_STATES:
             return
         self.log.warn("lost the connection to {server} ({reason}); reconnecting",
                       server=self.settings.server, reason=protocol.lost_reason)
@@ -284,7 +304,7 @@ class Client:
     async def _reconnect_once(self):
         """One attempt of the reconnect loop: True when it is over (connected, or a hard
         error: then the state is ``closed`` with the error), False to try again."""
-        if self.state in ("replaced", "closed"):
+        if self.state in FINAL_STATES:
             return True
         try:
             await self._establish()
@@ -295,7 +315,7 @@ class Client:
                 raise
             if getattr(e, "exit_code", None) in HARD_ERRORS:
                 self.log.error("not reconnecting: {error}", error=str(e))
-                self._set_state("closed", str(e))
+                self._give_up(e)
                 return True
             self._problem = str(e)
             return False
@@ -371,6 +391,10 @@ class Client:
             # Deleted from another device: this device's key is gone from the relay.
             self._reconnector.stop()
             self._set_state("closed", "the server says: " + str(frame.get("message")))
+        elif frame.get("event") == "device_removed":
+            # Another device of the account removed this one: its key is gone for good.
+            self._reconnector.stop()
+            self._give_up(DeviceRemoved(self.user, self.device))
         else:
             self._unknown_frame(frame)
 
@@ -426,6 +450,8 @@ class Client:
             if by_key:
                 result = await self._log_in_by_device_key(challenge)
         except RemoteError as e:
+            if e.code == "device_removed":
+                raise DeviceRemoved(self.user, self.device) from None
             if e.code == "auth_failed" and by_key:
                 raise ClientError(f"the server does not know this device's key ({e.message}): "
                                   f"is {self.user} registered on this server?",
@@ -557,12 +583,7 @@ class Client:
     # -- keys ---------------------------------------------------------------------
 
     async def _publish_device(self):
-        keys = self.crypto.device_keys(self.user, self.device)
-        otks = self.crypto.one_time_keys(self.user, self.device, OTK_TARGET)
-        fallback = self.crypto.fallback_key(self.user, self.device)
-        await self.request("keys.upload", device_keys=keys, signature=self.crypto.sign_as_device(keys),
-                           one_time_keys=otks, fallback_key=fallback)
-        self.crypto.mark_published()
+        keys = await self._upload_device_keys()
         version = int(self.store.meta("device_list_version", "0")) + 1
         listing = {"user": self.user, "version": version, "ts": int(time.time() * 1000),
                    "devices": {self.device: {"curve25519": keys["curve25519"],
@@ -571,6 +592,18 @@ class Client:
                            signature=self.crypto.sign_as_user(listing))
         with self.store.transaction():
             self.store.set_meta("device_list_version", str(version))
+
+    async def _upload_device_keys(self):
+        """Publish this device's signed keys, one-time keys and fallback key (a device the
+        relay does not know yet); its keys.  Until a device list names it, the device is
+        pending: nobody encrypts to it."""
+        keys = self.crypto.device_keys(self.user, self.device)
+        otks = self.crypto.one_time_keys(self.user, self.device, OTK_TARGET)
+        fallback = self.crypto.fallback_key(self.user, self.device)
+        await self.request("keys.upload", device_keys=keys, signature=self.crypto.sign_as_device(keys),
+                           one_time_keys=otks, fallback_key=fallback)
+        self.crypto.mark_published()
+        return keys
 
     async def _top_up(self, counts, low_water=OTK_LOW_WATER):
         """Keep enough one-time keys published, and always a fallback key.
@@ -619,8 +652,12 @@ class Client:
             self._directory[user] = entry
         return self.contacts.devices(user, entry, sending)
 
-    def forget_devices(self):
-        self._directory.clear()
+    def forget_devices(self, user=None):
+        """Forget the keys.query answers kept for this connection (of ``user`` only)."""
+        if user is None:
+            self._directory.clear()
+        else:
+            self._directory.pop(user, None)
 
     # -- messaging ----------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from securechat.client import cli, commands
 from securechat.client.methods import Methods, Verifications, as_command_failed
 from securechat.client.render import EscapingStream
-from securechat.client.exit_codes import EXIT_USAGE
+from securechat.client.exit_codes import EXIT_AUTH, EXIT_USAGE
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection)
 from securechat.client.session import Client, ClientError
@@ -156,7 +156,11 @@ async def one_shot(reactor, settings, password, args, method, params):
     try:
         methods = Methods(client, Verifications())
         while True:
-            result = await methods.call(method, params)
+            try:
+                result = await methods.call(method, params)
+            finally:
+                if client.state == "removed":  # meanwhile, by another device: for good
+                    raise CommandFailed(client.state_detail, EXIT_AUTH)
             commands.show_result(args, result)
             if not result.get("more"):
                 cli.check_complete(result)

@@ -244,9 +244,11 @@ class PasswordKeyChecker:
             raise ProtocolError(
                 "device_key_required",
                 f"device {creds.device} has published keys: it logs in with its device key")
+        if await self._store.removed_at(creds.user, creds.device) is not None:
+            raise device_removed(creds.user, creds.device)
         await self._password_keys.prove(creds.user, creds.message, creds.signature,
                                         creds.address)
-        return (creds.user, creds.device, None)
+        return (creds.user, creds.device, None, False)  # no keys yet: in no list
 
 
 @implementer(ICredentialsChecker)
@@ -267,9 +269,10 @@ class DeviceKeyChecker:
 
     credentialInterfaces = (IDeviceSignature,)
 
-    def __init__(self, store, guard):
+    def __init__(self, store, guard, link_window_ms):
         self._store = store
         self._guard = guard
+        self._link_window_ms = link_window_ms
 
     def requestAvatarId(self, creds):
         return defer.ensureDeferred(self._check(creds))
@@ -277,12 +280,28 @@ class DeviceKeyChecker:
     async def _check(self, creds):
         self._guard.check(creds.user, creds.address)
         found = await self._store.device_login(creds.user, creds.device)
+        if found is not None and "removed_at" in found:
+            raise device_removed(creds.user, creds.device)
         if found is None or not _signed_by(found["device_keys"], creds.message,
                                            creds.signature):
             self._guard.failed(creds.user, creds.address)
             raise error.UnauthorizedLogin("unknown device or wrong signature")
         self._guard.verified(creds.user, creds.address)
-        return (creds.user, creds.device, found["counts"])
+        pending_since = found["pending_since"]
+        if (pending_since is not None
+                and self._store.now_ms() - pending_since > self._link_window_ms):
+            raise ProtocolError(
+                "device_not_linked",
+                f"device {creds.device} was not linked to {creds.user}'s account within "
+                f"{self._link_window_ms // 60_000} minutes of publishing its keys; link it "
+                "again from a new start")
+        return (creds.user, creds.device, found["counts"], pending_since is None)
+
+
+def device_removed(user, device):
+    """The answer to anything a removed device asks for: its id never comes back."""
+    return ProtocolError("device_removed", f"this device ({device}) was removed from "
+                                           f"{user}'s account")
 
 
 def _signed_by(device_keys, message, signature):
@@ -306,8 +325,9 @@ def _verifies(public_key, message, signature):
 
 @implementer(portal.IRealm)
 class DeviceRealm:
-    """Turns a checked ``(user, device, login_counts or None)`` into an avatar attached to
-    the relay."""
+    """Turns a checked ``(user, device, login_counts or None, current)`` into an avatar
+    attached to the relay (``current``: in its account's signed list, so it gets room
+    traffic)."""
 
     def __init__(self, relay):
         self._relay = relay
@@ -315,12 +335,12 @@ class DeviceRealm:
     def requestAvatar(self, avatar_id, mind, *interfaces):
         if IDevice not in interfaces:
             raise NotImplementedError("securechat only offers IDevice avatars")
-        user, device, login_counts = avatar_id
+        user, device, login_counts, current = avatar_id
         avatar = DeviceAvatar(user, device, login_counts)
-        self._relay.attach(user, device, mind)
+        self._relay.attach(user, device, mind, current)
         return IDevice, avatar, lambda: self._relay.detach(user, device, mind)
 
 
-def make_portal(store, relay, guard, password_keys):
+def make_portal(store, relay, guard, password_keys, link_window_ms):
     return portal.Portal(DeviceRealm(relay), [PasswordKeyChecker(store, password_keys),
-                                              DeviceKeyChecker(store, guard)])
+                                              DeviceKeyChecker(store, guard, link_window_ms)])

@@ -1,7 +1,9 @@
 """Cached views of state every message needs and that rarely changes: devices, rooms.
 
-A device becomes current when it publishes its keys through this server,
-which then forgets its cached answer; room membership changes go through
+A device becomes current when its account's signed device list takes it in
+(or, for an account that has published no list yet, when it publishes its
+keys), and stops being current when a list leaves it out; each goes through
+this server, which then forgets its cached answer.  Room membership changes go through
 ``RoomDirectory`` itself.  (With several relay nodes on one
 PostgreSQL database a node would also have to hear of other nodes' key
 uploads; until cross-node routing exists, run one node per database.)
@@ -11,7 +13,9 @@ MAX_CACHED = 100_000
 
 
 class DeviceDirectory:
-    """The current devices of each user, read from the store once and then served from memory.
+    """The current devices of each user (those of its latest signed device list), read from
+    the store once and then served from memory.  Pending devices (keys, but in no list)
+    are not among them: nobody encrypts to them, sends need not cover them.
 
     Only existing accounts are remembered (an unknown name may be
     registered a moment later), so ``cached`` answering None means "ask
@@ -30,7 +34,8 @@ class DeviceDirectory:
         """The sorted device ids of ``user``; None when there is no such account."""
         cached = self._cache.get(user)
         if cached is None:
-            cached = tuple(row["device"] for row in await self._store.get_devices(user))
+            cached = tuple(row["device"] for row in await self._store.get_devices(user)
+                           if row["listed"])
             if not cached and await self._store.get_account(user) is None:
                 return None
             if len(self._cache) >= MAX_CACHED:

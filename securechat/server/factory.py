@@ -32,10 +32,12 @@ class RelayFactory(ServerFactory):
         self.login_guard = LoginGuard(clock, config)
         self.legacy_secrets = LegacySecrets(store, hasher, self.login_guard)
         self.password_keys = PasswordKeys(store, self.login_guard)
-        self.portal = make_portal(store, self.relay, self.login_guard, self.password_keys)
+        link_window_ms = config.link_window_minutes * 60_000
+        self.portal = make_portal(store, self.relay, self.login_guard, self.password_keys,
+                                  link_window_ms)
         self.key_claims = KeyClaimLimits(clock, config)
         self.keys = KeyDirectory(store, self.devices, self.relay, self.key_claims,
-                                 config.one_time_keys_low)
+                                 config.one_time_keys_low, config.max_devices, link_window_ms)
         self.room_passwords = RoomPasswordGuard(clock, config)
         self.rooms = Rooms(config, store, self.devices, self.relay, self.hasher,
                            self.room_passwords)

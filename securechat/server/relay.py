@@ -12,6 +12,7 @@ announced in commit order, so a caught-up cursor sees ``seq`` only grow.
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from securechat import wire
 from securechat.server.accounts import no_such_user
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError
@@ -219,21 +220,39 @@ class Relay:
         self._clock = clock
         self._outage = outage  # the log of refusals while the store is unavailable
         self._online = {}
-        self._online_devices_of = {}  # user -> {device: cursor}, for room pushes
+        self._online_devices_of = {}  # user -> {device: cursor} of current devices: room pushes
+        self._pending_online = {}  # user -> {device: cursor} of pending devices (no rooms)
 
     # -- presence ---------------------------------------------------------
 
-    def attach(self, user, device, session):
-        """A device logged in; a previous connection of the same device is replaced."""
+    def attach(self, user, device, session, current=True):
+        """A device logged in; a previous connection of the same device is replaced.  Only
+        a ``current`` device (in its account's signed list) gets room pushes; a pending
+        one (being linked) gets only what is addressed to it (``devices_changed``)."""
         previous = self._online.get((user, device))
+        if previous is not None:
+            self._forget_online(user, device)
         cursor = DeliveryCursor(self._store, user, device, session.push_line, session.gate,
                                 self._read_later)
         self._online[(user, device)] = (session, cursor)
-        self._online_devices_of.setdefault(user, {})[device] = cursor
+        known = self._directory.cached(user)  # fresher than the login's read, if cached
+        if known is not None:
+            current = device in known
+        followers = self._online_devices_of if current else self._pending_online
+        followers.setdefault(user, {})[device] = cursor
         if previous is not None:
             previous[1].closed = True
             previous[0].replaced()
         return cursor
+
+    def _forget_online(self, user, device):
+        """Take ``device`` out of the tables of online devices (whichever holds it)."""
+        del self._online[(user, device)]
+        for followers in (self._online_devices_of, self._pending_online):
+            devices = followers.get(user)
+            if devices is not None and devices.pop(device, None) is not None:
+                if not devices:
+                    del followers[user]
 
     def _read_later(self, cursor, error):
         """A cursor could not read the store (it is unavailable): logged as the outage it
@@ -245,11 +264,7 @@ class Relay:
         current = self._online.get((user, device))
         if current is not None and current[0] is session:
             current[1].closed = True
-            del self._online[(user, device)]
-            devices = self._online_devices_of[user]
-            del devices[device]
-            if not devices:
-                del self._online_devices_of[user]
+            self._forget_online(user, device)
             self._store.mark_seen(user, device).addErrback(self._not_marked_seen, user, device)
 
     def _not_marked_seen(self, failure, user, device):
@@ -268,11 +283,34 @@ class Relay:
     def end_sessions_of(self, user, devices):
         """Close the connections of ``user``'s ``devices`` (its account was deleted), each
         told why; the one that asked for it is closed by its own session."""
+        self._end(user, devices, lambda session: session.account_deleted())
+
+    def devices_changed(self, user, changes):
+        """``user``'s devices changed (``{"added", "removed", "dropped"}``, as the store's
+        ``set_device_list`` answers): devices that became current get room pushes from now
+        on; removed and dropped ones that are connected are told so and closed at once."""
+        pending = self._pending_online.get(user, {})
+        for device in changes.get("added", ()):
+            cursor = pending.pop(device, None)
+            if cursor is not None:
+                self._online_devices_of.setdefault(user, {})[device] = cursor
+        if not pending:
+            self._pending_online.pop(user, None)
+        removed = wire.encode({"event": "device_removed", "message": (
+            f"this device was removed from {user}'s account")})
+        self._end(user, changes.get("removed", ()),
+                  lambda session: session.device_removed(removed))
+        dropped = wire.encode({"event": "device_not_linked", "message": (
+            "this device was not linked to the account in time and was dropped")})
+        self._end(user, changes.get("dropped", ()),
+                  lambda session: session.device_removed(dropped))
+
+    def _end(self, user, devices, end):
         for device in devices:
             entry = self._online.get((user, device))
             if entry is not None:
                 entry[1].closed = True
-                entry[0].account_deleted()
+                end(entry[0])
 
     def push_event(self, user, device, line):
         """Push an event line to a device if it is online here (an event is not stored)."""
@@ -294,6 +332,9 @@ class Relay:
                 "bad_request", "a send needs at least one envelope (one per recipient device)")
         covered = _covered_devices(envelopes)
         users = {to for to, _ in covered}
+        if len(users) == 1 and sender in users:  # a note to its own devices: no coverage rule
+            d = self._store.get_devices(sender)
+            return d.addCallback(self._accept_own, sender, sender_device, envelopes, covered)
         users.add(sender)
         known = {user: self._directory.cached(user) for user in users}
         if None not in known.values():
@@ -323,6 +364,21 @@ class Relay:
                 " and your other devices",
                 {"missing": _as_map(missing), "extra": _as_map(extra)},
             )
+        return self._store_unicast(sender, sender_device, envelopes)
+
+    def _accept_own(self, rows, sender, sender_device, envelopes, covered):
+        """A send to the sender's own devices only may address any of them that have keys,
+        current or pending (the link exchange talks to a device in no list yet)."""
+        extra = covered - {(sender, row["device"]) for row in rows
+                           if row["device"] != sender_device}
+        if extra:
+            raise ProtocolError(
+                "devices_mismatch", "a note to your own devices must address devices of your "
+                                    "account that have published keys, not this one",
+                {"missing": {}, "extra": _as_map(extra)})
+        return self._store_unicast(sender, sender_device, envelopes)
+
+    def _store_unicast(self, sender, sender_device, envelopes):
         now = self._store.now_ms()
         batch = [
             {
@@ -389,7 +445,8 @@ class Relay:
         """The cursors of the online devices a room message is pushed to."""
         members = item["members"]
         if members is None:
-            cursors = [entry[1] for entry in self._online.values()]
+            cursors = [cursor for devices in self._online_devices_of.values()
+                       for cursor in devices.values()]
         else:
             cursors, online = [], self._online_devices_of
             for member in members:

@@ -5,8 +5,9 @@
     handshaking --TLS done--> logging_in --login--> checking_login --accepted--> authenticated
                                    ^                      |                         |
                                    +------refused---------+        logout, replaced, account
-                                                                   deleted, closed by the
-                                                                   server  -> closing
+                                                                   deleted, device removed,
+                                                                   closed by the server
+                                                                   -> closing
     before login: deadline passed, closed by the server ----------------------------> closing
     (closed by the server: a flood, an overlong line, output stalled over its budget)
     any state --connection lost--> closed
@@ -312,7 +313,7 @@ class ConnectionSession:
         return await self._server.store.key_counts(self.user, self.device)
 
     async def op_keys_query(self, fields):
-        return await self._server.keys.query(fields["users"])
+        return await self._server.keys.query(fields["users"], self.user)
 
     async def op_keys_claim(self, fields):
         return await self._server.keys.claim(self.user, fields["devices"])
@@ -451,6 +452,10 @@ class ConnectionSession:
         "The account was deleted (by another of its devices): this connection ends."
 
     @_machine.input()
+    def device_removed(self, event):
+        "This device was removed from its account (or dropped unlinked): ``event`` says so."
+
+    @_machine.input()
     def deadline_passed(self):
         "The handshake or the login took longer than the configured deadline."
 
@@ -551,6 +556,10 @@ class ConnectionSession:
                                 "message": "this account was deleted"}))
 
     @_machine.output()
+    def _say_event(self, event):
+        self._send(event)
+
+    @_machine.output()
     def _say_login_timeout(self):
         seconds = self._server.config.login_timeout_seconds
         self._answer_error(None, ProtocolError(
@@ -588,6 +597,8 @@ class ConnectionSession:
                                  _disconnect])
     checking_login.upon(replaced, enter=closing,
                         outputs=[_say_replaced, *_anonymous_ends, _disconnect])
+    checking_login.upon(device_removed, enter=closing,
+                        outputs=[_say_event, *_anonymous_ends, _disconnect])
     for _state in (handshaking, logging_in, checking_login):
         _state.upon(close, enter=closing, outputs=[*_anonymous_ends, _disconnect])
         _state.upon(abort, enter=closing, outputs=[*_anonymous_ends, _abort_transport])
@@ -600,6 +611,8 @@ class ConnectionSession:
                        outputs=[_say_replaced, _now_closing, _release_avatar, _disconnect])
     authenticated.upon(account_deleted, enter=closing,
                        outputs=[_say_account_deleted, _now_closing, _release_avatar, _disconnect])
+    authenticated.upon(device_removed, enter=closing,
+                       outputs=[_say_event, _now_closing, _release_avatar, _disconnect])
     authenticated.upon(close, enter=closing, outputs=[_now_closing, _release_avatar, _disconnect])
     authenticated.upon(abort, enter=closing,
                        outputs=[_now_closing, _release_avatar, _abort_transport])
@@ -609,8 +622,8 @@ class ConnectionSession:
     closing.upon(connection_lost, enter=closed, outputs=[_now_closed])
     for _state in (closing, closed):
         _state.upon(login_succeeded, enter=_state, outputs=[_release_late_avatar])
-        for _input in (login_failed, handshake_completed, replaced, account_deleted, close,
-                       deadline_passed):
+        for _input in (login_failed, handshake_completed, replaced, account_deleted,
+                       device_removed, close, deadline_passed):
             _state.upon(_input, enter=_state, outputs=[])
     closed.upon(abort, enter=closed, outputs=[])
     closed.upon(connection_lost, enter=closed, outputs=[])

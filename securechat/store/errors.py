@@ -34,6 +34,18 @@ class StaleVersion(StoreError):
     """A signed device list does not have a version above the stored one."""
 
 
+class DeviceRemoved(StoreError):
+    """The device was removed from its account's device list: its id never comes back."""
+
+
+class TooManyDevices(StoreError):
+    """The account already has as many devices with keys as the relay allows."""
+
+
+class UnknownDevice(StoreError):
+    """A device list names a device that has no published keys (``args[0]``: its id)."""
+
+
 class DuplicateEnvelope(StoreError):
     """An envelope id is still queued for a recipient device (or in its room's history),
     or was given twice; ``args[0]`` is the id."""

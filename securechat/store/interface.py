@@ -75,19 +75,28 @@ class IStore(Interface):
 
     # -- devices and their keys ------------------------------------------
 
-    def set_device_keys(user, device, device_keys, signature):
+    def set_device_keys(user, device, device_keys, signature, max_devices=None):
         """Record a device's identity keys (JSON text) and their self-signature.
 
         Creating the device row when needed.  A device's keys never change:
         the same keys again are accepted, other keys errback with
-        ``KeyConflict``.
+        ``KeyConflict``.  Fires with True when the device is current (its
+        account has published no device list yet: it starts following the
+        user's rooms), False when it is pending (in no list).  A removed
+        device's id errbacks with ``DeviceRemoved``; a new device of an
+        account that already has more than ``max_devices`` devices with keys
+        (listed and pending) with ``TooManyDevices``.
         """
 
-    def get_devices(user):
-        """Fire with the current devices of ``user``.
+    def removed_at(user, device):
+        """Fire with when ``device`` was removed from ``user``'s account (ms), or None."""
 
-        A list of ``{"device", "device_keys", "signature"}`` ordered by
-        device id; only devices whose keys were uploaded are current.
+    def get_devices(user):
+        """Fire with the devices of ``user`` that published keys.
+
+        A list of ``{"device", "device_keys", "signature", "listed", "created"}``
+        ordered by device id; ``listed`` ones are current (in the signed device
+        list, or the account has published none), the others pending.
         """
 
     def list_devices(user):
@@ -114,20 +123,29 @@ class IStore(Interface):
         which counts when thousands of devices log in at once after a restart)."""
 
     def device_login(user, device):
-        """Fire with what a device-key login needs: ``{"device_keys", "counts"}``
-        (``get_device_keys``, and ``login_counts`` as of that read), or None when the
-        device has published no keys.  Logins arriving together share one transaction:
-        a relay restart brings thousands at once, and a round trip to the store each
-        would be most of what the relay spends on them."""
+        """Fire with what a device-key login needs: ``{"device_keys", "counts",
+        "pending_since"}`` (``get_device_keys``, ``login_counts`` as of that read, and
+        when the device was created if it is pending, else None), ``{"removed_at"}``
+        for a removed device, or None when the device has published no keys.  Logins
+        arriving together share one transaction: a relay restart brings thousands at
+        once, and a round trip to the store each would be most of what the relay spends
+        on them."""
 
     def all_devices():
-        """Fire with every current device as a list of ``(user, device)``."""
+        """Fire with every current (listed) device as a list of ``(user, device)``."""
 
-    def set_device_list(user, version, device_list, signature):
-        """Store the user's signed device list (JSON text).
+    def set_device_list(user, version, device_list, signature, listed, link_window_ms):
+        """Store the user's signed device list (JSON text) holding the devices ``listed``
+        (ids), and make it the account's truth in the same transaction.
 
         ``version`` must be greater than the stored one, else errback with
-        ``StaleVersion``.
+        ``StaleVersion``; every listed device must have keys, else
+        ``UnknownDevice``.  Pending devices it lists become current (and follow
+        the user's rooms); listed devices it leaves out are removed with their
+        keys, one-time keys, queue and room cursors, and recorded as removed
+        for ever; pending devices it leaves out that are older than
+        ``link_window_ms`` are dropped the same way (not recorded).  Fires with
+        ``{"added", "removed", "dropped"}``: sorted device ids.
         """
 
     def get_device_list(user):

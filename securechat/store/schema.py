@@ -35,11 +35,18 @@ Changelog:
   10 — device names and last-seen times: a name the account's user chose (``devices
       rename``; empty until then, and a client shows the device's id) and when the
       device last logged in (NULL before its first login after this version).
+  11 — the signed device list decides which devices are current: a device is ``listed``
+      once a list its account published holds it (or at once, for an account that has
+      published none yet: the moment between registering and the first list); a device
+      with keys in no list is pending (being linked) and follows no room.  Every device
+      with keys before this version is listed (each was current then).  A device removed
+      from the list goes for good: (user, device, removed_at) in removed_devices, so its
+      id is refused at login and upload ever after.
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -239,6 +246,15 @@ MIGRATIONS = {
     10: [
         "ALTER TABLE devices ADD COLUMN name TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE devices ADD COLUMN last_seen BIGINT",
+    ],
+    11: [
+        "ALTER TABLE devices ADD COLUMN listed BOOLEAN NOT NULL DEFAULT FALSE",
+        "UPDATE devices SET listed = TRUE WHERE device_keys IS NOT NULL",
+        """CREATE TABLE removed_devices (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            removed_at BIGINT NOT NULL,
+            PRIMARY KEY (user_id, device_id))""",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

@@ -169,8 +169,12 @@ class SqlStore:
     def count_accounts(self):
         return self._run(accounts.txn_count_accounts)
 
-    def set_device_keys(self, user, device, device_keys, signature):
-        return self._run(devices.txn_set_device_keys, user, device, device_keys, signature)
+    def set_device_keys(self, user, device, device_keys, signature, max_devices=None):
+        return self._run(devices.txn_set_device_keys, user, device, device_keys, signature,
+                         max_devices)
+
+    def removed_at(self, user, device):
+        return self._run(devices.txn_removed_at, user, device)
 
     def get_devices(self, user):
         return self._run(devices.txn_get_devices, user)
@@ -196,8 +200,9 @@ class SqlStore:
     def all_devices(self):
         return self._run(devices.txn_all_devices)
 
-    def set_device_list(self, user, version, device_list, signature):
-        return self._run(devices.txn_set_device_list, user, version, device_list, signature)
+    def set_device_list(self, user, version, device_list, signature, listed, link_window_ms):
+        return self._run(devices.txn_set_device_list, user, version, device_list, signature,
+                         listed, link_window_ms)
 
     def get_device_list(self, user):
         return self._run(devices.txn_get_device_list, user)

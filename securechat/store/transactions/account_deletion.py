@@ -11,10 +11,10 @@ are ciphertext the relay cannot tell apart).
 """
 
 from securechat.store.transactions.common import _first
+from securechat.store.transactions.devices import DEVICE_TABLES
 from securechat.store.transactions.rooms import txn_leave_for_good, txn_rooms_of
 
-ACCOUNT_TABLES = ("room_cursors", "queue", "one_time_keys", "claimed_kids", "fallback_keys",
-                  "devices", "device_lists", "room_bans", "accounts")
+ACCOUNT_TABLES = (*DEVICE_TABLES, "removed_devices", "device_lists", "room_bans", "accounts")
 """Every table with rows of one account (by ``user_id``), the account's own row last."""
 
 

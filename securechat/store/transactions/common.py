@@ -48,9 +48,10 @@ def _values(rows):
 
 
 async def _open_cursors(txn, user, room=None, device=None):
-    """Start devices following rooms from the next message on: the user's devices with
-    keys into ``room`` (a join; a rejoin starts afresh), or one new ``device`` into all
-    its user's rooms and the broadcast room (kept where it is if it already follows)."""
+    """Start devices following rooms from the next message on: the user's current
+    (listed) devices into ``room`` (a join; a rejoin starts afresh), or one device that
+    just became current into all its user's rooms and the broadcast room (kept where it
+    is if it already follows).  A pending device follows nothing."""
     if room is not None:
         rooms, args, devices = "SELECT ? AS room", (room, user), ""
         conflict = "DO UPDATE SET next_pos = excluded.next_pos, until_pos = NULL"
@@ -62,5 +63,5 @@ async def _open_cursors(txn, user, room=None, device=None):
         "INSERT INTO room_cursors (user_id, device_id, room, next_pos) "
         "SELECT d.user_id, d.device_id, r.room, COALESCE(c.next_pos, 0) + 1 "
         f"FROM devices d JOIN ({rooms}) r ON true LEFT JOIN room_counters c ON c.room = r.room "
-        f"WHERE d.user_id = ? AND d.device_keys IS NOT NULL {devices} "
+        f"WHERE d.user_id = ? AND d.listed {devices} "
         f"ON CONFLICT (user_id, device_id, room) {conflict}", args)
