@@ -89,8 +89,8 @@ async def open_envelope(client, env, unseal, keep=True, replaces=None):
 
 def sent_by_you(client, inner, room):
     """The fields that show a message from another device of this account as sent by you
-    (``outgoing``, and for 1:1 ``to``: the sealed ``peer`` its sending device names, this
-    user for a note to yourself).  Only the relay's ``from`` says a message is from this
+    (``outgoing``, and for 1:1 ``to``: the sealed ``peer`` the message was written to;
+    this user when a client older than that field sent it).  Only the relay's ``from`` says a message is from this
     account, and ``open_envelope`` opens one only from a device in the list this
     account's identity key signed: that device is ours, so it is verified.  A peer can
     claim nothing here: its ``from`` is its own, and a sealed header naming another

@@ -41,16 +41,6 @@ def padded(inner):
     return wire.canonical_json({**inner, "pad": " " * (-len(data) % PAD_BUCKET)})
 
 
-def copy_peer(users, payload):
-    """Whom a 1:1 chat message is written to, for the copies our other devices get (the
-    sealed ``peer``: their ``to`` names their own user, as for any envelope); None for
-    anything else (a control, a room key, a send to several users)."""
-    addressed = set(users)
-    if payload.get("type") == "msg" and payload.get("room") is None and len(addressed) == 1:
-        return next(iter(addressed))
-    return None
-
-
 class Sender:
     def __init__(self, client):
         self._client = client
@@ -65,11 +55,8 @@ class Sender:
         for nobody).  A message of the outbox (``outbox_id``) keeps its
         envelopes there, written with the ratchet states that made them.  ``only`` (a set
         of ``(user, device)``) limits it to those devices (an answer meant for one device).
-        The copy of a 1:1 chat message for our other devices names its ``peer``
-        (``copy_peer``): they show it as sent by us, in the conversation with that peer.
         """
         client = self._client
-        peer = copy_peer(users, payload)
         targets = await self._targets(users)
         if only is not None:
             targets = [t for t in targets if (t[0], t[1]) in only]
@@ -84,8 +71,6 @@ class Sender:
                 inner = {**payload, "from": client.user, "from_dev": client.device,
                          "from_ed25519": client.crypto.ed25519, "to": user, "to_dev": device,
                          "to_ed25519": keys["ed25519"]}
-                if user == client.user and peer is not None:
-                    inner["peer"] = peer  # our other device files it as sent to peer
                 sid, otype, ct = client.crypto.encrypt(user, device, keys["curve25519"],
                                                        padded(inner), sessions.get((user, device)))
                 envelopes.append({"id": new_id(), "to": user, "to_dev": device, "kind": "olm",
