@@ -12,6 +12,7 @@ from twisted.internet import reactor
 
 from securechat.client import settings as client_settings
 from securechat.client.inbound import sent_by_you
+from securechat.client.exit_codes import EXIT_UNTRUSTED
 from securechat.client.messaging import new_id, padded
 from securechat.client.session import Client
 from securechat.crypto.device import DecryptError
@@ -32,10 +33,10 @@ async def ok(config, *args, **kwargs):
 
 
 async def alice_on_two_devices_and_bob(tmp_path, port):
-    """alice (device 1), alice's second device, bob: each a config path; plus the id of
-    alice's second device."""
+    """alice (device 1, which gives up a verification after 1 s), alice's second device,
+    bob: each a config path; plus the id of alice's second device."""
     clients = tmp_path / "clients"
-    alice = write_client_config(str(clients), "alice", port)
+    alice = write_client_config(str(clients), "alice", port, extra_lines=["verify_timeout = 1"])
     await ok(alice, "register")
     bob = write_client_config(str(clients), "bob", port)
     await ok(bob, "register")
@@ -59,7 +60,8 @@ async def test_what_one_device_sends_shows_on_the_other_as_sent_by_you(listening
     """alice's 1:1 message to bob, her room message and her note to self, sent from device
     1, are on device 2 as hers: `inbox --json` marks them outgoing (1:1 with `to`),
     `history bob` lists the first as 'you -> bob' between bob's lines, the room's history
-    marks hers outgoing; no room key or other control shows; bob reads them as alice's."""
+    marks hers outgoing; no room key or verification step (a copy of device 1's own
+    request) shows; bob reads them as alice's."""
     alice, alice2, bob, _ = await alice_on_two_devices_and_bob(tmp_path, listening_relay.port)
     await ok(bob, "send", "alice", "before")
     await ok(alice, "send", "bob", "sent from device 1")
@@ -67,6 +69,8 @@ async def test_what_one_device_sends_shows_on_the_other_as_sent_by_you(listening
     await ok(bob, "join", "ops")
     await ok(alice, "say", "ops", "room line from device 1")
     await ok(alice, "send", "alice", "note to self")
+    unanswered = await run_cli(alice, "verify", "bob")  # verify.start, then verify.cancel
+    assert unanswered.code == EXIT_UNTRUSTED, unanswered
     await ok(bob, "send", "alice", "after")
 
     got = await inbox(alice2)
