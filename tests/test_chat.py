@@ -122,7 +122,7 @@ async def test_conversation_switching_with_query_join_and_alt_keys_counts_unread
         await chat.wait_for("* alice waves")
         assert chat.status_row == "[connected] #ops", chat.text()
         chat.line("/history ops")
-        await chat.wait_for("alice in ops (unverified): /me waves")
+        await chat.wait_for("you in ops: /me waves")
         chat.line("/names")
         await chat.wait_for("bob (owner, unverified): ", what="bob marked owner in /names")
         chat.line("/part")

@@ -74,7 +74,7 @@ async def test_twenty_one_shot_commands_succeed_through_the_daemon_without_a_pas
     assert len(commands) == 20
     assert outputs[("rooms", "list")].split() == ["ops"]
     assert outputs[("members", "ops")].startswith("alice (owner, you): ")
-    assert "alice in ops (unverified): room hello" in outputs[("history", "ops")]
+    assert "you in ops: room hello" in outputs[("history", "ops")]
     assert "message(s) waiting" in outputs[("login",)]
     assert "safety number: " in outputs[("fingerprint", "bob")]
     assert outputs[("rooms", "bans", "ops")] == "nobody is banned from ops\n"

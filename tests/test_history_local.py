@@ -91,7 +91,7 @@ async def test_a_bare_name_of_a_room_you_are_in_still_shows_the_room(listening_r
     await ok(alice, "say", "ops", "room line")
     room = await ok(alice, "history", "ops")
     assert [line.split(" ", 1)[1] for line in room.out.splitlines()] == [
-        "alice in ops (unverified): room line"]
+        "you in ops: room line"]
     assert (await ok(alice, "history", "--user", "ops")).out == ""
 
 

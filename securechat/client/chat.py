@@ -152,15 +152,18 @@ class Chat:
     def deliver(self, record):
         """A message into its buffer (opened for it, with the history before it); a
         membership change into its room's buffer, or the status buffer when none is open
-        (one's own /part does not open the room again)."""
-        room = record.get("room")
-        kind, name = ("room", room) if room else ("user", record.get("from"))
+        (one's own /part does not open the room again).  What another device of this
+        account sent (``outgoing``) goes to the buffer of whom it was sent to, as this
+        person's own line, and is not counted unread."""
+        room, outgoing = record.get("room"), bool(record.get("outgoing"))
+        kind, name = ("room", room) if room else (
+            "user", record.get("to") if outgoing else record.get("from"))
         lines = message_lines(record, self.me)
         if record.get("type") == "membership":
             self.add(self.buffers.find(kind, name) or self.buffers.status, lines)
             return
         buffer, new = self.buffers.open(kind, name)
-        self.add(buffer, lines, counts=True)
+        self.add(buffer, lines, counts=not outgoing)
         if new and kind == "user":
             self._in_background(self._load_history(buffer))
 

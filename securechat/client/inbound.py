@@ -6,7 +6,8 @@ shows as verified, with a changed-key warning, or as an error is decided in
 one place and one order: the sender's device keys are checked first (that
 pins the identity key on first sight and notes a change), and only then is
 the contact's standing read, so a key change noticed by this very message
-already makes it unverified and carries the warning.
+already makes it unverified and carries the warning.  A message from another device of
+this account (what it sent, 1:1 or in a room) is shown as sent by you (``sent_by_you``).
 
 Crash safety (see messaging's docstring): the decryption runs inside the
 store transaction that also marks the envelope seen and stores the message,
@@ -17,6 +18,7 @@ again and decrypts again) or the new one with the envelope seen.
 import datetime
 import time
 
+from securechat import wire
 from securechat.client.contacts import TrustError
 from securechat.client.protocol import RemoteError
 from securechat.client.verification import PendingRequests
@@ -64,6 +66,8 @@ async def open_envelope(client, env, unseal, keep=True, replaces=None):
             record = {**base, **standing, "type": inner.get("type"), "mid": inner.get("mid"),
                       "text": inner.get("body") if inner.get("type") == "msg" else None,
                       "inner": inner}
+            if env["from"] == client.user:
+                record.update(sent_by_you(client, inner, env.get("room")))
             if isinstance(inner.get("ts"), int):
                 record["sent_at"] = iso(inner["ts"])
             if inner.get("resent") is True and env.get("room") is None:
@@ -82,6 +86,24 @@ async def open_envelope(client, env, unseal, keep=True, replaces=None):
             with store.transaction():
                 _keep(store, record)
         return record
+
+
+def sent_by_you(client, inner, room):
+    """The fields that show a message from another device of this account as sent by you
+    (``outgoing``, and for 1:1 ``to``: the sealed ``peer`` the message was written to;
+    this user when a client older than that field sent it).  Only the relay's ``from`` says a message is from this
+    account, and ``open_envelope`` opens one only from a device in the list this
+    account's identity key signed: that device is ours, so it is verified.  A peer can
+    claim nothing here: its ``from`` is its own, and a sealed header naming another
+    sender or recipient does not open (``messaging._check_inner``)."""
+    fields = {"outgoing": True, "verified": True, "warning": None}
+    if room is None:
+        peer = inner.get("peer", client.user)
+        if not (isinstance(peer, str) and wire.USERNAME_RE.fullmatch(peer)):
+            raise DecryptError("the sealed 'peer' of a message from your other device is not "
+                               "a user name")
+        fields["to"] = peer
+    return fields
 
 
 def _keep(store, record, replaces=None):

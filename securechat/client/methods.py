@@ -298,7 +298,7 @@ class Methods:
         if room is not None:  # all the relay gives unless ``last`` is said
             records = [r for r in await client.rooms.history(room) if r is not None]
             records = records[-last:] if last else records
-            return {"messages": [{**public(r), "outgoing": r["from"] == client.user}
+            return {"messages": [{**public(r), "outgoing": bool(r.get("outgoing"))}
                                  for r in records], "more": False}
         return {"messages": [{**public(r), "outgoing": r["outgoing"],
                               "to": r.get("to", client.user)}

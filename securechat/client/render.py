@@ -166,18 +166,17 @@ class EscapingStream:
 
 
 def format_message(record, width=None):
-    """A received message as the terminal shows it: ``[time] sender[ in room] (state): text``,
-    after the changed-key warning if there is one; no row wider than ``width`` (``fit``)."""
+    """A received message as the terminal shows it: ``[time] sender[ in room] (state): text``
+    (an own one ``[time] you -> bob: text`` or ``[time] you in room: text``), after the
+    changed-key warning if there is one; no row wider than ``width`` (``fit``)."""
     if record.get("type") == "membership":
         return fit(f"[{safe(record['sent_at'])}] * {safe(record['text'])}", width)
     if record.get("type") == "verify_request":
         who = safe(record["from"])
         return fit(f"[{safe(record['sent_at'])}] {who} asks to verify your keys: "
                    f"run 'securechat verify {who}'", width)
-    mark = "verified" if record.get("verified") else "unverified"
-    where = f" in {safe(record['room'])}" if record.get("room") else ""
     resent = " (re-sent)" if record.get("resent") else ""
-    head = f"[{safe(record['sent_at'])}] {safe(record['from'])}{where} ({mark}){resent}"
+    head = f"[{safe(record['sent_at'])}] {_sender(record)}{resent}"
     lines = []
     if record.get("warning"):
         lines.append(safe(record["warning"]))
@@ -188,12 +187,20 @@ def format_message(record, width=None):
     return fit("\n".join(lines), width)
 
 
+def _sender(record):
+    """Who wrote a message, as its line starts: ``bob (verified)``, ``bob in ops
+    (unverified)``; an own one (``outgoing``: sent from this device or another of this
+    account) ``you -> bob`` or ``you in ops``."""
+    room = record.get("room")
+    if record.get("outgoing"):
+        return f"you in {safe(room)}" if room else f"you -> {safe(record.get('to'))}"
+    mark = "verified" if record.get("verified") else "unverified"
+    where = f" in {safe(room)}" if room else ""
+    return f"{safe(record['from'])}{where} ({mark})"
+
+
 def format_history(record, width=None):
-    """A history line: what this device cannot decrypt is said so, not shown as an error;
-    an own 1:1 line (``outgoing``) as ``[time] you -> bob: text``."""
-    if record.get("outgoing") and record.get("room") is None:
-        return fit(f"[{safe(record['sent_at'])}] you -> {safe(record['to'])}: "
-                   f"{safe(record['text'], lines=True)}", width)
+    """A history line: what this device cannot decrypt is said so, not shown as an error."""
     if record.get("error"):
         record = {**record, "error": None, "text": "(not decryptable on this device)"}
     return format_message(record, width)
@@ -205,7 +212,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def message_json(record, **extra):
     """A message as one JSON line (``--json``): the exact text, escaped by JSON itself;
     ``extra`` fields follow the message's own; a message sent again after this device
-    could not decrypt it (``healing``) has ``"resent": true``.
+    could not decrypt it (``healing``) has ``"resent": true``; one another device of this
+    account sent has ``"outgoing": true`` and, 1:1, ``to`` (whom it was sent to).
 
     Non-ASCII text stays readable; a lone surrogate (valid in JSON, not in UTF-8) is
     written as its ``\\uXXXX`` escape, which decodes to the same string.
@@ -216,9 +224,17 @@ def message_json(record, **extra):
         "room": record.get("room"), "text": record.get("text"), "sent_at": record["sent_at"],
         "verified": bool(record.get("verified")), "error": record.get("error"),
         "warning": record.get("warning"), **({"resent": True} if record.get("resent") else {}),
-        **extra,
+        **_sent_fields(record), **extra,
     }, ensure_ascii=False)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+def _sent_fields(record):
+    """``outgoing`` (and, 1:1, ``to``) of a message sent by this account, for ``--json``."""
+    if not record.get("outgoing"):
+        return {}
+    return {"outgoing": True} if record.get("room") else {"outgoing": True,
+                                                           "to": record.get("to")}
 
 
 def history_json(record):

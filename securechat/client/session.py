@@ -894,8 +894,10 @@ class Client:
     async def send_text(self, user, text):
         """Send a 1:1 message; fire with the number of devices it went to once the server
         accepted it (0: a note to ourselves with no other device of ours to take it)."""
+        # ``peer``: whom it is written to, for the copies our other devices get (their
+        # sealed ``to`` names their own user, as on any envelope): inbound.sent_by_you.
         payload = {"type": "msg", "mid": new_id(), "room": None, "ts": int(time.time() * 1000),
-                   "body": text}
+                   "body": text, "peer": user}
         try:
             return await self.deliver(self.outbox.add(payload, to=user))
         except TrustError as e:

@@ -63,9 +63,10 @@ received 1:1 message)."""
 
 
 def conversation_peer(record):
-    """Whose 1:1 conversation a stored received message belongs to (None: a room's)."""
+    """Whose 1:1 conversation a stored received message belongs to (None: a room's): its
+    sender's, or for what another device of this account sent (``outgoing``), its ``to``."""
     if record.get("room") is None and record.get("type") == "msg":
-        return record.get("from")
+        return record.get("to") if record.get("outgoing") else record.get("from")
     return None
 
 
@@ -372,8 +373,9 @@ class KeyStore:
 
     def conversation(self, peer, last):
         """The newest ``last`` messages with ``peer``, both ways, oldest first: the stored
-        records, each with ``outgoing`` (False: received).  Ordered by the time each was
-        written (``sent_at``), which interleaves the two directions."""
+        records, each with ``outgoing`` (False: received from ``peer``; True: sent by this
+        device, or received as sent by another device of this account).  Ordered by the
+        time each was written (``sent_at``), which interleaves the two directions."""
         tag = self._peer_tag(peer)
         received = self._db.execute(
             "SELECT pos, sealed FROM messages WHERE peer = ? ORDER BY pos DESC LIMIT ?",
@@ -381,8 +383,10 @@ class KeyStore:
         sent = self._db.execute(
             "SELECT pos, sealed FROM sent WHERE peer = ? ORDER BY pos DESC LIMIT ?",
             (tag, last)).fetchall()
-        records = [(self.unseal(sealed), False, pos) for pos, sealed in received]
-        records += [(self.unseal(sealed), True, pos) for pos, sealed in sent]
+        records = [(self.unseal(sealed), True, pos) for pos, sealed in sent]
+        for pos, sealed in received:
+            record = self.unseal(sealed)
+            records.append((record, bool(record.get("outgoing")), pos))
         records.sort(key=lambda item: (item[0]["sent_at"], item[1], item[2]))
         return [{**record, "outgoing": outgoing} for record, outgoing, _ in records[-last:]]
 
