@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from securechat import database_url
-from securechat.wire import MAX_LINE_BYTES, MAX_LISTED_DEVICES as MAX_DEVICES, USERNAME_RE
+from securechat.wire import MAX_LINE_BYTES, USERNAME_RE
 
 MIN_OUTPUT_BUDGET = 2 * MAX_LINE_BYTES
 """The smallest ``[limits] output_budget_bytes``: the largest frame the relay writes (an
@@ -55,6 +55,12 @@ def _days(text):
     if not 0 <= value <= 36500:
         raise ValueError("must be a number of days from 0 to 36500")
     return value
+
+
+MAX_DEVICES = 10
+"""The most ``[accounts] max_devices`` may be: a 1:1 message of the longest text (one
+envelope a device, in one line of at most 1 MiB) to an account with this many devices,
+from one with as many, must fit (the client's ``message_size.SEND_FITS_DEVICES``)."""
 
 
 def _max_devices(text):

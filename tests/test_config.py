@@ -45,6 +45,7 @@ def test_shipped_example_config_is_valid():
     ("[server]\nport = http\n", "must be a port number from 0 to 65535"),
     ("[limits]\nrequest_burst = lots\n", "must be a positive integer"),
     ("[limits]\nlogin_timeout_seconds = 30s\n", "must be a positive number of seconds"),
+    ("[accounts]\nmax_devices = 11\n", "must be a number of devices from 1 to 10"),
     ("not an ini", "not a valid ini file"),
 ])
 def test_bad_values_name_file_section_and_key(tmp_path, text, words):
