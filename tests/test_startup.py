@@ -274,3 +274,6 @@ def test_a_test_relay_process_never_takes_the_default_port(tmp_path):
     config.write_text(f"[server]\ndata_dir = {tmp_path / 'data'}\n")
     with pytest.raises(AssertionError, match="picked free"):
         ServerProcess(tmp_path, config)
+    config.write_text(f"[server]\ndata_dir = {tmp_path / 'data'}\nport = 7001\n")
+    with pytest.raises(AssertionError, match="picked free"):  # the operator port's default
+        ServerProcess(tmp_path, config)

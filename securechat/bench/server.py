@@ -93,7 +93,8 @@ class ManagedServer:
                  f"data_dir = {os.path.join(self.workdir, 'data')}",
                  "[limits]", "requests_per_second = 1000000", "request_burst = 1000000",
                  "login_failures_per_address = 1000000", "argon2_concurrency = 2",
-                 "argon2_waiting_per_client = 1000000", "unauthenticated_per_address = 1000000"]
+                 "argon2_waiting_per_client = 1000000", "unauthenticated_per_address = 1000000",
+                 "[http]", "port = 0"]
         if database:
             lines += ["[store]", f"database = {database}"]
         config_path = os.path.join(self.workdir, "bench.ini")

@@ -8,6 +8,7 @@ from securechat.server.admission import UnauthenticatedPerAddress, client_addres
 from securechat.server.auth import LegacySecrets, PasswordKeys, make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
+from securechat.server.metrics import RelayMetrics
 from securechat.server.protocol import RelayProtocol
 from securechat.server.outage import OutageLog
 from securechat.server.ratelimit import KeyClaimLimits, LoginGuard, RoomPasswordGuard
@@ -28,7 +29,8 @@ class RelayFactory(ServerFactory):
         self.hasher = hasher
         self.devices = DeviceDirectory(store)
         self.store_outage = OutageLog(clock)
-        self.relay = Relay(store, self.devices, clock, self.store_outage)
+        self.metrics = RelayMetrics()
+        self.relay = Relay(store, self.devices, clock, self.store_outage, self.metrics)
         self.login_guard = LoginGuard(clock, config)
         self.legacy_secrets = LegacySecrets(store, hasher, self.login_guard)
         self.password_keys = PasswordKeys(store, self.login_guard)

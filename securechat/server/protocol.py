@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from securechat import wire
 from securechat.server.output import OutputBudget
-from securechat.server.session import CLOSED, ConnectionSession
+from securechat.server.session import CLOSED, HANDSHAKING, ConnectionSession
 
 
 @implementer(IPushProducer)
@@ -169,6 +169,8 @@ class RelayProtocol(Protocol):
     def connectionLost(self, reason):
         self.budget.stop()
         self.gate.stopProducing()
+        if self.session is not None and self.session.state == HANDSHAKING:
+            self._server.metrics.handshake_failures += 1  # failed, timed out or dropped
         self._server.connection_closed(self)
         if self.session is not None:
             self.session.connection_lost()

@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from securechat.server.accounts import no_such_user
+from securechat.server.metrics import RelayMetrics
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError
 
@@ -76,8 +77,9 @@ class DeliveryCursor:
 
     log = Logger()
 
-    def __init__(self, store, user, device, push_line, gate, unavailable=None):
+    def __init__(self, store, user, device, push_line, gate, unavailable=None, metrics=None):
         self._store = store
+        self._metrics = metrics if metrics is not None else RelayMetrics()
         self._unavailable = unavailable  # called (cursor, error) when the store is down
         self._user = user
         self._device = device
@@ -150,6 +152,7 @@ class DeliveryCursor:
 
     def _push(self, frame, content):
         self._pushed += 1
+        self._metrics.delivered += 1
         self._push_line(frame(self._pushed, content))
 
     def pump(self):
@@ -213,8 +216,9 @@ class Relay:
 
     log = Logger()
 
-    def __init__(self, store, directory, clock, outage):
+    def __init__(self, store, directory, clock, outage, metrics):
         self._store = store
+        self._metrics = metrics
         self._directory = directory
         self._clock = clock
         self._outage = outage  # the log of refusals while the store is unavailable
@@ -227,7 +231,7 @@ class Relay:
         """A device logged in; a previous connection of the same device is replaced."""
         previous = self._online.get((user, device))
         cursor = DeliveryCursor(self._store, user, device, session.push_line, session.gate,
-                                self._read_later)
+                                self._read_later, self._metrics)
         self._online[(user, device)] = (session, cursor)
         self._online_devices_of.setdefault(user, {})[device] = cursor
         if previous is not None:
@@ -372,13 +376,17 @@ class Relay:
         return d
 
     def _deliver(self, places, batch, answer):
+        accepted = self._metrics.accepted
         for item, (seq, pos) in zip(batch, places):
             body = item["body"].encode("utf-8")
             if "history" in item:
+                accepted["room" if item["members"] is not None else "broadcast"] += 1
                 entry = (item["history"], pos)
                 for cursor in self._online_followers(item):
                     cursor.notify(seq, body, item["id"], entry)
                 continue
+            if item["sender"]:  # not a membership event the relay wrote
+                accepted["unicast"] += 1
             for user, device in item["recipients"]:
                 cursor = self.cursor(user, device)
                 if cursor is not None:

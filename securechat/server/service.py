@@ -15,6 +15,8 @@ from securechat.server.datadir import prepare_data_dir
 from securechat.server.factory import RelayFactory
 from securechat.server.fdlimit import raise_open_file_limit
 from securechat.server.listener import listen_tls
+from securechat.server.metrics import RelayCollector
+from securechat.server.operator_http import operator_site
 from securechat.server.startup import StartFailed, StartReport, cannot_listen
 from securechat.server.tls import server_context_factory
 from securechat.server.tls_memory import IdleSweep
@@ -55,10 +57,17 @@ class RelayService(service.Service):
         self.store = make_store(config.database, config.data_dir, self.clock)
         self.factory = None
         self.port = None
+        self.http_port = None
+        self._queued = None  # the store's queued envelopes as of the last /metrics
         self.fingerprint = None
         self._pruner = None
         self._idle_sweep = None
         self._started = None
+
+    @property
+    def listening(self):
+        """Whether the TLS port accepts connections (``/ready``)."""
+        return self.port is not None and bool(self.port.connected)
 
     @property
     def started(self):
@@ -88,6 +97,14 @@ class RelayService(service.Service):
         except CannotListenError as e:
             await self.store.stop()
             raise cannot_listen(e) from None
+        if self.config.http_enabled:
+            try:
+                self.http_port = self._listen_operator(hasher)
+            except CannotListenError as e:
+                await self.port.stopListening()
+                await self.store.stop()
+                raise cannot_listen(e, " ([http], the operator's /health, /ready and "
+                                       "/metrics; set [http] port, or enabled = no)") from None
         self._pruner = task.LoopingCall(self._prune)
         self._pruner.clock = self.clock
         self._pruner.start(PRUNE_INTERVAL, now=True)
@@ -101,6 +118,37 @@ class RelayService(service.Service):
             host=address.host, port=address.port, relay_id=relay_id,
             database=database_url.redact(self.config.database),
         )
+        if self.http_port is not None:
+            http = self.http_port.getHost()
+            self.log.info("Operator endpoints on http://{host}:{port}/ (health, ready, metrics)",
+                          host=http.host, port=http.port)
+
+    def _listen_operator(self, hasher):
+        """Listen for the operator's HTTP requests, the metrics registry fed from here."""
+        metrics = self.factory.metrics
+        self.store.observe_writes(self._observe_writes)
+        metrics.registry.register(RelayCollector(metrics, lambda: {
+            "connections": len(self.factory.connections),
+            "argon2_waiting": hasher.queue.waiting(),
+            "queued": self._queued,
+            "store": "postgresql" if self.config.uses_postgres else "sqlite"}))
+        site = operator_site(self, metrics.registry, self._read_queued, self.reactor)
+        return self.reactor.listenTCP(self.config.http_port, site,
+                                      interface=self.config.http_interface)
+
+    def _observe_writes(self, commit_seconds, waited_seconds):
+        metrics = self.factory.metrics
+        metrics.commit_seconds.observe(commit_seconds)
+        metrics.push_seconds.observe(waited_seconds)
+
+    async def _read_queued(self):
+        """Count the queued envelopes for a scrape; None (the series left out) while the
+        store does not answer, so /metrics still shows everything else."""
+        try:
+            self._queued = await self.store.queued_total()
+        except Exception as e:  # the outage shows in /ready; here only the count is missing
+            self._queued = None
+            self.log.debug("queued count unavailable: {error}", error=e)
 
     async def _open_store(self):
         """Open the store; a StartFailed naming the database (never its password) if it fails."""
@@ -135,6 +183,8 @@ class RelayService(service.Service):
             await self.port.stopListening()
             for protocol in list(self.factory.connections):
                 protocol.transport.abortConnection()
+        if self.http_port is not None:
+            await self.http_port.stopListening()
         await self.store.stop()
         if self.port is not None:
             self.log.info("securechat relay stopped: no longer listening, store closed")

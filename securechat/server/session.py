@@ -111,6 +111,7 @@ class ConnectionSession:
             self._answer_error(rid, e)
             return
         if not self._bucket.take():
+            self._server.metrics.rate_limited["requests"] += 1
             self._refusals += 1
             self._answer_error(rid, ProtocolError("rate_limited", "too many requests; slow down"))
             if self._refusals >= REFUSALS_BEFORE_DISCONNECT:
@@ -169,6 +170,8 @@ class ConnectionSession:
     def _failed(self, failure, rid, op):
         self._finished()
         if failure.check(ProtocolError):
+            if failure.value.code == "rate_limited":
+                self._server.metrics.rate_limited[op] += 1
             self._answer_error(rid, failure.value)
         elif failure.check(store_errors.StoreUnavailable):
             self._server.store_outage.refused(failure.value)
@@ -196,6 +199,7 @@ class ConnectionSession:
         self._server.login_guard.registering(self._peer)
         await self._server.accounts.register(fields["user"], fields["password_key"],
                                              fields["identity_key"])
+        self._server.metrics.registrations += 1
         self.log.info("Registered user {user}", user=fields["user"])
         return {"user": fields["user"]}
 
@@ -205,6 +209,8 @@ class ConnectionSession:
         return defer.ensureDeferred(self._log_in(fields)).addErrback(self._login_refused)
 
     def _login_refused(self, failure):
+        code = failure.value.code if failure.check(ProtocolError) else "error"
+        self._server.metrics.login_failed(code)
         if self.state == CHECKING_LOGIN:
             self.login_failed()
         return failure
@@ -217,6 +223,7 @@ class ConnectionSession:
         except cred_error.UnauthorizedLogin as e:
             raise ProtocolError("auth_failed", str(e))
         self.login_succeeded(avatar, logout)
+        self._server.metrics.logins_ok += 1
         if self.state != AUTHENTICATED:
             raise ProtocolError("closed", "connection closed during login")
         counts = avatar.login_counts
@@ -355,7 +362,11 @@ class ConnectionSession:
         cursor = self._server.relay.cursor(self.user, self.device)
         ids, positions = cursor.acknowledged(fields["ids"]) if cursor else (fields["ids"], None)
         d = self._server.store.ack(self.user, self.device, ids, positions)
-        return d.addCallback(lambda removed: {"removed": removed})
+        return d.addCallback(self._acknowledged)
+
+    def _acknowledged(self, removed):
+        self._server.metrics.acknowledged += removed
+        return {"removed": removed}
 
     async def op_room_create(self, fields):
         return await self._server.rooms.create(self.user, fields["room"], fields["password"])
