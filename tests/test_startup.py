@@ -266,8 +266,9 @@ async def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path):
 
 
 def test_a_test_relay_process_never_takes_the_default_port(tmp_path):
-    """The tests' relay processes refuse the default port (the README's relay may hold
-    6697 while the suite runs): no options, or a config that leaves the port at 6697."""
+    """The tests' relay processes refuse the default ports (the README's relay may hold
+    6697 and 9797 while the suite runs): no options, or a config that leaves the TLS
+    port at 6697 or the operator port at 9797."""
     with pytest.raises(AssertionError, match="picked free"):
         ServerProcess(tmp_path, None)
     config = tmp_path / "default-port.ini"
@@ -277,3 +278,19 @@ def test_a_test_relay_process_never_takes_the_default_port(tmp_path):
     config.write_text(f"[server]\ndata_dir = {tmp_path / 'data'}\nport = 7001\n")
     with pytest.raises(AssertionError, match="picked free"):  # the operator port's default
         ServerProcess(tmp_path, config)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_run_as_root_says_so_in_its_log(tmp_path):
+    """Started by root, the relay warns in its log and names the docs' section on running
+    as its own user; started by anyone else, it does not."""
+    proc = ServerProcess(tmp_path, write_config(str(tmp_path / "data"), port=free_port()))
+    proc.start()
+    try:
+        await proc.wait_listening()
+        warned = "The relay runs as root" in proc.log_text()
+        assert warned == (os.geteuid() == 0)
+        if warned:
+            assert "'Running as its own user'" in proc.log_text()
+    finally:
+        proc.stop()

@@ -81,6 +81,10 @@ class RelayService(service.Service):
     async def _start(self):
         self.log.info("securechat relay starting (its code: {package})",
                       package=os.path.dirname(securechat.__file__))
+        if os.geteuid() == 0:
+            self.log.warn("The relay runs as root: a flaw in it would own the machine.  Run it "
+                          "as a user of its own (docs/operations.rst, 'Running as its own "
+                          "user').")
         prepare_data_dir(self.config.data_dir)
         try:
             context, self.fingerprint = server_context_factory(self.config)
