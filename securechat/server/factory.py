@@ -1,5 +1,6 @@
 """The server's shared parts (store, relay, keys, rooms, limits) and the protocol factory."""
 
+from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
@@ -44,6 +45,7 @@ class RelayFactory(ServerFactory):
         self.accounts = Accounts(config, store, self.password_keys, self.devices, self.rooms,
                                  self.relay)
         self.connections = set()
+        self._all_closed = []  # Deferreds waiting for the last connection to close
         self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 
     def prune_limits(self):
@@ -67,3 +69,15 @@ class RelayFactory(ServerFactory):
 
     def connection_closed(self, protocol):
         self.connections.discard(protocol)
+        if not self.connections:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def all_closed(self):
+        """A Deferred that fires once no connection is open (at once if none is)."""
+        if not self.connections:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._all_closed.append(d)
+        return d

@@ -156,6 +156,13 @@ class RelayProtocol(Protocol):
         """Close now, dropping what is unsent (the output budget gave up on the reader)."""
         self.session.abort()
 
+    def shut_down(self):
+        """The relay is stopping: say so, answer what is in flight, then close."""
+        if self.session is not None:
+            self.session.shutting_down()
+        else:
+            self.transport.abortConnection()
+
     def disconnect(self):
         """Close once what was written has been sent."""
         # A TLS transport with a registered producer would wait for it before closing.

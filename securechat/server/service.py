@@ -25,6 +25,10 @@ from securechat.store.errors import StoreUnavailable
 
 PRUNE_INTERVAL = 60
 
+SHUTDOWN_SECONDS = 10
+"""How long a stopping relay waits for its connections to get the answers in flight and
+close; those still open then are aborted (their clients see a dropped connection)."""
+
 GC_YOUNG_THRESHOLD = 50_000
 """Allocations between collections of the young generation (CPython's default is 700).
 
@@ -185,13 +189,34 @@ class RelayService(service.Service):
                 loop.stop()
         if self.port is not None:
             await self.port.stopListening()
-            for protocol in list(self.factory.connections):
-                protocol.transport.abortConnection()
+            await self._close_connections()
         if self.http_port is not None:
             await self.http_port.stopListening()
         await self.store.stop()
         if self.port is not None:
             self.log.info("securechat relay stopped: no longer listening, store closed")
+
+    async def _close_connections(self):
+        """Tell every connection the relay stops; each closes once its requests in flight
+        are answered (their commits done), so the write groups are drained before the store
+        closes.  Whatever is still open after SHUTDOWN_SECONDS is aborted."""
+        connections = list(self.factory.connections)
+        if not connections:
+            return
+        self.log.info("Stopping: closing {count} connection(s) once what is in flight is "
+                      "answered (at most {seconds} s)", count=len(connections),
+                      seconds=SHUTDOWN_SECONDS)
+        closed = self.factory.all_closed()
+        for protocol in connections:
+            protocol.shut_down()
+        try:
+            await closed.addTimeout(SHUTDOWN_SECONDS, self.reactor)
+        except defer.TimeoutError:
+            left = list(self.factory.connections)
+            self.log.warn("Stopping: {count} connection(s) still open after {seconds} s, "
+                          "aborted", count=len(left), seconds=SHUTDOWN_SECONDS)
+            for protocol in left:
+                protocol.transport.abortConnection()
 
     def stopService(self):
         super().stopService()

@@ -78,6 +78,7 @@ class ConnectionSession:
                                    server.config.request_burst)
         self._refusals = 0
         self._pending = 0
+        self._close_when_answered = False  # the relay is stopping: close once none pends
         self.state = HANDSHAKING
         self.allowed = ALLOWED_OPS[HANDSHAKING]
         self.user = None
@@ -157,6 +158,8 @@ class ConnectionSession:
         self._pending -= 1
         if self._pending == MAX_PENDING // 2 - 1:
             self._connection.release_reading("requests")
+        elif not self._pending and self._close_when_answered:
+            self._server.clock.callLater(0, self._connection.disconnect)  # after this answer
 
     def _answer(self, result, rid):
         self._finished()
@@ -462,6 +465,10 @@ class ConnectionSession:
         "The account was deleted (by another of its devices): this connection ends."
 
     @_machine.input()
+    def shutting_down(self):
+        "The relay is stopping: what is in flight is answered, then the connection closes."
+
+    @_machine.input()
     def deadline_passed(self):
         "The handshake or the login took longer than the configured deadline."
 
@@ -562,6 +569,19 @@ class ConnectionSession:
                                 "message": "this account was deleted"}))
 
     @_machine.output()
+    def _say_shutting_down(self):
+        self._send(wire.encode({"event": "shutdown", "message": "the relay is shutting down; "
+                                                                "connect again in a moment"}))
+
+    @_machine.output()
+    def _disconnect_once_answered(self):
+        """Close once every request in flight has its answer written (``_finished``)."""
+        if self._pending:
+            self._close_when_answered = True
+        else:
+            self._connection.disconnect()
+
+    @_machine.output()
     def _say_login_timeout(self):
         seconds = self._server.config.login_timeout_seconds
         self._answer_error(None, ProtocolError(
@@ -599,6 +619,10 @@ class ConnectionSession:
                                  _disconnect])
     checking_login.upon(replaced, enter=closing,
                         outputs=[_say_replaced, *_anonymous_ends, _disconnect])
+    handshaking.upon(shutting_down, enter=closing, outputs=[*_anonymous_ends, _abort_transport])
+    for _state in (logging_in, checking_login):
+        _state.upon(shutting_down, enter=closing,
+                    outputs=[_say_shutting_down, *_anonymous_ends, _disconnect_once_answered])
     for _state in (handshaking, logging_in, checking_login):
         _state.upon(close, enter=closing, outputs=[*_anonymous_ends, _disconnect])
         _state.upon(abort, enter=closing, outputs=[*_anonymous_ends, _abort_transport])
@@ -612,6 +636,9 @@ class ConnectionSession:
     authenticated.upon(account_deleted, enter=closing,
                        outputs=[_say_account_deleted, _now_closing, _release_avatar, _disconnect])
     authenticated.upon(close, enter=closing, outputs=[_now_closing, _release_avatar, _disconnect])
+    authenticated.upon(shutting_down, enter=closing,
+                       outputs=[_say_shutting_down, _now_closing, _release_avatar,
+                                _disconnect_once_answered])
     authenticated.upon(abort, enter=closing,
                        outputs=[_now_closing, _release_avatar, _abort_transport])
     authenticated.upon(connection_lost, enter=closed, outputs=[_now_closed, _release_avatar])
@@ -621,7 +648,7 @@ class ConnectionSession:
     for _state in (closing, closed):
         _state.upon(login_succeeded, enter=_state, outputs=[_release_late_avatar])
         for _input in (login_failed, handshake_completed, replaced, account_deleted, close,
-                       deadline_passed):
+                       deadline_passed, shutting_down):
             _state.upon(_input, enter=_state, outputs=[])
     closed.upon(abort, enter=closed, outputs=[])
     closed.upon(connection_lost, enter=closed, outputs=[])
