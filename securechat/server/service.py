@@ -2,6 +2,7 @@
 
 import gc
 import os
+import signal
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -20,6 +21,7 @@ from securechat.server.operator_http import operator_site
 from securechat.server.startup import StartFailed, StartReport, cannot_listen
 from securechat.server.tls import server_context_factory
 from securechat.server.tls_memory import IdleSweep
+from securechat.server.tls_reload import ReloadableServerTLS
 from securechat.store import make_store
 from securechat.store.errors import StoreUnavailable
 
@@ -63,10 +65,20 @@ class RelayService(service.Service):
         self.port = None
         self.http_port = None
         self._queued = None  # the store's queued envelopes as of the last /metrics
-        self.fingerprint = None
+        self.tls = None  # ReloadableServerTLS, once started
         self._pruner = None
         self._idle_sweep = None
         self._started = None
+
+    @property
+    def fingerprint(self):
+        """The SHA-256 fingerprint of the certificate new connections get."""
+        return None if self.tls is None else self.tls.fingerprint
+
+    def reload_tls(self):
+        """Take a renewed ``[tls] certificate`` / ``private_key`` for new connections (SIGHUP);
+        False if it cannot be loaded (logged; the current one stays)."""
+        return self.tls is not None and self.tls.reload(self.config)
 
     @property
     def listening(self):
@@ -91,7 +103,7 @@ class RelayService(service.Service):
                           "user').")
         prepare_data_dir(self.config.data_dir)
         try:
-            context, self.fingerprint = server_context_factory(self.config)
+            self.tls = ReloadableServerTLS(*server_context_factory(self.config))
         except ValueError as e:
             raise StartFailed(str(e)) from None
         await self._open_store()
@@ -100,7 +112,7 @@ class RelayService(service.Service):
         relay_id = await self.store.relay_id()
         self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, relay_id)
         try:
-            self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
+            self.port = listen_tls(self.reactor, self.config.port, self.tls, self.factory,
                                    self.config.interface)
         except CannotListenError as e:
             await self.store.stop()
@@ -229,12 +241,17 @@ class UnderTwistd(service.MultiService):
     def __init__(self, relay, report):
         super().__init__()
         self._relay = relay
+        self._reactor = relay.reactor
         self._report = report
         relay.setServiceParent(self)
 
     def startService(self):
         self._report.take_status_pipe()
         raise_open_file_limit()  # the process's, so under twistd only (not in-process tests)
+        # SIGHUP reloads the certificate, as for most daemons (a deploy hook sends it after a
+        # renewal); the handler only schedules the work on the reactor.
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._reactor.callFromThread(
+            self._relay.reload_tls))
         super().startService()
         self._relay.started.addCallbacks(self._listening, self._report.failed)
 
