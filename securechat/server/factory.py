@@ -6,6 +6,7 @@ from twisted.logger import Logger
 
 from securechat.server.accounts import Accounts
 from securechat.server.admission import UnauthenticatedPerAddress, client_address
+from securechat.server.audit import open_audit_log
 from securechat.server.auth import LegacySecrets, PasswordKeys, make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
@@ -30,6 +31,7 @@ class RelayFactory(ServerFactory):
         self.hasher = hasher
         self.devices = DeviceDirectory(store)
         self.store_outage = OutageLog(clock)
+        self.audit = open_audit_log(config, clock)
         self.metrics = RelayMetrics()
         self.relay = Relay(store, self.devices, clock, self.store_outage, self.metrics)
         self.login_guard = LoginGuard(clock, config)

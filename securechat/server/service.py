@@ -204,6 +204,8 @@ class RelayService(service.Service):
             await self._close_connections()
         if self.http_port is not None:
             await self.http_port.stopListening()
+        if self.factory is not None:
+            self.factory.audit.close()
         await self.store.stop()
         if self.port is not None:
             self.log.info("securechat relay stopped: no longer listening, store closed")

@@ -79,6 +79,7 @@ class ConnectionSession:
         self._refusals = 0
         self._pending = 0
         self._close_when_answered = False  # the relay is stopping: close once none pends
+        self._limits_audited = set()  # ops whose refusal by a limit is in the audit log
         self.state = HANDSHAKING
         self.allowed = ALLOWED_OPS[HANDSHAKING]
         self.user = None
@@ -117,6 +118,8 @@ class ConnectionSession:
             self._answer_error(rid, ProtocolError("rate_limited", "too many requests; slow down"))
             if self._refusals >= REFUSALS_BEFORE_DISCONNECT:
                 self.log.warn("Disconnecting {peer}: request flood", peer=self._peer)
+                self._server.audit.record("disconnected", reason="request flood",
+                                          user=self.user, address=self._peer)
                 self.close()
             return
         self._refusals = 0
@@ -170,11 +173,20 @@ class ConnectionSession:
         if self.state is not CLOSED:
             self._send(wire.encode({"rid": rid, "error": error.to_error()}))
 
+    def _limited(self, op):
+        """A request refused by a limit: counted, and in the audit log once per request kind
+        and connection (a client hammering a limit must not flood the disk)."""
+        self._server.metrics.rate_limited[op] += 1
+        if op != "login" and op not in self._limits_audited:  # a login's is its failure
+            self._limits_audited.add(op)
+            self._server.audit.record("rate_limited", op=op, user=self.user,
+                                      address=self._peer)
+
     def _failed(self, failure, rid, op):
         self._finished()
         if failure.check(ProtocolError):
             if failure.value.code == "rate_limited":
-                self._server.metrics.rate_limited[op] += 1
+                self._limited(op)
             self._answer_error(rid, failure.value)
         elif failure.check(store_errors.StoreUnavailable):
             self._server.store_outage.refused(failure.value)
@@ -203,17 +215,21 @@ class ConnectionSession:
         await self._server.accounts.register(fields["user"], fields["password_key"],
                                              fields["identity_key"])
         self._server.metrics.registrations += 1
+        self._server.audit.record("registered", user=fields["user"], address=self._peer)
         self.log.info("Registered user {user}", user=fields["user"])
         return {"user": fields["user"]}
 
     def op_login(self, fields):
         """Check a login; until it is answered the session is in ``checking_login``."""
         self.login_started()
-        return defer.ensureDeferred(self._log_in(fields)).addErrback(self._login_refused)
+        return defer.ensureDeferred(self._log_in(fields)).addErrback(self._login_refused,
+                                                                     fields)
 
-    def _login_refused(self, failure):
+    def _login_refused(self, failure, fields):
         code = failure.value.code if failure.check(ProtocolError) else "error"
         self._server.metrics.login_failed(code)
+        self._server.audit.record("login_failed", user=fields["user"], device=fields["device"],
+                                  reason=code, address=self._peer)
         if self.state == CHECKING_LOGIN:
             self.login_failed()
         return failure
