@@ -6,7 +6,7 @@ from twisted.logger import Logger
 
 from securechat.server.accounts import Accounts
 from securechat.server.admission import UnauthenticatedPerAddress, client_address
-from securechat.server.audit import open_audit_log
+from securechat.server.audit import NoAuditLog
 from securechat.server.auth import LegacySecrets, PasswordKeys, make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
@@ -23,7 +23,7 @@ class RelayFactory(ServerFactory):
 
     log = Logger()
 
-    def __init__(self, config, store, clock, hasher, relay_id):
+    def __init__(self, config, store, clock, hasher, relay_id, audit=None):
         self.config = config
         self.relay_id = relay_id  # the store's: the same on every node of one database
         self.store = store
@@ -31,7 +31,7 @@ class RelayFactory(ServerFactory):
         self.hasher = hasher
         self.devices = DeviceDirectory(store)
         self.store_outage = OutageLog(clock)
-        self.audit = open_audit_log(config, clock)
+        self.audit = audit if audit is not None else NoAuditLog()  # the service opens it
         self.metrics = RelayMetrics()
         self.relay = Relay(store, self.devices, clock, self.store_outage, self.metrics)
         self.login_guard = LoginGuard(clock, config)

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 import securechat
 from securechat import database_url
+from securechat.server.audit import open_audit_log
 from securechat.server.auth import SecretHasher
 from securechat.server.datadir import prepare_data_dir
 from securechat.server.factory import RelayFactory
@@ -110,7 +111,8 @@ class RelayService(service.Service):
         hasher = SecretHasher(self.reactor, self.config.argon2_concurrency,
                               self.config.argon2_waiting_per_client)
         relay_id = await self.store.relay_id()
-        self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, relay_id)
+        self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, relay_id,
+                                    open_audit_log(self.config, self.reactor))
         try:
             self.port = listen_tls(self.reactor, self.config.port, self.tls, self.factory,
                                    self.config.interface)
