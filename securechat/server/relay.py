@@ -216,9 +216,9 @@ class Relay:
 
     log = Logger()
 
-    def __init__(self, store, directory, clock, outage, metrics):
+    def __init__(self, store, directory, clock, outage, metrics=None):
         self._store = store
-        self._metrics = metrics
+        self._metrics = metrics if metrics is not None else RelayMetrics()
         self._directory = directory
         self._clock = clock
         self._outage = outage  # the log of refusals while the store is unavailable
