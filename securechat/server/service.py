@@ -245,7 +245,6 @@ class UnderTwistd(service.MultiService):
     def __init__(self, relay, report):
         super().__init__()
         self._relay = relay
-        self._reactor = relay.reactor
         self._report = report
         relay.setServiceParent(self)
 
@@ -254,7 +253,7 @@ class UnderTwistd(service.MultiService):
         raise_open_file_limit()  # the process's, so under twistd only (not in-process tests)
         # SIGHUP reloads the certificate, as for most daemons (a deploy hook sends it after a
         # renewal); the handler only schedules the work on the reactor.
-        signal.signal(signal.SIGHUP, lambda signum, frame: self._reactor.callFromThread(
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._relay.reactor.callFromThread(
             self._relay.reload_tls))
         super().startService()
         self._relay.started.addCallbacks(self._listening, self._report.failed)
