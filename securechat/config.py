@@ -120,6 +120,15 @@ def _key_exchange(text):
     return text
 
 
+def _yes_no(text):
+    text = text.strip().lower()
+    if text in ("yes", "true", "on", "1"):
+        return True
+    if text in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("must be yes or no")
+
+
 def _database(text):
     text = text.strip()
     if not text:
@@ -138,6 +147,12 @@ class Option:
     parse: object
     show: object = repr
     """How an error shows the value as written (never a password)."""
+    field: str = ""
+    """The ServerConfig attribute, when it is not ``key`` (a key two sections share)."""
+
+    @property
+    def name(self):
+        return self.field or self.key
 
 
 OPTIONS = (
@@ -176,6 +191,12 @@ OPTIONS = (
     Option("limits", "handshake_timeout_seconds", "10", _seconds),
     Option("limits", "login_timeout_seconds", "30", _seconds),
     Option("limits", "unauthenticated_per_address", "64", _positive),
+    Option("http", "enabled", "yes", _yes_no, field="http_enabled"),
+    Option("http", "interface", "127.0.0.1", _interface, field="http_interface"),
+    Option("http", "port", "9797", _port, field="http_port"),
+    Option("audit", "file", "audit.jsonl", _path, field="audit_file"),
+    Option("audit", "max_bytes", "10485760", _positive, field="audit_max_bytes"),
+    Option("audit", "keep", "5", _positive, field="audit_keep"),
 )
 
 RENAMED = {
@@ -227,6 +248,12 @@ class ServerConfig:
     handshake_timeout_seconds: float
     login_timeout_seconds: float
     unauthenticated_per_address: int
+    http_enabled: bool
+    http_interface: str
+    http_port: int
+    audit_file: str
+    audit_max_bytes: int
+    audit_keep: int
     source: str
 
     @property
@@ -259,7 +286,7 @@ def load(path=None):
     for option in OPTIONS:
         raw = parser.get(option.section, option.key, fallback=option.default)
         try:
-            values[option.key] = option.parse(raw)
+            values[option.name] = option.parse(raw)
         except ValueError as e:
             raise ConfigError(
                 f"{source}: [{option.section}] {option.key} = {option.show(raw)}: {e}"
@@ -291,7 +318,7 @@ def _resolve_paths(values, source):
         raise ConfigError(
             f"{source}: [tls] certificate and private_key must be set together (or both left empty)"
         )
-    for name in ("certificate", "private_key"):
+    for name in ("certificate", "private_key", "audit_file"):
         if values[name]:
             values[name] = os.path.join(data_dir, values[name])
     db = values["database"]

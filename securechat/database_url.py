@@ -68,3 +68,13 @@ def scrub(text, url):
     for password in passwords(url):
         text = text.replace(password, HIDDEN)
     return " ".join(text.split())
+
+
+def without_password(url):
+    """``(url without its user's password, the password decoded or None)``: for a client
+    tool given the password in its environment (PGPASSWORD), not on its command line,
+    where every user of the machine could read it."""
+    span = _password_span(url)
+    if span is None:
+        return url, None
+    return url[:span[0] - 1] + url[span[1]:], unquote(url[span[0]:span[1]])

@@ -35,13 +35,16 @@ def executable(name):
 
 
 class ServerProcess(RelayProcess):
-    """A relay process of a test: on a port the test picked free, never the default one,
-    where the README's relay may be running (the two must not collide)."""
+    """A relay process of a test: on ports the test picked free, never the default ones,
+    where the README's relay may be running (the two must not collide): its TLS port, and
+    its operator HTTP port when that is enabled."""
 
     def __init__(self, workdir, config_path):
-        if (config_path is None
-                or config_module.load(str(config_path)).port == config_module.load(None).port):
-            raise AssertionError(f"{config_path}: a test relay must listen on a port it "
+        defaults = config_module.load(None)
+        loaded = None if config_path is None else config_module.load(str(config_path))
+        if (loaded is None or loaded.port == defaults.port
+                or (loaded.http_enabled and loaded.http_port == defaults.http_port)):
+            raise AssertionError(f"{config_path}: a test relay must listen on ports it "
                                  "picked free (tests.processes.free_port)")
         super().__init__(workdir, config_path)
 

@@ -31,6 +31,8 @@ def write_config(directory, port=0, database=None, extra=""):
     ]
     if database:
         lines += ["[store]", f"database = {database}"]
+    if "[http]" not in extra:  # several relays at once: each its own operator port
+        lines += ["[http]", "port = 0"]
     path = os.path.join(directory, "securechat.ini")
     os.makedirs(directory, exist_ok=True)
     with open(path, "w") as f:

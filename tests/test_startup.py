@@ -13,10 +13,11 @@ import psycopg2
 import pytest
 import pytest_twisted
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.testing import MemoryReactor
 
 import securechat
+from securechat.client.protocol import ConnectionClosed, RemoteError
 from securechat.server.service import UnderTwistd
 from securechat.server.startup import StartReport
 from tests.pgserver import _autocommit
@@ -266,11 +267,90 @@ async def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path):
 
 
 def test_a_test_relay_process_never_takes_the_default_port(tmp_path):
-    """The tests' relay processes refuse the default port (the README's relay may hold
-    6697 while the suite runs): no options, or a config that leaves the port at 6697."""
+    """The tests' relay processes refuse the default ports (the README's relay may hold
+    6697 and 9797 while the suite runs): no options, or a config that leaves the TLS
+    port at 6697 or the operator port at 9797."""
     with pytest.raises(AssertionError, match="picked free"):
         ServerProcess(tmp_path, None)
     config = tmp_path / "default-port.ini"
     config.write_text(f"[server]\ndata_dir = {tmp_path / 'data'}\n")
     with pytest.raises(AssertionError, match="picked free"):
         ServerProcess(tmp_path, config)
+    config.write_text(f"[server]\ndata_dir = {tmp_path / 'data'}\nport = 7001\n")
+    with pytest.raises(AssertionError, match="picked free"):  # the operator port's default
+        ServerProcess(tmp_path, config)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_run_as_root_says_so_in_its_log(tmp_path):
+    """Started by root, the relay warns in its log and names the docs' section on running
+    as its own user; started by anyone else, it does not."""
+    proc = ServerProcess(tmp_path, write_config(str(tmp_path / "data"), port=free_port()))
+    proc.start()
+    try:
+        await proc.wait_listening()
+        warned = "The relay runs as root" in proc.log_text()
+        assert warned == (os.geteuid() == 0)
+        if warned:
+            assert "'Running as its own user'" in proc.log_text()
+    finally:
+        proc.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_answers_what_is_in_flight_and_tells_the_clients(tmp_path):
+    """SIGTERM while a client has 200 sends on the wire: every send the relay read gets
+    its answer before the connection closes (the rest, never read, fail as unanswered and
+    were not stored), the client gets the ``shutdown`` event and a clean close, the relay
+    ends well within the harness's deadline, and after a restart exactly the envelopes
+    answered "accepted" arrive: none committed without its answer."""
+    port = free_port()
+    proc = ServerProcess(tmp_path, write_config(str(tmp_path / "data"), port=port))
+    proc.start()
+    try:
+        await proc.wait_listening()
+        endpoint = RelayEndpoint(port, tmp_path / "data")
+        alice, bob = ScriptedDevice("alice"), ScriptedDevice("bob")
+        for device in (alice, bob):
+            await device.register(endpoint)
+            await device.login(endpoint)
+        await bob.close()
+        envelopes = [unicast("bob", "DEV1", b"in flight %d" % i) for i in range(200)]
+        sends = [defer.ensureDeferred(_outcome(alice.request("send", envelopes=[envelope])))
+                 for envelope in envelopes]
+        answered = []
+        for d in sends:
+            d.addCallback(lambda outcome: answered.append(outcome) or outcome)
+        await poll_until(lambda: len(answered) >= 10)  # SIGTERM in the middle of them
+        proc.process.send_signal(signal.SIGTERM)
+        outcomes = await defer.gatherResults(sends)
+        await alice.protocol.closed_d
+        assert [e for e in alice.events if e.get("event") == "shutdown"], alice.events
+        assert isinstance(alice.protocol.lost_reason, error.ConnectionDone)  # not aborted
+        accepted = [env["id"] for env, outcome in zip(envelopes, outcomes) if outcome == "ok"]
+        assert accepted, outcomes
+        assert set(outcomes) <= {"ok", "unanswered"}, set(outcomes)
+        await poll_until(lambda: proc.process.poll() is not None, timeout=STOP_DEADLINE)
+        log = proc.new_log_text()
+        assert "Traceback" not in log and "Unhandled" not in log and "aborted" not in log
+        proc.start()
+        await proc.wait_listening()
+        bob = bob.again()
+        await bob.login(endpoint, upload_keys=False)
+        await poll_until(lambda: len(bob.envelopes()) >= len(accepted))
+        assert [e["envelope"]["id"] for e in bob.envelopes()] == accepted
+        await bob.close()
+    finally:
+        proc.stop()
+
+
+async def _outcome(request):
+    """"ok" for a request answered with a result, the error code for one answered with an
+    error, "unanswered" for one whose connection closed first."""
+    try:
+        await request
+        return "ok"
+    except RemoteError as e:
+        return e.code
+    except ConnectionClosed:
+        return "unanswered"

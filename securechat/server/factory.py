@@ -1,13 +1,16 @@
 """The server's shared parts (store, relay, keys, rooms, limits) and the protocol factory."""
 
+from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from securechat.server.accounts import Accounts
 from securechat.server.admission import UnauthenticatedPerAddress, client_address
+from securechat.server.audit import NoAuditLog
 from securechat.server.auth import LegacySecrets, PasswordKeys, make_portal
 from securechat.server.directory import DeviceDirectory
 from securechat.server.keys import KeyDirectory
+from securechat.server.metrics import RelayMetrics
 from securechat.server.protocol import RelayProtocol
 from securechat.server.outage import OutageLog
 from securechat.server.ratelimit import KeyClaimLimits, LoginGuard, RoomPasswordGuard
@@ -21,7 +24,7 @@ class RelayFactory(ServerFactory):
 
     log = Logger()
 
-    def __init__(self, config, store, clock, hasher, relay_id):
+    def __init__(self, config, store, clock, hasher, relay_id, audit=None):
         self.config = config
         self.relay_id = relay_id  # the store's: the same on every node of one database
         self.store = store
@@ -29,7 +32,9 @@ class RelayFactory(ServerFactory):
         self.hasher = hasher
         self.devices = DeviceDirectory(store)
         self.store_outage = OutageLog(clock)
-        self.relay = Relay(store, self.devices, clock, self.store_outage)
+        self.audit = audit if audit is not None else NoAuditLog()  # the service opens it
+        self.metrics = RelayMetrics()
+        self.relay = Relay(store, self.devices, clock, self.store_outage, self.metrics)
         self.login_guard = LoginGuard(clock, config)
         self.legacy_secrets = LegacySecrets(store, hasher, self.login_guard)
         self.password_keys = PasswordKeys(store, self.login_guard)
@@ -46,6 +51,7 @@ class RelayFactory(ServerFactory):
         self.accounts = Accounts(config, store, self.password_keys, self.devices, self.rooms,
                                  self.relay)
         self.connections = set()
+        self._all_closed = []  # Deferreds waiting for the last connection to close
         self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 
     def prune_limits(self):
@@ -69,3 +75,15 @@ class RelayFactory(ServerFactory):
 
     def connection_closed(self, protocol):
         self.connections.discard(protocol)
+        if not self.connections:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def all_closed(self):
+        """A Deferred that fires once no connection is open (at once if none is)."""
+        if not self.connections:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._all_closed.append(d)
+        return d

@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from securechat import wire
 from securechat.server.output import OutputBudget
-from securechat.server.session import CLOSED, ConnectionSession
+from securechat.server.session import CLOSED, HANDSHAKING, ConnectionSession
 
 
 @implementer(IPushProducer)
@@ -156,6 +156,13 @@ class RelayProtocol(Protocol):
         """Close now, dropping what is unsent (the output budget gave up on the reader)."""
         self.session.abort()
 
+    def shut_down(self):
+        """The relay is stopping: say so, answer what is in flight, then close."""
+        if self.session is not None:
+            self.session.shutting_down()
+        else:
+            self.transport.abortConnection()
+
     def disconnect(self):
         """Close once what was written has been sent."""
         # A TLS transport with a registered producer would wait for it before closing.
@@ -169,6 +176,8 @@ class RelayProtocol(Protocol):
     def connectionLost(self, reason):
         self.budget.stop()
         self.gate.stopProducing()
+        if self.session is not None and self.session.state == HANDSHAKING:
+            self._server.metrics.handshake_failures += 1  # failed, timed out or dropped
         self._server.connection_closed(self)
         if self.session is not None:
             self.session.connection_lost()

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from securechat import wire
 from securechat.server.accounts import no_such_user
+from securechat.server.metrics import RelayMetrics
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError
 
@@ -77,8 +78,9 @@ class DeliveryCursor:
 
     log = Logger()
 
-    def __init__(self, store, user, device, push_line, gate, unavailable=None):
+    def __init__(self, store, user, device, push_line, gate, unavailable=None, metrics=None):
         self._store = store
+        self._metrics = metrics if metrics is not None else RelayMetrics()
         self._unavailable = unavailable  # called (cursor, error) when the store is down
         self._user = user
         self._device = device
@@ -151,6 +153,7 @@ class DeliveryCursor:
 
     def _push(self, frame, content):
         self._pushed += 1
+        self._metrics.delivered += 1
         self._push_line(frame(self._pushed, content))
 
     def pump(self):
@@ -214,8 +217,9 @@ class Relay:
 
     log = Logger()
 
-    def __init__(self, store, directory, clock, outage):
+    def __init__(self, store, directory, clock, outage, metrics=None):
         self._store = store
+        self._metrics = metrics if metrics is not None else RelayMetrics()
         self._directory = directory
         self._clock = clock
         self._outage = outage  # the log of refusals while the store is unavailable
@@ -233,7 +237,7 @@ class Relay:
         if previous is not None:
             self._forget_online(user, device)
         cursor = DeliveryCursor(self._store, user, device, session.push_line, session.gate,
-                                self._read_later)
+                                self._read_later, self._metrics)
         self._online[(user, device)] = (session, cursor)
         known = self._directory.cached(user)  # fresher than the login's read, if cached
         if known is not None:
@@ -428,13 +432,17 @@ class Relay:
         return d
 
     def _deliver(self, places, batch, answer):
+        accepted = self._metrics.accepted
         for item, (seq, pos) in zip(batch, places):
             body = item["body"].encode("utf-8")
             if "history" in item:
+                accepted["room" if item["members"] is not None else "broadcast"] += 1
                 entry = (item["history"], pos)
                 for cursor in self._online_followers(item):
                     cursor.notify(seq, body, item["id"], entry)
                 continue
+            if item["sender"]:  # not a membership event the relay wrote
+                accepted["unicast"] += 1
             for user, device in item["recipients"]:
                 cursor = self.cursor(user, device)
                 if cursor is not None:

@@ -2,6 +2,7 @@
 
 import gc
 import os
+import signal
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -10,18 +11,26 @@ from twisted.logger import Logger
 
 import securechat
 from securechat import database_url
+from securechat.server.audit import open_audit_log
 from securechat.server.auth import SecretHasher
 from securechat.server.datadir import prepare_data_dir
 from securechat.server.factory import RelayFactory
 from securechat.server.fdlimit import raise_open_file_limit
 from securechat.server.listener import listen_tls
+from securechat.server.metrics import RelayCollector
+from securechat.server.operator_http import operator_site
 from securechat.server.startup import StartFailed, StartReport, cannot_listen
 from securechat.server.tls import server_context_factory
 from securechat.server.tls_memory import IdleSweep
+from securechat.server.tls_reload import ReloadableServerTLS
 from securechat.store import make_store
 from securechat.store.errors import StoreUnavailable
 
 PRUNE_INTERVAL = 60
+
+SHUTDOWN_SECONDS = 10
+"""How long a stopping relay waits for its connections to get the answers in flight and
+close; those still open then are aborted (their clients see a dropped connection)."""
 
 GC_YOUNG_THRESHOLD = 50_000
 """Allocations between collections of the young generation (CPython's default is 700).
@@ -55,10 +64,27 @@ class RelayService(service.Service):
         self.store = make_store(config.database, config.data_dir, self.clock)
         self.factory = None
         self.port = None
-        self.fingerprint = None
+        self.http_port = None
+        self._queued = None  # the store's queued envelopes as of the last /metrics
+        self.tls = None  # ReloadableServerTLS, once started
         self._pruner = None
         self._idle_sweep = None
         self._started = None
+
+    @property
+    def fingerprint(self):
+        """The SHA-256 fingerprint of the certificate new connections get."""
+        return None if self.tls is None else self.tls.fingerprint
+
+    def reload_tls(self):
+        """Take a renewed ``[tls] certificate`` / ``private_key`` for new connections (SIGHUP);
+        False if it cannot be loaded (logged; the current one stays)."""
+        return self.tls is not None and self.tls.reload(self.config)
+
+    @property
+    def listening(self):
+        """Whether the TLS port accepts connections (``/ready``)."""
+        return self.port is not None and bool(self.port.connected)
 
     @property
     def started(self):
@@ -72,22 +98,35 @@ class RelayService(service.Service):
     async def _start(self):
         self.log.info("securechat relay starting (its code: {package})",
                       package=os.path.dirname(securechat.__file__))
+        if os.geteuid() == 0:
+            self.log.warn("The relay runs as root: a flaw in it would own the machine.  Run it "
+                          "as a user of its own (docs/operations.rst, 'Running as its own "
+                          "user').")
         prepare_data_dir(self.config.data_dir)
         try:
-            context, self.fingerprint = server_context_factory(self.config)
+            self.tls = ReloadableServerTLS(*server_context_factory(self.config))
         except ValueError as e:
             raise StartFailed(str(e)) from None
         await self._open_store()
         hasher = SecretHasher(self.reactor, self.config.argon2_concurrency,
                               self.config.argon2_waiting_per_client)
         relay_id = await self.store.relay_id()
-        self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, relay_id)
+        self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, relay_id,
+                                    open_audit_log(self.config, self.reactor))
         try:
-            self.port = listen_tls(self.reactor, self.config.port, context, self.factory,
+            self.port = listen_tls(self.reactor, self.config.port, self.tls, self.factory,
                                    self.config.interface)
         except CannotListenError as e:
             await self.store.stop()
             raise cannot_listen(e) from None
+        if self.config.http_enabled:
+            try:
+                self.http_port = self._listen_operator(hasher)
+            except CannotListenError as e:
+                await self.port.stopListening()
+                await self.store.stop()
+                raise cannot_listen(e, " ([http], the operator's /health, /ready and "
+                                       "/metrics; set [http] port, or enabled = no)") from None
         self._pruner = task.LoopingCall(self._prune)
         self._pruner.clock = self.clock
         self._pruner.start(PRUNE_INTERVAL, now=True)
@@ -101,6 +140,37 @@ class RelayService(service.Service):
             host=address.host, port=address.port, relay_id=relay_id,
             database=database_url.redact(self.config.database),
         )
+        if self.http_port is not None:
+            http = self.http_port.getHost()
+            self.log.info("Operator endpoints on http://{host}:{port}/ (health, ready, metrics)",
+                          host=http.host, port=http.port)
+
+    def _listen_operator(self, hasher):
+        """Listen for the operator's HTTP requests, the metrics registry fed from here."""
+        metrics = self.factory.metrics
+        self.store.observe_writes(self._observe_writes)
+        metrics.registry.register(RelayCollector(metrics, lambda: {
+            "connections": len(self.factory.connections),
+            "argon2_waiting": hasher.queue.waiting(),
+            "queued": self._queued,
+            "store": "postgresql" if self.config.uses_postgres else "sqlite"}))
+        site = operator_site(self, metrics.registry, self._read_queued, self.reactor)
+        return self.reactor.listenTCP(self.config.http_port, site,
+                                      interface=self.config.http_interface)
+
+    def _observe_writes(self, commit_seconds, waited_seconds):
+        metrics = self.factory.metrics
+        metrics.commit_seconds.observe(commit_seconds)
+        metrics.push_seconds.observe(waited_seconds)
+
+    async def _read_queued(self):
+        """Count the queued envelopes for a scrape; None (the series left out) while the
+        store does not answer, so /metrics still shows everything else."""
+        try:
+            self._queued = await self.store.queued_total()
+        except Exception as e:  # the outage shows in /ready; here only the count is missing
+            self._queued = None
+            self.log.debug("queued count unavailable: {error}", error=e)
 
     async def _open_store(self):
         """Open the store; a StartFailed naming the database (never its password) if it fails."""
@@ -133,11 +203,36 @@ class RelayService(service.Service):
                 loop.stop()
         if self.port is not None:
             await self.port.stopListening()
-            for protocol in list(self.factory.connections):
-                protocol.transport.abortConnection()
+            await self._close_connections()
+        if self.http_port is not None:
+            await self.http_port.stopListening()
+        if self.factory is not None:
+            self.factory.audit.close()
         await self.store.stop()
         if self.port is not None:
             self.log.info("securechat relay stopped: no longer listening, store closed")
+
+    async def _close_connections(self):
+        """Tell every connection the relay stops; each closes once its requests in flight
+        are answered (their commits done), so the write groups are drained before the store
+        closes.  Whatever is still open after SHUTDOWN_SECONDS is aborted."""
+        connections = list(self.factory.connections)
+        if not connections:
+            return
+        self.log.info("Stopping: closing {count} connection(s) once what is in flight is "
+                      "answered (at most {seconds} s)", count=len(connections),
+                      seconds=SHUTDOWN_SECONDS)
+        closed = self.factory.all_closed()
+        for protocol in connections:
+            protocol.shut_down()
+        try:
+            await closed.addTimeout(SHUTDOWN_SECONDS, self.reactor)
+        except defer.TimeoutError:
+            left = list(self.factory.connections)
+            self.log.warn("Stopping: {count} connection(s) still open after {seconds} s, "
+                          "aborted", count=len(left), seconds=SHUTDOWN_SECONDS)
+            for protocol in left:
+                protocol.transport.abortConnection()
 
     def stopService(self):
         super().stopService()
@@ -156,6 +251,10 @@ class UnderTwistd(service.MultiService):
     def startService(self):
         self._report.take_status_pipe()
         raise_open_file_limit()  # the process's, so under twistd only (not in-process tests)
+        # SIGHUP reloads the certificate, as for most daemons (a deploy hook sends it after a
+        # renewal); the handler only schedules the work on the reactor.
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._relay.reactor.callFromThread(
+            self._relay.reload_tls))
         super().startService()
         self._relay.started.addCallbacks(self._listening, self._report.failed)
 

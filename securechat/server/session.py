@@ -80,6 +80,8 @@ class ConnectionSession:
                                    server.config.request_burst)
         self._refusals = 0
         self._pending = 0
+        self._close_when_answered = False  # the relay is stopping: close once none pends
+        self._limits_audited = set()  # ops whose refusal by a limit is in the audit log
         self.state = HANDSHAKING
         self.allowed = ALLOWED_OPS[HANDSHAKING]
         self.user = None
@@ -114,10 +116,13 @@ class ConnectionSession:
             self._answer_error(rid, e)
             return
         if not self._bucket.take():
+            self._server.metrics.rate_limited["requests"] += 1
             self._refusals += 1
             self._answer_error(rid, ProtocolError("rate_limited", "too many requests; slow down"))
             if self._refusals >= REFUSALS_BEFORE_DISCONNECT:
                 self.log.warn("Disconnecting {peer}: request flood", peer=self._peer)
+                self._server.audit.record("disconnected", reason="request flood",
+                                          user=self.user, address=self._peer)
                 self.close()
             return
         self._refusals = 0
@@ -159,6 +164,8 @@ class ConnectionSession:
         self._pending -= 1
         if self._pending == MAX_PENDING // 2 - 1:
             self._connection.release_reading("requests")
+        elif not self._pending and self._close_when_answered:
+            self._server.clock.callLater(0, self._connection.disconnect)  # after this answer
 
     def _answer(self, result, rid):
         self._finished()
@@ -169,9 +176,20 @@ class ConnectionSession:
         if self.state is not CLOSED:
             self._send(wire.encode({"rid": rid, "error": error.to_error()}))
 
+    def _limited(self, op):
+        """A request refused by a limit: counted, and in the audit log once per request kind
+        and connection (a client hammering a limit must not flood the disk)."""
+        self._server.metrics.rate_limited[op] += 1
+        if op != "login" and op not in self._limits_audited:  # a login's is its failure
+            self._limits_audited.add(op)
+            self._server.audit.record("rate_limited", op=op, user=self.user,
+                                      address=self._peer)
+
     def _failed(self, failure, rid, op):
         self._finished()
         if failure.check(ProtocolError):
+            if failure.value.code == "rate_limited":
+                self._limited(op)
             self._answer_error(rid, failure.value)
         elif failure.check(store_errors.StoreUnavailable):
             self._server.store_outage.refused(failure.value)
@@ -199,15 +217,22 @@ class ConnectionSession:
         self._server.login_guard.registering(self._peer)
         await self._server.accounts.register(fields["user"], fields["password_key"],
                                              fields["identity_key"])
+        self._server.metrics.registrations += 1
+        self._server.audit.record("registered", user=fields["user"], address=self._peer)
         self.log.info("Registered user {user}", user=fields["user"])
         return {"user": fields["user"]}
 
     def op_login(self, fields):
         """Check a login; until it is answered the session is in ``checking_login``."""
         self.login_started()
-        return defer.ensureDeferred(self._log_in(fields)).addErrback(self._login_refused)
+        return defer.ensureDeferred(self._log_in(fields)).addErrback(self._login_refused,
+                                                                     fields)
 
-    def _login_refused(self, failure):
+    def _login_refused(self, failure, fields):
+        code = failure.value.code if failure.check(ProtocolError) else "error"
+        self._server.metrics.login_failed(code)
+        self._server.audit.record("login_failed", user=fields["user"], device=fields["device"],
+                                  reason=code, address=self._peer)
         if self.state == CHECKING_LOGIN:
             self.login_failed()
         return failure
@@ -221,6 +246,7 @@ class ConnectionSession:
             raise ProtocolError("auth_failed", str(e))
         self.login_succeeded(avatar, logout)
         self._by_recovery = isinstance(creds, RecoverySignature)
+        self._server.metrics.logins_ok += 1
         if self.state != AUTHENTICATED:
             raise ProtocolError("closed", "connection closed during login")
         counts = avatar.login_counts
@@ -365,9 +391,14 @@ class ConnectionSession:
         return await self._server.keys.claim(self.user, fields["devices"])
 
     async def op_devices_publish(self, fields):
-        return await self._server.keys.publish_device_list(
+        answer = await self._server.keys.publish_device_list(
             self.user, fields["device_list"], fields["signature"]
         )
+        for event in ("added", "removed"):  # the operator's record of who holds an account
+            for device in answer[event]:
+                self._server.audit.record(f"device_{event}", user=self.user, device=device,
+                                          by=self.device, address=self._peer)
+        return answer
 
     async def op_devices_list(self, fields):
         """This account's devices (a device sees only its own account's): id, name,
@@ -402,7 +433,11 @@ class ConnectionSession:
         cursor = self._server.relay.cursor(self.user, self.device)
         ids, positions = cursor.acknowledged(fields["ids"]) if cursor else (fields["ids"], None)
         d = self._server.store.ack(self.user, self.device, ids, positions)
-        return d.addCallback(lambda removed: {"removed": removed})
+        return d.addCallback(self._acknowledged)
+
+    def _acknowledged(self, removed):
+        self._server.metrics.acknowledged += removed
+        return {"removed": removed}
 
     async def op_room_create(self, fields):
         return await self._server.rooms.create(self.user, fields["room"], fields["password"])
@@ -500,6 +535,10 @@ class ConnectionSession:
     @_machine.input()
     def device_removed(self, event):
         "This device was removed from its account (or dropped unlinked): ``event`` says so."
+
+    @_machine.input()
+    def shutting_down(self):
+        "The relay is stopping: what is in flight is answered, then the connection closes."
 
     @_machine.input()
     def deadline_passed(self):
@@ -606,6 +645,19 @@ class ConnectionSession:
         self._send(event)
 
     @_machine.output()
+    def _say_shutting_down(self):
+        self._send(wire.encode({"event": "shutdown", "message": "the relay is shutting down; "
+                                                                "connect again in a moment"}))
+
+    @_machine.output()
+    def _disconnect_once_answered(self):
+        """Close once every request in flight has its answer written (``_finished``)."""
+        if self._pending:
+            self._close_when_answered = True
+        else:
+            self._connection.disconnect()
+
+    @_machine.output()
     def _say_login_timeout(self):
         seconds = self._server.config.login_timeout_seconds
         self._answer_error(None, ProtocolError(
@@ -645,6 +697,10 @@ class ConnectionSession:
                         outputs=[_say_replaced, *_anonymous_ends, _disconnect])
     checking_login.upon(device_removed, enter=closing,
                         outputs=[_say_event, *_anonymous_ends, _disconnect])
+    handshaking.upon(shutting_down, enter=closing, outputs=[*_anonymous_ends, _abort_transport])
+    for _state in (logging_in, checking_login):
+        _state.upon(shutting_down, enter=closing,
+                    outputs=[_say_shutting_down, *_anonymous_ends, _disconnect_once_answered])
     for _state in (handshaking, logging_in, checking_login):
         _state.upon(close, enter=closing, outputs=[*_anonymous_ends, _disconnect])
         _state.upon(abort, enter=closing, outputs=[*_anonymous_ends, _abort_transport])
@@ -660,6 +716,9 @@ class ConnectionSession:
     authenticated.upon(device_removed, enter=closing,
                        outputs=[_say_event, _now_closing, _release_avatar, _disconnect])
     authenticated.upon(close, enter=closing, outputs=[_now_closing, _release_avatar, _disconnect])
+    authenticated.upon(shutting_down, enter=closing,
+                       outputs=[_say_shutting_down, _now_closing, _release_avatar,
+                                _disconnect_once_answered])
     authenticated.upon(abort, enter=closing,
                        outputs=[_now_closing, _release_avatar, _abort_transport])
     authenticated.upon(connection_lost, enter=closed, outputs=[_now_closed, _release_avatar])
@@ -669,7 +728,7 @@ class ConnectionSession:
     for _state in (closing, closed):
         _state.upon(login_succeeded, enter=_state, outputs=[_release_late_avatar])
         for _input in (login_failed, handshake_completed, replaced, account_deleted,
-                       device_removed, close, deadline_passed):
+                       device_removed, close, deadline_passed, shutting_down):
             _state.upon(_input, enter=_state, outputs=[])
     closed.upon(abort, enter=closed, outputs=[])
     closed.upon(connection_lost, enter=closed, outputs=[])

@@ -35,10 +35,11 @@ def os_reason(error):
     return strerror.lower() if strerror else str(error)
 
 
-def cannot_listen(error):
-    """A StartFailed for a port the relay could not listen on (say, already in use)."""
-    return StartFailed(f"cannot listen on {error.interface or '0.0.0.0'}:{error.port}: "
-                       f"{os_reason(error.socketError)}")
+def cannot_listen(error, what=""):
+    """A StartFailed for a port the relay could not listen on (say, already in use);
+    ``what`` names the listener when it is not the relay's own TLS port."""
+    return StartFailed(f"cannot listen on {error.interface or '0.0.0.0'}:{error.port}"
+                       f"{what}: {os_reason(error.socketError)}")
 
 
 def _exit_failed():

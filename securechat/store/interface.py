@@ -53,6 +53,17 @@ class IStore(Interface):
     def count_accounts():
         """Fire with the number of accounts."""
 
+    def ping():
+        """Fire with True once the database answered a trivial query (the relay's
+        readiness); fail as any read fails when it cannot."""
+
+    def queued_total():
+        """Fire with the number of envelopes in every device's 1:1 queue."""
+
+    def observe_writes(observe):
+        """Call ``observe(commit_seconds, waited_seconds)`` after each group commit of
+        envelopes and acks (see ``GroupCommit.observe``); not a Deferred."""
+
     def get_account(user):
         """Fire with ``{"user", "password_key", "secret_hash", "identity_key", "created"}``
         or None.  Exactly one of ``password_key`` and ``secret_hash`` is set: the hash

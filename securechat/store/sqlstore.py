@@ -7,6 +7,7 @@ module of ``securechat.store.transactions``.
 """
 
 import secrets
+import time
 
 from twisted.internet import defer, reactor
 from zope.interface import implementer
@@ -14,8 +15,8 @@ from zope.interface import implementer
 from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
 from securechat.store.transactions import (
-    account_deletion, accounts, devices, history, migrate, queue_reads, queue_writes, recovery,
-    rooms)
+    account_deletion, accounts, devices, health, history, migrate, queue_reads, queue_writes,
+    recovery, rooms)
 
 
 RELAY_ID_BYTES = 16
@@ -46,6 +47,11 @@ class GroupCommit:
         self._run = run
         self._group_body = group_body
         self._clock = clock
+        self.observe = None
+        """Called ``(commit_seconds, waited_seconds)`` after each group: how long its
+        transaction took, and how long its oldest item waited from ``submit`` to the end
+        of it (the operator's metrics; once per group, never per item)."""
+        self._oldest_at = None  # perf_counter() of the oldest item waiting
         self._waiting = []
         self._alone = []  # (item, Deferred) of a failed group, to commit one at a time
         self._busy = False
@@ -53,6 +59,8 @@ class GroupCommit:
 
     def submit(self, item, gather=0.0):
         d = defer.Deferred()
+        if not self._waiting:
+            self._oldest_at = time.perf_counter()
         self._waiting.append((item, d))
         if self._busy:
             return d
@@ -67,15 +75,24 @@ class GroupCommit:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
+        oldest_at = started = time.perf_counter()
         if self._alone:
             batch = [self._alone.pop(0)]
         else:
             batch, self._waiting = self._waiting, []
+            oldest_at = self._oldest_at
         self._busy = True
         done = self._run(self._group_body, [item for item, _ in batch])
+        if self.observe is not None:
+            done.addBoth(self._observed, started, oldest_at)
         done.addCallbacks(self._answer, self._failed, callbackArgs=(batch,),
                           errbackArgs=(batch,))
         done.addBoth(self._next)
+
+    def _observed(self, outcome, started, oldest_at):
+        now = time.perf_counter()
+        self.observe(now - started, now - oldest_at)
+        return outcome
 
     @staticmethod
     def _answer(outcomes, batch):
@@ -185,6 +202,15 @@ class SqlStore:
 
     def removed_at(self, user, device):
         return self._run(devices.txn_removed_at, user, device)
+
+    def ping(self):
+        return self._run(health.txn_ping)
+
+    def queued_total(self):
+        return self._run(health.txn_queued_total)
+
+    def observe_writes(self, observe):
+        self._writes.observe = observe
 
     def get_devices(self, user):
         return self._run(devices.txn_get_devices, user)

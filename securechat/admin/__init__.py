@@ -1,0 +1,1 @@
+"""``securechat-admin``: the operator's tool (docs/operations.rst, "Backups and migration")."""

@@ -1,0 +1,108 @@
+"""The operator's HTTP listener: ``/health``, ``/ready`` and ``/metrics`` (twisted.web).
+
+Plain HTTP on ``[http] interface`` (127.0.0.1 by default) and ``port`` (9797): it
+is for the machine's own monitoring (a Prometheus scraper, a load balancer's or an
+orchestrator's health checks), never for users, and it serves nothing a user sent.
+Anything that must reach it from elsewhere goes through a tunnel or a proxy the
+operator sets up (docs/operations.rst, "Monitoring").
+"""
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+READY_TIMEOUT = 2.0
+"""Seconds the store has to answer ``/ready``'s query before the relay counts as not ready."""
+
+
+class Health(resource.Resource):
+    """200 while the process runs and its reactor turns (liveness)."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"ok\n"
+
+
+class _Deferred(resource.Resource):
+    """A leaf whose answer comes from a coroutine: ``answer(request)`` returns
+    ``(status, content type, body bytes)``."""
+
+    isLeaf = True
+    log = Logger()
+
+    def render_GET(self, request):
+        d = defer.ensureDeferred(self.answer(request))
+        d.addCallback(self._write, request)
+        d.addErrback(self._failed, request)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _write(answer, request):
+        status, content_type, body = answer
+        if request.finished or request._disconnected:
+            return
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", content_type)
+        request.write(body)
+        request.finish()
+
+    def _failed(self, failure, request):
+        self.log.failure("answering {path} failed", failure, path=request.path)
+        self._write((500, b"text/plain; charset=utf-8", b"internal error\n"), request)
+
+
+class Ready(_Deferred):
+    """200 only while the TLS port listens and the store answers; 503 with the reason."""
+
+    def __init__(self, relay_service, clock):
+        super().__init__()
+        self._relay = relay_service
+        self._clock = clock
+
+    async def answer(self, request):
+        problem = await self._problem()
+        if problem:
+            return 503, b"text/plain; charset=utf-8", f"not ready: {problem}\n".encode()
+        return 200, b"text/plain; charset=utf-8", b"ready\n"
+
+    async def _problem(self):
+        if not self._relay.listening:
+            return "the TLS port is not listening"
+        ping = self._relay.store.ping()
+        ping.addTimeout(READY_TIMEOUT, self._clock)
+        try:
+            await ping
+        except defer.TimeoutError:
+            return f"the store did not answer within {READY_TIMEOUT:g} s"
+        except Exception as e:  # whatever the database said: the reason, one line
+            reason = getattr(e, "client_message", None) or type(e).__name__
+            return f"the store does not answer ({reason})"
+        return None
+
+
+class Metrics(_Deferred):
+    """The Prometheus text format of the relay's registry (``metrics.RelayMetrics``)."""
+
+    def __init__(self, registry, refresh):
+        super().__init__()
+        self._registry = registry
+        self._refresh = refresh  # a coroutine function reading what the store knows
+
+    async def answer(self, request):
+        await self._refresh()
+        return 200, CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(self._registry)
+
+
+def operator_site(relay_service, registry, refresh, clock):
+    root = resource.Resource()
+    root.putChild(b"health", Health())
+    root.putChild(b"ready", Ready(relay_service, clock))
+    root.putChild(b"metrics", Metrics(registry, refresh))
+    site = server.Site(root)
+    site.displayTracebacks = False
+    site.noisy = False
+    site.log = lambda request: None  # a scrape every few seconds is no news for the log
+    return site
