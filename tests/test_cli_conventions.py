@@ -578,3 +578,15 @@ def test_the_chats_daemon_client_refuses_a_message_too_long_without_writing_it()
         assert failure and failure[0].value.exit_code == 2, method
         assert "message too long: 800000 bytes" in str(failure[0].value)
     assert transport.value() == b""
+
+
+def test_send_says_how_many_devices_were_the_recipients_and_how_many_yours():
+    """``sent to bob (1 device)`` from an only device; with devices of your own, their
+    copies are counted apart: ``sent to bob (2 devices; a copy to 1 other device of
+    yours)``, so nobody reads a copy as a second device of bob's."""
+    args = argparse.Namespace(command="send", user="bob")
+    assert commands.sent_to(args, {"devices": 1, "own_devices": 0}) == "sent to bob (1 device)"
+    assert commands.sent_to(args, {"devices": 3, "own_devices": 1}) == (
+        "sent to bob (2 devices; a copy to 1 other device of yours)")
+    assert commands.sent_to(args, {"devices": 4, "own_devices": 2}) == (
+        "sent to bob (2 devices; a copy to 2 other devices of yours)")

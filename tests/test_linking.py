@@ -218,3 +218,16 @@ async def test_a_running_client_reads_a_device_linked_after_it_looked_up_alice(a
         assert message["error"] is None, message
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_registering_a_taken_name_points_to_linking(accounts):
+    """The mistake a second machine's owner makes first: `register` of their own name.
+    It exits 1 naming `devices link` (the way to add this machine), keeps no key store,
+    and linking then works from the same data dir."""
+    alice, laptop, _, _ = accounts
+    taken = await run_cli(laptop, "register")
+    assert taken.code == 1, taken
+    assert "'alice' is taken" in taken.err and "securechat devices link" in taken.err, taken
+    (new_code, approver_code), _, _, _ = await link(alice, laptop)
+    assert (new_code, approver_code) == (0, 0)

@@ -571,13 +571,19 @@ def show_result(args, result, out=print, say_sent=None, warn=warn_on_stderr):
 
 
 def sent_to(args, result):
-    """``sent to bob (2 devices)``: where a message went, as the command's result says."""
+    """``sent to bob (2 devices)``, or ``sent to bob (1 device; a copy to 1 other device
+    of yours)``: where a message went, as the command's result says."""
     where = {"send": lambda: args.user, "say": lambda: args.room,
              "broadcast": lambda: "everyone"}[args.command]()
     devices = result.get("devices")
     if not devices:  # a room message, or one the reconnect sent (count unknown)
         return f"sent to {where}"
-    return f"sent to {where} ({devices} device{'s' if devices != 1 else ''})"
+    own = result.get("own_devices") or 0
+    theirs = devices - own
+    text = f"sent to {where} ({theirs} device{'s' if theirs != 1 else ''}"
+    if own:
+        text += f"; a copy to {own} other device{'s' if own != 1 else ''} of yours"
+    return text + ")"
 
 
 def _member_marks(user, result):

@@ -172,11 +172,14 @@ def offer_registration(args, settings, path):
     if wanted is None and args.yes:
         wanted = True
     if wanted is None and sys.stdin.isatty():
+        print(f"(If {settings.username} is already your account on another device, answer n "
+              "and add this machine with 'securechat devices link'.)")
         reply = answer(f"Register {settings.username} on {settings.server} now? [Y/n] ")
         wanted = reply is not None and reply.lower() in ("", "y", "yes")
     config = "" if path == client_settings.default_config_path() else f" --config {path}"
     if not wanted:
-        print(f"When you are ready: securechat{config} register")
+        print(f"When you are ready: securechat{config} register (a new account), or "
+              f"securechat{config} devices link (a new device of an account you have)")
         return 0
     from securechat.client import standalone
     from securechat.crypto.keystore import KeyStore

@@ -132,9 +132,14 @@ class Methods:
     async def send(self, name, params, show):
         user, text = params.get("user", str), params.get("text", str)
         check_message_size(text)
-        devices = await self._send_or_keep(params, lambda: self.client.send_text(user, text))
-        return {"devices": devices, "notice": NO_OTHER_DEVICE if devices == 0 else None,
-                "warnings": self.client.unsigned_warnings({user, self.client.user})}
+        client = self.client
+        devices = await self._send_or_keep(params, lambda: client.send_text(user, text))
+        own = 0  # of ``devices``, our own other devices (each gets a copy: sent-message sync)
+        if devices and user != client.user:
+            own = len(await client.trusted_devices(client.user, sending=False)) - 1
+        return {"devices": devices, "own_devices": own,
+                "notice": NO_OTHER_DEVICE if devices == 0 else None,
+                "warnings": client.unsigned_warnings({user, client.user})}
 
     async def _send_or_keep(self, params, send):
         """Run ``send()`` (a message send); with the server unreachable the message waits in

@@ -210,6 +210,15 @@ class Client:
                                identity_key=self.crypto.identity_key)
             with self.store.transaction():
                 self.store.set_meta(PASSWORD_KEY_AT, relay)
+        except RemoteError as e:
+            self.discard_store()
+            if e.code == "user_exists":  # most often: the account is theirs, on another device
+                raise ClientError(
+                    f"{e.message} on {self.settings.server}: if the account is yours, make "
+                    "this machine one of its devices with 'securechat devices link' (and "
+                    "'securechat devices approve CODE' on a device you have); otherwise "
+                    "choose another name") from None
+            raise
         except BaseException:
             self.discard_store()
             raise
