@@ -70,6 +70,18 @@ async def bob_receives(relay, bob, ids):
         await cleanup(bob)
 
 
+async def restored_delivers(relay, backup_file, bob, ids):
+    """``backup_file`` restored into the stopped ``relay``, which then delivers ``ids`` to
+    bob (``bob_receives``)."""
+    restored = admin(relay.config, "restore", str(backup_file))
+    assert restored.returncode == 0, restored
+    await relay.start()
+    try:
+        await bob_receives(relay, bob, ids)
+    finally:
+        relay.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_backup_of_a_running_sqlite_relay_restores_into_a_relay_that_delivers(
         tmp_path):
@@ -91,13 +103,7 @@ async def test_a_backup_of_a_running_sqlite_relay_restores_into_a_relay_that_del
         assert f"a relay is running on 127.0.0.1:{first.port}: stop it first" in refused.stderr
     finally:
         first.stop()
-    restored = admin(second.config, "restore", str(backup_file))
-    assert restored.returncode == 0, restored
-    await second.start()
-    try:
-        await bob_receives(second, bob, ids)
-    finally:
-        second.stop()
+    await restored_delivers(second, backup_file, bob, ids)
 
 
 @pytest.fixture
@@ -125,13 +131,7 @@ async def test_a_pg_dump_backup_of_a_running_relay_restores_into_another_databas
         assert "pg_dump" in made.stdout
     finally:
         first.stop()
-    restored = admin(second.config, "restore", str(backup_file))
-    assert restored.returncode == 0, restored
-    await second.start()
-    try:
-        await bob_receives(second, bob, ids)
-    finally:
-        second.stop()
+    await restored_delivers(second, backup_file, bob, ids)
 
 
 @pytest_twisted.ensureDeferred

@@ -15,7 +15,7 @@ from securechat import config as server_config
 from tests.pgserver import create_database
 from tests.processes import RelayEndpoint, ServerProcess, free_port
 from tests.support import ScriptedDevice, cleanup, poll_until_async, unicast, write_config
-from tests.test_postgres_restart import RestartablePostgres
+from tests.test_postgres_restart import postgres  # noqa: F401 (the fixture)
 from tests.test_startup import FAILED, _listening_socket, _start_in_foreground
 
 
@@ -121,20 +121,13 @@ async def test_a_failed_login_is_counted_by_its_reason(relay_process):
 
 
 @pytest.fixture
-def postgres():
-    server = RestartablePostgres().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def pg_relay(postgres, start_relay):
+def pg_relay(postgres, start_relay):  # noqa: F811
     return start_relay(database=create_database(postgres.dsn(), "relay"))
 
 
 @pytest_twisted.ensureDeferred
 async def test_ready_is_503_while_postgresql_is_stopped_and_200_once_it_is_back(
-        postgres, pg_relay):
+        postgres, pg_relay):  # noqa: F811
     """With its PostgreSQL stopped, /ready answers 503 with a one-line reason while
     /health stays 200; once PostgreSQL runs again, /ready is 200 again."""
     relay = pg_relay

@@ -224,6 +224,16 @@ def test_a_spawned_relay_runs_this_source_tree(tmp_path):
         tmp_path / "twistd.log").read_text()
 
 
+async def alice_and_offline_bob(endpoint):
+    """alice and bob registered with keys; alice connected, bob gone (his keys kept)."""
+    alice, bob = ScriptedDevice("alice"), ScriptedDevice("bob")
+    for device in (alice, bob):
+        await device.register(endpoint)
+        await device.login(endpoint)
+    await bob.close()
+    return alice, bob
+
+
 @pytest_twisted.ensureDeferred
 async def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path):
     """SIGTERM with clients connected and messages queued: the relay stops within the
@@ -236,11 +246,7 @@ async def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path):
     try:
         await proc.wait_listening()
         endpoint = RelayEndpoint(port, tmp_path / "data")
-        alice, bob = ScriptedDevice("alice"), ScriptedDevice("bob")
-        for device in (alice, bob):
-            await device.register(endpoint)
-            await device.login(endpoint)
-        await bob.close()
+        alice, bob = await alice_and_offline_bob(endpoint)
         envelopes = [unicast("bob", "DEV1", b"queued %d" % i) for i in range(30)]
         for envelope in envelopes:
             assert (await alice.request("send", envelopes=[envelope]))["accepted"]
@@ -310,11 +316,7 @@ async def test_sigterm_answers_what_is_in_flight_and_tells_the_clients(tmp_path)
     try:
         await proc.wait_listening()
         endpoint = RelayEndpoint(port, tmp_path / "data")
-        alice, bob = ScriptedDevice("alice"), ScriptedDevice("bob")
-        for device in (alice, bob):
-            await device.register(endpoint)
-            await device.login(endpoint)
-        await bob.close()
+        alice, bob = await alice_and_offline_bob(endpoint)
         envelopes = [unicast("bob", "DEV1", b"in flight %d" % i) for i in range(200)]
         sends = [defer.ensureDeferred(_outcome(alice.request("send", envelopes=[envelope])))
                  for envelope in envelopes]
