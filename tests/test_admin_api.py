@@ -13,8 +13,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.processes import RelayEndpoint, ServerProcess, executable, free_port
-from tests.support import ScriptedDevice, cleanup, write_config
+from tests.processes import (
+    RelayEndpoint, ServerProcess, executable, free_port, run_cli, write_client_config)
+from securechat.client.protocol import RemoteError
+from tests.support import ScriptedDevice, cleanup, poll_until, write_config
 from tests.test_device_removal import publish
 
 
@@ -40,8 +42,9 @@ def relay(tmp_path):
     proc.config, proc.data_dir, proc.http_port = config, data_dir, http_port
     proc.start()
     pytest_twisted.blockon(defer.ensureDeferred(proc.wait_listening()))
-    endpoint = RelayEndpoint(port, data_dir)
-    devices = pytest_twisted.blockon(defer.ensureDeferred(populate(endpoint)))
+    proc.endpoint = RelayEndpoint(port, data_dir)
+    devices = pytest_twisted.blockon(defer.ensureDeferred(populate(proc.endpoint)))
+    proc.devices = devices
     yield proc
     pytest_twisted.blockon(cleanup(*devices))
     proc.stop()
@@ -136,3 +139,48 @@ def test_the_admin_tool_says_when_the_relay_is_not_running(tmp_path):
     assert result.returncode == 1 and "the relay is not running" in result.stderr, result
     as_json = admin(config, "--json", "stats")
     assert json.loads(as_json.stdout)["error"].startswith("the relay is not running")
+
+
+@pytest_twisted.ensureDeferred
+async def test_disable_closes_the_accounts_connections_and_refuses_its_logins(relay):
+    """users disable alice: her connections (a listed and a pending device) get the
+    account_disabled event and are closed within a second of the command's answer; her
+    next login, right proof and all, is refused with account_disabled; users list marks
+    her; enable lets her log in again."""
+    alice, _, pending = relay.devices
+    done = admin(relay.config, "users", "disable", "alice")
+    assert done.returncode == 0 and done.stdout == "alice disabled\n", done
+    for device in (alice, pending):
+        await poll_until(lambda: device.protocol.closed, timeout=1.0)
+        assert [e for e in device.events if e.get("event") == "account_disabled"]
+    listed = admin_json(relay.config, "users", "list")["users"]
+    assert [(u["user"], u["disabled"]) for u in listed] == [("alice", True), ("bob", False)]
+    again, welcome = alice.again(), alice.again()
+    try:
+        assert await _login_error(again, relay) == "account_disabled"
+        assert admin(relay.config, "users", "enable", "alice").returncode == 0
+        assert await _login_error(welcome, relay) is None
+    finally:
+        await cleanup(again, welcome)
+    unknown = admin(relay.config, "users", "disable", "nobody")
+    assert unknown.returncode == 1 and "no user named 'nobody'" in unknown.stderr
+
+
+async def _login_error(device, relay):
+    try:
+        await device.login(relay.endpoint, upload_keys=False)
+    except RemoteError as e:
+        return e.code
+    return None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_disabled_users_client_says_so_and_exits_3(relay, tmp_path):
+    """carol's real client, her account disabled: `securechat inbox` exits 3 saying the
+    relay's operator disabled it."""
+    carol = write_client_config(str(tmp_path / "clients"), "carol", relay.endpoint.port)
+    assert (await run_cli(carol, "register")).code == 0
+    assert admin(relay.config, "users", "disable", "carol").returncode == 0
+    refused = await run_cli(carol, "inbox")
+    assert refused.code == 3, refused
+    assert "the relay's operator disabled the account carol" in refused.err, refused

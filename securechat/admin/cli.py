@@ -30,6 +30,10 @@ def build_parser():
     users.add_parser("list", help="every account: devices, created, last seen, queued")
     users.add_parser("show", help="one account: its devices and rooms").add_argument(
         "name", metavar="NAME")
+    users.add_parser("disable", help="refuse an account's logins and close its connections"
+                     ).add_argument("name", metavar="NAME")
+    users.add_parser("enable", help="let a disabled account log in again").add_argument(
+        "name", metavar="NAME")
     rooms = commands.add_parser("rooms", help="the relay's rooms").add_subparsers(
         dest="action", metavar="ACTION", required=True)
     rooms.add_parser("list", help="every room: owner, members, messages kept")
@@ -64,6 +68,9 @@ def run(config, args):
     if command == "users" and action == "list":
         users = _all(config, "users")
         return {"users": users}, show.users(users)
+    if command == "users" and action in ("disable", "enable"):
+        done = api_client.call(config, "POST", f"users/{args.name}/{action}")
+        return done, [f"{args.name} {action}d"]
     if command == "users":
         found = api_client.call(config, "GET", f"users/{args.name}")
         return found, show.user(found)

@@ -15,11 +15,13 @@ def users(entries):
     if not entries:
         return ["no accounts"]
     return [f"{u['user']}  devices {u['devices']}  created {_when(u['created'])}  "
-            f"last seen {_when(u['last_seen'])}  queued {u['queued']}" for u in entries]
+            f"last seen {_when(u['last_seen'])}  queued {u['queued']}"
+            + ("  DISABLED" if u["disabled"] else "") for u in entries]
 
 
 def user(found):
-    lines = [f"{found['user']}  created {_when(found['created'])}"]
+    lines = [f"{found['user']}  created {_when(found['created'])}"
+             + ("  DISABLED" if found["disabled"] else "")]
     for d in found["devices"]:
         state = "online" if d.get("online") else f"last seen {_when(d['last_seen'])}"
         listed = "" if d["listed"] else "  (pending: being linked)"

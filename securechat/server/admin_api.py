@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from securechat import wire
 from securechat.filemodes import create_private_file
 from securechat.wire import ROOM_RE, USERNAME_RE
 
@@ -59,6 +60,8 @@ class AdminAPI(resource.Resource):
             ("GET", ("rooms",)): self._rooms,
             ("GET", ("rooms", "*")): self._room,
             ("GET", ("stats",)): self._stats,
+            ("POST", ("users", "*", "disable")): self._disable,
+            ("POST", ("users", "*", "enable")): self._enable,
             ("POST", ("tls", "reload")): self._tls_reload,
         }
 
@@ -140,6 +143,27 @@ class AdminAPI(resource.Resource):
         for device in found["devices"]:
             device["online"] = relay.online(user, device["device"])
         return found
+
+    async def _disable(self, request, user):
+        """Refuse ``user``'s logins from now on and close its connections at once."""
+        await self._set_disabled(user, True)
+        factory = self._relay.factory
+        factory.disabled.add(user)
+        factory.relay.end_all_sessions_of(user, wire.encode({
+            "event": "account_disabled",
+            "message": f"the relay's operator disabled the account {user}"}))
+        return {"user": user, "disabled": True}
+
+    async def _enable(self, request, user):
+        await self._set_disabled(user, False)
+        self._relay.factory.disabled.discard(user)
+        return {"user": user, "disabled": False}
+
+    async def _set_disabled(self, user, disabled):
+        if not USERNAME_RE.fullmatch(user):
+            raise AdminError(400, "bad_request", f"{user!r} is not a user name")
+        if not await self._relay.store.set_disabled(user, disabled):
+            raise AdminError(404, "unknown_user", f"no user named {user!r}")
 
     async def _rooms(self, request):
         return {"rooms": await self._relay.store.rooms_page(*self._page(request))}

@@ -112,8 +112,10 @@ class RelayService(service.Service):
         hasher = SecretHasher(self.reactor, self.config.argon2_concurrency,
                               self.config.argon2_waiting_per_client)
         relay_id = await self.store.relay_id()
+        disabled = await self.store.disabled_users()
         self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, relay_id,
                                     open_audit_log(self.config, self.reactor))
+        self.factory.disabled.update(disabled)
         try:
             self.port = listen_tls(self.reactor, self.config.port, self.tls, self.factory,
                                    self.config.interface)

@@ -80,6 +80,13 @@ class IStore(Interface):
         """Fire with the relay's totals: ``accounts``, ``devices``, ``rooms``, ``queued``,
         ``room_messages``."""
 
+    def set_disabled(user, disabled):
+        """Fire with True once ``user``'s account is disabled (``disabled``) or enabled
+        again; False when there is no such account."""
+
+    def disabled_users():
+        """Fire with the names of the disabled accounts."""
+
     def observe_writes(observe):
         """Call ``observe(commit_seconds, waited_seconds)`` after each group commit of
         envelopes and acks (see ``GroupCommit.observe``); not a Deferred."""

@@ -227,6 +227,12 @@ class SqlStore:
     def stats(self):
         return self._run(admin.txn_stats)
 
+    def set_disabled(self, user, disabled):
+        return self._run(admin.txn_set_disabled, user, disabled)
+
+    def disabled_users(self):
+        return self._run(admin.txn_disabled_users)
+
     def get_devices(self, user):
         return self._run(devices.txn_get_devices, user)
 

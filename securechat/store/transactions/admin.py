@@ -1,9 +1,9 @@
 """What the operator's admin API reads (``/admin/v1``): accounts, devices and rooms as
-counts, names and times, never a key, a signature or a byte of anyone's content.
+counts, names and times, never a key, a signature or a byte of anyone's content; and
+the one thing it sets of its own, whether an account is disabled.
 
-Read-only: what the admin API changes goes through the aggregates that own it.  Lists
-come a page at a time in name order (``after``, ``limit``), so a relay with many users
-answers in bounded memory.
+Lists come a page at a time in name order (``after``, ``limit``), so a relay with many
+users answers in bounded memory.
 """
 
 from securechat.store.transactions.common import _first, _record
@@ -17,16 +17,17 @@ async def txn_users_page(txn, after, limit):
         "(SELECT count(*) FROM devices d WHERE d.user_id = a.user_id "
         " AND d.device_keys IS NOT NULL), "
         "(SELECT max(d.last_seen) FROM devices d WHERE d.user_id = a.user_id), "
-        "(SELECT count(*) FROM queue q WHERE q.user_id = a.user_id) "
+        "(SELECT count(*) FROM queue q WHERE q.user_id = a.user_id), a.disabled "
         "FROM accounts a WHERE a.user_id > ? ORDER BY a.user_id LIMIT ?", (after, limit))
-    return [_record(("user", "created", "devices", "last_seen", "queued"), row)
-            for row in rows]
+    return [{**_record(("user", "created", "devices", "last_seen", "queued"), row[:5]),
+             "disabled": bool(row[5])} for row in rows]
 
 
 async def txn_user_detail(txn, user):
     """One account: created, its devices (id, name, listed, created, last seen, queued)
     and its rooms with its role in each; None when there is no such account."""
-    account = await _first(txn, "SELECT created FROM accounts WHERE user_id = ?", (user,))
+    account = await _first(txn, "SELECT created, disabled FROM accounts WHERE user_id = ?",
+                           (user,))
     if account is None:
         return None
     devices = await txn.execute(
@@ -37,7 +38,7 @@ async def txn_user_detail(txn, user):
         "ORDER BY d.created, d.device_id", (user,))
     rooms = await txn.execute(
         "SELECT room, role FROM room_members WHERE user_id = ? ORDER BY room", (user,))
-    return {"user": user, "created": account[0],
+    return {"user": user, "created": account[0], "disabled": bool(account[1]),
             "devices": [{**_record(("device", "name", "listed", "created", "last_seen",
                                     "queued"), row), "listed": bool(row[2])}
                         for row in devices],
@@ -86,3 +87,16 @@ async def txn_stats(txn):
                       ("room_messages", "SELECT count(*) FROM room_history")):
         (counts[name],) = await _first(txn, sql)
     return counts
+
+
+async def txn_set_disabled(txn, user, disabled):
+    """Disable (or enable again) ``user``'s account; False when there is no such account."""
+    return bool(await txn.execute(
+        "UPDATE accounts SET disabled = ? WHERE user_id = ? RETURNING user_id",
+        (disabled, user)))
+
+
+async def txn_disabled_users(txn):
+    """The names of the disabled accounts (read once at start: the relay keeps them)."""
+    return [row[0] for row in await txn.execute(
+        "SELECT user_id FROM accounts WHERE disabled ORDER BY user_id")]
