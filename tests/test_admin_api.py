@@ -184,3 +184,27 @@ async def test_a_disabled_users_client_says_so_and_exits_3(relay, tmp_path):
     refused = await run_cli(carol, "inbox")
     assert refused.code == 3, refused
     assert "the relay's operator disabled the account carol" in refused.err, refused
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_removes_the_account_and_quarantines_its_name(relay):
+    """users delete bob: his connection gets account_deleted and closes, he is gone from
+    users list and the room, and registering the name again is refused
+    (name_quarantined), as after his own deletion."""
+    _, bob, _ = relay.devices
+    done = admin(relay.config, "users", "delete", "bob")
+    assert done.returncode == 0 and done.stdout.startswith("bob deleted: 1 device(s)"), done
+    await poll_until(lambda: bob.protocol.closed, timeout=1.0)
+    assert [e for e in bob.events if e.get("event") == "account_deleted"]
+    users = admin_json(relay.config, "users", "list")["users"]
+    assert [u["user"] for u in users] == ["alice"]
+    assert admin_json(relay.config, "rooms", "show", "ops")["members"] == {"alice": "owner"}
+    again = ScriptedDevice("bob", "B2")
+    try:
+        with pytest.raises(RemoteError) as refused:
+            await again.register(relay.endpoint)
+        assert refused.value.code == "name_quarantined"
+    finally:
+        await cleanup(again)
+    gone = admin(relay.config, "users", "delete", "bob")
+    assert gone.returncode == 1 and "no user named 'bob'" in gone.stderr

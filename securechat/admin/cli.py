@@ -34,6 +34,8 @@ def build_parser():
                      ).add_argument("name", metavar="NAME")
     users.add_parser("enable", help="let a disabled account log in again").add_argument(
         "name", metavar="NAME")
+    users.add_parser("delete", help="delete an account for good (its name is quarantined)"
+                     ).add_argument("name", metavar="NAME")
     rooms = commands.add_parser("rooms", help="the relay's rooms").add_subparsers(
         dest="action", metavar="ACTION", required=True)
     rooms.add_parser("list", help="every room: owner, members, messages kept")
@@ -68,6 +70,10 @@ def run(config, args):
     if command == "users" and action == "list":
         users = _all(config, "users")
         return {"users": users}, show.users(users)
+    if command == "users" and action == "delete":
+        done = api_client.call(config, "DELETE", f"users/{args.name}")
+        return done, [f"{args.name} deleted: {done['devices']} device(s) removed; the name is "
+                      "quarantined as after any deletion"]
     if command == "users" and action in ("disable", "enable"):
         done = api_client.call(config, "POST", f"users/{args.name}/{action}")
         return done, [f"{args.name} {action}d"]

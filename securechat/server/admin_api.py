@@ -60,6 +60,7 @@ class AdminAPI(resource.Resource):
             ("GET", ("rooms",)): self._rooms,
             ("GET", ("rooms", "*")): self._room,
             ("GET", ("stats",)): self._stats,
+            ("DELETE", ("users", "*")): self._delete,
             ("POST", ("users", "*", "disable")): self._disable,
             ("POST", ("users", "*", "enable")): self._enable,
             ("POST", ("tls", "reload")): self._tls_reload,
@@ -143,6 +144,18 @@ class AdminAPI(resource.Resource):
         for device in found["devices"]:
             device["online"] = relay.online(user, device["device"])
         return found
+
+    async def _delete(self, request, user):
+        """Delete ``user``'s account as if its owner had (``account delete``): its name is
+        quarantined like any deleted account's."""
+        if not USERNAME_RE.fullmatch(user):
+            raise AdminError(400, "bad_request", f"{user!r} is not a user name")
+        deleted = await self._relay.factory.accounts.remove(user)
+        if deleted is None:
+            raise AdminError(404, "unknown_user", f"no user named {user!r}")
+        self._relay.factory.disabled.discard(user)
+        self.log.info("The operator deleted the account {user}", user=user)
+        return {"user": user, **deleted}
 
     async def _disable(self, request, user):
         """Refuse ``user``'s logins from now on and close its connections at once."""
