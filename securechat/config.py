@@ -194,6 +194,7 @@ OPTIONS = (
     Option("http", "enabled", "yes", _yes_no, field="http_enabled"),
     Option("http", "interface", "127.0.0.1", _interface, field="http_interface"),
     Option("http", "port", "9797", _port, field="http_port"),
+    Option("http", "admin_token_file", "admin.token", _path),
     Option("audit", "file", "audit.jsonl", _path, field="audit_file"),
     Option("audit", "max_bytes", "10485760", _positive, field="audit_max_bytes"),
     Option("audit", "keep", "5", _positive, field="audit_keep"),
@@ -251,6 +252,7 @@ class ServerConfig:
     http_enabled: bool
     http_interface: str
     http_port: int
+    admin_token_file: str
     audit_file: str
     audit_max_bytes: int
     audit_keep: int
@@ -318,7 +320,7 @@ def _resolve_paths(values, source):
         raise ConfigError(
             f"{source}: [tls] certificate and private_key must be set together (or both left empty)"
         )
-    for name in ("certificate", "private_key", "audit_file"):
+    for name in ("certificate", "private_key", "audit_file", "admin_token_file"):
         if values[name]:
             values[name] = os.path.join(data_dir, values[name])
     db = values["database"]

@@ -65,7 +65,7 @@ async def test_health_and_ready_answer_200_on_a_running_relay(relay_process):
     """/health says the process runs; /ready that it listens and its store answers."""
     assert await get(relay_process.http_port, "/health") == (200, "ok\n")
     assert await get(relay_process.http_port, "/ready") == (200, "ready\n")
-    status, _ = await get(relay_process.http_port, "/admin")
+    status, _ = await get(relay_process.http_port, "/nothing-here")
     assert status == 404
 
 

@@ -1,24 +1,50 @@
 """``securechat-admin``: what an operator does to a relay besides starting it.
 
 Every command reads the relay's ini file (``--config``, as ``twistd securechat``
-takes it) and says in one line what it did or why it could not (exit 1).
+takes it) and says in one line what it did or why it could not (exit 1); with
+``--json`` it prints one JSON document instead.  ``backup``, ``restore`` and ``migrate``
+work on the store itself; the others ask the running relay through its admin API.
 """
 
 import argparse
+import json
 import sys
 
 from securechat import config as server_config
+from securechat.admin import api_client, show
 from securechat.admin.backup import AdminError, backup, restore
 from securechat.admin.migrate import migrate
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="securechat-admin", description="Operate a securechat relay: backups, restores "
-        "and the move from SQLite to PostgreSQL (docs/operations.rst).")
+        prog="securechat-admin", description="Operate a securechat relay: its users, rooms "
+        "and figures (through the running relay), backups, restores and the move from "
+        "SQLite to PostgreSQL (docs/operations.rst).")
     parser.add_argument("--config", metavar="FILE",
                         help="the relay's ini file (default: every option's default)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    users = commands.add_parser("users", help="the relay's accounts").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    users.add_parser("list", help="every account: devices, created, last seen, queued")
+    users.add_parser("show", help="one account: its devices and rooms").add_argument(
+        "name", metavar="NAME")
+    users.add_parser("disable", help="refuse an account's logins and close its connections"
+                     ).add_argument("name", metavar="NAME")
+    users.add_parser("enable", help="let a disabled account log in again").add_argument(
+        "name", metavar="NAME")
+    users.add_parser("delete", help="delete an account for good (its name is quarantined)"
+                     ).add_argument("name", metavar="NAME")
+    rooms = commands.add_parser("rooms", help="the relay's rooms").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    rooms.add_parser("list", help="every room: owner, members, messages kept")
+    rooms.add_parser("show", help="one room: its members and roles (never content)"
+                     ).add_argument("room", metavar="ROOM")
+    commands.add_parser("stats", help="the relay's totals")
+    tls = commands.add_parser("tls", help="the relay's certificate").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    tls.add_parser("reload", help="take a renewed [tls] certificate (as SIGHUP does)")
     made = commands.add_parser(
         "backup", help="write a consistent copy of the store (the relay may run)",
         description="Write a consistent copy of the relay's store to FILE while it runs: "
@@ -38,21 +64,66 @@ def build_parser():
     return parser
 
 
+def run(config, args):
+    """The command's JSON document and the lines that say it to a person."""
+    command, action = args.command, getattr(args, "action", None)
+    if command == "users" and action == "list":
+        users = _all(config, "users")
+        return {"users": users}, show.users(users)
+    if command == "users" and action == "delete":
+        done = api_client.call(config, "DELETE", f"users/{args.name}")
+        return done, [f"{args.name} deleted: {done['devices']} device(s) removed; the name is "
+                      "quarantined as after any deletion"]
+    if command == "users" and action in ("disable", "enable"):
+        done = api_client.call(config, "POST", f"users/{args.name}/{action}")
+        return done, [f"{args.name} {action}d"]
+    if command == "users":
+        found = api_client.call(config, "GET", f"users/{args.name}")
+        return found, show.user(found)
+    if command == "rooms" and action == "list":
+        rooms = _all(config, "rooms")
+        return {"rooms": rooms}, show.rooms(rooms)
+    if command == "rooms":
+        found = api_client.call(config, "GET", f"rooms/{args.room}")
+        return found, show.room(found)
+    if command == "stats":
+        stats = api_client.call(config, "GET", "stats")
+        return stats, [f"{name}: {value}" for name, value in stats.items()]
+    if command == "tls":
+        done = api_client.call(config, "POST", "tls/reload")
+        return done, [f"certificate reloaded: new connections get {done['fingerprint']}"]
+    if command == "migrate":
+        lines = migrate(config, args.to)
+        return {"done": lines}, lines
+    line = (backup if command == "backup" else restore)(config, args.file)
+    return {"done": line}, [line]
+
+
+def _all(config, what):
+    """Every entry of a paged list (``users`` or ``rooms``), page after page."""
+    entries, after = [], ""
+    while True:
+        page = api_client.call(config, "GET", what, {"after": after})[what]
+        entries += page
+        if len(page) < 1000:
+            return entries
+        after = page[-1]["user" if what == "users" else "room"]
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        config = server_config.load(args.config)
-        if args.command == "backup":
-            lines = [backup(config, args.file)]
-        elif args.command == "restore":
-            lines = [restore(config, args.file)]
-        else:
-            lines = migrate(config, args.to)
+        document, lines = run(server_config.load(args.config), args)
     except (AdminError, server_config.ConfigError) as e:
+        if args.json:
+            print(json.dumps({"error": str(e)}))
         print(f"securechat-admin: {e}", file=sys.stderr)
         return 1
-    for line in lines:
-        print(line)
+    if args.json:
+        print(json.dumps(document, sort_keys=True, ensure_ascii=False))
+    else:
+        for line in lines:
+            print(line)
     return 0
 
 

@@ -607,6 +607,10 @@ class Client:
             # only push that one out in turn, so the caller hears it and decides.
             self._reconnector.stop()
             self._set_state("replaced", "the server says: " + str(frame.get("message")))
+        elif frame.get("event") == "account_disabled":
+            # The relay's operator disabled the account: logging in again is refused.
+            self._reconnector.stop()
+            self._set_state("closed", "the server says: " + str(frame.get("message")))
         elif frame.get("event") == "account_deleted":
             # Deleted from another device: this device's key is gone from the relay.
             self._reconnector.stop()

@@ -55,16 +55,26 @@ class Accounts:
         the account's other devices are closed; ``device``'s (the caller's) closes after
         its answer."""
         await self._password_keys.prove(user, message, signature, address)
-        deleted = await self._store.delete_account(user)
-        if deleted is None:  # deleted meanwhile, by another of its devices
+        answer = await self.remove(user, keep_open=device)
+        if answer is None:  # deleted meanwhile, by another of its devices
             raise ProtocolError("auth_failed", "wrong user name or password")
+        self.log.info("User {user} deleted its account", user=user)
+        return answer
+
+    async def remove(self, user, keep_open=None):
+        """Delete ``user``'s account (its owner asked, proved by ``delete``, or the relay's
+        operator did): close its devices' connections but ``keep_open``'s (which closes
+        after its answer), tell its rooms it left; fire with ``{"deleted", "devices",
+        "rooms", "heirs", "name_frees_at"}``, or None when there is no such account."""
+        deleted = await self._store.delete_account(user)
+        if deleted is None:
+            return None
         self._devices.changed(user)
-        self._relay.end_sessions_of(user, [d for d in deleted["devices"] if d != device])
+        self._relay.end_sessions_of(user, [d for d in deleted["devices"] if d != keep_open])
         try:  # the deletion is committed: a notice that fails must not say otherwise
             await self._rooms.left_for_good(user, deleted["rooms"])
         except Exception:
             self.log.failure("Telling the rooms of {user} that it left failed", user=user)
-        self.log.info("User {user} deleted its account", user=user)
         return {"deleted": True, "devices": len(deleted["devices"]), "rooms": deleted["rooms"],
                 "heirs": deleted["heirs"],
                 "name_frees_at": deleted["deleted_at"] + self._quarantine_ms}

@@ -51,6 +51,7 @@ class RelayFactory(ServerFactory):
         self.accounts = Accounts(config, store, self.password_keys, self.devices, self.rooms,
                                  self.relay)
         self.connections = set()
+        self.disabled = set()  # accounts the operator disabled (the service loads them)
         self._all_closed = []  # Deferreds waiting for the last connection to close
         self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 

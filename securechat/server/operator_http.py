@@ -96,11 +96,17 @@ class Metrics(_Deferred):
         return 200, CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(self._registry)
 
 
-def operator_site(relay_service, registry, refresh, clock):
+def operator_site(relay_service, registry, refresh, clock, admin=None):
+    """The listener's resources; ``admin`` (an ``admin_api.AdminAPI``) serves
+    ``/admin/v1`` when the admin API is on."""
     root = resource.Resource()
     root.putChild(b"health", Health())
     root.putChild(b"ready", Ready(relay_service, clock))
     root.putChild(b"metrics", Metrics(registry, refresh))
+    if admin is not None:
+        versions = resource.Resource()
+        versions.putChild(b"v1", admin)
+        root.putChild(b"admin", versions)
     site = server.Site(root)
     site.displayTracebacks = False
     site.noisy = False

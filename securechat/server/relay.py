@@ -309,6 +309,12 @@ class Relay:
         self._end(user, changes.get("dropped", ()),
                   lambda session: session.device_removed(dropped))
 
+    def end_all_sessions_of(self, user, event):
+        """Close every connection of ``user``'s devices, current or pending, each told
+        ``event`` (an encoded event line): its account was disabled."""
+        devices = [*self._online_devices_of.get(user, ()), *self._pending_online.get(user, ())]
+        self._end(user, devices, lambda session: session.device_removed(event))
+
     def _end(self, user, devices, end):
         for device in devices:
             entry = self._online.get((user, device))

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 import securechat
 from securechat import database_url
+from securechat.server.admin_api import AdminAPI, load_or_make_token
 from securechat.server.audit import open_audit_log
 from securechat.server.auth import SecretHasher
 from securechat.server.datadir import prepare_data_dir
@@ -111,8 +112,10 @@ class RelayService(service.Service):
         hasher = SecretHasher(self.reactor, self.config.argon2_concurrency,
                               self.config.argon2_waiting_per_client)
         relay_id = await self.store.relay_id()
+        disabled = await self.store.disabled_users()
         self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, relay_id,
                                     open_audit_log(self.config, self.reactor))
+        self.factory.disabled.update(disabled)
         try:
             self.port = listen_tls(self.reactor, self.config.port, self.tls, self.factory,
                                    self.config.interface)
@@ -154,7 +157,11 @@ class RelayService(service.Service):
             "argon2_waiting": hasher.queue.waiting(),
             "queued": self._queued,
             "store": "postgresql" if self.config.uses_postgres else "sqlite"}))
-        site = operator_site(self, metrics.registry, self._read_queued, self.reactor)
+        admin = None
+        if self.config.admin_token_file:
+            admin = AdminAPI(load_or_make_token(self.config.admin_token_file), self,
+                             self.factory.audit)
+        site = operator_site(self, metrics.registry, self._read_queued, self.reactor, admin)
         return self.reactor.listenTCP(self.config.http_port, site,
                                       interface=self.config.http_interface)
 

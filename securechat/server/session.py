@@ -244,6 +244,10 @@ class ConnectionSession:
             _, avatar, logout = await self._server.portal.login(creds, self, IDevice)
         except cred_error.UnauthorizedLogin as e:
             raise ProtocolError("auth_failed", str(e))
+        if user in self._server.disabled:  # said only once the proof is right
+            logout()
+            raise ProtocolError("account_disabled", f"the relay's operator disabled the "
+                                                    f"account {user}")
         self.login_succeeded(avatar, logout)
         self._by_recovery = isinstance(creds, RecoverySignature)
         self._server.metrics.logins_ok += 1
@@ -534,7 +538,8 @@ class ConnectionSession:
 
     @_machine.input()
     def device_removed(self, event):
-        "This device was removed from its account (or dropped unlinked): ``event`` says so."
+        """This device may no longer use the relay (removed from its account, dropped
+        unlinked, its account disabled): ``event`` says so."""
 
     @_machine.input()
     def shutting_down(self):

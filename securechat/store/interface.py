@@ -60,6 +60,33 @@ class IStore(Interface):
     def queued_total():
         """Fire with the number of envelopes in every device's 1:1 queue."""
 
+    def users_page(after, limit):
+        """Fire with up to ``limit`` accounts named after ``after`` (the admin API): dicts
+        of ``user``, ``created``, ``devices``, ``last_seen`` and ``queued``."""
+
+    def user_detail(user):
+        """Fire with ``{"user", "created", "devices": [...], "rooms": {room: role}}`` or
+        None (the admin API; never a key)."""
+
+    def rooms_page(after, limit):
+        """Fire with up to ``limit`` rooms named after ``after``: ``room``, ``owner``,
+        ``created``, ``members``, ``history``, ``invite_only``, ``password``."""
+
+    def room_detail(room):
+        """Fire with a ``rooms_page`` entry plus ``members`` ({user: role}) and
+        ``history_bytes``, or None."""
+
+    def stats():
+        """Fire with the relay's totals: ``accounts``, ``devices``, ``rooms``, ``queued``,
+        ``room_messages``."""
+
+    def set_disabled(user, disabled):
+        """Fire with True once ``user``'s account is disabled (``disabled``) or enabled
+        again; False when there is no such account."""
+
+    def disabled_users():
+        """Fire with the names of the disabled accounts."""
+
     def observe_writes(observe):
         """Call ``observe(commit_seconds, waited_seconds)`` after each group commit of
         envelopes and acks (see ``GroupCommit.observe``); not a Deferred."""

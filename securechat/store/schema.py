@@ -45,11 +45,13 @@ Changelog:
   12 — recovery keys: an account's public recovery key and its identity key's seed
       sealed by the recovery key (recovery_keys, at most one row an account); a device
       that proves the recovery key logs in where every device of the account is lost.
+  13 — disabled accounts: the relay's operator may disable an account (securechat-admin
+      users disable); its logins are refused until it is enabled again.
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -266,6 +268,9 @@ MIGRATIONS = {
             recovery_key TEXT NOT NULL,
             backup TEXT NOT NULL,
             created BIGINT NOT NULL)""",
+    ],
+    13: [
+        "ALTER TABLE accounts ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

@@ -15,8 +15,8 @@ from zope.interface import implementer
 from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
 from securechat.store.transactions import (
-    account_deletion, accounts, devices, health, history, migrate, queue_reads, queue_writes,
-    recovery, rooms)
+    account_deletion, accounts, admin, devices, health, history, migrate, queue_reads,
+    queue_writes, recovery, rooms)
 
 
 RELAY_ID_BYTES = 16
@@ -211,6 +211,27 @@ class SqlStore:
 
     def observe_writes(self, observe):
         self._writes.observe = observe
+
+    def users_page(self, after, limit):
+        return self._run(admin.txn_users_page, after, limit)
+
+    def user_detail(self, user):
+        return self._run(admin.txn_user_detail, user)
+
+    def rooms_page(self, after, limit):
+        return self._run(admin.txn_rooms_page, after, limit)
+
+    def room_detail(self, room):
+        return self._run(admin.txn_room_detail, room)
+
+    def stats(self):
+        return self._run(admin.txn_stats)
+
+    def set_disabled(self, user, disabled):
+        return self._run(admin.txn_set_disabled, user, disabled)
+
+    def disabled_users(self):
+        return self._run(admin.txn_disabled_users)
 
     def get_devices(self, user):
         return self._run(devices.txn_get_devices, user)
