@@ -37,6 +37,13 @@ def load_or_make_token(path):
         return f.read().strip()
 
 
+def _named(pattern, name, what):
+    """``name`` when ``pattern`` takes it whole, else a 400 saying it is not a ``what``."""
+    if not pattern.fullmatch(name):
+        raise AdminError(400, "bad_request", f"{name!r} is not a {what}")
+    return name
+
+
 class AdminError(Exception):
     def __init__(self, status, code, message):
         super().__init__(message)
@@ -135,9 +142,7 @@ class AdminAPI(resource.Resource):
         return {"users": users}
 
     async def _user(self, request, user):
-        if not USERNAME_RE.fullmatch(user):
-            raise AdminError(400, "bad_request", f"{user!r} is not a user name")
-        found = await self._relay.store.user_detail(user)
+        found = await self._relay.store.user_detail(_named(USERNAME_RE, user, "user name"))
         if found is None:
             raise AdminError(404, "unknown_user", f"no user named {user!r}")
         relay = self._relay.factory.relay
@@ -148,9 +153,8 @@ class AdminAPI(resource.Resource):
     async def _delete(self, request, user):
         """Delete ``user``'s account as if its owner had (``account delete``): its name is
         quarantined like any deleted account's."""
-        if not USERNAME_RE.fullmatch(user):
-            raise AdminError(400, "bad_request", f"{user!r} is not a user name")
-        deleted = await self._relay.factory.accounts.remove(user)
+        deleted = await self._relay.factory.accounts.remove(_named(USERNAME_RE, user,
+                                                                   "user name"))
         if deleted is None:
             raise AdminError(404, "unknown_user", f"no user named {user!r}")
         self._relay.factory.disabled.discard(user)
@@ -173,18 +177,15 @@ class AdminAPI(resource.Resource):
         return {"user": user, "disabled": False}
 
     async def _set_disabled(self, user, disabled):
-        if not USERNAME_RE.fullmatch(user):
-            raise AdminError(400, "bad_request", f"{user!r} is not a user name")
-        if not await self._relay.store.set_disabled(user, disabled):
+        if not await self._relay.store.set_disabled(_named(USERNAME_RE, user, "user name"),
+                                                    disabled):
             raise AdminError(404, "unknown_user", f"no user named {user!r}")
 
     async def _rooms(self, request):
         return {"rooms": await self._relay.store.rooms_page(*self._page(request))}
 
     async def _room(self, request, room):
-        if not ROOM_RE.fullmatch(room):
-            raise AdminError(400, "bad_request", f"{room!r} is not a room name")
-        found = await self._relay.store.room_detail(room)
+        found = await self._relay.store.room_detail(_named(ROOM_RE, room, "room name"))
         if found is None:
             raise AdminError(404, "unknown_room", f"no room named {room!r}")
         return found
