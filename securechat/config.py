@@ -129,6 +129,17 @@ def _yes_no(text):
     raise ValueError("must be yes or no")
 
 
+REGISTRATION_POLICIES = ("open", "invite", "closed")
+
+
+def _registration(text):
+    text = text.strip()
+    if text and text not in REGISTRATION_POLICIES:
+        raise ValueError("must be open, invite or closed (or left out: open on a relay "
+                         "listening on 127.0.0.1 or ::1 only, invite otherwise)")
+    return text
+
+
 def _database(text):
     text = text.strip()
     if not text:
@@ -165,6 +176,7 @@ OPTIONS = (
     Option("store", "database", "securechat.sqlite3", _database,
            show=lambda raw: repr(database_url.redact(raw))),
     Option("accounts", "name_quarantine_days", "30", _days),
+    Option("accounts", "registration", "", _registration),
     Option("accounts", "max_devices", "10", _max_devices),
     Option("accounts", "link_window_minutes", "10", _minutes),
     Option("rooms", "history_days", "30", _positive),
@@ -223,6 +235,7 @@ class ServerConfig:
     key_exchange: str
     database: str
     name_quarantine_days: int
+    registration: str
     max_devices: int
     link_window_minutes: int
     history_days: int
@@ -312,7 +325,12 @@ def _refuse_unknown(parser, source):
                 raise ConfigError(f"{source}: [{section}] {key}: unknown key")
 
 
+LOOPBACK_ONLY = ("127.0.0.1", "::1")
+
+
 def _resolve_paths(values, source):
+    if not values["registration"]:  # nobody but this machine can reach a loopback relay
+        values["registration"] = "open" if values["interface"] in LOOPBACK_ONLY else "invite"
     data_dir = os.path.abspath(values["data_dir"])
     values["data_dir"] = data_dir
     cert, key = values["certificate"], values["private_key"]

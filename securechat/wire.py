@@ -330,6 +330,8 @@ ENVELOPE_ID = text_matching(ENVELOPE_ID_RE, "an envelope id: 16-64 of A-Z a-z 0-
 KEY_ID = text_matching(KEY_ID_RE, "a key id: 1-64 base64 characters")
 SESSION_ID = text_matching(SESSION_ID_RE, "a session id: 1-128 base64 characters")
 PUBLIC_KEY = base64_bytes(32, 32)
+INVITE = text_matching(re.compile(r"[A-Za-z0-9_-]{16,64}"),
+                       "an invite token: 16-64 of A-Z a-z 0-9 _ -")
 SIGNATURE = base64_bytes(64, 64)
 SECRET = base64_bytes(16, 64)
 PASSWORD = base64_bytes(16, 64)
@@ -389,7 +391,8 @@ HISTORY_PAGE_MAX = 500
 REQUESTS = {
     "ping": {},
     # ``password_key``: the Ed25519 public key derived from the password (its proofs).
-    "register": {"user": NEW_USER, "password_key": PUBLIC_KEY, "identity_key": PUBLIC_KEY},
+    "register": {"user": NEW_USER, "password_key": PUBLIC_KEY, "identity_key": PUBLIC_KEY,
+                 "invite": optional(INVITE)},
     "login.challenge": {},
     # A device with published keys signs the challenge with its device key (``signature``);
     # a device not yet known to the relay (just registered, or being added) signs it with

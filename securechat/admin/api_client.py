@@ -13,8 +13,9 @@ import urllib.request
 from securechat.admin.backup import AdminError
 
 
-def call(config, method, path, params=None):
-    """``method`` ``/admin/v1/PATH`` on the configured relay; the decoded JSON answer."""
+def call(config, method, path, params=None, body=None):
+    """``method`` ``/admin/v1/PATH`` on the configured relay (with ``body`` as JSON); the
+    decoded JSON answer."""
     if not config.http_enabled:
         raise AdminError("the relay's operator port is off ([http] enabled = no): the admin "
                          "commands need it")
@@ -23,8 +24,11 @@ def call(config, method, path, params=None):
     host = "127.0.0.1" if config.http_interface in ("0.0.0.0", "::") else config.http_interface
     base = f"http://{host}:{config.http_port}"
     query = ("?" + urllib.parse.urlencode(params)) if params else ""
-    request = urllib.request.Request(f"{base}/admin/v1/{path}{query}", method=method,
-                                     headers={"Authorization": f"Bearer {_token(config)}"})
+    request = urllib.request.Request(
+        f"{base}/admin/v1/{path}{query}", method=method,
+        data=None if body is None else json.dumps(body).encode("utf-8"),
+        headers={"Authorization": f"Bearer {_token(config)}",
+                 "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return json.loads(answer.read())

@@ -41,6 +41,16 @@ def build_parser():
     rooms.add_parser("list", help="every room: owner, members, messages kept")
     rooms.add_parser("show", help="one room: its members and roles (never content)"
                      ).add_argument("room", metavar="ROOM")
+    invites = commands.add_parser("invites", help="registration invites").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    create = invites.add_parser("create", help="make an invite (its token shown once)")
+    create.add_argument("--uses", type=int, default=1, metavar="N",
+                        help="registrations it allows (default 1)")
+    create.add_argument("--expires-days", type=float, metavar="D",
+                        help="days it stays valid (default: until used up)")
+    invites.add_parser("list", help="the invites with uses left")
+    invites.add_parser("revoke", help="revoke an invite").add_argument(
+        "token", metavar="TOKEN_OR_ID")
     commands.add_parser("stats", help="the relay's totals")
     tls = commands.add_parser("tls", help="the relay's certificate").add_subparsers(
         dest="action", metavar="ACTION", required=True)
@@ -86,6 +96,8 @@ def run(config, args):
     if command == "rooms":
         found = api_client.call(config, "GET", f"rooms/{args.room}")
         return found, show.room(found)
+    if command == "invites":
+        return invite_command(config, args)
     if command == "stats":
         stats = api_client.call(config, "GET", "stats")
         return stats, [f"{name}: {value}" for name, value in stats.items()]
@@ -97,6 +109,18 @@ def run(config, args):
         return {"done": lines}, lines
     line = (backup if command == "backup" else restore)(config, args.file)
     return {"done": line}, [line]
+
+
+def invite_command(config, args):
+    if args.action == "create":
+        made = api_client.call(config, "POST", "invites", body={
+            "uses": args.uses, "expires_days": args.expires_days})
+        return made, [f"invite: {made['token']}", show.invite(made)]
+    if args.action == "list":
+        listed = api_client.call(config, "GET", "invites")
+        return listed, [show.invite(i) for i in listed["invites"]] or ["no invites"]
+    done = api_client.call(config, "DELETE", f"invites/{args.token}")
+    return done, [f"invite {done['revoked']} revoked"]
 
 
 def _all(config, what):

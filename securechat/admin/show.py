@@ -49,3 +49,9 @@ def _room_line(r):
 def room(found):
     return [_room_line(found), f"  history: {found['history_bytes']} bytes of ciphertext",
             *(f"  {user} ({role})" for user, role in found["members"].items())]
+
+
+def invite(entry):
+    uses = entry.get("uses_left", entry.get("uses"))
+    expires = _when(entry["expires_at"]) if entry["expires_at"] else "never"
+    return f"  id {entry['id']}  uses left {uses}  expires {expires}"

@@ -144,9 +144,14 @@ def build_parser(parser_class=argparse.ArgumentParser):
     parser.add_argument("--version", action=ShowVersion, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_init(commands)
-    add_command(commands, "register", "create this device's keys and the account",
-                "Create this device's keys and your account on the server named in the "
-                "config file; asks for the password twice.", "securechat register")
+    register = add_command(
+        commands, "register", "create this device's keys and the account",
+        "Create this device's keys and your account on the server named in the config "
+        "file; asks for the password twice.  A relay that registers by invitation takes "
+        "the invite its operator gave you (--invite).", "securechat register",
+        "securechat register --invite 7Gq2v9KpXbWmN4rT")
+    register.add_argument("--invite", metavar="TOKEN",
+                          help="the invite the relay's operator gave you")
     add_command(commands, "recover", "make this machine your account's only device, with "
                                      "the recovery key (every device lost)",
                 "With the recovery key that 'register' printed: log in on a new machine "

@@ -190,8 +190,9 @@ class Client:
     # -- lifecycle ------------------------------------------------------------
 
     @returns_deferred
-    async def register(self):
-        """Create this device's keys, the account on the server, and publish the keys."""
+    async def register(self, invite=None):
+        """Create this device's keys, the account on the server (with the operator's
+        ``invite`` where the relay asks for one), and publish the keys."""
         directory = self.settings.data_dir
         if KeyStore.exists(directory):
             raise ClientError(f"{directory} already holds a registered device; use 'login'")
@@ -205,13 +206,19 @@ class Client:
         try:
             await self._connect()
             relay = relay_id(await self.request("ping"))
+            # ``invite`` only when given: a relay from before invites refuses unknown fields.
             await self.request("register", user=self.user,
                                password_key=self._public_password_key(relay),
-                               identity_key=self.crypto.identity_key)
+                               identity_key=self.crypto.identity_key,
+                               **({"invite": invite} if invite else {}))
             with self.store.transaction():
                 self.store.set_meta(PASSWORD_KEY_AT, relay)
         except RemoteError as e:
             self.discard_store()
+            if e.code in ("invite_required", "invalid_invite", "registration_closed"):
+                hint = (": securechat register --invite TOKEN"
+                        if e.code == "invite_required" else "")
+                raise ClientError(f"{e.message}{hint}", EXIT_AUTH) from None
             if e.code == "user_exists":  # most often: the account is theirs, on another device
                 raise ClientError(
                     f"{e.message} on {self.settings.server}: if the account is yours, make "

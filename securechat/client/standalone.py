@@ -90,7 +90,8 @@ def run(settings, args, request=None):
     # Passwords are asked before the reactor runs (unlock.py says why).
     if args.command == "register":
         password = read_new_password(settings)
-        return run_reactor(lambda reactor: register(reactor, settings, password))
+        invite = getattr(args, "invite", None)
+        return run_reactor(lambda reactor: register(reactor, settings, password, invite))
     if args.command == "password":
         refuse_beside_daemon(settings)
         password = read_password(settings)
@@ -200,11 +201,11 @@ async def offline(reactor, settings, password, args, method, params):
         client.close()
 
 
-async def register(reactor, settings, password):
+async def register(reactor, settings, password, invite=None):
     client = Client(reactor, settings, password)
     try:
         with UnlockingNotice():
-            await client.register()
+            await client.register(invite)
     except Exception as e:
         raise as_command_failed(e) from None
     print(f"registered {client.user}, device {client.device}")

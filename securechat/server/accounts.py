@@ -8,9 +8,11 @@ forgets what it cached of the account and its rooms and ends every
 connection of its devices at once: none of them can do anything more.
 """
 
+import hashlib
+
 from twisted.logger import Logger
 
-from securechat.store.errors import NameQuarantined, UserExists
+from securechat.store.errors import InvalidInvite, NameQuarantined, UserExists
 from securechat.timestamps import DAY_MS, utc_date
 from securechat.wire import ProtocolError
 
@@ -23,23 +25,36 @@ async def no_such_user(store, user):
     return ProtocolError("unknown_user", f"no user named {user!r}")
 
 
+def invite_hash(token):
+    """What the relay keeps of an invite: the SHA-256 of its token (hex), never the token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
 class Accounts:
     log = Logger()
 
     def __init__(self, config, store, password_keys, devices, rooms, relay):
         self._quarantine_ms = config.name_quarantine_days * DAY_MS
+        self._registration = config.registration
         self._store = store
         self._password_keys = password_keys
         self._devices = devices
         self._rooms = rooms
         self._relay = relay
 
-    async def register(self, user, password_key, identity_key):
-        """Create the account; ``user_exists`` for a taken name, ``name_quarantined`` (with
-        ``frees_at``, ms) for the name of an account deleted within the quarantine."""
+    async def register(self, user, password_key, identity_key, invite=None):
+        """Create the account as ``[accounts] registration`` allows (``registration_closed``;
+        ``invite_required``, ``invalid_invite``); ``user_exists`` for a taken name,
+        ``name_quarantined`` (with ``frees_at``, ms) for the name of an account deleted
+        within the quarantine."""
+        invite_hash = self._admission(invite)
         try:
             await self._store.create_account(user, password_key, identity_key,
-                                             self._quarantine_ms)
+                                             self._quarantine_ms, invite_hash)
+        except InvalidInvite:
+            raise ProtocolError("invalid_invite", "this invite is unknown, used up, revoked "
+                                                  "or expired: ask the relay's operator for "
+                                                  "a new one")
         except UserExists:
             raise ProtocolError("user_exists", f"user name {user!r} is taken")
         except NameQuarantined as e:
@@ -47,6 +62,17 @@ class Accounts:
                 "name_quarantined", f"user name {user!r} belonged to a deleted account; it "
                                     f"can be registered again from {utc_date(e.frees_at)}",
                 {"frees_at": e.frees_at})
+
+    def _admission(self, invite):
+        """The invite's hash a registration must use up, or None (open registration)."""
+        if self._registration == "closed":
+            raise ProtocolError("registration_closed", "this relay registers no new accounts")
+        if self._registration == "open":
+            return None
+        if invite is None:
+            raise ProtocolError("invite_required", "this relay registers new accounts by "
+                                                   "invitation: ask its operator for an invite")
+        return invite_hash(invite)
 
     async def delete(self, user, device, message, signature, address):
         """Delete ``user``'s account once ``signature`` proves its password key on

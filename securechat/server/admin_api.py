@@ -20,7 +20,12 @@ from twisted.web import resource, server
 
 from securechat import wire
 from securechat.filemodes import create_private_file
+from securechat.server.accounts import invite_hash
+from securechat.timestamps import DAY_MS
 from securechat.wire import ROOM_RE, USERNAME_RE
+
+ID_CHARS = 12
+"""An invite's id: the first characters of its token's hash (the token is not kept)."""
 
 PAGE_LIMIT = 1000
 """The most entries one list call answers; ``after`` (the last name seen) pages on."""
@@ -71,6 +76,9 @@ class AdminAPI(resource.Resource):
             ("POST", ("users", "*", "disable")): self._disable,
             ("POST", ("users", "*", "enable")): self._enable,
             ("POST", ("tls", "reload")): self._tls_reload,
+            ("POST", ("invites",)): self._create_invite,
+            ("GET", ("invites",)): self._invites,
+            ("DELETE", ("invites", "*")): self._revoke_invite,
         }
 
     def render(self, request):
@@ -193,6 +201,41 @@ class AdminAPI(resource.Resource):
     async def _stats(self, request):
         factory = self._relay.factory
         return {**await self._relay.store.stats(), "connections": len(factory.connections)}
+
+    async def _create_invite(self, request):
+        """A new invite: ``{uses, expires_days}`` in the JSON body (1 use, no expiry by
+        default); answers the token, shown this once (the relay keeps only its hash)."""
+        try:
+            wanted = json.loads(request.content.read() or b"{}")
+            uses = int(wanted.get("uses", 1))
+            days = wanted.get("expires_days")
+            days = None if days is None else float(days)
+        except (ValueError, TypeError, AttributeError):
+            raise AdminError(400, "bad_request", "the body is JSON: {uses, expires_days}"
+                             ) from None
+        if not 1 <= uses <= 100_000 or (days is not None and not 0 < days <= 3650):
+            raise AdminError(400, "bad_request", "uses must be 1-100000 and expires_days "
+                                                 "above 0 and at most 3650")
+        token = secrets.token_urlsafe(24)
+        expires_at = None if days is None else self._relay.store.now_ms() + int(days * DAY_MS)
+        await self._relay.store.create_invite(invite_hash(token), uses, expires_at)
+        return {"token": token, "id": invite_hash(token)[:ID_CHARS], "uses": uses,
+                "expires_at": expires_at}
+
+    async def _invites(self, request):
+        return {"invites": [
+            {"id": i["token_hash"][:ID_CHARS], "uses_left": i["uses_left"],
+             "expires_at": i["expires_at"], "created": i["created"]}
+            for i in await self._relay.store.list_invites()]}
+
+    async def _revoke_invite(self, request, given):
+        """Revoke by the token itself or by its ``id`` (the first characters of its hash,
+        as ``invites list`` shows it)."""
+        prefix = given if len(given) == ID_CHARS else invite_hash(given)
+        if not await self._relay.store.revoke_invite(prefix):
+            raise AdminError(404, "unknown_invite", "no such invite (give its token or the "
+                                                    "id 'invites list' shows)")
+        return {"revoked": prefix[:ID_CHARS]}
 
     async def _tls_reload(self, request):
         if not self._relay.reload_tls():

@@ -216,7 +216,7 @@ class ConnectionSession:
         relay never sees anything that would prove the password on another connection)."""
         self._server.login_guard.registering(self._peer)
         await self._server.accounts.register(fields["user"], fields["password_key"],
-                                             fields["identity_key"])
+                                             fields["identity_key"], fields["invite"])
         self._server.metrics.registrations += 1
         self._server.audit.record("registered", user=fields["user"], address=self._peer)
         self.log.info("Registered user {user}", user=fields["user"])

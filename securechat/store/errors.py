@@ -75,3 +75,7 @@ class StoreFull(StoreUnavailable):
 
     client_message = "the server's disk is full; nothing was stored, try again later"
     log_message = "The server's disk is full"
+
+
+class InvalidInvite(StoreError):
+    """A registration's invite is unknown, used up, revoked or expired."""

@@ -27,14 +27,16 @@ class IStore(Interface):
 
     # -- accounts ---------------------------------------------------------
 
-    def create_account(user, password_key, identity_key, quarantine_ms=0):
+    def create_account(user, password_key, identity_key, quarantine_ms=0, invite_hash=None):
         """Create an account.
 
         ``password_key`` is the Ed25519 public key derived from the password
         and ``identity_key`` the user's Ed25519 identity key (both base64).
         Errbacks with ``UserExists`` when the name is taken, and with
         ``NameQuarantined`` when an account of that name was deleted less than
-        ``quarantine_ms`` ago (decided in the same transaction).
+        ``quarantine_ms`` ago (decided in the same transaction).  With ``invite_hash``
+        that invite gives one of its uses in the same transaction, or the registration
+        errbacks with ``InvalidInvite`` (unknown, used up or expired).
         """
 
     def delete_account(user):
@@ -86,6 +88,17 @@ class IStore(Interface):
 
     def disabled_users():
         """Fire with the names of the disabled accounts."""
+
+    def create_invite(token_hash, uses, expires_at):
+        """Keep a registration invite: the SHA-256 (hex) of its token, how many
+        registrations it allows, when it expires (ms) or None."""
+
+    def list_invites():
+        """Fire with the invites that have uses left: ``token_hash``, ``uses_left``,
+        ``expires_at``, ``created``."""
+
+    def revoke_invite(hash_prefix):
+        """Fire with how many invites whose hash starts with ``hash_prefix`` were removed."""
 
     def observe_writes(observe):
         """Call ``observe(commit_seconds, waited_seconds)`` after each group commit of

@@ -47,11 +47,13 @@ Changelog:
       that proves the recovery key logs in where every device of the account is lost.
   13 — disabled accounts: the relay's operator may disable an account (securechat-admin
       users disable); its logins are refused until it is enabled again.
+  14 — invites: the SHA-256 of each registration invite the operator made, with the uses
+      it has left and when it expires (never the token itself).
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -271,6 +273,13 @@ MIGRATIONS = {
     ],
     13: [
         "ALTER TABLE accounts ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE",
+    ],
+    14: [
+        """CREATE TABLE invites (
+            token_hash TEXT PRIMARY KEY,
+            uses_left INTEGER NOT NULL,
+            expires_at BIGINT,
+            created BIGINT NOT NULL)""",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

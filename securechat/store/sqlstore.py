@@ -162,9 +162,10 @@ class SqlStore:
     def stop(self):
         return self._close()
 
-    def create_account(self, user, password_key, identity_key, quarantine_ms=0):
+    def create_account(self, user, password_key, identity_key, quarantine_ms=0,
+                       invite_hash=None):
         return self._run(accounts.txn_create_account, user, password_key, identity_key,
-                         quarantine_ms)
+                         quarantine_ms, invite_hash)
 
     def delete_account(self, user):
         return self._run(account_deletion.txn_delete_account, user)
@@ -232,6 +233,15 @@ class SqlStore:
 
     def disabled_users(self):
         return self._run(admin.txn_disabled_users)
+
+    def create_invite(self, token_hash, uses, expires_at):
+        return self._run(admin.txn_create_invite, token_hash, uses, expires_at)
+
+    def list_invites(self):
+        return self._run(admin.txn_list_invites)
+
+    def revoke_invite(self, hash_prefix):
+        return self._run(admin.txn_revoke_invite, hash_prefix)
 
     def get_devices(self, user):
         return self._run(devices.txn_get_devices, user)

@@ -8,16 +8,25 @@ and the time in ``deleted_accounts`` until the name is registered again
 (``account_deletion`` removes everything else of it).
 """
 
-from securechat.store.errors import NameQuarantined, UserExists
+from securechat.store.errors import InvalidInvite, NameQuarantined, UserExists
 from securechat.store.transactions.common import _first, _record
 
 
-async def txn_create_account(txn, user, password_key, identity_key, quarantine_ms=0):
+async def txn_create_account(txn, user, password_key, identity_key, quarantine_ms=0,
+                             invite_hash=None):
+    """Create the account; with ``invite_hash`` (the SHA-256 of an invite token) the
+    invite gives one of its uses in the same transaction, so a refused registration uses
+    nothing up and an invite is never used more often than it allows."""
     deleted_at = await txn_deleted_at(txn, user)
     if deleted_at is not None:
         if txn.now_ms < deleted_at + quarantine_ms:
             raise NameQuarantined(user, deleted_at + quarantine_ms)
         await txn.execute("DELETE FROM deleted_accounts WHERE user_id = ?", (user,))
+    if invite_hash is not None and not await txn.execute(
+            "UPDATE invites SET uses_left = uses_left - 1 WHERE token_hash = ? "
+            "AND uses_left > 0 AND (expires_at IS NULL OR expires_at > ?) RETURNING uses_left",
+            (invite_hash, txn.now_ms)):
+        raise InvalidInvite()
     if not await txn.execute(
             "INSERT INTO accounts (user_id, password_key, identity_key, created) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (user_id) DO NOTHING RETURNING user_id",

@@ -100,3 +100,22 @@ async def txn_disabled_users(txn):
     """The names of the disabled accounts (read once at start: the relay keeps them)."""
     return [row[0] for row in await txn.execute(
         "SELECT user_id FROM accounts WHERE disabled ORDER BY user_id")]
+
+
+async def txn_create_invite(txn, token_hash, uses, expires_at):
+    await txn.execute("INSERT INTO invites (token_hash, uses_left, expires_at, created) "
+                      "VALUES (?, ?, ?, ?)", (token_hash, uses, expires_at, txn.now_ms))
+
+
+async def txn_list_invites(txn):
+    """Every invite not used up: its hash, uses left, expiry (ms or None) and creation."""
+    rows = await txn.execute(
+        "SELECT token_hash, uses_left, expires_at, created FROM invites WHERE uses_left > 0 "
+        "ORDER BY created, token_hash")
+    return [_record(("token_hash", "uses_left", "expires_at", "created"), row) for row in rows]
+
+
+async def txn_revoke_invite(txn, hash_prefix):
+    """Remove the invites whose hash starts with ``hash_prefix``; how many there were."""
+    return await txn.count("DELETE FROM invites WHERE substr(token_hash, 1, ?) = ?",
+                           (len(hash_prefix), hash_prefix))
