@@ -16,7 +16,7 @@ from twisted.internet import defer
 from tests.processes import (
     RelayEndpoint, ServerProcess, executable, free_port, run_cli, write_client_config)
 from securechat.client.protocol import RemoteError
-from tests.support import ScriptedDevice, cleanup, poll_until, write_config
+from tests.support import ScriptedDevice, cleanup, poll_until, unicast, write_config
 from tests.test_device_removal import publish
 
 
@@ -208,3 +208,26 @@ async def test_delete_removes_the_account_and_quarantines_its_name(relay):
         await cleanup(again)
     gone = admin(relay.config, "users", "delete", "bob")
     assert gone.returncode == 1 and "no user named 'bob'" in gone.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_devices_remove_takes_a_device_out_for_good(relay):
+    """devices remove alice A2 (her pending device, connected): it is told device_removed
+    and closed, its login is refused for good, and bob's sends to alice need only A1
+    while her signed list is unchanged (no key of A2 is handed out any more)."""
+    alice, bob, pending = relay.devices
+    done = admin(relay.config, "devices", "remove", "alice", "A2")
+    assert done.returncode == 0 and "removed device A2 of alice" in done.stdout, done
+    await poll_until(lambda: pending.protocol.closed, timeout=1.0)
+    assert [e for e in pending.events if e.get("event") == "device_removed"]
+    again = pending.again()
+    try:
+        assert await _login_error(again, relay) == "device_removed"
+    finally:
+        await cleanup(again)
+    entry = (await bob.request("keys.query", users=["alice"]))["users"]["alice"]
+    assert sorted(entry["devices"]) == ["A1"]
+    accepted = await bob.request("send", envelopes=[unicast("alice", "A1")])
+    assert len(accepted["accepted"]) == 1
+    missing = admin(relay.config, "devices", "remove", "alice", "A2")
+    assert missing.returncode == 1 and "alice has no device 'A2'" in missing.stderr

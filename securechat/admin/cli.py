@@ -41,6 +41,11 @@ def build_parser():
     rooms.add_parser("list", help="every room: owner, members, messages kept")
     rooms.add_parser("show", help="one room: its members and roles (never content)"
                      ).add_argument("room", metavar="ROOM")
+    devices = commands.add_parser("devices", help="an account's devices").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    remove = devices.add_parser("remove", help="remove a device of an account for good")
+    remove.add_argument("name", metavar="USER")
+    remove.add_argument("device", metavar="DEVICE")
     invites = commands.add_parser("invites", help="registration invites").add_subparsers(
         dest="action", metavar="ACTION", required=True)
     create = invites.add_parser("create", help="make an invite (its token shown once)")
@@ -96,6 +101,10 @@ def run(config, args):
     if command == "rooms":
         found = api_client.call(config, "GET", f"rooms/{args.room}")
         return found, show.room(found)
+    if command == "devices":
+        done = api_client.call(config, "DELETE", f"users/{args.name}/devices/{args.device}")
+        return done, [f"removed device {args.device} of {args.name}: the relay refuses it "
+                      "from now on"]
     if command == "invites":
         return invite_command(config, args)
     if command == "stats":

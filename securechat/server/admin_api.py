@@ -73,6 +73,7 @@ class AdminAPI(resource.Resource):
             ("GET", ("rooms", "*")): self._room,
             ("GET", ("stats",)): self._stats,
             ("DELETE", ("users", "*")): self._delete,
+            ("DELETE", ("users", "*", "devices", "*")): self._remove_device,
             ("POST", ("users", "*", "disable")): self._disable,
             ("POST", ("users", "*", "enable")): self._enable,
             ("POST", ("tls", "reload")): self._tls_reload,
@@ -168,6 +169,19 @@ class AdminAPI(resource.Resource):
         self._relay.factory.disabled.discard(user)
         self.log.info("The operator deleted the account {user}", user=user)
         return {"user": user, **deleted}
+
+    async def _remove_device(self, request, user, device):
+        """Remove a device as its account's list leaving it out would (a lost phone whose
+        owner has no other device to remove it from): its connection is told and closed,
+        its logins are refused for good."""
+        _named(USERNAME_RE, user, "user name")
+        if not await self._relay.store.remove_device(user, _named(wire.DEVICE_RE, device,
+                                                                  "device id")):
+            raise AdminError(404, "unknown_device", f"{user} has no device {device!r}")
+        factory = self._relay.factory
+        factory.devices.changed(user)
+        factory.relay.devices_changed(user, {"removed": [device]})
+        return {"user": user, "removed": device}
 
     async def _disable(self, request, user):
         """Refuse ``user``'s logins from now on and close its connections at once."""

@@ -62,6 +62,11 @@ class IStore(Interface):
     def queued_total():
         """Fire with the number of envelopes in every device's 1:1 queue."""
 
+    def remove_device(user, device):
+        """Fire with True once ``user``'s ``device`` is removed for good, as a list leaving
+        it out would (its keys, queue and cursors gone, ``removed_devices`` noting it);
+        False when the account has no such device (the admin API)."""
+
     def users_page(after, limit):
         """Fire with up to ``limit`` accounts named after ``after`` (the admin API): dicts
         of ``user``, ``created``, ``devices``, ``last_seen`` and ``queued``."""

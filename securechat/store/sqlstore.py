@@ -201,6 +201,9 @@ class SqlStore:
         return self._run(devices.txn_set_device_keys, user, device, device_keys, signature,
                          max_devices)
 
+    def remove_device(self, user, device):
+        return self._run(devices.txn_remove_device, user, device)
+
     def removed_at(self, user, device):
         return self._run(devices.txn_removed_at, user, device)
 

@@ -172,18 +172,39 @@ async def txn_set_device_list(txn, user, version, device_list, signature, listed
         "dropped": sorted(d for d, row in have.items() if not row["listed"] and d not in listed
                           and txn.now_ms - row["created"] > link_window_ms)}
     for device in changes["removed"] + changes["dropped"]:
-        for table in DEVICE_TABLES:
-            await txn.execute(f"DELETE FROM {table} WHERE user_id = ? AND device_id = ?",
-                              (user, device))
+        await _delete_device(txn, user, device)
     for device in changes["removed"]:
-        await txn.execute(
-            "INSERT INTO removed_devices (user_id, device_id, removed_at) VALUES (?, ?, ?)",
-            (user, device, txn.now_ms))
+        await _record_removed(txn, user, device)
     for device in changes["added"]:
         await txn.execute("UPDATE devices SET listed = TRUE WHERE user_id = ? AND device_id = ?",
                           (user, device))
         await _open_cursors(txn, user, device=device)
     return changes
+
+
+async def _delete_device(txn, user, device):
+    """Everything the relay holds for ``device``: keys, queue, room cursors."""
+    for table in DEVICE_TABLES:
+        await txn.execute(f"DELETE FROM {table} WHERE user_id = ? AND device_id = ?",
+                          (user, device))
+
+
+async def _record_removed(txn, user, device):
+    await txn.execute(
+        "INSERT INTO removed_devices (user_id, device_id, removed_at) VALUES (?, ?, ?)",
+        (user, device, txn.now_ms))
+
+
+async def txn_remove_device(txn, user, device):
+    """The relay's operator removes ``device`` from ``user``'s account (the owner's
+    signed list may still name it: a device the list names and the relay has no keys
+    of is encrypted to by nobody); False when the account has no such device."""
+    await _lock_account(txn, user)
+    if await txn_get_device_keys(txn, user, device) is None:
+        return False
+    await _delete_device(txn, user, device)
+    await _record_removed(txn, user, device)
+    return True
 
 
 async def txn_get_device_list(txn, user):
