@@ -18,6 +18,9 @@ from tests.processes import (
 from securechat.client.protocol import RemoteError
 from tests.support import ScriptedDevice, cleanup, poll_until, unicast, write_config
 from tests.test_device_removal import publish
+from tests.two_devices import add_device
+
+PASSWORD = "correct horse battery staple"  # run_cli's
 
 
 def admin(config, *args):
@@ -231,3 +234,21 @@ async def test_devices_remove_takes_a_device_out_for_good(relay):
     assert len(accepted["accepted"]) == 1
     missing = admin(relay.config, "devices", "remove", "alice", "A2")
     assert missing.returncode == 1 and "alice has no device 'A2'" in missing.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_an_operator_removal_the_owner_still_changes_the_list(relay, tmp_path):
+    """carol's phone (listed) removed by the operator: her laptop then adds a tablet,
+    publishing a list without the phone (the relay has no keys of it, and would refuse
+    a list naming it), and bob's client sees the laptop and the tablet."""
+    carol = write_client_config(str(tmp_path / "laptop"), "carol", relay.endpoint.port)
+    phone = write_client_config(str(tmp_path / "phone"), "carol", relay.endpoint.port)
+    tablet = write_client_config(str(tmp_path / "tablet"), "carol", relay.endpoint.port)
+    assert (await run_cli(carol, "register")).code == 0
+    phone_id = await add_device(carol, phone, PASSWORD)
+    assert admin(relay.config, "devices", "remove", "carol", phone_id).returncode == 0
+    tablet_id = await add_device(carol, tablet, PASSWORD)
+    _, bob, _ = relay.devices
+    entry = (await bob.request("keys.query", users=["carol"]))["users"]["carol"]
+    assert phone_id not in entry["device_list"]["devices"]
+    assert tablet_id in entry["device_list"]["devices"] and len(entry["devices"]) == 2

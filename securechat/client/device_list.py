@@ -61,11 +61,6 @@ def signed_list(client, entry, required=True):
     return listing
 
 
-async def published_list(client):
-    """The account's device list as the relay publishes it, checked (``signed_list``)."""
-    return signed_list(client, await own_entry(client))
-
-
 async def publish_next(client, listing, devices):
     """Sign and publish the version after ``listing`` (None: the first) holding
     ``devices``; the relay's answer (``removed``: the devices it removed)."""
@@ -86,12 +81,21 @@ async def publish_next(client, listing, devices):
     return {**answer, "version": following["version"]}
 
 
+def still_held(listing, entry):
+    """The entries of ``listing`` whose device the relay still has keys of: a device its
+    operator removed (``securechat-admin devices remove``) is left out of the next list,
+    which the relay would otherwise refuse (it checks every listed device's keys)."""
+    return {device: keys for device, keys in listing["devices"].items()
+            if device in entry["devices"]}
+
+
 async def add(client, devices):
     """Publish the current list with ``devices`` (``{id: device keys}``) added (``added``
     now): the current list re-read and checked first, so no device of it is dropped.
     The relay's answer, with the new ``version``."""
-    listing = signed_list(client, await own_entry(client), required=False)
-    current = dict(listing["devices"]) if listing else {}
+    entry = await own_entry(client)
+    listing = signed_list(client, entry, required=False)
+    current = still_held(listing, entry) if listing else {}
     for device, keys in devices.items():
         current[device] = listed_entry(keys, now_ms())
     return await publish_next(client, listing, current)
@@ -112,11 +116,12 @@ async def remove_device(client, device):
         raise session.ClientError(f"{device} is this device: remove it from another of your "
                                   "devices (or delete the account: securechat account delete)",
                                   EXIT_USAGE)
-    listing = await published_list(client)
+    entry = await own_entry(client)
+    listing = signed_list(client, entry)
     if device not in listing["devices"]:
         raise session.ClientError(f"{client.user}'s device list has no device {device} (see "
                                   "'securechat devices')", EXIT_NOT_FOUND)
-    kept = {d: entry for d, entry in listing["devices"].items() if d != device}
+    kept = {d: keys for d, keys in still_held(listing, entry).items() if d != device}
     return await publish_next(client, listing, kept)
 
 
@@ -127,13 +132,14 @@ async def migrate(client):
     if client.store.meta(FORMAT_META) == str(FORMAT):
         return
     try:
-        listing = signed_list(client, await own_entry(client), required=False)
+        entry = await own_entry(client)
+        listing = signed_list(client, entry, required=False)
         if listing is not None and any("added" not in d for d in listing["devices"].values()):
             created = {d["device"]: d["created"]
                        for d in (await client.request("devices.list"))["devices"]}
             await publish_next(client, listing, {
                 device: listed_entry(keys, keys.get("added") or created.get(device) or now_ms())
-                for device, keys in listing["devices"].items()})
+                for device, keys in still_held(listing, entry).items()})
             log.info("re-signed the account's device list in format {version}", version=FORMAT)
         else:
             with client.store.transaction():
