@@ -5,8 +5,9 @@ migrated from 12 with every account enabled)."""
 import pytest_twisted
 
 from securechat.store import make_store
-from securechat.store.schema import MIGRATIONS, SCHEMA_VERSION, STATEMENTS, VERSION_TABLE
-from tests.test_store_contract import database, device, raw_sql, store  # noqa: F401
+from securechat.store.schema import SCHEMA_VERSION
+from tests.test_store_contract import (  # noqa: F401
+    database, database_at, device, raw_sql, store)
 
 
 @pytest_twisted.ensureDeferred
@@ -52,12 +53,8 @@ async def test_an_account_is_disabled_and_enabled_again(store):  # noqa: F811
 async def test_a_version_12_database_gains_the_flag_with_every_account_enabled(
         database, tmp_path):  # noqa: F811
     """Upgrading from schema 12 keeps the accounts, none of them disabled."""
-    earlier = [statement for version in range(2, 13) for statement in MIGRATIONS[version]]
-    for statement in [VERSION_TABLE, *STATEMENTS, *earlier,
-                      "INSERT INTO schema_version (version) VALUES (12)",
-                      "INSERT INTO accounts (user_id, password_key, identity_key, created) "
-                      "VALUES ('alice', 'pk', 'idkey', 5)"]:
-        raw_sql(database, statement)
+    database_at(database, 12, "INSERT INTO accounts (user_id, password_key, identity_key, "
+                              "created) VALUES ('alice', 'pk', 'idkey', 5)")
     store = make_store(database, str(tmp_path))
     await store.start()
     try:

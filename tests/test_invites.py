@@ -33,20 +33,22 @@ def relay_with(tmp_path, policy):
     return proc
 
 
-@pytest.fixture
-def invite_only(tmp_path):
-    proc = relay_with(tmp_path, "invite")
+def listening(tmp_path, policy):
+    """A fixture's body: the relay of ``policy``, listening, stopped after the test."""
+    proc = relay_with(tmp_path, policy)
     pytest_twisted.blockon(defer.ensureDeferred(proc.wait_listening()))
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def invite_only(tmp_path):
+    yield from listening(tmp_path, "invite")
 
 
 @pytest.fixture
 def closed(tmp_path):
-    proc = relay_with(tmp_path, "closed")
-    pytest_twisted.blockon(defer.ensureDeferred(proc.wait_listening()))
-    yield proc
-    proc.stop()
+    yield from listening(tmp_path, "closed")
 
 
 def client(relay, tmp_path, user):

@@ -54,6 +54,17 @@ def raw_sql(database, sql, args=()):
     return rows
 
 
+def database_at(database, version, *statements):
+    """Make ``database`` as securechat's schema ``version`` left it, then run
+    ``statements`` (rows of that version): what a migration test upgrades."""
+    from securechat.store.schema import MIGRATIONS, STATEMENTS, VERSION_TABLE
+    earlier = [statement for step in range(2, version + 1) for statement in MIGRATIONS[step]]
+    for statement in [VERSION_TABLE, *STATEMENTS, *earlier,
+                      f"INSERT INTO schema_version (version) VALUES ({version})",
+                      *statements]:
+        raw_sql(database, statement)
+
+
 async def device(store, user, name="D1"):
     if await store.get_account(user) is None:
         await store.create_account(user, "hash", "idkey")
