@@ -60,7 +60,8 @@ async def test_an_invite_only_relay_takes_a_registration_with_an_invite_as_often
         invite_only, tmp_path):
     """Without an invite: exit 3 naming --invite.  An invite for 2 uses registers alice and
     bob and is then used up (carol: exit 3, nothing kept); invites list shows what is
-    left; a revoked invite registers nobody; the audit log never holds a token."""
+    left; a revoked invite registers nobody; the audit log never holds a token or a
+    password."""
     relay = invite_only
     alice, bob, carol = (client(relay, tmp_path, u) for u in ("alice", "bob", "carol"))
     refused = await run_cli(alice, "register")
@@ -83,6 +84,7 @@ async def test_an_invite_only_relay_takes_a_registration_with_an_invite_as_often
     assert (await run_cli(carol, "register", "--invite", second["token"])).code == 3
     audit = open(os.path.join(relay.data_dir, "audit.jsonl")).read()
     assert token not in audit and second["token"] not in audit
+    assert "correct horse battery staple" not in audit  # run_cli's password
 
 
 @pytest_twisted.ensureDeferred

@@ -143,6 +143,10 @@ class RelayService(service.Service):
             host=address.host, port=address.port, relay_id=relay_id,
             database=database_url.redact(self.config.database),
         )
+        self.log.info("Registration: {policy} ([accounts] registration{how})",
+                      policy=self.config.registration,
+                      how="; securechat-admin invites create makes invites"
+                      if self.config.registration == "invite" else "")
         if self.http_port is not None:
             http = self.http_port.getHost()
             self.log.info("Operator endpoints on http://{host}:{port}/ (health, ready, metrics)",
