@@ -14,6 +14,7 @@ from securechat import config as server_config
 from securechat.admin import api_client, show
 from securechat.admin.backup import AdminError, backup, restore
 from securechat.admin.migrate import migrate
+from securechat.client.render import safe
 
 
 def build_parser():
@@ -150,7 +151,7 @@ def main(argv=None):
     except (AdminError, server_config.ConfigError) as e:
         if args.json:
             print(json.dumps({"error": str(e)}))
-        print(f"securechat-admin: {e}", file=sys.stderr)
+        print(f"securechat-admin: {safe(str(e))}", file=sys.stderr)  # may quote the relay
         return 1
     if args.json:
         print(json.dumps(document, sort_keys=True, ensure_ascii=False))

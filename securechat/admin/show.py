@@ -1,9 +1,10 @@
 """``securechat-admin``'s lines for a person: times in UTC, one entry a line.
 
-Every name comes from the relay (which refused any that is not a valid user or room
-name), so nothing here needs escaping for a terminal.
+User and room names are ones the relay accepted as such; a device's name is text its
+owner chose, so it reaches the terminal through the client's one rendering function.
 """
 
+from securechat.client.render import safe
 from securechat.timestamps import utc_date
 
 
@@ -25,7 +26,7 @@ def user(found):
     for d in found["devices"]:
         state = "online" if d.get("online") else f"last seen {_when(d['last_seen'])}"
         listed = "" if d["listed"] else "  (pending: being linked)"
-        lines.append(f"  device {d['device']}  {d['name'] or '(no name)'}  added "
+        lines.append(f"  device {d['device']}  {safe(d['name']) if d['name'] else '(no name)'}  added "
                      f"{_when(d['created'])}  {state}  queued {d['queued']}{listed}")
     rooms = found["rooms"]
     lines.append("  rooms: " + (", ".join(f"{room} ({role})" for room, role in rooms.items())
