@@ -19,6 +19,9 @@ from tests.processes import RelayEndpoint, ServerProcess, free_port
 from tests.support import ScriptedDevice, cleanup, poll_until, unicast, write_config
 
 DEFAULT_BUDGET_KIB = 4096
+SAMPLING_SLACK_KIB = 1024
+"""How far the RSS sampled ten times a second can fall short of the true peak (a few pages
+of allocator churn between samples); a leak of the 190 KB answers is many times this."""
 """[limits] output_budget_bytes by default, in KiB."""
 
 
@@ -96,7 +99,7 @@ async def test_memory_stays_bounded_while_a_member_never_reads_its_history_answe
     assert worst < 5
     assert "output budget" not in proc.new_log_text()  # held, not closed: stall is 120 s
     await poll_until(lambda: open_files(proc.process.pid) == files_before)  # it is gone
-    assert sampler.rss_kib() <= peak_kib  # what it held is reused, not added to
+    assert sampler.rss_kib() <= peak_kib + SAMPLING_SLACK_KIB  # reused, not added to
     await cleanup(alice, bob)
 
 

@@ -605,6 +605,10 @@ class Client:
     def _event(self, frame):
         if frame.get("event") == "envelope":
             self.receiver.envelope_event(frame)
+        elif frame.get("event") == "shutdown":
+            # The relay is stopping: the connection closes next and the reconnector
+            # connects again once a relay listens (said, not treated as unknown).
+            self.log.info("the server is shutting down; this client connects again when it is back")
         elif frame.get("event") == "corrupt":
             self.log.error("the server reports a corrupted stored envelope {id}", id=frame.get("id"))
         elif frame.get("event") == "keys.low":
@@ -691,6 +695,9 @@ class Client:
                 raise ClientError("wrong user name or password", EXIT_AUTH) from None
             if e.code in ("rate_limited", "unavailable"):
                 raise refusal(e) from None
+            if e.code == "closed":  # the relay stopped (or dropped it) mid-login: retried
+                raise ClientError(f"the server closed the connection during login "
+                                  f"({e.message})", EXIT_UNREACHABLE) from None
             if e.code == "device_not_linked":
                 raise LinkExpired(f"login refused: {e.message}") from None
             raise ClientError(f"login refused: {e.message}", EXIT_AUTH) from None
