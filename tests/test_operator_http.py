@@ -14,7 +14,8 @@ from twisted.internet import defer, threads
 from securechat import config as server_config
 from tests.pgserver import create_database
 from tests.processes import RelayEndpoint, ServerProcess, free_port
-from tests.support import ScriptedDevice, cleanup, poll_until_async, unicast, write_config
+from tests.support import ScriptedDevice, cleanup, new_envelope_id, poll_until_async, unicast
+from tests.support import write_config
 from tests.test_postgres_restart import postgres  # noqa: F401 (the fixture)
 from tests.test_startup import FAILED, _listening_socket, _start_in_foreground
 
@@ -91,8 +92,8 @@ async def test_metrics_parse_and_move_after_logins_and_a_send(relay_process):
         assert after[("securechat_registrations_total", ())] == 2
         assert after[("securechat_logins_total", (("outcome", "ok"),))] == 2
         assert after[("securechat_envelopes_accepted_total", (("kind", "unicast"),))] == 1
-        assert after[("securechat_envelopes_delivered_total", ())] == 1
-        assert after[("securechat_envelopes_acknowledged_total", ())] == 1
+        assert after[("securechat_envelopes_delivered_total", (("kind", "unicast"),))] == 1
+        assert after[("securechat_envelopes_acknowledged_total", (("kind", "unicast"),))] == 1
         assert after[("securechat_connections_open", ())] == 2
         assert after[("securechat_envelopes_queued", (("store", "sqlite"),))] == 0
         assert after[("securechat_store_commit_seconds_count", ())] >= 1
@@ -100,6 +101,37 @@ async def test_metrics_parse_and_move_after_logins_and_a_send(relay_process):
         assert ("process_open_fds", ()) in after
         for name in ("alice", "bob", "DEV1"):
             assert name not in text
+    finally:
+        await cleanup(alice, bob)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_message_is_counted_as_room_when_delivered_and_acknowledged(
+        relay_process):
+    """A room message pushed to a member and acknowledged moves the ``room`` series of
+    delivered and acknowledged by one each, and not the ``unicast`` acknowledgements."""
+    endpoint = RelayEndpoint(relay_process.port, relay_process.data_dir)
+    alice, bob = ScriptedDevice("alice"), ScriptedDevice("bob")
+    room_kind, unicast_kind = (("kind", "room"),), (("kind", "unicast"),)
+    try:
+        for device in (alice, bob):
+            await device.register(endpoint)
+            await device.login(endpoint)
+        await alice.request("room.create", room="ops")
+        await bob.request("room.join", room="ops")
+        before = samples((await get(relay_process.http_port, "/metrics"))[1])
+        envelope_id = new_envelope_id()
+        await alice.request("room.send", room="ops", id=envelope_id, kind="megolm",
+                            sid="c2lk", ct="b3BhcXVl")
+        await poll_until_async(lambda: defer.succeed(bool(bob.envelopes())))
+        await bob.request("ack", ids=[envelope_id])
+        after = samples((await get(relay_process.http_port, "/metrics"))[1])
+        for series in ("securechat_envelopes_delivered_total",
+                       "securechat_envelopes_acknowledged_total"):
+            assert after[(series, room_kind)] == before[(series, room_kind)] + 1, series
+        acked = "securechat_envelopes_acknowledged_total"
+        assert after[(acked, unicast_kind)] == before[(acked, unicast_kind)]
+        assert "ops" not in "".join(str(key) for key in after)
     finally:
         await cleanup(alice, bob)
 

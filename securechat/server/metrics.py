@@ -33,8 +33,8 @@ class RelayMetrics:
         self.logins_failed = Counter()  # error code -> count (a fixed set of codes)
         self.registrations = 0
         self.accepted = dict.fromkeys(ENVELOPE_KINDS, 0)
-        self.delivered = 0
-        self.acknowledged = 0
+        self.delivered = dict.fromkeys(ENVELOPE_KINDS, 0)
+        self.acknowledged = dict.fromkeys(ENVELOPE_KINDS, 0)
         self.rate_limited = Counter()  # op refused -> count (the ops are a fixed set)
         self.handshake_failures = 0
         self.registry = CollectorRegistry()
@@ -52,6 +52,12 @@ class RelayMetrics:
 
     def login_failed(self, code):
         self.logins_failed[code] += 1
+
+    def acked(self, counts):
+        """What one ack removed: ``(unicast, room, broadcast)`` counts (the store's)."""
+        acknowledged = self.acknowledged
+        for kind, count in zip(ENVELOPE_KINDS, counts):
+            acknowledged[kind] += count
 
 
 class RelayCollector:
@@ -87,18 +93,15 @@ class RelayCollector:
             logins.add_metric([code], count)
         yield logins
         yield _counter("securechat_registrations", "Accounts registered.", m.registrations)
-        accepted = CounterMetricFamily("securechat_envelopes_accepted",
-                                       "Envelopes committed, by how they were addressed.",
-                                       labels=["kind"])
-        for kind in ENVELOPE_KINDS:
-            accepted.add_metric([kind], m.accepted[kind])
-        yield accepted
-        yield _counter("securechat_envelopes_delivered",
-                       "Envelopes pushed to a device (a redelivery after a reconnect counts "
-                       "again).", m.delivered)
-        yield _counter("securechat_envelopes_acknowledged",
-                       "Envelopes a device acknowledged that were still pending.",
-                       m.acknowledged)
+        yield _by_kind("securechat_envelopes_accepted",
+                       "Envelopes committed, by how they were addressed.", m.accepted)
+        yield _by_kind("securechat_envelopes_delivered",
+                       "Envelopes pushed to a device, by how they were addressed (a "
+                       "redelivery after a reconnect counts again).", m.delivered)
+        yield _by_kind("securechat_envelopes_acknowledged",
+                       "Envelopes a device acknowledged that were still pending, by how "
+                       "they were addressed ('unicast' includes the relay's membership "
+                       "notices).", m.acknowledged)
         limited = CounterMetricFamily("securechat_rate_limited",
                                       "Requests refused with rate_limited, by the request "
                                       "refused ('requests': the per-connection request rate).",
@@ -114,6 +117,13 @@ class RelayCollector:
 def _gauge(name, documentation, value):
     family = GaugeMetricFamily(name, documentation)
     family.add_metric([], value)
+    return family
+
+
+def _by_kind(name, documentation, counts):
+    family = CounterMetricFamily(name, documentation, labels=["kind"])
+    for kind in ENVELOPE_KINDS:
+        family.add_metric([kind], counts[kind])
     return family
 
 

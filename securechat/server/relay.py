@@ -16,7 +16,7 @@ from securechat import wire
 from securechat.server.accounts import no_such_user
 from securechat.server.metrics import RelayMetrics
 from securechat.store import errors as store_errors
-from securechat.wire import ProtocolError
+from securechat.wire import BROADCAST_ROOM, ProtocolError
 
 FETCH_PAGE = 500
 
@@ -102,7 +102,7 @@ class DeliveryCursor:
         if self._caught_up and not self._pumping and self._room_for(len(body)):
             if seq > self._sent_seq:
                 self._sent_seq = seq
-                self._push(delivery_line, body)
+                self._push_envelope(body, room_entry and room_entry[0])
                 if room_entry is not None:
                     self._remember(envelope_id, room_entry)
         else:
@@ -151,10 +151,12 @@ class DeliveryCursor:
         if len(entries) > REMEMBERED_ROOM_ENTRIES:
             del entries[next(iter(entries))]
 
-    def _push(self, frame, content):
+    def _push_envelope(self, body, room):
+        """Push one envelope (``room``: the history it is from, None for a queue row)."""
         self._pushed += 1
-        self._metrics.delivered += 1
-        self._push_line(frame(self._pushed, content))
+        kind = "unicast" if room is None else "broadcast" if room == BROADCAST_ROOM else "room"
+        self._metrics.delivered[kind] += 1
+        self._push_line(delivery_line(self._pushed, body))
 
     def pump(self):
         """Read and push everything after the last pushed seq (one reader at a time)."""
@@ -197,7 +199,7 @@ class DeliveryCursor:
     def _push_row(self, row):
         self._sent_seq = row["seq"]
         if row["intact"]:
-            self._push(delivery_line, row["body"].encode("utf-8"))
+            self._push_envelope(row["body"].encode("utf-8"), row["room"])
             if row["room"] is not None:
                 self._remember(row["id"], (row["room"], row["pos"]))
             return
@@ -205,7 +207,8 @@ class DeliveryCursor:
             "Stored envelope {id} for {user}/{device} (seq {seq}) fails its digest check",
             id=row["id"], user=self._user, device=self._device, seq=row["seq"],
         )
-        self._push(_corrupt_line, row["id"])
+        self._pushed += 1
+        self._push_line(_corrupt_line(self._pushed, row["id"]))
 
 
 def _corrupt_line(number, envelope_id):

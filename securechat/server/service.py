@@ -156,6 +156,7 @@ class RelayService(service.Service):
         """Listen for the operator's HTTP requests, the metrics registry fed from here."""
         metrics = self.factory.metrics
         self.store.observe_writes(self._observe_writes)
+        self.store.observe_acks(metrics.acked)
         metrics.registry.register(RelayCollector(metrics, lambda: {
             "connections": len(self.factory.connections),
             "argon2_waiting": hasher.queue.waiting(),

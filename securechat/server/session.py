@@ -66,6 +66,10 @@ ALLOWED_OPS = {
 """The requests each state accepts."""
 
 
+def _acknowledged(removed):
+    return {"removed": removed}
+
+
 class ConnectionSession:
     log = Logger()
     _machine = MethodicalMachine()
@@ -437,11 +441,7 @@ class ConnectionSession:
         cursor = self._server.relay.cursor(self.user, self.device)
         ids, positions = cursor.acknowledged(fields["ids"]) if cursor else (fields["ids"], None)
         d = self._server.store.ack(self.user, self.device, ids, positions)
-        return d.addCallback(self._acknowledged)
-
-    def _acknowledged(self, removed):
-        self._server.metrics.acknowledged += removed
-        return {"removed": removed}
+        return d.addCallback(_acknowledged)
 
     async def op_room_create(self, fields):
         return await self._server.rooms.create(self.user, fields["room"], fields["password"])

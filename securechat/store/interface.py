@@ -109,6 +109,10 @@ class IStore(Interface):
         """Call ``observe(commit_seconds, waited_seconds)`` after each group commit of
         envelopes and acks (see ``GroupCommit.observe``); not a Deferred."""
 
+    def observe_acks(observe):
+        """Call ``observe((unicast, room, broadcast))`` with what each ``ack`` removed, of
+        each kind, once it committed (the operator's metrics); not a Deferred."""
+
     def get_account(user):
         """Fire with ``{"user", "password_key", "secret_hash", "identity_key", "created"}``
         or None.  Exactly one of ``password_key`` and ``secret_hash`` is set: the hash

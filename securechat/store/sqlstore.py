@@ -128,6 +128,7 @@ class SqlStore:
         # so do the first reads of their queues that follow.
         self._logins = GroupCommit(self._run, devices.txn_device_login_group)
         self._first_reads = GroupCommit(self._run, queue_reads.txn_fetch_queue_group)
+        self._observe_acks = None
 
     def _open(self):
         """Open the connections; a Deferred."""
@@ -216,6 +217,9 @@ class SqlStore:
     def observe_writes(self, observe):
         self._writes.observe = observe
 
+    def observe_acks(self, observe):
+        self._observe_acks = observe
+
     def users_page(self, after, limit):
         return self._run(admin.txn_users_page, after, limit)
 
@@ -301,8 +305,16 @@ class SqlStore:
         return self._run(queue_reads.txn_queue_length, user, device)
 
     def ack(self, user, device, ids, positions=None):
-        return self._writes.submit(
-            ("ack", (user, device, ids, positions)), gather=ACK_GATHER_SECONDS)
+        d = self._writes.submit(("ack", (user, device, ids, positions)),
+                                gather=ACK_GATHER_SECONDS)
+        return d.addCallback(self._acked)
+
+    def _acked(self, counts):
+        """An ack's ``(unicast, room, broadcast)`` counts, told to the observer; its sum
+        is the answer."""
+        if self._observe_acks is not None:
+            self._observe_acks(counts)
+        return sum(counts)
 
     def create_room(self, room, owner, password_hash):
         return self._run(rooms.txn_create_room, room, owner, password_hash)

@@ -12,6 +12,11 @@ bulk (``txn_ack_group``) inside the write group's transaction.
 import bisect
 
 from securechat.store.transactions.common import _chunks, _first, _values, digest
+from securechat.wire import BROADCAST_ROOM
+
+UNICAST, ROOM, BROADCAST = range(3)
+"""Where an ack's counts go in its ``(unicast, room, broadcast)`` outcome: a queue row (1:1
+messages and the relay's membership notices), a room's entry, a broadcast's entry."""
 
 
 _PENDING_ROOM_ENTRIES = (  # "+h.pos": compared, not looked up by, so that an index on
@@ -55,8 +60,9 @@ async def txn_queue_length(txn, user, device):
 
 
 async def txn_ack_group(txn, acks):
-    """Several ``ack`` calls ``(user, device, ids, positions)`` in one transaction; removed
-    counts.
+    """Several ``ack`` calls ``(user, device, ids, positions)`` in one transaction; for
+    each, the ``(unicast, room, broadcast)`` counts of what it removed (the operator's
+    metrics tell the kinds apart; the client hears their sum).
 
     A room message is acknowledged by moving the device's position in that
     room past it (and so past every earlier one: a device acknowledges in the
@@ -78,18 +84,18 @@ async def txn_ack_group(txn, acks):
     for index, (user, device, _, positions) in enumerate(acks):
         for room, places in (positions or {}).items():
             entries.add(index, (user, device, room), places)
-    removed = [0] * len(acks)
+    removed = [[0, 0, 0] for _ in acks]
     for chunk in _chunks(list(first_call)):
         values, args = _values(chunk)
         for row in await txn.execute(
                 "DELETE FROM queue WHERE (user_id, device_id, envelope_id) IN "
                 f"(SELECT column1, column2, column3 FROM ({values}) AS acked) "
                 "RETURNING user_id, device_id, envelope_id", args):
-            removed[first_call.pop(tuple(row))] += 1
+            removed[first_call.pop(tuple(row))][UNICAST] += 1
     if first_call:  # what is left: ids of room entries (or unknown ones)
         await _room_entries_by_id(txn, first_call, entries)
     await entries.apply(txn, removed)
-    return removed
+    return [tuple(counts) for counts in removed]
 
 
 async def _room_entries_by_id(txn, first_call, entries):
@@ -148,7 +154,8 @@ class _AckedEntries:
                     "JOIN room_cursors c ON c.user_id = acked.column1 "
                     "AND c.device_id = acked.column2 AND c.room = acked.column3", args):
                 cursor = (user, device, room)
-                end = _credit(self._calls[cursor], next_pos, until_pos, removed)
+                kind = BROADCAST if room == BROADCAST_ROOM else ROOM
+                end = _credit(self._calls[cursor], next_pos, until_pos, removed, kind)
                 if end > next_pos:
                     moves.append((*cursor, end))
         for chunk in _chunks(moves):
@@ -160,10 +167,10 @@ class _AckedEntries:
                 "AND room_cursors.next_pos < moved.column4", args)
 
 
-def _credit(calls, next_pos, until_pos, removed):
+def _credit(calls, next_pos, until_pos, removed, kind):
     """Credit the calls ``[(index, places), ...]`` of one device and room with the places
-    in ``[next_pos, until_pos]``, each once; the position after the last (``next_pos``
-    when none is pending)."""
+    in ``[next_pos, until_pos]``, each once, as ``kind``; the position after the last
+    (``next_pos`` when none is pending)."""
     if len(calls) == 1:  # the usual case: counted by bisection, not place by place
         index, places = calls[0]
         places = sorted(set(places))
@@ -171,13 +178,13 @@ def _credit(calls, next_pos, until_pos, removed):
         end = len(places) if until_pos is None else bisect.bisect_right(places, until_pos)
         if end <= first:
             return next_pos
-        removed[index] += end - first
+        removed[index][kind] += end - first
         return places[end - 1] + 1
     seen, last = set(), next_pos - 1
     for index, places in sorted(calls, key=lambda call: call[0]):
         for pos in places:
             if pos >= next_pos and (until_pos is None or pos <= until_pos) and pos not in seen:
                 seen.add(pos)
-                removed[index] += 1
+                removed[index][kind] += 1
                 last = max(last, pos)
     return last + 1
