@@ -4,6 +4,7 @@ stats and a certificate reload, in lines and in JSON; a missing or wrong token r
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import urllib.error
@@ -17,6 +18,8 @@ from tests.processes import (
     RelayEndpoint, ServerProcess, executable, free_port, run_cli, write_client_config)
 from securechat.client.protocol import RemoteError
 from tests.support import ScriptedDevice, cleanup, poll_until, unicast, write_config
+from securechat.client.exit_codes import EXIT_OUTPUT_CLOSED
+from tests.test_closed_output import into_closed_pipe
 from tests.test_device_removal import publish
 from tests.two_devices import add_device
 
@@ -91,6 +94,13 @@ def test_users_rooms_and_stats_in_lines_and_json(relay):
     assert missing.returncode == 1 and "no user named 'nobody'" in missing.stderr
 
 
+def test_output_into_a_closed_pipe_ends_quietly_with_141(relay):
+    """``securechat-admin users list`` whose reader stopped reading: 141, no stderr."""
+    result = into_closed_pipe(executable("securechat-admin"), "--config", str(relay.config),
+                              "users", "list")
+    assert (result.returncode, result.stderr) == (EXIT_OUTPUT_CLOSED, "")
+
+
 def test_tls_reload_answers_the_fingerprint_new_connections_get(relay):
     """tls reload through the admin API: the certificate (unchanged here) is loaded again
     and its fingerprint answered, as the relay logs it."""
@@ -129,6 +139,42 @@ def test_a_missing_or_wrong_token_is_refused_and_every_call_is_audited(relay):
         ("admin", "GET /admin/v1/users")]
     assert all(e["caller"] == "127.0.0.1" for e in events if e["event"].startswith("admin"))
     assert token not in text
+
+
+def raw_post(relay, head, body_parts):
+    """Send a POST head and then ``body_parts`` on a plain socket until the relay closes
+    it; what it answered."""
+    with socket.create_connection(("127.0.0.1", relay.http_port), timeout=30) as conn:
+        try:
+            conn.sendall(head)
+            for part in body_parts:
+                conn.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed early: what was answered is read below
+        answer = b""
+        try:
+            while chunk := conn.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer
+
+
+def test_a_request_body_over_64_kib_is_refused_and_never_runs(relay):
+    """An invite creation with a 1 MiB body (said by its Content-Length), and one sent in
+    chunks without a length, are each answered 413 and closed while the body still comes;
+    neither creates an invite."""
+    token = open(os.path.join(relay.data_dir, "admin.token")).read().strip()
+    start = (b"POST /admin/v1/invites HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             b"Authorization: Bearer " + token.encode() + b"\r\n")
+    filler = b" " * 65536
+    by_length = raw_post(relay, start + b"Content-Length: 1048576\r\n\r\n", [filler] * 16)
+    chunk = b"%x\r\n%s\r\n" % (len(filler), filler)
+    by_chunks = raw_post(relay, start + b"Transfer-Encoding: chunked\r\n\r\n", [chunk] * 16)
+    for answer in (by_length, by_chunks):
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        assert b"request body over 65536 bytes" in answer
+    assert admin_json(relay.config, "invites", "list")["invites"] == []
 
 
 def test_the_admin_tool_says_when_the_relay_is_not_running(tmp_path):

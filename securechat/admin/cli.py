@@ -14,6 +14,7 @@ from securechat import config as server_config
 from securechat.admin import api_client, show
 from securechat.admin.backup import AdminError, backup, restore
 from securechat.admin.migrate import migrate
+from securechat.client.closed_output import output_closed
 from securechat.client.render import safe
 
 
@@ -153,11 +154,15 @@ def main(argv=None):
             print(json.dumps({"error": str(e)}))
         print(f"securechat-admin: {safe(str(e))}", file=sys.stderr)  # may quote the relay
         return 1
-    if args.json:
-        print(json.dumps(document, sort_keys=True, ensure_ascii=False))
-    else:
-        for line in lines:
-            print(line)
+    try:
+        if args.json:
+            print(json.dumps(document, sort_keys=True, ensure_ascii=False))
+        else:
+            for line in lines:
+                print(line)
+        sys.stdout.flush()  # here, where a closed pipe is understood, not at exit
+    except BrokenPipeError:  # the reader stopped reading (| head): no error of ours
+        return output_closed()
     return 0
 
 

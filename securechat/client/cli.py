@@ -19,6 +19,7 @@ import sys
 from securechat.client import settings as client_settings
 from securechat.client.commands import (
     build_parser, next_page, request_for, show_result, standalone_only)
+from securechat.client.closed_output import output_closed
 from securechat.client.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
 from securechat.client.render import safe
 from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection
@@ -107,9 +108,12 @@ def main(argv=None):
     line on stderr (a traceback only when SECURECHAT_DEBUG=1 asks for one)."""
     try:
         code = run(build_parser().parse_args(argv))
+        sys.stdout.flush()  # here, where a closed pipe is understood, not at exit
     except (CommandFailed, ConfigError, PasswordUnavailable) as e:
         print(f"securechat: {safe(e)}", file=sys.stderr)
         code = getattr(e, "exit_code", EXIT_ERROR)
+    except BrokenPipeError:  # the reader of our output stopped reading: no error of ours
+        code = output_closed()
     except KeyboardInterrupt:
         start = "\n" if sys.stderr.isatty() else ""  # after the ^C, not beside it
         print(f"{start}securechat: interrupted", file=sys.stderr)

@@ -17,6 +17,9 @@ EXIT_UNAVAILABLE = 9
 EXIT_INTERRUPTED = 130
 """128 + SIGINT, as a shell reports a command stopped by Ctrl-C."""
 
+EXIT_OUTPUT_CLOSED = 141
+"""128 + SIGPIPE (see closed_output)."""
+
 EXIT_UNKNOWN_USER = EXIT_NOT_FOUND
 """The first kind of "not found" (a user); rooms share the code (see TABLE)."""
 
@@ -37,5 +40,7 @@ TABLE = (
     (EXIT_RATE_LIMITED, "rate limited: the message says how many seconds to wait"),
     (EXIT_UNAVAILABLE, "the server is unavailable (its database or disk): try again later"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+    (EXIT_OUTPUT_CLOSED, "its output was closed before it ended (the reader of a pipe, like "
+                         "head, stopped reading): nothing more is written, nothing is said"),
 )
 """``(code, meaning)`` for every exit code, in order."""

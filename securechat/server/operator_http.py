@@ -7,6 +7,8 @@ Anything that must reach it from elsewhere goes through a tunnel or a proxy the
 operator sets up (docs/operations.rst, "Monitoring").
 """
 
+import io
+
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -14,6 +16,50 @@ from twisted.web import resource, server
 
 READY_TIMEOUT = 2.0
 """Seconds the store has to answer ``/ready``'s query before the relay counts as not ready."""
+
+MAX_BODY_BYTES = 64 * 1024
+"""The longest request body read: the admin API's bodies are a few hundred bytes of JSON,
+so anything longer is refused (413) before it is stored, not buffered to memory or disk."""
+
+IDLE_TIMEOUT = 60
+"""Seconds an HTTP connection may sit idle before it is closed (twisted.web's default is
+twelve hours: every connection it holds open is memory and a file descriptor)."""
+
+_TOO_LARGE_TEXT = b"request body over %d bytes\n" % MAX_BODY_BYTES
+TOO_LARGE = (b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+             % (len(_TOO_LARGE_TEXT), _TOO_LARGE_TEXT))
+
+
+class BoundedRequest(server.Request):
+    """A request whose body is read up to MAX_BODY_BYTES: a longer one (said by its
+    Content-Length or found while chunks arrive) is answered 413, its connection closed at
+    once, and it is never processed (an admin call must not run on a cut body)."""
+
+    _body_bytes = 0
+    _refused = False
+
+    def gotLength(self, length):
+        self.content = io.BytesIO()
+        if length is not None and length > MAX_BODY_BYTES:
+            self._refuse_too_large()
+
+    def handleContentChunk(self, data):
+        self._body_bytes += len(data)
+        if self._body_bytes > MAX_BODY_BYTES:
+            self._refuse_too_large()
+        elif not self._refused:
+            self.content.write(data)
+
+    def _refuse_too_large(self):
+        if not self._refused:
+            self._refused = True
+            self.channel.transport.write(TOO_LARGE)
+            self.channel.transport.loseConnection()
+
+    def process(self):
+        if not self._refused:
+            super().process()
 
 
 class Health(resource.Resource):
@@ -107,7 +153,7 @@ def operator_site(relay_service, registry, refresh, clock, admin=None):
         versions = resource.Resource()
         versions.putChild(b"v1", admin)
         root.putChild(b"admin", versions)
-    site = server.Site(root)
+    site = server.Site(root, requestFactory=BoundedRequest, timeout=IDLE_TIMEOUT)
     site.displayTracebacks = False
     site.noisy = False
     site.log = lambda request: None  # a scrape every few seconds is no news for the log
