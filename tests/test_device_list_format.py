@@ -13,7 +13,7 @@ from securechat import wire
 from securechat.client.device_list import FORMAT_META
 from securechat.crypto import passwords
 from securechat.crypto.keystore import STORE_FILE, KeyStore
-from tests.processes import RelayEndpoint, run_cli
+from tests.processes import RelayEndpoint
 from tests.support import ScriptedDevice, cleanup
 from tests.test_linking import accounts, device_list, ok, texts, verify_each_other  # noqa: F401
 
