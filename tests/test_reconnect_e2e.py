@@ -152,20 +152,27 @@ async def test_send_wait_sends_once_the_relay_is_back(relay, tmp_path):
 async def test_a_logged_in_client_reconnects_after_a_relay_restart_and_receives(
         relay, tmp_path):
     """A Client logged in (in this process) when the relay gets SIGTERM goes disconnected,
-    reconnects by itself once the relay is back, and goes on receiving (alice's next
-    message arrives once); its states are reported in order."""
+    saying the relay is shutting down (its notice), reconnects by itself once the relay is
+    back, and goes on receiving (alice's next message arrives once); its states are
+    reported in order."""
     proc, port, data = relay
     alice, _ = await users(tmp_path, proc, port)
     endpoint = RelayEndpoint(port, data)
     settings = ClientSettings("127.0.0.1", port, "bob", str(tmp_path / "clients" / "bob"),
                               endpoint.cert_path, None, "test")
-    states, received = [], []
+    states, details, received = [], [], []
+
+    def state_changed(state, detail):
+        states.append(state)
+        details.append(detail)
+
     bob = Client(reactor, settings, "correct horse battery staple",
-                 on_message=received.append, on_state=lambda state, _: states.append(state))
+                 on_message=received.append, on_state=state_changed)
     await bob.open()
     assert bob.state == "connected"
     proc.stop()
     await poll_until(lambda: bob.state != "connected", timeout=30)
+    assert "(the relay is shutting down)" in details[states.index("disconnected")], details
     proc.start()
     await proc.wait_listening()
     await poll_until(lambda: bob.state == "connected", timeout=60)

@@ -184,6 +184,7 @@ class Client:
         self.state = "closed"
         self.state_detail = None
         self._problem = None  # why the last connection or attempt failed
+        self._stopping_relay = None  # the connection whose relay said it is shutting down
         self._on_state = on_state or (lambda state, detail: None)
         self._reconnector = Reconnector(reactor, self._reconnect_once, self._waiting)
 
@@ -513,9 +514,12 @@ class Client:
     def _connection_lost(self, protocol):
         if protocol is not self.protocol or self.state in FINAL_STATES:
             return
+        reason = protocol.lost_reason
+        if protocol is self._stopping_relay:
+            reason = "the relay is shutting down"
         self.log.warn("lost the connection to {server} ({reason}); reconnecting",
-                      server=self.settings.server, reason=protocol.lost_reason)
-        self._problem = f"lost the connection ({protocol.lost_reason})"
+                      server=self.settings.server, reason=reason)
+        self._problem = f"lost the connection ({reason})"
         self._reconnector.start()
 
     def reconnect(self):
@@ -606,9 +610,9 @@ class Client:
         if frame.get("event") == "envelope":
             self.receiver.envelope_event(frame)
         elif frame.get("event") == "shutdown":
-            # The relay is stopping: the connection closes next and the reconnector
-            # connects again once a relay listens (said, not treated as unknown).
-            self.log.info("the server is shutting down; this client connects again when it is back")
+            # The relay is stopping: the connection closes next, and the reconnector
+            # connects again once a relay listens.  Said as the reason it closed.
+            self._stopping_relay = self.protocol
         elif frame.get("event") == "corrupt":
             self.log.error("the server reports a corrupted stored envelope {id}", id=frame.get("id"))
         elif frame.get("event") == "keys.low":

@@ -10,8 +10,8 @@ import sys
 
 from twisted.internet import defer, threads
 from twisted.logger import (
-    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
-    textFileLogObserver)
+    FileLogObserver, FilteringLogObserver, LogLevel, LogLevelFilterPredicate, formatEvent,
+    globalLogBeginner, textFileLogObserver)
 from twisted.python.failure import Failure
 
 from securechat.client import cli, commands, linking
@@ -30,13 +30,17 @@ from securechat.timestamps import utc_date
 
 
 def log_to_stderr(ours=LogLevel.warn, stream=None):
-    """Warnings and errors (never message contents) go to stderr (or ``stream``: the
-    chat's, which moves them onto its screen), and securechat's own lines from level
-    ``ours`` (the daemon says what it serves and its connection state)."""
+    """Warnings and errors (never message contents) go to stderr, and securechat's own
+    lines from level ``ours`` (the daemon says what it serves and its connection state).
+    With ``stream`` (the chat's, which moves them onto its screen, where each line
+    already has its time) they are the bare text, without time and logger name."""
     levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
     levels.setLogLevelForNamespace("securechat", ours)
-    observer = FilteringLogObserver(
-        textFileLogObserver(EscapingStream(stream or sys.stderr)), [levels])
+    if stream is None:
+        lines = textFileLogObserver(EscapingStream(sys.stderr))
+    else:
+        lines = FileLogObserver(EscapingStream(stream), lambda event: formatEvent(event) + "\n")
+    observer = FilteringLogObserver(lines, [levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
