@@ -13,7 +13,8 @@ from securechat.server.keys import KeyDirectory
 from securechat.server.metrics import RelayMetrics
 from securechat.server.protocol import RelayProtocol
 from securechat.server.outage import OutageLog
-from securechat.server.ratelimit import KeyClaimLimits, LoginGuard, RoomPasswordGuard
+from securechat.server.guards import FAILURE_MEMORY_SECONDS, LoginGuard, RoomPasswordGuard
+from securechat.server.ratelimit import KeyClaimLimits
 from securechat.server.recovery import Recovery
 from securechat.server.relay import Relay
 from securechat.server.rooms import Rooms
@@ -35,7 +36,7 @@ class RelayFactory(ServerFactory):
         self.audit = audit if audit is not None else NoAuditLog()  # the service opens it
         self.metrics = RelayMetrics()
         self.relay = Relay(store, self.devices, clock, self.store_outage, self.metrics)
-        self.login_guard = LoginGuard(clock, config)
+        self.login_guard = LoginGuard(store, config)
         self.legacy_secrets = LegacySecrets(store, hasher, self.login_guard)
         self.password_keys = PasswordKeys(store, self.login_guard)
         self.recovery = Recovery(store, self.login_guard)
@@ -45,7 +46,7 @@ class RelayFactory(ServerFactory):
         self.key_claims = KeyClaimLimits(clock, config)
         self.keys = KeyDirectory(store, self.devices, self.relay, self.key_claims,
                                  config.one_time_keys_low, config.max_devices, link_window_ms)
-        self.room_passwords = RoomPasswordGuard(clock, config)
+        self.room_passwords = RoomPasswordGuard(store, config)
         self.rooms = Rooms(config, store, self.devices, self.relay, self.hasher,
                            self.room_passwords)
         self.accounts = Accounts(config, store, self.password_keys, self.devices, self.rooms,
@@ -56,9 +57,10 @@ class RelayFactory(ServerFactory):
         self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 
     def prune_limits(self):
-        """Forget rate-limit entries whose time has passed (memory stays bounded)."""
-        for limits in (self.login_guard, self.room_passwords, self.key_claims):
-            limits.prune()
+        """Forget rate-limit entries whose time has passed, here and in the store (every
+        node prunes the shared tables: a repeated delete finds nothing); a Deferred."""
+        self.key_claims.prune()
+        return self.store.prune_limits(FAILURE_MEMORY_SECONDS * 1000)
 
     def buildProtocol(self, addr):
         """A protocol for a new connection; None (the port closes it at once) when its

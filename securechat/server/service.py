@@ -197,17 +197,21 @@ class RelayService(service.Service):
                 f"{database_url.scrub(str(reason) or type(reason).__name__, database)}") from None
 
     def _prune(self):
-        """Forget old rate-limit entries and room history past its retention."""
-        self.factory.prune_limits()
-        d = defer.ensureDeferred(self.factory.rooms.prune())
+        """Forget old rate-limit entries (here and in the store) and room history past its
+        retention."""
+        d = defer.ensureDeferred(self._prune_all())
         d.addErrback(self._prune_failed)
         return d
+
+    async def _prune_all(self):
+        await self.factory.prune_limits()
+        await self.factory.rooms.prune()
 
     def _prune_failed(self, failure):
         if failure.check(StoreUnavailable):  # a database outage: logged as one, tried again
             self.factory.store_outage.refused(failure.value)
         else:
-            self.log.failure("pruning room history failed", failure)
+            self.log.failure("pruning old limits and room history failed", failure)
 
     async def _stop(self):
         for loop in (self._pruner, self._idle_sweep):

@@ -378,3 +378,32 @@ class IStore(Interface):
     def prune_history(older_than, keep_per_room):
         """Drop history entries created before ``older_than`` (ms), and beyond the newest
         ``keep_per_room`` of each room; fires with the number removed."""
+
+    # -- limits on guessing, shared by every node ----------------------------
+
+    def read_limits(pair, windows):
+        """Fire with what a limit check needs, read in one indexed statement (the reads of
+        checks arriving together share a transaction): ``(pair_row, events)``.
+        ``pair_row`` is ``(failures, last_at)`` of the ``(user, address)`` ``pair`` (None
+        when it has no failures, or ``pair`` is None); ``events`` holds, for each window
+        ``(scope, subject, since_ms, rows)``, its newest events after ``since_ms`` (at most
+        ``rows``) as ``[(at, weight), ...]``, newest first."""
+
+    def window_totals(scope, subjects, since_ms):
+        """Fire with ``{subject: total weight of its events after since_ms}`` for those of
+        ``subjects`` (of ``scope``) that have any."""
+
+    def record_limits(pair, events):
+        """Count one failure of the ``(user, address)`` ``pair`` (None: none; its count and
+        last time are raised in the database, so nodes counting at once all count) and
+        store ``events``, ``(scope, subject, weight, window_ms)`` each, stamped now and
+        kept ``window_ms``; one transaction.  Fires with None."""
+
+    def forget_failures(user, address):
+        """Delete the failures of the ``(user, address)`` pair (it logged in).  Fires with
+        None."""
+
+    def prune_limits(pair_memory_ms):
+        """Delete pairs whose last failure is ``pair_memory_ms`` old and events past their
+        window; beyond a fixed number of rows a table, those to be forgotten soonest go
+        first (the tables stay bounded).  Fires with the number of rows deleted."""

@@ -49,11 +49,17 @@ Changelog:
       users disable); its logins are refused until it is enabled again.
   14 — invites: the SHA-256 of each registration invite the operator made, with the uses
       it has left and when it expires (never the token itself).
+  15 — reserved for the node bus (issue 21); no change of its own here.
+  16 — limits on guessing kept in the database, so they hold across nodes: failed logins
+      per (account, address) with their back-off (login_failures), and the events of the
+      sliding windows (limit_events: failed logins and registrations per address, wrong
+      room passwords, key claims), each with when it leaves its window.  Tables of their
+      own: no other migration touches them, whatever their order.
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 16
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -280,6 +286,24 @@ MIGRATIONS = {
             uses_left INTEGER NOT NULL,
             expires_at BIGINT,
             created BIGINT NOT NULL)""",
+    ],
+    15: [],  # reserved for the node bus (issue 21)
+    16: [
+        """CREATE TABLE login_failures (
+            user_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            failures INTEGER NOT NULL,
+            last_at BIGINT NOT NULL,
+            PRIMARY KEY (user_id, address))""",
+        "CREATE INDEX login_failures_age ON login_failures (last_at)",
+        """CREATE TABLE limit_events (
+            scope TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            at BIGINT NOT NULL,
+            weight INTEGER NOT NULL,
+            expires_at BIGINT NOT NULL)""",
+        "CREATE INDEX limit_events_window ON limit_events (scope, subject, at)",
+        "CREATE INDEX limit_events_expiry ON limit_events (expires_at)",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

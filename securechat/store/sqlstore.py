@@ -15,7 +15,7 @@ from zope.interface import implementer
 from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
 from securechat.store.transactions import (
-    account_deletion, accounts, admin, devices, health, history, migrate, queue_reads,
+    account_deletion, accounts, admin, devices, health, history, limits, migrate, queue_reads,
     queue_writes, recovery, rooms)
 
 
@@ -128,6 +128,8 @@ class SqlStore:
         # so do the first reads of their queues that follow.
         self._logins = GroupCommit(self._run, devices.txn_device_login_group)
         self._first_reads = GroupCommit(self._run, queue_reads.txn_fetch_queue_group)
+        # ... and so do the login limits' reads of those logins.
+        self._limit_reads = GroupCommit(self._run, limits.txn_read_limits_group)
         self._observe_acks = None
 
     def _open(self):
@@ -363,3 +365,18 @@ class SqlStore:
 
     def prune_history(self, older_than, keep_per_room):
         return self._run(history.txn_prune_history, older_than, keep_per_room)
+
+    def read_limits(self, pair, windows):
+        return self._limit_reads.submit((pair, windows))
+
+    def window_totals(self, scope, subjects, since_ms):
+        return self._run(limits.txn_window_totals, scope, subjects, since_ms)
+
+    def record_limits(self, pair, events):
+        return self._run(limits.txn_record_limits, pair, events)
+
+    def forget_failures(self, user, address):
+        return self._run(limits.txn_forget_failures, user, address)
+
+    def prune_limits(self, pair_memory_ms):
+        return self._run(limits.txn_prune_limits, pair_memory_ms)
