@@ -1,6 +1,8 @@
 """Issue 21: limits on guessing hold across nodes.  Two real ``twistd -n securechat`` relays on
 different ports share one real PostgreSQL database; a guesser who spreads guesses over both
-is refused after the same number as one who stays on one node."""
+is refused after the same number as one who stays on one node.  And on PostgreSQL, where a
+node's reads and writes run on several connections at once, guesses sent at once to one
+node pass no more than the limit."""
 
 import pytest
 import pytest_twisted
@@ -9,7 +11,8 @@ from twisted.internet import defer
 from securechat import wire
 from securechat.client.protocol import RemoteError
 from tests.processes import RelayEndpoint, ServerProcess, free_port
-from tests.support import ScriptedDevice, write_config
+from tests.support import ScriptedDevice, start_server, write_config
+from tests.test_fair_limits import expect_code_of
 from tests.test_login_limits_e2e import ATTACKER_ADDRESS, connect_from
 
 FREE_FAILURES = 5
@@ -120,3 +123,24 @@ async def test_room_password_guesses_spread_over_two_nodes_are_refused_as_on_one
     assert one_node == expected
     assert spread == expected
     assert await join_with(alice, node_a, "ops", secret) == "joined"
+
+
+@pytest_twisted.ensureDeferred
+async def test_guesses_sent_at_once_to_a_node_on_postgresql_pass_no_more_than_the_limit(
+        tmp_path, fresh_postgres_dsn):
+    """Twelve wrong logins of one account on twelve connections at once, three times over
+    (fresh accounts): each time exactly five are checked and seven rate_limited, though
+    the node reads and writes its limits on several database connections at once."""
+    server = await start_server(tmp_path / "relay", database=fresh_postgres_dsn)
+    try:
+        for round_ in range(3):
+            guessers = [ScriptedDevice(f"user{round_}", device=f"G{n}") for n in range(12)]
+            for guesser in guessers:
+                await guesser.connect(server)
+            codes = await defer.gatherResults([defer.ensureDeferred(expect_code_of(
+                defer.ensureDeferred(guesser.password_login()))) for guesser in guessers])
+            assert sorted(codes) == ["auth_failed"] * FREE_FAILURES + ["rate_limited"] * 7
+            for guesser in guessers:
+                await guesser.close()
+    finally:
+        await server.stop()

@@ -71,23 +71,37 @@ async def test_a_check_reads_the_pair_and_each_windows_newest_events(store, cloc
     assert (await store.read_limits(("bob", "10.0.0.1"), []))[0] == (1, second)
 
 
+PER_MS = 10 / 60_000
+"""A bucket of 10 tokens a minute."""
+
+
+def claim(claimer, cost, devices=()):
+    return (("claims", claimer, cost, PER_MS, 10), ("otk", list(devices), PER_MS, 3))
+
+
 @pytest_twisted.ensureDeferred
-async def test_window_totals_add_the_weights_of_many_subjects_at_once(store, clock):
-    """window_totals sums each subject's events after ``since``; subjects with none are
-    left out."""
-    await store.record_limits(None, [("otk", "a", 1, 60_000), ("otk", "a", 2, 60_000),
-                                     ("otk", "b", 1, 60_000), ("claims", "a", 9, 60_000)])
-    since = store.now_ms()
-    clock.advance(1)
-    await store.record_limits(None, [("otk", "a", 4, 60_000)])
-    assert await store.window_totals("otk", ["a", "b", "c"], 0) == {"a": 7, "b": 1}
-    assert await store.window_totals("otk", ["a", "b"], since) == {"a": 4}
+async def test_token_buckets_give_what_they_saved_and_say_how_long_to_wait(store, clock):
+    """take_tokens takes the first bucket's cost while it has it, and then one token of
+    each other bucket that has one; refused, it says the ms until the cost is saved and
+    takes nothing; buckets refill at their rate."""
+    assert await store.take_tokens(*claim("alice", 4, ["a", "b"])) == (0, {"a", "b"})
+    assert await store.take_tokens(*claim("alice", 4, ["a"])) == (0, {"a"})
+    assert await store.take_tokens(*claim("alice", 2, ["a", "b"])) == (0, {"a", "b"})
+    assert await store.take_tokens(*claim("bob", 1, ["a", "b"])) == (0, {"b"})
+    wait_ms, taken = await store.take_tokens(*claim("alice", 1, ["c"]))
+    assert wait_ms == pytest.approx(6000) and taken == set()
+    assert await store.take_tokens(*claim("bob", 1, ["c"])) == (0, {"c"})  # c untouched
+    clock.advance(3)
+    assert await store.take_tokens(*claim("bob", 1, ["a"])) == (0, set())
+    clock.advance(3)
+    assert await store.take_tokens(*claim("alice", 1, ["a"])) == (0, {"a"})
 
 
 @pytest_twisted.ensureDeferred
 async def test_nodes_counting_at_once_all_count(database, tmp_path, clock):  # noqa: F811
-    """Two stores on one database (two nodes) recording failures of one pair at once: every
-    failure is counted, none lost to the other's write."""
+    """Two stores on one database (two nodes) recording failures of one pair and taking
+    tokens at once: every failure is counted, none lost to the other's write, and the
+    buckets give out exactly what they hold."""
     nodes = [await started(database, tmp_path, clock, name) for name in ("a", "b")]
     try:
         await defer.gatherResults([
@@ -98,6 +112,10 @@ async def test_nodes_counting_at_once_all_count(database, tmp_path, clock):  # n
             row, (events,) = await node.read_limits(
                 ("alice", "10.0.0.66"), [window("address", "10.0.0.66", 0, 100)])
             assert row[0] == 40 and len(events) == 40
+        takes = await defer.gatherResults([
+            defer.ensureDeferred(node.take_tokens(*claim(f"c{i}", 1, ["bob"])))
+            for node in nodes for i in range(10)])
+        assert sum(len(taken) for _, taken in takes) == 3
     finally:
         for node in nodes:
             await node.stop()
@@ -105,13 +123,17 @@ async def test_nodes_counting_at_once_all_count(database, tmp_path, clock):  # n
 
 @pytest_twisted.ensureDeferred
 async def test_pruning_forgets_expired_rows(store, database, clock):  # noqa: F811
-    """prune_limits deletes events past their window and pairs whose last failure is older
-    than the pair memory, and keeps the rest."""
+    """prune_limits deletes events past their window, buckets once full again and pairs
+    whose last failure is older than the pair memory, and keeps the rest."""
     await store.record_limits(("alice", "10.0.0.1"), [("address", "10.0.0.1", 1, 60_000),
                                                       ("room", "ops", 1, 900_000)])
-    clock.advance(61)
-    assert await store.prune_limits(DAY_MS) == 1  # the address event
+    await store.take_tokens(*claim("alice", 5, ["bob"]))  # full again in 30 s and 6 s
+    clock.advance(29)
+    assert await store.prune_limits(DAY_MS) == 1  # bob's bucket
+    clock.advance(32)
+    assert await store.prune_limits(DAY_MS) == 2  # the address event, alice's bucket
     assert raw_sql(database, "SELECT scope FROM limit_events") == [("room",)]
+    assert raw_sql(database, "SELECT count(*) FROM limit_buckets") == [(0,)]
     clock.advance(24 * 3600)
     assert await store.prune_limits(DAY_MS) == 2
     assert raw_sql(database, "SELECT count(*) FROM login_failures") == [(0,)]
@@ -123,16 +145,18 @@ async def test_the_tables_stay_bounded_whatever_a_guesser_cycles_through(
         store, database, clock, monkeypatch):  # noqa: F811
     """Beyond MAX_ROWS a table, pruning drops the rows to be forgotten soonest, even when
     none has expired: 300 pairs and events from as many addresses leave 100 of each, the
-    newest."""
+    newest (and as many buckets)."""
     monkeypatch.setattr(limits, "MAX_ROWS", 100)
     for i in range(300):
         address = f"10.0.{i // 256}.{i % 256}"
         await store.record_limits(("alice", address), [("address", address, 1, 60_000)])
+        await store.take_tokens(*claim(address, 1))
         clock.advance(0.01)
-    assert await store.prune_limits(DAY_MS) == 400
+    assert await store.prune_limits(DAY_MS) == 600
     kept = raw_sql(database, "SELECT address FROM login_failures")
     assert len(kept) == 100 and ("10.0.1.43",) in kept and ("10.0.0.0",) not in kept
     assert raw_sql(database, "SELECT count(*) FROM limit_events") == [(100,)]
+    assert raw_sql(database, "SELECT count(*) FROM limit_buckets") == [(100,)]
 
 
 @pytest_twisted.ensureDeferred

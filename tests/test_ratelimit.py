@@ -8,10 +8,9 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from securechat.server import ratelimit
 from securechat.server.guards import (
-    Backoff, LocalCounts, LoginGuard, RoomPasswordGuard, Window)
-from securechat.server.ratelimit import KeyedBuckets, TokenBucket
+    Backoff, KeyClaimLimits, LocalCounts, LoginGuard, RoomPasswordGuard, Window)
+from securechat.server.ratelimit import TokenBucket
 from securechat.store.sqlite import SqliteStore
 from securechat.wire import ProtocolError
 
@@ -141,18 +140,27 @@ async def test_attempts_in_flight_count_until_their_outcome(store):
     assert guard.in_progress() == 0  # nothing of them is left in memory
 
 
-def test_a_failure_written_during_a_read_is_counted_by_that_read():
-    """A failure whose write ends while a read of its subject is under way counts for that
-    read (which may have missed the row: another connection, another node); a read that
-    starts after it does not count it twice, and nothing stays in memory after."""
+@pytest_twisted.ensureDeferred
+async def test_a_read_never_overlaps_this_nodes_write_of_its_subject():
+    """A failure's write waits for the read under way (its attempt counted as pending by
+    that read), and a read waits for the write under way (then it sees the row): each
+    failure is counted once, never missed, never twice; nothing stays in memory after."""
     local = LocalCounts()
     key = [("pair", "alice 10.0.0.66")]
+    store_rows = []
     local.let_through(key, 1)  # an attempt let through; its verdict is pending
-    marks = local.reading(key)  # a second check's read starts
-    local.settle(key, pending=1, recorded=1)  # the first failed; its write committed
-    later = local.reading(key)  # a third check's read starts after the commit
-    assert local.unseen(key, marks) == [1]
-    assert local.unseen(key, later) == [0]
+    read_done = defer.Deferred()
+    first_read = defer.ensureDeferred(local.read(key, lambda: read_done))
+    write_done = defer.Deferred()
+    writing = defer.ensureDeferred(local.write(key, 1, lambda: write_done))
+    second_read = defer.ensureDeferred(local.read(key, lambda: defer.succeed(list(store_rows))))
+    read_done.callback(list(store_rows))  # the first read saw no row ...
+    assert (await first_read) == ([], [1])  # ... and counts the attempt as pending
+    assert not second_read.called  # waits for the write
+    store_rows.append("failure")
+    write_done.callback(None)
+    await writing
+    assert (await second_read) == (["failure"], [0])  # the row, not pending as well
     assert len(local) == 0
 
 
@@ -228,10 +236,22 @@ def test_token_bucket_refills_at_its_rate():
     assert bucket.retry_after(3) == pytest.approx(0.3)
 
 
-def test_limit_tables_hold_a_bounded_number_of_keys(monkeypatch):
-    """A table never holds more than MAX_KEYS entries, whatever names a client cycles through."""
-    monkeypatch.setattr(ratelimit, "MAX_KEYS", 50)
-    buckets = KeyedBuckets(Clock(), limit=2, window=60)
-    for i in range(1000):
-        buckets.bucket(f"user{i}").take()
-    assert len(buckets._buckets) == 50
+@pytest_twisted.ensureDeferred
+async def test_key_claims_are_limited_per_claimer_and_per_device(store, clock):
+    """A claimer's allowance refills at its rate and a refused claim says how long to wait;
+    a device past its one-time keys a minute is rationed (gives its fallback key) for
+    every claimer; a claim bigger than a minute allows anyone is refused at once."""
+    limits = KeyClaimLimits(store, SimpleNamespace(key_claims_per_minute=6,
+                                                   one_time_keys_per_device_per_minute=2))
+    bob = ("bob", "B1")
+    assert await limits.admit("alice", [bob, ("carol", "C1")]) == set()
+    assert await limits.admit("alice", [bob]) == set()
+    assert await limits.admit("dave", [bob]) == {bob}
+    assert await limits.admit("alice", [("carol", "C1"), ("carol", "C2")]) == set()
+    refused = await refusal(limits.admit("alice", [("carol", "C1")] * 2))
+    assert refused.details == {"retry_after": 10}
+    clock.advance(10)
+    assert await limits.admit("alice", [("carol", "C1")]) == {("carol", "C1")}
+    with pytest.raises(ProtocolError) as too_many:
+        limits.check_size(7)
+    assert too_many.value.code == "rate_limited"

@@ -13,8 +13,8 @@ from securechat.server.keys import KeyDirectory
 from securechat.server.metrics import RelayMetrics
 from securechat.server.protocol import RelayProtocol
 from securechat.server.outage import OutageLog
-from securechat.server.guards import FAILURE_MEMORY_SECONDS, LoginGuard, RoomPasswordGuard
-from securechat.server.ratelimit import KeyClaimLimits
+from securechat.server.guards import (
+    FAILURE_MEMORY_SECONDS, KeyClaimLimits, LoginGuard, RoomPasswordGuard)
 from securechat.server.recovery import Recovery
 from securechat.server.relay import Relay
 from securechat.server.rooms import Rooms
@@ -43,7 +43,7 @@ class RelayFactory(ServerFactory):
         link_window_ms = config.link_window_minutes * 60_000
         self.portal = make_portal(store, self.relay, self.login_guard, self.password_keys,
                                   self.recovery, link_window_ms)
-        self.key_claims = KeyClaimLimits(clock, config)
+        self.key_claims = KeyClaimLimits(store, config)
         self.keys = KeyDirectory(store, self.devices, self.relay, self.key_claims,
                                  config.one_time_keys_low, config.max_devices, link_window_ms)
         self.room_passwords = RoomPasswordGuard(store, config)
@@ -57,9 +57,8 @@ class RelayFactory(ServerFactory):
         self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 
     def prune_limits(self):
-        """Forget rate-limit entries whose time has passed, here and in the store (every
-        node prunes the shared tables: a repeated delete finds nothing); a Deferred."""
-        self.key_claims.prune()
+        """Forget the limits' entries whose time has passed (every node prunes the shared
+        tables: a repeated delete finds nothing); a Deferred."""
         return self.store.prune_limits(FAILURE_MEMORY_SECONDS * 1000)
 
     def buildProtocol(self, addr):

@@ -1,14 +1,15 @@
-"""Limits on guessing that hold across nodes: failed logins, registrations, wrong room passwords.
+"""Limits that hold across nodes: failed logins, registrations, wrong room passwords, key claims.
 
 What these limits count is kept in the store (``IStore.read_limits``,
 ``record_limits``; ``securechat.store.transactions.limits``), which is the
 one thing every node shares: a guesser who spreads guesses over several
-nodes meets the same count as on one.  Kept in the database rather than
+nodes meets the same count as on one (and so does a claimer of one-time
+keys whose devices are connected to several nodes).  Kept in the database rather than
 shared through the nodes' hints because it must survive a node's restart
 and a lost hint, and because the cost is small next to what it guards: a
 check is one indexed read (the reads of logins arriving together share a
 transaction), a failure one write, a success nothing (or one delete of a
-pair's failures), and only failures are ever written.
+pair's failures): of logins only failures are ever written.
 
 What stays in this node's memory is what only this node can know yet
 (``LocalCounts``): attempts it let through whose verdict is still pending (a
@@ -22,6 +23,8 @@ on one node.
 """
 
 import json
+
+from twisted.internet import defer
 
 from securechat.server.ratelimit import rate_limited
 
@@ -83,68 +86,108 @@ class Backoff:
 
 
 class _Entry:
-    __slots__ = ("pending", "readers", "recorded")
+    __slots__ = ("pending", "readers", "writers", "waiters")
 
     def __init__(self):
-        self.pending = self.readers = self.recorded = 0
+        self.pending = self.readers = self.writers = 0
+        self.waiters = []
+
+    def idle(self):
+        return not (self.pending or self.readers or self.writers or self.waiters)
 
 
 class LocalCounts:
-    """What this node knows of a subject that the store may not show yet.
+    """What this node knows of a subject (a pair, an address ...) that the store may not show.
 
     ``pending``: the weight of attempts let through here whose verdict is not
-    written yet (each counts as a failure until it is known).  ``recorded``:
-    failures written by this node while a read of the subject was under way,
-    which that read may or may not have seen (counted, to be safe).  An entry
-    lives only while an attempt or a read of its subject is under way, so the
-    table holds no more entries than there are checks in progress.
+    written yet; each counts as a failure until it is known.  So that a read
+    counts each of this node's failures exactly once, in the store or as
+    pending, a read of a subject never overlaps this node's write of it: a
+    failure's write waits for the reads under way (its attempt still pending
+    for them), and reads wait for the writes under way or waiting (then they
+    see the row).  Reads share; so do writes.  An entry lives only while an
+    attempt, a read or a write of its subject is under way, so the table
+    holds no more entries than there are checks in progress.
     """
 
     def __init__(self):
         self._entries = {}
 
-    def reading(self, keys):
-        """A read of ``keys`` starts; the marks to give ``unseen`` when it ends."""
-        marks = []
-        for key in keys:
-            entry = self._entries.get(key)
-            if entry is None:
-                entry = self._entries[key] = _Entry()
+    async def read(self, keys, read):
+        """``await read()`` once no write of ``keys`` is under way or waiting; its result,
+        and per key the weight pending here that it could not see."""
+        await self._wait(keys, lambda entry: entry.writers == 0)
+        for entry in self._get(keys):
             entry.readers += 1
-            marks.append(entry.recorded)
-        return marks
-
-    def unseen(self, keys, marks):
-        """The read of ``keys`` ended: per key, the weight it may not have seen."""
-        weights = []
-        for key, mark in zip(keys, marks):
-            entry = self._entries[key]
-            entry.readers -= 1
-            weights.append(entry.pending + entry.recorded - mark)
-            self._drop_if_idle(key, entry)
-        return weights
+        try:
+            result = await read()
+        finally:
+            entries = self._get(keys)
+            for entry in entries:
+                entry.readers -= 1
+            pending = [entry.pending for entry in entries]
+            self._changed(keys)
+        return result, pending
 
     def let_through(self, keys, weight):
+        """Count ``weight`` as pending for ``keys`` until ``settle`` or ``write``."""
+        for entry in self._get(keys):
+            entry.pending += weight
+        self._changed(keys)
+
+    def settle(self, keys, weight):
+        """An attempt ended without a failure: its ``weight`` is no longer pending."""
+        for entry in self._get(keys):
+            entry.pending -= weight
+        self._changed(keys)
+
+    async def write(self, keys, weight, write):
+        """``await write()`` (an attempt's failure going to the store) once no read of
+        ``keys`` is under way; then its ``weight`` is no longer pending."""
+        for entry in self._get(keys):
+            entry.writers += 1
+        try:
+            await self._wait(keys, lambda entry: entry.readers == 0)
+            await write()
+        finally:
+            for entry in self._get(keys):
+                entry.writers -= 1
+                entry.pending -= weight
+            self._changed(keys)
+
+    def _get(self, keys):
+        entries = []
         for key in keys:
             entry = self._entries.get(key)
             if entry is None:
                 entry = self._entries[key] = _Entry()
-            entry.pending += weight
+            entries.append(entry)
+        return entries
 
-    def settle(self, keys, pending, recorded):
-        """An attempt's outcome is known: ``pending`` weight of it is no longer in flight,
-        ``recorded`` weight of it is now in the store."""
+    async def _wait(self, keys, ready):
+        while not all(ready(entry) for entry in self._get(keys)):
+            woken = defer.Deferred()
+            for entry in self._get(keys):
+                entry.waiters.append(woken)
+            await woken
+            for entry in self._get(keys):
+                if woken in entry.waiters:
+                    entry.waiters.remove(woken)
+            self._changed(keys, wake=False)
+
+    def _changed(self, keys, wake=True):
+        """Wake whoever waits on ``keys`` (they look again) and forget idle entries."""
         for key in keys:
             entry = self._entries.get(key)
             if entry is None:
                 continue
-            entry.pending -= pending
-            entry.recorded += recorded
-            self._drop_if_idle(key, entry)
-
-    def _drop_if_idle(self, key, entry):
-        if entry.pending <= 0 and entry.readers <= 0:
-            del self._entries[key]
+            if wake:
+                waiters, entry.waiters = entry.waiters, []
+                for woken in waiters:
+                    if not woken.called:
+                        woken.callback(None)
+            if self._entries.get(key) is entry and entry.idle():
+                del self._entries[key]
 
     def __len__(self):
         return len(self._entries)
@@ -169,22 +212,18 @@ class Attempt:
         """A failure: counted in the store (the pair's back-off and every window).  If it
         cannot be written the store's error goes to the client, never a verdict that
         was not counted."""
-        recorded = 0
-        try:
-            await self._store.record_limits(self._pair, self._events)
-            recorded = 1
-        finally:
-            self._local.settle(self._keys, self._weight, recorded)
+        await self._local.write(self._keys, self._weight, lambda: self._store.record_limits(
+            self._pair, self._events))
 
     async def succeeded(self):
         """Not a failure: nothing counted; a pair that had failures is forgiven."""
-        self._local.settle(self._keys, self._weight, 0)
+        self._local.settle(self._keys, self._weight)
         if self._forget:
             await self._store.forget_failures(*self._pair)
 
     def abandoned(self):
         """No verdict (the store or the argon2 queue refused it): nothing counted."""
-        self._local.settle(self._keys, self._weight, 0)
+        self._local.settle(self._keys, self._weight)
 
 
 class _Guard:
@@ -204,12 +243,8 @@ class _Guard:
         keys = [(window.scope, subject) for window, subject, _ in windows]
         if pair is not None:
             keys.append(("pair", json.dumps(pair)))
-        marks = self._local.reading(keys)
-        try:
-            row, events = await self._store.read_limits(
-                pair, [window.read(subject, now_ms) for window, subject, _ in windows])
-        finally:
-            unseen = self._local.unseen(keys, marks)
+        (row, events), unseen = await self._local.read(keys, lambda: self._store.read_limits(
+            pair, [window.read(subject, now_ms) for window, subject, _ in windows]))
         for (window, _, message), found, extra in zip(windows, events, unseen):
             _refuse_if_waiting(message, window.wait_ms(found, extra, now_ms))
         if pair is not None:
@@ -305,3 +340,41 @@ class RoomPasswordGuard(_Guard):
             (self._per_room, json.dumps([room, user]),
              f"too many wrong passwords for room {room!r}"),
             (self._per_user, user, "too many wrong room passwords")], True)
+
+
+class KeyClaimLimits:
+    """Nobody drains a device's one-time keys.
+
+    A claimer may claim ``key_claims_per_minute`` keys a minute
+    (``rate_limited`` past that).  A device gives out at most
+    ``one_time_keys_per_device_per_minute`` one-time keys a minute; past
+    that claimers get its fallback key, so sessions can still start (Olm
+    accepts a fallback key) while the one-time keys last until its owner
+    tops them up.  Both are per user or device, not per connection, so
+    their token buckets are in the store, taken from in the database itself
+    (``IStore.take_tokens``): exact across nodes, with nothing in flight to
+    count here; a claim costs one transaction (claims start sessions, they
+    are not per message).
+    """
+
+    def __init__(self, store, config):
+        self._store = store
+        self._per_claimer = config.key_claims_per_minute
+        self._per_device = config.one_time_keys_per_device_per_minute
+
+    def check_size(self, count):
+        """Refuse at once a claim of more keys than a minute allows anyone."""
+        if count > self._per_claimer:
+            raise rate_limited(
+                f"a minute allows claiming at most {self._per_claimer} keys", 60)
+
+    async def admit(self, claimer, pairs):
+        """Take a claim of ``pairs`` ``(user, device)`` (no more than ``check_size``
+        allows) from ``claimer``'s allowance, or raise ``rate_limited``; fires with the
+        pairs that may give out no one-time key now (they give their fallback key)."""
+        devices = {json.dumps(pair): pair for pair in pairs}
+        wait_ms, given = await self._store.take_tokens(
+            ("key_claims", claimer, len(pairs), self._per_claimer / 60_000, self._per_claimer),
+            ("one_time_keys", list(devices), self._per_device / 60_000, self._per_device))
+        _refuse_if_waiting("too many key claims", wait_ms)
+        return {pair for subject, pair in devices.items() if subject not in given}

@@ -389,9 +389,14 @@ class IStore(Interface):
         ``(scope, subject, since_ms, rows)``, its newest events after ``since_ms`` (at most
         ``rows``) as ``[(at, weight), ...]``, newest first."""
 
-    def window_totals(scope, subjects, since_ms):
-        """Fire with ``{subject: total weight of its events after since_ms}`` for those of
-        ``subjects`` (of ``scope``) that have any."""
+    def take_tokens(first, rest):
+        """Take ``cost`` tokens from the bucket ``first``, ``(scope, subject, cost, per_ms,
+        burst)``, then one from each bucket of ``rest``, ``(scope, subjects, per_ms,
+        burst)``, that has one: one transaction, the tokens counted in the database itself
+        (nodes taking at once never both take the last one).  A bucket saves ``per_ms``
+        tokens a millisecond, at most ``burst``, and starts full.  Fires with ``(wait_ms,
+        taken)``: 0 and the set of ``rest``'s subjects taken from, or the ms until
+        ``first`` has its cost (then nothing is taken)."""
 
     def record_limits(pair, events):
         """Count one failure of the ``(user, address)`` ``pair`` (None: none; its count and
@@ -404,6 +409,6 @@ class IStore(Interface):
         None."""
 
     def prune_limits(pair_memory_ms):
-        """Delete pairs whose last failure is ``pair_memory_ms`` old and events past their
-        window; beyond a fixed number of rows a table, those to be forgotten soonest go
+        """Delete pairs whose last failure is ``pair_memory_ms`` old, events past their
+        window and buckets full again; beyond a fixed number of rows a table, those to be forgotten soonest go
         first (the tables stay bounded).  Fires with the number of rows deleted."""

@@ -53,8 +53,9 @@ Changelog:
   16 — limits on guessing kept in the database, so they hold across nodes: failed logins
       per (account, address) with their back-off (login_failures), and the events of the
       sliding windows (limit_events: failed logins and registrations per address, wrong
-      room passwords, key claims), each with when it leaves its window.  Tables of their
-      own: no other migration touches them, whatever their order.
+      room passwords), each with when it leaves its window, and the token buckets of key
+      claims (limit_buckets: per claimer, per device giving out one-time keys).  Tables
+      of their own: no other migration touches them, whatever their order.
 """
 
 from securechat.wire import BROADCAST_ROOM
@@ -304,6 +305,14 @@ MIGRATIONS = {
             expires_at BIGINT NOT NULL)""",
         "CREATE INDEX limit_events_window ON limit_events (scope, subject, at)",
         "CREATE INDEX limit_events_expiry ON limit_events (expires_at)",
+        """CREATE TABLE limit_buckets (
+            scope TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            tokens DOUBLE PRECISION NOT NULL,
+            stamp BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            PRIMARY KEY (scope, subject))""",
+        "CREATE INDEX limit_buckets_expiry ON limit_buckets (expires_at)",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

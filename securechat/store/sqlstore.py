@@ -369,8 +369,8 @@ class SqlStore:
     def read_limits(self, pair, windows):
         return self._limit_reads.submit((pair, windows))
 
-    def window_totals(self, scope, subjects, since_ms):
-        return self._run(limits.txn_window_totals, scope, subjects, since_ms)
+    def take_tokens(self, first, rest):
+        return self._run(limits.txn_take_tokens, first, rest)
 
     def record_limits(self, pair, events):
         return self._run(limits.txn_record_limits, pair, events)
