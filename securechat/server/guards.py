@@ -1,25 +1,27 @@
 """Limits that hold across nodes: failed logins, registrations, wrong room passwords, key claims.
 
 What these limits count is kept in the store (``IStore.read_limits``,
-``record_limits``; ``securechat.store.transactions.limits``), which is the
-one thing every node shares: a guesser who spreads guesses over several
-nodes meets the same count as on one (and so does a claimer of one-time
-keys whose devices are connected to several nodes).  Kept in the database rather than
-shared through the nodes' hints because it must survive a node's restart
-and a lost hint, and because the cost is small next to what it guards: a
-check is one indexed read (the reads of logins arriving together share a
-transaction), a failure one write, a success nothing (or one delete of a
-pair's failures): of logins only failures are ever written.
+``record_limits``, ``take_tokens``; ``securechat.store.transactions.limits``),
+the one thing every node shares: a guesser who spreads guesses over several
+nodes meets the same count as on one, and so does a claimer of one-time keys
+whose devices are connected to several nodes.  Kept in the database rather
+than passed in the nodes' hints, because a count must survive a node's
+restart and a hint may be lost; and the cost is small next to what it
+guards: a check is one indexed read (the reads of logins arriving together
+share a transaction), a failure one write, a success no write (one delete
+when the pair had failures).  Of logins, only failures are ever written.
 
 What stays in this node's memory is what only this node can know yet
 (``LocalCounts``): attempts it let through whose verdict is still pending (a
 password proof being checked, a room password in the argon2 queue).  Each
 counts as a failure from the moment it is let through, so that guesses sent
-at once cannot all pass the check before the first verdict is written.  They
-cannot be in the store without a write per attempt (not per failure), and
-they are over within the check's time.  Per-connection request and message
-rates stay in memory too (``securechat.server.ratelimit``): a connection lives
-on one node.
+at once to this node cannot all pass before the first verdict is written.
+Other nodes see it once its failure is written: putting it in the store
+would cost a write per attempt, not per failure.  So guesses sent at the
+very same moment to N nodes can pass up to N times a limit once; each is
+then counted, and the waits after them grow with all of them.
+Per-connection request rates stay in memory too
+(``securechat.server.ratelimit``): a connection lives on one node.
 """
 
 import json
