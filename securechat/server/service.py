@@ -197,7 +197,7 @@ class RelayService(service.Service):
                 f"{database_url.scrub(str(reason) or type(reason).__name__, database)}") from None
 
     def _prune(self):
-        """Forget old rate-limit entries (here and in the store) and room history past its
+        """Forget the limits' expired rows in the store and room history past its
         retention."""
         d = defer.ensureDeferred(self._prune_all())
         d.addErrback(self._prune_failed)

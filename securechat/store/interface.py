@@ -379,7 +379,7 @@ class IStore(Interface):
         """Drop history entries created before ``older_than`` (ms), and beyond the newest
         ``keep_per_room`` of each room; fires with the number removed."""
 
-    # -- limits on guessing, shared by every node ----------------------------
+    # -- limits shared by every node (failed logins, room passwords, key claims) --
 
     def read_limits(pair, windows):
         """Fire with what a limit check needs, read in one indexed statement (the reads of
@@ -410,5 +410,6 @@ class IStore(Interface):
 
     def prune_limits(pair_memory_ms):
         """Delete pairs whose last failure is ``pair_memory_ms`` old, events past their
-        window and buckets full again; beyond a fixed number of rows a table, those to be forgotten soonest go
-        first (the tables stay bounded).  Fires with the number of rows deleted."""
+        window and buckets full again; beyond a fixed number of rows a table, those to be
+        forgotten soonest go first (the tables stay bounded).  Fires with the number of
+        rows deleted."""

@@ -15,8 +15,8 @@ from zope.interface import implementer
 from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
 from securechat.store.transactions import (
-    account_deletion, accounts, admin, devices, health, history, limits, migrate, queue_reads,
-    queue_writes, recovery, rooms)
+    account_deletion, accounts, admin, devices, health, history, limits, migrate,
+    queue_reads, queue_writes, recovery, rooms)
 
 
 RELAY_ID_BYTES = 16
