@@ -257,10 +257,6 @@ class _Guard:
                        [window.event(subject) for window, subject, _ in windows],
                        forget=row is not None)
 
-    def in_progress(self):
-        """Subjects this node holds in memory now (none once no check is under way)."""
-        return len(self._local)
-
 
 def _refuse_if_waiting(message, wait_ms):
     if wait_ms > 0:
