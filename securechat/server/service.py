@@ -69,6 +69,7 @@ class RelayService(service.Service):
         self._queued = None  # the store's queued envelopes as of the last /metrics
         self.tls = None  # ReloadableServerTLS, once started
         self._pruner = None
+        self._pruning_limits = None  # the limits' prune under way (a Deferred), if any
         self._idle_sweep = None
         self._started = None
 
@@ -197,21 +198,25 @@ class RelayService(service.Service):
                 f"{database_url.scrub(str(reason) or type(reason).__name__, database)}") from None
 
     def _prune(self):
-        """Forget the limits' expired rows in the store and room history past its
-        retention."""
-        d = defer.ensureDeferred(self._prune_all())
+        """Forget the limits' expired rows and room history past its retention, each on its
+        own, so a slow prune of one never holds back the other's next turn: the loop waits
+        for the history's, and the limits' starts again once the last one has ended."""
+        if self._pruning_limits is None:
+            self._pruning_limits = self.factory.prune_limits()
+            self._pruning_limits.addErrback(self._prune_failed)
+            self._pruning_limits.addBoth(self._limits_pruned)
+        d = defer.ensureDeferred(self.factory.rooms.prune())
         d.addErrback(self._prune_failed)
         return d
 
-    async def _prune_all(self):
-        await self.factory.prune_limits()
-        await self.factory.rooms.prune()
+    def _limits_pruned(self, _):
+        self._pruning_limits = None
 
     def _prune_failed(self, failure):
         if failure.check(StoreUnavailable):  # a database outage: logged as one, tried again
             self.factory.store_outage.refused(failure.value)
         else:
-            self.log.failure("pruning old limits and room history failed", failure)
+            self.log.failure("pruning old limits or room history failed", failure)
 
     async def _stop(self):
         for loop in (self._pruner, self._idle_sweep):
