@@ -394,8 +394,10 @@ FILE_CHUNK_MAX = FILE_CHUNK_PLAIN + 17
 """Ciphertext bytes of one chunk at most: a secretstream chunk adds 17 bytes (its tag and
 MAC).  Its base64 (87,404 characters) fits a line many times over, and a connection's
 chunks in flight (``server.files.FILE_WINDOW``) are what the relay holds of it."""
-FILE_ID = text_matching(re.compile(r"[A-Za-z0-9_-]{16,64}"), "a file id: 16-64 of A-Z a-z 0-9 _ -")
-FILE_HASH = text_matching(re.compile(r"[0-9a-f]{64}"), "a SHA-256: 64 hex digits")
+FILE_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+FILE_ID = text_matching(FILE_ID_RE, "a file id: 16-64 of A-Z a-z 0-9 _ -")
+FILE_HASH = text_matching(SHA256_RE, "a SHA-256: 64 hex digits")
 FILE_INDEX = integer(0, 2**40)
 
 REQUESTS = {
