@@ -135,7 +135,7 @@ async def test_a_room_file_is_for_the_members_devices(store):  # noqa: F811
     await refused("unknown_file", store.get_chunk("i" * 22, "eve", "E1", 0))
     await store.begin_file("j" * 22, "eve", "E1", 1, MIB, 8, DAY)
     await store.put_chunk("j" * 22, "eve", 0, b"z", sha(b"z"))
-    await refused("not_a_member", store.finish_file("j" * 22, "eve", 1, chunks_hash([sha(b"z")]),
+    await refused("not_member", store.finish_file("j" * 22, "eve", 1, chunks_hash([sha(b"z")]),
                                                     [], "r", DAY))
 
 

@@ -115,7 +115,7 @@ async def txn_finish_file(txn, file_id, user, size, ct_hash, users, room, keep_m
         member = await _first(txn, "SELECT 1 FROM room_members WHERE room = ? AND user_id = ?",
                               (room, user))
         if member is None:
-            raise FileRefused("not_a_member", f"you are not a member of {room}")
+            raise FileRefused("not_member", f"you are not a member of {room}")
         whose = "SELECT user_id FROM room_members WHERE room = ?"
         args = (room,)
     else:
