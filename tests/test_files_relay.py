@@ -1,0 +1,117 @@
+"""The relay's file requests over real TLS (bad input gets its own code, an unfinished file is
+never served), and the per-connection window that bounds what a transfer makes it hold."""
+
+import hashlib
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from securechat import wire
+from securechat.server.files import FILE_WINDOW, FileWindow
+from securechat.store.transactions.files import chunks_hash
+from tests.support import ScriptedDevice, cleanup, expect_error
+
+
+def b64(data):
+    return wire.b64encode(data)
+
+
+@pytest.fixture
+def server(start_relay):
+    return start_relay(extra="[files]\nmax_size = 200000\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_requests_refuse_bad_input_and_serve_only_finished_files(server):
+    """Over TLS: a begin over [files] max_size is file_too_large (with max_size), a chunk
+    out of order chunk_out_of_order (with next), an oversized chunk bad_field, finishes
+    of the wrong size or hash size_mismatch / hash_mismatch; until the right finish the
+    file is file_incomplete to its owner and unknown_file to others; then its recipient
+    reads it byte-equal and a stranger still gets unknown_file."""
+    alice, bob, eve = ScriptedDevice("alice"), ScriptedDevice("bob"), ScriptedDevice("eve")
+    try:
+        for person in (alice, bob, eve):
+            await person.register(server)
+            await person.login(server)
+        error = await expect_error("file_too_large", alice.request("file.begin", size=200001))
+        assert error.details["max_size"] == 200000
+        data = b"\x01ciphertext" * 10
+        file_id = (await alice.request("file.begin", size=len(data)))["file_id"]
+        error = await expect_error("chunk_out_of_order", alice.request(
+            "file.chunk", file_id=file_id, index=1, data=b64(data)))
+        assert error.details["next"] == 0
+        await expect_error("bad_field", alice.request(
+            "file.chunk", file_id=file_id, index=0, data=b64(b"x" * (wire.FILE_CHUNK_MAX + 1))))
+        assert await alice.request("file.chunk", file_id=file_id, index=0,
+                                   data=b64(data)) == {"chunks": 1}
+        await expect_error("file_incomplete", alice.request("file.get", file_id=file_id, index=0))
+        await expect_error("unknown_file", bob.request("file.get", file_id=file_id, index=0))
+        right = chunks_hash([hashlib.sha256(data).hexdigest()])
+        await expect_error("size_mismatch", alice.request(
+            "file.finish", file_id=file_id, size=len(data) - 1, hash=right, to=["bob"]))
+        await expect_error("hash_mismatch", alice.request(
+            "file.finish", file_id=file_id, size=len(data), hash="0" * 64, to=["bob"]))
+        assert (await alice.request("file.info", file_id=file_id))["complete"] is False
+        await alice.request("file.finish", file_id=file_id, size=len(data), hash=right,
+                            to=["bob"])
+        got = await bob.request("file.get", file_id=file_id, index=0)
+        assert (wire.b64decode(got["data"]), got["last"]) == (data, True)
+        await expect_error("unknown_file", eve.request("file.get", file_id=file_id, index=0))
+    finally:
+        await cleanup(alice, bob, eve)
+
+
+class Connection:
+    """What FileWindow acts on: reading held and released, by reason."""
+
+    def __init__(self):
+        self.holds = []
+
+    def hold_reading(self, reason):
+        self.holds.append(("hold", reason))
+
+    def release_reading(self, reason):
+        self.holds.append(("release", reason))
+
+
+def test_the_window_runs_chunk_requests_in_order_and_holds_reading_when_full():
+    """Chunk requests start one at a time, in the order they came (the next once the one
+    before is answered); the FILE_WINDOW-th waiting holds the connection's reading, and
+    the first answer after that releases it; every answer reaches its own caller."""
+    connection = Connection()
+    window = FileWindow(connection)
+    started, stores = [], [defer.Deferred() for _ in range(FILE_WINDOW + 1)]
+
+    def start(n):
+        started.append(n)
+        return stores[n]
+
+    answers = [window.run(lambda n=n: start(n)) for n in range(FILE_WINDOW + 1)]
+    assert started == [0]
+    assert connection.holds == [("hold", "files")]  # at FILE_WINDOW, not before
+    stores[0].callback("first")
+    assert started == [0, 1]
+    assert connection.holds == [("hold", "files")]  # still FILE_WINDOW in the window
+    stores[1].callback("second")
+    assert connection.holds == [("hold", "files"), ("release", "files")]
+    for n in range(2, FILE_WINDOW + 1):
+        stores[n].callback(n)
+    assert started == list(range(FILE_WINDOW + 1))
+    results = []
+    for answer in answers:
+        answer.addCallback(results.append)
+    assert results == ["first", "second", *range(2, FILE_WINDOW + 1)]
+
+
+def test_a_failed_chunk_request_does_not_stop_the_next():
+    """A refused chunk request (its store call failed) answers its caller with the failure
+    and the next request still runs."""
+    connection = Connection()
+    window = FileWindow(connection)
+    first = window.run(lambda: defer.fail(ValueError("refused")))
+    second = window.run(lambda: defer.succeed("stored"))
+    failures, results = [], []
+    first.addErrback(lambda f: failures.append(f.value))
+    second.addCallback(results.append)
+    assert [str(e) for e in failures] == ["refused"] and results == ["stored"]
