@@ -75,43 +75,26 @@ class Connection:
         self.holds.append(("release", reason))
 
 
-def test_the_window_runs_chunk_requests_in_order_and_holds_reading_when_full():
-    """Chunk requests start one at a time, in the order they came (the next once the one
-    before is answered); the FILE_WINDOW-th waiting holds the connection's reading, and
-    the first answer after that releases it; every answer reaches its own caller."""
+def test_the_window_holds_reading_at_its_size_and_releases_it_on_an_answer():
+    """The FILE_WINDOW-th chunk request in progress holds the connection's reading (not
+    one before), the first answer after it releases it, a failed answer too; every
+    answer reaches its own caller unchanged."""
     connection = Connection()
     window = FileWindow(connection)
-    started, stores = [], [defer.Deferred() for _ in range(FILE_WINDOW + 1)]
-
-    def start(n):
-        started.append(n)
-        return stores[n]
-
-    answers = [window.run(lambda n=n: start(n)) for n in range(FILE_WINDOW + 1)]
-    assert started == [0]
-    assert connection.holds == [("hold", "files")]  # at FILE_WINDOW, not before
-    stores[0].callback("first")
-    assert started == [0, 1]
-    assert connection.holds == [("hold", "files")]  # still FILE_WINDOW in the window
-    stores[1].callback("second")
+    stores = [defer.Deferred() for _ in range(FILE_WINDOW + 1)]
+    answers = [window.track(d) for d in stores[:FILE_WINDOW - 1]]
+    assert connection.holds == []
+    answers.append(window.track(stores[FILE_WINDOW - 1]))
+    assert connection.holds == [("hold", "files")]
+    stores[0].callback("stored")
     assert connection.holds == [("hold", "files"), ("release", "files")]
-    for n in range(2, FILE_WINDOW + 1):
-        stores[n].callback(n)
-    assert started == list(range(FILE_WINDOW + 1))
+    answers.append(window.track(stores[FILE_WINDOW]))
+    assert connection.holds[-1] == ("hold", "files")
+    stores[1].errback(ValueError("refused"))
+    assert connection.holds[-1] == ("release", "files")
     results = []
-    for answer in answers:
-        answer.addCallback(results.append)
-    assert results == ["first", "second", *range(2, FILE_WINDOW + 1)]
-
-
-def test_a_failed_chunk_request_does_not_stop_the_next():
-    """A refused chunk request (its store call failed) answers its caller with the failure
-    and the next request still runs."""
-    connection = Connection()
-    window = FileWindow(connection)
-    first = window.run(lambda: defer.fail(ValueError("refused")))
-    second = window.run(lambda: defer.succeed("stored"))
-    failures, results = [], []
-    first.addErrback(lambda f: failures.append(f.value))
-    second.addCallback(results.append)
-    assert [str(e) for e in failures] == ["refused"] and results == ["stored"]
+    answers[0].addCallback(results.append)
+    answers[1].addErrback(lambda failure: results.append(str(failure.value)))
+    assert results == ["stored", "refused"]
+    for d in stores[2:]:
+        d.callback(None)

@@ -67,6 +67,23 @@ async def test_chunks_go_in_order_and_come_back_after_the_finish(store):  # noqa
 
 
 @pytest_twisted.ensureDeferred
+async def test_chunks_sent_at_once_are_stored_in_the_order_they_came(store):  # noqa: F811
+    """Chunk writes submitted together (as a client sends several in flight) share a group
+    commit in their order: 0, 1 and 2 are stored, 4 (sent before 3) alone is refused."""
+    from twisted.internet import defer
+    await device(store, "alice", "A1")
+    chunks = [bytes([n]) * 100 for n in range(5)]
+    await store.begin_file("n" * 22, "alice", "A1", 500, MIB, 8, DAY)
+    order = [0, 1, 2, 4, 3]
+    outcomes = await defer.DeferredList(
+        [store.put_chunk("n" * 22, "alice", i, chunks[i], sha(chunks[i])) for i in order],
+        consumeErrors=True)
+    assert [ok for ok, _ in outcomes] == [True, True, True, False, True]
+    assert outcomes[3][1].value.code == "chunk_out_of_order"
+    assert (await store.file_info("n" * 22, "alice", "A1"))["chunks"] == 4
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_finish_whose_size_or_hash_differs_is_refused_and_stays_unreadable(
         store):  # noqa: F811
     """A finish with another size (size_mismatch) or another hash (hash_mismatch) leaves the

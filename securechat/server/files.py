@@ -8,8 +8,8 @@ the operator's limits (``[files] max_size``, ``quota``, ``keep_days``) and
 turns the store's refusals into wire errors.
 
 Flow control: a connection has at most ``FILE_WINDOW`` chunk requests
-(``file.chunk``, ``file.get``) waiting or in progress (``FileWindow``); at that
-many its reading is held, so a fast uploader cannot make the relay buffer its chunks, and a
+(``file.chunk``, ``file.get``) in progress (``FileWindow``); at that many its
+reading is held, so a fast uploader cannot make the relay buffer its chunks, and a
 slow downloader gets no more than its window of answers (which the output
 budget holds as it holds any answer).  What the relay holds of one
 connection's files is therefore a few chunks, whatever the file's size.
@@ -17,9 +17,7 @@ connection's files is therefore a few chunks, whatever the file's size.
 
 import hashlib
 import secrets
-from collections import deque
 
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from securechat import wire
@@ -43,45 +41,26 @@ def _refused(failure):
 
 
 class FileWindow:
-    """One connection's chunk requests, run one after another in the order they came.
+    """Counts one connection's chunk requests in progress; holds its reading at
+    ``FILE_WINDOW`` of them and releases it when one is answered.  (Their order needs
+    nothing here: the store commits one upload's chunks in the order they came.)"""
 
-    In order, because chunk ``n + 1`` of an upload is taken only once chunk ``n`` is
-    committed, and PostgreSQL runs a pool's transactions side by side; one at a time,
-    so a connection's transfers cost the store one transaction at a time.  The client
-    still sends several at once (the round trip is hidden); at ``FILE_WINDOW`` waiting,
-    the connection's reading is held until one is answered.
-    """
-
-    __slots__ = ("_connection", "_waiting", "_running")
+    __slots__ = ("_connection", "_in_flight")
 
     def __init__(self, connection):
         self._connection = connection
-        self._waiting = deque()  # (start, Deferred) not started yet
-        self._running = False
+        self._in_flight = 0
 
-    def run(self, start):
-        """A Deferred of what ``start()`` (a Deferred) gives, once those before it are done."""
-        d = defer.Deferred()
-        self._waiting.append((start, d))
-        if len(self._waiting) + self._running == FILE_WINDOW:
+    def track(self, d):
+        self._in_flight += 1
+        if self._in_flight == FILE_WINDOW:
             self._connection.hold_reading("files")
-        if not self._running:
-            self._next()
-        return d
+        return d.addBoth(self._answered)
 
-    def _next(self):
-        start, d = self._waiting.popleft()
-        self._running = True
-        outcome = defer.maybeDeferred(start)
-        outcome.addBoth(self._done)
-        outcome.chainDeferred(d)
-
-    def _done(self, result):
-        self._running = False
-        if len(self._waiting) == FILE_WINDOW - 1:
+    def _answered(self, result):
+        self._in_flight -= 1
+        if self._in_flight == FILE_WINDOW - 1:
             self._connection.release_reading("files")
-        if self._waiting:
-            self._next()
         return result
 
 
@@ -106,7 +85,6 @@ class Files:
                               _refused)
 
     def put_chunk(self, user, fields):
-        """Store one chunk (call it when the connection's chunks before it are stored)."""
         data = wire.b64decode(fields["data"])
         d = self._store.put_chunk(fields["file_id"], user, fields["index"], data,
                                   hashlib.sha256(data).hexdigest())

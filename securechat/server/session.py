@@ -486,16 +486,16 @@ class ConnectionSession:
 
     # -- files (server.files): chunk requests go through the connection's window ----------
 
-    def _chunk_request(self, start):
+    def _chunk_request(self, d):
         if self._file_window is None:
             self._file_window = FileWindow(self._connection)
-        return self._file_window.run(start)
+        return self._file_window.track(d)
 
     def op_file_begin(self, fields):
         return self._server.files.begin(self.user, self.device, fields["size"])
 
     def op_file_chunk(self, fields):
-        return self._chunk_request(lambda: self._server.files.put_chunk(self.user, fields))
+        return self._chunk_request(self._server.files.put_chunk(self.user, fields))
 
     def op_file_finish(self, fields):
         return self._server.files.finish(self.user, fields)
@@ -504,7 +504,7 @@ class ConnectionSession:
         return self._server.files.info(self.user, self.device, fields["file_id"])
 
     def op_file_get(self, fields):
-        return self._chunk_request(lambda: self._server.files.get(self.user, self.device, fields))
+        return self._chunk_request(self._server.files.get(self.user, self.device, fields))
 
     def op_file_done(self, fields):
         return self._server.files.done(self.user, self.device, fields["file_id"])

@@ -128,6 +128,9 @@ class SqlStore:
         # so do the first reads of their queues that follow.
         self._logins = GroupCommit(self._run, devices.txn_device_login_group)
         self._first_reads = GroupCommit(self._run, queue_reads.txn_fetch_queue_group)
+        # File chunks arriving together (one upload's several in flight, or several
+        # uploads) share a commit and its fsync, in the order they came.
+        self._chunk_writes = GroupCommit(self._run, files.txn_put_chunk_group)
         self._observe_acks = None
 
     def _open(self):
@@ -369,7 +372,7 @@ class SqlStore:
                          max_uploads, keep_ms)
 
     def put_chunk(self, file_id, user, index, data, digest):
-        return self._run(files.txn_put_chunk, file_id, user, index, data, digest)
+        return self._chunk_writes.submit((file_id, user, index, data, digest))
 
     def finish_file(self, file_id, user, size, ct_hash, users, room, keep_ms):
         return self._run(files.txn_finish_file, file_id, user, size, ct_hash, users, room,

@@ -2,7 +2,8 @@
 
 A file is written by one device in order, chunk after chunk, each chunk
 numbered by the relay's count of those it holds (``files.chunks``): a chunk
-out of order is refused, and one sent again (its answer was lost with the
+out of order is refused (chunk writes go through a group commit that keeps
+their order, ``txn_put_chunk_group``, so a client may send several at once), and one sent again (its answer was lost with the
 connection) is taken as already there when its digest is the one stored.
 Every write to a file goes through an ``UPDATE ... WHERE chunks = ?`` on its
 row, so two nodes taking chunks of one file at once take turns and only one
@@ -89,6 +90,19 @@ async def txn_put_chunk(txn, file_id, user, index, data, digest):
                           {"next": row["chunks"]})
     raise FileRefused("file_too_large", f"chunk {index} would take file {file_id} past the "
                       f"{row['size']} bytes declared at file.begin")
+
+
+async def txn_put_chunk_group(txn, items):
+    """Several ``txn_put_chunk`` calls (argument tuples) in one transaction, in order; one
+    outcome per call, a FileRefused for one refused (a refusal writes nothing, so the
+    others stand as if each had been alone)."""
+    outcomes = []
+    for item in items:
+        try:
+            outcomes.append(await txn_put_chunk(txn, *item))
+        except FileRefused as refused:
+            outcomes.append(refused)
+    return outcomes
 
 
 async def txn_finish_file(txn, file_id, user, size, ct_hash, users, room, keep_ms):
