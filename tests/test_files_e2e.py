@@ -10,7 +10,8 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
 from tests.processes import (
-    ServerProcess, cli_environment, executable, free_port, run_cli, write_client_config)
+    DaemonProcess, ServerProcess, cli_environment, executable, free_port, run_cli,
+    write_client_config)
 from tests.support import poll_until, write_config
 
 MIB = 1024 * 1024
@@ -229,3 +230,35 @@ async def test_a_tampered_chunk_on_the_relay_is_refused_and_nothing_is_written(r
               (data, hashlib.sha256(data).hexdigest(), file_id))
     await relay.ok("bob", "files", "get", file_id, "--out", str(target))
     assert os.listdir(target) == ["notes.txt"] and sha256_of(target / "notes.txt") == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_files_go_through_a_running_daemon_too(relay, tmp_path):
+    """With alice's daemon running, send-file (a path relative to the command's directory)
+    and bob's files get run on the daemons, not alone, and the file arrives byte-equal;
+    'files' lists it with where it was saved."""
+    await relay.register("alice", "bob")
+    work = tmp_path / "work"
+    work.mkdir()
+    digest = make_file(work / "photo.jpg", 200 * 1024)
+    daemons = [DaemonProcess(relay.configs[name], tmp_path / "clients" / name)
+               for name in ("alice", "bob")]
+    try:
+        for daemon in daemons:
+            await daemon.ready()
+        sent = await run_cli(relay.configs["alice"], "send-file", "bob", "photo.jpg",
+                             password=None, cwd=str(work))
+        assert sent.code == 0, sent
+        (message,) = [m for m in (await run_cli(relay.configs["bob"], "inbox", "--json",
+                                                password=None)).json_lines()
+                      if m["type"] == "file"]
+        got = await run_cli(relay.configs["bob"], "files", "get", message["file"]["id"],
+                            password=None, cwd=str(tmp_path))
+        assert got.code == 0, got
+        assert sha256_of(tmp_path / "photo.jpg") == digest
+        listed = await run_cli(relay.configs["bob"], "files", "--json", password=None)
+        assert [(f["name"], f["saved_to"]) for f in listed.json_lines()] == [
+            ("photo.jpg", str(tmp_path / "photo.jpg"))]
+    finally:
+        for daemon in daemons:
+            await daemon.stop()
