@@ -11,6 +11,7 @@ from securechat import wire
 from securechat.server.files import FILE_WINDOW, FileWindow
 from securechat.store.transactions.files import chunks_hash
 from tests.support import ScriptedDevice, cleanup, expect_error
+from tests.test_store_contract import raw_sql
 
 
 def b64(data):
@@ -60,6 +61,24 @@ async def test_file_requests_refuse_bad_input_and_serve_only_finished_files(serv
         await expect_error("unknown_file", eve.request("file.get", file_id=file_id, index=0))
     finally:
         await cleanup(alice, bob, eve)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_relays_pruning_deletes_files_past_keep_days(server):
+    """The relay's periodic pruning deletes a file whose keep time has passed (here made
+    to have passed in its database), and a file still kept stays."""
+    alice = ScriptedDevice("alice")
+    try:
+        await alice.register(server)
+        await alice.login(server)
+        old, kept = [(await alice.request("file.begin", size=10))["file_id"] for _ in range(2)]
+        raw_sql(server.service.config.database, "UPDATE files SET expires = 0 WHERE file_id = ?",
+                (old,))
+        await server.service._prune()
+        await expect_error("unknown_file", alice.request("file.info", file_id=old))
+        assert (await alice.request("file.info", file_id=kept))["stored"] == 0
+    finally:
+        await cleanup(alice)
 
 
 class Connection:

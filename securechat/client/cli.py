@@ -46,10 +46,12 @@ def through_daemon(connection, args, method, params):
         return _verify_through_daemon(connection, params)
     if method in FILE_METHODS:
         bar = ProgressBar()
-        result = connection.call(method, params,
-                                 lambda name, note: bar(note["done"], note["total"]),
-                                 FILE_PATIENCE)
-        show_result(args, result)
+
+        def progress(name, note):
+            if name == "files.progress":
+                bar(note["done"], note["total"])
+
+        show_result(args, connection.call(method, params, progress, FILE_PATIENCE))
         return 0
     while True:
         result = connection.call(method, params)

@@ -41,8 +41,8 @@ from securechat.crypto.filecrypt import (
     encrypt_chunks, new_key)
 
 WINDOW = 4
-"""Chunk requests in flight: enough to hide the round trip (the relay takes them one at a
-time, and holds this connection's reading past its own window)."""
+"""Chunk requests in flight: enough to hide the round trip, and the relay's own window
+(it stops reading a connection with more in progress)."""
 
 FILE_REFUSALS = {"file_too_large": EXIT_FILE_TOO_LARGE, "quota_exceeded": EXIT_QUOTA,
                  "too_many_uploads": EXIT_QUOTA, "unknown_file": EXIT_NOT_FOUND}
