@@ -390,10 +390,23 @@ HISTORY_PAGE_MAX = 500
 
 FILE_CHUNK_PLAIN = 64 * 1024
 """Plaintext bytes of every chunk of a file but its last (the client's secretstream)."""
-FILE_CHUNK_MAX = FILE_CHUNK_PLAIN + 17
-"""Ciphertext bytes of one chunk at most: a secretstream chunk adds 17 bytes (its tag and
-MAC).  Its base64 (87,404 characters) fits a line many times over, and a connection's
+FILE_CHUNK_OVERHEAD = 17
+"""Bytes a secretstream chunk adds to its plaintext (its tag and MAC)."""
+FILE_CHUNK_MAX = FILE_CHUNK_PLAIN + FILE_CHUNK_OVERHEAD
+"""Ciphertext bytes of one chunk at most.  Its base64 (87,404 characters) fits a line many times over, and a connection's
 chunks in flight (``server.files.FILE_WINDOW``) are what the relay holds of it."""
+
+
+def file_chunks(size):
+    """Chunks of a file of ``size`` plaintext bytes (an empty file is one, its last)."""
+    return max(1, -(-size // FILE_CHUNK_PLAIN))
+
+
+def file_cipher_size(size):
+    """Ciphertext bytes of a file of ``size`` plaintext bytes: what the relay stores."""
+    return size + file_chunks(size) * FILE_CHUNK_OVERHEAD
+
+
 FILE_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 FILE_ID = text_matching(FILE_ID_RE, "a file id: 16-64 of A-Z a-z 0-9 _ -")

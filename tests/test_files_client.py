@@ -64,6 +64,14 @@ def test_a_changed_cut_extended_or_reordered_file_is_refused(change, words):
         decrypted(change(cipher), key, header)
 
 
+def test_the_relays_chunk_overhead_is_secretstreams():
+    """The relay's idea of a chunk's overhead (wire, which cannot import the crypto) is
+    secretstream's ABYTES."""
+    import nacl.bindings
+    from securechat import wire
+    assert wire.FILE_CHUNK_OVERHEAD == nacl.bindings.crypto_secretstream_xchacha20poly1305_ABYTES
+
+
 def test_a_chunk_of_another_file_does_not_decrypt():
     """The file's relay id is each chunk's associated data: the same stream served as
     another file id fails."""

@@ -25,7 +25,8 @@ def server(start_relay):
 
 @pytest_twisted.ensureDeferred
 async def test_file_requests_refuse_bad_input_and_serve_only_finished_files(server):
-    """Over TLS: a begin over [files] max_size is file_too_large (with max_size), a chunk
+    """Over TLS: a begin over [files] max_size (encrypted) is file_too_large (with max_size),
+    a chunk
     out of order chunk_out_of_order (with next), an oversized chunk bad_field, finishes
     of the wrong size or hash size_mismatch / hash_mismatch; until the right finish the
     file is file_incomplete to its owner and unknown_file to others; then its recipient
@@ -35,7 +36,9 @@ async def test_file_requests_refuse_bad_input_and_serve_only_finished_files(serv
         for person in (alice, bob, eve):
             await person.register(server)
             await person.login(server)
-        error = await expect_error("file_too_large", alice.request("file.begin", size=200001))
+        largest = wire.file_cipher_size(200000)  # a file of max_size bytes, encrypted
+        error = await expect_error("file_too_large", alice.request("file.begin",
+                                                                   size=largest + 1))
         assert error.details["max_size"] == 200000
         data = b"\x01ciphertext" * 10
         file_id = (await alice.request("file.begin", size=len(data)))["file_id"]

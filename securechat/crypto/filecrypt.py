@@ -25,10 +25,13 @@ import hashlib
 import nacl.bindings as sodium
 import nacl.exceptions
 
-from securechat.wire import FILE_CHUNK_PLAIN
+from securechat.wire import FILE_CHUNK_MAX, FILE_CHUNK_PLAIN
+from securechat.wire import file_chunks as chunk_count
+from securechat.wire import file_cipher_size as cipher_size
 
-ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES
-CHUNK_CIPHER = FILE_CHUNK_PLAIN + ABYTES
+CHUNK_CIPHER = FILE_CHUNK_MAX
+"""Ciphertext bytes of every chunk but the last (``FILE_CHUNK_OVERHEAD`` is secretstream's
+ABYTES: tests/test_files_client.py checks the two agree)."""
 """Ciphertext bytes of every chunk but the last."""
 TAG_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
 
@@ -43,16 +46,6 @@ def new_key():
     header = sodium.crypto_secretstream_xchacha20poly1305_init_push(
         sodium.crypto_secretstream_xchacha20poly1305_state(), key)
     return key, header
-
-
-def chunk_count(size):
-    """Chunks of a file of ``size`` plaintext bytes (an empty file is one FINAL chunk)."""
-    return max(1, -(-size // FILE_CHUNK_PLAIN))
-
-
-def cipher_size(size):
-    """Ciphertext bytes of a file of ``size`` plaintext bytes."""
-    return size + chunk_count(size) * ABYTES
 
 
 def _stream(key, header):

@@ -74,9 +74,12 @@ class Files:
         self.keep_ms = config.file_keep_days * DAY_MS
 
     def begin(self, user, device, size):
-        if size > self.max_size:
-            raise ProtocolError("file_too_large", f"a file may take at most {self.max_size} "
-                                                  f"bytes on this relay; this one takes {size}",
+        """Start an upload of ``size`` bytes of ciphertext: a file of ``[files] max_size``
+        bytes passes with its chunks' overhead."""
+        if size > wire.file_cipher_size(self.max_size):
+            raise ProtocolError("file_too_large", f"a file may have at most {self.max_size} "
+                                                  f"bytes on this relay; this one has {size} "
+                                                  "bytes encrypted",
                                 {"max_size": self.max_size})
         file_id = secrets.token_urlsafe(16)
         d = self._store.begin_file(file_id, user, device, size, self.quota,
