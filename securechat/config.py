@@ -70,6 +70,25 @@ def _max_devices(text):
     return value
 
 
+_SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024 ** 2, "mib": 1024 ** 2,
+               "g": 1024 ** 3, "gib": 1024 ** 3}
+MAX_FILE_SIZE = 1024 ** 4
+"""The largest ``[files] max_size`` and ``quota`` (1 TiB): beyond any disk a relay holds."""
+
+
+def _size(text):
+    """A number of bytes, written as digits with an optional KiB, MiB or GiB (or K, M, G)."""
+    what = f"a size in bytes from 1 to {MAX_FILE_SIZE}, such as 104857600 or 100 MiB"
+    number = text.strip().lower().rstrip("ibgkm ").strip()
+    unit = text.strip().lower()[len(number):].strip()
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"must be {what}")
+    value = _whole_number(number, what) * _SIZE_UNITS[unit]
+    if not 1 <= value <= MAX_FILE_SIZE:
+        raise ValueError(f"must be {what}")
+    return value
+
+
 def _minutes(text):
     value = _whole_number(text, "a number of minutes from 1 to 1440")
     if not 1 <= value <= 1440:
@@ -203,6 +222,9 @@ OPTIONS = (
     Option("limits", "handshake_timeout_seconds", "10", _seconds),
     Option("limits", "login_timeout_seconds", "30", _seconds),
     Option("limits", "unauthenticated_per_address", "64", _positive),
+    Option("files", "max_size", "100 MiB", _size, field="file_max_size"),
+    Option("files", "quota", "500 MiB", _size, field="file_quota"),
+    Option("files", "keep_days", "7", _positive, field="file_keep_days"),
     Option("http", "enabled", "yes", _yes_no, field="http_enabled"),
     Option("http", "interface", "127.0.0.1", _interface, field="http_interface"),
     Option("http", "port", "9797", _port, field="http_port"),
@@ -262,6 +284,9 @@ class ServerConfig:
     handshake_timeout_seconds: float
     login_timeout_seconds: float
     unauthenticated_per_address: int
+    file_max_size: int
+    file_quota: int
+    file_keep_days: int
     http_enabled: bool
     http_interface: str
     http_port: int

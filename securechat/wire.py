@@ -388,6 +388,31 @@ BROADCAST_ROOM = "everyone"
 
 HISTORY_PAGE_MAX = 500
 
+FILE_CHUNK_PLAIN = 64 * 1024
+"""Plaintext bytes of every chunk of a file but its last (the client's secretstream)."""
+FILE_CHUNK_OVERHEAD = 17
+"""Bytes a secretstream chunk adds to its plaintext (its tag and MAC)."""
+FILE_CHUNK_MAX = FILE_CHUNK_PLAIN + FILE_CHUNK_OVERHEAD
+"""Ciphertext bytes of one chunk at most.  Its base64 (87,404 characters) fits a line many times over, and a connection's
+chunks in flight (``server.files.FILE_WINDOW``) are what the relay holds of it."""
+
+
+def file_chunks(size):
+    """Chunks of a file of ``size`` plaintext bytes (an empty file is one, its last)."""
+    return max(1, -(-size // FILE_CHUNK_PLAIN))
+
+
+def file_cipher_size(size):
+    """Ciphertext bytes of a file of ``size`` plaintext bytes: what the relay stores."""
+    return size + file_chunks(size) * FILE_CHUNK_OVERHEAD
+
+
+FILE_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+FILE_ID = text_matching(FILE_ID_RE, "a file id: 16-64 of A-Z a-z 0-9 _ -")
+FILE_HASH = text_matching(SHA256_RE, "a SHA-256: 64 hex digits")
+FILE_INDEX = integer(0, 2**40)
+
 REQUESTS = {
     "ping": {},
     # ``password_key``: the Ed25519 public key derived from the password (its proofs).
@@ -448,6 +473,15 @@ REQUESTS = {
     "room.history": {"room": ROOM, "before": optional(integer(1, 2**62)),
                      "limit": optional(integer(1, HISTORY_PAGE_MAX))},
     "rooms.list": {},
+    # Encrypted files (docs/protocol.rst, "Files"): ciphertext only, in order.
+    "file.begin": {"size": integer(1, 2**53)},
+    "file.chunk": {"file_id": FILE_ID, "index": FILE_INDEX,
+                   "data": base64_bytes(1, FILE_CHUNK_MAX)},
+    "file.finish": {"file_id": FILE_ID, "size": integer(1, 2**53), "hash": FILE_HASH,
+                    "to": optional(list_of(USER, max_items=100)), "room": optional(ROOM)},
+    "file.info": {"file_id": FILE_ID},
+    "file.get": {"file_id": FILE_ID, "index": FILE_INDEX},
+    "file.done": {"file_id": FILE_ID},
 }
 """Every request op and its fields (besides ``op`` and ``rid``)."""
 

@@ -34,6 +34,7 @@ TINY = {
     "w5": ["--envelopes", "50", "--inflight", "5"],
     # Enough logins for a window of about half a second, as the others' (TICK_SLACK).
     "w6": ["--connections", "300", "--concurrency", "50"],
+    "w7": ["--clients", "2", "--size", "1"],
 }
 TMPFS = "/dev/shm"
 TICK_SLACK = 0.05
@@ -54,6 +55,8 @@ EXPECTED = {
     "w5": ("login_to_last_ack_s", "acknowledged", "disk_fsync_p99_ms"),
     "w6": ("all_logged_in_s", "logins_per_s", "login_p99_ms", "server_rss_after_kib",
            "server_cpu_us_per_login"),
+    "w7": ("upload_mib_s", "download_mib_s", "concurrent_up_mib_s", "concurrent_down_mib_s",
+           "server_rss_before_kib", "server_rss_peak_kib"),
 }
 NOTHING_LOST = {
     "w1": {"lost": 0},
@@ -62,6 +65,7 @@ NOTHING_LOST = {
     "w4": {"held": 5},
     "w5": {"acknowledged": 50, "drained": True},
     "w6": {"logged_in": 300, "failed": 0},
+    "w7": {"clients": 2, "corrupted": 0},
 }
 """What each workload reports when nothing was lost: fields it really reports (a missing
 one fails the test, as a loss does)."""

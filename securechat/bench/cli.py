@@ -13,7 +13,7 @@ import sys
 
 from twisted.internet import defer, task
 
-from securechat.bench import storm, workloads
+from securechat.bench import files, storm, workloads
 from securechat.bench.server import AttachedServer, ManagedServer, run_prefix
 
 DEFAULTS = {
@@ -23,10 +23,11 @@ DEFAULTS = {
     "w4": dict(connections=10000, idle=25.0),
     "w5": dict(envelopes=10000, size=200, inflight=200),
     "w6": dict(connections=10000, concurrency=1000, processes=2),
+    "w7": dict(clients=10, size=8),
 }
 NAMES = {"w1": "throughput", "w2": "latency", "w3": "room fan-out", "w4": "idle connections",
-         "w5": "offline drain", "w6": "reconnect storm"}
-RUNS = {**workloads.WORKLOADS, "w6": storm.w6_reconnect_storm}
+         "w5": "offline drain", "w6": "reconnect storm", "w7": "files"}
+RUNS = {**workloads.WORKLOADS, "w6": storm.w6_reconnect_storm, "w7": files.w7_files}
 CONNECTING = ("w4", "w6")
 """The workloads that hold a connection (a file descriptor) per device."""
 
@@ -35,7 +36,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="securechat-bench", description=__doc__.split("\n")[0])
     parser.add_argument("workload", choices=sorted(DEFAULTS),
                         help="w1 throughput, w2 latency, w3 room fan-out, w4 idle connections, "
-                             "w5 offline drain, w6 reconnect storm")
+                             "w5 offline drain, w6 reconnect storm, w7 files")
     parser.add_argument("--database", help="postgresql:// URL for the started relay "
                                            "(default: its embedded SQLite)")
     parser.add_argument("--attach", metavar="HOST:PORT", help="use a running relay instead")
@@ -47,7 +48,8 @@ def build_parser():
                              "not timed for an attached relay without it)")
     parser.add_argument("--pairs", type=int, help="w1, w2: sender/receiver pairs")
     parser.add_argument("--inflight", type=int, help="w1, w5: outstanding sends per pair")
-    parser.add_argument("--size", type=int, help="payload bytes")
+    parser.add_argument("--size", type=int, help="payload bytes (w7: MiB a file)")
+    parser.add_argument("--clients", type=int, help="w7: clients moving files at once")
     parser.add_argument("--rate", type=float, action="append",
                         help="w2: messages/s per pair; w3: messages/s (repeatable)")
     parser.add_argument("--members", type=int, help="w3: room member devices")
@@ -68,7 +70,7 @@ def build_parser():
 def workload_options(args):
     options = dict(DEFAULTS[args.workload])
     for key in ("pairs", "inflight", "size", "members", "connections", "idle", "envelopes",
-                "warmup", "duration", "concurrency", "processes"):
+                "warmup", "duration", "concurrency", "processes", "clients"):
         value = getattr(args, key)
         if value is not None and key in options:
             options[key] = value

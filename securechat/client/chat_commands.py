@@ -20,6 +20,7 @@ Type a line to send it to the current buffer's person or room (//text sends /tex
 /join ROOM           join ROOM (#ROOM too) and open its buffer; asks for a password if it has one
 /part [ROOM]         leave ROOM (default: this buffer's room) and close its buffer
 /me ACTION           say ACTION as an action: * alice ACTION
+/file PATH           send the file PATH (encrypted) to this buffer's person or room
 /names [ROOM]        ROOM's members (default: this buffer's room)
 /buffer N, /win N    go to buffer N (or Alt-N)
 /create ROOM [--password], /invite ROOM USER, /kick ROOM USER, /unban ROOM USER,
@@ -129,6 +130,16 @@ class SlashCommands:
         self._chat.switch(int(rest))
 
     do_win = do_buffer
+
+    async def do_file(self, rest):
+        """``/file PATH``: ``send-file`` or ``say-file`` to the current buffer's person or
+        room; its ``files get`` line shows in the recipients' chats."""
+        words, current = self._words(rest), self._chat.buffers.current
+        if len(words) != 1 or current.kind == "status":
+            self._chat.warn("usage: /file PATH (in a person's or a room's buffer)")
+            return
+        command = "say-file" if current.kind == "room" else "send-file"
+        await self._chat.command([command, current.name, words[0]])
 
     async def do_verify(self, rest):
         await self._chat.verify(["verify"] + self._words(rest))

@@ -13,7 +13,7 @@ as ``* alice waves``): a normal message to every other client, so nothing new tr
 import dataclasses
 import datetime
 
-from securechat.client.render import safe
+from securechat.client.render import file_line, safe
 
 ACTION = "/me "
 """How the text of an action starts (docs/usage.rst, "The chat")."""
@@ -85,7 +85,10 @@ def message_lines(record, me):
                           f"✗ could not decrypt: {safe(record['error'])}", "warning", message_id))
         return lines
     text = record.get("text") or ""
-    if text.startswith(ACTION):
+    if record.get("file"):
+        lines.append(Line(when, f"<{name}>", style, file_line(record["file"]), "text",
+                          message_id))
+    elif text.startswith(ACTION):
         lines.append(Line(when, f"* {name}", style, safe(text[len(ACTION):], lines=True),
                           "text", message_id))
     else:

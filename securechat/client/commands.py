@@ -16,6 +16,7 @@ import textwrap
 
 from securechat import wire
 from securechat.client.exit_codes import EXIT_USAGE
+from securechat.client.file_commands import add_file_commands, file_request, show_file_result
 from securechat.client.message_size import check_message_size
 from securechat.client.render import (
     format_history, format_message, history_json, message_json, safe, terminal_width)
@@ -232,6 +233,7 @@ def build_parser(parser_class=argparse.ArgumentParser):
     say.add_argument("room", metavar="ROOM")
     say.add_argument("text", nargs="+", metavar="TEXT")
     add_send_wait(say)
+    add_file_commands(add_command, commands, user_name, add_send_wait)
     broadcast = add_command(commands, "broadcast", "send a message to every user",
                             "Send a message to every user of the server (if the server lets "
                             "you).", 'securechat broadcast "maintenance at 22:00"')
@@ -463,6 +465,8 @@ def request_for(args, room_password=read_room_password):
     """The daemon method and params that do what ``args`` asks; ``room_password(wanted)``
     gives a room's password when ``--password`` asks for one (the chat asks on its screen)."""
     command = args.command
+    if file_request(args) is not None:
+        return file_request(args)
     if command in ("send", "say", "broadcast"):
         params = {"text": " ".join(args.text), "wait": args.wait}
         check_message_size(params["text"])
@@ -528,6 +532,8 @@ def show_result(args, result, out=print, say_sent=None, warn=warn_on_stderr):
     width = terminal_width(sys.stdout)
     for warning in result.get("warnings") or ():
         warn(warning)
+    if show_file_result(args, result, out):
+        return
     if command == "login":
         out(f"logged in as {result['user']} (device {result['device']}); "
             f"{result['queued']} message(s) waiting")

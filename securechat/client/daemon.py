@@ -266,7 +266,9 @@ class Daemon:
             connection.subscribed = True
             return {"subscribed": True, "state": self.client.state}
         return await self.methods.call(
-            method, params, lambda text: connection.notify("verify.show", {"text": text}))
+            method, params, lambda text: connection.notify("verify.show", {"text": text}),
+            lambda done, total: connection.notify("files.progress",
+                                                  {"done": done, "total": total}))
 
     def _message(self, record):
         """A message was received and stored: tell the subscribers (it stays unread for

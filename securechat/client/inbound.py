@@ -20,6 +20,7 @@ import time
 
 from securechat import wire
 from securechat.client.contacts import TrustError
+from securechat.client.file_messages import file_message, keep_received
 from securechat.client.protocol import RemoteError
 from securechat.client.verification import PendingRequests
 from securechat.crypto.device import DecryptError
@@ -31,8 +32,9 @@ def iso(ms):
 
 
 def public(record):
-    """What the history keeps of a message (without the raw inner header)."""
-    return {k: v for k, v in record.items() if k != "inner"}
+    """What the history keeps of a message (without the raw inner header, nor a file's
+    key: that goes to the key store's received files)."""
+    return {k: v for k, v in record.items() if k not in ("inner", "descriptor")}
 
 
 async def open_envelope(client, env, unseal, keep=True, replaces=None):
@@ -66,6 +68,8 @@ async def open_envelope(client, env, unseal, keep=True, replaces=None):
             record = {**base, **standing, "type": inner.get("type"), "mid": inner.get("mid"),
                       "text": inner.get("body") if inner.get("type") == "msg" else None,
                       "inner": inner}
+            if record["type"] == "file":
+                record["file"], record["descriptor"] = file_message(inner)
             if env["from"] == client.user:
                 record.update(sent_by_you(client, inner, env.get("room")))
             if isinstance(inner.get("ts"), int):
@@ -107,11 +111,15 @@ def sent_by_you(client, inner, room):
 
 
 def _keep(store, record, replaces=None):
-    """Mark the envelope seen; store it if it is a chat message (not a key or a control),
+    """Mark the envelope seen; store it if it is a chat message or a file (not a key or a
+    control; a file's key goes to the received files),
     in place of the error record it ``replaces``; keep it if it asks for (or calls off) a
     verification."""
     store.mark_seen(record["id"], int(time.time() * 1000))
-    if record["type"] == "msg":
+    if record["type"] == "file" and not record["error"]:
+        keep_received(store, record, record["descriptor"])
+        store.add_message(record["id"], public(record))
+    elif record["type"] == "msg":
         if not (isinstance(replaces, str) and not record["error"]
                 and store.replace_failed(replaces, public(record))):
             store.add_message(record["id"], public(record))

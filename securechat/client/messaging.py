@@ -163,7 +163,7 @@ class Receiver:
                 record = await self._open_any(env)
                 if record is None or await self._heal(record):
                     pass
-                elif record.get("type") in ("msg", "membership"):
+                elif record.get("type") in ("msg", "file", "membership"):
                     self._on_message(record)
                 else:
                     self._on_control(record)

@@ -8,12 +8,14 @@ the CLI's exit code.
 """
 
 import json
+import os
 
 from twisted.internet import defer
 
 from securechat.client.commands import HISTORY_LAST, HISTORY_MAX
 from securechat.client.contacts import TrustError
 from securechat.client.device_list import remove_device
+from securechat.client.files import FileTransfers
 from securechat.client.inbound import iso
 from securechat.client.message_size import check_message_size
 from securechat.client.protocol import ConnectionClosed, RemoteError
@@ -107,20 +109,26 @@ class Methods:
         "devices.list": "devices_list", "devices.rename": "devices_rename",
         "devices.remove": "devices_remove",
         "devices.recovery-key": "devices_recovery_key",
+        "send-file": "send_file", "say-file": "send_file", "files.get": "files_get",
+        "files.list": "files_list",
     }
+    PROGRESS = ("send_file", "files_get")
+    """Methods whose ``show`` is the ``progress(done, total)`` of a transfer."""
 
     def __init__(self, client, verifications):
         self.client = client
         self.verifications = verifications
 
-    async def call(self, name, params, show=lambda text: None):
-        """Run method ``name``; ``show`` receives progress lines (verification)."""
+    async def call(self, name, params, show=lambda text: None, progress=None):
+        """Run method ``name``; ``show`` receives progress lines (verification),
+        ``progress(done, total)`` how far a file transfer is (bytes; done None: ended)."""
         attribute = self.NAMES.get(name)
         if attribute is None:
             raise UnknownMethod(f"no method named {name!r}")
         params = Params(name, params)
         try:
-            return await getattr(self, attribute)(name, params, show)
+            return await getattr(self, attribute)(
+                name, params, progress if attribute in self.PROGRESS else show)
         except Exception as e:
             raise as_command_failed(e) from None
 
@@ -211,6 +219,34 @@ class Methods:
         check_message_size(text)
         mid = await self._send_or_keep(params, lambda: self.client.rooms.say(room, text))
         return {"id": mid, "warnings": self.client.rooms.left_out.get(room, [])}
+
+    async def send_file(self, name, params, progress):
+        """Encrypt and upload a file, then send its message to a user or a room."""
+        path = params.get("path", str)
+        if not os.path.isabs(path):
+            raise InvalidParams(f"{name}: 'path' must be absolute (the daemon's directory is "
+                                "not yours)")
+        transfers = FileTransfers(self.client)
+        if name == "send-file":
+            user = params.get("user", str)
+            result = await self._send_or_keep(
+                params, lambda: transfers.send(path, user=user, progress=progress))
+        else:
+            room = params.get("room", str)
+            result = await self._send_or_keep(
+                params, lambda: transfers.send(path, room=room, progress=progress))
+        return result or {}
+
+    async def files_get(self, name, params, progress):
+        """Fetch, check and decrypt a received file."""
+        out, directory = params.get("out", str, None), params.get("directory", str, None)
+        if not any(p is not None and os.path.isabs(p) for p in (out, directory)):
+            raise InvalidParams("files.get: 'out' or 'directory' must be an absolute path")
+        return await FileTransfers(self.client).get(params.get("file_id", str), out,
+                                                    directory, progress)
+
+    async def files_list(self, name, params, show):
+        return {"files": FileTransfers(self.client).list()}
 
     async def rooms_create(self, name, params, show):
         room, password = params.get("room", str), params.get("password", str, None)

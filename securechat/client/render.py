@@ -182,9 +182,26 @@ def format_message(record, width=None):
         lines.append(safe(record["warning"]))
     if record.get("error"):
         lines.append(f"{head}: ✗ could not decrypt: {safe(record['error'])}")
+    elif record.get("file"):
+        lines.append(f"{head}: {file_line(record['file'])}")
     else:
         lines.append(f"{head}: {safe(record['text'], lines=True)}")
     return fit("\n".join(lines), width)
+
+
+def human_size(size):
+    """``size`` bytes as a person reads it: ``512 B``, ``1.5 KiB``, ``20.0 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+
+
+def file_line(summary):
+    """A received file as one line: its name (through ``safe``: it came from the network),
+    its size and the command that fetches it."""
+    return (f"[file] {safe(summary['name'])} ({human_size(summary['size'])}): "
+            f"securechat files get {safe(summary['id'])}")
 
 
 def _sender(record):
@@ -213,7 +230,8 @@ def message_json(record, **extra):
     """A message as one JSON line (``--json``): the exact text, escaped by JSON itself;
     ``extra`` fields follow the message's own; a message sent again after this device
     could not decrypt it (``healing``) has ``"resent": true``; one another device of this
-    account sent has ``"outgoing": true`` and, 1:1, ``to`` (whom it was sent to).
+    account sent has ``"outgoing": true`` and, 1:1, ``to`` (whom it was sent to); a file
+    (``"type": "file"``) has ``"file": {"id", "name", "size"}``.
 
     Non-ASCII text stays readable; a lone surrogate (valid in JSON, not in UTF-8) is
     written as its ``\\uXXXX`` escape, which decodes to the same string.
@@ -224,6 +242,7 @@ def message_json(record, **extra):
         "room": record.get("room"), "text": record.get("text"), "sent_at": record["sent_at"],
         "verified": bool(record.get("verified")), "error": record.get("error"),
         "warning": record.get("warning"), **({"resent": True} if record.get("resent") else {}),
+        **({"file": record["file"]} if record.get("file") else {}),
         **_sent_fields(record), **extra,
     }, ensure_ascii=False)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)

@@ -223,8 +223,10 @@ class RoomClient:
                 env["id"], env["ct"], for_history=for_history)
             if plaintext is None:
                 return None
-            # A room carries chat messages only: whatever its sealed type, it is shown as one.
-            return {**check_room_inner(env, plaintext), "type": "msg"}
+            # A room carries chat messages and files only: any other sealed type is shown
+            # as a chat message.
+            inner = check_room_inner(env, plaintext)
+            return {**inner, "type": "file" if inner.get("type") == "file" else "msg"}
 
         return await open_envelope(self._client, env, unseal, keep=not for_history,
                                    replaces=replaces)

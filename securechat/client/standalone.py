@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from securechat.client import cli, commands, linking
 from securechat.client.methods import Methods, Verifications, as_command_failed
+from securechat.client.progress import ProgressBar
 from securechat.client.render import EscapingStream
 from securechat.client.exit_codes import EXIT_AUTH, EXIT_USAGE
 from securechat.client.rpc import (
@@ -175,9 +176,10 @@ async def one_shot(reactor, settings, password, args, method, params):
     client = await opened(reactor, settings, password, keep_trying=keep_trying)
     try:
         methods = Methods(client, Verifications())
+        progress = ProgressBar()
         while True:
             try:
-                result = await methods.call(method, params)
+                result = await methods.call(method, params, progress=progress)
             finally:
                 if client.state == "removed":  # meanwhile, by another device: for good
                     raise CommandFailed(client.state_detail, EXIT_AUTH)

@@ -55,11 +55,19 @@ CREATE TABLE IF NOT EXISTS sent_envelopes (
     envelope_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS sent_envelopes_at ON sent_envelopes (at);
 """
+FILE_TABLES = """
+CREATE TABLE IF NOT EXISTS file_uploads (upload TEXT PRIMARY KEY, sealed TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS received_files (
+    pos INTEGER PRIMARY KEY, file_id TEXT UNIQUE NOT NULL, sealed TEXT NOT NULL);
+"""
+"""Schema 3, encrypted files: uploads not yet handed to the outbox, by a keyed hash of
+what is sent where (an interrupted send of the same file resumes), and files received."""
+SCHEMA += FILE_TABLES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Meta ``schema_version`` (absent: 1, before versions were kept).  2: the ``sent`` table
 (own 1:1 messages the relay accepted) and ``messages.peer`` (the conversation of a
-received 1:1 message)."""
+received 1:1 message).  3: ``file_uploads`` and ``received_files`` (encrypted files)."""
 
 
 def conversation_peer(record):
@@ -186,7 +194,7 @@ class KeyStore:
             raise KeyStoreError(f"the key store in {self.directory} is of a newer securechat "
                                 f"(schema {version}, this one knows {SCHEMA_VERSION}): "
                                 "upgrade securechat")
-        for target, step in ((2, self._add_message_peers),):
+        for target, step in ((2, self._add_message_peers), (3, self._add_file_tables)):
             if version < target:
                 with self.transaction():
                     step()
@@ -204,6 +212,13 @@ class KeyStore:
                 self._db.execute("UPDATE messages SET peer = ? WHERE pos = ?",
                                  (self._peer_tag(peer), pos))
         self._db.execute("CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, pos)")
+
+    def _add_file_tables(self):
+        """Version 3: the tables of encrypted files (only CREATE ... IF NOT EXISTS, so the
+        step holds whatever other steps ran)."""
+        for statement in FILE_TABLES.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
 
     def close(self):
         if self._db is not None:
@@ -432,3 +447,36 @@ class KeyStore:
 
     def outbox_remove(self, entry_id):
         self._db.execute("DELETE FROM outbox WHERE entry_id = ?", (entry_id,))
+
+    # -- encrypted files: uploads in progress and files received -------------------------
+
+    def upload_tag(self, what):
+        """The keyed hash an upload is filed under (``what``: the file and its recipient)."""
+        return self._peer_tag("upload\0" + what)
+
+    def file_upload(self, tag):
+        row = self._db.execute("SELECT sealed FROM file_uploads WHERE upload = ?",
+                               (tag,)).fetchone()
+        return self.unseal(row[0]) if row else None
+
+    def put_file_upload(self, tag, record):
+        self._db.execute("INSERT OR REPLACE INTO file_uploads VALUES (?, ?)",
+                         (tag, self.seal(record)))
+
+    def drop_file_upload(self, tag):
+        self._db.execute("DELETE FROM file_uploads WHERE upload = ?", (tag,))
+
+    def received_file(self, file_id):
+        row = self._db.execute("SELECT sealed FROM received_files WHERE file_id = ?",
+                               (file_id,)).fetchone()
+        return self.unseal(row[0]) if row else None
+
+    def put_received_file(self, file_id, record):
+        self._db.execute(
+            "INSERT INTO received_files (file_id, sealed) VALUES (?, ?) ON CONFLICT (file_id) "
+            "DO UPDATE SET sealed = excluded.sealed", (file_id, self.seal(record)))
+
+    def received_files(self):
+        """Every file received, oldest first."""
+        return [self.unseal(sealed) for (sealed,) in self._db.execute(
+            "SELECT sealed FROM received_files ORDER BY pos")]

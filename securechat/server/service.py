@@ -197,9 +197,11 @@ class RelayService(service.Service):
                 f"{database_url.scrub(str(reason) or type(reason).__name__, database)}") from None
 
     def _prune(self):
-        """Forget old rate-limit entries and room history past its retention."""
+        """Forget old rate-limit entries, room history past its retention and files past
+        ``[files] keep_days``."""
         self.factory.prune_limits()
         d = defer.ensureDeferred(self.factory.rooms.prune())
+        d.addCallback(lambda _: self.factory.files.expire())
         d.addErrback(self._prune_failed)
         return d
 
@@ -207,7 +209,7 @@ class RelayService(service.Service):
         if failure.check(StoreUnavailable):  # a database outage: logged as one, tried again
             self.factory.store_outage.refused(failure.value)
         else:
-            self.log.failure("pruning room history failed", failure)
+            self.log.failure("pruning room history or files failed", failure)
 
     async def _stop(self):
         for loop in (self._pruner, self._idle_sweep):

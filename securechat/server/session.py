@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.server.auth import (
     DeviceSignature, IDevice, PasswordSignature, RecoverySignature)
+from securechat.server.files import FileWindow
 from securechat.server.ratelimit import TokenBucket
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError
@@ -93,6 +94,7 @@ class ConnectionSession:
         self._logout = None
         self._by_recovery = False  # logged in by the account's recovery key
         self._challenge = None  # None: none asked yet; bytes: waiting; CHALLENGE_USED
+        self._file_window = None  # made by the connection's first chunk request
         self._deadline = server.clock.callLater(
             server.config.handshake_timeout_seconds, self.deadline_passed)
 
@@ -481,6 +483,31 @@ class ConnectionSession:
 
     async def op_rooms_list(self, fields):
         return await self._server.rooms.list(self.user)
+
+    # -- files (server.files): chunk requests go through the connection's window ----------
+
+    def _chunk_request(self, d):
+        if self._file_window is None:
+            self._file_window = FileWindow(self._connection)
+        return self._file_window.track(d)
+
+    def op_file_begin(self, fields):
+        return self._server.files.begin(self.user, self.device, fields["size"])
+
+    def op_file_chunk(self, fields):
+        return self._chunk_request(self._server.files.put_chunk(self.user, fields))
+
+    def op_file_finish(self, fields):
+        return self._server.files.finish(self.user, fields)
+
+    def op_file_info(self, fields):
+        return self._server.files.info(self.user, self.device, fields["file_id"])
+
+    def op_file_get(self, fields):
+        return self._chunk_request(self._server.files.get(self.user, self.device, fields))
+
+    def op_file_done(self, fields):
+        return self._server.files.done(self.user, self.device, fields["file_id"])
 
     # -- the state machine ----------------------------------------------------------------
 
