@@ -24,11 +24,15 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.client.acks import AckBatcher
 from securechat.client.contacts import TrustError, verify
+from securechat.client.event_types import CHANGES, RECEIPT
 from securechat.client.inbound import iso, open_envelope
 from securechat.client.protocol import RemoteError
 from securechat.crypto.device import DecryptError
 
 PAD_BUCKET = 256
+
+SHOWN_TYPES = ("msg", "membership", *CHANGES)
+"""What a person sees of what arrives (``inbox``, the chat): the rest is control."""
 
 
 def new_id():
@@ -163,9 +167,9 @@ class Receiver:
                 record = await self._open_any(env)
                 if record is None or await self._heal(record):
                     pass
-                elif record.get("type") in ("msg", "membership"):
-                    self._on_message(record)
-                else:
+                elif record.get("type") in SHOWN_TYPES:
+                    self._shown(record)
+                elif record.get("type") != RECEIPT:
                     self._on_control(record)
         except Exception:
             # The relay takes a room message's ack as covering the room's earlier
@@ -202,11 +206,17 @@ class Receiver:
             await healer.reshare_room_key(record)
         elif record["type"] == "room_key":
             for opened in await healer.retry_pending(record["inner"]["room"]):
-                self._on_message(opened)
+                self._shown(opened)
             return False
         else:
             return False
         return True
+
+    def _shown(self, record):
+        """A record the person will see was stored: tell the caller, and owe its sender
+        the ``delivered`` receipt (``events.Events.owe`` picks what gets one)."""
+        self._client.events.owe("delivered", [record])
+        self._on_message(record)
 
     def _membership(self, env):
         """A server notice that someone joined or left a room (the server knows that anyway)."""

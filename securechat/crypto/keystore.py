@@ -56,10 +56,16 @@ CREATE TABLE IF NOT EXISTS sent_envelopes (
 CREATE INDEX IF NOT EXISTS sent_envelopes_at ON sent_envelopes (at);
 """
 
-SCHEMA_VERSION = 2
+EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS message_events (mid TEXT PRIMARY KEY, sealed TEXT NOT NULL);
+"""
+"""Version 4 (receipts, replies, reactions, edits, deletes): what happened to each message
+since it was written, by its sealed ``mid`` (``securechat.client.events``)."""
+
+SCHEMA_VERSION = 4
 """Meta ``schema_version`` (absent: 1, before versions were kept).  2: the ``sent`` table
 (own 1:1 messages the relay accepted) and ``messages.peer`` (the conversation of a
-received 1:1 message)."""
+received 1:1 message).  4: ``message_events`` (``EVENTS_SCHEMA``)."""
 
 
 def conversation_peer(record):
@@ -122,7 +128,7 @@ class KeyStore:
         master = nacl.utils.random(32)
         wrapping = _wrapping(master, password)
         with db:
-            db.executescript(SCHEMA)
+            db.executescript(SCHEMA + EVENTS_SCHEMA)
             rows = {**wrapping, **meta}
             db.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
         return cls(directory, db, lock_fd, master)
@@ -186,7 +192,7 @@ class KeyStore:
             raise KeyStoreError(f"the key store in {self.directory} is of a newer securechat "
                                 f"(schema {version}, this one knows {SCHEMA_VERSION}): "
                                 "upgrade securechat")
-        for target, step in ((2, self._add_message_peers),):
+        for target, step in ((2, self._add_message_peers), (4, self._add_message_events)):
             if version < target:
                 with self.transaction():
                     step()
@@ -204,6 +210,10 @@ class KeyStore:
                 self._db.execute("UPDATE messages SET peer = ? WHERE pos = ?",
                                  (self._peer_tag(peer), pos))
         self._db.execute("CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, pos)")
+
+    def _add_message_events(self):
+        """Version 4: the table of what happened to each message (it starts empty)."""
+        self._db.execute(EVENTS_SCHEMA)  # one statement: executescript would COMMIT first
 
     def close(self):
         if self._db is not None:
@@ -409,6 +419,18 @@ class KeyStore:
 
     def pin_server(self, server, fingerprint):
         self._db.execute("INSERT OR REPLACE INTO server_pins VALUES (?, ?)", (server, fingerprint))
+
+    # -- what happened to each message (receipts, reactions, edits, deletes) -------------
+
+    def message_events(self, mid):
+        """The sealed record of message ``mid`` (``securechat.client.events``), or None."""
+        row = self._db.execute("SELECT sealed FROM message_events WHERE mid = ?",
+                               (mid,)).fetchone()
+        return self.unseal(row[0]) if row else None
+
+    def put_message_events(self, mid, record):
+        self._db.execute("INSERT OR REPLACE INTO message_events VALUES (?, ?)",
+                         (mid, self.seal(record)))
 
     # -- the outbox: messages not yet accepted by the server ---------------------------
 
