@@ -101,7 +101,7 @@ def sent_by_you(client, inner, room):
     account, and ``open_envelope`` opens one only from a device in the list this
     account's identity key signed: that device is ours, so it is verified.  A peer can
     claim nothing here: its ``from`` is its own, and a sealed header naming another
-    sender or recipient does not open (``messaging._check_inner``)."""
+    sender or recipient does not open (``messaging.Receiver.check_inner``)."""
     fields = {"outgoing": True, "verified": True, "warning": None}
     if room is None:
         peer = inner.get("peer", client.user)

@@ -153,6 +153,11 @@ class Receiver:
         """Nothing is being processed, waiting to be, or waiting for its acknowledgement."""
         return not self._lock.locked and not self._lock.waiting and self.acks.settled()
 
+    def run_in_order(self, work):
+        """Run ``work()`` (a coroutine function) after what is being processed: a pushed
+        typing notice decrypts in the order its Olm session was used."""
+        return self._lock.run(lambda: defer.ensureDeferred(work()))
+
     def envelope_event(self, frame):
         d = self._lock.run(lambda: defer.ensureDeferred(self._process(frame)))
         d.addErrback(lambda f: self.log.failure("could not process an envelope", f))
@@ -245,7 +250,7 @@ class Receiver:
                 raise DecryptError(f"{env['kind']} messages are not supported by this client")
             plaintext = client.crypto.decrypt(env["from"], env["from_dev"], sender["curve25519"],
                                               env["sid"], env["otype"], env["ct"])
-            inner = self._check_inner(env, plaintext, sender)
+            inner = self.check_inner(env, plaintext, sender)
             if sender.get("linking") and not str(inner.get("type", "")).startswith("link."):
                 raise DecryptError(f"{env['from_dev']} is a device being linked: only its "
                                    "link messages are read")
@@ -258,7 +263,7 @@ class Receiver:
             await client.healer.ask_again(env)
         return record
 
-    def _check_inner(self, env, plaintext, sender):
+    def check_inner(self, env, plaintext, sender):
         """The inner header must repeat who sent it to whom (no forwarding, no key swap)."""
         client = self._client
         try:

@@ -19,7 +19,7 @@ from securechat.client.inbound import iso
 from securechat.client.message_size import check_message_size
 from securechat.client.messaging import new_id
 from securechat.client.protocol import ConnectionClosed, RemoteError
-from securechat.client.render import message_json
+from securechat.client.render import EVENT_KEYS, message_json
 from securechat.client.rooms import ROOM_MODES
 from securechat.client.exit_codes import EXIT_USAGE
 from securechat.client.rpc import (
@@ -110,6 +110,7 @@ class Methods:
         "devices.remove": "devices_remove",
         "devices.recovery-key": "devices_recovery_key",
         "read": "read", "react": "change", "edit": "change", "delete": "change",
+        "typing": "typing", "message": "message",
     }
 
     def __init__(self, client, verifications):
@@ -339,6 +340,28 @@ class Methods:
             {"type": "msg", "mid": mid, "from": state["author"], "room": state["room"]}
             for mid, state in states if state is not None])
         return {}
+
+    async def message(self, name, params, show):
+        """What happened to message ``mid`` since it was written, as ``inbox --json``
+        would add it (``text`` only when edited): the chat updates its line with it."""
+        client, mid = self.client, params.get("mid", str)
+        state = client.events.state(mid)
+        if state is None:
+            raise ClientError(f"no message {mid} on this device", EXIT_NOT_FOUND)
+        shown = client.events.overlay({"type": "msg", "mid": mid, "from": state["author"]})
+        return {key: value for key, value in shown.items()
+                if key in EVENT_KEYS or key == "text" and shown.get("edited")}
+
+    async def typing(self, name, params, show):
+        """Tell ``user`` (or ``room``) that this person started or stopped (``state``)
+        typing: only their devices connected now see it."""
+        state = params.get("state", str)
+        if state not in ("start", "stop"):
+            raise InvalidParams("typing: state must be start or stop")
+        user, room = params.get("user", str, None), params.get("room", str, None)
+        if (user is None) == (room is None):
+            raise InvalidParams("typing: give user or room")
+        return {"devices": await self.client.typing.send(state, user=user, room=room)}
 
     async def change(self, name, params, show):
         """``react``, ``edit`` or ``delete`` message ``id`` (its mid): sent where the

@@ -30,6 +30,7 @@ from securechat.client.protocol import RemoteError
 from securechat.client.reconnect import Reconnector
 from securechat.client.rooms import RoomClient
 from securechat.client.deferreds import returns_deferred
+from securechat.client.typing_notices import TypingNotices
 from securechat.client.tls import NotPinned, PinnedCertificate, ca_file_options, channel_binding
 from securechat.crypto import passwords
 from securechat.crypto.device import DeviceCrypto
@@ -179,6 +180,7 @@ class Client:
                                  on_control or (lambda record: None))
         self.outbox = Outbox(self)
         self.events = Events(self, reactor)
+        self.typing = TypingNotices(self)
         # connecting, connected, disconnected (waiting for the next attempt), replaced
         # (another login of this device took the relay connection), removed (from its
         # account, for good) or closed (by the caller, or a hard error); none of the last
@@ -612,6 +614,8 @@ class Client:
     def _event(self, frame):
         if frame.get("event") == "envelope":
             self.receiver.envelope_event(frame)
+        elif frame.get("event") == "typing":
+            self.typing.received(frame)
         elif frame.get("event") == "shutdown":
             # The relay is stopping: the connection closes next, and the reconnector
             # connects again once a relay listens.  Said as the reason it closed.
