@@ -87,7 +87,7 @@ def message_lines(record, me):
                           f"✗ could not decrypt: {safe(record['error'])}", "warning", message_id))
         return lines
     text = record.get("text") or ""
-    marks = message_marks(record)
+    marks = message_marks(record, receipts=True)
     if text.startswith(ACTION) and not record.get("deleted"):
         lines.append(Line(when, f"* {name}", style,
                           safe(text[len(ACTION):], lines=True) + marks, "text", message_id,

@@ -223,15 +223,16 @@ def message_text(record):
     return safe(record.get("text"), lines=True)
 
 
-def message_marks(record):
-    """What follows a message's text: `` (edited)``, the reactions `` [👍 2]``, and an
-    own message's receipts (`` ✓``, `` ✓✓``, `` ✓✓ read``: ``events.status_text``)."""
+def message_marks(record, receipts=False):
+    """What follows a message's text: `` (edited)``, the reactions `` [👍 2]``, and with
+    ``receipts`` (the chat) an own message's marks (`` ✓``, `` ✓✓``, `` ✓✓ read``:
+    ``receipt_marks.status_text``; the commands print them in ``--json`` only)."""
     marks = " (edited)" if record.get("edited") and not record.get("deleted") else ""
     reactions = record.get("reactions") or {}
     if reactions:
         marks += " [" + " ".join(f"{safe(emoji)} {count}"
                                  for emoji, count in sorted(reactions.items())) + "]"
-    if record.get("status"):
+    if receipts and record.get("status"):
         marks += " " + status_text(record)
     return marks
 
