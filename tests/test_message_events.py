@@ -1,5 +1,5 @@
 """Receipts, replies, reactions, edits and deletes end to end: a real twistd relay, real
-securechat CLI processes, bob on two real devices (tests/two_devices.py)."""
+securechat CLI and chat processes, bob on two real devices (tests/two_devices.py)."""
 
 import pytest_twisted
 from twisted.internet import reactor
@@ -8,6 +8,8 @@ from securechat.client import settings as client_settings
 from securechat.client.session import Client
 
 from tests.processes import run_cli, write_client_config
+from tests.screen import ChatScreen
+from tests.support import poll_until_async
 from tests.two_devices import add_device
 
 PASSWORD = "correct horse battery staple"
@@ -138,3 +140,54 @@ async def test_someone_elses_edit_or_delete_is_refused(listening_relay, tmp_path
     assert await inbox(alice) == []
     history = (await ok(alice, "history", "bob", "--json")).json_lines()
     assert [(m["text"], m.get("edited")) for m in history] == [("the original", None)]
+
+
+async def mid_of(config, peer, text):
+    """The mid of the message ``text`` in ``config``'s conversation with ``peer``."""
+    lines = (await ok(config, "history", peer, "--json")).json_lines()
+    (mid,) = [m["mid"] for m in lines if m["text"] == text]
+    return mid
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_chat_shows_receipts_replies_reactions_edits_and_deletes(listening_relay,
+                                                                          tmp_path):
+    """In alice's chat (a real pseudo-terminal): her line to bob goes ✓, ✓✓ once bob's
+    device stored it, ✓✓ read once his inbox printed it, then shows his reaction [+1 1];
+    bob's line shows his edit with (edited), then (deleted); her /reply to it shows the
+    context and reaches bob with reply_to; bob's message, shown in alice's open buffer,
+    is 'read' for him."""
+    alice, bob = await users(tmp_path, listening_relay.port, "alice", "bob")
+    await ok(bob, "send", "alice", "lunch at 12?")
+    chat = ChatScreen(alice)
+    try:
+        await chat.wait_for("/help for help")
+        chat.line("/query bob")
+        await chat.wait_for("<bob?> lunch at 12?")
+        await poll_until_async(lambda: _status_is(bob, "alice", "lunch at 12?", "read"))
+        chat.line("yes, see you")
+        await chat.wait_for("<alice> yes, see you ✓")
+        await ok(bob, "login")
+        await chat.wait_for("<alice> yes, see you ✓✓")
+        assert "yes, see you" in [m["text"] for m in await inbox(bob)]
+        await chat.wait_for("<alice> yes, see you ✓✓ read")
+        await ok(bob, "react", await mid_of(bob, "alice", "yes, see you"), "+1")
+        await chat.wait_for("yes, see you [+1 1] ✓✓ read")
+        lunch = await mid_of(bob, "alice", "lunch at 12?")
+        await ok(bob, "edit", lunch, "lunch at 1?")
+        await chat.wait_for("<bob?> lunch at 1? (edited)")
+        chat.line(f"/reply {lunch} fine")
+        await chat.wait_for("fine ✓")
+        (reply,) = [m for m in await inbox(bob) if m["text"] == "fine"]
+        assert reply["reply_to"] == lunch and reply["in_reply_to"] == {
+            "from": "bob", "text": "lunch at 1?"}, reply
+        await ok(bob, "delete", lunch)
+        await chat.wait_for("<bob?> (deleted)")
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
+
+
+async def _status_is(config, peer, text, status):
+    return (await sent_status(config, peer)).get(text) == status

@@ -250,29 +250,34 @@ class Chat:
         else:
             self.warn(f"unexpected error: {error!r}")
 
-    async def send_here(self, text):
+    async def send_here(self, text, reply_to=None):
         buffer = self.buffers.current
         if buffer is self.buffers.status:
             self.warn("this is the status buffer: /query USER or /join ROOM first")
             return
-        await self.send(buffer, text)
+        await self.send(buffer, text, reply_to)
 
-    def send(self, buffer, text):
-        """Send ``text`` to ``buffer``'s person or room and show it there as this person's
-        line; with the relay away it waits in the daemon's outbox (shown "queued")."""
-        return self._sending.run(lambda: defer.ensureDeferred(self._send(buffer, text)))
+    def send(self, buffer, text, reply_to=None):
+        """Send ``text`` to ``buffer``'s person or room (answering message ``reply_to``)
+        and show it there as this person's line; with the relay away it waits in the
+        daemon's outbox (shown "queued")."""
+        return self._sending.run(
+            lambda: defer.ensureDeferred(self._send(buffer, text, reply_to)))
 
-    async def _send(self, buffer, text):
+    async def _send(self, buffer, text, reply_to):
         command = "send" if buffer.kind == "user" else "say"
+        replying = ["--reply-to", reply_to] if reply_to else []
         try:
-            result = await self.command([command, buffer.name, "--", text], strict=True,
-                                        quiet=True)
+            result = await self.command([command, buffer.name, *replying, "--", text],
+                                        strict=True, quiet=True)
         except CommandFailed as e:
             if e.exit_code != EXIT_UNREACHABLE:
                 raise
-            self.add(buffer, [own_line(self.me, text, queued=True)])
+            self.add(buffer, [own_line(self.me, text, queued=True, reply_to=reply_to)])
             return
-        self.add(buffer, [own_line(self.me, text, mid=(result or {}).get("id"))])
+        if result is not None:
+            self.add(buffer, [own_line(self.me, text, mid=result.get("id"),
+                                       reply_to=reply_to)])
 
     def _send_typing(self, state, buffer):
         """Tell ``buffer``'s person or room that this person types (or stopped); a notice

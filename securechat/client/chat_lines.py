@@ -106,11 +106,12 @@ def redraw(line, changes, me):
     line.body = message_lines(line.record, me)[-1].body
 
 
-def own_line(me, text, queued=False, mid=None):
+def own_line(me, text, queued=False, mid=None, reply_to=None):
     """A line this person just sent (``queued``: kept in the outbox until the reconnect;
-    ``mid``: its message id, for its receipts)."""
+    ``mid``: its message id, for its receipts; ``reply_to``: the mid it answers)."""
     record = {"from": me, "outgoing": True, "text": text, "sent_at": now().isoformat(),
-              "mid": mid, **({} if queued else {"status": "sent"})}
+              "mid": mid, **({} if queued else {"status": "sent"}),
+              **({"reply_to": reply_to} if reply_to else {})}
     line = message_lines(record, me)[0]
     if queued:
         line.body += " (queued: sent after the reconnect)"
