@@ -10,7 +10,6 @@ from twisted.internet import reactor
 from securechat import wire
 from securechat.client import settings as client_settings
 from securechat.client.session import Client
-from securechat.server.session import TYPING_BURST
 from tests.processes import run_cli, write_client_config
 from tests.support import ScriptedDevice, cleanup, expect_error, poll_until
 
@@ -83,13 +82,13 @@ async def test_a_typing_notice_reaches_connected_devices_only_and_is_never_store
 
 @pytest_twisted.ensureDeferred
 async def test_typing_notices_are_rate_limited_per_connection(server):
-    """A connection may send TYPING_BURST notices in a row; the next is refused with
-    rate_limited, naming the limit, while another connection still sends its own and the
-    limited one still sends messages."""
+    """A connection may send [limits] typing_burst notices in a row (5 by default); the
+    next is refused with rate_limited, naming the limit, while another connection still
+    sends its own and the limited one still makes other requests."""
     alice = await logged_in(server, "alice")
     carol = await logged_in(server, "carol")
     await logged_in(server, "bob")
-    for _ in range(TYPING_BURST):
+    for _ in range(5):
         await alice.request("typing", envelopes=[notice("bob", "DEV1", b"x" * 16)])
     refused = await expect_error("rate_limited", alice.request(
         "typing", envelopes=[notice("bob", "DEV1", b"x" * 16)]))

@@ -42,25 +42,22 @@ def excerpt(text):
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS - 1] + "…"
 
 
-def status_of(state, me):
+def status_of(state):
     """``sent``, ``delivered`` or ``read`` of an own message (``state`` its record), with
-    the counts of a room message: ``{"status", "delivered_to", "read_by", "members"}``
-    (``members`` None when this device does not know them: another device sent it)."""
+    the counts of a room message (known on the device that sent it, which knows whom it
+    went to): ``{"status", "delivered_to", "read_by", "members"}``."""
     receipts = state.get("receipts", {})
     if state.get("room") is None:
         got = receipts.get(state.get("peer"), {})
         status = "read" if "read" in got else "delivered" if "delivered" in got else "sent"
         return {"status": status}
-    members = state.get("members")
+    members = state["members"]
     read = sum(1 for r in receipts.values() if "read" in r)
     delivered = sum(1 for r in receipts.values() if "delivered" in r or "read" in r)
-    if members:
-        status = ("read" if read >= len(members) else
-                  "delivered" if delivered >= len(members) else "sent")
-    else:
-        status = "read" if read else "delivered" if delivered else "sent"
+    status = ("read" if members and read >= len(members) else
+              "delivered" if members and delivered >= len(members) else "sent")
     return {"status": status, "delivered_to": delivered, "read_by": read,
-            "members": len(members) if members is not None else None}
+            "members": len(members)}
 
 
 class Events:
@@ -125,8 +122,9 @@ class Events:
                      if users}
         if reactions:
             shown["reactions"] = reactions
-        if record.get("from") == self._me and state.get("peer") != self._me:
-            shown.update(status_of(state, self._me))
+        if record.get("from") == self._me and state.get("peer") != self._me and (
+                state.get("room") is None or "members" in state):
+            shown.update(status_of(state))
         return shown
 
     # -- what arrives --------------------------------------------------------------------
@@ -200,15 +198,16 @@ class Events:
             state = self.state(mid)
             if state is None or state["author"] != self._me:
                 continue
-            readers = state.get("members") or [state.get("peer")]
-            if state.get("room") is None and sender not in readers:
+            readers = [state.get("peer")] if state.get("room") is None else state.get(
+                "members", ())
+            if sender not in readers:  # a room message another device sent: not known
                 continue
             got = state.setdefault("receipts", {}).setdefault(sender, {})
             if kind in got:
                 continue
             got[kind] = at
             self._store.put_message_events(mid, state)
-            fields = status_of(state, self._me)
+            fields = status_of(state)
             for listener in self.listeners:
                 listener(mid, fields)
 

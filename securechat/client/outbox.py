@@ -201,6 +201,12 @@ class Outbox:
         return True
 
     def _failed(self, entry_id, record, reason):
+        """Keep a message refused for good, with why (``securechat outbox`` shows it); a
+        receipt, which nobody lists or retries, goes."""
+        if record["payload"].get("type") == RECEIPT:
+            self.log.info("a receipt could not be sent: {reason}", reason=reason)
+            self._remove(entry_id)
+            return
         self.log.warn("a queued message could not be sent: {reason}", reason=reason)
         with self._store.transaction():
             self._store.outbox_update(entry_id, {**record, "error": reason})

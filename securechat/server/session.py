@@ -42,11 +42,6 @@ from securechat.wire import ProtocolError
 MAX_PENDING = 256
 """Requests in progress per connection before we stop reading from it (backpressure)."""
 
-TYPING_PER_SECOND = 1
-TYPING_BURST = 5
-"""Typing notices one connection may send: one a second, five in a row (a client sends
-one every few seconds while its person types, and one when they stop)."""
-
 REFUSALS_BEFORE_DISCONNECT = 100
 """Rate-limited requests in a row after which a flooding connection is dropped."""
 
@@ -87,7 +82,8 @@ class ConnectionSession:
         self.gate = connection.gate
         self._bucket = TokenBucket(server.clock, server.config.requests_per_second,
                                    server.config.request_burst)
-        self._typing_bucket = TokenBucket(server.clock, TYPING_PER_SECOND, TYPING_BURST)
+        self._typing_bucket = TokenBucket(server.clock, server.config.typing_per_second,
+                                          server.config.typing_burst)
         self._refusals = 0
         self._pending = 0
         self._close_when_answered = False  # the relay is stopping: close once none pends
@@ -447,8 +443,10 @@ class ConnectionSession:
         """Push a typing notice to the devices it names that are connected now; the rest
         is dropped (never stored).  The answer says nothing of who was reached."""
         if not self._typing_bucket.take():
-            raise ProtocolError("rate_limited", f"at most {TYPING_BURST} typing notices in a "
-                                                f"row, then {TYPING_PER_SECOND} a second")
+            config = self._server.config
+            raise ProtocolError("rate_limited", f"at most {config.typing_burst} typing notices "
+                                                f"in a row, then {config.typing_per_second} a "
+                                                "second")
         self._server.relay.push_typing(self.user, self.device, fields["envelopes"])
         return {}
 
