@@ -209,6 +209,12 @@ class Receiver:
             await healer.resend(record)
         elif record["type"] == "room_key.request":
             await healer.reshare_room_key(record)
+        elif record["type"] == "retry.none":  # it was a receipt: no message is missing
+            envelope_id = record["inner"].get("envelope")
+            if isinstance(envelope_id, str):
+                with self._client.store.transaction():
+                    self._client.store.drop_failed(envelope_id, record["from"],
+                                                   record["from_dev"])
         elif record["type"] == "room_key":
             for opened in await healer.retry_pending(record["inner"]["room"]):
                 self._shown(opened)

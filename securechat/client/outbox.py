@@ -140,6 +140,9 @@ class Outbox:
         elif kind in CHANGES:
             client.events.received({"type": kind, "inner": payload, "from": client.user,
                                     "room": record["room"]})
+        elif kind == RECEIPT:  # a device that cannot read one is told so (``healing``)
+            self._store.add_receipt_envelopes([env["id"] for env in record["envelopes"] or ()],
+                                              int(time.time() * 1000))
         if record["room"] is None and kind == "msg":
             now = int(time.time() * 1000)
             self._store.add_sent(payload["mid"], record["to"], sent_record(client, record),

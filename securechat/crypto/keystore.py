@@ -76,6 +76,11 @@ def conversation_peer(record):
     return None
 
 
+RECEIPT_ENVELOPE = ""
+"""The ``sent_envelopes.message_id`` of an envelope that carried a receipt (no message id
+of a sent message is empty)."""
+
+
 class KeyStoreError(Exception):
     """A key store problem, phrased for the person at the keyboard."""
 
@@ -360,6 +365,30 @@ class KeyStore:
             "SELECT sent.sealed, sent_envelopes.at FROM sent_envelopes JOIN sent "
             "USING (message_id) WHERE envelope_id = ?", (envelope_id,)).fetchone()
         return (self.unseal(row[0]), row[1]) if row else None
+
+    def add_receipt_envelopes(self, envelope_ids, at):
+        """Remember that these envelopes carried receipts (nothing to send again if their
+        recipient device could not decrypt one: ``sent_a_receipt``)."""
+        self._db.executemany("INSERT OR IGNORE INTO sent_envelopes VALUES (?, ?, ?)",
+                             [(env_id, RECEIPT_ENVELOPE, at) for env_id in envelope_ids])
+
+    def sent_a_receipt(self, envelope_id):
+        return self._db.execute(
+            "SELECT 1 FROM sent_envelopes WHERE envelope_id = ? AND message_id = ?",
+            (envelope_id, RECEIPT_ENVELOPE)).fetchone() is not None
+
+    def drop_failed(self, failed_id, sender, sender_device):
+        """Remove the record of envelope ``failed_id`` when it could not be decrypted and
+        came from ``sender``'s ``sender_device`` (which says there was nothing in it to show:
+        a receipt); False when there is no such record."""
+        row = self._db.execute("SELECT sealed FROM messages WHERE envelope_id = ?",
+                               (failed_id,)).fetchone()
+        failed = self.unseal(row[0]) if row else {}
+        if not failed.get("error") or (failed.get("from"), failed.get("from_dev")) != (
+                sender, sender_device):
+            return False
+        self._db.execute("DELETE FROM messages WHERE envelope_id = ?", (failed_id,))
+        return True
 
     def update_sent(self, message_id, record):
         self._db.execute("UPDATE sent SET sealed = ? WHERE message_id = ?",
