@@ -191,3 +191,37 @@ async def test_the_chat_shows_receipts_replies_reactions_edits_and_deletes(liste
 
 async def _status_is(config, peer, text, status):
     return (await sent_status(config, peer)).get(text) == status
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_message_is_read_by_each_member_and_its_edit_reaches_them(
+        listening_relay, tmp_path):
+    """alice's room message to bob and carol: after bob read it, her room history says
+    read by 1 of 2 (status 'sent': carol's device does not have it yet); after carol read
+    it too, 'read' by 2 of 2.  Her edit reaches bob as an edit of that mid in the room, and bob's reaction
+    shows in her room history."""
+    alice, bob, carol = await users(tmp_path, listening_relay.port, "alice", "bob", "carol")
+    await ok(alice, "rooms", "create", "ops")
+    for member in (bob, carol):
+        await ok(member, "join", "ops")
+    await ok(alice, "say", "ops", "standup in 5")
+    await inbox(bob)
+
+    async def mine():
+        (line,) = [m for m in (await ok(alice, "history", "ops", "--json")).json_lines()
+                   if m["type"] == "msg" and m["from"] == "alice"]
+        return line
+
+    line = await mine()
+    assert (line["read_by"], line["members"], line["status"]) == (1, 2, "sent"), line
+    await inbox(carol)
+    line = await mine()
+    assert (line["read_by"], line["delivered_to"], line["status"]) == (2, 2, "read"), line
+
+    await ok(alice, "edit", line["mid"], "standup in 10")
+    (edit,) = [m for m in await inbox(bob) if m["type"] == "edit"]
+    assert (edit["room"], edit["target"], edit["text"]) == ("ops", line["mid"], "standup in 10")
+    await ok(bob, "react", line["mid"], "👍")
+    line = await mine()
+    assert (line["text"], line["edited"], line["reactions"]) == (
+        "standup in 10", True, {"👍": 1}), line
