@@ -156,8 +156,9 @@ class Events:
             return False
         if kind == EDIT:
             self._edit(state, inner)
-        elif kind == DELETE:
-            state["deleted"] = inner.get("ts") or True
+        elif kind == DELETE:  # what it said goes from what this record keeps
+            state.update(deleted=inner.get("ts") or True, excerpt="(deleted)")
+            state.pop("edit", None)
         elif not self._reaction(state, sender, inner):
             return False
         self._store.put_message_events(target, state)
