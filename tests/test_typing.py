@@ -11,6 +11,7 @@ from securechat import wire
 from securechat.client import settings as client_settings
 from securechat.client.session import Client
 from tests.processes import run_cli, write_client_config
+from tests.screen import ChatScreen
 from tests.support import ScriptedDevice, cleanup, expect_error, poll_until
 
 PASSWORD = "correct horse battery staple"
@@ -158,4 +159,42 @@ async def test_typing_shows_on_the_other_side_and_send_typing_no_sends_none(list
         assert "typing" not in requests
     finally:
         await alice_client.disconnect()
+        await bob_client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_chat_shows_who_types_and_says_when_its_person_types(listening_relay,
+                                                                     tmp_path):
+    """alice's chat (a real pseudo-terminal) with bob's buffer open: bob's client says he
+    types, and alice's status line shows 'bob is typing…' until his stop; alice typing
+    half a line makes bob's client hear 'start' from her, and sending it 'stop'."""
+    port = listening_relay.port
+    alice = write_client_config(str(tmp_path / "clients"), "alice", port)
+    bob = write_client_config(str(tmp_path / "clients"), "bob", port)
+    for config in (alice, bob):
+        assert (await run_cli(config, "register")).code == 0
+    assert (await run_cli(alice, "send", "bob", "hi")).code == 0
+    assert (await run_cli(bob, "send", "alice", "hello")).code == 0
+    bob_client = await client_of(bob)
+    heard = []
+    bob_client.typing.listeners.append(lambda *notice: heard.append(notice))
+    chat = ChatScreen(alice)
+    try:
+        await bob_client.drain(timeout=30)
+        await chat.wait_for("/help for help")
+        chat.line("/query bob")
+        await chat.wait_for("<bob?> hello")
+        await bob_client.typing.send("start", user="alice")
+        await chat.wait_for(lambda c: "bob is typing…" in c.status_row, what="typing")
+        await bob_client.typing.send("stop", user="alice")
+        await chat.wait_for(lambda c: "typing" not in c.status_row, what="no typing")
+
+        chat.type("half a li")
+        await poll_until(lambda: ("alice", None, "start") in heard, timeout=30)
+        chat.line("ne")
+        await poll_until(lambda: ("alice", None, "stop") in heard, timeout=30)
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
         await bob_client.disconnect()
