@@ -31,6 +31,9 @@ from securechat.crypto.device import DecryptError
 
 PAD_BUCKET = 256
 
+BACKLOG_FOR_EPHEMERAL = 32
+"""Envelopes waiting to be processed past which a typing notice is dropped unread."""
+
 SHOWN_TYPES = ("msg", "membership", *CHANGES)
 """What a person sees of what arrives (``inbox``, the chat): the rest is control."""
 
@@ -155,7 +158,11 @@ class Receiver:
 
     def run_in_order(self, work):
         """Run ``work()`` (a coroutine function) after what is being processed: a pushed
-        typing notice decrypts in the order its Olm session was used."""
+        typing notice decrypts in the order its Olm session was used.  None (not run)
+        when ``BACKLOG_FOR_EPHEMERAL`` items wait already: a notice that late is
+        worthless, and notices must not pile up behind a long backlog."""
+        if len(self._lock.waiting) >= BACKLOG_FOR_EPHEMERAL:
+            return None
         return self._lock.run(lambda: defer.ensureDeferred(work()))
 
     def envelope_event(self, frame):

@@ -75,12 +75,14 @@ class TypingNotices:
     # -- receiving -----------------------------------------------------------------------
 
     def received(self, frame):
-        """A pushed ``typing`` event: decrypt it (in the receiver's order) and tell the
-        listeners; anything wrong with it is dropped, said at debug level only (a
-        notice is worth nothing once late, and a stranger must not fill the log)."""
+        """A pushed ``typing`` event: decrypt it (in the receiver's order, unless a backlog
+        waits: then it is dropped) and tell the listeners; anything wrong with it is
+        dropped, said at debug level only (a notice is worth nothing once late, and a
+        stranger must not fill the log)."""
         d = self._client.receiver.run_in_order(lambda: self._read(frame.get("envelope")))
-        d.addErrback(lambda f: self.log.debug("dropped a typing notice: {error}",
-                                              error=f.getErrorMessage()))
+        if d is not None:  # None: dropped behind a backlog
+            d.addErrback(lambda f: self.log.debug("dropped a typing notice: {error}",
+                                                  error=f.getErrorMessage()))
         return d
 
     async def _read(self, env):
