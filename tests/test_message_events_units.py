@@ -42,10 +42,14 @@ MID, OTHER = "mid-of-bobs-message-1", "mid-of-alices-message"
 def test_only_the_author_edits_or_deletes_and_a_reused_mid_changes_no_author(tmp_path):
     """bob's message: carol's edit and delete are refused (not applied), bob's edit is;
     a later message from carol with the same mid does not make her its author, and the
-    overlay of her message does not take bob's edit."""
+    overlay of her message does not take bob's edit; bob's delete removes its text from
+    the stored history."""
     events, store = events_of(tmp_path)
     with store.transaction():
-        events.written(MID, "bob", "lunch at 12?", peer="bob")
+        store.add_message("envelope-of-bobs-1", {"type": "msg", "mid": MID, "from": "bob",
+                                                 "room": None, "text": "lunch at 12?"})
+        events.written(MID, "bob", "lunch at 12?", peer="bob",
+                       envelope_id="envelope-of-bobs-1")
         assert not events.received(change("edit", "carol", MID, body="forged"))
         assert not events.received(change("delete", "carol", MID))
         events.written(MID, "carol", "me too", peer="carol")
@@ -57,6 +61,7 @@ def test_only_the_author_edits_or_deletes_and_a_reused_mid_changes_no_author(tmp
         assert events.received(change("delete", "bob", MID))
     assert shown(events, MID, "bob")["deleted"] is True and shown(events, MID, "bob")[
         "text"] is None
+    assert [record["text"] for _, record in store.messages()] == [None]  # gone at rest too
     store.close()
 
 

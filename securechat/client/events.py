@@ -88,14 +88,18 @@ class Events:
     def state(self, mid):
         return self._store.message_events(mid) if valid_mid(mid) else None
 
-    def written(self, mid, author, text, room=None, peer=None, members=None):
-        """A message was stored or sent (inside its transaction): note who wrote it and
-        where it went, unless a message with this ``mid`` was seen before (it keeps it)."""
+    def written(self, mid, author, text, room=None, peer=None, members=None,
+                envelope_id=None):
+        """A message was stored (``envelope_id``: its record's) or sent, inside its
+        transaction: note who wrote it and where it went, unless a message with this
+        ``mid`` was seen before (it keeps it)."""
         if not valid_mid(mid) or self._store.message_events(mid) is not None:
             return
         record = {"author": author, "room": room, "peer": peer, "excerpt": excerpt(text)}
         if members is not None:
             record["members"] = sorted(members)
+        if envelope_id is not None:
+            record["envelope"] = envelope_id
         self._store.put_message_events(mid, record)
 
     def overlay(self, record):
@@ -156,9 +160,10 @@ class Events:
             return False
         if kind == EDIT:
             self._edit(state, inner)
-        elif kind == DELETE:  # what it said goes from what this record keeps
+        elif kind == DELETE:  # what it said goes from the history and from this record
             state.update(deleted=inner.get("ts") or True, excerpt="(deleted)")
             state.pop("edit", None)
+            self._store.forget_text(target, state.get("envelope"))
         elif not self._reaction(state, sender, inner):
             return False
         self._store.put_message_events(target, state)

@@ -145,7 +145,8 @@ def _keep(client, record, replaces=None):
         kept = record["type"] == "msg"
     elif record["type"] == "msg":
         room, peer = conversation_of(record)
-        client.events.written(record["mid"], record["from"], record["text"], room, peer)
+        client.events.written(record["mid"], record["from"], record["text"], room, peer,
+                              envelope_id=record["id"])
         kept = True
     elif record["type"] in CHANGES or record["type"] == RECEIPT:
         kept = client.events.received(record)

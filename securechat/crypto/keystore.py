@@ -394,6 +394,19 @@ class KeyStore:
         self._db.execute("UPDATE sent SET sealed = ? WHERE message_id = ?",
                          (self.seal(record), message_id))
 
+    def forget_text(self, mid, envelope_id=None):
+        """Remove what message ``mid`` said from the history (its author deleted it): the
+        received record of ``envelope_id``, and an own sent one of that ``mid``."""
+        rows = self._db.execute(
+            "SELECT 'messages', envelope_id, sealed FROM messages WHERE envelope_id = ? "
+            "UNION ALL SELECT 'sent', message_id, sealed FROM sent WHERE message_id = ?",
+            (envelope_id, mid)).fetchall()
+        for table, key, sealed in rows:
+            record = {**self.unseal(sealed), "text": None}
+            column = "envelope_id" if table == "messages" else "message_id"
+            self._db.execute(f"UPDATE {table} SET sealed = ? WHERE {column} = ?",
+                             (self.seal(record), key))
+
     def replace_failed(self, failed_id, record):
         """Store ``record`` in place of the record of envelope ``failed_id`` when that one
         could not be decrypted and came from the same sender device (its readable copy:
