@@ -167,3 +167,26 @@ def test_a_store_of_schema_2_opens_at_schema_4_with_the_events_table(tmp_path):
         assert store.message_events(MID) == {"author": "bob"}
     finally:
         store.close()
+
+
+def test_the_switches_default_to_yes_and_a_bad_value_is_named(tmp_path):
+    """send_read_receipts and send_typing are on unless the ini says no; a value that is
+    neither yes nor no stops loading with an error naming the file, key and value."""
+    import pytest
+
+    from securechat.client import settings as client_settings
+    from securechat.config import ConfigError
+
+    def load(*lines):
+        path = tmp_path / "client.ini"
+        path.write_text("\n".join(["[client]", "server = relay.example:6697",
+                                   "username = alice", *lines]) + "\n")
+        return client_settings.load(str(path))
+
+    loaded = load()
+    assert (loaded.send_read_receipts, loaded.send_typing) == (True, True)
+    loaded = load("send_read_receipts = no", "send_typing = off")
+    assert (loaded.send_read_receipts, loaded.send_typing) == (False, False)
+    with pytest.raises(ConfigError) as refused:
+        load("send_typing = sometimes")
+    assert "[client] send_typing = 'sometimes': must be yes or no" in str(refused.value)
