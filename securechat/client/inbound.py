@@ -148,7 +148,10 @@ def _keep(client, record, replaces=None):
         client.events.written(record["mid"], record["from"], record["text"], room, peer,
                               envelope_id=record["id"])
         kept = True
-    elif record["type"] in CHANGES or record["type"] == RECEIPT:
+    elif record["type"] in CHANGES:
+        kept = client.events.received(record)
+        record["refused"] = not kept
+    elif record["type"] == RECEIPT:
         kept = client.events.received(record)
     else:
         kept = False

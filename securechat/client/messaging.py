@@ -177,8 +177,8 @@ class Receiver:
         try:
             if not store.seen(env["id"]):
                 record = await self._open_any(env)
-                if record is None or await self._heal(record):
-                    pass
+                if record is None or record.get("refused") or await self._heal(record):
+                    pass  # (refused: a change someone may not make, said in the log)
                 elif record.get("type") in SHOWN_TYPES:
                     self._shown(record)
                 elif record.get("type") != RECEIPT:
