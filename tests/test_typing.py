@@ -123,8 +123,9 @@ async def client_of(config):
 async def test_typing_shows_on_the_other_side_and_send_typing_no_sends_none(listening_relay,
                                                                           tmp_path):
     """With a session between them (one message each way), alice's client tells bob's that
-    she types and stops: bob's client hears start then stop, from alice, 1:1.  alice with
-    send_typing = no sends no typing request at all."""
+    she types and stops: bob's client hears start then stop, from alice, 1:1; then that
+    she types in the room ops they are both in.  alice with send_typing = no sends no
+    typing request at all."""
     port = listening_relay.port
     alice = write_client_config(str(tmp_path / "clients"), "alice", port)
     bob = write_client_config(str(tmp_path / "clients"), "bob", port)
@@ -132,6 +133,8 @@ async def test_typing_shows_on_the_other_side_and_send_typing_no_sends_none(list
         assert (await run_cli(config, "register")).code == 0
     assert (await run_cli(alice, "send", "bob", "hi")).code == 0
     assert (await run_cli(bob, "send", "alice", "hello")).code == 0
+    assert (await run_cli(alice, "rooms", "create", "ops")).code == 0
+    assert (await run_cli(bob, "join", "ops")).code == 0
 
     bob_client = await client_of(bob)
     heard = []
@@ -142,8 +145,10 @@ async def test_typing_shows_on_the_other_side_and_send_typing_no_sends_none(list
         assert await alice_client.typing.send("start", user="bob") == 1
         await poll_until(lambda: heard, timeout=30)
         await alice_client.typing.send("stop", user="bob")
-        await poll_until(lambda: len(heard) == 2, timeout=30)
-        assert heard == [("alice", None, "start"), ("alice", None, "stop")]
+        await alice_client.typing.send("start", room="ops")
+        await poll_until(lambda: len(heard) == 3, timeout=30)
+        assert heard == [("alice", None, "start"), ("alice", None, "stop"),
+                         ("alice", "ops", "start")]
     finally:
         await alice_client.disconnect()
 
