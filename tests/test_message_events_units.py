@@ -190,3 +190,28 @@ def test_the_switches_default_to_yes_and_a_bad_value_is_named(tmp_path):
     with pytest.raises(ConfigError) as refused:
         load("send_typing = sometimes")
     assert "[client] send_typing = 'sometimes': must be yes or no" in str(refused.value)
+
+
+def test_changes_replies_and_marks_print_safely_in_the_terminal():
+    """inbox's text lines: an edit, a delete and a reaction say what they changed; a reply
+    shows its context; an edited message with reactions is marked; every text from the
+    network (an emoji, a quoted excerpt, a target id) is escaped (guarantee 8); receipt
+    marks are the chat's only."""
+    from securechat.client.render import format_message
+
+    base = {"id": "e1", "from": "bob", "from_dev": "D", "room": None, "verified": True,
+            "sent_at": "2026-12-07T06:00:00.000Z", "error": None, "warning": None}
+    lines = [format_message({**base, **fields}) for fields in (
+        {"type": "edit", "target": "m1", "text": "lunch at 1?"},
+        {"type": "delete", "target": "m1"},
+        {"type": "reaction", "target": "m1\x1b[2J", "emoji": "\x1b[31m", "remove": False},
+        {"type": "msg", "text": "yes", "reply_to": "m1",
+         "in_reply_to": {"from": "alice", "text": "lunch?\x07"}},
+        {"type": "msg", "text": "see you", "edited": True, "reactions": {"+1": 2},
+         "status": "read"},
+        {"type": "msg", "text": None, "deleted": True})]
+    head = "[2026-12-07T06:00:00.000Z] bob (verified)"
+    assert lines == [
+        f"{head} edited m1: lunch at 1?", f"{head} deleted m1",
+        f"{head} reacted ^[[31m to m1^[[2J", f"{head}: (↪ alice: lunch?^G) yes",
+        f"{head}: see you (edited) [+1 2]", f"{head}: (deleted)"]
