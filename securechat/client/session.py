@@ -40,8 +40,9 @@ from securechat.crypto.recovery import RecoveryKey
 OTK_TARGET = 50
 OTK_LOW_WATER = 25
 ACK_SETTLE_SECONDS = 5
-"""How long closing waits for the server to confirm the last acknowledgements (a missed
-one only means the envelope is delivered again and skipped)."""
+"""How long closing waits for the server to confirm the last receipts and the last
+acknowledgements (a missed one only means the envelope is delivered again and skipped, or
+the receipt is sent from the outbox next time)."""
 
 NOT_FOUND_CODES = ("unknown_user", "user_deleted", "unknown_room", "not_member")
 """The relay's answers that mean "no such user or room (for you)": exit code 6."""
@@ -474,7 +475,8 @@ class Client:
         """Send the acknowledgements still waiting, close the connection and wait until it
         is closed, then the store."""
         if self.protocol is not None and self.protocol.transport is not None:
-            await self.events.flush()  # the receipts owed (kept in the outbox if not sent)
+            receipts = self.events.flush()  # owed ones; kept in the outbox if not answered
+            await self.wait_for(lambda: receipts.called, ACK_SETTLE_SECONDS)
             self.receiver.acks.flush()
             await self.wait_for(self.receiver.acks.settled, ACK_SETTLE_SECONDS)
         protocol = self.protocol
