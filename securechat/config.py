@@ -217,6 +217,8 @@ OPTIONS = (
     Option("limits", "one_time_keys_low", "10", _positive),
     Option("limits", "requests_per_second", "2000", _positive),
     Option("limits", "request_burst", "4000", _positive),
+    Option("limits", "typing_per_second", "1", _positive),
+    Option("limits", "typing_burst", "5", _positive),
     Option("limits", "output_budget_bytes", "4194304", _output_budget),
     Option("limits", "output_stall_seconds", "30", _seconds),
     Option("limits", "handshake_timeout_seconds", "10", _seconds),
@@ -279,6 +281,8 @@ class ServerConfig:
     one_time_keys_low: int
     requests_per_second: int
     request_burst: int
+    typing_per_second: int
+    typing_burst: int
     output_budget_bytes: int
     output_stall_seconds: float
     handshake_timeout_seconds: float

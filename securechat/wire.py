@@ -383,6 +383,14 @@ ENVELOPE_FIELDS = {
 }
 UNICAST_ENVELOPE = obj({**ENVELOPE_FIELDS, "to": USER, "to_dev": DEVICE})
 
+MAX_TYPING_DEVICES = 64
+"""Devices one ``typing`` notice may name (a 1:1 peer's and a small room's)."""
+MAX_TYPING_CIPHERTEXT = 2048
+"""The longest ``ct`` of a typing notice, in bytes (its sealed content is a few hundred)."""
+TYPING_ENVELOPE = obj({"to": USER, "to_dev": DEVICE, "kind": one_of("olm"), "sid": SESSION_ID,
+                       "otype": optional(integer(0, 1)),
+                       "ct": base64_bytes(1, MAX_TYPING_CIPHERTEXT)})
+
 BROADCAST_ROOM = "everyone"
 """The reserved room every user belongs to: broadcasts are room messages to it."""
 
@@ -460,6 +468,9 @@ REQUESTS = {
     "room.send": {"room": ROOM, **ENVELOPE_FIELDS},
     "broadcast": ENVELOPE_FIELDS,
     "ack": {"ids": list_of(ENVELOPE_ID, joined=ENVELOPE_IDS_RE)},
+    # An ephemeral notice (someone is typing): pushed to those devices that are connected
+    # now, never stored (docs/protocol.rst, "Receipts, typing, ...").
+    "typing": {"envelopes": list_of(TYPING_ENVELOPE, max_items=MAX_TYPING_DEVICES)},
     "room.create": {"room": NEW_ROOM, "password": optional(PASSWORD)},
     "room.join": {"room": ROOM, "password": optional(PASSWORD)},
     "room.leave": {"room": ROOM},

@@ -75,8 +75,9 @@ async def test_history_json_marks_outgoing_and_last_gives_the_newest(listening_r
         ("alice", "bob", "one", True), ("bob", "alice", "two", False),
         ("alice", "bob", "three", True)]
     inbox_fields = {"id", "type", "from", "from_device", "room", "text", "sent_at", "verified",
-                    "error", "warning"}
-    assert all(set(m) == inbox_fields | {"outgoing", "to"} for m in lines), lines
+                    "error", "warning", "mid"}
+    assert all(set(m) == inbox_fields | {"outgoing", "to"} | ({"status"} if m["outgoing"]
+                                                               else set()) for m in lines), lines
     newest = (await ok(alice, "history", "bob", "--json", "--last", "2")).json_lines()
     assert [m["text"] for m in newest] == ["two", "three"]
 

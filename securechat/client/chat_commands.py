@@ -1,6 +1,7 @@
 """The chat's slash commands.
 
 Commands of the chat itself (buffers: ``/query``, ``/msg``, ``/join``, ``/part``, ``/me``,
+``/reply``,
 ``/names``, ``/buffer``, ``/quit``, ``/help``) are here.  Every command that is also a CLI
 command (``/invite``, ``/kick``, ``/rooms``, ``/history``, ``/fingerprint``, ``/trust``,
 ``/verify``, ``/broadcast``, ``/create``, ``/leave``, ...) is parsed by the CLI's own parser
@@ -21,12 +22,15 @@ Type a line to send it to the current buffer's person or room (//text sends /tex
 /part [ROOM]         leave ROOM (default: this buffer's room) and close its buffer
 /me ACTION           say ACTION as an action: * alice ACTION
 /file PATH           send the file PATH (encrypted) to this buffer's person or room
+/reply ID TEXT       answer message ID (its mid) here, shown with its context
 /names [ROOM]        ROOM's members (default: this buffer's room)
 /buffer N, /win N    go to buffer N (or Alt-N)
 /create ROOM [--password], /invite ROOM USER, /kick ROOM USER, /unban ROOM USER,
 /rooms list|bans|mode|admin, /members ROOM, /history USER|ROOM, /leave ROOM, /broadcast TEXT,
-/fingerprint [USER], /verify USER, /trust USER, /outbox [--drop ID]:
-                     as the CLI commands of the same name (/COMMAND --help)
+/fingerprint [USER], /verify USER, /trust USER, /outbox [--drop ID],
+/react ID EMOJI, /edit ID TEXT, /delete ID, /send USER TEXT --reply-to ID:
+                     as the CLI commands of the same name (/COMMAND --help; ID: a
+                     message's mid, as history --json shows it)
 /quit                leave (Ctrl-C too)
 Keys: Alt-1..9 buffers, PgUp/PgDn scroll, Up/Down typed lines, Ctrl-A/E/U/W edit.
 A ? after a name: that person is not verified (/verify NAME)."""
@@ -105,6 +109,13 @@ class SlashCommands:
             self._chat.warn("usage: /me ACTION")
             return
         await self._chat.send_here("/me " + rest)
+
+    async def do_reply(self, rest):
+        mid, _, text = rest.partition(" ")
+        if not mid or not text.strip():
+            self._chat.warn("usage: /reply ID TEXT (ID: the message's mid)")
+            return
+        await self._chat.send_here(text, reply_to=mid)
 
     async def do_join(self, rest):
         words = self._words(rest)

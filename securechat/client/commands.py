@@ -41,6 +41,45 @@ def add_send_wait(parser):
                              "once; the next command or the daemon sends it)")
 
 
+def add_reply_to(parser):
+    parser.add_argument("--reply-to", metavar="ID",
+                        help="answer the message ID (its \"mid\" in inbox --json or "
+                             "history --json): shown with its context")
+
+
+CHANGES = ("react", "edit", "delete")
+"""Commands that change an earlier message (they go through the outbox, like a send)."""
+
+
+def add_changes(commands):
+    """``react``, ``edit`` and ``delete``: changes of an earlier message, by its mid."""
+    id_help = "the message's \"mid\" (inbox --json, history --json)"
+    react = add_command(
+        commands, "react", "react to a message with an emoji (or --remove it)",
+        "React to message ID with EMOJI; everyone in its conversation sees the counts. "
+        "--remove takes your reaction back.",
+        "securechat react mD3x9Qk2Lw8bTz1vYp0aHg 👍",
+        "securechat react mD3x9Qk2Lw8bTz1vYp0aHg 👍 --remove")
+    react.add_argument("id", metavar="ID", help=id_help)
+    react.add_argument("emoji", metavar="EMOJI")
+    react.add_argument("--remove", action="store_true", help="take your reaction back")
+    add_send_wait(react)
+    edit = add_command(
+        commands, "edit", "replace the text of a message you sent",
+        "Replace the text of your message ID with TEXT on every device of its "
+        "recipients (shown '(edited)').  Only its author can: the recipients' clients "
+        "refuse anyone else's edit.", 'securechat edit mD3x9Qk2Lw8bTz1vYp0aHg "at 1pm"')
+    edit.add_argument("id", metavar="ID", help=id_help)
+    edit.add_argument("text", nargs="+", metavar="TEXT")
+    add_send_wait(edit)
+    delete = add_command(
+        commands, "delete", "delete a message you sent, for everyone",
+        "Delete your message ID on every device of its recipients (shown as deleted). "
+        "Only its author can.", "securechat delete mD3x9Qk2Lw8bTz1vYp0aHg")
+    delete.add_argument("id", metavar="ID", help=id_help)
+    add_send_wait(delete)
+
+
 class ParseStopped(Exception):
     """What the parser would have printed before exiting (a usage error, ``--help``), with
     its exit status: the chat shows it instead of letting argparse end the process."""
@@ -174,6 +213,7 @@ def build_parser(parser_class=argparse.ArgumentParser):
                        "securechat send bob 'the build failed' --wait 60")
     send.add_argument("user", metavar="USER", type=user_name)
     send.add_argument("text", nargs="+", metavar="TEXT")
+    add_reply_to(send)
     add_send_wait(send)
     inbox = add_command(commands, "inbox", "fetch, decrypt, acknowledge and print messages",
                         "Print every message not shown before, each once, oldest first.",
@@ -232,8 +272,10 @@ def build_parser(parser_class=argparse.ArgumentParser):
                       'securechat say ops "deploy at 5"')
     say.add_argument("room", metavar="ROOM")
     say.add_argument("text", nargs="+", metavar="TEXT")
+    add_reply_to(say)
     add_send_wait(say)
     add_file_commands(add_command, commands, user_name, add_send_wait)
+    add_changes(commands)
     broadcast = add_command(commands, "broadcast", "send a message to every user",
                             "Send a message to every user of the server (if the server lets "
                             "you).", 'securechat broadcast "maintenance at 22:00"')
@@ -472,6 +514,16 @@ def request_for(args, room_password=read_room_password):
         check_message_size(params["text"])
         if command != "broadcast":
             params.update({"user": args.user} if command == "send" else {"room": args.room})
+        if getattr(args, "reply_to", None):
+            params["reply_to"] = args.reply_to
+        return command, params
+    if command in CHANGES:
+        params = {"id": args.id, "wait": args.wait}
+        if command == "react":
+            params.update(emoji=args.emoji, remove=args.remove)
+        elif command == "edit":
+            params["text"] = " ".join(args.text)
+            check_message_size(params["text"])
         return command, params
     if command == "inbox":
         return "inbox", {"wait": args.wait}
@@ -542,6 +594,11 @@ def show_result(args, result, out=print, say_sent=None, warn=warn_on_stderr):
             out(result["notice"])
         elif sys.stdout.isatty() if say_sent is None else say_sent:  # a script wants silence
             out(sent_to(args, result))
+    elif command in CHANGES:
+        if result.get("notice"):
+            out(result["notice"])
+        elif sys.stdout.isatty() if say_sent is None else say_sent:
+            out(changed(args, result))
     elif command == "inbox":
         for record in result["messages"]:
             out(message_json({**record, "from_dev": record["from_device"]}) if args.json
@@ -595,6 +652,16 @@ def sent_to(args, result):
     if own:
         text += f"; a copy to {own} other device{'s' if own != 1 else ''} of yours"
     return text + ")"
+
+
+def changed(args, result):
+    """``reacted 👍 to ID``, ``edited ID``, ``deleted ID``, and where it went."""
+    where = f"in {result['room']}" if result.get("room") else f"with {result.get('user')}"
+    if args.command == "react":
+        done = (f"removed your reaction {safe(args.emoji)} from" if args.remove
+                else f"reacted {safe(args.emoji)} to")
+        return f"{done} {args.id} ({where})"
+    return f"{args.command.rstrip('e')}ed {args.id} ({where})"
 
 
 def _member_marks(user, result):

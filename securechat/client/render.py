@@ -36,6 +36,8 @@ import os
 import re
 import unicodedata
 
+from securechat.client.receipt_marks import status_text
+
 MARK = "  | "
 CONTINUATION = "\n" + MARK
 """What starts each further line of a multi-line message: it cannot pass for a message's
@@ -184,8 +186,11 @@ def format_message(record, width=None):
         lines.append(f"{head}: ✗ could not decrypt: {safe(record['error'])}")
     elif record.get("file"):
         lines.append(f"{head}: {file_line(record['file'])}")
+    elif record.get("type") in CHANGE_WORDS:
+        lines.append(f"{head} {change_text(record)}")
     else:
-        lines.append(f"{head}: {safe(record['text'], lines=True)}")
+        lines.append(f"{head}: {reply_context(record)}{message_text(record)}"
+                     f"{message_marks(record)}")
     return fit("\n".join(lines), width)
 
 
@@ -202,6 +207,51 @@ def file_line(summary):
     its size and the command that fetches it."""
     return (f"[file] {safe(summary['name'])} ({human_size(summary['size'])}): "
             f"securechat files get {safe(summary['id'])}")
+
+
+CHANGE_WORDS = {"edit": "edited", "delete": "deleted", "reaction": "reacted"}
+
+
+def change_text(record):
+    """What a change of an earlier message says: ``edited MID: text``, ``deleted MID``,
+    ``reacted 👍 to MID`` (``removed the reaction 👍 from MID``)."""
+    target = safe(record.get("target"))
+    if record["type"] == "edit":
+        return f"edited {target}: {safe(record.get('text'), lines=True)}"
+    if record["type"] == "delete":
+        return f"deleted {target}"
+    if record.get("remove"):
+        return f"removed the reaction {safe(record.get('emoji'))} from {target}"
+    return f"reacted {safe(record.get('emoji'))} to {target}"
+
+
+def reply_context(record):
+    """``(↪ bob: first words) `` before a reply, when the message it answers is known."""
+    quoted = record.get("in_reply_to")
+    if quoted:
+        return f"(↪ {safe(quoted['from'])}: {safe(quoted['text'])}) "
+    return "(↪ an earlier message) " if record.get("reply_to") else ""
+
+
+def message_text(record):
+    """A message's text as shown: ``(deleted)`` once its author deleted it."""
+    if record.get("deleted"):
+        return "(deleted)"
+    return safe(record.get("text"), lines=True)
+
+
+def message_marks(record, receipts=False):
+    """What follows a message's text: `` (edited)``, the reactions `` [👍 2]``, and with
+    ``receipts`` (the chat) an own message's marks (`` ✓``, `` ✓✓``, `` ✓✓ read``:
+    ``receipt_marks.status_text``; the commands print them in ``--json`` only)."""
+    marks = " (edited)" if record.get("edited") and not record.get("deleted") else ""
+    reactions = record.get("reactions") or {}
+    if reactions:
+        marks += " [" + " ".join(f"{safe(emoji)} {count}"
+                                 for emoji, count in sorted(reactions.items())) + "]"
+    if receipts and record.get("status"):
+        marks += " " + status_text(record)
+    return marks
 
 
 def _sender(record):
@@ -243,9 +293,16 @@ def message_json(record, **extra):
         "verified": bool(record.get("verified")), "error": record.get("error"),
         "warning": record.get("warning"), **({"resent": True} if record.get("resent") else {}),
         **({"file": record["file"]} if record.get("file") else {}),
-        **_sent_fields(record), **extra,
+        "mid": record.get("mid"), **_sent_fields(record),
+        **{key: record[key] for key in EVENT_KEYS if key in record}, **extra,
     }, ensure_ascii=False)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+EVENT_KEYS = ("reply_to", "in_reply_to", "edited", "deleted", "reactions", "status",
+              "delivered_to", "read_by", "members", "target", "emoji", "remove")
+"""What ``--json`` says of replies, reactions, edits, deletes and receipts, where a record
+has it (docs/usage.rst, "Receipts, typing, replies, reactions, edits and deletes")."""
 
 
 def _sent_fields(record):

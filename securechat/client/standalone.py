@@ -170,7 +170,7 @@ async def one_shot(reactor, settings, password, args, method, params):
     ``inbox --wait``; ``history NAME`` reads the local store when the relay is down, and
     ``fingerprint USER`` answers from the contact this device knows; every other command
     needs the relay now."""
-    keep_trying = (method in ("send", "say", "broadcast", "fingerprint")
+    keep_trying = (method in ("send", "say", "broadcast", "fingerprint", *commands.CHANGES)
                    or params.get("wait", 0) > 0
                    or method == "history" and "name" in params)
     client = await opened(reactor, settings, password, keep_trying=keep_trying)

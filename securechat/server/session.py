@@ -83,6 +83,8 @@ class ConnectionSession:
         self.gate = connection.gate
         self._bucket = TokenBucket(server.clock, server.config.requests_per_second,
                                    server.config.request_burst)
+        self._typing_bucket = TokenBucket(server.clock, server.config.typing_per_second,
+                                          server.config.typing_burst)
         self._refusals = 0
         self._pending = 0
         self._close_when_answered = False  # the relay is stopping: close once none pends
@@ -438,6 +440,17 @@ class ConnectionSession:
     async def op_broadcast(self, fields):
         return await self._server.rooms.send(
             self.user, self.device, {**fields, "room": wire.BROADCAST_ROOM})
+
+    def op_typing(self, fields):
+        """Push a typing notice to the devices it names that are connected now; the rest
+        is dropped (never stored).  The answer says nothing of who was reached."""
+        if not self._typing_bucket.take():
+            config = self._server.config
+            raise ProtocolError("rate_limited", f"at most {config.typing_burst} typing notices "
+                                                f"in a row, then {config.typing_per_second} a "
+                                                "second")
+        self._server.relay.push_typing(self.user, self.device, fields["envelopes"])
+        return {}
 
     def op_ack(self, fields):
         cursor = self._server.relay.cursor(self.user, self.device)
