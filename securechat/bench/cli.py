@@ -1,7 +1,8 @@
 """``securechat-bench``: run one workload against a relay and print its figures.
 
 It starts its own ``twistd -n securechat`` (SQLite, or PostgreSQL with
-``--database``) unless ``--attach`` names a running relay, runs the workload
+``--database``; ``--nodes N`` of them on that database, the clients spread over
+them) unless ``--attach`` names a running relay, runs the workload
 for a bounded time, and prints one JSON object, then a table for people.
 """
 
