@@ -22,6 +22,7 @@ from securechat import wire
 
 from securechat.bench.database import POSTGRES_COMMANDS, local_postmaster
 from securechat.bench.disk import FsyncProbe
+from securechat.bench.peers import GroupedLatencies
 from securechat.bench.procfs import ProcessTreeSampler, command_name, parent
 from securechat.bench.workloads import fixed_rate, half_cross_node, in_turn, same_node
 from tests.processes import executable
@@ -220,6 +221,20 @@ def test_w2_on_two_nodes_puts_every_other_receiver_on_the_other_node():
         ("a", "a"), ("a", "b"), ("b", "b"), ("b", "a")]
     assert {half_cross_node(one)(i) for i in range(4)} == {("a", "a")}
     assert [same_node(two)(i) for i in range(3)] == [("a", "a"), ("b", "b"), ("a", "a")]
+
+
+def test_w2_latencies_come_apart_by_group_and_only_when_grouped():
+    """Same-node and cross-node latencies are summed up apart (and together); envelopes
+    sent in no group (one node) add no group figures."""
+    latencies = GroupedLatencies()
+    latencies.measuring = True
+    for envelope_id, group in (("a", "same_node"), ("b", "cross_node"), ("c", None)):
+        latencies.sent(envelope_id, group)
+        latencies.arrived(envelope_id)
+    figures = latencies.summary()
+    assert {key for key in figures if key.endswith("p99_ms")} == {
+        "p99_ms", "same_node_p99_ms", "cross_node_p99_ms"}
+    assert len(latencies.samples) == 3
 
 
 @pytest.mark.parametrize("args, message", [

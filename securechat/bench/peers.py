@@ -77,7 +77,8 @@ class GroupedLatencies(Latencies):
     def summary(self):
         figures = distribution(self.samples)
         for group, samples in sorted(self.groups.items()):
-            figures.update(distribution(samples, prefix=f"{group}_"))
+            if group is not None:  # sent in no group: one node
+                figures.update(distribution(samples, prefix=f"{group}_"))
         return figures
 
 
