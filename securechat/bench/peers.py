@@ -70,15 +70,14 @@ class GroupedLatencies(Latencies):
     def arrived(self, envelope_id):
         before = len(self.samples)
         super().arrived(envelope_id)
-        if len(self.samples) > before:
-            group = self._group_of.get(envelope_id)
+        group = self._group_of.get(envelope_id)
+        if len(self.samples) > before and group is not None:  # None: one node, no groups
             self.groups.setdefault(group, []).append(self.samples[-1])
 
     def summary(self):
         figures = distribution(self.samples)
         for group, samples in sorted(self.groups.items()):
-            if group is not None:  # sent in no group: one node
-                figures.update(distribution(samples, prefix=f"{group}_"))
+            figures.update(distribution(samples, prefix=f"{group}_"))
         return figures
 
 
