@@ -15,7 +15,7 @@ from securechat import config as config_module
 from securechat.bench.procfs import children
 from securechat.server.supervisor import BACKOFF_FIRST, BACKOFF_MAX, STABLE_SECONDS, Backoff
 from securechat.server.worker import worker_config
-from tests.processes import RelayEndpoint, ServerProcess, free_port
+from tests.processes import RelayEndpoint, ServerProcess, free_port, relay_fingerprint
 from tests.support import ScriptedDevice, cleanup, poll_until, poll_until_async, write_config
 from tests.test_operator_http import get, samples
 from tests.test_startup import FAILED, STOP_DEADLINE, _alive, _start_in_foreground
@@ -149,6 +149,25 @@ async def test_a_worker_killed_is_restarted_and_the_port_keeps_accepting(supervi
     await poll_until_async(all_ready, timeout=30)
     devices = await log_in_until_both_workers_took_one(supervised, "after")
     await cleanup(survivor, *devices)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_to_the_supervisor_reloads_every_workers_certificate(supervised):
+    """SIGHUP to the twistd process reaches every worker: each reloads its certificate
+    (and logs it), and the port still serves the same one."""
+    fingerprint = relay_fingerprint(supervised.port)
+    supervised.process.send_signal(signal.SIGHUP)
+
+    def reloaded(index):
+        return any(line.startswith(f"worker{index} ") and "TLS certificate reloaded" in line
+                   for line in _systems(supervised.new_log_text()))
+    await poll_until(lambda: all(reloaded(i) for i in range(WORKERS)), timeout=30)
+    assert relay_fingerprint(supervised.port) == fingerprint
+
+
+def _systems(log):
+    """Each log line from its ``[system]`` on (the worker's number first, if a worker's)."""
+    return [line.split(" [", 1)[1] for line in log.splitlines() if " [" in line]
 
 
 @pytest_twisted.ensureDeferred
