@@ -113,6 +113,17 @@ def _output_budget(text):
     return value
 
 
+def _workers(text):
+    """A number of relay processes, or ``auto``: one per core of this machine."""
+    text = text.strip()
+    if text == "auto":
+        return os.cpu_count() or 1
+    value = _whole_number(text, "a number of processes from 1 to 256, or auto (one per core)")
+    if not 1 <= value <= 256:
+        raise ValueError("must be a number of processes from 1 to 256, or auto (one per core)")
+    return value
+
+
 def _path(text):
     return text.strip()
 
@@ -189,6 +200,7 @@ OPTIONS = (
     Option("server", "interface", "127.0.0.1", _interface),
     Option("server", "port", "6697", _port),
     Option("server", "data_dir", "securechat-data", _path),
+    Option("server", "workers", "1", _workers),
     Option("tls", "certificate", "", _path),
     Option("tls", "private_key", "", _path),
     Option("tls", "key_exchange", "hybrid", _key_exchange),
@@ -254,6 +266,7 @@ class ServerConfig:
     interface: str
     port: int
     data_dir: str
+    workers: int
     certificate: str
     private_key: str
     key_exchange: str
@@ -373,4 +386,22 @@ def _resolve_paths(values, source):
     db = values["database"]
     if "://" not in db:
         values["database"] = os.path.join(data_dir, db)
+    _check_workers(values, source)
     return ServerConfig(source=source, **values)
+
+
+def _check_workers(values, source):
+    """Several relay processes need a store they can share, and an operator port each."""
+    workers = values["workers"]
+    if workers == 1:
+        return
+    if "://" not in values["database"]:
+        raise ConfigError(
+            f"{source}: [server] workers = {workers}: the SQLite store has one writer, so it "
+            "serves one relay process: set workers = 1, or use PostgreSQL "
+            "([store] database = postgresql://...) to run several")
+    last = values["http_port"] + workers - 1
+    if values["http_enabled"] and values["http_port"] and last > 65535:
+        raise ConfigError(
+            f"{source}: [server] workers = {workers}: worker i listens for the operator on "
+            f"[http] port + i, and {last} is past 65535: lower [http] port")
