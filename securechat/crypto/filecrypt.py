@@ -27,12 +27,11 @@ import nacl.exceptions
 
 from securechat.wire import FILE_CHUNK_MAX, FILE_CHUNK_PLAIN
 from securechat.wire import file_chunks as chunk_count
-from securechat.wire import file_cipher_size as cipher_size
+from securechat.wire import file_cipher_size as cipher_size  # noqa: F401 (for the callers)
 
 CHUNK_CIPHER = FILE_CHUNK_MAX
 """Ciphertext bytes of every chunk but the last (``FILE_CHUNK_OVERHEAD`` is secretstream's
 ABYTES: tests/test_files_client.py checks the two agree)."""
-"""Ciphertext bytes of every chunk but the last."""
 TAG_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
 
 
