@@ -70,6 +70,25 @@ def _max_devices(text):
     return value
 
 
+_SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024 ** 2, "mib": 1024 ** 2,
+               "g": 1024 ** 3, "gib": 1024 ** 3}
+MAX_FILE_SIZE = 1024 ** 4
+"""The largest ``[files] max_size`` and ``quota`` (1 TiB): beyond any disk a relay holds."""
+
+
+def _size(text):
+    """A number of bytes, written as digits with an optional KiB, MiB or GiB (or K, M, G)."""
+    what = f"a size in bytes from 1 to {MAX_FILE_SIZE}, such as 104857600 or 100 MiB"
+    number = text.strip().lower().rstrip("ibgkm ").strip()
+    unit = text.strip().lower()[len(number):].strip()
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"must be {what}")
+    value = _whole_number(number, what) * _SIZE_UNITS[unit]
+    if not 1 <= value <= MAX_FILE_SIZE:
+        raise ValueError(f"must be {what}")
+    return value
+
+
 def _minutes(text):
     value = _whole_number(text, "a number of minutes from 1 to 1440")
     if not 1 <= value <= 1440:
@@ -91,6 +110,17 @@ def _output_budget(text):
     value = _whole_number(text, f"a number of bytes, at least {MIN_OUTPUT_BUDGET}")
     if value < MIN_OUTPUT_BUDGET:
         raise ValueError(f"must be at least {MIN_OUTPUT_BUDGET} bytes (two of the longest frames)")
+    return value
+
+
+def _workers(text):
+    """A number of relay processes, or ``auto``: one per core of this machine."""
+    text = text.strip()
+    if text == "auto":
+        return os.cpu_count() or 1
+    value = _whole_number(text, "a number of processes from 1 to 256, or auto (one per core)")
+    if not 1 <= value <= 256:
+        raise ValueError("must be a number of processes from 1 to 256, or auto (one per core)")
     return value
 
 
@@ -170,6 +200,7 @@ OPTIONS = (
     Option("server", "interface", "127.0.0.1", _interface),
     Option("server", "port", "6697", _port),
     Option("server", "data_dir", "securechat-data", _path),
+    Option("server", "workers", "1", _workers),
     Option("tls", "certificate", "", _path),
     Option("tls", "private_key", "", _path),
     Option("tls", "key_exchange", "hybrid", _key_exchange),
@@ -198,11 +229,16 @@ OPTIONS = (
     Option("limits", "one_time_keys_low", "10", _positive),
     Option("limits", "requests_per_second", "2000", _positive),
     Option("limits", "request_burst", "4000", _positive),
+    Option("limits", "typing_per_second", "1", _positive),
+    Option("limits", "typing_burst", "5", _positive),
     Option("limits", "output_budget_bytes", "4194304", _output_budget),
     Option("limits", "output_stall_seconds", "30", _seconds),
     Option("limits", "handshake_timeout_seconds", "10", _seconds),
     Option("limits", "login_timeout_seconds", "30", _seconds),
     Option("limits", "unauthenticated_per_address", "64", _positive),
+    Option("files", "max_size", "100 MiB", _size, field="file_max_size"),
+    Option("files", "quota", "500 MiB", _size, field="file_quota"),
+    Option("files", "keep_days", "7", _positive, field="file_keep_days"),
     Option("http", "enabled", "yes", _yes_no, field="http_enabled"),
     Option("http", "interface", "127.0.0.1", _interface, field="http_interface"),
     Option("http", "port", "9797", _port, field="http_port"),
@@ -230,6 +266,7 @@ class ServerConfig:
     interface: str
     port: int
     data_dir: str
+    workers: int
     certificate: str
     private_key: str
     key_exchange: str
@@ -257,11 +294,16 @@ class ServerConfig:
     one_time_keys_low: int
     requests_per_second: int
     request_burst: int
+    typing_per_second: int
+    typing_burst: int
     output_budget_bytes: int
     output_stall_seconds: float
     handshake_timeout_seconds: float
     login_timeout_seconds: float
     unauthenticated_per_address: int
+    file_max_size: int
+    file_quota: int
+    file_keep_days: int
     http_enabled: bool
     http_interface: str
     http_port: int
@@ -344,4 +386,22 @@ def _resolve_paths(values, source):
     db = values["database"]
     if "://" not in db:
         values["database"] = os.path.join(data_dir, db)
+    _check_workers(values, source)
     return ServerConfig(source=source, **values)
+
+
+def _check_workers(values, source):
+    """Several relay processes need a store they can share, and an operator port each."""
+    workers = values["workers"]
+    if workers == 1:
+        return
+    if "://" not in values["database"]:
+        raise ConfigError(
+            f"{source}: [server] workers = {workers}: the SQLite store has one writer, so it "
+            "serves one relay process: set workers = 1, or use PostgreSQL "
+            "([store] database = postgresql://...) to run several")
+    last = values["http_port"] + workers - 1
+    if values["http_enabled"] and values["http_port"] and last > 65535:
+        raise ConfigError(
+            f"{source}: [server] workers = {workers}: worker i listens for the operator on "
+            f"[http] port + i, and {last} is past 65535: lower [http] port")

@@ -383,10 +383,43 @@ ENVELOPE_FIELDS = {
 }
 UNICAST_ENVELOPE = obj({**ENVELOPE_FIELDS, "to": USER, "to_dev": DEVICE})
 
+MAX_TYPING_DEVICES = 64
+"""Devices one ``typing`` notice may name (a 1:1 peer's and a small room's)."""
+MAX_TYPING_CIPHERTEXT = 2048
+"""The longest ``ct`` of a typing notice, in bytes (its sealed content is a few hundred)."""
+TYPING_ENVELOPE = obj({"to": USER, "to_dev": DEVICE, "kind": one_of("olm"), "sid": SESSION_ID,
+                       "otype": optional(integer(0, 1)),
+                       "ct": base64_bytes(1, MAX_TYPING_CIPHERTEXT)})
+
 BROADCAST_ROOM = "everyone"
 """The reserved room every user belongs to: broadcasts are room messages to it."""
 
 HISTORY_PAGE_MAX = 500
+
+FILE_CHUNK_PLAIN = 64 * 1024
+"""Plaintext bytes of every chunk of a file but its last (the client's secretstream)."""
+FILE_CHUNK_OVERHEAD = 17
+"""Bytes a secretstream chunk adds to its plaintext (its tag and MAC)."""
+FILE_CHUNK_MAX = FILE_CHUNK_PLAIN + FILE_CHUNK_OVERHEAD
+"""Ciphertext bytes of one chunk at most.  Its base64 (87,404 characters) fits a line many times over, and a connection's
+chunks in flight (``server.files.FILE_WINDOW``) are what the relay holds of it."""
+
+
+def file_chunks(size):
+    """Chunks of a file of ``size`` plaintext bytes (an empty file is one, its last)."""
+    return max(1, -(-size // FILE_CHUNK_PLAIN))
+
+
+def file_cipher_size(size):
+    """Ciphertext bytes of a file of ``size`` plaintext bytes: what the relay stores."""
+    return size + file_chunks(size) * FILE_CHUNK_OVERHEAD
+
+
+FILE_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+FILE_ID = text_matching(FILE_ID_RE, "a file id: 16-64 of A-Z a-z 0-9 _ -")
+FILE_HASH = text_matching(SHA256_RE, "a SHA-256: 64 hex digits")
+FILE_INDEX = integer(0, 2**40)
 
 REQUESTS = {
     "ping": {},
@@ -435,6 +468,9 @@ REQUESTS = {
     "room.send": {"room": ROOM, **ENVELOPE_FIELDS},
     "broadcast": ENVELOPE_FIELDS,
     "ack": {"ids": list_of(ENVELOPE_ID, joined=ENVELOPE_IDS_RE)},
+    # An ephemeral notice (someone is typing): pushed to those devices that are connected
+    # now, never stored (docs/protocol.rst, "Receipts, typing, ...").
+    "typing": {"envelopes": list_of(TYPING_ENVELOPE, max_items=MAX_TYPING_DEVICES)},
     "room.create": {"room": NEW_ROOM, "password": optional(PASSWORD)},
     "room.join": {"room": ROOM, "password": optional(PASSWORD)},
     "room.leave": {"room": ROOM},
@@ -448,6 +484,15 @@ REQUESTS = {
     "room.history": {"room": ROOM, "before": optional(integer(1, 2**62)),
                      "limit": optional(integer(1, HISTORY_PAGE_MAX))},
     "rooms.list": {},
+    # Encrypted files (docs/protocol.rst, "Files"): ciphertext only, in order.
+    "file.begin": {"size": integer(1, 2**53)},
+    "file.chunk": {"file_id": FILE_ID, "index": FILE_INDEX,
+                   "data": base64_bytes(1, FILE_CHUNK_MAX)},
+    "file.finish": {"file_id": FILE_ID, "size": integer(1, 2**53), "hash": FILE_HASH,
+                    "to": optional(list_of(USER, max_items=100)), "room": optional(ROOM)},
+    "file.info": {"file_id": FILE_ID},
+    "file.get": {"file_id": FILE_ID, "index": FILE_INDEX},
+    "file.done": {"file_id": FILE_ID},
 }
 """Every request op and its fields (besides ``op`` and ``rid``)."""
 

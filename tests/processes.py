@@ -118,9 +118,10 @@ def cli_environment(password, extra_env):
 
 
 async def run_cli(config, *args, password="correct horse battery staple", stdin=None, timeout=120,
-                  extra_env=None):
-    """Run the installed ``securechat`` CLI without blocking the reactor; fire a CliResult
-    (``password=None``: no SECURECHAT_PASSWORD in its environment)."""
+                  extra_env=None, cwd=None):
+    """Run the installed ``securechat`` CLI without blocking the reactor (in directory
+    ``cwd``, else this one); fire a CliResult (``password=None``: no SECURECHAT_PASSWORD
+    in its environment)."""
     from twisted.internet import defer, protocol
 
     env = cli_environment(password, extra_env)
@@ -146,7 +147,8 @@ async def run_cli(config, *args, password="correct horse battery staple", stdin=
 
     proc = Collect()
     transport = reactor.spawnProcess(proc, executable("securechat"),
-                                     ["securechat", "--config", str(config), *args], env=env)
+                                     ["securechat", "--config", str(config), *args], env=env,
+                                     path=cwd)
     timer = reactor.callLater(timeout, transport.signalProcess, "KILL")
     result = await done
     if timer.active():

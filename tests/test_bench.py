@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+from types import SimpleNamespace
 
 import psycopg2
 import pytest
@@ -21,8 +22,9 @@ from securechat import wire
 
 from securechat.bench.database import POSTGRES_COMMANDS, local_postmaster
 from securechat.bench.disk import FsyncProbe
+from securechat.bench.peers import GroupedLatencies
 from securechat.bench.procfs import ProcessTreeSampler, command_name, parent
-from securechat.bench.workloads import fixed_rate, in_turn
+from securechat.bench.workloads import fixed_rate, half_cross_node, in_turn, same_node
 from tests.processes import executable
 from tests.support import poll_until
 
@@ -34,6 +36,7 @@ TINY = {
     "w5": ["--envelopes", "50", "--inflight", "5"],
     # Enough logins for a window of about half a second, as the others' (TICK_SLACK).
     "w6": ["--connections", "300", "--concurrency", "50"],
+    "w7": ["--clients", "2", "--size", "1"],
 }
 TMPFS = "/dev/shm"
 TICK_SLACK = 0.05
@@ -54,6 +57,8 @@ EXPECTED = {
     "w5": ("login_to_last_ack_s", "acknowledged", "disk_fsync_p99_ms"),
     "w6": ("all_logged_in_s", "logins_per_s", "login_p99_ms", "server_rss_after_kib",
            "server_cpu_us_per_login"),
+    "w7": ("upload_mib_s", "download_mib_s", "concurrent_up_mib_s", "concurrent_down_mib_s",
+           "server_rss_before_kib", "server_rss_peak_kib"),
 }
 NOTHING_LOST = {
     "w1": {"lost": 0},
@@ -62,6 +67,7 @@ NOTHING_LOST = {
     "w4": {"held": 5},
     "w5": {"acknowledged": 50, "drained": True},
     "w6": {"logged_in": 300, "failed": 0},
+    "w7": {"clients": 2, "corrupted": 0},
 }
 """What each workload reports when nothing was lost: fields it really reports (a missing
 one fails the test, as a loss does)."""
@@ -192,6 +198,61 @@ def test_the_reconnect_storm_refuses_an_attached_relay(tmp_path):
                           "--ca-file", str(tmp_path / "none.pem")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "w6" in out.stderr and "cannot --attach" in out.stderr
+
+
+@pytest.mark.parametrize("workload", ["w1", "w3"])
+def test_nodes_spread_the_clients_over_relay_processes_on_one_database(
+        workload, fresh_postgres_dsn):
+    """--nodes 2 starts two relay processes on one PostgreSQL database and spreads the
+    clients over them: each node delivers its share (w1: pairs on one node each; w3: a
+    room per node), and nothing is lost."""
+    out = subprocess.run([executable("securechat-bench"), workload, *TINY[workload],
+                          "--nodes", "2", "--database", fresh_postgres_dsn],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert report["nodes"] == 2
+    assert len(report["delivered_per_node"]) == 2 and all(report["delivered_per_node"])
+    assert report["accepted"] > 0 and report["lost"] == 0
+
+
+def test_w2_on_two_nodes_puts_every_other_receiver_on_the_other_node():
+    """W2's placement on several nodes: every node has as many senders and receivers,
+    and every other pair's receiver sits on another node than its sender (on one node,
+    every pair on it); W1's pairs each sit on one node, the nodes in turn."""
+    two, one = SimpleNamespace(nodes=["a", "b"]), SimpleNamespace(nodes=["a"])
+    assert [half_cross_node(two)(i) for i in range(4)] == [
+        ("a", "a"), ("a", "b"), ("b", "b"), ("b", "a")]
+    assert {half_cross_node(one)(i) for i in range(4)} == {("a", "a")}
+    assert [same_node(two)(i) for i in range(3)] == [("a", "a"), ("b", "b"), ("a", "a")]
+
+
+def test_w2_latencies_come_apart_by_group_and_only_when_grouped():
+    """Same-node and cross-node latencies are summed up apart (and together); envelopes
+    sent in no group (one node) add no group figures."""
+    latencies = GroupedLatencies()
+    latencies.measuring = True
+    for envelope_id, group in (("a", "same_node"), ("b", "cross_node"), ("c", None)):
+        latencies.sent(envelope_id, group)
+        latencies.arrived(envelope_id)
+    figures = latencies.summary()
+    assert {key for key in figures if key.endswith("p99_ms")} == {
+        "p99_ms", "same_node_p99_ms", "cross_node_p99_ms"}
+    assert len(latencies.samples) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["w1", "--nodes", "2"], "--nodes needs --database postgresql://"),
+    (["w4", "--nodes", "2", "--database", "postgresql://u@127.0.0.1:1/x"],
+     "--nodes applies to w1, w2, w3, not w4"),
+    (["w1", "--nodes", "2", "--attach", "127.0.0.1:1", "--ca-file", "x.pem"],
+     "cannot --attach")])
+def test_nodes_without_a_shared_database_are_refused_naming_why(args, message):
+    """--nodes 2 needs a PostgreSQL database the nodes share, relays the tool starts, and
+    a workload that spreads its clients: otherwise it exits naming the problem."""
+    out = subprocess.run([executable("securechat-bench"), *args], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
 
 
 def test_a_fsync_directory_that_does_not_exist_is_named(tmp_path):

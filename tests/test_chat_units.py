@@ -256,3 +256,31 @@ def test_a_daemon_without_one_to_one_history_opens_an_empty_conversation(code):
     chat = Chat(daemon=daemon, me="alice", view_factory=RecordedScreen)
     buffer = fired(chat.open("bob", switch=True))
     assert buffer.lines == [] and chat.buffers.status.lines == []
+
+
+def test_slash_file_sends_to_the_current_buffers_person_or_room():
+    """/file PATH in bob's buffer is send-file to bob, in #ops say-file to ops (the path
+    made absolute for the daemon); in the status buffer it says how to use it."""
+    from securechat.client.chat import Chat
+
+    sent = {"id": "m", "file": {"id": "F" * 22, "name": "a.txt", "size": 3}}
+    daemon = AnsweringDaemon({"send-file": sent, "say-file": sent})
+    chat = Chat(daemon=daemon, me="alice", view_factory=RecordedScreen)
+    fired(chat._slash.run("/file a.txt"))
+    assert daemon.calls == [] and "usage: /file PATH" in chat.buffers.status.lines[-1].body
+    chat._opened("user", "bob", switch=True)
+    fired(chat._slash.run("/file a.txt"))
+    chat._opened("room", "ops", switch=True)
+    fired(chat._slash.run("/file 'my notes.txt'"))
+    here = os.getcwd()
+    assert daemon.calls == [
+        ("send-file", {"path": os.path.join(here, "a.txt"), "wait": 0, "user": "bob"}),
+        ("say-file", {"path": os.path.join(here, "my notes.txt"), "wait": 0, "room": "ops"})]
+
+
+def test_a_received_file_shows_its_escaped_name_size_and_how_to_fetch_it():
+    """A file message's line: [file], its name through render.safe (an escape sequence in
+    it shown, not run), its size and the command that fetches it."""
+    line, = message_lines(record(None, type="file", file={
+        "id": "F" * 22, "name": "evil\x1b[2J.txt", "size": 1536}), "alice")
+    assert line.body == f"[file] evil^[[2J.txt (1.5 KiB): securechat files get {'F' * 22}"

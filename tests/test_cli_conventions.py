@@ -176,13 +176,14 @@ def bash_complete(script, *words):
 
 
 def test_the_bash_completion_completes_commands_actions_and_options_in_bash():
-    """``securechat completion bash``, sourced in bash, completes ``se`` to send, every
+    """``securechat completion bash``, sourced in bash, completes ``se`` to send and
+    send-file, every
     command from nothing, rooms' actions, a command's options and a choice."""
     assert shutil.which("bash"), "bash is not installed"
     done = securechat("completion", "bash")
     assert done.returncode == 0, done
     script = done.stdout
-    assert bash_complete(script, "securechat", "se") == ["send"]
+    assert bash_complete(script, "securechat", "se") == ["send", "send-file"]
     assert set(top_level_commands()) <= set(bash_complete(script, "securechat", ""))
     assert bash_complete(script, "securechat", "--config", "x.ini", "rooms", "m") == ["mode"]
     assert bash_complete(script, "securechat", "rooms", "mode", "ops", "i") == ["invite-only"]
@@ -229,7 +230,7 @@ def zsh_completes(script_path, typed, expected):
 
 def test_the_zsh_completion_completes_commands_and_actions_in_zsh(tmp_path):
     """``securechat completion zsh`` parses (zsh -n) and, loaded by compinit in a real
-    interactive zsh, completes ``securechat se`` and ``securechat rooms cr``."""
+    interactive zsh, completes ``securechat tr`` and ``securechat rooms cr``."""
     assert shutil.which("zsh"), "zsh is not installed (README.rst: what the tests need)"
     done = securechat("completion", "zsh")
     assert done.returncode == 0, done
@@ -237,7 +238,7 @@ def test_the_zsh_completion_completes_commands_and_actions_in_zsh(tmp_path):
     script.write_text(done.stdout)
     checked = subprocess.run(["zsh", "-n", str(script)], capture_output=True, text=True)
     assert checked.returncode == 0, checked
-    assert zsh_completes(str(script), "securechat se", "securechat send ")
+    assert zsh_completes(str(script), "securechat tr", "securechat trust ")
     assert zsh_completes(str(script), "securechat rooms cr", "securechat rooms create ")
 
 

@@ -66,8 +66,11 @@ async def test_a_1to1_message_to_a_restored_data_dir_arrives_re_sent_without_a_r
 
     await ok(alice, "send", "bob", "five")
     failed = await inbox(bob)  # fails, and asks alice's device again
-    assert [m["error"] for m in failed] == [
-        "no session with this device can decrypt it (tampered, replayed or out of sync)"]
+    # (alice's delivered receipt of "four", sent after "five", fails too: it cannot be
+    # told from a message yet)
+    assert {m["error"] for m in failed} == {
+        "no session with this device can decrypt it (tampered, replayed or out of sync)"}
+    assert len(failed) in (1, 2), failed
     assert [m["text"] for m in await inbox(alice)] == ["two", "four"]  # answers the request
     healed = await inbox(bob)
     assert [(m["text"], m.get("resent"), m["error"]) for m in healed] == [

@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from securechat.client.events import Events
 from securechat.client.outbox import Outbox
 from securechat.client.protocol import RemoteError
 from securechat.client.session import Client
@@ -82,6 +83,7 @@ class DevicesChangedClient:
         self.forgotten = 0
         self.sender = self
         self.encrypted_again = []
+        self.events = Events(self, reactor)
 
     def request(self, op, **fields):
         raise RemoteError("devices_mismatch", "the envelopes must cover exactly ...",

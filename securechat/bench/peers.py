@@ -54,6 +54,33 @@ class Latencies:
         return distribution(self.samples)
 
 
+class GroupedLatencies(Latencies):
+    """Latencies also kept apart by a group each envelope is sent in (W2 across nodes:
+    "same_node" and "cross_node" pairs)."""
+
+    def __init__(self):
+        super().__init__()
+        self._group_of = {}
+        self.groups = {}
+
+    def sent(self, envelope_id, group=None):
+        super().sent(envelope_id)
+        self._group_of[envelope_id] = group
+
+    def arrived(self, envelope_id):
+        before = len(self.samples)
+        super().arrived(envelope_id)
+        group = self._group_of.get(envelope_id)
+        if len(self.samples) > before and group is not None:  # None: one node, no groups
+            self.groups.setdefault(group, []).append(self.samples[-1])
+
+    def summary(self):
+        figures = distribution(self.samples)
+        for group, samples in sorted(self.groups.items()):
+            figures.update(distribution(samples, prefix=f"{group}_"))
+        return figures
+
+
 def distribution(samples, prefix=""):
     """The median, 99th percentile and maximum of ``samples`` (milliseconds), rounded, as
     ``{prefix}p50_ms``, ``{prefix}p99_ms`` and ``{prefix}max_ms`` (None when empty)."""
@@ -77,10 +104,13 @@ def tls_options(server):
 
 
 class Peer:
-    """One user with one device and one connection."""
+    """One user with one device and one connection, to ``node`` (one of ``server.nodes``;
+    the first by default)."""
 
-    def __init__(self, server, name, on_envelope=None):
+    def __init__(self, server, name, on_envelope=None, node=None):
         self.server = server
+        self.node = node or server.nodes[0]
+        self.received = 0  # envelopes pushed to it (by its node)
         self.user = name
         self.password = SigningKey.generate()  # the account's password key
         self.signing = SigningKey.generate()
@@ -93,12 +123,13 @@ class Peer:
 
     async def connect(self):
         options = tls_options(self.server)
-        self.protocol = await connect(reactor, self.server.host, self.server.port, options,
+        self.protocol = await connect(reactor, self.node.host, self.node.port, options,
                                       on_event=self._event)
         return self
 
     def _event(self, frame):
         if frame.get("event") == "envelope":
+            self.received += 1
             envelope_id = frame["envelope"]["id"]
             if self._on_envelope is not None:
                 self._on_envelope(self, envelope_id)

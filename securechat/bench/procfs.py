@@ -43,6 +43,24 @@ class ProcSampler:
         return 0
 
 
+class ProcessesSampler:
+    """The sums of several relay processes' figures (``securechat-bench --nodes``): their
+    CPU seconds, their reactor threads' (so a share near the number of processes says
+    every reactor is busy) and their resident memory."""
+
+    def __init__(self, samplers):
+        self._samplers = samplers
+
+    def cpu_seconds(self):
+        return sum(sampler.cpu_seconds() for sampler in self._samplers)
+
+    def reactor_cpu_seconds(self):
+        return sum(sampler.reactor_cpu_seconds() for sampler in self._samplers)
+
+    def rss_kib(self):
+        return sum(sampler.rss_kib() for sampler in self._samplers)
+
+
 class ProcessTreeSampler:
     """CPU seconds of a process and all its children, living or ended (a PostgreSQL
     server: the postmaster, its backends, WAL writer, checkpointer ...).

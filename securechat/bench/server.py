@@ -16,7 +16,7 @@ from twisted.internet import reactor, task, threads
 
 from securechat import config as config_module
 from securechat.bench.database import local_postmaster
-from securechat.bench.procfs import ProcessTreeSampler, ProcSampler
+from securechat.bench.procfs import ProcessesSampler, ProcessTreeSampler, ProcSampler
 
 START_TIMEOUT = 60
 
@@ -85,54 +85,87 @@ class RelayProcess:
                 raise RuntimeError("the relay did not stop within 30 s of SIGTERM: killed")
 
 
-class ManagedServer:
-    """A relay started for one benchmark run, in a scratch directory, removed afterwards."""
+class Node:
+    """Where a client reaches one relay process: its address and the CA file to verify it."""
 
-    def __init__(self, database=None, disk_dir=None):
+    def __init__(self, host, port, cert_path):
+        self.host, self.port, self.cert_path = host, port, cert_path
+
+
+class ManagedServer:
+    """A relay started for one benchmark run, in a scratch directory, removed afterwards;
+    with ``nodes`` > 1, that many relay processes on one PostgreSQL database (``nodes``:
+    each its own port, all serving the first one's certificate, so one CA file verifies
+    every node)."""
+
+    def __init__(self, database=None, disk_dir=None, nodes=1):
         self.workdir = tempfile.mkdtemp(prefix="securechat-bench-")
-        self.port = _free_port()
         self.host = "127.0.0.1"
-        self.cert_path = os.path.join(self.workdir, "data", "tls", "server-cert.pem")
-        lines = ["[server]", "interface = 127.0.0.1", f"port = {self.port}",
-                 f"data_dir = {os.path.join(self.workdir, 'data')}",
+        self.database = database
+        self.relays, self.nodes = [], []
+        for index in range(nodes):
+            workdir = self.workdir if index == 0 else os.path.join(self.workdir, f"node{index}")
+            os.makedirs(workdir, exist_ok=True)
+            port = _free_port()
+            self.relays.append(RelayProcess(workdir, self._write_config(workdir, port)))
+            self.nodes.append(Node(self.host, port, self._certificate()))
+        self.relay = self.relays[0]
+        self.port, self.cert_path = self.nodes[0].port, self.nodes[0].cert_path
+        self.sampler = self.database_sampler = None
+        self.disk_dir = disk_dir or self.workdir  # where SQLite commits (the fsync probe)
+
+    def _certificate(self):
+        return os.path.join(self.workdir, "data", "tls", "server-cert.pem")
+
+    def _write_config(self, workdir, port):
+        lines = ["[server]", "interface = 127.0.0.1", f"port = {port}",
+                 f"data_dir = {os.path.join(workdir, 'data')}",
                  "[limits]", "requests_per_second = 1000000", "request_burst = 1000000",
                  "login_failures_per_address = 1000000", "argon2_concurrency = 2",
                  "argon2_waiting_per_client = 1000000", "unauthenticated_per_address = 1000000",
                  "[http]", "port = 0"]
-        if database:
-            lines += ["[store]", f"database = {database}"]
-        config_path = os.path.join(self.workdir, "bench.ini")
+        if self.database:
+            lines += ["[store]", f"database = {self.database}"]
+        if workdir != self.workdir:  # a further node: the first one's certificate
+            key = os.path.join(self.workdir, "data", "tls", "server-key.pem")
+            lines += ["[tls]", f"certificate = {self._certificate()}", f"private_key = {key}"]
+        config_path = os.path.join(workdir, "bench.ini")
         with open(config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
-        self.relay = RelayProcess(self.workdir, config_path)
-        self.database = database
-        self.sampler = self.database_sampler = None
-        self.disk_dir = disk_dir or self.workdir  # where SQLite commits (the fsync probe)
+        return config_path
 
     async def start(self):
-        await self._start_relay()
+        await self._start_relays()
         if self.database:
             postmaster = await threads.deferToThread(local_postmaster, self.database)
             if postmaster is not None:
                 self.database_sampler = ProcessTreeSampler(postmaster)
         return self
 
-    async def _start_relay(self):
+    async def _start_relays(self):
+        """The first node first: it makes the certificate the others serve."""
         self.relay.start()
         await self.relay.wait_listening()
-        self.sampler = ProcSampler(self.relay.process.pid)
+        for relay in self.relays[1:]:
+            relay.start()
+        for relay in self.relays[1:]:
+            await relay.wait_listening()
+        samplers = [ProcSampler(relay.process.pid) for relay in self.relays]
+        self.sampler = samplers[0] if len(samplers) == 1 else ProcessesSampler(samplers)
 
     async def restart(self):
-        """Stop the relay (SIGTERM) and start a new process on the same store and port."""
-        self.relay.stop()
-        await self._start_relay()
+        """Stop the relays (SIGTERM) and start new processes on the same store and ports."""
+        for relay in self.relays:
+            relay.stop()
+        await self._start_relays()
 
     def store_config(self):
         """The relay's configuration (its store's location), to write to its store directly."""
         return config_module.load(self.relay.config_path)
 
     def stop(self):
-        self.relay.stop()
+        for relay in self.relays:
+            relay.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -142,6 +175,7 @@ class AttachedServer:
 
     def __init__(self, host, port, ca_file, pid=None, disk_dir=None):
         self.host, self.port, self.cert_path = host, port, ca_file
+        self.nodes = [Node(host, port, ca_file)]
         self.sampler = ProcSampler(pid) if pid else None
         self.database_sampler = None  # the tool does not know an attached relay's database
         self.disk_dir = disk_dir

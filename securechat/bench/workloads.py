@@ -14,7 +14,8 @@ import time
 from twisted.internet import defer, reactor, task
 
 from securechat.bench.disk import NO_PROBE, FsyncProbe
-from securechat.bench.peers import Latencies, Peer, new_id, random_payload, unicast
+from securechat.bench.peers import (GroupedLatencies, Latencies, Peer, new_id, random_payload,
+                                    unicast)
 
 DRAIN_TIMEOUT = 60
 SETUP_CONCURRENCY = 8
@@ -124,12 +125,47 @@ async def wait_until(predicate, timeout):
     return predicate()
 
 
-async def make_pairs(server, prefix, count, latencies):
-    senders = [Peer(server, f"{prefix}s{i}") for i in range(count)]
-    receivers = [Peer(server, f"{prefix}r{i}", lambda peer, eid: latencies.arrived(eid))
-                 for i in range(count)]
-    await bounded_gather([p.register_and_login for p in senders + receivers])
-    return list(zip(senders, receivers))
+def same_node(server):
+    """Where pair i sits: sender and receiver on one node, the pairs taking the relay's
+    nodes in turn."""
+    nodes = server.nodes
+    return lambda index: (nodes[index % len(nodes)],) * 2
+
+
+def half_cross_node(server):
+    """Where pair i sits: the pairs two by two on each node in turn, the first of the two
+    with its receiver on the same node, the second with its receiver on the next node
+    (on one node, every pair on it)."""
+    nodes = server.nodes
+
+    def place(index):
+        node = index // 2
+        return nodes[node % len(nodes)], nodes[(node + index % 2) % len(nodes)]
+    return place
+
+
+async def make_pairs(server, prefix, count, latencies, place=None):
+    """``count`` (sender, receiver) pairs, logged in, placed on the relay's nodes by
+    ``place`` (pair index -> (sender's node, receiver's node); ``same_node`` by default)."""
+    place = place or same_node(server)
+    couples = []
+    for i in range(count):
+        sender_node, receiver_node = place(i)
+        couples.append((Peer(server, f"{prefix}s{i}", node=sender_node),
+                        Peer(server, f"{prefix}r{i}", lambda peer, eid: latencies.arrived(eid),
+                             node=receiver_node)))
+    await bounded_gather([p.register_and_login for c in couples for p in c])
+    return couples
+
+
+def per_node(server, peers):
+    """Envelopes pushed to ``peers`` by each node, when the relay runs several (each
+    node then shows it delivered its share); nothing for one node."""
+    if len(server.nodes) == 1:
+        return {}
+    return {"nodes": len(server.nodes),
+            "delivered_per_node": [sum(p.received for p in peers if p.node is node)
+                                   for node in server.nodes]}
 
 
 async def close_all(peers):
@@ -162,6 +198,7 @@ async def w1_throughput(server, prefix, pairs=10, inflight=200, size=200, warmup
             "window_s": round(window.seconds, 2),
             "delivered_per_s": round(delivered / window.seconds, 1),
             **latencies.summary(), **window.figures(delivered, "message"),
+            **per_node(server, [r for _, r in couples]),
             "accepted": state["accepted"], "lost": state["accepted"] - latencies.delivered}
 
 
@@ -188,9 +225,15 @@ def in_turn(send_one, senders):
 
 
 async def w2_latency(server, prefix, pairs=50, rate=20.0, size=200, warmup=2.0, duration=10.0):
-    """Pairs each send ``rate`` messages a second: what latency does a light load see?"""
-    latencies = Latencies()
-    couples = await make_pairs(server, prefix, pairs, latencies)
+    """Pairs each send ``rate`` messages a second: what latency does a light load see?
+
+    On several nodes every other pair is a cross-node one (its receiver on another node
+    than its sender, so the push follows a hint between nodes): the figures then also
+    come apart, ``same_node_*`` and ``cross_node_*``, measured under the same load."""
+    latencies = GroupedLatencies()
+    couples = await make_pairs(server, prefix, pairs, latencies, half_cross_node(server))
+    group = {id(sender): ("cross_node" if sender.node is not receiver.node else "same_node")
+             for sender, receiver in couples} if len(server.nodes) > 1 else {}
     payload = random_payload(size)
     state = {"accepted": 0}
 
@@ -198,7 +241,7 @@ async def w2_latency(server, prefix, pairs=50, rate=20.0, size=200, warmup=2.0, 
 
     def tick(sender, receiver):
         envelope = unicast(receiver.user, payload)
-        latencies.sent(envelope["id"])
+        latencies.sent(envelope["id"], group.get(id(sender)))
         d = sender.request("send", envelopes=[envelope])
         d.addCallback(lambda _: state.__setitem__("accepted", state["accepted"] + 1))
         in_flight.track(d)
@@ -214,22 +257,33 @@ async def w2_latency(server, prefix, pairs=50, rate=20.0, size=200, warmup=2.0, 
     return {"pairs": pairs, "rate_per_pair": rate, "offered_per_s": pairs * rate,
             "window_s": round(window.seconds, 2),
             "delivered_per_s": round(delivered / window.seconds, 1), **latencies.summary(),
-            **window.figures(delivered, "message"),
+            **window.figures(delivered, "message"), **per_node(server, [r for _, r in couples]),
             "accepted": state["accepted"], "lost": state["accepted"] - latencies.delivered}
+
+
+async def make_room(server, prefix, members, latencies, node):
+    """A room of ``members`` devices and its owner (the sender), all on ``node``."""
+    owner = Peer(server, f"{prefix}owner", node=node)
+    audience = [Peer(server, f"{prefix}m{i}", lambda peer, eid: latencies.arrived(eid),
+                     node=node) for i in range(members)]
+    await bounded_gather([p.register_and_login for p in [owner] + audience])
+    room = f"{prefix}room"
+    await owner.request("room.create", room=room)
+    for member in audience:
+        await owner.request("room.invite", room=room, user=member.user)
+    return owner, room, audience
 
 
 async def w3_fanout(server, prefix, members=50, rates=(100.0, 1000.0), size=200, warmup=1.0,
                     duration=10.0):
-    """One sender, one room of ``members`` devices, at each rate in turn."""
+    """One sender, one room of ``members`` devices, at each rate in turn.
+
+    On several nodes, one such room per node (its sender and members on that node),
+    the rooms taking the messages in turn: the same deliveries a second as on one node,
+    spread over the processes."""
     latencies = Latencies()
-    sender = Peer(server, f"{prefix}owner")
-    audience = [Peer(server, f"{prefix}m{i}", lambda peer, eid: latencies.arrived(eid))
-                for i in range(members)]
-    await bounded_gather([p.register_and_login for p in [sender] + audience])
-    room = f"{prefix}room"
-    await sender.request("room.create", room=room)
-    for member in audience:
-        await sender.request("room.invite", room=room, user=member.user)
+    rooms = [await make_room(server, prefix + ("" if k == 0 else f"n{k}"), members, latencies,
+                             node) for k, node in enumerate(server.nodes)]
     payload = random_payload(size)
     results = {"members": members, "payload_bytes": size}
     in_flight = InFlight()
@@ -241,14 +295,14 @@ async def w3_fanout(server, prefix, members=50, rates=(100.0, 1000.0), size=200,
     for rate in rates:
         latencies.samples, latencies.delivered_in_window = [], 0
 
-        def tick():
+        def tick(owner, room, audience):
             envelope_id = new_id()
             latencies.sent(envelope_id)
-            sent = sender.request("room.send", room=room, id=envelope_id, kind="megolm",
-                                  sid="YmVuY2g", ct=payload)
+            sent = owner.request("room.send", room=room, id=envelope_id, kind="megolm",
+                                 sid="YmVuY2g", ct=payload)
             in_flight.track(sent.addCallback(count_accepted))
 
-        loop = fixed_rate(tick)
+        loop = in_turn(tick, rooms)
         loop.start(1.0 / rate, now=False)
         window = await measure(server, latencies, warmup, duration)
         loop.stop()
@@ -260,8 +314,10 @@ async def w3_fanout(server, prefix, members=50, rates=(100.0, 1000.0), size=200,
         await in_flight.settled()
     expected = accepted["count"] * members  # every accepted message reaches every member
     await wait_until(lambda: latencies.delivered >= expected, DRAIN_TIMEOUT)
-    await close_all([sender] + audience)
-    return {**results, "accepted": accepted["count"], "lost": expected - latencies.delivered}
+    everyone = [peer for owner, _, audience in rooms for peer in [owner] + audience]
+    await close_all(everyone)
+    return {**results, **per_node(server, [p for _, _, audience in rooms for p in audience]),
+            "accepted": accepted["count"], "lost": expected - latencies.delivered}
 
 
 async def w4_connections(server, prefix, connections=10000, idle=25.0):

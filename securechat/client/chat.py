@@ -18,11 +18,13 @@ from twisted.internet import defer
 from securechat.client import daemon_client
 from securechat.client.chat_buffers import Buffers
 from securechat.client.chat_commands import SlashCommands
-from securechat.client.chat_lines import message_lines, notice, own_line
+from securechat.client.chat_lines import message_lines, notice, own_line, redraw
+from securechat.client.chat_typing import TypingSent, TypingShown
 from securechat.client.commands import (
     ParseStopped, QuietParser, build_parser, next_page, request_for, show_result)
 from securechat.client.exit_codes import (
     EXIT_AUTH, EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE)
+from securechat.client.event_types import CHANGES
 from securechat.client.render import safe
 from securechat.client.rpc import (
     INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed, DaemonConnection)
@@ -39,11 +41,16 @@ def needs_password(error):
 class Chat:
     """The daemon's notifications into buffers, typed lines into commands."""
 
-    def __init__(self, daemon, me, view_factory):
+    def __init__(self, daemon, me, view_factory, clock=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
         self._daemon = daemon
+        self._clock = clock
         self.me = me
         self.buffers = Buffers()
         self.state = "connecting"
+        self.typing = TypingShown(clock, self._bars)
+        self._typing_out = TypingSent(clock, self._send_typing, lambda: self.buffers.current)
         self._parser = build_parser(QuietParser)
         self._slash = SlashCommands(self)
         self._showing = defer.DeferredLock()  # one inbox read at a time: each message once
@@ -58,7 +65,10 @@ class Chat:
     # -- what the screen shows -------------------------------------------------------
 
     def _bars(self):
-        self.view.bars(self.buffers.title_line(self.me), self.buffers.status_line(self.state))
+        current = self.buffers.current
+        typing = self.typing.text(current.kind, current.name)
+        self.view.bars(self.buffers.title_line(self.me),
+                       self.buffers.status_line(self.state) + (f" | {typing}" if typing else ""))
 
     def add(self, buffer, lines, counts=False):
         """Add ``lines`` to ``buffer`` (a message ``counts`` as unread elsewhere)."""
@@ -94,6 +104,7 @@ class Chat:
         self.buffers.select(buffer)
         self.view.show(buffer)
         self._bars()
+        self._read(buffer)
 
     def current_room(self):
         current = self.buffers.current
@@ -111,11 +122,17 @@ class Chat:
             self.say(f"{self.state}: {me['state_detail']}", "warning")
         self._bars()
         self.view.show(self.buffers.current)
+        self.view.watch_edits(self._typing_out.edited)
         self.show_unread()
 
     def notified(self, method, params):
         if method == "message":
             self.show_unread()
+        elif method == "receipt":
+            self.update(params.get("mid"), {key: params.get(key) for key in (
+                "status", "delivered_to", "read_by", "members")})
+        elif method == "typing":
+            self.typing.notice(params.get("user"), params.get("room"), params.get("state"))
         elif method == "state":
             self.state_changed(params["state"], params.get("detail"))
         elif method == "verify.show":
@@ -143,7 +160,7 @@ class Chat:
 
     async def _show_unread(self):
         while True:
-            page = await self.call("inbox")
+            page = await self.call("inbox", read=False)  # read: once a buffer shows it
             for record in page["messages"]:
                 self.deliver(record)
             if not page["more"]:
@@ -158,14 +175,45 @@ class Chat:
         room, outgoing = record.get("room"), bool(record.get("outgoing"))
         kind, name = ("room", room) if room else (
             "user", record.get("to") if outgoing else record.get("from"))
+        if record.get("type") in CHANGES:
+            self._in_background(self._changed(record.get("target")))
+            return
+        self.typing.notice(record.get("from"), room, "stop")  # its message came
         lines = message_lines(record, self.me)
         if record.get("type") == "membership":
             self.add(self.buffers.find(kind, name) or self.buffers.status, lines)
             return
         buffer, new = self.buffers.open(kind, name)
         self.add(buffer, lines, counts=not outgoing)
+        if not outgoing and record.get("mid"):
+            buffer.unread_mids.append(record["mid"])
+            if buffer is self.buffers.current:
+                self._read(buffer)
         if new and kind == "user":
             self._in_background(self._load_history(buffer))
+
+    def _read(self, buffer):
+        """The messages ``buffer`` got while it was not shown are shown now: their read
+        receipts go (a daemon that has no ``read`` is left alone)."""
+        mids, buffer.unread_mids = buffer.unread_mids, []
+        if mids:
+            self.call("read", mids=mids).addErrback(lambda failure: None)
+
+    async def _changed(self, mid):
+        """A message was edited, deleted or reacted to: its lines show it as it is now."""
+        self.update(mid, await self.call("message", mid=mid))
+
+    def update(self, mid, changes):
+        """Redraw every line that shows message ``mid`` with ``changes``."""
+        if not mid:
+            return
+        for buffer in self.buffers.all:
+            lines = [line for line in buffer.lines
+                     if line.record is not None and line.record.get("mid") == mid]
+            for line in lines:
+                redraw(line, changes, self.me)
+            if lines and buffer is self.buffers.current:
+                self.view.show(buffer)
 
     def _key(self, key):
         if key == "ctrl c":
@@ -185,6 +233,7 @@ class Chat:
     # -- typed lines -----------------------------------------------------------------
 
     def _typed(self, line):
+        self._typing_out.stopped()
         if line.startswith("/") and not line.startswith("//"):
             work = self._slash.run(line)
         else:
@@ -201,28 +250,41 @@ class Chat:
         else:
             self.warn(f"unexpected error: {error!r}")
 
-    async def send_here(self, text):
+    async def send_here(self, text, reply_to=None):
         buffer = self.buffers.current
         if buffer is self.buffers.status:
             self.warn("this is the status buffer: /query USER or /join ROOM first")
             return
-        await self.send(buffer, text)
+        await self.send(buffer, text, reply_to)
 
-    def send(self, buffer, text):
-        """Send ``text`` to ``buffer``'s person or room and show it there as this person's
-        line; with the relay away it waits in the daemon's outbox (shown "queued")."""
-        return self._sending.run(lambda: defer.ensureDeferred(self._send(buffer, text)))
+    def send(self, buffer, text, reply_to=None):
+        """Send ``text`` to ``buffer``'s person or room (answering message ``reply_to``)
+        and show it there as this person's line; with the relay away it waits in the
+        daemon's outbox (shown "queued")."""
+        return self._sending.run(
+            lambda: defer.ensureDeferred(self._send(buffer, text, reply_to)))
 
-    async def _send(self, buffer, text):
+    async def _send(self, buffer, text, reply_to):
         command = "send" if buffer.kind == "user" else "say"
+        replying = ["--reply-to", reply_to] if reply_to else []
         try:
-            await self.command([command, buffer.name, "--", text], strict=True, quiet=True)
+            result = await self.command([command, buffer.name, *replying, "--", text],
+                                        strict=True, quiet=True)
         except CommandFailed as e:
             if e.exit_code != EXIT_UNREACHABLE:
                 raise
-            self.add(buffer, [own_line(self.me, text, queued=True)])
+            self.add(buffer, [own_line(self.me, text, queued=True, reply_to=reply_to)])
             return
-        self.add(buffer, [own_line(self.me, text)])
+        if result is not None:
+            self.add(buffer, [own_line(self.me, text, mid=result.get("id"),
+                                       reply_to=reply_to)])
+
+    def _send_typing(self, state, buffer):
+        """Tell ``buffer``'s person or room that this person types (or stopped); a notice
+        that cannot go (a limit, no connection) is not worth a line."""
+        if buffer.kind in ("user", "room"):
+            self.call("typing", state=state, **{buffer.kind: buffer.name}).addErrback(
+                lambda failure: None)
 
     async def command(self, words, password=None, strict=False, into=None, quiet=False):
         """Run a CLI command (``words`` as typed after ``securechat``) through the command
@@ -384,7 +446,7 @@ async def run_chat(reactor, settings, log_lines):
     connection = await daemon_client.connect(  # notifications start with "subscribe"
         reactor, settings.data_dir, lambda method, params: chat.notified(method, params))
     chat = Chat(connection, settings.username,
-                lambda on_enter, on_key: ChatView(reactor, on_enter, on_key))
+                lambda on_enter, on_key: ChatView(reactor, on_enter, on_key), reactor)
     connection.closed.addCallback(lambda _: chat.daemon_lost())
     log_lines.chat = chat
     try:

@@ -19,6 +19,7 @@ class Buffer:
         self.kind, self.name = kind, name
         self.lines = []
         self.unread = 0
+        self.unread_mids = []  # messages not shown yet: their read receipts wait
         self._ids = set()
 
     @property

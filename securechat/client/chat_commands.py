@@ -1,6 +1,7 @@
 """The chat's slash commands.
 
 Commands of the chat itself (buffers: ``/query``, ``/msg``, ``/join``, ``/part``, ``/me``,
+``/reply``,
 ``/names``, ``/buffer``, ``/quit``, ``/help``) are here.  Every command that is also a CLI
 command (``/invite``, ``/kick``, ``/rooms``, ``/history``, ``/fingerprint``, ``/trust``,
 ``/verify``, ``/broadcast``, ``/create``, ``/leave``, ...) is parsed by the CLI's own parser
@@ -20,12 +21,16 @@ Type a line to send it to the current buffer's person or room (//text sends /tex
 /join ROOM           join ROOM (#ROOM too) and open its buffer; asks for a password if it has one
 /part [ROOM]         leave ROOM (default: this buffer's room) and close its buffer
 /me ACTION           say ACTION as an action: * alice ACTION
+/file PATH           send the file PATH (encrypted) to this buffer's person or room
+/reply ID TEXT       answer message ID (its mid) here, shown with its context
 /names [ROOM]        ROOM's members (default: this buffer's room)
 /buffer N, /win N    go to buffer N (or Alt-N)
 /create ROOM [--password], /invite ROOM USER, /kick ROOM USER, /unban ROOM USER,
 /rooms list|bans|mode|admin, /members ROOM, /history USER|ROOM, /leave ROOM, /broadcast TEXT,
-/fingerprint [USER], /verify USER, /trust USER, /outbox [--drop ID]:
-                     as the CLI commands of the same name (/COMMAND --help)
+/fingerprint [USER], /verify USER, /trust USER, /outbox [--drop ID],
+/react ID EMOJI, /edit ID TEXT, /delete ID, /send USER TEXT --reply-to ID:
+                     as the CLI commands of the same name (/COMMAND --help; ID: a
+                     message's mid, as history --json shows it)
 /quit                leave (Ctrl-C too)
 Keys: Alt-1..9 buffers, PgUp/PgDn scroll, Up/Down typed lines, Ctrl-A/E/U/W edit.
 A ? after a name: that person is not verified (/verify NAME)."""
@@ -105,6 +110,13 @@ class SlashCommands:
             return
         await self._chat.send_here("/me " + rest)
 
+    async def do_reply(self, rest):
+        mid, _, text = rest.partition(" ")
+        if not mid or not text.strip():
+            self._chat.warn("usage: /reply ID TEXT (ID: the message's mid)")
+            return
+        await self._chat.send_here(text, reply_to=mid)
+
     async def do_join(self, rest):
         words = self._words(rest)
         if not words:
@@ -129,6 +141,16 @@ class SlashCommands:
         self._chat.switch(int(rest))
 
     do_win = do_buffer
+
+    async def do_file(self, rest):
+        """``/file PATH``: ``send-file`` or ``say-file`` to the current buffer's person or
+        room; its ``files get`` line shows in the recipients' chats."""
+        words, current = self._words(rest), self._chat.buffers.current
+        if len(words) != 1 or current.kind == "status":
+            self._chat.warn("usage: /file PATH (in a person's or a room's buffer)")
+            return
+        command = "say-file" if current.kind == "room" else "send-file"
+        await self._chat.command([command, current.name, words[0]])
 
     async def do_verify(self, rest):
         await self._chat.verify(["verify"] + self._words(rest))

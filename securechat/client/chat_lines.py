@@ -13,7 +13,7 @@ as ``* alice waves``): a normal message to every other client, so nothing new tr
 import dataclasses
 import datetime
 
-from securechat.client.render import safe
+from securechat.client.render import file_line, message_marks, message_text, reply_context, safe
 
 ACTION = "/me "
 """How the text of an action starts (docs/usage.rst, "The chat")."""
@@ -30,6 +30,8 @@ class Line:
     body: str
     style: str = "text"
     id: str | None = None
+    record: dict | None = None
+    """The message this line shows (a receipt, an edit, a reaction redraws it from here)."""
 
 
 def now():
@@ -85,18 +87,35 @@ def message_lines(record, me):
                           f"✗ could not decrypt: {safe(record['error'])}", "warning", message_id))
         return lines
     text = record.get("text") or ""
-    if text.startswith(ACTION):
-        lines.append(Line(when, f"* {name}", style, safe(text[len(ACTION):], lines=True),
-                          "text", message_id))
+    marks = message_marks(record, receipts=True)
+    if record.get("file"):
+        lines.append(Line(when, f"<{name}>", style, file_line(record["file"]) + marks, "text",
+                          message_id, record))
+    elif text.startswith(ACTION) and not record.get("deleted"):
+        lines.append(Line(when, f"* {name}", style,
+                          safe(text[len(ACTION):], lines=True) + marks, "text", message_id,
+                          record))
     else:
-        lines.append(Line(when, f"<{name}>", style, safe(text, lines=True), "text", message_id))
+        lines.append(Line(when, f"<{name}>", style,
+                          reply_context(record) + message_text(record) + marks, "text",
+                          message_id, record))
     return lines
 
 
-def own_line(me, text, queued=False):
-    """A line this person just sent (``queued``: kept in the outbox until the reconnect)."""
-    line = message_lines({"from": me, "outgoing": True, "text": text,
-                          "sent_at": now().isoformat()}, me)[0]
+def redraw(line, changes, me):
+    """``line`` showing its message with ``changes`` (an edit, a deletion, reactions,
+    receipts) applied."""
+    line.record = {**line.record, **changes}
+    line.body = message_lines(line.record, me)[-1].body
+
+
+def own_line(me, text, queued=False, mid=None, reply_to=None):
+    """A line this person just sent (``queued``: kept in the outbox until the reconnect;
+    ``mid``: its message id, for its receipts; ``reply_to``: the mid it answers)."""
+    record = {"from": me, "outgoing": True, "text": text, "sent_at": now().isoformat(),
+              "mid": mid, **({} if queued else {"status": "sent"}),
+              **({"reply_to": reply_to} if reply_to else {})}
+    line = message_lines(record, me)[0]
     if queued:
         line.body += " (queued: sent after the reconnect)"
     return line

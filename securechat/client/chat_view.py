@@ -51,6 +51,7 @@ class InputLine(urwid.Edit):
     def __init__(self, on_enter):
         super().__init__(("prompt", PROMPT))
         self._on_enter = on_enter
+        self.on_edit = lambda text: None  # told the line after each key that changed it
         self._typed = []
         self._back = 0
         self._draft = ""
@@ -73,7 +74,11 @@ class InputLine(urwid.Edit):
         elif key == "esc" and self._question is not None:
             self._answer(None)
         else:
-            return super().keypress(size, key)
+            before = self.edit_text
+            unhandled = super().keypress(size, key)
+            if self.edit_text != before and self._question is None:
+                self.on_edit(self.edit_text)
+            return unhandled
         return None
 
     def _delete_word(self):
@@ -214,6 +219,11 @@ class ChatView:
         day = buffer.day_before(index)
         line = line_widget(buffer.lines[index])
         return [urwid.Text(("day", day)), line] if day else [line]
+
+    def watch_edits(self, on_edit):
+        """``on_edit(text)`` after each key that changed the line being typed (not an
+        answer asked for): the chat's typing notices."""
+        self.input.on_edit = on_edit
 
     def ask(self, prompt, masked=False):
         answer = self.input.ask(prompt, masked)

@@ -21,6 +21,8 @@ from securechat.client.commands import (
     build_parser, next_page, request_for, show_result, standalone_only)
 from securechat.client.closed_output import output_closed
 from securechat.client.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
+from securechat.client.file_commands import FILE_METHODS, FILE_PATIENCE
+from securechat.client.progress import ProgressBar
 from securechat.client.render import safe
 from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection
 from securechat.client.unlock import PasswordUnavailable
@@ -42,6 +44,15 @@ def through_daemon(connection, args, method, params):
     """Run the command on the daemon; the exit code."""
     if method == "verify":
         return _verify_through_daemon(connection, params)
+    if method in FILE_METHODS:
+        bar = ProgressBar()
+
+        def progress(name, note):
+            if name == "files.progress":
+                bar(note["done"], note["total"])
+
+        show_result(args, connection.call(method, params, progress, FILE_PATIENCE))
+        return 0
     while True:
         result = connection.call(method, params)
         show_result(args, result)

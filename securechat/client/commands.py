@@ -16,6 +16,7 @@ import textwrap
 
 from securechat import wire
 from securechat.client.exit_codes import EXIT_USAGE
+from securechat.client.file_commands import add_file_commands, file_request, show_file_result
 from securechat.client.message_size import check_message_size
 from securechat.client.render import (
     format_history, format_message, history_json, message_json, safe, terminal_width)
@@ -38,6 +39,45 @@ def add_send_wait(parser):
                         help="if the server is unreachable, keep the message in the outbox and "
                              "wait this long for the server to take it (default 0: exit 4 at "
                              "once; the next command or the daemon sends it)")
+
+
+def add_reply_to(parser):
+    parser.add_argument("--reply-to", metavar="ID",
+                        help="answer the message ID (its \"mid\" in inbox --json or "
+                             "history --json): shown with its context")
+
+
+CHANGES = ("react", "edit", "delete")
+"""Commands that change an earlier message (they go through the outbox, like a send)."""
+
+
+def add_changes(commands):
+    """``react``, ``edit`` and ``delete``: changes of an earlier message, by its mid."""
+    id_help = "the message's \"mid\" (inbox --json, history --json)"
+    react = add_command(
+        commands, "react", "react to a message with an emoji (or --remove it)",
+        "React to message ID with EMOJI; everyone in its conversation sees the counts. "
+        "--remove takes your reaction back.",
+        "securechat react mD3x9Qk2Lw8bTz1vYp0aHg 👍",
+        "securechat react mD3x9Qk2Lw8bTz1vYp0aHg 👍 --remove")
+    react.add_argument("id", metavar="ID", help=id_help)
+    react.add_argument("emoji", metavar="EMOJI")
+    react.add_argument("--remove", action="store_true", help="take your reaction back")
+    add_send_wait(react)
+    edit = add_command(
+        commands, "edit", "replace the text of a message you sent",
+        "Replace the text of your message ID with TEXT on every device of its "
+        "recipients (shown '(edited)').  Only its author can: the recipients' clients "
+        "refuse anyone else's edit.", 'securechat edit mD3x9Qk2Lw8bTz1vYp0aHg "at 1pm"')
+    edit.add_argument("id", metavar="ID", help=id_help)
+    edit.add_argument("text", nargs="+", metavar="TEXT")
+    add_send_wait(edit)
+    delete = add_command(
+        commands, "delete", "delete a message you sent, for everyone",
+        "Delete your message ID on every device of its recipients (shown as deleted). "
+        "Only its author can.", "securechat delete mD3x9Qk2Lw8bTz1vYp0aHg")
+    delete.add_argument("id", metavar="ID", help=id_help)
+    add_send_wait(delete)
 
 
 class ParseStopped(Exception):
@@ -173,6 +213,7 @@ def build_parser(parser_class=argparse.ArgumentParser):
                        "securechat send bob 'the build failed' --wait 60")
     send.add_argument("user", metavar="USER", type=user_name)
     send.add_argument("text", nargs="+", metavar="TEXT")
+    add_reply_to(send)
     add_send_wait(send)
     inbox = add_command(commands, "inbox", "fetch, decrypt, acknowledge and print messages",
                         "Print every message not shown before, each once, oldest first.",
@@ -231,7 +272,10 @@ def build_parser(parser_class=argparse.ArgumentParser):
                       'securechat say ops "deploy at 5"')
     say.add_argument("room", metavar="ROOM")
     say.add_argument("text", nargs="+", metavar="TEXT")
+    add_reply_to(say)
     add_send_wait(say)
+    add_file_commands(add_command, commands, user_name, add_send_wait)
+    add_changes(commands)
     broadcast = add_command(commands, "broadcast", "send a message to every user",
                             "Send a message to every user of the server (if the server lets "
                             "you).", 'securechat broadcast "maintenance at 22:00"')
@@ -463,11 +507,23 @@ def request_for(args, room_password=read_room_password):
     """The daemon method and params that do what ``args`` asks; ``room_password(wanted)``
     gives a room's password when ``--password`` asks for one (the chat asks on its screen)."""
     command = args.command
+    if file_request(args) is not None:
+        return file_request(args)
     if command in ("send", "say", "broadcast"):
         params = {"text": " ".join(args.text), "wait": args.wait}
         check_message_size(params["text"])
         if command != "broadcast":
             params.update({"user": args.user} if command == "send" else {"room": args.room})
+        if getattr(args, "reply_to", None):
+            params["reply_to"] = args.reply_to
+        return command, params
+    if command in CHANGES:
+        params = {"id": args.id, "wait": args.wait}
+        if command == "react":
+            params.update(emoji=args.emoji, remove=args.remove)
+        elif command == "edit":
+            params["text"] = " ".join(args.text)
+            check_message_size(params["text"])
         return command, params
     if command == "inbox":
         return "inbox", {"wait": args.wait}
@@ -528,6 +584,8 @@ def show_result(args, result, out=print, say_sent=None, warn=warn_on_stderr):
     width = terminal_width(sys.stdout)
     for warning in result.get("warnings") or ():
         warn(warning)
+    if show_file_result(args, result, out):
+        return
     if command == "login":
         out(f"logged in as {result['user']} (device {result['device']}); "
             f"{result['queued']} message(s) waiting")
@@ -536,6 +594,11 @@ def show_result(args, result, out=print, say_sent=None, warn=warn_on_stderr):
             out(result["notice"])
         elif sys.stdout.isatty() if say_sent is None else say_sent:  # a script wants silence
             out(sent_to(args, result))
+    elif command in CHANGES:
+        if result.get("notice"):
+            out(result["notice"])
+        elif sys.stdout.isatty() if say_sent is None else say_sent:
+            out(changed(args, result))
     elif command == "inbox":
         for record in result["messages"]:
             out(message_json({**record, "from_dev": record["from_device"]}) if args.json
@@ -589,6 +652,16 @@ def sent_to(args, result):
     if own:
         text += f"; a copy to {own} other device{'s' if own != 1 else ''} of yours"
     return text + ")"
+
+
+def changed(args, result):
+    """``reacted 👍 to ID``, ``edited ID``, ``deleted ID``, and where it went."""
+    where = f"in {result['room']}" if result.get("room") else f"with {result.get('user')}"
+    if args.command == "react":
+        done = (f"removed your reaction {safe(args.emoji)} from" if args.remove
+                else f"reacted {safe(args.emoji)} to")
+        return f"{done} {args.id} ({where})"
+    return f"{args.command.rstrip('e')}ed {args.id} ({where})"
 
 
 def _member_marks(user, result):

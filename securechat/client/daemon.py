@@ -218,6 +218,8 @@ class Daemon:
         self.client = Client(reactor, settings, password, on_message=self._message,
                              on_control=self.verifications.control, on_state=self._state)
         self.methods = Methods(self.client, self.verifications)
+        self.client.events.listeners.append(self._receipts)
+        self.client.typing.listeners.append(self._typing)
         self.port = None
         self.removed = defer.Deferred()  # fires with why, once this device is removed
 
@@ -266,7 +268,9 @@ class Daemon:
             connection.subscribed = True
             return {"subscribed": True, "state": self.client.state}
         return await self.methods.call(
-            method, params, lambda text: connection.notify("verify.show", {"text": text}))
+            method, params, lambda text: connection.notify("verify.show", {"text": text}),
+            lambda done, total: connection.notify("files.progress",
+                                                  {"done": done, "total": total}))
 
     def _message(self, record):
         """A message was received and stored: tell the subscribers (it stays unread for
@@ -276,6 +280,19 @@ class Daemon:
             params = public(record)
             for connection in subscribers:
                 connection.notify("message", params)
+
+    def _notify(self, method, params):
+        for connection in list(self.connections):
+            if connection.subscribed:
+                connection.notify(method, params)
+
+    def _receipts(self, mid, fields):
+        """An own message's receipts changed: the chat updates its mark."""
+        self._notify("receipt", {"mid": mid, **fields})
+
+    def _typing(self, user, room, state):
+        """Someone started or stopped typing (never stored: only subscribers hear it)."""
+        self._notify("typing", {"user": user, "room": room, "state": state})
 
     def _verify_request(self, user, device):
         """Someone asks this user to verify: tell the subscribers (the chat shows it), and

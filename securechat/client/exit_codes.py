@@ -14,6 +14,9 @@ EXIT_NOT_FOUND = 6
 EXIT_UNTRUSTED = 7
 EXIT_RATE_LIMITED = 8
 EXIT_UNAVAILABLE = 9
+EXIT_FILE_TOO_LARGE = 10
+EXIT_QUOTA = 11
+EXIT_FILE_CORRUPT = 12
 EXIT_INTERRUPTED = 130
 """128 + SIGINT, as a shell reports a command stopped by Ctrl-C."""
 
@@ -39,6 +42,11 @@ TABLE = (
                      "or a device link that did not succeed"),
     (EXIT_RATE_LIMITED, "rate limited: the message says how many seconds to wait"),
     (EXIT_UNAVAILABLE, "the server is unavailable (its database or disk): try again later"),
+    (EXIT_FILE_TOO_LARGE, "a file larger than the relay's [files] max_size"),
+    (EXIT_QUOTA, "a file the relay refused for your quota ([files] quota) or your number of "
+                 "unfinished uploads: wait until recipients fetched earlier files"),
+    (EXIT_FILE_CORRUPT, "a file whose download is not what was sent (changed or cut on the "
+                        "relay): nothing was written"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
     (EXIT_OUTPUT_CLOSED, "its output was closed before it ended (the reader of a pipe, like "
                          "head, stopped reading): nothing more is written, nothing is said"),

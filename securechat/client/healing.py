@@ -137,6 +137,9 @@ class Healer:
         if not isinstance(envelope_id, str) or not self._answering.allow(peer, envelope_id):
             return
         found = client.store.sent_by_envelope(envelope_id)
+        if found is None and client.store.sent_a_receipt(envelope_id):
+            await self._tell(peer, {"type": "retry.none", "envelope": envelope_id})
+            return
         if found is None:
             self.log.info("{peer} asked again for an envelope this device did not send or no "
                           "longer keeps", peer=peer)

@@ -20,9 +20,15 @@ import time
 
 from securechat import wire
 from securechat.client.contacts import TrustError
+from securechat.client.event_types import CHANGES, EDIT, REACTION, RECEIPT, valid_mid
+from securechat.client.file_messages import file_message, keep_received
 from securechat.client.protocol import RemoteError
 from securechat.client.verification import PendingRequests
 from securechat.crypto.device import DecryptError
+
+
+TEXT_TYPES = ("msg", EDIT)
+"""Sealed types whose ``body`` is a text shown as the record's ``text``."""
 
 
 def iso(ms):
@@ -31,8 +37,9 @@ def iso(ms):
 
 
 def public(record):
-    """What the history keeps of a message (without the raw inner header)."""
-    return {k: v for k, v in record.items() if k != "inner"}
+    """What the history keeps of a message (without the raw inner header, nor a file's
+    key: that goes to the key store's received files)."""
+    return {k: v for k, v in record.items() if k not in ("inner", "descriptor")}
 
 
 async def open_envelope(client, env, unseal, keep=True, replaces=None):
@@ -63,9 +70,12 @@ async def open_envelope(client, env, unseal, keep=True, replaces=None):
             inner = unseal(sender)
             if inner is None:
                 return None
-            record = {**base, **standing, "type": inner.get("type"), "mid": inner.get("mid"),
-                      "text": inner.get("body") if inner.get("type") == "msg" else None,
-                      "inner": inner}
+            kind = inner.get("type")
+            record = {**base, **standing, "type": kind, "mid": inner.get("mid"),
+                      "text": inner.get("body") if kind in TEXT_TYPES else None,
+                      "inner": inner, **event_fields(inner)}
+            if kind == "file":
+                record["file"], record["descriptor"] = file_message(inner)
             if env["from"] == client.user:
                 record.update(sent_by_you(client, inner, env.get("room")))
             if isinstance(inner.get("ts"), int):
@@ -74,7 +84,7 @@ async def open_envelope(client, env, unseal, keep=True, replaces=None):
                 record["resent"] = True
                 replaces = inner.get("resent_of")
             if keep:
-                _keep(store, record, replaces)
+                _keep(client, record, replaces)
         return record
     except (DecryptError, TrustError, RemoteError) as e:
         # What failed to open proves nothing about its sender: never verified, but a
@@ -84,7 +94,7 @@ async def open_envelope(client, env, unseal, keep=True, replaces=None):
                   "error": getattr(e, "reason", None) or str(e)}
         if keep:
             with store.transaction():
-                _keep(store, record)
+                _keep(client, record)
         return record
 
 
@@ -95,7 +105,7 @@ def sent_by_you(client, inner, room):
     account, and ``open_envelope`` opens one only from a device in the list this
     account's identity key signed: that device is ours, so it is verified.  A peer can
     claim nothing here: its ``from`` is its own, and a sealed header naming another
-    sender or recipient does not open (``messaging._check_inner``)."""
+    sender or recipient does not open (``messaging.Receiver.check_inner``)."""
     fields = {"outgoing": True, "verified": True, "warning": None}
     if room is None:
         peer = inner.get("peer", client.user)
@@ -106,12 +116,54 @@ def sent_by_you(client, inner, room):
     return fields
 
 
-def _keep(store, record, replaces=None):
-    """Mark the envelope seen; store it if it is a chat message (not a key or a control),
-    in place of the error record it ``replaces``; keep it if it asks for (or calls off) a
+def event_fields(inner):
+    """What a sealed message says of another one, as its record keeps it: a reply's
+    ``reply_to``; a change's ``target`` (and a reaction's ``emoji`` and ``remove``)."""
+    kind = inner.get("type")
+    if kind == "msg":
+        return {"reply_to": inner["reply_to"]} if valid_mid(inner.get("reply_to")) else {}
+    if kind not in CHANGES:
+        return {}
+    fields = {"target": inner.get("target") if valid_mid(inner.get("target")) else None}
+    if kind == REACTION:
+        fields.update(emoji=inner.get("emoji"), remove=inner.get("remove") is True)
+    return fields
+
+
+def conversation_of(record):
+    """``(room, peer)`` of a message: the room, or the other side of a 1:1 conversation."""
+    if record["room"] is not None:
+        return record["room"], None
+    return None, record.get("to") if record.get("outgoing") else record["from"]
+
+
+def _keep(client, record, replaces=None):
+    """Mark the envelope seen; store it if it is a chat message or a file (not a key or a
+    control; a file's key goes to the received files), in place of the error record it
+    ``replaces``, and note a message's author (``events.Events.written``); apply a receipt
+    or a change to what it names, and store a change that was not refused; keep it if it
+    asks for (or calls off) a
     verification."""
+    store = client.store
     store.mark_seen(record["id"], int(time.time() * 1000))
-    if record["type"] == "msg":
+    if record["error"]:
+        kept = record["type"] == "msg"
+    elif record["type"] == "file":
+        keep_received(store, record, record["descriptor"])
+        kept = True
+    elif record["type"] == "msg":
+        room, peer = conversation_of(record)
+        client.events.written(record["mid"], record["from"], record["text"], room, peer,
+                              envelope_id=record["id"])
+        kept = True
+    elif record["type"] in CHANGES:
+        kept = client.events.received(record)
+        record["refused"] = not kept
+    elif record["type"] == RECEIPT:
+        kept = client.events.received(record)
+    else:
+        kept = False
+    if kept:
         if not (isinstance(replaces, str) and not record["error"]
                 and store.replace_failed(replaces, public(record))):
             store.add_message(record["id"], public(record))

@@ -24,11 +24,18 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.client.acks import AckBatcher
 from securechat.client.contacts import TrustError, verify
+from securechat.client.event_types import CHANGES, RECEIPT
 from securechat.client.inbound import iso, open_envelope
 from securechat.client.protocol import RemoteError
 from securechat.crypto.device import DecryptError
 
 PAD_BUCKET = 256
+
+BACKLOG_FOR_EPHEMERAL = 32
+"""Envelopes waiting to be processed past which a typing notice is dropped unread."""
+
+SHOWN_TYPES = ("msg", "file", "membership", *CHANGES)
+"""What a person sees of what arrives (``inbox``, the chat): the rest is control."""
 
 
 def new_id():
@@ -149,6 +156,15 @@ class Receiver:
         """Nothing is being processed, waiting to be, or waiting for its acknowledgement."""
         return not self._lock.locked and not self._lock.waiting and self.acks.settled()
 
+    def run_in_order(self, work):
+        """Run ``work()`` (a coroutine function) after what is being processed: a pushed
+        typing notice decrypts in the order its Olm session was used.  None (not run)
+        when ``BACKLOG_FOR_EPHEMERAL`` items wait already: a notice that late is
+        worthless, and notices must not pile up behind a long backlog."""
+        if len(self._lock.waiting) >= BACKLOG_FOR_EPHEMERAL:
+            return None
+        return self._lock.run(lambda: defer.ensureDeferred(work()))
+
     def envelope_event(self, frame):
         d = self._lock.run(lambda: defer.ensureDeferred(self._process(frame)))
         d.addErrback(lambda f: self.log.failure("could not process an envelope", f))
@@ -161,11 +177,11 @@ class Receiver:
         try:
             if not store.seen(env["id"]):
                 record = await self._open_any(env)
-                if record is None or await self._heal(record):
-                    pass
-                elif record.get("type") in ("msg", "membership"):
-                    self._on_message(record)
-                else:
+                if record is None or record.get("refused") or await self._heal(record):
+                    pass  # (refused: a change someone may not make, said in the log)
+                elif record.get("type") in SHOWN_TYPES:
+                    self._shown(record)
+                elif record.get("type") != RECEIPT:
                     self._on_control(record)
         except Exception:
             # The relay takes a room message's ack as covering the room's earlier
@@ -200,13 +216,25 @@ class Receiver:
             await healer.resend(record)
         elif record["type"] == "room_key.request":
             await healer.reshare_room_key(record)
+        elif record["type"] == "retry.none":  # it was a receipt: no message is missing
+            envelope_id = record["inner"].get("envelope")
+            if isinstance(envelope_id, str):
+                with self._client.store.transaction():
+                    self._client.store.drop_failed(envelope_id, record["from"],
+                                                   record["from_dev"])
         elif record["type"] == "room_key":
             for opened in await healer.retry_pending(record["inner"]["room"]):
-                self._on_message(opened)
+                self._shown(opened)
             return False
         else:
             return False
         return True
+
+    def _shown(self, record):
+        """A record the person will see was stored: tell the caller, and owe its sender
+        the ``delivered`` receipt (``events.Events.owe`` picks what gets one)."""
+        self._client.events.owe("delivered", [record])
+        self._on_message(record)
 
     def _membership(self, env):
         """A server notice that someone joined or left a room (the server knows that anyway)."""
@@ -235,7 +263,7 @@ class Receiver:
                 raise DecryptError(f"{env['kind']} messages are not supported by this client")
             plaintext = client.crypto.decrypt(env["from"], env["from_dev"], sender["curve25519"],
                                               env["sid"], env["otype"], env["ct"])
-            inner = self._check_inner(env, plaintext, sender)
+            inner = self.check_inner(env, plaintext, sender)
             if sender.get("linking") and not str(inner.get("type", "")).startswith("link."):
                 raise DecryptError(f"{env['from_dev']} is a device being linked: only its "
                                    "link messages are read")
@@ -248,7 +276,7 @@ class Receiver:
             await client.healer.ask_again(env)
         return record
 
-    def _check_inner(self, env, plaintext, sender):
+    def check_inner(self, env, plaintext, sender):
         """The inner header must repeat who sent it to whom (no forwarding, no key swap)."""
         client = self._client
         try:

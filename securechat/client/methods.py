@@ -8,23 +8,27 @@ the CLI's exit code.
 """
 
 import json
+import os
 
 from twisted.internet import defer
 
 from securechat.client.commands import HISTORY_LAST, HISTORY_MAX
 from securechat.client.contacts import TrustError
 from securechat.client.device_list import remove_device
+from securechat.client.event_types import CHANGES, MAX_EMOJI_CHARS, REACTION, valid_emoji
+from securechat.client.files import FileTransfers
 from securechat.client.inbound import iso
 from securechat.client.message_size import check_message_size
+from securechat.client.messaging import new_id
 from securechat.client.protocol import ConnectionClosed, RemoteError
-from securechat.client.render import message_json
+from securechat.client.render import EVENT_KEYS, message_json
 from securechat.client.rooms import ROOM_MODES
 from securechat.client.exit_codes import EXIT_USAGE
 from securechat.client.rpc import (
     EXIT_UNREACHABLE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed)
 from securechat.client.sas_exchange import ExchangeFailed
 from securechat.client.session import (
-    EXIT_AUTH, EXIT_UNTRUSTED, FINAL_STATES, NO_OTHER_DEVICE, ClientError, Queued, refusal)
+    EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNTRUSTED, FINAL_STATES, NO_OTHER_DEVICE, ClientError, Queued, refusal)
 from securechat.client.settings import VERIFY_TIMEOUT
 from securechat.client.verification import (
     PendingRequests, Verification, is_request, request_message)
@@ -107,20 +111,28 @@ class Methods:
         "devices.list": "devices_list", "devices.rename": "devices_rename",
         "devices.remove": "devices_remove",
         "devices.recovery-key": "devices_recovery_key",
+        "send-file": "send_file", "say-file": "send_file", "files.get": "files_get",
+        "files.list": "files_list",
+        "read": "read", "react": "change", "edit": "change", "delete": "change",
+        "typing": "typing", "message": "message",
     }
+    PROGRESS = ("send_file", "files_get")
+    """Methods whose ``show`` is the ``progress(done, total)`` of a transfer."""
 
     def __init__(self, client, verifications):
         self.client = client
         self.verifications = verifications
 
-    async def call(self, name, params, show=lambda text: None):
-        """Run method ``name``; ``show`` receives progress lines (verification)."""
+    async def call(self, name, params, show=lambda text: None, progress=None):
+        """Run method ``name``; ``show`` receives progress lines (verification),
+        ``progress(done, total)`` how far a file transfer is (bytes; done None: ended)."""
         attribute = self.NAMES.get(name)
         if attribute is None:
             raise UnknownMethod(f"no method named {name!r}")
         params = Params(name, params)
         try:
-            return await getattr(self, attribute)(name, params, show)
+            return await getattr(self, attribute)(
+                name, params, progress if attribute in self.PROGRESS else show)
         except Exception as e:
             raise as_command_failed(e) from None
 
@@ -131,15 +143,26 @@ class Methods:
 
     async def send(self, name, params, show):
         user, text = params.get("user", str), params.get("text", str)
+        reply_to = self._reply_to(params)
         check_message_size(text)
-        client = self.client
-        devices = await self._send_or_keep(params, lambda: client.send_text(user, text))
+        client, mid = self.client, new_id()
+        devices = await self._send_or_keep(
+            params, lambda: client.send_text(user, text, reply_to, mid))
         own = 0  # of ``devices``, our own other devices (each gets a copy: sent-message sync)
         if devices and user != client.user:
             own = len(await client.trusted_devices(client.user, sending=False)) - 1
-        return {"devices": devices, "own_devices": own,
+        return {"devices": devices, "own_devices": own, "id": mid,
                 "notice": NO_OTHER_DEVICE if devices == 0 else None,
                 "warnings": client.unsigned_warnings({user, client.user})}
+
+    def _reply_to(self, params):
+        """A message's ``reply_to`` param: the mid of a message this device holds."""
+        reply_to = params.get("reply_to", str, None)
+        if reply_to is not None and self.client.events.state(reply_to) is None:
+            raise ClientError(f"no message {reply_to} on this device to reply to (the ID "
+                              "is a message's \"mid\" in inbox --json or history --json)",
+                              EXIT_NOT_FOUND)
+        return reply_to
 
     async def _send_or_keep(self, params, send):
         """Run ``send()`` (a message send); with the server unreachable the message waits in
@@ -179,6 +202,7 @@ class Methods:
         if not 0 <= wait <= INBOX_MAX_WAIT or not 0 < limit <= INBOX_PAGE:
             raise InvalidParams(f"inbox: wait must be 0-{INBOX_MAX_WAIT} s, "
                                 f"limit 1-{INBOX_PAGE}")
+        read = params.get("read", bool, True)
         requests = PendingRequests(client.store)
         if not client.unread() and wait > 0:
             await client.wait_for(lambda: client.unread() or requests.waiting(), wait)
@@ -187,9 +211,12 @@ class Methods:
         page = unread[:limit]
         if page:
             client.mark_read(page[-1][0])
+            if read:
+                client.events.owe("read", [record for _, record in page])
         asked = [request_message(request, client.contacts.is_verified(request["user"]))
                  for request in requests.unshown()]
-        return {"messages": asked + [public(record) for _, record in page],
+        return {"messages": asked + [public(client.events.overlay(record))
+                                     for _, record in page],
                 "more": len(unread) > limit,
                 "unreachable": None if client.state == "connected" else client.state_detail}
 
@@ -207,10 +234,39 @@ class Methods:
 
     async def say(self, name, params, show):
         room = BROADCAST_ROOM if name == "broadcast" else params.get("room", str)
-        text = params.get("text", str)
+        text, reply_to = params.get("text", str), self._reply_to(params)
         check_message_size(text)
-        mid = await self._send_or_keep(params, lambda: self.client.rooms.say(room, text))
+        mid = await self._send_or_keep(params,
+                                       lambda: self.client.rooms.say(room, text, reply_to))
         return {"id": mid, "warnings": self.client.rooms.left_out.get(room, [])}
+
+    async def send_file(self, name, params, progress):
+        """Encrypt and upload a file, then send its message to a user or a room."""
+        path = params.get("path", str)
+        if not os.path.isabs(path):
+            raise InvalidParams(f"{name}: 'path' must be absolute (the daemon's directory is "
+                                "not yours)")
+        transfers = FileTransfers(self.client)
+        if name == "send-file":
+            user = params.get("user", str)
+            result = await self._send_or_keep(
+                params, lambda: transfers.send(path, user=user, progress=progress))
+        else:
+            room = params.get("room", str)
+            result = await self._send_or_keep(
+                params, lambda: transfers.send(path, room=room, progress=progress))
+        return result or {}
+
+    async def files_get(self, name, params, progress):
+        """Fetch, check and decrypt a received file."""
+        out, directory = params.get("out", str, None), params.get("directory", str, None)
+        if not any(p is not None and os.path.isabs(p) for p in (out, directory)):
+            raise InvalidParams("files.get: 'out' or 'directory' must be an absolute path")
+        return await FileTransfers(self.client).get(params.get("file_id", str), out,
+                                                    directory, progress)
+
+    async def files_list(self, name, params, show):
+        return {"files": FileTransfers(self.client).list()}
 
     async def rooms_create(self, name, params, show):
         room, password = params.get("room", str), params.get("password", str, None)
@@ -300,15 +356,80 @@ class Methods:
         room, user = params.get("room", str, None), params.get("user", str, None)
         if room is None and user is None:
             room, user = await self._room_or_user(params.get("name", str))
+        overlay = client.events.overlay
         if room is not None:  # all the relay gives unless ``last`` is said
-            records = [r for r in await client.rooms.history(room) if r is not None]
+            records = [r for r in await client.rooms.history(room)
+                       if r is not None and r["type"] not in CHANGES]
             records = records[-last:] if last else records
-            return {"messages": [{**public(r), "outgoing": bool(r.get("outgoing"))}
+            return {"messages": [{**public(overlay(r)), "outgoing": bool(r.get("outgoing"))}
                                  for r in records], "more": False}
-        return {"messages": [{**public(r), "outgoing": r["outgoing"],
+        return {"messages": [{**public(overlay(r)), "outgoing": r["outgoing"],
                               "to": r.get("to", client.user)}
                              for r in client.store.conversation(user, last or HISTORY_LAST)],
                 "more": False}
+
+    async def read(self, name, params, show):
+        """The chat showed these messages (``mids``) to the person: their read receipts."""
+        mids = params.get("mids", list)
+        states = [(mid, self.client.events.state(mid)) for mid in mids[:INBOX_PAGE]]
+        self.client.events.owe("read", [
+            {"type": "msg", "mid": mid, "from": state["author"], "room": state["room"]}
+            for mid, state in states if state is not None])
+        return {}
+
+    async def message(self, name, params, show):
+        """What happened to message ``mid`` since it was written, as ``inbox --json``
+        would add it (``text`` only when edited): the chat updates its line with it."""
+        client, mid = self.client, params.get("mid", str)
+        state = client.events.state(mid)
+        if state is None:
+            raise ClientError(f"no message {mid} on this device", EXIT_NOT_FOUND)
+        shown = client.events.overlay({"type": "msg", "mid": mid, "from": state["author"]})
+        return {key: value for key, value in shown.items()
+                if key in EVENT_KEYS or key == "text" and shown.get("edited")}
+
+    async def typing(self, name, params, show):
+        """Tell ``user`` (or ``room``) that this person started or stopped (``state``)
+        typing: only their devices connected now see it."""
+        state = params.get("state", str)
+        if state not in ("start", "stop"):
+            raise InvalidParams("typing: state must be start or stop")
+        user, room = params.get("user", str, None), params.get("room", str, None)
+        if (user is None) == (room is None):
+            raise InvalidParams("typing: give user or room")
+        return {"devices": await self.client.typing.send(state, user=user, room=room)}
+
+    async def change(self, name, params, show):
+        """``react``, ``edit`` or ``delete`` message ``id`` (its mid): sent where the
+        message went (its 1:1 conversation or its room).  Only the author edits or deletes
+        (the receiving clients refuse anyone else's: this says so before sending)."""
+        client, mid = self.client, params.get("id", str)
+        state = client.events.state(mid)
+        if state is None:
+            raise ClientError(f"no message {mid} on this device (the ID is a message's "
+                              "\"mid\" in inbox --json or history --json)", EXIT_NOT_FOUND)
+        kind = REACTION if name == "react" else name
+        payload = {"type": kind, "target": mid}
+        if kind == REACTION:
+            emoji = params.get("emoji", str)
+            if not valid_emoji(emoji):
+                raise InvalidParams(f"react: {emoji!r} is not an emoji (1-{MAX_EMOJI_CHARS} "
+                                    "printable characters)")
+            payload.update(emoji=emoji, remove=params.get("remove", bool, False))
+        elif state["author"] != client.user:
+            raise ClientError(f"only its author can {name} a message: {mid} is "
+                              f"{state['author']}'s")
+        if name == "edit":
+            payload["body"] = params.get("text", str)
+            check_message_size(payload["body"])
+        if state["room"] is not None:
+            sent = await self._send_or_keep(
+                params, lambda: client.rooms.send_event(state["room"], payload))
+        else:
+            sent = await self._send_or_keep(
+                params, lambda: client.send_event(state["peer"], payload))
+        return {"id": mid, "room": state["room"], "user": state["peer"],
+                "notice": NO_OTHER_DEVICE if sent == 0 else None}
 
     async def _room_or_user(self, name):
         """``(room, None)`` when this user is in a room called ``name``, else ``(None, name)``;

@@ -25,6 +25,7 @@ import time
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from securechat.client.event_types import CHANGES, RECEIPT
 from securechat.client.inbound import iso
 from securechat.client.messaging import new_id
 from securechat.client.protocol import ConnectionClosed, RemoteError
@@ -85,10 +86,12 @@ class Outbox:
             self._store.outbox_add(entry_id, record)
         return entry_id
 
-    def encrypted(self, entry_id, envelopes):
-        """Record what an entry was encrypted to (call inside the encryption's transaction)."""
+    def encrypted(self, entry_id, envelopes, members=None):
+        """Record what an entry was encrypted to (call inside the encryption's transaction);
+        a room message's ``members`` then (whose receipts it waits for: ``events``)."""
         record = self._store.outbox_entry(entry_id)
-        self._store.outbox_update(entry_id, {**record, "envelopes": envelopes})
+        extra = {} if members is None else {"members": members}
+        self._store.outbox_update(entry_id, {**record, "envelopes": envelopes, **extra})
 
     def holds(self, entry_id):
         return self._store.outbox_entry(entry_id) is not None
@@ -99,12 +102,13 @@ class Outbox:
         return None if record is None else record["error"]
 
     def entries(self):
-        """Every message in the outbox, oldest first: id, to, room, text, queued_at (ms),
+        """Every message in the outbox (receipts are not listed), oldest first: id, to, room, text, queued_at (ms),
         encrypted (its envelope ids are fixed), error (None: pending; else why it failed)."""
         return [{"id": entry_id, "to": record["to"], "room": record["room"],
                  "text": record["payload"].get("body"), "queued_at": record["queued_at"],
                  "encrypted": record["envelopes"] is not None, "error": record["error"]}
-                for entry_id, record in self._store.outbox_entries()]
+                for entry_id, record in self._store.outbox_entries()
+                if record["payload"].get("type") != RECEIPT]
 
     def drop(self, entry_id):
         """Remove an entry (a failed one the user gives up on); False when there is none."""
@@ -119,16 +123,30 @@ class Outbox:
             self._store.outbox_remove(entry_id)
 
     def _accepted(self, entry_id):
-        """The relay took an entry: it leaves the outbox; a 1:1 message is kept as sent."""
+        """The relay took an entry: it leaves the outbox; a 1:1 message is kept as sent;
+        a message's author is noted, and a change (``events``) applied here too."""
         with self._store.transaction():
             record = self._store.outbox_entry(entry_id)
-            if record is not None and record["room"] is None and record["payload"].get(
-                    "type") == "msg":
-                now = int(time.time() * 1000)
-                self._store.add_sent(record["payload"]["mid"], record["to"],
-                                     sent_record(self._client, record), now,
-                                     now - resend_window_ms(self._client.settings))
+            if record is not None:
+                self._written(record)
             self._store.outbox_remove(entry_id)
+
+    def _written(self, record):
+        client, payload = self._client, record["payload"]
+        kind = payload.get("type")
+        if kind == "msg":
+            client.events.written(payload["mid"], client.user, payload.get("body"),
+                                  record["room"], record["to"], record.get("members"))
+        elif kind in CHANGES:
+            client.events.received({"type": kind, "inner": payload, "from": client.user,
+                                    "room": record["room"]})
+        elif kind == RECEIPT:  # a device that cannot read one is told so (``healing``)
+            self._store.add_receipt_envelopes([env["id"] for env in record["envelopes"] or ()],
+                                              int(time.time() * 1000))
+        if record["room"] is None and kind == "msg":
+            now = int(time.time() * 1000)
+            self._store.add_sent(payload["mid"], record["to"], sent_record(client, record),
+                                 now, now - resend_window_ms(client.settings))
 
     # -- sending ------------------------------------------------------------------------
 
@@ -186,6 +204,12 @@ class Outbox:
         return True
 
     def _failed(self, entry_id, record, reason):
+        """Keep a message refused for good, with why (``securechat outbox`` shows it); a
+        receipt, which nobody lists or retries, goes."""
+        if record["payload"].get("type") == RECEIPT:
+            self.log.info("a receipt could not be sent: {reason}", reason=reason)
+            self._remove(entry_id)
+            return
         self.log.warn("a queued message could not be sent: {reason}", reason=reason)
         with self._store.transaction():
             self._store.outbox_update(entry_id, {**record, "error": reason})

@@ -36,6 +36,8 @@ import os
 import re
 import unicodedata
 
+from securechat.client.receipt_marks import status_text
+
 MARK = "  | "
 CONTINUATION = "\n" + MARK
 """What starts each further line of a multi-line message: it cannot pass for a message's
@@ -182,9 +184,74 @@ def format_message(record, width=None):
         lines.append(safe(record["warning"]))
     if record.get("error"):
         lines.append(f"{head}: ✗ could not decrypt: {safe(record['error'])}")
+    elif record.get("file"):
+        lines.append(f"{head}: {file_line(record['file'])}")
+    elif record.get("type") in CHANGE_WORDS:
+        lines.append(f"{head} {change_text(record)}")
     else:
-        lines.append(f"{head}: {safe(record['text'], lines=True)}")
+        lines.append(f"{head}: {reply_context(record)}{message_text(record)}"
+                     f"{message_marks(record)}")
     return fit("\n".join(lines), width)
+
+
+def human_size(size):
+    """``size`` bytes as a person reads it: ``512 B``, ``1.5 KiB``, ``20.0 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+
+
+def file_line(summary):
+    """A received file as one line: its name (through ``safe``: it came from the network),
+    its size and the command that fetches it."""
+    return (f"[file] {safe(summary['name'])} ({human_size(summary['size'])}): "
+            f"securechat files get {safe(summary['id'])}")
+
+
+CHANGE_WORDS = {"edit": "edited", "delete": "deleted", "reaction": "reacted"}
+
+
+def change_text(record):
+    """What a change of an earlier message says: ``edited MID: text``, ``deleted MID``,
+    ``reacted 👍 to MID`` (``removed the reaction 👍 from MID``)."""
+    target = safe(record.get("target"))
+    if record["type"] == "edit":
+        return f"edited {target}: {safe(record.get('text'), lines=True)}"
+    if record["type"] == "delete":
+        return f"deleted {target}"
+    if record.get("remove"):
+        return f"removed the reaction {safe(record.get('emoji'))} from {target}"
+    return f"reacted {safe(record.get('emoji'))} to {target}"
+
+
+def reply_context(record):
+    """``(↪ bob: first words) `` before a reply, when the message it answers is known."""
+    quoted = record.get("in_reply_to")
+    if quoted:
+        return f"(↪ {safe(quoted['from'])}: {safe(quoted['text'])}) "
+    return "(↪ an earlier message) " if record.get("reply_to") else ""
+
+
+def message_text(record):
+    """A message's text as shown: ``(deleted)`` once its author deleted it."""
+    if record.get("deleted"):
+        return "(deleted)"
+    return safe(record.get("text"), lines=True)
+
+
+def message_marks(record, receipts=False):
+    """What follows a message's text: `` (edited)``, the reactions `` [👍 2]``, and with
+    ``receipts`` (the chat) an own message's marks (`` ✓``, `` ✓✓``, `` ✓✓ read``:
+    ``receipt_marks.status_text``; the commands print them in ``--json`` only)."""
+    marks = " (edited)" if record.get("edited") and not record.get("deleted") else ""
+    reactions = record.get("reactions") or {}
+    if reactions:
+        marks += " [" + " ".join(f"{safe(emoji)} {count}"
+                                 for emoji, count in sorted(reactions.items())) + "]"
+    if receipts and record.get("status"):
+        marks += " " + status_text(record)
+    return marks
 
 
 def _sender(record):
@@ -213,7 +280,8 @@ def message_json(record, **extra):
     """A message as one JSON line (``--json``): the exact text, escaped by JSON itself;
     ``extra`` fields follow the message's own; a message sent again after this device
     could not decrypt it (``healing``) has ``"resent": true``; one another device of this
-    account sent has ``"outgoing": true`` and, 1:1, ``to`` (whom it was sent to).
+    account sent has ``"outgoing": true`` and, 1:1, ``to`` (whom it was sent to); a file
+    (``"type": "file"``) has ``"file": {"id", "name", "size"}``.
 
     Non-ASCII text stays readable; a lone surrogate (valid in JSON, not in UTF-8) is
     written as its ``\\uXXXX`` escape, which decodes to the same string.
@@ -224,9 +292,17 @@ def message_json(record, **extra):
         "room": record.get("room"), "text": record.get("text"), "sent_at": record["sent_at"],
         "verified": bool(record.get("verified")), "error": record.get("error"),
         "warning": record.get("warning"), **({"resent": True} if record.get("resent") else {}),
-        **_sent_fields(record), **extra,
+        **({"file": record["file"]} if record.get("file") else {}),
+        "mid": record.get("mid"), **_sent_fields(record),
+        **{key: record[key] for key in EVENT_KEYS if key in record}, **extra,
     }, ensure_ascii=False)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+EVENT_KEYS = ("reply_to", "in_reply_to", "edited", "deleted", "reactions", "status",
+              "delivered_to", "read_by", "members", "target", "emoji", "remove")
+"""What ``--json`` says of replies, reactions, edits, deletes and receipts, where a record
+has it (docs/usage.rst, "Receipts, typing, replies, reactions, edits and deletes")."""
 
 
 def _sent_fields(record):

@@ -16,12 +16,16 @@ import time
 
 from securechat import wire
 from securechat.client.contacts import unsigned_warning
+from securechat.client.event_types import CHANGES
 from securechat.client.inbound import open_envelope
 from securechat.client.messaging import new_id, padded
 from securechat.crypto.device import DecryptError
 from securechat.crypto.group import RoomCrypto
 from securechat.crypto.passwords import room_password_secret
 from securechat.client.deferreds import returns_deferred
+
+ROOM_TYPES = ("file", *CHANGES)
+"""Sealed types a room message keeps besides ``msg`` (anything else is shown as one)."""
 
 
 MODERATION = {
@@ -123,13 +127,22 @@ class RoomClient:
     # -- sending ------------------------------------------------------------------
 
     @returns_deferred
-    async def say(self, room, text):
+    async def say(self, room, text, reply_to=None):
         """Keep the message in the outbox, then send it; fire with the message id
         (``session.Queued`` when there is no connection to take it now)."""
+        payload = {"type": "msg", "body": text}
+        if reply_to is not None:
+            payload["reply_to"] = reply_to
+        return await self.send_event(room, payload)
+
+    @returns_deferred
+    async def send_event(self, room, payload):
+        """Send ``payload`` (a message, or a change of one: ``events``) to ``room`` through
+        the outbox; fire with its message id."""
         client = self._client
         mid = new_id()
-        inner = {"type": "msg", "mid": mid, "room": room, "from": client.user,
-                 "from_dev": client.device, "ts": int(time.time() * 1000), "body": text}
+        inner = {**payload, "mid": mid, "room": room, "from": client.user,
+                 "from_dev": client.device, "ts": int(time.time() * 1000)}
         await client.deliver(client.outbox.add(inner, room=room))
         return mid
 
@@ -166,7 +179,8 @@ class RoomClient:
                                             [list(d) for d in devices])
             envelope = {"room": room, "id": new_id(), "kind": "megolm", "sid": session_id,
                         "ct": wire.pad_b64(ct)}
-            client.outbox.encrypted(entry_id, [envelope])
+            client.outbox.encrypted(entry_id, [envelope], members=sorted(
+                user for user in members if user != client.user))
         await client.request("room.send", **envelope)
         return inner["mid"]
 
@@ -223,8 +237,12 @@ class RoomClient:
                 env["id"], env["ct"], for_history=for_history)
             if plaintext is None:
                 return None
-            # A room carries chat messages only: whatever its sealed type, it is shown as one.
-            return {**check_room_inner(env, plaintext), "type": "msg"}
+            # A room carries chat messages, files and changes of messages only: whatever
+            # else its sealed type says (a room key, a verification step), it is shown as
+            # a message.
+            inner = check_room_inner(env, plaintext)
+            return {**inner, "type": inner.get("type") if inner.get("type") in ROOM_TYPES
+                    else "msg"}
 
         return await open_envelope(self._client, env, unseal, keep=not for_history,
                                    replaces=replaces)

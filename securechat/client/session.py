@@ -22,6 +22,7 @@ from securechat.client.contacts import Contacts, TrustError
 from securechat.client.exit_codes import (  # noqa: F401 (others import them from here)
     EXIT_AUTH, EXIT_CERTIFICATE, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_RATE_LIMITED,
     EXIT_UNAVAILABLE, EXIT_UNKNOWN_USER, EXIT_UNREACHABLE, EXIT_UNTRUSTED)
+from securechat.client.events import Events
 from securechat.client.healing import Healer
 from securechat.client.messaging import Receiver, Sender, new_id
 from securechat.client.outbox import NotSent, Outbox
@@ -29,6 +30,7 @@ from securechat.client.protocol import RemoteError
 from securechat.client.reconnect import Reconnector
 from securechat.client.rooms import RoomClient
 from securechat.client.deferreds import returns_deferred
+from securechat.client.typing_notices import TypingNotices
 from securechat.client.tls import NotPinned, PinnedCertificate, ca_file_options, channel_binding
 from securechat.crypto import passwords
 from securechat.crypto.device import DeviceCrypto
@@ -38,8 +40,9 @@ from securechat.crypto.recovery import RecoveryKey
 OTK_TARGET = 50
 OTK_LOW_WATER = 25
 ACK_SETTLE_SECONDS = 5
-"""How long closing waits for the server to confirm the last acknowledgements (a missed
-one only means the envelope is delivered again and skipped)."""
+"""How long closing waits for the server to confirm the last receipts and the last
+acknowledgements (a missed one only means the envelope is delivered again and skipped, or
+the receipt is sent from the outbox next time)."""
 
 NOT_FOUND_CODES = ("unknown_user", "user_deleted", "unknown_room", "not_member")
 """The relay's answers that mean "no such user or room (for you)": exit code 6."""
@@ -177,6 +180,8 @@ class Client:
         self.receiver = Receiver(self, on_message or (lambda record: None),
                                  on_control or (lambda record: None))
         self.outbox = Outbox(self)
+        self.events = Events(self, reactor)
+        self.typing = TypingNotices(self)
         # connecting, connected, disconnected (waiting for the next attempt), replaced
         # (another login of this device took the relay connection), removed (from its
         # account, for good) or closed (by the caller, or a hard error); none of the last
@@ -470,6 +475,8 @@ class Client:
         """Send the acknowledgements still waiting, close the connection and wait until it
         is closed, then the store."""
         if self.protocol is not None and self.protocol.transport is not None:
+            receipts = self.events.flush()  # owed ones; kept in the outbox if not answered
+            await self.wait_for(lambda: receipts.called, ACK_SETTLE_SECONDS)
             self.receiver.acks.flush()
             await self.wait_for(self.receiver.acks.settled, ACK_SETTLE_SECONDS)
         protocol = self.protocol
@@ -609,6 +616,8 @@ class Client:
     def _event(self, frame):
         if frame.get("event") == "envelope":
             self.receiver.envelope_event(frame)
+        elif frame.get("event") == "typing":
+            self.typing.received(frame)
         elif frame.get("event") == "shutdown":
             # The relay is stopping: the connection closes next, and the reconnector
             # connects again once a relay listens.  Said as the reason it closed.
@@ -922,13 +931,23 @@ class Client:
     # -- messaging ----------------------------------------------------------------------
 
     @returns_deferred
-    async def send_text(self, user, text):
-        """Send a 1:1 message; fire with the number of devices it went to once the server
+    async def send_text(self, user, text, reply_to=None, mid=None):
+        """Send a 1:1 message (``reply_to``: the mid it answers; ``mid``: its own, made
+        here if not given); fire with the number of devices it went to once the server
         accepted it (0: a note to ourselves with no other device of ours to take it)."""
+        payload = {"type": "msg", "mid": mid or new_id(), "body": text}
+        if reply_to is not None:
+            payload["reply_to"] = reply_to
+        return await self.send_event(user, payload)
+
+    @returns_deferred
+    async def send_event(self, user, payload):
+        """Send ``payload`` (a message, or a change of one: ``events``) to ``user`` through
+        the outbox; fire as ``send_text``."""
         # ``peer``: whom it is written to, for the copies our other devices get (their
         # sealed ``to`` names their own user, as on any envelope): inbound.sent_by_you.
-        payload = {"type": "msg", "mid": new_id(), "room": None, "ts": int(time.time() * 1000),
-                   "body": text, "peer": user}
+        payload = {"mid": new_id(), **payload, "room": None, "ts": int(time.time() * 1000),
+                   "peer": user}
         try:
             return await self.deliver(self.outbox.add(payload, to=user))
         except TrustError as e:

@@ -10,6 +10,8 @@
     server_fingerprint = AB:CD:...        ; ... or pin the relay's certificate (one is needed)
     password_command = pass show chat     ; optional: a command printing the password
     verify_timeout = 120                  ; optional: seconds to wait for each verify step
+    send_read_receipts = yes              ; optional: no = send (and see) no read receipts
+    send_typing = yes                     ; optional: no = never say you are typing
 
 ``securechat init`` writes it where ``default_config_path`` says, and the data
 directory defaults to ``default_data_dir`` (the XDG base directories).
@@ -24,7 +26,7 @@ import shlex
 from dataclasses import dataclass
 
 from securechat import wire
-from securechat.config import ConfigError, read_ini
+from securechat.config import ConfigError, _yes_no as yes_no, read_ini
 
 USERNAME_RULE = "1-32 of a-z 0-9 . _ -, starting with a letter or digit"
 LEGACY_DATA_ROOT = os.path.join("~", ".securechat")
@@ -82,7 +84,7 @@ def parse_server(text):
 
 
 KEYS = ("server", "username", "data_dir", "ca_file", "server_fingerprint", "password_command",
-        "verify_timeout", "resend_days")
+        "verify_timeout", "resend_days", "send_read_receipts", "send_typing")
 
 VERIFY_TIMEOUT = 120
 """Seconds a verification waits for each answer of the other side (the first one: that
@@ -110,6 +112,10 @@ class ClientSettings:
     """The argv of ``password_command`` (split like a shell would, run without one)."""
     verify_timeout: float = VERIFY_TIMEOUT
     resend_days: float = RESEND_DAYS
+    send_read_receipts: bool = True
+    """Tell senders when their message was shown here; off, theirs are not shown either."""
+    send_typing: bool = True
+    """Tell the other side of a chat while this person types."""
 
     @property
     def server(self):
@@ -176,5 +182,11 @@ def load(path):
     if not 0 <= resend_days <= MAX_RESEND_DAYS:
         raise bad("resend_days", f"must be a number of days, 0-{MAX_RESEND_DAYS} (0: never "
                                  "send a message again)")
+    switches = {}
+    for key in ("send_read_receipts", "send_typing"):
+        try:
+            switches[key] = yes_no(section.get(key, "yes"))
+        except ValueError as e:
+            raise bad(key, str(e)) from None
     return ClientSettings(host, port, username, data_dir, ca_file, fingerprint,
-                          path, password_command, verify_timeout, resend_days)
+                          path, password_command, verify_timeout, resend_days, **switches)

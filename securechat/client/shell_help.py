@@ -159,9 +159,11 @@ fi
 
 
 def _roff(text):
-    """``text`` safe in a troff line: backslashes and hyphens escaped, and no line that
-    starts with a control character."""
+    """``text`` safe in a troff line: backslashes and hyphens escaped, characters beyond
+    ASCII (an emoji in an example) as troff's ``\\[uXXXX]``, and no line that starts
+    with a control character."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
+    text = "".join(c if ord(c) < 128 else f"\\[u{ord(c):04X}]" for c in text)
     return "\\&" + text if text[:1] in (".", "'") else text
 
 

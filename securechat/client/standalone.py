@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from securechat.client import cli, commands, linking
 from securechat.client.methods import Methods, Verifications, as_command_failed
+from securechat.client.progress import ProgressBar
 from securechat.client.render import EscapingStream
 from securechat.client.exit_codes import EXIT_AUTH, EXIT_USAGE
 from securechat.client.rpc import (
@@ -169,15 +170,16 @@ async def one_shot(reactor, settings, password, args, method, params):
     ``inbox --wait``; ``history NAME`` reads the local store when the relay is down, and
     ``fingerprint USER`` answers from the contact this device knows; every other command
     needs the relay now."""
-    keep_trying = (method in ("send", "say", "broadcast", "fingerprint")
+    keep_trying = (method in ("send", "say", "broadcast", "fingerprint", *commands.CHANGES)
                    or params.get("wait", 0) > 0
                    or method == "history" and "name" in params)
     client = await opened(reactor, settings, password, keep_trying=keep_trying)
     try:
         methods = Methods(client, Verifications())
+        progress = ProgressBar()
         while True:
             try:
-                result = await methods.call(method, params)
+                result = await methods.call(method, params, progress=progress)
             finally:
                 if client.state == "removed":  # meanwhile, by another device: for good
                     raise CommandFailed(client.state_detail, EXIT_AUTH)

@@ -159,8 +159,11 @@ class DeviceCrypto:
             self._save_session(session, peer_user, peer_device, peer_curve)
         return session.session_id, otype, wire.b64encode(raw)
 
-    def decrypt(self, peer_user, peer_device, peer_curve, session_id, otype, ct_b64):
-        """Decrypt one Olm message; call inside a key store transaction (state is saved in it)."""
+    def decrypt(self, peer_user, peer_device, peer_curve, session_id, otype, ct_b64,
+                may_start=True):
+        """Decrypt one Olm message; call inside a key store transaction (state is saved in it).
+        ``may_start=False``: a message that would start a new session is refused (an
+        ephemeral notice must not use up a one-time key)."""
         try:
             raw = wire.b64decode(ct_b64)
             message = vodozemac.AnyOlmMessage.from_parts(otype, raw)
@@ -179,7 +182,7 @@ class DeviceCrypto:
                 continue
             self._save_session(session, peer_user, peer_device, peer_curve)
             return plaintext
-        if prekey is None:
+        if prekey is None or not may_start:
             raise DecryptError(
                 "no session with this device can decrypt it (tampered, replayed or out of sync)"
             )

@@ -55,11 +55,26 @@ CREATE TABLE IF NOT EXISTS sent_envelopes (
     envelope_id TEXT PRIMARY KEY, message_id TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS sent_envelopes_at ON sent_envelopes (at);
 """
+FILE_TABLES = """
+CREATE TABLE IF NOT EXISTS file_uploads (upload TEXT PRIMARY KEY, sealed TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS received_files (
+    pos INTEGER PRIMARY KEY, file_id TEXT UNIQUE NOT NULL, sealed TEXT NOT NULL);
+"""
+"""Schema 3, encrypted files: uploads not yet handed to the outbox, by a keyed hash of
+what is sent where (an interrupted send of the same file resumes), and files received."""
+SCHEMA += FILE_TABLES
 
-SCHEMA_VERSION = 2
+EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS message_events (mid TEXT PRIMARY KEY, sealed TEXT NOT NULL);
+"""
+"""Version 4 (receipts, replies, reactions, edits, deletes): what happened to each message
+since it was written, by its sealed ``mid`` (``securechat.client.events``)."""
+
+SCHEMA_VERSION = 4
 """Meta ``schema_version`` (absent: 1, before versions were kept).  2: the ``sent`` table
 (own 1:1 messages the relay accepted) and ``messages.peer`` (the conversation of a
-received 1:1 message)."""
+received 1:1 message).  3: ``file_uploads`` and ``received_files`` (encrypted files).
+4: ``message_events`` (``EVENTS_SCHEMA``)."""
 
 
 def conversation_peer(record):
@@ -68,6 +83,11 @@ def conversation_peer(record):
     if record.get("room") is None and record.get("type") == "msg":
         return record.get("to") if record.get("outgoing") else record.get("from")
     return None
+
+
+RECEIPT_ENVELOPE = ""
+"""The ``sent_envelopes.message_id`` of an envelope that carried a receipt (no message id
+of a sent message is empty)."""
 
 
 class KeyStoreError(Exception):
@@ -122,7 +142,7 @@ class KeyStore:
         master = nacl.utils.random(32)
         wrapping = _wrapping(master, password)
         with db:
-            db.executescript(SCHEMA)
+            db.executescript(SCHEMA + EVENTS_SCHEMA)
             rows = {**wrapping, **meta}
             db.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
         return cls(directory, db, lock_fd, master)
@@ -186,7 +206,8 @@ class KeyStore:
             raise KeyStoreError(f"the key store in {self.directory} is of a newer securechat "
                                 f"(schema {version}, this one knows {SCHEMA_VERSION}): "
                                 "upgrade securechat")
-        for target, step in ((2, self._add_message_peers),):
+        for target, step in ((2, self._add_message_peers), (3, self._add_file_tables),
+                             (4, self._add_message_events)):
             if version < target:
                 with self.transaction():
                     step()
@@ -204,6 +225,17 @@ class KeyStore:
                 self._db.execute("UPDATE messages SET peer = ? WHERE pos = ?",
                                  (self._peer_tag(peer), pos))
         self._db.execute("CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, pos)")
+
+    def _add_file_tables(self):
+        """Version 3: the tables of encrypted files (only CREATE ... IF NOT EXISTS, so the
+        step holds whatever other steps ran)."""
+        for statement in FILE_TABLES.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
+    def _add_message_events(self):
+        """Version 4: the table of what happened to each message (it starts empty)."""
+        self._db.execute(EVENTS_SCHEMA)  # one statement: executescript would COMMIT first
 
     def close(self):
         if self._db is not None:
@@ -351,9 +383,46 @@ class KeyStore:
             "USING (message_id) WHERE envelope_id = ?", (envelope_id,)).fetchone()
         return (self.unseal(row[0]), row[1]) if row else None
 
+    def add_receipt_envelopes(self, envelope_ids, at):
+        """Remember that these envelopes carried receipts (nothing to send again if their
+        recipient device could not decrypt one: ``sent_a_receipt``)."""
+        self._db.executemany("INSERT OR IGNORE INTO sent_envelopes VALUES (?, ?, ?)",
+                             [(env_id, RECEIPT_ENVELOPE, at) for env_id in envelope_ids])
+
+    def sent_a_receipt(self, envelope_id):
+        return self._db.execute(
+            "SELECT 1 FROM sent_envelopes WHERE envelope_id = ? AND message_id = ?",
+            (envelope_id, RECEIPT_ENVELOPE)).fetchone() is not None
+
+    def drop_failed(self, failed_id, sender, sender_device):
+        """Remove the record of envelope ``failed_id`` when it could not be decrypted and
+        came from ``sender``'s ``sender_device`` (which says there was nothing in it to show:
+        a receipt); False when there is no such record."""
+        row = self._db.execute("SELECT sealed FROM messages WHERE envelope_id = ?",
+                               (failed_id,)).fetchone()
+        failed = self.unseal(row[0]) if row else {}
+        if not failed.get("error") or (failed.get("from"), failed.get("from_dev")) != (
+                sender, sender_device):
+            return False
+        self._db.execute("DELETE FROM messages WHERE envelope_id = ?", (failed_id,))
+        return True
+
     def update_sent(self, message_id, record):
         self._db.execute("UPDATE sent SET sealed = ? WHERE message_id = ?",
                          (self.seal(record), message_id))
+
+    def forget_text(self, mid, envelope_id=None):
+        """Remove what message ``mid`` said from the history (its author deleted it): the
+        received record of ``envelope_id``, and an own sent one of that ``mid``."""
+        rows = self._db.execute(
+            "SELECT 'messages', envelope_id, sealed FROM messages WHERE envelope_id = ? "
+            "UNION ALL SELECT 'sent', message_id, sealed FROM sent WHERE message_id = ?",
+            (envelope_id, mid)).fetchall()
+        for table, key, sealed in rows:
+            record = {**self.unseal(sealed), "text": None}
+            column = "envelope_id" if table == "messages" else "message_id"
+            self._db.execute(f"UPDATE {table} SET sealed = ? WHERE {column} = ?",
+                             (self.seal(record), key))
 
     def replace_failed(self, failed_id, record):
         """Store ``record`` in place of the record of envelope ``failed_id`` when that one
@@ -410,6 +479,18 @@ class KeyStore:
     def pin_server(self, server, fingerprint):
         self._db.execute("INSERT OR REPLACE INTO server_pins VALUES (?, ?)", (server, fingerprint))
 
+    # -- what happened to each message (receipts, reactions, edits, deletes) -------------
+
+    def message_events(self, mid):
+        """The sealed record of message ``mid`` (``securechat.client.events``), or None."""
+        row = self._db.execute("SELECT sealed FROM message_events WHERE mid = ?",
+                               (mid,)).fetchone()
+        return self.unseal(row[0]) if row else None
+
+    def put_message_events(self, mid, record):
+        self._db.execute("INSERT OR REPLACE INTO message_events VALUES (?, ?)",
+                         (mid, self.seal(record)))
+
     # -- the outbox: messages not yet accepted by the server ---------------------------
 
     def outbox_add(self, entry_id, record):
@@ -432,3 +513,36 @@ class KeyStore:
 
     def outbox_remove(self, entry_id):
         self._db.execute("DELETE FROM outbox WHERE entry_id = ?", (entry_id,))
+
+    # -- encrypted files: uploads in progress and files received -------------------------
+
+    def upload_tag(self, what):
+        """The keyed hash an upload is filed under (``what``: the file and its recipient)."""
+        return self._peer_tag("upload\0" + what)
+
+    def file_upload(self, tag):
+        row = self._db.execute("SELECT sealed FROM file_uploads WHERE upload = ?",
+                               (tag,)).fetchone()
+        return self.unseal(row[0]) if row else None
+
+    def put_file_upload(self, tag, record):
+        self._db.execute("INSERT OR REPLACE INTO file_uploads VALUES (?, ?)",
+                         (tag, self.seal(record)))
+
+    def drop_file_upload(self, tag):
+        self._db.execute("DELETE FROM file_uploads WHERE upload = ?", (tag,))
+
+    def received_file(self, file_id):
+        row = self._db.execute("SELECT sealed FROM received_files WHERE file_id = ?",
+                               (file_id,)).fetchone()
+        return self.unseal(row[0]) if row else None
+
+    def put_received_file(self, file_id, record):
+        self._db.execute(
+            "INSERT INTO received_files (file_id, sealed) VALUES (?, ?) ON CONFLICT (file_id) "
+            "DO UPDATE SET sealed = excluded.sealed", (file_id, self.seal(record)))
+
+    def received_files(self):
+        """Every file received, oldest first."""
+        return [self.unseal(sealed) for (sealed,) in self._db.execute(
+            "SELECT sealed FROM received_files ORDER BY pos")]

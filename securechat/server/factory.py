@@ -9,6 +9,7 @@ from securechat.server.admission import UnauthenticatedPerAddress, client_addres
 from securechat.server.audit import NoAuditLog
 from securechat.server.auth import LegacySecrets, PasswordKeys, make_portal
 from securechat.server.directory import DeviceDirectory
+from securechat.server.files import Files
 from securechat.server.keys import KeyDirectory
 from securechat.server.metrics import RelayMetrics
 from securechat.server.protocol import RelayProtocol
@@ -51,6 +52,7 @@ class RelayFactory(ServerFactory):
                            self.room_passwords)
         self.accounts = Accounts(config, store, self.password_keys, self.devices, self.rooms,
                                  self.relay)
+        self.files = Files(config, store)
         self.connections = set()
         self.disabled = set()  # accounts the operator disabled (the service loads them)
         self._all_closed = []  # Deferreds waiting for the last connection to close

@@ -24,6 +24,9 @@ listening port logs failed accepts (out of file descriptors: ``EMFILE``) once
 per interval instead of once per attempt.
 """
 
+import os
+import socket
+
 from twisted.internet import tcp
 from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -206,5 +209,21 @@ def listen_tls(reactor, port, context, factory, interface):
     """
     listening = WriteThroughPort(port, TurnBufferedTLSFactory(context, False, factory, reactor),
                                  backlog=LISTEN_BACKLOG, interface=interface, reactor=reactor)
+    listening.startListening()
+    return listening
+
+
+def adopt_tls(reactor, fd, context, factory, interface):
+    """Accept TLS connections to ``factory`` on ``fd``, a socket listening on ``interface``
+    that the supervisor of ``[server] workers`` opened and shares with its other workers;
+    the listening port.
+
+    What ``reactor.adoptStreamPort`` does, with the listener above; the kernel hands
+    each new connection to whichever worker accepts it first.
+    """
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    listening = WriteThroughPort._fromListeningDescriptor(
+        reactor, fd, family, TurnBufferedTLSFactory(context, False, factory, reactor))
+    os.close(fd)  # the port holds its own duplicate
     listening.startListening()
     return listening

@@ -331,6 +331,16 @@ class Relay:
         if entry is not None:
             entry[0].push_line(line)
 
+    def push_typing(self, sender, sender_device, envelopes):
+        """Push each typing notice to its device if it is connected here and its send
+        buffer has room; drop it otherwise.  Nothing is stored: a notice that would only
+        arrive later is worth nothing."""
+        for env in envelopes:
+            entry = self._online.get((env["to"], env["to_dev"]))
+            if entry is not None and entry[0].gate.open:
+                entry[0].push_line(wire.encode({"event": "typing", "envelope": {
+                    **env, "from": sender, "from_dev": sender_device}}))
+
     # -- routing ----------------------------------------------------------
 
     def send_unicast(self, sender, sender_device, envelopes):

@@ -17,7 +17,7 @@ from securechat.server.auth import SecretHasher
 from securechat.server.datadir import prepare_data_dir
 from securechat.server.factory import RelayFactory
 from securechat.server.fdlimit import raise_open_file_limit
-from securechat.server.listener import listen_tls
+from securechat.server.listener import adopt_tls, listen_tls
 from securechat.server.metrics import RelayCollector
 from securechat.server.operator_http import operator_site
 from securechat.server.startup import StartFailed, StartReport, cannot_listen
@@ -56,9 +56,13 @@ class RelayService(service.Service):
 
     log = Logger()
 
-    def __init__(self, config, reactor, clock=None):
+    def __init__(self, config, reactor, clock=None, adopted_fd=None, name="securechat relay"):
         self.config = config
         self.reactor = reactor
+        # A worker of [server] workers: the listening socket its supervisor opened, and
+        # the name its log lines carry ("securechat relay worker 1").
+        self.adopted_fd = adopted_fd
+        self.name = name
         # What stamps stored rows and prunes room history by them: the reactor, unless a
         # test drives that time with a task.Clock.
         self.clock = clock if clock is not None else reactor
@@ -118,8 +122,7 @@ class RelayService(service.Service):
                                     open_audit_log(self.config, self.reactor))
         self.factory.disabled.update(disabled)
         try:
-            self.port = listen_tls(self.reactor, self.config.port, self.tls, self.factory,
-                                   self.config.interface)
+            self.port = self._listen()
         except CannotListenError as e:
             await self.store.stop()
             raise cannot_listen(e) from None
@@ -139,9 +142,9 @@ class RelayService(service.Service):
         self._idle_sweep.start(IdleSweep.interval, now=False)
         address = self.port.getHost()
         self.log.info(
-            "securechat relay listening on {host}:{port} (TLS), store {database}, "
+            "{name} listening on {host}:{port} (TLS), store {database}, "
             "relay id {relay_id}",
-            host=address.host, port=address.port, relay_id=relay_id,
+            name=self.name, host=address.host, port=address.port, relay_id=relay_id,
             database=database_url.redact(self.config.database),
         )
         self.log.info("Registration: {policy} ([accounts] registration{how})",
@@ -152,6 +155,14 @@ class RelayService(service.Service):
             http = self.http_port.getHost()
             self.log.info("Operator endpoints on http://{host}:{port}/ (health, ready, metrics)",
                           host=http.host, port=http.port)
+
+    def _listen(self):
+        """The TLS port: opened here, or the one the supervisor opened for its workers."""
+        if self.adopted_fd is None:
+            return listen_tls(self.reactor, self.config.port, self.tls, self.factory,
+                              self.config.interface)
+        return adopt_tls(self.reactor, self.adopted_fd, self.tls, self.factory,
+                         self.config.interface)
 
     def _listen_operator(self, hasher):
         """Listen for the operator's HTTP requests, the metrics registry fed from here."""
@@ -198,14 +209,16 @@ class RelayService(service.Service):
                 f"{database_url.scrub(str(reason) or type(reason).__name__, database)}") from None
 
     def _prune(self):
-        """Forget the limits' expired rows and room history past its retention, each on its
-        own, so a slow prune of one never holds back the other's next turn: the loop waits
-        for the history's, and the limits' starts again once the last one has ended."""
+        """Forget the limits' expired rows, room history past its retention and files past
+        ``[files] keep_days``, the limits' on their own, so a slow prune of them never holds
+        back the others' next turn: the loop waits for the history's and the files', and
+        the limits' starts again once the last one has ended."""
         if self._pruning_limits is None:
             self._pruning_limits = self.factory.prune_limits()
             self._pruning_limits.addErrback(self._prune_failed)
             self._pruning_limits.addBoth(self._limits_pruned)
         d = defer.ensureDeferred(self.factory.rooms.prune())
+        d.addCallback(lambda _: self.factory.files.expire())
         d.addErrback(self._prune_failed)
         return d
 
@@ -216,7 +229,7 @@ class RelayService(service.Service):
         if failure.check(StoreUnavailable):  # a database outage: logged as one, tried again
             self.factory.store_outage.refused(failure.value)
         else:
-            self.log.failure("pruning old limits or room history failed", failure)
+            self.log.failure("pruning old limits, room history or files failed", failure)
 
     async def _stop(self):
         for loop in (self._pruner, self._idle_sweep):
@@ -231,7 +244,7 @@ class RelayService(service.Service):
             self.factory.audit.close()
         await self.store.stop()
         if self.port is not None:
-            self.log.info("securechat relay stopped: no longer listening, store closed")
+            self.log.info("{name} stopped: no longer listening, store closed", name=self.name)
 
     async def _close_connections(self):
         """Tell every connection the relay stops; each closes once its requests in flight

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.server.auth import (
     DeviceSignature, IDevice, PasswordSignature, RecoverySignature)
+from securechat.server.files import FileWindow
 from securechat.server.ratelimit import TokenBucket
 from securechat.store import errors as store_errors
 from securechat.wire import ProtocolError
@@ -82,6 +83,8 @@ class ConnectionSession:
         self.gate = connection.gate
         self._bucket = TokenBucket(server.clock, server.config.requests_per_second,
                                    server.config.request_burst)
+        self._typing_bucket = TokenBucket(server.clock, server.config.typing_per_second,
+                                          server.config.typing_burst)
         self._refusals = 0
         self._pending = 0
         self._close_when_answered = False  # the relay is stopping: close once none pends
@@ -93,6 +96,7 @@ class ConnectionSession:
         self._logout = None
         self._by_recovery = False  # logged in by the account's recovery key
         self._challenge = None  # None: none asked yet; bytes: waiting; CHALLENGE_USED
+        self._file_window = None  # made by the connection's first chunk request
         self._deadline = server.clock.callLater(
             server.config.handshake_timeout_seconds, self.deadline_passed)
 
@@ -437,6 +441,17 @@ class ConnectionSession:
         return await self._server.rooms.send(
             self.user, self.device, {**fields, "room": wire.BROADCAST_ROOM})
 
+    def op_typing(self, fields):
+        """Push a typing notice to the devices it names that are connected now; the rest
+        is dropped (never stored).  The answer says nothing of who was reached."""
+        if not self._typing_bucket.take():
+            config = self._server.config
+            raise ProtocolError("rate_limited", f"at most {config.typing_burst} typing notices "
+                                                f"in a row, then {config.typing_per_second} a "
+                                                "second")
+        self._server.relay.push_typing(self.user, self.device, fields["envelopes"])
+        return {}
+
     def op_ack(self, fields):
         cursor = self._server.relay.cursor(self.user, self.device)
         ids, positions = cursor.acknowledged(fields["ids"]) if cursor else (fields["ids"], None)
@@ -481,6 +496,31 @@ class ConnectionSession:
 
     async def op_rooms_list(self, fields):
         return await self._server.rooms.list(self.user)
+
+    # -- files (server.files): chunk requests go through the connection's window ----------
+
+    def _chunk_request(self, d):
+        if self._file_window is None:
+            self._file_window = FileWindow(self._connection)
+        return self._file_window.track(d)
+
+    def op_file_begin(self, fields):
+        return self._server.files.begin(self.user, self.device, fields["size"])
+
+    def op_file_chunk(self, fields):
+        return self._chunk_request(self._server.files.put_chunk(self.user, fields))
+
+    def op_file_finish(self, fields):
+        return self._server.files.finish(self.user, fields)
+
+    def op_file_info(self, fields):
+        return self._server.files.info(self.user, self.device, fields["file_id"])
+
+    def op_file_get(self, fields):
+        return self._chunk_request(self._server.files.get(self.user, self.device, fields))
+
+    def op_file_done(self, fields):
+        return self._server.files.done(self.user, self.device, fields["file_id"])
 
     # -- the state machine ----------------------------------------------------------------
 

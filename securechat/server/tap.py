@@ -12,7 +12,11 @@ class Options(usage.Options):
         "an embedded SQLite store, unless the ini file given with --config says otherwise "
         "(see etc/securechat.ini for every option)."
     )
-    optParameters = [["config", "c", None, "ini file with the server settings"]]
+    optParameters = [
+        ["config", "c", None, "ini file with the server settings"],
+        ["worker", None, None, "run as worker N of a supervisor ([server] workers): set by "
+                               "the supervisor itself, not for operators", int],
+    ]
 
     def postOptions(self):
         """Load the settings; a bad one ends twistd with that one line and status 1.
@@ -27,9 +31,20 @@ class Options(usage.Options):
 
 
 def makeService(options):
+    """One relay; or, with ``[server] workers`` > 1, their supervisor, which runs each
+    worker as this plugin again with ``--worker``."""
     from twisted.internet import reactor
 
+    settings = options["settings"]
+    # options.parent: twistd's own options (daemon mode keeps its status pipe there).
+    if options["worker"] is not None:
+        from securechat.server.worker import make_worker_service
+
+        return make_worker_service(settings, options["worker"], reactor, options.parent)
+    if settings.workers > 1:
+        from securechat.server.supervisor import make_supervisor_service
+
+        return make_supervisor_service(settings, options["config"], reactor, options.parent)
     from securechat.server.service import make_service
 
-    # options.parent: twistd's own options (daemon mode keeps its status pipe there).
-    return make_service(options["settings"], reactor, options.parent)
+    return make_service(settings, reactor, options.parent)

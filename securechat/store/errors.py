@@ -79,3 +79,12 @@ class StoreFull(StoreUnavailable):
 
 class InvalidInvite(StoreError):
     """A registration's invite is unknown, used up, revoked or expired."""
+
+
+class FileRefused(StoreError):
+    """A file request the relay refuses; ``code`` is its wire error code (docs/protocol.rst,
+    "Files"), ``message`` says why, ``details`` (a dict or None) rides along."""
+
+    def __init__(self, code, message, details=None):
+        super().__init__(code, message)
+        self.code, self.message, self.details = code, message, details

@@ -379,6 +379,40 @@ class IStore(Interface):
         """Drop history entries created before ``older_than`` (ms), and beyond the newest
         ``keep_per_room`` of each room; fires with the number removed."""
 
+    # -- encrypted files (``transactions.files``); refusals are ``errors.FileRefused`` --
+
+    def begin_file(file_id, user, device, size, quota, max_uploads, keep_ms):
+        """Start ``user``/``device``'s upload ``file_id`` of ``size`` bytes of ciphertext,
+        kept ``keep_ms`` unless finished; ``quota_exceeded`` past ``quota`` bytes of the
+        account's files, ``too_many_uploads`` past ``max_uploads`` unfinished ones."""
+
+    def put_chunk(file_id, user, index, data, digest):
+        """Store chunk ``index`` (bytes, its hex SHA-256 ``digest``) of the owner's
+        unfinished upload; fire with the chunks stored.  ``chunk_out_of_order`` unless it
+        is the next one (or one stored with this digest), ``file_too_large`` past the
+        declared size, ``file_complete``, ``unknown_file``."""
+
+    def finish_file(file_id, user, size, ct_hash, users, room, keep_ms):
+        """Finish the owner's upload when its size and chunk hash match (``size_mismatch``,
+        ``hash_mismatch``), for the current devices of ``users`` (and the owner) or of
+        ``room``'s members; it is then kept ``keep_ms`` at most.  Fire with ``{"file_id",
+        "size", "chunks"}``."""
+
+    def file_info(file_id, user, device):
+        """Fire with ``{"file_id", "size", "stored", "chunks", "complete", "hash"}`` of a
+        file its owner or a recipient device asks about (``unknown_file`` otherwise)."""
+
+    def get_chunk(file_id, user, device, index):
+        """Fire with ``(bytes, last)`` of chunk ``index`` of a finished file
+        (``file_incomplete`` before, ``no_such_chunk`` past its end)."""
+
+    def file_done(file_id, user, device):
+        """A recipient device fetched the file: it leaves the recipients, and the file is
+        deleted when it was the last; fire with True then."""
+
+    def expire_files():
+        """Delete files past their expiry; fire with how many went."""
+
     # -- limits shared by every node (failed logins, room passwords, key claims) --
 
     def read_limits(pair, windows):

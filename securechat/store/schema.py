@@ -49,18 +49,23 @@ Changelog:
       users disable); its logins are refused until it is enabled again.
   14 — invites: the SHA-256 of each registration invite the operator made, with the uses
       it has left and when it expires (never the token itself).
-  15 — reserved for the node bus (issue 21); no change of its own here.
+  15 — reserved for issue 21 (several relay nodes); no change of its own here.
   16 — limits on guessing kept in the database, so they hold across nodes: failed logins
       per (account, address) with their back-off (login_failures), and the events of the
       sliding windows (limit_events: failed logins and registrations per address, wrong
       room passwords), each with when it leaves its window, and the token buckets of key
       claims (limit_buckets: per claimer, per device giving out one-time keys).  Tables
       of their own: no other migration touches them, whatever their order.
+  17 — encrypted files: each upload (files: its owner, the size it declared, what is
+      stored so far, the hash of its chunks once finished, when it expires), its
+      ciphertext chunks (file_chunks, in order, each with its SHA-256) and the devices
+      still to download it (file_recipients).  Tables of their own: no other migration
+      touches them, whatever their order.
 """
 
 from securechat.wire import BROADCAST_ROOM
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
@@ -288,7 +293,7 @@ MIGRATIONS = {
             expires_at BIGINT,
             created BIGINT NOT NULL)""",
     ],
-    15: [],  # reserved for the node bus (issue 21)
+    15: [],  # reserved for issue 21
     16: [
         """CREATE TABLE login_failures (
             user_id TEXT NOT NULL,
@@ -313,6 +318,33 @@ MIGRATIONS = {
             expires_at BIGINT NOT NULL,
             PRIMARY KEY (scope, subject))""",
         "CREATE INDEX limit_buckets_expiry ON limit_buckets (expires_at)",
+    17: [
+        # size: the ciphertext size declared at file.begin (what the quota counts);
+        # stored/chunks: how much of it arrived; ct_hash and finished: set by file.finish.
+        """CREATE TABLE files (
+            file_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            owner_device TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            stored BIGINT NOT NULL DEFAULT 0,
+            chunks BIGINT NOT NULL DEFAULT 0,
+            ct_hash TEXT,
+            finished BIGINT,
+            created BIGINT NOT NULL,
+            expires BIGINT NOT NULL)""",
+        "CREATE INDEX files_by_owner ON files (owner)",
+        "CREATE INDEX files_expiry ON files (expires)",
+        """CREATE TABLE file_chunks (
+            file_id TEXT NOT NULL,
+            idx BIGINT NOT NULL,
+            data BYTEA NOT NULL,
+            digest TEXT NOT NULL,
+            PRIMARY KEY (file_id, idx))""",
+        """CREATE TABLE file_recipients (
+            file_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            PRIMARY KEY (file_id, user_id, device_id))""",
     ],
 }
 """The statements that take a database from the version before to the key's version."""

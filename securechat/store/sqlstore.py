@@ -15,7 +15,7 @@ from zope.interface import implementer
 from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
 from securechat.store.transactions import (
-    account_deletion, accounts, admin, devices, health, history, limits, migrate,
+    account_deletion, accounts, admin, devices, files, health, history, limits, migrate,
     queue_reads, queue_writes, recovery, rooms)
 
 
@@ -130,6 +130,9 @@ class SqlStore:
         self._first_reads = GroupCommit(self._run, queue_reads.txn_fetch_queue_group)
         # ... and so do the login limits' reads of those logins.
         self._limit_reads = GroupCommit(self._run, limits.txn_read_limits_group)
+        # File chunks arriving together (one upload's several in flight, or several
+        # uploads) share a commit and its fsync, in the order they came.
+        self._chunk_writes = GroupCommit(self._run, files.txn_put_chunk_group)
         self._observe_acks = None
 
     def _open(self):
@@ -365,6 +368,29 @@ class SqlStore:
 
     def prune_history(self, older_than, keep_per_room):
         return self._run(history.txn_prune_history, older_than, keep_per_room)
+
+    def begin_file(self, file_id, user, device, size, quota, max_uploads, keep_ms):
+        return self._run(files.txn_begin_file, file_id, user, device, size, quota,
+                         max_uploads, keep_ms)
+
+    def put_chunk(self, file_id, user, index, data, digest):
+        return self._chunk_writes.submit((file_id, user, index, data, digest))
+
+    def finish_file(self, file_id, user, size, ct_hash, users, room, keep_ms):
+        return self._run(files.txn_finish_file, file_id, user, size, ct_hash, users, room,
+                         keep_ms)
+
+    def file_info(self, file_id, user, device):
+        return self._run(files.txn_file_info, file_id, user, device)
+
+    def get_chunk(self, file_id, user, device, index):
+        return self._run(files.txn_get_chunk, file_id, user, device, index)
+
+    def file_done(self, file_id, user, device):
+        return self._run(files.txn_file_done, file_id, user, device)
+
+    def expire_files(self):
+        return self._run(files.txn_expire_files)
 
     def read_limits(self, pair, windows):
         return self._limit_reads.submit((pair, windows))
