@@ -318,6 +318,7 @@ MIGRATIONS = {
             expires_at BIGINT NOT NULL,
             PRIMARY KEY (scope, subject))""",
         "CREATE INDEX limit_buckets_expiry ON limit_buckets (expires_at)",
+    ],
     17: [
         # size: the ciphertext size declared at file.begin (what the quota counts);
         # stored/chunks: how much of it arrived; ct_hash and finished: set by file.finish.
