@@ -57,7 +57,7 @@ def delivery(node, items, outcomes):
             if room is None:
                 for recipient in envelope["recipients"]:
                     devices[tuple(recipient)] = seq
-            elif envelope["members"] is None:
+            elif envelope.get("members", ()) is None:
                 broadcast = seq
             else:
                 rooms[room] = seq
