@@ -14,7 +14,8 @@ from tests.pgserver import create_database
 from tests.processes import RelayEndpoint, ServerProcess, free_port, run_cli, write_client_config
 from tests.screen import ChatScreen
 from tests.support import (ScriptedDevice, cleanup, expect_error, new_envelope_id, poll_until,
-                           unicast, write_config)
+                           poll_until_async, unicast, write_config)
+from tests.test_admin_api import admin
 from tests.test_device_removal import publish, second_device
 from tests.test_postgres_restart import RestartablePostgres
 
@@ -30,11 +31,12 @@ class Node:
     def __init__(self, root, name, database):
         self.name = name
         self.data_dir = root / name / "data"
-        self.port = free_port()
-        config = write_config(str(self.data_dir), port=self.port, database=database,
-                              extra="[broadcast]\nsenders = anyone\n")
+        self.port, self.http_port = free_port(), free_port()
+        self.config = write_config(
+            str(self.data_dir), port=self.port, database=database,
+            extra=f"[http]\nport = {self.http_port}\n[broadcast]\nsenders = anyone\n")
         (root / name).mkdir(parents=True, exist_ok=True)
-        self.process = ServerProcess(root / name, config)
+        self.process = ServerProcess(root / name, self.config)
         self.endpoint = RelayEndpoint(self.port, self.data_dir)
 
     @property
@@ -63,7 +65,8 @@ async def started_nodes(root, database, count=3):
 
 @pytest.fixture
 def nodes(tmp_path, fresh_postgres_dsn):
-    """Three nodes on one fresh PostgreSQL database (broadcast open to every user)."""
+    """Three nodes on one fresh PostgreSQL database (broadcast open to every user; each with
+    its operator port, the admin API on it)."""
     running = pytest_twisted.blockon(defer.ensureDeferred(
         started_nodes(tmp_path, fresh_postgres_dsn)))
     yield running
@@ -253,6 +256,40 @@ async def test_a_device_logging_in_on_node_2_replaces_its_connection_on_node_1(n
     assert received_ids(again) == [e["id"] for e in after]
     assert received_ids(bob) == [before["id"]]
     await cleanup(alice, again)
+
+
+@pytest_twisted.ensureDeferred
+async def test_disabling_an_account_on_node_1_closes_its_connections_on_every_node(nodes):
+    """securechat-admin disables alice through node 1: her devices connected to nodes 2 and
+    3 are told and closed within a second, her login on node 3 is refused; enabled again
+    through node 2, she logs in on node 3."""
+    node1, node2, node3 = nodes
+    (first,) = await online(node2, "alice")
+    second = second_device(first, "DEV2")
+    await second.login(node3)
+    done = admin(node1.config, "users", "disable", "alice")
+    assert done.returncode == 0, done
+    for device in (first, second):
+        await poll_until(lambda d=device: d.protocol.closed, timeout=1.0)
+        assert [e for e in device.events if e.get("event") == "account_disabled"]
+    again = first.again()
+    await again.connect(node3)
+    await expect_error("account_disabled", again.key_login())
+    assert admin(node2.config, "users", "enable", "alice").returncode == 0
+    welcome = first.again()
+    await poll_until_async(lambda: _logs_in(welcome, node3), timeout=5)
+    await cleanup(again, welcome)
+
+
+async def _logs_in(device, node):
+    """Whether ``device`` logs in on ``node`` (a new connection each try)."""
+    await device.close()
+    try:
+        await device.login(node, upload_keys=False)
+    except RemoteError as e:
+        assert e.code == "account_disabled", e
+        return False
+    return True
 
 
 class Receiver:
