@@ -354,13 +354,16 @@ async def test_kill_9_of_a_node_under_load_loses_and_repeats_nothing(nodes):
         receivers["carol"]._seen = 0
         return carol_again
 
+    async def node2_never_dies():
+        raise AssertionError("dave's connection to node 2 was lost")
+
     acking = task.LoopingCall(lambda: defer.gatherResults(
         [r.take() for r in receivers.values()]))
     acking.start(0.02)
     senders = [defer.ensureDeferred(send_steadily(alice, ["bob", "carol"], accepted,
                                                   reconnect_alice)),
                defer.ensureDeferred(send_steadily(dave, ["bob", "carol"], accepted,
-                                                  lambda: None))]
+                                                  node2_never_dies))]
     await poll_until(lambda: sum(map(len, accepted.values())) >= 60, timeout=60)
     node1.process.kill()
     await carol.protocol.closed_d
