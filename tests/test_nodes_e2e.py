@@ -170,9 +170,9 @@ async def test_a_broadcast_reaches_every_node(nodes):
 
 
 @pytest_twisted.ensureDeferred
-async def test_bob_offline_gets_his_messages_on_another_node(nodes):
+async def test_bob_offline_gets_his_messages_on_another_node_then_live_ones(nodes):
     """bob leaves node 2; alice sends him two messages through node 1; bob logs in on
-    node 3 and gets both, in order, once."""
+    node 3 and gets both, in order, once; a third one is pushed to him there live."""
     node1, node2, node3 = nodes
     (alice,) = await online(node1, "alice")
     (bob,) = await online(node2, "bob")
@@ -183,6 +183,10 @@ async def test_bob_offline_gets_his_messages_on_another_node(nodes):
     again = await moved(bob, node3)
     await poll_until(lambda: len(received_ids(again)) >= 2, timeout=15)
     assert received_ids(again) == [first["id"], second["id"]]
+    third = unicast("bob", "DEV1")
+    await alice.request("send", envelopes=[third])
+    await poll_until(lambda: len(received_ids(again)) >= 3, timeout=15)
+    assert received_ids(again) == [first["id"], second["id"], third["id"]]
     await cleanup(alice, again)
 
 
