@@ -393,8 +393,8 @@ def restartable_postgres():
 async def test_a_postgres_restart_brings_the_listeners_back_and_loses_nothing(
         restartable_postgres, tmp_path):
     """PostgreSQL restarts under two nodes: what alice (node 1) sent before it reaches bob
-    (node 2) once he is back, and after it a send through node 1 is pushed to bob's live
-    connection on node 2 again (node 2's LISTEN connection came back)."""
+    (node 2) once he is back, and after it sends through either node are pushed live to
+    the other one's device (both LISTEN connections came back)."""
     database = create_database(restartable_postgres.dsn(), "relay")
     node1, node2 = await started_nodes(tmp_path, database, count=2)
     try:
@@ -423,6 +423,9 @@ async def test_a_postgres_restart_brings_the_listeners_back_and_loses_nothing(
                 await task.deferLater(reactor, 0.1, lambda: None)
         await poll_until(lambda: after["id"] in received_ids(bob), timeout=15)
         assert received_ids(bob).count(waiting["id"]) == 1
+        reply = unicast("alice", "DEV1")
+        await bob.request("send", envelopes=[reply])
+        await poll_until(lambda: reply["id"] in received_ids(alice), timeout=15)
         await cleanup(alice, bob)
     finally:
         node1.stop()
