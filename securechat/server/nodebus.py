@@ -141,6 +141,7 @@ class NodeBus(LoneNode):
         self._factory = None
         self._connection = None
         self._heartbeat = None
+        self._own = hints.encode({"n": self.node})[:-1]  # how this node's hints begin
         self.heard = Heard()
 
     async def start(self, factory):
@@ -188,8 +189,7 @@ class NodeBus(LoneNode):
         return self._publish({"k": "login", "u": user, "d": device})
 
     def _publish(self, hint):
-        hint["n"] = self.node
-        d = self._store.announce(hints.encode(hint))
+        d = self._store.announce(hints.encode({"n": self.node, **hint}))
         d.addErrback(self._not_told, hint["k"])
         return d
 
@@ -258,8 +258,8 @@ class NodeBus(LoneNode):
     def _received(self, notify):
         """A hint from the channel (txpostgres hands them over one at a time, in order,
         waiting for a Deferred this returns)."""
-        if notify.channel != hints.CHANNEL:
-            return None
+        if notify.channel != hints.CHANNEL or notify.payload.startswith(self._own):
+            return None  # this node's own hints come back to it too
         try:
             hint = hints.parse(notify.payload)
             if hint["n"] == self.node:

@@ -23,8 +23,8 @@ KINDS = ("q", "all", "devices", "room", "user", "login")
 
 
 def encode(hint):
-    """The JSON text of ``hint`` (a dict with ``"n"`` and ``"k"``), or its ``"all"`` stand-in
-    when too long."""
+    """The JSON text of ``hint`` (a dict with ``"n"``, first, and ``"k"``), or its ``"all"``
+    stand-in when too long."""
     text = json.dumps(hint, separators=(",", ":"))
     if len(text.encode("utf-8")) <= MAX_PAYLOAD:
         return text
