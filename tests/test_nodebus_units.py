@@ -94,7 +94,8 @@ def test_heard_lets_a_group_out_from_memory_only_when_every_earlier_one_was_hear
 
 def test_heard_catches_up_on_a_reset_and_says_when_a_gap_stays_open():
     """A gap that stays open from one check to the next is stuck (a hint was lost); a reset
-    with the store's last number closes it."""
+    with the store's last number closes it.  Groups heard of while there is no mark (the
+    listener reconnecting) count once it is set."""
     heard = Heard()
     heard.reset(5)
     heard.heard(8, 9)
@@ -102,6 +103,11 @@ def test_heard_catches_up_on_a_reset_and_says_when_a_gap_stays_open():
     assert heard.stuck()
     heard.reset(7)
     assert heard.last == 9 and not heard.stuck()
+    heard.forget()
+    assert heard.stuck()
+    assert not heard.own(10, 10)
+    heard.reset(9)
+    assert heard.last == 10 and heard.own(11, 11)
 
 
 def test_heard_keeps_a_bounded_number_of_ranges_past_a_gap():

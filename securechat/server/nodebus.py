@@ -65,13 +65,11 @@ class Heard:
         return in_order
 
     def heard(self, first, last):
-        """The group numbered ``first`` to ``last`` committed (and its recipients here read)."""
-        if self.last is None:
-            return
-        if first > self.last + 1:
+        """The group numbered ``first`` to ``last`` committed (and its recipients here read);
+        kept for the next ``reset`` while there is no mark."""
+        if self.last is None or first > self.last + 1:
             if len(self._ahead) >= MAX_AHEAD:
-                self.last = None  # a hint was lost: start over (``stuck``)
-                self._ahead.clear()
+                self.forget()  # a hint was lost: start over (``stuck``)
                 return
             self._ahead[first] = last
             return
