@@ -175,7 +175,8 @@ class NodeBus(LoneNode):
             key: list(changes.get(key, ())) for key in ("added", "removed", "dropped")}})
 
     def rooms_changed(self, rooms):
-        """Membership, roles, bans or invite-only of ``rooms`` changed."""
+        """Membership, bans or invite-only of ``rooms`` changed (what ``RoomDirectory``
+        caches; roles and bans are read from the store each time)."""
         return self._publish({"k": "room", "r": list(rooms)})
 
     def user_changed(self, user, event):
