@@ -97,6 +97,7 @@ class Accounts:
             return None
         self._devices.changed(user)
         self._relay.end_sessions_of(user, [d for d in deleted["devices"] if d != keep_open])
+        await self._relay.bus.user_changed(user, "deleted")
         try:  # the deletion is committed: a notice that fails must not say otherwise
             await self._rooms.left_for_good(user, deleted["rooms"])
         except Exception:

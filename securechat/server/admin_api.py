@@ -181,6 +181,7 @@ class AdminAPI(resource.Resource):
         factory = self._relay.factory
         factory.devices.changed(user)
         factory.relay.devices_changed(user, {"removed": [device]})
+        await factory.bus.devices_changed(user, {"removed": [device]})
         return {"user": user, "removed": device}
 
     async def _disable(self, request, user):
@@ -188,14 +189,14 @@ class AdminAPI(resource.Resource):
         await self._set_disabled(user, True)
         factory = self._relay.factory
         factory.disabled.add(user)
-        factory.relay.end_all_sessions_of(user, wire.encode({
-            "event": "account_disabled",
-            "message": f"the relay's operator disabled the account {user}"}))
+        factory.relay.end_all_sessions_of(user)
+        await factory.bus.user_changed(user, "disabled")
         return {"user": user, "disabled": True}
 
     async def _enable(self, request, user):
         await self._set_disabled(user, False)
         self._relay.factory.disabled.discard(user)
+        await self._relay.factory.bus.user_changed(user, "enabled")
         return {"user": user, "disabled": False}
 
     async def _set_disabled(self, user, disabled):

@@ -4,10 +4,14 @@ A device becomes current when its account's signed device list takes it in
 (or, for an account that has published no list yet, when it publishes its
 keys), and stops being current when a list leaves it out; each goes through
 this server, which then forgets its cached answer.  Room membership changes go through
-``RoomDirectory`` itself.  (With several relay nodes on one
-PostgreSQL database a node would also have to hear of other nodes' key
-uploads; until cross-node routing exists, run one node per database.)
+``RoomDirectory`` itself.  With several relay nodes on one PostgreSQL
+database, a node hears of the changes another node made through the node bus
+(``securechat.server.nodebus``), which calls ``changed`` and ``forget_here``
+here, and forgets everything after its listener reconnects (hints sent
+meanwhile are lost).
 """
+
+from securechat.server.nodebus import LoneNode
 
 MAX_CACHED = 100_000
 
@@ -50,16 +54,22 @@ class DeviceDirectory:
         self._changes += 1
         self._cache.pop(user, None)
 
+    def forget_all(self):
+        self._changes += 1
+        self._cache.clear()
+
 
 class RoomDirectory:
     """Rooms and their members, cached: every room message needs them; joins are rare.
 
     Every change goes through ``add_member``/``remove_member``/``ban_member``/
-    ``set_invite_only`` here, so the cache never serves a stale room (on one node).
+    ``set_invite_only`` here, so the cache never serves a stale room; the other nodes
+    are told (``bus.rooms_changed``) before the change's answer.
     """
 
-    def __init__(self, store):
+    def __init__(self, store, bus=None):
         self._store = store
+        self._bus = bus if bus is not None else LoneNode()
         self._rooms = {}
         self._members = {}
         self._changes = 0  # changes done: a read that saw one go by is not kept
@@ -96,12 +106,23 @@ class RoomDirectory:
         return self._changing(self._rooms, room, self._store.set_invite_only(room, invite_only))
 
     def forget(self, rooms):
-        """Forget all that is cached of ``rooms``: they were changed in the store by a
-        transaction of another kind (an account's deletion)."""
+        """Forget all that is cached of ``rooms`` here and on the other nodes (a Deferred):
+        they were changed in the store by a transaction of another kind (an account's
+        deletion)."""
+        self.forget_here(rooms)
+        return self._bus.rooms_changed(rooms)
+
+    def forget_here(self, rooms):
+        """Forget all that is cached of ``rooms`` (another node changed them)."""
         self._changes += 1
         for room in rooms:
             self._rooms.pop(room, None)
             self._members.pop(room, None)
+
+    def forget_all(self):
+        self._changes += 1
+        self._rooms.clear()
+        self._members.clear()
 
     async def _changing(self, cache, room, change):
         """The outcome of a ``change`` (a Deferred) to what ``cache`` holds of ``room``,
@@ -111,6 +132,7 @@ class RoomDirectory:
         finally:
             self._changes += 1
             cache.pop(room, None)
+            await self._bus.rooms_changed([room])
 
     @staticmethod
     def _remember(cache, key, value):

@@ -12,6 +12,7 @@ from securechat.server.directory import DeviceDirectory
 from securechat.server.files import Files
 from securechat.server.keys import KeyDirectory
 from securechat.server.metrics import RelayMetrics
+from securechat.server.nodebus import LoneNode
 from securechat.server.protocol import RelayProtocol
 from securechat.server.outage import OutageLog
 from securechat.server.guards import (
@@ -26,8 +27,9 @@ class RelayFactory(ServerFactory):
 
     log = Logger()
 
-    def __init__(self, config, store, clock, hasher, relay_id, audit=None):
+    def __init__(self, config, store, clock, hasher, relay_id, audit=None, bus=None):
         self.config = config
+        self.bus = bus if bus is not None else LoneNode()  # the other nodes of the database
         self.relay_id = relay_id  # the store's: the same on every node of one database
         self.store = store
         self.clock = clock
@@ -36,7 +38,8 @@ class RelayFactory(ServerFactory):
         self.store_outage = OutageLog(clock)
         self.audit = audit if audit is not None else NoAuditLog()  # the service opens it
         self.metrics = RelayMetrics()
-        self.relay = Relay(store, self.devices, clock, self.store_outage, self.metrics)
+        self.relay = Relay(store, self.devices, clock, self.store_outage, self.metrics,
+                           self.bus)
         self.login_guard = LoginGuard(store, config)
         self.legacy_secrets = LegacySecrets(store, hasher, self.login_guard)
         self.password_keys = PasswordKeys(store, self.login_guard)

@@ -107,6 +107,7 @@ class KeyDirectory:
         if current:  # an account with no list yet: its devices are current at once
             self._directory.changed(user)
             self._relay.devices_changed(user, {"added": [device]})
+            await self._relay.bus.devices_changed(user, {"added": [device]})
 
     async def _device_signing_key(self, user, device):
         for row in await self._store.get_devices(user):
@@ -149,6 +150,7 @@ class KeyDirectory:
             raise _not_published(e.args[0])
         self._directory.changed(user)
         self._relay.devices_changed(user, changes)
+        await self._relay.bus.devices_changed(user, changes)
         if changes["removed"]:
             self.log.info("User {user} removed devices {devices}", user=user,
                           devices=", ".join(changes["removed"]))

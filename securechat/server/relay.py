@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.server.accounts import no_such_user
 from securechat.server.metrics import RelayMetrics
+from securechat.server.nodebus import LoneNode
 from securechat.store import errors as store_errors
 from securechat.wire import BROADCAST_ROOM, ProtocolError
 
@@ -112,6 +113,17 @@ class DeliveryCursor:
             # page per connection, however busy its rooms.
             self._caught_up = False
             self.pump()
+
+    def read_past(self, seq):
+        """Another node committed an envelope for this device, numbered ``seq`` (None: maybe
+        some): read the store unless it was already pushed."""
+        if not self.closed and (seq is None or seq > self._sent_seq):
+            self.pump()
+
+    def fall_behind(self):
+        """An envelope may not go out from memory (another node's earlier one may still be
+        on its way): the next ``notify`` reads the store instead."""
+        self._caught_up = False
 
     def _room_for(self, size):
         """Whether a live push of ``size`` bytes may go out now (see LIVE_OVERFLOW_BYTES)."""
@@ -220,8 +232,10 @@ class Relay:
 
     log = Logger()
 
-    def __init__(self, store, directory, clock, outage, metrics=None):
+    def __init__(self, store, directory, clock, outage, metrics=None, bus=None):
         self._store = store
+        self.bus = bus if bus is not None else LoneNode()  # what the other nodes are told
+        self.heard = None  # nodebus.Heard with other nodes on the database (the bus sets it)
         self._metrics = metrics if metrics is not None else RelayMetrics()
         self._directory = directory
         self._clock = clock
@@ -250,7 +264,17 @@ class Relay:
         if previous is not None:
             previous[1].closed = True
             previous[0].replaced()
+        self.bus.logged_in(user, device)
         return cursor
+
+    def logged_in_elsewhere(self, user, device):
+        """``device`` logged in on another node: its connection here ends (``replaced``, as
+        for a second login on one node: the newest wins), its cursor closed first."""
+        entry = self._online.get((user, device))
+        if entry is not None:
+            entry[1].closed = True
+            self._forget_online(user, device)
+            entry[0].replaced()
 
     def _forget_online(self, user, device):
         """Take ``device`` out of the tables of online devices (whichever holds it)."""
@@ -312,11 +336,16 @@ class Relay:
         self._end(user, changes.get("dropped", ()),
                   lambda session: session.device_removed(dropped))
 
-    def end_all_sessions_of(self, user, event):
-        """Close every connection of ``user``'s devices, current or pending, each told
-        ``event`` (an encoded event line): its account was disabled."""
-        devices = [*self._online_devices_of.get(user, ()), *self._pending_online.get(user, ())]
-        self._end(user, devices, lambda session: session.device_removed(event))
+    def end_all_sessions_of(self, user):
+        """Close every connection of ``user``'s devices, current or pending, each told its
+        account was disabled."""
+        event = wire.encode({"event": "account_disabled",
+                             "message": f"the relay's operator disabled the account {user}"})
+        self._end(user, self.devices_here(user), lambda session: session.device_removed(event))
+
+    def devices_here(self, user):
+        """``user``'s devices connected to this node, current or pending."""
+        return [*self._online_devices_of.get(user, ()), *self._pending_online.get(user, ())]
 
     def _end(self, user, devices, end):
         for device in devices:
@@ -324,6 +353,29 @@ class Relay:
             if entry is not None:
                 entry[1].closed = True
                 end(entry[0])
+
+    def committed_elsewhere(self, devices, members, everyone):
+        """Another node committed envelopes for ``devices`` (``(user, device, seq)``), for
+        rooms of ``members`` (``{user: seq}``) and for everyone (the broadcast's seq, or
+        None): the cursors here of those devices read them from the store."""
+        online = self._online
+        for user, device, seq in devices:
+            entry = online.get((user, device))
+            if entry is not None:
+                entry[1].read_past(seq)
+        followers = self._online_devices_of
+        for member, seq in members.items():
+            for cursor in followers.get(member, {}).values():
+                cursor.read_past(seq)
+        if everyone is not None:
+            for cursors in followers.values():
+                for cursor in cursors.values():
+                    cursor.read_past(everyone)
+
+    def read_everything(self):
+        """Every cursor here reads its device's envelopes from the store (hints were lost)."""
+        for _, cursor in self._online.values():
+            cursor.read_past(None)
 
     def push_event(self, user, device, line):
         """Push an event line to a device if it is online here (an event is not stored)."""
@@ -452,12 +504,16 @@ class Relay:
 
     def _deliver(self, places, batch, answer):
         accepted = self._metrics.accepted
+        heard = self.heard  # None: this is the database's only node, its commits all in order
+        in_order = heard is None or not places or heard.own(places[0][0], places[-1][0])
         for item, (seq, pos) in zip(batch, places):
             body = item["body"].encode("utf-8")
             if "history" in item:
                 accepted["room" if item["members"] is not None else "broadcast"] += 1
                 entry = (item["history"], pos)
                 for cursor in self._online_followers(item):
+                    if not in_order:
+                        cursor.fall_behind()
                     cursor.notify(seq, body, item["id"], entry)
                 continue
             if item["sender"]:  # not a membership event the relay wrote
@@ -465,6 +521,8 @@ class Relay:
             for user, device in item["recipients"]:
                 cursor = self.cursor(user, device)
                 if cursor is not None:
+                    if not in_order:
+                        cursor.fall_behind()
                     cursor.notify(seq, body)
         return answer
 

@@ -50,7 +50,7 @@ class Rooms:
         self._config = config
         self._store = store
         self._directory = directory
-        self._rooms = RoomDirectory(store)
+        self._rooms = RoomDirectory(store, relay.bus)
         self._relay = relay
         self._hasher = hasher
         self._password_guard = password_guard  # guards.RoomPasswordGuard
@@ -99,11 +99,16 @@ class Rooms:
         await self._announce(room, user, "left", user, members)
         return {"room": room}
 
+    @property
+    def directory(self):
+        """The cached rooms and members (the node bus forgets what another node changed)."""
+        return self._rooms
+
     async def left_for_good(self, user, rooms):
         """``user``'s account was deleted, which took it out of ``rooms`` (and passed on or
         dropped those it owned): forget what was cached of them and tell the members left
         that it left."""
-        self._rooms.forget(rooms)
+        await self._rooms.forget(rooms)
         for room in rooms:
             members = await self._rooms.members(room)
             if members:

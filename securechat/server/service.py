@@ -19,6 +19,7 @@ from securechat.server.factory import RelayFactory
 from securechat.server.fdlimit import raise_open_file_limit
 from securechat.server.listener import adopt_tls, listen_tls
 from securechat.server.metrics import RelayCollector
+from securechat.server.nodebus import LoneNode, NodeBus
 from securechat.server.operator_http import operator_site
 from securechat.server.startup import StartFailed, StartReport, cannot_listen
 from securechat.server.tls import server_context_factory
@@ -68,6 +69,8 @@ class RelayService(service.Service):
         self.clock = clock if clock is not None else reactor
         self.store = make_store(config.database, config.data_dir, self.clock)
         self.factory = None
+        # Other nodes may share a PostgreSQL database; an SQLite file has one.
+        self.bus = (NodeBus(self.store, reactor) if config.uses_postgres else LoneNode())
         self.port = None
         self.http_port = None
         self._queued = None  # the store's queued envelopes as of the last /metrics
@@ -119,11 +122,13 @@ class RelayService(service.Service):
         relay_id = await self.store.relay_id()
         disabled = await self.store.disabled_users()
         self.factory = RelayFactory(self.config, self.store, self.reactor, hasher, relay_id,
-                                    open_audit_log(self.config, self.reactor))
+                                    open_audit_log(self.config, self.reactor), self.bus)
         self.factory.disabled.update(disabled)
+        await self._start_bus()
         try:
             self.port = self._listen()
         except CannotListenError as e:
+            await self.bus.stop()
             await self.store.stop()
             raise cannot_listen(e) from None
         if self.config.http_enabled:
@@ -131,6 +136,7 @@ class RelayService(service.Service):
                 self.http_port = self._listen_operator(hasher)
             except CannotListenError as e:
                 await self.port.stopListening()
+                await self.bus.stop()
                 await self.store.stop()
                 raise cannot_listen(e, " ([http], the operator's /health, /ready and "
                                        "/metrics; set [http] port, or enabled = no)") from None
@@ -143,8 +149,9 @@ class RelayService(service.Service):
         address = self.port.getHost()
         self.log.info(
             "{name} listening on {host}:{port} (TLS), store {database}, "
-            "relay id {relay_id}",
+            "relay id {relay_id}, node {node}",
             name=self.name, host=address.host, port=address.port, relay_id=relay_id,
+            node=self.bus.node,
             database=database_url.redact(self.config.database),
         )
         self.log.info("Registration: {policy} ([accounts] registration{how})",
@@ -163,6 +170,19 @@ class RelayService(service.Service):
                               self.config.interface)
         return adopt_tls(self.reactor, self.adopted_fd, self.tls, self.factory,
                          self.config.interface)
+
+    async def _start_bus(self):
+        """Hear the other nodes of the database; a StartFailed if it cannot be reached."""
+        try:
+            await self.bus.start(self.factory)
+        except Exception as e:
+            await self.bus.stop()
+            await self.store.stop()
+            raise StartFailed(
+                "cannot listen for the other relay nodes on the database "
+                f"{database_url.redact(self.config.database)}: "
+                f"{database_url.scrub(str(e) or type(e).__name__, self.config.database)}"
+            ) from None
 
     def _listen_operator(self, hasher):
         """Listen for the operator's HTTP requests, the metrics registry fed from here."""
@@ -242,6 +262,7 @@ class RelayService(service.Service):
             await self.http_port.stopListening()
         if self.factory is not None:
             self.factory.audit.close()
+        await self.bus.stop()
         await self.store.stop()
         if self.port is not None:
             self.log.info("{name} stopped: no longer listening, store closed", name=self.name)

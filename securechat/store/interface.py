@@ -59,6 +59,16 @@ class IStore(Interface):
         """Fire with True once the database answered a trivial query (the relay's
         readiness); fail as any read fails when it cannot."""
 
+    def last_seq():
+        """Fire with the last seq any write committed has taken (0 when none has): every
+        envelope numbered up to it is committed (a relay node catching up on hints it
+        missed reads from there)."""
+
+    def announce_writes(node):
+        """From now on, have each write group's commit tell the other relay nodes what it
+        stored, as ``node`` (a NOTIFY of ``securechat.store.hints``; PostgreSQL only,
+        called by ``securechat.server.nodebus``)."""
+
     def queued_total():
         """Fire with the number of envelopes in every device's 1:1 queue."""
 

@@ -12,6 +12,7 @@ from psycopg2.extensions import TransactionRollbackError
 from twisted.internet import defer
 from txpostgres import reconnection, txpostgres
 
+from securechat.store import hints
 from securechat.store.engine import POSTGRES, Txn
 from securechat.store.errors import StoreFull, StoreUnavailable
 from securechat.store.sqlstore import SqlStore
@@ -63,7 +64,14 @@ class _Connection(txpostgres.Connection):
 
     @staticmethod
     def _commit(result, cursor):
-        return cursor.execute("COMMIT").addCallback(lambda _: result)
+        """COMMIT, with the hint the transaction announces (``PostgresTxn.announce``) in the
+        same round trip: PostgreSQL sends it when, and only if, the commit succeeds."""
+        hint = getattr(cursor, "announcement", None)
+        if hint is None:
+            done = cursor.execute("COMMIT")
+        else:
+            done = cursor.execute("SELECT pg_notify(%s, %s); COMMIT", (hints.CHANNEL, hint))
+        return done.addCallback(lambda _: result)
 
     def _roll_back(self, failure, cursor):
         """Undo, then pass the failure on; if even ROLLBACK fails the connection is suspect,
@@ -102,6 +110,20 @@ class PostgresStore(SqlStore):
     def _open(self):
         return defer.ensureDeferred(self._connect())
 
+    def announce(self, hint):
+        """Send ``hint`` (text) to the other relay nodes now (a change already committed)."""
+        return self._pool.runOperation("SELECT pg_notify(%s, %s)", (hints.CHANNEL, hint)
+                                       ).addErrback(_unreachable)
+
+    def listener(self, reactor):
+        """A connection of its own for LISTEN (the pool's connections come and go between
+        transactions), that reconnects like the pool's; connect it with ``dsn``."""
+        return _reconnecting_connection(reactor, None)
+
+    @property
+    def dsn(self):
+        return self._dsn
+
     def _run(self, body, *args):
         # runInteraction wants a Deferred: an async def handed to it directly
         # would never run, and the empty transaction would commit.
@@ -111,9 +133,15 @@ class PostgresStore(SqlStore):
         return d.addErrback(_unreachable)
 
 
+class PostgresTxn(Txn):
+    def announce(self, hint):
+        """Send ``hint`` (text) on the nodes' channel as this transaction commits."""
+        self._cursor.announcement = hint
+
+
 def _transaction(cursor, now_ms):
     """A Txn whose first statement begins the transaction (see ``_Connection``)."""
-    txn = Txn(POSTGRES, cursor, now_ms)
+    txn = PostgresTxn(POSTGRES, cursor, now_ms)
     txn.with_next("BEGIN")
     return txn
 

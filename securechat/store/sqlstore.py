@@ -6,6 +6,7 @@ and closes its connections and says how to run a transaction body
 module of ``securechat.store.transactions``.
 """
 
+import functools
 import secrets
 import time
 
@@ -56,6 +57,10 @@ class GroupCommit:
         self._alone = []  # (item, Deferred) of a failed group, to commit one at a time
         self._busy = False
         self._timer = None
+
+    def run_as(self, group_body):
+        """Commit the groups from now on with ``group_body`` (the same items and outcomes)."""
+        self._group_body = group_body
 
     def submit(self, item, gather=0.0):
         d = defer.Deferred()
@@ -215,6 +220,14 @@ class SqlStore:
 
     def ping(self):
         return self._run(health.txn_ping)
+
+    def announce_writes(self, node):
+        """Have every write group's commit announce what it stored, as ``node``
+        (``queue_writes.txn_write_group_announced``)."""
+        self._writes.run_as(functools.partial(queue_writes.txn_write_group_announced, node))
+
+    def last_seq(self):
+        return self._run(queue_reads.txn_last_seq)
 
     def queued_total(self):
         return self._run(health.txn_queued_total)

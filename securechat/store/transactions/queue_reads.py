@@ -59,6 +59,12 @@ async def txn_queue_length(txn, user, device):
     return queued + pending
 
 
+async def txn_last_seq(txn):
+    """The last number any write group took (every group up to it has committed)."""
+    (last,) = await _first(txn, "SELECT last_seq FROM seq_counter")
+    return last
+
+
 async def txn_ack_group(txn, acks):
     """Several ``ack`` calls ``(user, device, ids, positions)`` in one transaction; for
     each, the ``(unicast, room, broadcast)`` counts of what it removed (the operator's

@@ -13,6 +13,7 @@ room.send) runs through it for every message.
 
 import itertools
 
+from securechat.store import hints
 from securechat.store.errors import DuplicateEnvelope, StoreError
 # ``common.ROWS_PER_INSERT`` is read where it is used, not imported by name: a test
 # lowers it to make a small group span several statements.
@@ -184,6 +185,20 @@ async def txn_write_group(txn, items):
             results = await body(txn, [items[index][1] for index in indexes])
             for index, result in zip(indexes, results):
                 outcomes[index] = result
+    return outcomes
+
+
+async def txn_write_group_announced(node, txn, items):
+    """``txn_write_group``, whose commit also tells the other relay nodes what it stored
+    (``hints.delivery``, sent with the commit: never before, never without it).
+
+    Only a store with other nodes listening runs this (``SqlStore.announce_writes``):
+    a lone node's write group stays as it is.
+    """
+    outcomes = await txn_write_group(txn, items)
+    hint = hints.delivery(node, items, outcomes)
+    if hint is not None:
+        txn.announce(hint)
     return outcomes
 
 
