@@ -167,7 +167,7 @@ class LegacySecrets:
     Such an account's row holds an argon2id hash of its legacy login secret.
     Its device, logged in by device key, sends that secret once with the new
     password key; the relay checks the secret (argon2 through the fair queue,
-    limited like a login by the ``guard``, ``ratelimit.LoginGuard``) and then
+    limited like a login by the ``guard``, ``guards.LoginGuard``) and then
     stores the key in place of the hash.
     """
 
@@ -184,15 +184,16 @@ class LegacySecrets:
         hashed = account and account["secret_hash"]
         if not hashed:
             raise ProtocolError("nothing_to_move", "the account already has a password key")
-        self._guard.attempt(user, address)
+        attempt = await self._guard.attempt(user, address)
         try:
             matches = await self._hasher.verify(hashed, legacy_secret, LOGIN_WORK, address)
         except Exception:
-            self._guard.login_abandoned(user, address)
+            attempt.abandoned()
             raise
         if not matches:
+            await attempt.failed()
             raise error.UnauthorizedLogin("wrong legacy login secret")
-        self._guard.login_succeeded(user, address)
+        await attempt.succeeded()
         if not await self._store.move_to_password_key(user, hashed, password_key):
             raise ProtocolError("nothing_to_move", "the account already has a password key")
 
@@ -203,15 +204,16 @@ async def guarded_proof(guard, user, address, read_key, message, signature, refu
     failed login of ``(user, address)`` from the moment it is let through
     (``LoginGuard.attempt``) until it succeeds: a proof of a secret a person holds
     (a password, a recovery key) is limited like a password login."""
-    guard.attempt(user, address)
+    attempt = await guard.attempt(user, address)
     try:
         key = await read_key(user)
     except Exception:
-        guard.login_abandoned(user, address)
+        attempt.abandoned()
         raise
     if not key or not verifies(key, message, signature):
+        await attempt.failed()
         raise error.UnauthorizedLogin(refusal)
-    guard.login_succeeded(user, address)
+    await attempt.succeeded()
     return key
 
 
@@ -315,15 +317,15 @@ class DeviceKeyChecker:
         return defer.ensureDeferred(self._check(creds))
 
     async def _check(self, creds):
-        self._guard.check(creds.user, creds.address)
+        attempt = await self._guard.check(creds.user, creds.address)
         found = await self._store.device_login(creds.user, creds.device)
         if found is not None and "removed_at" in found:
             raise device_removed(creds.user, creds.device)
         if found is None or not _signed_by(found["device_keys"], creds.message,
                                            creds.signature):
-            self._guard.failed(creds.user, creds.address)
+            await attempt.failed()
             raise error.UnauthorizedLogin("unknown device or wrong signature")
-        self._guard.verified(creds.user, creds.address)
+        await attempt.succeeded()
         pending_since = found["pending_since"]
         if (pending_since is not None
                 and self._store.now_ms() - pending_since > self._link_window_ms):

@@ -15,7 +15,8 @@ from securechat.server.metrics import RelayMetrics
 from securechat.server.nodebus import LoneNode
 from securechat.server.protocol import RelayProtocol
 from securechat.server.outage import OutageLog
-from securechat.server.ratelimit import KeyClaimLimits, LoginGuard, RoomPasswordGuard
+from securechat.server.guards import (
+    FAILURE_MEMORY_SECONDS, KeyClaimLimits, LoginGuard, RoomPasswordGuard)
 from securechat.server.recovery import Recovery
 from securechat.server.relay import Relay
 from securechat.server.rooms import Rooms
@@ -39,17 +40,17 @@ class RelayFactory(ServerFactory):
         self.metrics = RelayMetrics()
         self.relay = Relay(store, self.devices, clock, self.store_outage, self.metrics,
                            self.bus)
-        self.login_guard = LoginGuard(clock, config)
+        self.login_guard = LoginGuard(store, config)
         self.legacy_secrets = LegacySecrets(store, hasher, self.login_guard)
         self.password_keys = PasswordKeys(store, self.login_guard)
         self.recovery = Recovery(store, self.login_guard)
         link_window_ms = config.link_window_minutes * 60_000
         self.portal = make_portal(store, self.relay, self.login_guard, self.password_keys,
                                   self.recovery, link_window_ms)
-        self.key_claims = KeyClaimLimits(clock, config)
+        self.key_claims = KeyClaimLimits(store, config)
         self.keys = KeyDirectory(store, self.devices, self.relay, self.key_claims,
                                  config.one_time_keys_low, config.max_devices, link_window_ms)
-        self.room_passwords = RoomPasswordGuard(clock, config)
+        self.room_passwords = RoomPasswordGuard(store, config)
         self.rooms = Rooms(config, store, self.devices, self.relay, self.hasher,
                            self.room_passwords)
         self.accounts = Accounts(config, store, self.password_keys, self.devices, self.rooms,
@@ -61,9 +62,9 @@ class RelayFactory(ServerFactory):
         self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 
     def prune_limits(self):
-        """Forget rate-limit entries whose time has passed (memory stays bounded)."""
-        for limits in (self.login_guard, self.room_passwords, self.key_claims):
-            limits.prune()
+        """Forget the limits' entries whose time has passed (every node prunes the shared
+        tables: a repeated delete finds nothing); a Deferred."""
+        return self.store.prune_limits(FAILURE_MEMORY_SECONDS * 1000)
 
     def buildProtocol(self, addr):
         """A protocol for a new connection; None (the port closes it at once) when its

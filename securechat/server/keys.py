@@ -51,7 +51,7 @@ class KeyDirectory:
         self._store = store
         self._directory = directory
         self._relay = relay
-        self._claim_limits = claim_limits  # ratelimit.KeyClaimLimits
+        self._claim_limits = claim_limits  # guards.KeyClaimLimits
         self._low_water = low_water
         self._max_devices = max_devices  # [accounts] max_devices
         self._link_window_ms = link_window_ms  # [accounts] link_window_minutes
@@ -187,7 +187,7 @@ class KeyDirectory:
         Limited per claimer and per device (``KeyClaimLimits``); a device whose
         one-time keys run low is told so, to top them up.
         """
-        self._claim_limits.check_claimer(claimer, sum(len(devices) for devices in wanted.values()))
+        self._claim_limits.check_size(sum(len(devices) for devices in wanted.values()))
         pairs = []
         for user, devices in wanted.items():
             current = {row["device"] for row in await self._store.get_devices(user)
@@ -198,7 +198,7 @@ class KeyDirectory:
                 if device not in current:
                     raise ProtocolError("unknown_device", f"user {user} has no device {device}")
                 pairs.append((user, device))
-        rationed = {pair for pair in pairs if not self._claim_limits.one_time_key_allowed(*pair)}
+        rationed = await self._claim_limits.admit(claimer, pairs)
         claimed = await self._store.claim_keys(pairs, rationed)
         keys = {}
         for (user, device), key in claimed.items():

@@ -53,7 +53,7 @@ class Rooms:
         self._rooms = RoomDirectory(store, relay.bus)
         self._relay = relay
         self._hasher = hasher
-        self._password_guard = password_guard  # ratelimit.RoomPasswordGuard
+        self._password_guard = password_guard  # guards.RoomPasswordGuard
 
     # -- membership ---------------------------------------------------------------
 
@@ -75,16 +75,17 @@ class Rooms:
         if info["password_hash"] is not None:
             if password is None:
                 raise ProtocolError("wrong_password", f"room {room!r} needs a password")
-            self._password_guard.attempt(room, user)
+            attempt = await self._password_guard.attempt(room, user)
             try:
                 right = await self._hasher.verify(info["password_hash"],
                                                   wire.b64decode(password), ROOM_WORK, user)
             except Exception:
-                self._password_guard.abandoned(room, user)
+                attempt.abandoned()
                 raise
             if not right:
+                await attempt.failed()
                 raise ProtocolError("wrong_password", f"wrong password for room {room!r}")
-            self._password_guard.succeeded(room, user)
+            await attempt.succeeded()
         members = await self._admit(room, user, f"you are banned from room {room!r}")
         if members:
             await self._announce(room, user, "joined", user, members)

@@ -76,6 +76,7 @@ class RelayService(service.Service):
         self._queued = None  # the store's queued envelopes as of the last /metrics
         self.tls = None  # ReloadableServerTLS, once started
         self._pruner = None
+        self._pruning_limits = None  # the limits' prune under way (a Deferred), if any
         self._idle_sweep = None
         self._started = None
 
@@ -228,19 +229,27 @@ class RelayService(service.Service):
                 f"{database_url.scrub(str(reason) or type(reason).__name__, database)}") from None
 
     def _prune(self):
-        """Forget old rate-limit entries, room history past its retention and files past
-        ``[files] keep_days``."""
-        self.factory.prune_limits()
+        """Forget the limits' expired rows, room history past its retention and files past
+        ``[files] keep_days``, the limits' on their own, so a slow prune of them never holds
+        back the others' next turn: the loop waits for the history's and the files', and
+        the limits' starts again once the last one has ended."""
+        if self._pruning_limits is None:
+            self._pruning_limits = self.factory.prune_limits()
+            self._pruning_limits.addErrback(self._prune_failed)
+            self._pruning_limits.addBoth(self._limits_pruned)
         d = defer.ensureDeferred(self.factory.rooms.prune())
         d.addCallback(lambda _: self.factory.files.expire())
         d.addErrback(self._prune_failed)
         return d
 
+    def _limits_pruned(self, _):
+        self._pruning_limits = None
+
     def _prune_failed(self, failure):
         if failure.check(StoreUnavailable):  # a database outage: logged as one, tried again
             self.factory.store_outage.refused(failure.value)
         else:
-            self.log.failure("pruning room history or files failed", failure)
+            self.log.failure("pruning old limits, room history or files failed", failure)
 
     async def _stop(self):
         for loop in (self._pruner, self._idle_sweep):

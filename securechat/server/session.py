@@ -222,7 +222,7 @@ class ConnectionSession:
     async def op_register(self, fields):
         """Create an account holding the public half of its password key (no secret: the
         relay never sees anything that would prove the password on another connection)."""
-        self._server.login_guard.registering(self._peer)
+        await self._server.login_guard.registering(self._peer)
         await self._server.accounts.register(fields["user"], fields["password_key"],
                                              fields["identity_key"], fields["invite"])
         self._server.metrics.registrations += 1

@@ -422,3 +422,38 @@ class IStore(Interface):
 
     def expire_files():
         """Delete files past their expiry; fire with how many went."""
+
+    # -- limits shared by every node (failed logins, room passwords, key claims) --
+
+    def read_limits(pair, windows):
+        """Fire with what a limit check needs, read in one indexed statement (the reads of
+        checks arriving together share a transaction): ``(pair_row, events)``.
+        ``pair_row`` is ``(failures, last_at)`` of the ``(user, address)`` ``pair`` (None
+        when it has no failures, or ``pair`` is None); ``events`` holds, for each window
+        ``(scope, subject, since_ms, rows)``, its newest events after ``since_ms`` (at most
+        ``rows``) as ``[(at, weight), ...]``, newest first."""
+
+    def take_tokens(first, rest):
+        """Take ``cost`` tokens from the bucket ``first``, ``(scope, subject, cost, per_ms,
+        burst)``, then one from each bucket of ``rest``, ``(scope, subjects, per_ms,
+        burst)``, that has one: one transaction, the tokens counted in the database itself
+        (nodes taking at once never both take the last one).  A bucket saves ``per_ms``
+        tokens a millisecond, at most ``burst``, and starts full.  Fires with ``(wait_ms,
+        taken)``: 0 and the set of ``rest``'s subjects taken from, or the ms until
+        ``first`` has its cost (then nothing is taken)."""
+
+    def record_limits(pair, events):
+        """Count one failure of the ``(user, address)`` ``pair`` (None: none; its count and
+        last time are raised in the database, so nodes counting at once all count) and
+        store ``events``, ``(scope, subject, weight, window_ms)`` each, stamped now and
+        kept ``window_ms``; one transaction.  Fires with None."""
+
+    def forget_failures(user, address):
+        """Delete the failures of the ``(user, address)`` pair (it logged in).  Fires with
+        None."""
+
+    def prune_limits(pair_memory_ms):
+        """Delete pairs whose last failure is ``pair_memory_ms`` old, events past their
+        window and buckets full again; beyond a fixed number of rows a table, those to be
+        forgotten soonest go first (the tables stay bounded).  Fires with the number of
+        rows deleted."""

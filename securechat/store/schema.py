@@ -49,7 +49,13 @@ Changelog:
       users disable); its logins are refused until it is enabled again.
   14 — invites: the SHA-256 of each registration invite the operator made, with the uses
       it has left and when it expires (never the token itself).
-  15, 16 — reserved for issue 21 (several relay nodes); no change of their own here.
+  15 — reserved for issue 21 (several relay nodes); no change of its own here.
+  16 — limits on guessing kept in the database, so they hold across nodes: failed logins
+      per (account, address) with their back-off (login_failures), and the events of the
+      sliding windows (limit_events: failed logins and registrations per address, wrong
+      room passwords), each with when it leaves its window, and the token buckets of key
+      claims (limit_buckets: per claimer, per device giving out one-time keys).  Tables
+      of their own: no other migration touches them, whatever their order.
   17 — encrypted files: each upload (files: its owner, the size it declared, what is
       stored so far, the hash of its chunks once finished, when it expires), its
       ciphertext chunks (file_chunks, in order, each with its SHA-256) and the devices
@@ -288,7 +294,31 @@ MIGRATIONS = {
             created BIGINT NOT NULL)""",
     ],
     15: [],  # reserved for issue 21
-    16: [],  # reserved for issue 21
+    16: [
+        """CREATE TABLE login_failures (
+            user_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            failures INTEGER NOT NULL,
+            last_at BIGINT NOT NULL,
+            PRIMARY KEY (user_id, address))""",
+        "CREATE INDEX login_failures_age ON login_failures (last_at)",
+        """CREATE TABLE limit_events (
+            scope TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            at BIGINT NOT NULL,
+            weight INTEGER NOT NULL,
+            expires_at BIGINT NOT NULL)""",
+        "CREATE INDEX limit_events_window ON limit_events (scope, subject, at)",
+        "CREATE INDEX limit_events_expiry ON limit_events (expires_at)",
+        """CREATE TABLE limit_buckets (
+            scope TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            tokens DOUBLE PRECISION NOT NULL,
+            stamp BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            PRIMARY KEY (scope, subject))""",
+        "CREATE INDEX limit_buckets_expiry ON limit_buckets (expires_at)",
+    ],
     17: [
         # size: the ciphertext size declared at file.begin (what the quota counts);
         # stored/chunks: how much of it arrived; ct_hash and finished: set by file.finish.

@@ -16,8 +16,8 @@ from zope.interface import implementer
 from securechat.store.errors import StoreUnavailable
 from securechat.store.interface import IStore
 from securechat.store.transactions import (
-    account_deletion, accounts, admin, devices, files, health, history, migrate, queue_reads,
-    queue_writes, recovery, rooms)
+    account_deletion, accounts, admin, devices, files, health, history, limits, migrate,
+    queue_reads, queue_writes, recovery, rooms)
 
 
 RELAY_ID_BYTES = 16
@@ -133,6 +133,8 @@ class SqlStore:
         # so do the first reads of their queues that follow.
         self._logins = GroupCommit(self._run, devices.txn_device_login_group)
         self._first_reads = GroupCommit(self._run, queue_reads.txn_fetch_queue_group)
+        # ... and so do the login limits' reads of those logins.
+        self._limit_reads = GroupCommit(self._run, limits.txn_read_limits_group)
         # File chunks arriving together (one upload's several in flight, or several
         # uploads) share a commit and its fsync, in the order they came.
         self._chunk_writes = GroupCommit(self._run, files.txn_put_chunk_group)
@@ -402,3 +404,18 @@ class SqlStore:
 
     def expire_files(self):
         return self._run(files.txn_expire_files)
+
+    def read_limits(self, pair, windows):
+        return self._limit_reads.submit((pair, windows))
+
+    def take_tokens(self, first, rest):
+        return self._run(limits.txn_take_tokens, first, rest)
+
+    def record_limits(self, pair, events):
+        return self._run(limits.txn_record_limits, pair, events)
+
+    def forget_failures(self, user, address):
+        return self._run(limits.txn_forget_failures, user, address)
+
+    def prune_limits(self, pair_memory_ms):
+        return self._run(limits.txn_prune_limits, pair_memory_ms)

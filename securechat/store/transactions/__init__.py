@@ -21,7 +21,8 @@ device reads from its queue and rooms, and its acks), ``rooms`` (rooms,
 members, bans), ``history`` (room history pages and their pruning);
 ``recovery`` (an account's recovery key and the sealed identity seed, and the
 password reset it proves); ``account_deletion`` (an account and everything of it,
-in one transaction);
+in one transaction); ``limits`` (failed logins, registrations, room password
+guesses and key claims, counted where every node sees them);
 ``common`` holds what several of them share.  Callers import the aggregate
 they use; this package re-exports nothing, so each name is listed in one
 place only.
