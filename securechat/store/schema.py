@@ -49,7 +49,8 @@ Changelog:
       users disable); its logins are refused until it is enabled again.
   14 — invites: the SHA-256 of each registration invite the operator made, with the uses
       it has left and when it expires (never the token itself).
-  15 — reserved for issue 21 (several relay nodes); no change of its own here.
+  15 — no change: a number set aside for several relay nodes, which needed no table
+      (their hints travel by NOTIFY).
   16 — limits on guessing kept in the database, so they hold across nodes: failed logins
       per (account, address) with their back-off (login_failures), and the events of the
       sliding windows (limit_events: failed logins and registrations per address, wrong
@@ -293,7 +294,7 @@ MIGRATIONS = {
             expires_at BIGINT,
             created BIGINT NOT NULL)""",
     ],
-    15: [],  # reserved for issue 21
+    15: [],  # nothing: see the changelog
     16: [
         """CREATE TABLE login_failures (
             user_id TEXT NOT NULL,
