@@ -75,19 +75,27 @@ async def test_the_periodic_prune_keeps_history_days_and_max_messages(relay):
     assert [envelope["ts"] for envelope in received] == [first] * 2 + [later] * 3
     assert await history_stamps(store) == [first] * 2 + [later] * 3  # no tick yet
 
-    clock.advance(PRUNE_INTERVAL)  # history_max_messages = 3: the two oldest go
+    await next_tick(server, clock, PRUNE_INTERVAL)  # history_max_messages = 3: two go
     await poll_until_async(lambda: _equals(history_stamps(store), [later] * 3))
 
     clock.advance(12 * HOUR)  # the three are 12 h and a minute old: kept
     await say(alice, "ops", 1)
     await receive_and_ack(bob, 6)
     newest = (START + 24 * HOUR + PRUNE_INTERVAL) * 1000
-    clock.advance(PRUNE_INTERVAL)  # max 3 again; none is a day old yet
+    await next_tick(server, clock, PRUNE_INTERVAL)  # max 3 again; none is a day old yet
     await poll_until_async(lambda: _equals(history_stamps(store), [later] * 2 + [newest]))
 
-    clock.advance(DAY_MS // 1000 - 12 * HOUR)  # the two from 12 h are now over a day old
+    await next_tick(server, clock, DAY_MS // 1000 - 12 * HOUR)  # the two from 12 h: a day old
     await poll_until_async(lambda: _equals(history_stamps(store), [newest]))
     await cleanup(alice, bob)
+
+
+async def next_tick(server, clock, seconds):
+    """Advance ``clock`` by ``seconds`` once the prune loop waits for its next turn: a
+    turn still running (it reads the store) when the clock passes its next time would
+    take that time as missed, and the loop would wait for the one after."""
+    await poll_until(lambda: server.service._pruner.call is not None)
+    clock.advance(seconds)
 
 
 async def _equals(stamps, expected):
