@@ -1,13 +1,17 @@
 """A real HAProxy in TCP mode (TLS passed through) in front of two real relay nodes on one
 PostgreSQL, configured as docs/operations.rst ("Several nodes") shows: clients verify
 the relay's own certificate through it, land on both nodes, and when a node is killed
-the balancer sends new clients to the other.
+the balancer sends new clients to the other.  With ``send-proxy-v2`` and ``[server]
+proxy_protocol = yes`` the relay sees each client's own address, not the balancer's.
 
 HAProxy must be installed (``.ci/run`` installs it): without it this test fails
 saying so, it never skips."""
 
+import json
+import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 
@@ -16,7 +20,8 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.processes import RelayEndpoint, ServerProcess, free_port, relay_fingerprint
-from tests.support import ScriptedDevice, cleanup, write_config
+from tests.support import ScriptedDevice, cleanup, poll_until_async, write_config
+from tests.test_login_limits_e2e import connect_from, wrong_logins
 from tests.test_operator_http import get, samples
 
 LOGINS_MAX = 20
@@ -100,13 +105,14 @@ def nodes(tmp_path, fresh_postgres_dsn):
             node.process.stop()
 
 
-@pytest.fixture
-def balancer(tmp_path, nodes):
-    """HAProxy on a free port of 127.0.0.1 in front of ``nodes``; its port."""
+def run_haproxy(tmp_path, nodes, server_options=""):
+    """HAProxy on a free port of 127.0.0.1 in front of ``nodes`` (each ``server`` line
+    with ``server_options``); yields its port."""
     binary = haproxy_binary()
     port = free_port()
-    servers = "\n".join(f"    server node{i} 127.0.0.1:{node.port} port {node.http_port}"
-                        for i, node in enumerate(nodes, 1))
+    servers = "\n".join(
+        f"    server node{i} 127.0.0.1:{node.port} {server_options} port {node.http_port}"
+        for i, node in enumerate(nodes, 1))
     config = tmp_path / "haproxy.cfg"
     config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
     checked = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
@@ -119,6 +125,12 @@ def balancer(tmp_path, nodes):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def balancer(tmp_path, nodes):
+    """HAProxy in front of ``nodes``; its port."""
+    yield from run_haproxy(tmp_path, nodes)
 
 
 def _wait_accepting(port, process):
@@ -165,3 +177,100 @@ async def test_clients_through_haproxy_verify_the_relay_and_land_on_both_nodes(
         devices.append(await log_in(endpoint, f"after{i}"))
     assert await survivor.logins() == before + AFTER_THE_KILL
     await cleanup(*devices)
+
+
+GUESSER, OWNER = "127.0.0.2", "127.0.0.3"
+"""Client source addresses: all of 127/8 is loopback, and HAProxy reaches the relay from
+127.0.0.1, so only the PROXY header can tell the relay about these two."""
+FAILURES_PER_ADDRESS = 4
+
+
+class ProxiedRelay:
+    """One relay node (SQLite) with ``[server] proxy_protocol = yes`` and four failed
+    logins or registrations per address and minute."""
+
+    def __init__(self, workdir):
+        workdir.mkdir()
+        self.data_dir, self.port, self.http_port = workdir / "data", free_port(), free_port()
+        config = write_config(
+            str(self.data_dir), port=self.port,
+            extra=f"[http]\nport = {self.http_port}\n"
+                  f"[limits]\nlogin_failures_per_address = {FAILURES_PER_ADDRESS}\n")
+        with open(config) as f:
+            text = f.read()
+        with open(config, "w") as f:
+            f.write(text.replace("[server]\n", "[server]\nproxy_protocol = yes\n", 1))
+        self.process = ServerProcess(workdir, config)
+        self.cert_path = os.path.join(str(self.data_dir), "tls", "server-cert.pem")
+
+    def audit(self):
+        with open(self.data_dir / "audit.jsonl") as f:
+            return [json.loads(line) for line in f]
+
+    async def handshake_failures(self):
+        text = (await get(self.http_port, "/metrics"))[1]
+        return samples(text).get(("securechat_tls_handshake_failures_total", ()), 0)
+
+
+@pytest.fixture
+def proxied(tmp_path):
+    relay = ProxiedRelay(tmp_path / "relay")
+    relay.process.start()
+    try:
+        pytest_twisted.blockon(defer.ensureDeferred(relay.process.wait_listening()))
+        yield relay
+    finally:
+        relay.process.stop()
+
+
+@pytest.fixture
+def proxied_balancer(tmp_path, proxied):
+    """HAProxy with ``send-proxy-v2`` in front of ``proxied``; what ScriptedDevice and
+    ``connect_from`` need to reach the relay through it (its port, the relay's CA)."""
+    for port in run_haproxy(tmp_path, [proxied], "send-proxy-v2"):
+        yield RelayEndpoint(port, proxied.data_dir)
+
+
+@pytest_twisted.ensureDeferred
+async def test_through_haproxy_with_send_proxy_v2_limits_and_audit_see_each_clients_address(
+        proxied, proxied_balancer):
+    """Behind HAProxy (send-proxy-v2, proxy_protocol = yes) wrong passwords from 127.0.0.2
+    are rate limited and audited as 127.0.0.2, while alice on 127.0.0.3, through the same
+    balancer, still logs in."""
+    alice = ScriptedDevice("alice", "A1")
+    alice.protocol = await connect_from(OWNER, proxied_balancer)
+    await alice.register(proxied_balancer)
+    await alice.close()
+    guesses = await wrong_logins(proxied_balancer, GUESSER, "alice", FAILURES_PER_ADDRESS + 1)
+    assert [code for code, _ in guesses] == (
+        ["auth_failed"] * FAILURES_PER_ADDRESS + ["rate_limited"]), guesses
+    owner = alice.again()
+    owner.protocol = await connect_from(OWNER, proxied_balancer)
+    assert (await owner.password_login())["user"] == "alice"
+    await owner.close()
+    records = proxied.audit()
+    assert {r["address"] for r in records if r["event"] == "registered"} == {OWNER}
+    assert {r["address"] for r in records if r["event"] == "login_failed"} == {GUESSER}
+    assert "Traceback" not in proxied.process.log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_proxy_protocol_a_direct_connection_without_the_header_is_closed(
+        proxied, proxied_balancer):
+    """With proxy_protocol = yes, a client reaching the relay directly (no PROXY header)
+    is closed before any TLS, counted as a failed handshake and logged; the relay stays
+    up and serves clients through the balancer."""
+    before = await proxied.handshake_failures()
+    with pytest.raises((ssl.SSLError, OSError)):
+        relay_fingerprint(proxied.port)
+
+    async def counted():
+        return await proxied.handshake_failures() == before + 1
+    await poll_until_async(counted)
+    device = ScriptedDevice("carol", "C1")
+    device.protocol = await connect_from(OWNER, proxied_balancer)
+    await device.register(proxied_balancer)
+    assert (await device.password_login())["user"] == "carol"
+    await device.close()
+    log = proxied.process.log_text()
+    assert "sent no valid PROXY protocol header in time" in log and "Traceback" not in log
