@@ -2,7 +2,8 @@
 PostgreSQL, configured as docs/operations.rst ("Several nodes") shows: clients verify
 the relay's own certificate through it, land on both nodes, and when a node is killed
 the balancer sends new clients to the other.  With ``send-proxy-v2`` and ``[server]
-proxy_protocol = yes`` the relay sees each client's own address, not the balancer's.
+proxy_protocol = yes`` the relay (one process, or workers sharing its socket) sees
+each client's own address, not the balancer's.
 
 HAProxy must be installed (``.ci/run`` installs it): without it this test fails
 saying so, it never skips."""
@@ -23,6 +24,7 @@ from tests.processes import RelayEndpoint, ServerProcess, free_port, relay_finge
 from tests.support import ScriptedDevice, cleanup, poll_until_async, write_config
 from tests.test_login_limits_e2e import connect_from, wrong_logins
 from tests.test_operator_http import get, samples
+from tests.test_workers import WORKERS, free_ports_in_a_row, logins_ok
 
 LOGINS_MAX = 20
 """Logins tried, at most, before both nodes must have taken one."""
@@ -186,26 +188,37 @@ FAILURES_PER_ADDRESS = 4
 
 
 class ProxiedRelay:
-    """One relay node (SQLite) with ``[server] proxy_protocol = yes`` and four failed
-    logins or registrations per address and minute."""
+    """One relay with ``[server] proxy_protocol = yes`` and four failed logins or
+    registrations per address and minute: on SQLite, or with ``workers`` processes on
+    ``database`` (worker i answers the operator on ``http_port`` + i)."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, database=None, workers=1):
         workdir.mkdir()
-        self.data_dir, self.port, self.http_port = workdir / "data", free_port(), free_port()
+        self.data_dir, self.port = workdir / "data", free_port()
+        self.http_port = free_ports_in_a_row(workers)
         config = write_config(
-            str(self.data_dir), port=self.port,
+            str(self.data_dir), port=self.port, database=database,
             extra=f"[http]\nport = {self.http_port}\n"
                   f"[limits]\nlogin_failures_per_address = {FAILURES_PER_ADDRESS}\n")
         with open(config) as f:
             text = f.read()
         with open(config, "w") as f:
-            f.write(text.replace("[server]\n", "[server]\nproxy_protocol = yes\n", 1))
+            f.write(text.replace("[server]\n", f"[server]\nproxy_protocol = yes\n"
+                                                f"workers = {workers}\n", 1))
         self.process = ServerProcess(workdir, config)
         self.cert_path = os.path.join(str(self.data_dir), "tls", "server-cert.pem")
 
+    def start(self):
+        self.process.start()
+        pytest_twisted.blockon(defer.ensureDeferred(self.process.wait_listening()))
+
     def audit(self):
-        with open(self.data_dir / "audit.jsonl") as f:
-            return [json.loads(line) for line in f]
+        """Every audit record, of every worker's file."""
+        records = []
+        for path in self.data_dir.glob("audit*.jsonl"):
+            with open(path) as f:
+                records += [json.loads(line) for line in f]
+        return records
 
     async def handshake_failures(self):
         text = (await get(self.http_port, "/metrics"))[1]
@@ -215,9 +228,8 @@ class ProxiedRelay:
 @pytest.fixture
 def proxied(tmp_path):
     relay = ProxiedRelay(tmp_path / "relay")
-    relay.process.start()
     try:
-        pytest_twisted.blockon(defer.ensureDeferred(relay.process.wait_listening()))
+        relay.start()
         yield relay
     finally:
         relay.process.stop()
@@ -274,3 +286,40 @@ async def test_with_proxy_protocol_a_direct_connection_without_the_header_is_clo
     await device.close()
     log = proxied.process.log_text()
     assert "sent no valid PROXY protocol header in time" in log and "Traceback" not in log
+
+
+@pytest.fixture
+def proxied_workers(tmp_path, fresh_postgres_dsn):
+    """A relay of two workers on PostgreSQL, with proxy_protocol = yes, behind HAProxy
+    (send-proxy-v2): the relay and the balancer's endpoint."""
+    relay = ProxiedRelay(tmp_path / "relay", fresh_postgres_dsn, WORKERS)
+    try:
+        relay.start()
+        for port in run_haproxy(tmp_path, [relay], "send-proxy-v2"):
+            yield relay, RelayEndpoint(port, relay.data_dir)
+    finally:
+        relay.process.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_behind_haproxy_read_the_proxy_header_on_the_socket_they_share(
+        proxied_workers):
+    """With workers = 2 (each adopting the supervisor's socket) and proxy_protocol = yes,
+    clients from 127.0.0.10, .11 ... through HAProxy (send-proxy-v2) log in on both
+    workers, and the workers audit each one's registration with its own address."""
+    relay, balancer = proxied_workers
+    devices, sources = [], {}
+    for i in range(LOGINS_MAX):
+        device = ScriptedDevice(f"worker{i}")
+        devices.append(device)
+        sources[device.user] = f"127.0.0.{10 + i}"
+        device.protocol = await connect_from(sources[device.user], balancer)
+        await device.register(balancer)
+        await device.password_login()
+        counts = [await logins_ok(relay.http_port + w) for w in range(WORKERS)]
+        if all(counts):
+            break
+    assert all(counts), counts
+    await cleanup(*devices)
+    registered = {r["user"]: r["address"] for r in relay.audit() if r["event"] == "registered"}
+    assert registered == sources
