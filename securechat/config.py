@@ -201,6 +201,7 @@ OPTIONS = (
     Option("server", "port", "6697", _port),
     Option("server", "data_dir", "securechat-data", _path),
     Option("server", "workers", "1", _workers),
+    Option("server", "proxy_protocol", "no", _yes_no),
     Option("tls", "certificate", "", _path),
     Option("tls", "private_key", "", _path),
     Option("tls", "key_exchange", "hybrid", _key_exchange),
@@ -267,6 +268,7 @@ class ServerConfig:
     port: int
     data_dir: str
     workers: int
+    proxy_protocol: bool
     certificate: str
     private_key: str
     key_exchange: str

@@ -7,11 +7,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
 from securechat import config, wire
 from securechat.server.auth import SecretHasher
 from securechat.server.factory import RelayFactory
+from securechat.server.listener import ProxyHeaderFactory
 from securechat.server.protocol import WriteGate
 from securechat.store import make_store
 
@@ -152,3 +154,66 @@ def test_spliced_envelope_body_is_the_json_of_the_checked_fields(frame):
     assert json.loads(body) == {
         "v": 1, "id": env["id"], "from": "alice", "from_dev": "A1", "kind": env["kind"],
         "sid": env["sid"], "ct": env["ct"], "ts": 1234, **expected}
+
+
+class _Recorded(Protocol):
+    """What a connection behind a PROXY header is built for and receives."""
+
+    def __init__(self, addr):
+        self.addr, self.received = addr, b""
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+class _Recording(Factory):
+    def __init__(self):
+        self.built = []
+
+    def buildProtocol(self, addr):
+        self.built.append(_Recorded(addr))
+        return self.built[-1]
+
+
+def _behind_proxy_header(factory):
+    """A connection from the balancer (10.0.0.9) to a ProxyHeaderFactory over a
+    StringTransport: the wrapped factory, the connection and its transport."""
+    wrapped = _Recording()
+    proxy = ProxyHeaderFactory(wrapped, factory)
+    connection = proxy.buildProtocol(IPv4Address("TCP", "10.0.0.9", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 40000))
+    connection.makeConnection(transport)
+    return wrapped, connection, transport
+
+
+def test_behind_a_proxy_header_the_connection_is_built_for_the_address_it_names(factory):
+    """The wrapped protocol is built only once the PROXY header is read, for the client's
+    address the header names (not the balancer's), and gets what followed the header."""
+    wrapped, connection, _ = _behind_proxy_header(factory)
+    assert wrapped.built == []
+    connection.dataReceived(b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 6697\r\nhello")
+    [built] = wrapped.built
+    assert (built.addr.host, built.received) == ("192.0.2.7", b"hello")
+    connection.dataReceived(b" again")
+    assert built.received == b"hello again"
+
+
+def test_a_connection_without_a_proxy_header_by_the_handshake_deadline_is_closed(factory):
+    """A connection that sends no PROXY header is closed at the handshake deadline and
+    counted as a failed handshake; none is built for it."""
+    wrapped, connection, transport = _behind_proxy_header(factory)
+    factory.clock.advance(factory.config.handshake_timeout_seconds)
+    assert transport.disconnecting
+    connection.connectionLost(None)
+    assert wrapped.built == [] and factory.metrics.handshake_failures == 1
+
+
+def test_a_connection_that_starts_with_something_else_is_closed_at_once(factory):
+    """A connection whose first bytes are not a PROXY header (a TLS ClientHello) is closed
+    at once, its deadline cancelled, and counted as a failed handshake."""
+    wrapped, connection, transport = _behind_proxy_header(factory)
+    connection.dataReceived(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32))
+    assert transport.disconnecting
+    connection.connectionLost(None)
+    assert wrapped.built == [] and factory.metrics.handshake_failures == 1
+    assert not connection._deadline.active()

@@ -18,6 +18,12 @@ Twisted's defaults are avoided here:
   exactly as before, so back-pressure, producers and ``loseConnection``
   behave as in Twisted.
 
+With ``[server] proxy_protocol = yes`` the TLS factory is wrapped in
+``ProxyHeaderFactory``: each connection's PROXY protocol header is read first
+(Twisted's parser), and the TLS connection and the relay's protocol are built
+only then, for the client's address the header names, so every per-address
+limit and every log line sees the client rather than the balancer.
+
 Both transports also say how many bytes they hold unsent (``unsent_bytes``),
 which the output budget (``securechat.server.output``) reads, and the
 listening port logs failed accepts (out of file descriptors: ``EMFILE``) once
@@ -28,8 +34,13 @@ import os
 import socket
 
 from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, globalLogPublisher
+# Twisted exports only proxyEndpoint, whose wrapper builds the wrapped protocol at accept
+# (for the balancer's address); ProxyHeader below needs it built after the header.
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import directlyProvides, providedBy
 
 from securechat.server.logthrottle import INTERVAL, ThrottledWarning
 
@@ -133,6 +144,118 @@ class TurnBufferedTLSFactory(TLSMemoryBIOFactory):
         return None if wrapped is None else self.protocol(self, wrapped)
 
 
+class _AfterHeader:
+    """What arrives in the same read as the PROXY header, kept for the TLS connection
+    that is built once the header is read."""
+
+    def __init__(self):
+        self.data = b""
+
+    def dataReceived(self, data):
+        self.data += data
+
+
+class ProxyHeader(HAProxyProtocolWrapper):
+    """A connection that starts with a PROXY protocol header (v1 or v2): the TLS
+    connection behind it is built once the header is read, for the address it names.
+
+    Twisted's wrapper builds its wrapped protocol at accept, for the balancer's
+    address; the relay's factory counts and admits a connection by the address it
+    is built for, so here that waits for the header.  Until then the connection
+    holds only its socket and the header read so far (at most 107 bytes for v1,
+    64 KiB for v2), for at most ``[limits] handshake_timeout_seconds``; one that
+    sends no valid header by then is closed and counted as a failed handshake.
+    """
+
+    def __init__(self, factory):
+        super().__init__(factory, None)
+        self._deadline = None
+
+    def logPrefix(self):
+        return "ProxyHeader"
+
+    def makeConnection(self, transport):
+        """What ``ProtocolWrapper`` does but connect the wrapped protocol, which is built
+        once the header is read."""
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+
+    def connectionMade(self):
+        relay = self.factory.relay
+        self._deadline = relay.clock.callLater(relay.config.handshake_timeout_seconds,
+                                               self._late)
+
+    def dataReceived(self, data):
+        if self._proxyInfo is not None:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        after = self.wrappedProtocol = _AfterHeader()
+        super().dataReceived(data)  # parses; what follows the header goes to ``after``
+        if self._proxyInfo is None:  # more to come, or invalid (then closing)
+            self.wrappedProtocol = None
+            return
+        self._deadline.cancel()
+        self.wrappedProtocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
+        if self.wrappedProtocol is None:  # refused by the relay (unauthenticated_per_address)
+            self.transport.abortConnection()
+            return
+        self.wrappedProtocol.makeConnection(self)
+        if after.data:
+            self.wrappedProtocol.dataReceived(after.data)
+
+    def _late(self):
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        if self.wrappedProtocol is not None:
+            super().connectionLost(reason)
+            return
+        self.factory.unregisterProtocol(self)
+        if self._proxyInfo is None:  # else refused by the relay, which logged it
+            if self._deadline.active():
+                self._deadline.cancel()
+            self.factory.without_header(self.transport.getPeer().host)
+
+
+class ProxyHeaderFactory(HAProxyWrappingFactory):
+    """``tls_factory``'s connections, each behind its PROXY protocol header; ``relay``
+    (the relay's factory) gives the deadline and counts the connections closed without
+    a valid header as failed handshakes."""
+
+    protocol = ProxyHeader
+    log = Logger()
+
+    def __init__(self, tls_factory, relay):
+        super().__init__(tls_factory)
+        self.relay = relay
+        self._without_header = ThrottledWarning(
+            relay.clock, self.log,
+            "Closed {count} connection(s) that sent no valid PROXY protocol header in time "
+            "([server] proxy_protocol = yes; the latest from {host}; logged at most every "
+            f"{INTERVAL:g} s)")
+
+    def buildProtocol(self, addr):
+        return self.protocol(self)
+
+    def without_header(self, host):
+        """A connection from ``host`` (the balancer, or whoever reached the port) ended
+        before sending a valid header."""
+        self.relay.metrics.handshake_failures += 1
+        self._without_header(host=host)
+
+    def stopFactory(self):
+        self._without_header.stop()
+        super().stopFactory()
+
+
+def _tls_factory(reactor, context, factory, proxy_protocol):
+    """The factory a TLS port accepts with: TLS to ``factory``, behind a PROXY protocol
+    header when ``proxy_protocol``."""
+    tls = TurnBufferedTLSFactory(context, False, factory, reactor)
+    return ProxyHeaderFactory(tls, factory) if proxy_protocol else tls
+
+
 class WriteThroughServer(tcp.Server):
     """A server-side TCP connection whose writes try the socket before the buffer."""
 
@@ -201,19 +324,20 @@ class WriteThroughPort(tcp.Port):
         super().connectionLost(reason)
 
 
-def listen_tls(reactor, port, context, factory, interface):
-    """Listen on ``interface:port`` for TLS connections to ``factory``; the listening port.
+def listen_tls(reactor, port, context, factory, interface, proxy_protocol=False):
+    """Listen on ``interface:port`` for TLS connections to ``factory`` (each behind a
+    PROXY protocol header when ``proxy_protocol``); the listening port.
 
     What ``reactor.listenSSL`` does (TLS over a TCP port), with the turn-buffered
     TLS connections and the write-through transport.
     """
-    listening = WriteThroughPort(port, TurnBufferedTLSFactory(context, False, factory, reactor),
+    listening = WriteThroughPort(port, _tls_factory(reactor, context, factory, proxy_protocol),
                                  backlog=LISTEN_BACKLOG, interface=interface, reactor=reactor)
     listening.startListening()
     return listening
 
 
-def adopt_tls(reactor, fd, context, factory, interface):
+def adopt_tls(reactor, fd, context, factory, interface, proxy_protocol=False):
     """Accept TLS connections to ``factory`` on ``fd``, a socket listening on ``interface``
     that the supervisor of ``[server] workers`` opened and shares with its other workers;
     the listening port.
@@ -223,7 +347,7 @@ def adopt_tls(reactor, fd, context, factory, interface):
     """
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     listening = WriteThroughPort._fromListeningDescriptor(
-        reactor, fd, family, TurnBufferedTLSFactory(context, False, factory, reactor))
+        reactor, fd, family, _tls_factory(reactor, context, factory, proxy_protocol))
     os.close(fd)  # the port holds its own duplicate
     listening.startListening()
     return listening

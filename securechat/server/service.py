@@ -167,9 +167,9 @@ class RelayService(service.Service):
         """The TLS port: opened here, or the one the supervisor opened for its workers."""
         if self.adopted_fd is None:
             return listen_tls(self.reactor, self.config.port, self.tls, self.factory,
-                              self.config.interface)
+                              self.config.interface, self.config.proxy_protocol)
         return adopt_tls(self.reactor, self.adopted_fd, self.tls, self.factory,
-                         self.config.interface)
+                         self.config.interface, self.config.proxy_protocol)
 
     async def _start_bus(self):
         """Hear the other nodes of the database; a StartFailed if it cannot be reached."""
