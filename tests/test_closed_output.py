@@ -5,14 +5,12 @@ processes whose standard output is a pipe closed at its other end end quietly wi
 import os
 import subprocess
 
-import pytest
 import pytest_twisted
 from twisted.internet import threads
 
 from securechat.client.exit_codes import EXIT_OUTPUT_CLOSED
-from tests.processes import ServerProcess, cli_environment, executable, free_port
-from tests.processes import write_client_config
-from tests.support import write_config
+from tests.processes import cli_environment, executable, write_client_config
+from tests.test_client_e2e import relay  # noqa: F401 (the fixture: a twistd relay, its port)
 from tests.test_reconnect_e2e import ok
 
 PASSWORD = "correct horse battery staple"
@@ -34,15 +32,6 @@ def test_a_long_output_into_a_closed_pipe_ends_quietly_with_141():
     """``securechat manpage`` (longer than one write) into a closed pipe: 141, no stderr."""
     result = into_closed_pipe(executable("securechat"), "manpage")
     assert (result.returncode, result.stderr) == (EXIT_OUTPUT_CLOSED, "")
-
-
-@pytest.fixture
-def relay(tmp_path):
-    port = free_port()
-    proc = ServerProcess(tmp_path, write_config(str(tmp_path / "data"), port=port))
-    proc.start()
-    yield proc, port
-    proc.stop()
 
 
 @pytest_twisted.ensureDeferred
