@@ -194,7 +194,8 @@ def test_the_switches_default_to_yes_and_a_bad_value_is_named(tmp_path):
 
 def test_changes_replies_and_marks_print_safely_in_the_terminal():
     """inbox's text lines: an edit, a delete and a reaction say what they changed; a reply
-    shows its context; an edited message with reactions is marked; every text from the
+    shows its context; an edited message with reactions is marked, a deleted one shows
+    neither its edit nor its reactions; every text from the
     network (an emoji, a quoted excerpt, a target id) is escaped (guarantee 8); receipt
     marks are the chat's only."""
     from securechat.client.render import format_message
@@ -209,7 +210,8 @@ def test_changes_replies_and_marks_print_safely_in_the_terminal():
          "in_reply_to": {"from": "alice", "text": "lunch?\x07"}},
         {"type": "msg", "text": "see you", "edited": True, "reactions": {"+1": 2},
          "status": "read"},
-        {"type": "msg", "text": None, "deleted": True})]
+        {"type": "msg", "text": None, "deleted": True, "edited": True,
+         "reactions": {"+1": 1}})]
     head = "[2026-12-07T06:00:00.000Z] bob (verified)"
     assert lines == [
         f"{head} edited m1: lunch at 1?", f"{head} deleted m1",

@@ -241,11 +241,13 @@ def message_text(record):
 
 
 def message_marks(record, receipts=False):
-    """What follows a message's text: `` (edited)``, the reactions `` [👍 2]``, and with
+    """What follows a message's text: `` (edited)``, the reactions `` [👍 2]`` (neither
+    once it is deleted), and with
     ``receipts`` (the chat) an own message's marks (`` ✓``, `` ✓✓``, `` ✓✓ read``:
     ``receipt_marks.status_text``; the commands print them in ``--json`` only)."""
-    marks = " (edited)" if record.get("edited") and not record.get("deleted") else ""
-    reactions = record.get("reactions") or {}
+    deleted = record.get("deleted")
+    marks = " (edited)" if record.get("edited") and not deleted else ""
+    reactions = {} if deleted else record.get("reactions") or {}  # gone with what they were to
     if reactions:
         marks += " [" + " ".join(f"{safe(emoji)} {count}"
                                  for emoji, count in sorted(reactions.items())) + "]"
