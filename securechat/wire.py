@@ -9,8 +9,19 @@ import base64
 import binascii
 import json
 import re
+import secrets
 
 import orjson
+
+
+def pasteable_token(nbytes):
+    """A random URL-safe token of ``nbytes`` bytes that does not start with ``-``: people
+    paste these ids (a message's mid, a file's id, an invite) as a command's argument, and
+    one starting with ``-`` would be read as an option there."""
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token
 
 MAX_LINE_BYTES = 1024 * 1024
 """Longest accepted line, delimiter excluded (a frame of several envelopes fits)."""

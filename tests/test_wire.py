@@ -78,3 +78,12 @@ def test_canonical_json_is_sorted_and_compact():
 def test_an_ack_of_many_valid_ids_is_returned_whole():
     ids = [f"{i:032x}" for i in range(wire.MAX_BATCH_ITEMS)]
     assert parse({"op": "ack", "rid": 1, "ids": ids})[2] == {"ids": ids}
+
+
+def test_pasted_ids_never_start_with_a_dash():
+    """Ids people paste as a command's argument (mids, file ids, invites) never start with
+    '-' (argparse would take one for an option): 2,000 of them, where plain
+    token_urlsafe starts one in 64 with it."""
+    tokens = [wire.pasteable_token(16) for _ in range(2000)]
+    assert not [token for token in tokens if token.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and all(len(token) == 22 for token in tokens)

@@ -15,7 +15,6 @@ decrypts again) or the new state with the id seen (the redelivery is skipped).
 """
 
 import json
-import secrets
 import time
 
 from twisted.internet import defer
@@ -39,7 +38,7 @@ SHOWN_TYPES = ("msg", "file", "membership", *CHANGES)
 
 
 def new_id():
-    return secrets.token_urlsafe(16)
+    return wire.pasteable_token(16)
 
 
 def padded(inner):

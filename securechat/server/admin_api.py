@@ -231,7 +231,7 @@ class AdminAPI(resource.Resource):
         if not 1 <= uses <= 100_000 or (days is not None and not 0 < days <= 3650):
             raise AdminError(400, "bad_request", "uses must be 1-100000 and expires_days "
                                                  "above 0 and at most 3650")
-        token = secrets.token_urlsafe(24)
+        token = wire.pasteable_token(24)
         expires_at = None if days is None else self._relay.store.now_ms() + int(days * DAY_MS)
         await self._relay.store.create_invite(invite_hash(token), uses, expires_at)
         return {"token": token, "id": invite_hash(token)[:ID_CHARS], "uses": uses,

@@ -16,7 +16,6 @@ connection's files is therefore a few chunks, whatever the file's size.
 """
 
 import hashlib
-import secrets
 
 from twisted.logger import Logger
 
@@ -81,7 +80,7 @@ class Files:
                                                   f"bytes on this relay; this one has {size} "
                                                   "bytes encrypted",
                                 {"max_size": self.max_size})
-        file_id = secrets.token_urlsafe(16)
+        file_id = wire.pasteable_token(16)
         d = self._store.begin_file(file_id, user, device, size, self.quota,
                                    MAX_UNFINISHED_UPLOADS, self.keep_ms)
         return d.addCallbacks(lambda result: {**result, "chunk_max": wire.FILE_CHUNK_MAX},
