@@ -29,6 +29,8 @@ import os
 import tempfile
 import time
 
+from twisted.internet import defer
+
 from securechat import wire
 from securechat.client.exit_codes import (
     EXIT_FILE_CORRUPT, EXIT_FILE_TOO_LARGE, EXIT_NOT_FOUND, EXIT_QUOTA)
@@ -143,8 +145,9 @@ class FileTransfers:
             for index, cipher in encrypt_chunks(source, size, key, header, file_id, hashes):
                 if index < stored:
                     continue
-                d = self._request(f"chunk {index} of the file", "file.chunk", file_id=file_id,
-                                  index=index, data=wire.b64encode(cipher))
+                d = defer.ensureDeferred(self._request(  # started now: WINDOW in flight
+                    f"chunk {index} of the file", "file.chunk", file_id=file_id, index=index,
+                    data=wire.b64encode(cipher)))
                 in_flight.append((d, len(cipher)))
                 if len(in_flight) >= WINDOW:
                     await self._sent(in_flight.pop(0), meter)
