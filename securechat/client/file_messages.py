@@ -54,8 +54,19 @@ def file_message(inner):
     size = described.get("size")
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= 2**50:
         raise DecryptError("a file message whose 'size' is malformed")
-    summary = {"id": described["id"], "name": described["name"], "size": size}
+    summary = file_summary(described)
     return summary, {**summary, **{field: described[field] for field in _CHECKS}}
+
+
+def file_summary(described):
+    """What the history and ``--json`` show of a file: ``{"id", "name", "size"}`` (never
+    its key)."""
+    return {"id": described["id"], "name": described["name"], "size": described["size"]}
+
+
+def file_excerpt(summary):
+    """A file message as the context of a reply to it shows it: ``[file] NAME``."""
+    return f"[file] {summary['name']}"
 
 
 def keep_received(store, record, descriptor):

@@ -32,7 +32,7 @@ import time
 from securechat import wire
 from securechat.client.exit_codes import (
     EXIT_FILE_CORRUPT, EXIT_FILE_TOO_LARGE, EXIT_NOT_FOUND, EXIT_QUOTA)
-from securechat.client.file_messages import safe_file_name
+from securechat.client.file_messages import file_summary, safe_file_name
 from securechat.client.messaging import new_id
 from securechat.client.protocol import RemoteError
 from securechat.client.session import ClientError, refusal
@@ -94,7 +94,7 @@ class FileTransfers:
         await self._request(doing, "file.finish", file_id=upload["file_id"],
                             size=cipher_size(upload["size"]), hash=hashes.chunks,
                             to=[user] if room is None else None, room=room)
-        summary = {"id": upload["file_id"], "name": upload["name"], "size": upload["size"]}
+        summary = file_summary({**upload, "id": upload["file_id"]})
         described = {**summary, "key": upload["key"], "header": upload["header"],
                      "hash": hashes.chunks, "sha256": hashes.plain}
         payload = {"type": "file", "mid": new_id(), "room": room, "ts": int(time.time() * 1000),
