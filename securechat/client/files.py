@@ -10,7 +10,8 @@ on, under a keyed hash of (recipient, path, size, modification time): the
 same command run again after a dropped connection or a killed process
 asks the relay how far it got (``file.info``) and goes on from there.
 Handing the message to the outbox drops that record in the same
-transaction, so a file is never announced twice.
+transaction, so a file is never announced twice; the record of an upload
+abandoned goes after a week, as the relay's copy does (``prune_uploads``).
 
 Fetching: the ciphertext is appended to ``files/FILE_ID.part`` in the data
 directory (a dropped download goes on from the chunks that file holds),
@@ -32,7 +33,7 @@ import time
 from securechat import wire
 from securechat.client.exit_codes import (
     EXIT_FILE_CORRUPT, EXIT_FILE_TOO_LARGE, EXIT_NOT_FOUND, EXIT_QUOTA)
-from securechat.client.file_messages import file_summary, safe_file_name
+from securechat.client.file_messages import file_summary, prune_uploads, safe_file_name
 from securechat.client.messaging import new_id
 from securechat.client.protocol import RemoteError
 from securechat.client.session import ClientError, refusal
@@ -124,10 +125,12 @@ class FileTransfers:
                 return {**upload, "stored": info["chunks"]}
         key, header = new_key()
         begun = await self._request("the upload", "file.begin", size=cipher_size(size))
+        now = int(time.time() * 1000)
         upload = {"file_id": begun["file_id"], "key": wire.b64encode(key),
                   "header": wire.b64encode(header), "size": size,
-                  "name": safe_file_name(os.path.basename(path), "file")}
+                  "name": safe_file_name(os.path.basename(path), "file"), "begun": now}
         with self._store.transaction():
+            prune_uploads(self._store, now)
             self._store.put_file_upload(tag, upload)
         return {**upload, "stored": 0}
 

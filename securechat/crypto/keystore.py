@@ -531,6 +531,11 @@ class KeyStore:
         self._db.execute("INSERT OR REPLACE INTO file_uploads VALUES (?, ?)",
                          (tag, self.seal(record)))
 
+    def file_uploads(self):
+        """``[(tag, record)]`` of every upload kept (``files.prune_uploads`` bounds them)."""
+        return [(tag, self.unseal(sealed)) for tag, sealed in self._db.execute(
+            "SELECT upload, sealed FROM file_uploads")]
+
     def drop_file_upload(self, tag):
         self._db.execute("DELETE FROM file_uploads WHERE upload = ?", (tag,))
 
