@@ -184,7 +184,7 @@ def format_message(record, width=None):
         lines.append(safe(record["warning"]))
     if record.get("error"):
         lines.append(f"{head}: ✗ could not decrypt: {safe(record['error'])}")
-    elif record.get("file"):
+    elif record.get("file") and not record.get("deleted"):
         lines.append(f"{head}: {file_line(record['file'], record.get('outgoing'))}"
                      f"{message_marks(record)}")
     elif record.get("type") in CHANGE_WORDS:
