@@ -80,7 +80,8 @@ async def test_a_file_message_takes_receipts_replies_reactions_and_its_authors_d
     """alice's file to bob goes sent -> delivered (bob's device stored it) -> read (his
     inbox showed it); bob replies to it (the reply quotes '[file] notes.txt') and reacts
     to it (alice sees the reaction); alice's edit of it is refused saying a file cannot be
-    edited; her delete shows it deleted on bob's side, without its file or its key."""
+    edited; her delete shows it deleted on bob's side, without its file or its key.  Her
+    file to a room is read by its one other member once his inbox showed it."""
     alice, bob = await registered(tmp_path, listening_relay.port, "alice", "bob")
     await ok(alice, "send-file", "bob", a_file(tmp_path))
     (mine,) = await history_json(alice, "bob")
@@ -107,3 +108,10 @@ async def test_a_file_message_takes_receipts_replies_reactions_and_its_authors_d
         ("file", True, None)], theirs
     assert "alice (unverified): (deleted) [+1 1]" in shown(await ok(bob, "history", "alice"))
     assert (await ok(bob, "files", "--json")).out == ""  # its key went with it
+
+    await ok(alice, "rooms", "create", "ops")
+    await ok(bob, "join", "ops")
+    await ok(alice, "say-file", "ops", a_file(tmp_path))
+    assert [m["type"] for m in (await ok(bob, "inbox", "--json")).json_lines()][-1] == "file"
+    (in_room,) = [m for m in await history_json(alice, "ops") if m["type"] == "file"]
+    assert (in_room["status"], in_room["read_by"], in_room["members"]) == ("read", 1, 1)
