@@ -1,11 +1,13 @@
 """A file message is a message: it shows in the sender's own history and on her other
 devices as sent by her, takes receipts, replies, reactions and its author's delete (an
-edit is refused) -- a real twistd relay and real securechat CLI processes, alice on two
-real devices (tests/two_devices.py)."""
+edit is refused) -- a real twistd relay and real securechat CLI and chat processes,
+alice on two real devices (tests/two_devices.py)."""
 
 import pytest_twisted
 
 from tests.processes import run_cli, write_client_config
+from tests.screen import ChatScreen
+from tests.support import poll_until_async
 from tests.two_devices import add_device
 
 PASSWORD = "correct horse battery staple"
@@ -115,3 +117,39 @@ async def test_a_file_message_takes_receipts_replies_reactions_and_its_authors_d
     assert [m["type"] for m in (await ok(bob, "inbox", "--json")).json_lines()][-1] == "file"
     (in_room,) = [m for m in await history_json(alice, "ops") if m["type"] == "file"]
     assert (in_room["status"], in_room["read_by"], in_room["members"]) == ("read", 1, 1)
+
+
+async def file_status(config, peer):
+    """The ``status`` of ``config``'s one file to ``peer`` (``history --json``)."""
+    return [m.get("status") for m in await history_json(config, peer)
+            if m["type"] == "file" and m["outgoing"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_chat_shows_a_file_sent_as_your_line_with_its_marks(listening_relay,
+                                                                      tmp_path):
+    """In alice's chat (a real pseudo-terminal) bob's file shows with how to fetch it, and
+    her open buffer sends its read receipt; her /file there shows as her own line
+    '[file] notes.txt (300 B) ✓' (no 'sent ... as file' notice), which turns '✓✓ read'
+    once bob's inbox printed it."""
+    alice, bob = await registered(tmp_path, listening_relay.port, "alice", "bob")
+    await ok(bob, "send-file", "alice", a_file(tmp_path, "from-bob.txt"))
+    chat = ChatScreen(alice)
+    try:
+        await chat.wait_for("/help for help")
+        chat.line("/query bob")
+        await chat.wait_for("<bob?> [file] from-bob.txt (300 B)")
+        await poll_until_async(lambda: _status_is(bob, "alice", ["read"]))
+        chat.line(f"/file {a_file(tmp_path)}")
+        await chat.wait_for("<alice> [file] notes.txt (300 B) ✓")
+        assert "as file" not in chat.text(), chat.text()
+        await ok(bob, "inbox")
+        await chat.wait_for("<alice> [file] notes.txt (300 B) ✓✓ read")
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
+
+
+async def _status_is(config, peer, statuses):
+    return await file_status(config, peer) == statuses
