@@ -90,7 +90,8 @@ def message_lines(record, me):
     marks = message_marks(record, receipts=True)
     if record.get("file") and not record.get("deleted"):
         lines.append(Line(when, f"<{name}>", style,
-                          file_line(record["file"], style == "own") + marks, "text", message_id, record))
+                          file_line(record["file"], style == "own") + marks, "text",
+                          message_id, record))
     elif text.startswith(ACTION) and not record.get("deleted"):
         lines.append(Line(when, f"* {name}", style,
                           safe(text[len(ACTION):], lines=True) + marks, "text", message_id,

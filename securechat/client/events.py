@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from securechat.client.event_types import (
     DELETE, EDIT, MESSAGE_TYPES, RECEIPT, RECEIPT_KINDS, valid_emoji, valid_mid)
+from securechat.client.file_messages import file_excerpt
 from securechat.client.messaging import new_id
 from securechat.wire import BROADCAST_ROOM
 
@@ -89,16 +90,18 @@ class Events:
         return self._store.message_events(mid) if valid_mid(mid) else None
 
     def written(self, mid, author, text, room=None, peer=None, members=None,
-                envelope_id=None, file_id=None):
+                envelope_id=None, file=None):
         """A message was stored (``envelope_id``: its record's) or sent, inside its
-        transaction: note who wrote it and where it went (``file_id``: a file message's
-        file, which cannot be edited and whose key a delete drops), unless a message with
-        this ``mid`` was seen before (it keeps it)."""
+        transaction: note who wrote it and where it went (``file``: a file message's
+        summary; such a message is quoted as ``[file] NAME``, cannot be edited, and a
+        delete drops its key), unless a message with this ``mid`` was seen before (it
+        keeps it)."""
         if not valid_mid(mid) or self._store.message_events(mid) is not None:
             return
-        record = {"author": author, "room": room, "peer": peer, "excerpt": excerpt(text)}
-        if file_id is not None:
-            record["file"] = file_id
+        record = {"author": author, "room": room, "peer": peer,
+                  "excerpt": excerpt(text if file is None else file_excerpt(file))}
+        if file is not None:
+            record["file"] = file["id"]
         if members is not None:
             record["members"] = sorted(members)
         if envelope_id is not None:

@@ -22,7 +22,7 @@ from securechat import wire
 from securechat.client.contacts import TrustError
 from securechat.client.event_types import (
     CHANGES, EDIT, MESSAGE_TYPES, REACTION, RECEIPT, valid_mid)
-from securechat.client.file_messages import file_excerpt, file_message, keep_received
+from securechat.client.file_messages import file_message, keep_received
 from securechat.client.protocol import RemoteError
 from securechat.client.verification import PendingRequests
 from securechat.crypto.device import DecryptError
@@ -150,14 +150,11 @@ def _keep(client, record, replaces=None):
     if record["error"]:
         kept = record["type"] == "msg"
     elif record["type"] in MESSAGE_TYPES:
-        summary = record.get("file")
-        if summary is not None:
+        if record.get("file") is not None:
             keep_received(store, record, record["descriptor"])
         room, peer = conversation_of(record)
-        client.events.written(
-            record["mid"], record["from"],
-            record["text"] if summary is None else file_excerpt(summary), room, peer,
-            envelope_id=record["id"], file_id=None if summary is None else summary["id"])
+        client.events.written(record["mid"], record["from"], record["text"], room, peer,
+                              envelope_id=record["id"], file=record.get("file"))
         kept = True
     elif record["type"] in CHANGES:
         kept = client.events.received(record)

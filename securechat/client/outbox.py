@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from securechat.client.event_types import CHANGES, MESSAGE_TYPES, RECEIPT
-from securechat.client.file_messages import file_excerpt, file_summary
+from securechat.client.file_messages import file_summary
 from securechat.client.inbound import iso
 from securechat.client.messaging import new_id
 from securechat.client.protocol import ConnectionClosed, RemoteError
@@ -138,14 +138,10 @@ class Outbox:
     def _written(self, record):
         client, payload = self._client, record["payload"]
         kind = payload.get("type")
-        if kind == "msg":
+        if kind in MESSAGE_TYPES:
             client.events.written(payload["mid"], client.user, payload.get("body"),
-                                  record["room"], record["to"], record.get("members"))
-        elif kind == "file":
-            summary = file_summary(payload["file"])
-            client.events.written(payload["mid"], client.user, file_excerpt(summary),
                                   record["room"], record["to"], record.get("members"),
-                                  file_id=summary["id"])
+                                  file=file_summary(payload["file"]) if kind == "file" else None)
         elif kind in CHANGES:
             client.events.received({"type": kind, "inner": payload, "from": client.user,
                                     "room": record["room"]})

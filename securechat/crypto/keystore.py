@@ -532,7 +532,7 @@ class KeyStore:
                          (tag, self.seal(record)))
 
     def file_uploads(self):
-        """``[(tag, record)]`` of every upload kept (``files.prune_uploads`` bounds them)."""
+        """``[(tag, record)]`` of every upload kept (``file_messages.prune_uploads`` bounds them)."""
         return [(tag, self.unseal(sealed)) for tag, sealed in self._db.execute(
             "SELECT upload, sealed FROM file_uploads")]
 
