@@ -284,3 +284,53 @@ def test_a_received_file_shows_its_escaped_name_size_and_how_to_fetch_it():
     line, = message_lines(record(None, type="file", file={
         "id": "F" * 22, "name": "evil\x1b[2J.txt", "size": 1536}), "alice")
     assert line.body == f"[file] evil^[[2J.txt (1.5 KiB): securechat files get {'F' * 22}"
+
+
+class PendingDaemon(AnsweringDaemon):
+    """Answers as AnsweringDaemon, but ``send-file`` only when the test fires ``sending``."""
+
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.sending = defer.Deferred()
+
+    def call(self, method, **params):
+        if method == "send-file":
+            self.calls.append((method, params))
+            return self.sending
+        return super().call(method, **params)
+
+
+def test_slash_file_shows_its_progress_then_its_own_line_whose_marks_follow_receipts():
+    """While /file uploads, the status line shows how far it got (the daemon's
+    files.progress); once sent, the status line is clear, the file's own line shows
+    '[file] a.txt (3 B) ✓' (no 'sent ... as file' notice besides), and a read receipt of
+    its mid turns the mark to '✓✓ read'."""
+    from securechat.client.chat import Chat
+
+    daemon = PendingDaemon({})
+    chat = Chat(daemon=daemon, me="alice", view_factory=RecordedScreen)
+    buffer, _ = chat._opened("user", "bob", switch=True)
+    sending = defer.ensureDeferred(chat._slash.run("/file a.txt"))
+    chat.notified("files.progress", {"done": 5 * 1024 * 1024, "total": 20 * 1024 * 1024})
+    assert chat.view.status == "[connecting] bob | file 25% 5.0/20.0 MiB"
+    chat.notified("files.progress", {"done": None, "total": 20 * 1024 * 1024})
+    assert chat.view.status == "[connecting] bob"
+    daemon.sending.callback({"id": "mid-of-file", "file": {"id": "F" * 22, "name": "a.txt",
+                                                           "size": 3}})
+    assert sending.called
+    assert [(l.mark, l.body) for l in buffer.lines] == [("<alice>", "[file] a.txt (3 B) ✓")]
+    chat.notified("receipt", {"mid": "mid-of-file", "status": "read"})
+    assert buffer.lines[-1].body == "[file] a.txt (3 B) ✓✓ read"
+
+
+def test_a_deleted_file_shows_deleted_not_how_to_fetch_it():
+    """A file message its author deleted reads '(deleted)' in the chat and in a history
+    line, with its reactions, never its name or its 'files get'."""
+    from securechat.client.render import format_message
+
+    deleted = record(None, type="file", deleted=True, reactions={"+1": 1},
+                     file={"id": "F" * 22, "name": "a.txt", "size": 3})
+    (line,) = message_lines(deleted, "alice")
+    assert line.body == "(deleted) [+1 1]"
+    assert format_message({**deleted, "from_dev": "D"}).endswith(
+        "bob (unverified): (deleted) [+1 1]")

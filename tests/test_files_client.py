@@ -3,14 +3,18 @@ received names made safe, the file message's checks, the progress bar, the key s
 
 import io
 import os
+import types
 
 import pytest
+from twisted.internet import task
 
-from securechat.client.file_messages import file_message, safe_file_name
+from securechat.client.file_messages import (
+    MAX_UPLOADS_KEPT, UPLOAD_KEEP_DAYS, file_message, prune_uploads, safe_file_name)
 from securechat.client.files import FileTransfers
 from securechat.client.progress import ProgressBar
+from securechat.client.session import Client
 from securechat.crypto import keystore
-from securechat.crypto.device import DecryptError
+from securechat.crypto.device import DecryptError, DeviceCrypto
 from securechat.crypto.filecrypt import (
     CHUNK_CIPHER, FileDecryptError, Hashes, cipher_size, decrypt_file, encrypt_chunks, new_key)
 from securechat.wire import FILE_CHUNK_PLAIN, b64encode
@@ -167,3 +171,38 @@ def test_a_version_2_key_store_gains_the_file_tables(tmp_path):
         assert store.received_files() == [{"id": "x" * 22}]
     finally:
         store.close()
+
+
+def test_abandoned_upload_records_are_dropped_after_a_week_and_bounded(tmp_path):
+    """The resume records of uploads begun over UPLOAD_KEEP_DAYS ago go, one without a time
+    (an older client's) is given now and kept, and past MAX_UPLOADS_KEPT only the newest
+    stay; pruning runs when the session opens the key store."""
+    store = keystore.KeyStore.create(str(tmp_path), "pw", {"user": "alice"})
+    DeviceCrypto.create(store)
+    now = 1_800_000_000_000
+    week = UPLOAD_KEEP_DAYS * 24 * 3600 * 1000
+    try:
+        with store.transaction():
+            store.put_file_upload("old", {"file_id": "o", "begun": now - week - 1})
+            store.put_file_upload("recent", {"file_id": "r", "begun": now - week + 1})
+            store.put_file_upload("untimed", {"file_id": "u"})
+            prune_uploads(store, now)
+        assert sorted(tag for tag, _ in store.file_uploads()) == ["recent", "untimed"]
+        assert store.file_upload("untimed")["begun"] == now
+        with store.transaction():
+            for n in range(MAX_UPLOADS_KEPT + 5):
+                store.put_file_upload(f"n{n}", {"file_id": "n", "begun": now + n})
+            prune_uploads(store, now)
+        kept = {tag for tag, _ in store.file_uploads()}
+        assert kept == {f"n{n}" for n in range(5, MAX_UPLOADS_KEPT + 5)}
+        with store.transaction():
+            store.put_file_upload("stale", {"file_id": "s", "begun": 0})
+    finally:
+        store.close()
+    client = Client(task.Clock(), types.SimpleNamespace(data_dir=str(tmp_path),
+                                                        username="alice"), "pw")
+    client.unlock()
+    try:
+        assert client.store.file_upload("stale") is None
+    finally:
+        client.close()

@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
+from securechat.client.files import FileTransfers
 from securechat.client.healing import PER_MINUTE, RequestLimiter, TRACKED
 from securechat.client.messaging import new_id
 from securechat.client.session import Client
@@ -315,3 +316,26 @@ async def test_a_burst_of_failures_asks_once_per_envelope_on_one_fresh_session_a
     await healer.ask_again(failed_from("A1", "e1"))
     assert client.sender.sent[-1] == ("retry.request", "e6", True)
     assert len(client.sender.sent) == PER_MINUTE + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_message_asked_for_again_is_not_sent_again_as_an_empty_text(
+        server, tmp_path):
+    """A retry request for alice's file message to bob (in her 1:1 history like a text)
+    gets nothing sent again: never a text message without a text (a file's key is not
+    kept to send it again)."""
+    to_bob, to_alice = [], []
+    bob = await online(server, tmp_path, "bob", to_bob)
+    alice = await online(server, tmp_path, "alice", to_alice)
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"abc")
+    try:
+        await FileTransfers(alice).send(str(path), user="bob")
+        envelope_id, = alice.store.conversation("bob", 1)[0]["to_devices"]
+        await ask_again(bob, alice, envelope_id)
+        await answered(alice, to_alice, 1)
+        await after_a_marker(alice, bob, to_bob)
+        assert [(m["type"], m["text"]) for m in to_bob] == [("file", None), ("msg", "marker")]
+    finally:
+        for client in (alice, bob):
+            await client.disconnect()

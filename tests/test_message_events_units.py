@@ -217,3 +217,26 @@ def test_changes_replies_and_marks_print_safely_in_the_terminal():
         f"{head} edited m1: lunch at 1?", f"{head} deleted m1",
         f"{head} reacted ^[[31m to m1^[[2J", f"{head}: (↪ alice: lunch?^G) yes",
         f"{head}: see you (edited) [+1 2]", f"{head}: (deleted)"]
+
+
+def test_a_file_message_is_never_edited_and_its_delete_drops_its_key(tmp_path):
+    """bob's file message: his own edit of it (crafted past the CLI) is refused and not
+    applied; his delete drops the file from the stored history and its key from the
+    received files; a reply quotes it as '[file] NAME'."""
+    events, store = events_of(tmp_path)
+    summary = {"id": "F" * 22, "name": "a.txt", "size": 3}
+    with store.transaction():
+        store.add_message("envelope-of-file", {"type": "file", "mid": MID, "from": "bob",
+                                               "room": None, "text": None, "file": summary})
+        store.put_received_file(summary["id"], {**summary, "key": "k"})
+        events.written(MID, "bob", None, peer="bob", envelope_id="envelope-of-file",
+                       file=summary)
+        assert not events.received(change("edit", "bob", MID, body="a text now"))
+    reply = events.overlay({"type": "msg", "mid": OTHER, "from": "alice", "reply_to": MID})
+    assert reply["in_reply_to"] == {"from": "bob", "text": "[file] a.txt"}
+    with store.transaction():
+        assert events.received(change("delete", "bob", MID))
+    (_, kept), = store.messages()
+    assert "file" not in kept and store.received_files() == []
+    assert events.overlay({**kept, "mid": MID})["deleted"] is True
+    store.close()

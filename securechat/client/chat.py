@@ -25,6 +25,7 @@ from securechat.client.commands import (
 from securechat.client.exit_codes import (
     EXIT_AUTH, EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE)
 from securechat.client.event_types import CHANGES
+from securechat.client.progress import status_text
 from securechat.client.render import safe
 from securechat.client.rpc import (
     INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed, DaemonConnection)
@@ -57,6 +58,7 @@ class Chat:
         self._sending = defer.DeferredLock()  # lines leave in the order they were typed
         self.done = defer.Deferred()
         self.removed = None  # why the chat ended, when this device was removed
+        self.transfer = None  # (done, total) bytes of the /file being sent, for the status line
         self.view = view_factory(self._typed, self._key)
 
     def call(self, method, **params):
@@ -67,8 +69,10 @@ class Chat:
     def _bars(self):
         current = self.buffers.current
         typing = self.typing.text(current.kind, current.name)
+        transfer = status_text(*self.transfer) if self.transfer else ""
         self.view.bars(self.buffers.title_line(self.me),
-                       self.buffers.status_line(self.state) + (f" | {typing}" if typing else ""))
+                       self.buffers.status_line(self.state)
+                       + "".join(f" | {part}" for part in (transfer, typing) if part))
 
     def add(self, buffer, lines, counts=False):
         """Add ``lines`` to ``buffer`` (a message ``counts`` as unread elsewhere)."""
@@ -131,6 +135,11 @@ class Chat:
         elif method == "receipt":
             self.update(params.get("mid"), {key: params.get(key) for key in (
                 "status", "delivered_to", "read_by", "members")})
+        elif method == "files.progress":
+            done, total = params.get("done"), params.get("total")
+            self.transfer = (done, total) if isinstance(done, int) and isinstance(
+                total, int) else None
+            self._bars()
         elif method == "typing":
             self.typing.notice(params.get("user"), params.get("room"), params.get("state"))
         elif method == "state":
@@ -278,6 +287,20 @@ class Chat:
         if result is not None:
             self.add(buffer, [own_line(self.me, text, mid=result.get("id"),
                                        reply_to=reply_to)])
+
+    async def send_file(self, buffer, path):
+        """``/file PATH``: ``send-file`` (``say-file`` in a room) through the daemon, how
+        far it got in the status line meanwhile (``files.progress``); then the file's own
+        line in ``buffer``, whose marks follow its receipts as a message's do."""
+        command = "say-file" if buffer.kind == "room" else "send-file"
+        try:
+            result = await self.command([command, buffer.name, path], quiet=True)
+        finally:
+            self.transfer = None
+            self._bars()
+        if result and result.get("file"):
+            self.add(buffer, [own_line(self.me, None, mid=result.get("id"),
+                                       file=result["file"])])
 
     def _send_typing(self, state, buffer):
         """Tell ``buffer``'s person or room that this person types (or stopped); a notice

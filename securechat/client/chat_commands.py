@@ -144,13 +144,12 @@ class SlashCommands:
 
     async def do_file(self, rest):
         """``/file PATH``: ``send-file`` or ``say-file`` to the current buffer's person or
-        room; its ``files get`` line shows in the recipients' chats."""
+        room; its ``files get`` line shows in the recipients' chats, its own line here."""
         words, current = self._words(rest), self._chat.buffers.current
         if len(words) != 1 or current.kind == "status":
             self._chat.warn("usage: /file PATH (in a person's or a room's buffer)")
             return
-        command = "say-file" if current.kind == "room" else "send-file"
-        await self._chat.command([command, current.name, words[0]])
+        await self._chat.send_file(current, words[0])
 
     async def do_verify(self, rest):
         await self._chat.verify(["verify"] + self._words(rest))

@@ -88,8 +88,9 @@ def message_lines(record, me):
         return lines
     text = record.get("text") or ""
     marks = message_marks(record, receipts=True)
-    if record.get("file"):
-        lines.append(Line(when, f"<{name}>", style, file_line(record["file"]) + marks, "text",
+    if record.get("file") and not record.get("deleted"):
+        lines.append(Line(when, f"<{name}>", style,
+                          file_line(record["file"], style == "own") + marks, "text",
                           message_id, record))
     elif text.startswith(ACTION) and not record.get("deleted"):
         lines.append(Line(when, f"* {name}", style,
@@ -109,12 +110,14 @@ def redraw(line, changes, me):
     line.body = message_lines(line.record, me)[-1].body
 
 
-def own_line(me, text, queued=False, mid=None, reply_to=None):
+def own_line(me, text, queued=False, mid=None, reply_to=None, file=None):
     """A line this person just sent (``queued``: kept in the outbox until the reconnect;
-    ``mid``: its message id, for its receipts; ``reply_to``: the mid it answers)."""
+    ``mid``: its message id, for its receipts; ``reply_to``: the mid it answers; ``file``:
+    the summary of a file sent, shown instead of a text)."""
     record = {"from": me, "outgoing": True, "text": text, "sent_at": now().isoformat(),
               "mid": mid, **({} if queued else {"status": "sent"}),
-              **({"reply_to": reply_to} if reply_to else {})}
+              **({"reply_to": reply_to} if reply_to else {}),
+              **({"type": "file", "file": file} if file else {})}
     line = message_lines(record, me)[0]
     if queued:
         line.body += " (queued: sent after the reconnect)"

@@ -584,7 +584,7 @@ def show_result(args, result, out=print, say_sent=None, warn=warn_on_stderr):
     width = terminal_width(sys.stdout)
     for warning in result.get("warnings") or ():
         warn(warning)
-    if show_file_result(args, result, out):
+    if show_file_result(args, result, out, say_sent is not False):
         return
     if command == "login":
         out(f"logged in as {result['user']} (device {result['device']}); "

@@ -11,6 +11,9 @@ CHANGES = (REACTION, EDIT, DELETE)
 """Sealed types that change an earlier message: kept in the history, shown in ``inbox``
 as their own types, and allowed in rooms besides ``msg``."""
 RECEIPT_KINDS = ("delivered", "read")
+MESSAGE_TYPES = ("msg", "file")
+"""Sealed types a person writes and reads: each takes receipts, replies, reactions and
+its author's delete (and a ``msg`` its author's edit)."""
 
 MID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 """A message id as senders make them (``messaging.new_id``), with room to spare."""

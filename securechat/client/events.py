@@ -25,7 +25,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from securechat.client.event_types import (
-    DELETE, EDIT, RECEIPT, RECEIPT_KINDS, valid_emoji, valid_mid)
+    DELETE, EDIT, MESSAGE_TYPES, RECEIPT, RECEIPT_KINDS, valid_emoji, valid_mid)
+from securechat.client.file_messages import file_excerpt
 from securechat.client.messaging import new_id
 from securechat.wire import BROADCAST_ROOM
 
@@ -89,13 +90,18 @@ class Events:
         return self._store.message_events(mid) if valid_mid(mid) else None
 
     def written(self, mid, author, text, room=None, peer=None, members=None,
-                envelope_id=None):
+                envelope_id=None, file=None):
         """A message was stored (``envelope_id``: its record's) or sent, inside its
-        transaction: note who wrote it and where it went, unless a message with this
-        ``mid`` was seen before (it keeps it)."""
+        transaction: note who wrote it and where it went (``file``: a file message's
+        summary; such a message is quoted as ``[file] NAME``, cannot be edited, and a
+        delete drops its key), unless a message with this ``mid`` was seen before (it
+        keeps it)."""
         if not valid_mid(mid) or self._store.message_events(mid) is not None:
             return
-        record = {"author": author, "room": room, "peer": peer, "excerpt": excerpt(text)}
+        record = {"author": author, "room": room, "peer": peer,
+                  "excerpt": excerpt(text if file is None else file_excerpt(file))}
+        if file is not None:
+            record["file"] = file["id"]
         if members is not None:
             record["members"] = sorted(members)
         if envelope_id is not None:
@@ -107,7 +113,7 @@ class Events:
         text replaced by the latest edit), ``deleted`` (the text gone), ``reactions``
         (``{emoji: count}``), ``in_reply_to`` (the author and excerpt of the message it
         answers, when this device holds it) and, for an own message, its ``status``."""
-        if record.get("type") != "msg" or record.get("error"):
+        if record.get("type") not in MESSAGE_TYPES or record.get("error"):
             return record
         state = self.state(record.get("mid"))
         shown = dict(record)
@@ -120,6 +126,7 @@ class Events:
             return shown
         if state.get("deleted"):
             shown.update(text=None, deleted=True)
+            shown.pop("file", None)
         elif state.get("edit"):
             shown.update(text=state["edit"]["text"], edited=True)
         reactions = {emoji: len(users) for emoji, users in state.get("reactions", {}).items()
@@ -153,6 +160,10 @@ class Events:
                           "only its author can", user=sender, kind=kind,
                           author=state["author"], mid=target)
             return False
+        if kind == EDIT and state.get("file"):
+            self.log.warn("REFUSED: {user} tried to edit a file ({mid}); a file cannot be "
+                          "edited", user=sender, mid=target)
+            return False
         if state.get("room") != record.get("room") or (
                 record.get("room") is None and sender not in (self._me, state["peer"])):
             self.log.warn("REFUSED: a {kind} from {user} of a message not in that "
@@ -164,6 +175,8 @@ class Events:
             state.update(deleted=inner.get("ts") or True, excerpt="(deleted)")
             state.pop("edit", None)
             self._store.forget_text(target, state.get("envelope"))
+            if state.get("file"):  # its key goes: 'files get' cannot fetch it any more
+                self._store.drop_received_file(state["file"])
         elif not self._reaction(state, sender, inner):
             return False
         self._store.put_message_events(target, state)
@@ -222,12 +235,13 @@ class Events:
     def owe(self, kind, records):
         """Note the receipts of ``records`` (messages stored or shown here) to their
         senders; sent in one receipt per sender after ``delay`` (or ``flush``).  Own
-        messages, undecryptable ones, broadcasts and anything but a message get none;
-        ``read`` ones none when ``send_read_receipts`` is off."""
+        messages, undecryptable ones, broadcasts and anything but a message (a text or a
+        file) get none; ``read`` ones none when ``send_read_receipts`` is off."""
         if kind == "read" and not self._client.settings.send_read_receipts:
             return
         for record in records:
-            if (record.get("type") != "msg" or record.get("error") or record.get("outgoing")
+            if (record.get("type") not in MESSAGE_TYPES or record.get("error")
+                    or record.get("outgoing")
                     or record.get("from") in (None, self._me)
                     or record.get("room") == BROADCAST_ROOM or not valid_mid(record.get("mid"))):
                 continue

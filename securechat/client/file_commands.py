@@ -73,10 +73,11 @@ def file_request(args):
     return None
 
 
-def show_file_result(args, result, out):
-    """Print a file command's result; False for another command's."""
+def show_file_result(args, result, out, say_sent=True):
+    """Print a file command's result; False for another command's.  ``say_sent``: whether
+    a file sent says where it went (the chat, which shows its line, says no)."""
     if args.command in ("send-file", "say-file"):
-        if result.get("file"):
+        if result.get("file") and say_sent:
             where = f"room {args.room}" if args.command == "say-file" else args.user
             sent = result["file"]
             out(f"sent {safe(sent['name'])} ({human_size(sent['size'])}) to {safe(where)} "

@@ -10,7 +10,8 @@ on, under a keyed hash of (recipient, path, size, modification time): the
 same command run again after a dropped connection or a killed process
 asks the relay how far it got (``file.info``) and goes on from there.
 Handing the message to the outbox drops that record in the same
-transaction, so a file is never announced twice.
+transaction, so a file is never announced twice; the record of an upload
+abandoned goes after a week, as the relay's copy does (``prune_uploads``).
 
 Fetching: the ciphertext is appended to ``files/FILE_ID.part`` in the data
 directory (a dropped download goes on from the chunks that file holds),
@@ -34,7 +35,7 @@ from twisted.internet import defer
 from securechat import wire
 from securechat.client.exit_codes import (
     EXIT_FILE_CORRUPT, EXIT_FILE_TOO_LARGE, EXIT_NOT_FOUND, EXIT_QUOTA)
-from securechat.client.file_messages import safe_file_name
+from securechat.client.file_messages import file_summary, prune_uploads, safe_file_name
 from securechat.client.messaging import new_id
 from securechat.client.protocol import RemoteError
 from securechat.client.session import ClientError, refusal
@@ -96,7 +97,7 @@ class FileTransfers:
         await self._request(doing, "file.finish", file_id=upload["file_id"],
                             size=cipher_size(upload["size"]), hash=hashes.chunks,
                             to=[user] if room is None else None, room=room)
-        summary = {"id": upload["file_id"], "name": upload["name"], "size": upload["size"]}
+        summary = file_summary({**upload, "id": upload["file_id"]})
         described = {**summary, "key": upload["key"], "header": upload["header"],
                      "hash": hashes.chunks, "sha256": hashes.plain}
         payload = {"type": "file", "mid": new_id(), "room": room, "ts": int(time.time() * 1000),
@@ -126,10 +127,12 @@ class FileTransfers:
                 return {**upload, "stored": info["chunks"]}
         key, header = new_key()
         begun = await self._request("the upload", "file.begin", size=cipher_size(size))
+        now = int(time.time() * 1000)
         upload = {"file_id": begun["file_id"], "key": wire.b64encode(key),
                   "header": wire.b64encode(header), "size": size,
-                  "name": safe_file_name(os.path.basename(path), "file")}
+                  "name": safe_file_name(os.path.basename(path), "file"), "begun": now}
         with self._store.transaction():
+            prune_uploads(self._store, now)
             self._store.put_file_upload(tag, upload)
         return {**upload, "stored": 0}
 

@@ -145,6 +145,10 @@ class Healer:
                           "longer keeps", peer=peer)
             return
         sent, at = found
+        if sent.get("type", "msg") != "msg":  # a file: its key is not kept to send again
+            self.log.info("{peer} asked again for a file message: not sent again (send the "
+                          "file again)", peer=peer)
+            return
         if list(peer) != sent.get("to_devices", {}).get(envelope_id):
             self.log.warn("{peer} asked for a message sent to another device: refused",
                           peer=peer)

@@ -20,7 +20,8 @@ import time
 
 from securechat import wire
 from securechat.client.contacts import TrustError
-from securechat.client.event_types import CHANGES, EDIT, REACTION, RECEIPT, valid_mid
+from securechat.client.event_types import (
+    CHANGES, EDIT, MESSAGE_TYPES, REACTION, RECEIPT, valid_mid)
 from securechat.client.file_messages import file_message, keep_received
 from securechat.client.protocol import RemoteError
 from securechat.client.verification import PendingRequests
@@ -140,7 +141,7 @@ def conversation_of(record):
 def _keep(client, record, replaces=None):
     """Mark the envelope seen; store it if it is a chat message or a file (not a key or a
     control; a file's key goes to the received files), in place of the error record it
-    ``replaces``, and note a message's author (``events.Events.written``); apply a receipt
+    ``replaces``, and note its author (``events.Events.written``); apply a receipt
     or a change to what it names, and store a change that was not refused; keep it if it
     asks for (or calls off) a
     verification."""
@@ -148,13 +149,12 @@ def _keep(client, record, replaces=None):
     store.mark_seen(record["id"], int(time.time() * 1000))
     if record["error"]:
         kept = record["type"] == "msg"
-    elif record["type"] == "file":
-        keep_received(store, record, record["descriptor"])
-        kept = True
-    elif record["type"] == "msg":
+    elif record["type"] in MESSAGE_TYPES:
+        if record.get("file") is not None:
+            keep_received(store, record, record["descriptor"])
         room, peer = conversation_of(record)
         client.events.written(record["mid"], record["from"], record["text"], room, peer,
-                              envelope_id=record["id"])
+                              envelope_id=record["id"], file=record.get("file"))
         kept = True
     elif record["type"] in CHANGES:
         kept = client.events.received(record)

@@ -419,6 +419,9 @@ class Methods:
         elif state["author"] != client.user:
             raise ClientError(f"only its author can {name} a message: {mid} is "
                               f"{state['author']}'s")
+        elif name == "edit" and state.get("file"):
+            raise ClientError(f"a file cannot be edited: {mid} is a file message (delete "
+                              "it and send the file again)")
         if name == "edit":
             payload["body"] = params.get("text", str)
             check_message_size(payload["body"])

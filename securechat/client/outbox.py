@@ -25,7 +25,8 @@ import time
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from securechat.client.event_types import CHANGES, RECEIPT
+from securechat.client.event_types import CHANGES, MESSAGE_TYPES, RECEIPT
+from securechat.client.file_messages import file_summary
 from securechat.client.inbound import iso
 from securechat.client.messaging import new_id
 from securechat.client.protocol import ConnectionClosed, RemoteError
@@ -36,18 +37,21 @@ connect) instead of failing."""
 
 
 def sent_record(client, record):
-    """An accepted 1:1 message as its conversation's history keeps it: the fields of a
-    received one (``inbox --json``), from this device, plus ``to``, the envelope ids and
-    the device each went to (``to_devices``: only such a device is ever sent it again,
-    see ``healing``)."""
+    """An accepted 1:1 message (a text or a file) as its conversation's history keeps it:
+    the fields of a received one (``inbox --json``; a file's ``file`` summary, never its
+    key), from this device, plus ``to``, the envelope ids and the device each went to
+    (``to_devices``: only such a device is ever sent it again, see ``healing``)."""
     payload = record["payload"]
     envelopes = record["envelopes"] or ()
-    return {"id": payload["mid"], "type": "msg", "mid": payload["mid"], "from": client.user,
-            "from_dev": client.device, "to": record["to"], "room": None,
+    kept = {"id": payload["mid"], "type": payload["type"], "mid": payload["mid"],
+            "from": client.user, "from_dev": client.device, "to": record["to"], "room": None,
             "text": payload.get("body"), "sent_at": iso(payload["ts"]),
             "accepted_at": iso(int(time.time() * 1000)), "verified": True, "warning": None,
             "error": None, "envelopes": [env["id"] for env in envelopes],
             "to_devices": {env["id"]: [env["to"], env["to_dev"]] for env in envelopes}}
+    if payload["type"] == "file":
+        kept["file"] = file_summary(payload["file"])
+    return kept
 
 
 def resend_window_ms(settings):
@@ -123,8 +127,8 @@ class Outbox:
             self._store.outbox_remove(entry_id)
 
     def _accepted(self, entry_id):
-        """The relay took an entry: it leaves the outbox; a 1:1 message is kept as sent;
-        a message's author is noted, and a change (``events``) applied here too."""
+        """The relay took an entry: it leaves the outbox; a 1:1 message (or file) is kept
+        as sent; a message's author is noted, and a change (``events``) applied here too."""
         with self._store.transaction():
             record = self._store.outbox_entry(entry_id)
             if record is not None:
@@ -134,16 +138,17 @@ class Outbox:
     def _written(self, record):
         client, payload = self._client, record["payload"]
         kind = payload.get("type")
-        if kind == "msg":
+        if kind in MESSAGE_TYPES:
             client.events.written(payload["mid"], client.user, payload.get("body"),
-                                  record["room"], record["to"], record.get("members"))
+                                  record["room"], record["to"], record.get("members"),
+                                  file=file_summary(payload["file"]) if kind == "file" else None)
         elif kind in CHANGES:
             client.events.received({"type": kind, "inner": payload, "from": client.user,
                                     "room": record["room"]})
         elif kind == RECEIPT:  # a device that cannot read one is told so (``healing``)
             self._store.add_receipt_envelopes([env["id"] for env in record["envelopes"] or ()],
                                               int(time.time() * 1000))
-        if record["room"] is None and kind == "msg":
+        if record["room"] is None and kind in MESSAGE_TYPES:
             now = int(time.time() * 1000)
             self._store.add_sent(payload["mid"], record["to"], sent_record(client, record),
                                  now, now - resend_window_ms(client.settings))

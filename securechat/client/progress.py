@@ -29,6 +29,12 @@ def describe(done, total, rate):
             f"{done / MIB:.1f}/{total / MIB:.1f} MiB  {rate / MIB:.1f} MiB/s  ETA {eta}")
 
 
+def status_text(done, total):
+    """A transfer as the chat's status line shows it: ``file 45% 9.0/20.0 MiB``."""
+    share = done / total if total else 1.0
+    return f"file {share:.0%} {done / MIB:.1f}/{total / MIB:.1f} MiB"
+
+
 class ProgressBar:
     """``bar(done, total)`` redraws; ``bar(None, total)`` ends the line.  The rate counts
     from the first call, so a resumed transfer's rate is that of what it moves now."""

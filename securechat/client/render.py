@@ -184,8 +184,9 @@ def format_message(record, width=None):
         lines.append(safe(record["warning"]))
     if record.get("error"):
         lines.append(f"{head}: ✗ could not decrypt: {safe(record['error'])}")
-    elif record.get("file"):
-        lines.append(f"{head}: {file_line(record['file'])}")
+    elif record.get("file") and not record.get("deleted"):
+        lines.append(f"{head}: {file_line(record['file'], record.get('outgoing'))}"
+                     f"{message_marks(record)}")
     elif record.get("type") in CHANGE_WORDS:
         lines.append(f"{head} {change_text(record)}")
     else:
@@ -202,11 +203,11 @@ def human_size(size):
         size /= 1024
 
 
-def file_line(summary):
-    """A received file as one line: its name (through ``safe``: it came from the network),
-    its size and the command that fetches it."""
-    return (f"[file] {safe(summary['name'])} ({human_size(summary['size'])}): "
-            f"securechat files get {safe(summary['id'])}")
+def file_line(summary, own=False):
+    """A file as one line: its name (through ``safe``: it came from the network), its
+    size and, unless it is one this person sent (``own``), the command that fetches it."""
+    line = f"[file] {safe(summary['name'])} ({human_size(summary['size'])})"
+    return line if own else f"{line}: securechat files get {safe(summary['id'])}"
 
 
 CHANGE_WORDS = {"edit": "edited", "delete": "deleted", "reaction": "reacted"}

@@ -23,6 +23,7 @@ from securechat.client.exit_codes import (  # noqa: F401 (others import them fro
     EXIT_AUTH, EXIT_CERTIFICATE, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_RATE_LIMITED,
     EXIT_UNAVAILABLE, EXIT_UNKNOWN_USER, EXIT_UNREACHABLE, EXIT_UNTRUSTED)
 from securechat.client.events import Events
+from securechat.client.file_messages import prune_uploads
 from securechat.client.healing import Healer
 from securechat.client.messaging import Receiver, Sender, new_id
 from securechat.client.outbox import NotSent, Outbox
@@ -388,6 +389,8 @@ class Client:
         self.device = self.store.meta("device")
         self.crypto = DeviceCrypto.load(self.store)
         self.contacts = Contacts(self.store, self.user, self.crypto.identity_key)
+        with self.store.transaction():  # abandoned uploads' resume records go (bounded)
+            prune_uploads(self.store, int(time.time() * 1000))
 
     @returns_deferred
     async def join_account(self):

@@ -80,7 +80,7 @@ received 1:1 message).  3: ``file_uploads`` and ``received_files`` (encrypted fi
 def conversation_peer(record):
     """Whose 1:1 conversation a stored received message belongs to (None: a room's): its
     sender's, or for what another device of this account sent (``outgoing``), its ``to``."""
-    if record.get("room") is None and record.get("type") == "msg":
+    if record.get("room") is None and record.get("type") in ("msg", "file"):
         return record.get("to") if record.get("outgoing") else record.get("from")
     return None
 
@@ -413,13 +413,15 @@ class KeyStore:
 
     def forget_text(self, mid, envelope_id=None):
         """Remove what message ``mid`` said from the history (its author deleted it): the
-        received record of ``envelope_id``, and an own sent one of that ``mid``."""
+        received record of ``envelope_id``, and an own sent one of that ``mid`` (a file
+        message's file summary with it)."""
         rows = self._db.execute(
             "SELECT 'messages', envelope_id, sealed FROM messages WHERE envelope_id = ? "
             "UNION ALL SELECT 'sent', message_id, sealed FROM sent WHERE message_id = ?",
             (envelope_id, mid)).fetchall()
         for table, key, sealed in rows:
             record = {**self.unseal(sealed), "text": None}
+            record.pop("file", None)
             column = "envelope_id" if table == "messages" else "message_id"
             self._db.execute(f"UPDATE {table} SET sealed = ? WHERE {column} = ?",
                              (self.seal(record), key))
@@ -529,6 +531,11 @@ class KeyStore:
         self._db.execute("INSERT OR REPLACE INTO file_uploads VALUES (?, ?)",
                          (tag, self.seal(record)))
 
+    def file_uploads(self):
+        """``[(tag, record)]`` of every upload kept (``file_messages.prune_uploads`` bounds them)."""
+        return [(tag, self.unseal(sealed)) for tag, sealed in self._db.execute(
+            "SELECT upload, sealed FROM file_uploads")]
+
     def drop_file_upload(self, tag):
         self._db.execute("DELETE FROM file_uploads WHERE upload = ?", (tag,))
 
@@ -541,6 +548,9 @@ class KeyStore:
         self._db.execute(
             "INSERT INTO received_files (file_id, sealed) VALUES (?, ?) ON CONFLICT (file_id) "
             "DO UPDATE SET sealed = excluded.sealed", (file_id, self.seal(record)))
+
+    def drop_received_file(self, file_id):
+        self._db.execute("DELETE FROM received_files WHERE file_id = ?", (file_id,))
 
     def received_files(self):
         """Every file received, oldest first."""
