@@ -34,10 +34,10 @@ from twisted.internet import defer
 
 from securechat import wire
 from securechat.client.exit_codes import (
-    EXIT_FILE_CORRUPT, EXIT_FILE_TOO_LARGE, EXIT_NOT_FOUND, EXIT_QUOTA)
+    EXIT_FILE_CORRUPT, EXIT_FILE_TOO_LARGE, EXIT_NOT_FOUND, EXIT_QUOTA, EXIT_UNREACHABLE)
 from securechat.client.file_messages import file_summary, prune_uploads, safe_file_name
 from securechat.client.messaging import new_id
-from securechat.client.protocol import RemoteError
+from securechat.client.protocol import ConnectionClosed, RemoteError
 from securechat.client.session import ClientError, refusal
 from securechat.crypto.filecrypt import (
     CHUNK_CIPHER, FileDecryptError, Hashes, chunk_count, cipher_size, decrypt_file,
@@ -92,7 +92,13 @@ class FileTransfers:
                 f"{target}\0{os.path.realpath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}")
             upload = await self._resumable(tag, path, stat.st_size)
             hashes = Hashes()
-            await self._upload(source, upload, hashes, progress)
+            try:
+                await self._upload(source, upload, hashes, progress)
+            except ConnectionClosed:
+                raise ClientError(
+                    f"the upload of {path} stopped: the connection to the relay closed; run "
+                    "the same command again and it goes on from where it stopped",
+                    EXIT_UNREACHABLE) from None
         doing = f"the file {upload['file_id']}"
         await self._request(doing, "file.finish", file_id=upload["file_id"],
                             size=cipher_size(upload["size"]), hash=hashes.chunks,
@@ -190,7 +196,13 @@ class FileTransfers:
         described = self.received(file_id)
         target = self._target(described, out, directory)
         part = self._part_path(file_id)
-        await self._download(described, part, progress)
+        try:
+            await self._download(described, part, progress)
+        except ConnectionClosed:
+            raise ClientError(
+                f"the download of {file_id} stopped: the connection to the relay closed; run "
+                "the same command again and it goes on from where it stopped",
+                EXIT_UNREACHABLE) from None
         try:
             self._check_and_decrypt(described, part, target)
         except FileDecryptError as e:
@@ -239,8 +251,8 @@ class FileTransfers:
             in_flight = []
             try:
                 for index in range(have, count):
-                    in_flight.append(self._request(f"the file {file_id}", "file.get",
-                                                   file_id=file_id, index=index))
+                    in_flight.append(defer.ensureDeferred(self._request(  # started now
+                        f"the file {file_id}", "file.get", file_id=file_id, index=index)))
                     if len(in_flight) >= WINDOW:
                         self._write(sink, await in_flight.pop(0), meter)
                 while in_flight:
