@@ -233,6 +233,26 @@ async def test_a_tampered_chunk_on_the_relay_is_refused_and_nothing_is_written(r
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_target_directory_that_does_not_exist_is_named_before_anything_is_fetched(
+        relay, tmp_path):
+    """'files get ID --out' into a directory that does not exist: exit 2 naming it, no
+    partial download kept; the same command with a directory that exists then works."""
+    await relay.register("alice", "bob")
+    source = tmp_path / "notes.txt"
+    digest = make_file(source, 100 * 1024)
+    await relay.ok("alice", "send-file", "bob", str(source))
+    ((file_id,),) = relay.sql("SELECT file_id FROM files")
+    await relay.ok("bob", "inbox")
+    missing = tmp_path / "no" / "such" / "dir" / "notes.txt"
+    refused = await relay.run("bob", "files", "get", file_id, "--out", str(missing))
+    assert refused.code == 2 and str(missing.parent) in refused.err, refused
+    assert "internal error" not in refused.err and "nothing was fetched" in refused.err
+    assert not list((tmp_path / "clients" / "bob").rglob("*.part"))
+    await relay.ok("bob", "files", "get", file_id, "--out", str(tmp_path / "notes.out"))
+    assert sha256_of(tmp_path / "notes.out") == digest
+
+
+@pytest_twisted.ensureDeferred
 async def test_files_go_through_a_running_daemon_too(relay, tmp_path):
     """With alice's daemon running, send-file (a path relative to the command's directory)
     and bob's files get run on the daemons, not alone, and the file arrives byte-equal;

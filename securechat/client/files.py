@@ -34,7 +34,8 @@ from twisted.internet import defer
 
 from securechat import wire
 from securechat.client.exit_codes import (
-    EXIT_FILE_CORRUPT, EXIT_FILE_TOO_LARGE, EXIT_NOT_FOUND, EXIT_QUOTA, EXIT_UNREACHABLE)
+    EXIT_FILE_CORRUPT, EXIT_FILE_TOO_LARGE, EXIT_NOT_FOUND, EXIT_QUOTA, EXIT_UNREACHABLE,
+    EXIT_USAGE)
 from securechat.client.file_messages import file_summary, prune_uploads, safe_file_name
 from securechat.client.messaging import new_id
 from securechat.client.protocol import ConnectionClosed, RemoteError
@@ -195,6 +196,10 @@ class FileTransfers:
         in ``directory``); fire with ``{"file": {"id", "name", "size"}, "path", "sha256"}``."""
         described = self.received(file_id)
         target = self._target(described, out, directory)
+        folder = os.path.dirname(os.path.abspath(target))
+        if not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
+            raise ClientError(f"cannot save the file to {target}: {folder} is not a directory "
+                              "you can write to (nothing was fetched)", EXIT_USAGE)
         part = self._part_path(file_id)
         try:
             await self._download(described, part, progress)
