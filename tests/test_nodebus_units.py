@@ -78,6 +78,24 @@ def test_a_malformed_hint_is_refused_naming_the_problem(text, problem):
         hints.parse(text)
 
 
+def test_typing_notices_travel_in_hints_that_each_fit_under_the_notify_limit():
+    """64 notices of 2,048 bytes of ciphertext (the most one typing request may carry) are
+    split over hints that each fit in a NOTIFY and together carry every notice once, in
+    order; a notice too big to fit even alone is left out, never sent as 'read
+    everything'."""
+    notices = [{"to": f"user{i}", "to_dev": "DEV1", "kind": "olm", "ct": "A" * 2732}
+               for i in range(64)]
+    texts = hints.typing("node1", "alice", "DEV1", notices)
+    assert len(texts) > 1
+    assert all(len(text.encode("utf-8")) <= hints.MAX_PAYLOAD for text in texts)
+    parsed = [hints.parse(text) for text in texts]
+    assert {(h["k"], h["f"], h["fd"]) for h in parsed} == {("typing", "alice", "DEV1")}
+    assert [e for h in parsed for e in h["e"]] == notices
+    huge = {"to": "bob", "to_dev": "DEV1", "kind": "olm", "ct": "A" * 9000}
+    assert [hints.parse(t)["e"] for t in hints.typing("node1", "alice", "DEV1",
+                                                      [huge, notices[0]])] == [[notices[0]]]
+
+
 def test_heard_lets_a_group_out_from_memory_only_when_every_earlier_one_was_heard_of():
     """Before the first reset nothing is in order; after it a group right after the mark
     is, one past a gap is not until the gap's hint arrives (in any order)."""

@@ -4,9 +4,10 @@ case, scripted devices over real TLS for the rest.  What one node commits reache
 connected to another at once (the node bus's hints), and what one node changes (a kick, a
 device removed, a login) holds on every node."""
 
+import psycopg2
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 
 from securechat import wire
 from securechat.client.protocol import ConnectionClosed, RemoteError
@@ -18,6 +19,7 @@ from tests.support import (ScriptedDevice, cleanup, expect_error, new_envelope_i
 from tests.test_admin_api import admin
 from tests.test_device_removal import publish, second_device
 from tests.test_postgres_restart import RestartablePostgres
+from tests.test_typing import notice, typing_events
 
 ROOM_MESSAGE = {"kind": "megolm", "sid": "bWVnb2xt", "ct": wire.b64encode(b"opaque")}
 
@@ -96,6 +98,21 @@ async def moved(person, node):
     return twin
 
 
+async def database_holds(dsn, text):
+    """Whether any envelope the database keeps (queues, room histories) holds ``text``."""
+    def query():
+        connection = psycopg2.connect(dsn)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT (SELECT count(*) FROM queue WHERE body LIKE %s) + "
+                               "(SELECT count(*) FROM room_history WHERE body LIKE %s)",
+                               (f"%{text}%", f"%{text}%"))
+                return cursor.fetchone()[0] > 0
+        finally:
+            connection.close()
+    return await threads.deferToThread(query)
+
+
 def received_ids(device):
     return [event["envelope"]["id"] for event in device.envelopes()]
 
@@ -170,6 +187,27 @@ async def test_a_broadcast_reaches_every_node(nodes):
     for person in (bob, carol):
         await poll_until(lambda p=person: message["id"] in received_ids(p), timeout=15)
         assert received_ids(person).count(message["id"]) == 1
+    await cleanup(alice, bob, carol)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_typing_notice_reaches_a_device_on_another_node_and_is_never_stored(
+        nodes, fresh_postgres_dsn):
+    """alice on node 1 types to bob on node 2 and carol on node 3: each gets the notice
+    from alice's device, once; a notice for a device connected nowhere is dropped, and no
+    notice's ciphertext is in the database."""
+    (alice,), (bob,), (carol,) = [await online(n, name) for n, name in
+                                  zip(nodes, ("alice", "bob", "carol"))]
+    await online(nodes[0], "dave")  # registered, then offline: its notice goes nowhere
+    secret = b"typing-across-the-nodes-0001"
+    notices = [notice(name, "DEV1", secret) for name in ("bob", "carol", "dave")]
+    assert await alice.request("typing", envelopes=notices) == {}
+    for person in (bob, carol):
+        await poll_until(lambda p=person: typing_events(p), timeout=15)
+        (pushed,) = typing_events(person)
+        assert (pushed["envelope"]["from"], pushed["envelope"]["from_dev"]) == ("alice", "DEV1")
+        assert pushed["envelope"]["ct"] == wire.b64encode(secret)
+    assert not await database_holds(fresh_postgres_dsn, wire.b64encode(secret))
     await cleanup(alice, bob, carol)
 
 

@@ -126,6 +126,9 @@ class LoneNode:
     def logged_in(self, user, device):
         return defer.succeed(None)
 
+    def typing(self, sender, sender_device, envelopes):
+        pass
+
 
 class NodeBus(LoneNode):
     """One node's hints to the others and its listener for theirs (PostgreSQL)."""
@@ -186,6 +189,13 @@ class NodeBus(LoneNode):
     def logged_in(self, user, device):
         """``user``'s ``device`` logged in here: a connection of it elsewhere ends."""
         return self._publish({"k": "login", "u": user, "d": device})
+
+    def typing(self, sender, sender_device, envelopes):
+        """Typing notices for devices not connected here: the node they are connected to
+        pushes them (none stores them).  Best effort, like the notices themselves: a hint
+        that cannot be sent is dropped without a word."""
+        for text in hints.typing(self.node, sender, sender_device, envelopes):
+            self._store.announce(text).addErrback(lambda failure: None)
 
     def _publish(self, hint):
         d = self._store.announce(hints.encode({"n": self.node, **hint}))
@@ -327,6 +337,9 @@ class NodeBus(LoneNode):
             factory.relay.end_sessions_of(user, factory.relay.devices_here(user))
         else:
             raise ValueError(f"unknown account event {event!r}")
+
+    def _on_typing(self, hint):
+        self._factory.relay.push_typing_here(hint["f"], hint["fd"], hint["e"])
 
     def _on_login(self, hint):
         self._factory.relay.logged_in_elsewhere(hint["u"], hint["d"])

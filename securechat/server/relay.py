@@ -384,14 +384,25 @@ class Relay:
             entry[0].push_line(line)
 
     def push_typing(self, sender, sender_device, envelopes):
+        """Push each typing notice to its device if it is connected here, and hand those
+        for devices that are not to the other nodes (``bus.typing``)."""
+        elsewhere = self.push_typing_here(sender, sender_device, envelopes)
+        if elsewhere:
+            self.bus.typing(sender, sender_device, elsewhere)
+
+    def push_typing_here(self, sender, sender_device, envelopes):
         """Push each typing notice to its device if it is connected here and its send
-        buffer has room; drop it otherwise.  Nothing is stored: a notice that would only
-        arrive later is worth nothing."""
+        buffer has room, else drop it; the notices for devices not connected here.  Nothing
+        is stored: a notice that would only arrive later is worth nothing."""
+        elsewhere = []
         for env in envelopes:
             entry = self._online.get((env["to"], env["to_dev"]))
-            if entry is not None and entry[0].gate.open:
+            if entry is None:
+                elsewhere.append(env)
+            elif entry[0].gate.open:
                 entry[0].push_line(wire.encode({"event": "typing", "envelope": {
                     **env, "from": sender, "from_dev": sender_device}}))
+        return elsewhere
 
     # -- routing ----------------------------------------------------------
 

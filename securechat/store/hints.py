@@ -19,7 +19,7 @@ CHANNEL = "securechat"
 MAX_PAYLOAD = 7900
 """Bytes of a hint's JSON, at most (PostgreSQL's NOTIFY limit is 8000, with the channel)."""
 
-KINDS = ("q", "all", "devices", "room", "user", "login")
+KINDS = ("q", "all", "devices", "room", "user", "login", "typing")
 
 
 def encode(hint):
@@ -32,6 +32,31 @@ def encode(hint):
     if "t" in hint:
         short["t"] = hint["t"]
     return json.dumps(short, separators=(",", ":"))
+
+
+def typing(node, sender, sender_device, envelopes):
+    """The hints that carry typing notices to the other nodes: ``{"k": "typing", "f":
+    sender, "fd": device, "e": [envelope, ...]}``, as many envelopes in each as fit (a
+    notice is never stored, so it travels in the hint itself; one that would not fit
+    alone is left out, as a notice that cannot be pushed is dropped)."""
+    texts, batch = [], []
+    for envelope in envelopes:
+        text = _typing_text(node, sender, sender_device, batch + [envelope])
+        if len(text.encode("utf-8")) <= MAX_PAYLOAD:
+            batch.append(envelope)
+            continue
+        if batch:
+            texts.append(_typing_text(node, sender, sender_device, batch))
+        alone = _typing_text(node, sender, sender_device, [envelope])
+        batch = [envelope] if len(alone.encode("utf-8")) <= MAX_PAYLOAD else []
+    if batch:
+        texts.append(_typing_text(node, sender, sender_device, batch))
+    return texts
+
+
+def _typing_text(node, sender, sender_device, envelopes):
+    return json.dumps({"n": node, "k": "typing", "f": sender, "fd": sender_device,
+                       "e": envelopes}, separators=(",", ":"))
 
 
 def delivery(node, items, outcomes):
