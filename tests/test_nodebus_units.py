@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from securechat.server.directory import DeviceDirectory
-from securechat.server.nodebus import MAX_AHEAD, Heard
+from securechat.server.nodebus import MAX_AHEAD, Heard, NodeBus
 from securechat.server.outage import OutageLog
 from securechat.server.protocol import WriteGate
 from securechat.server.relay import Relay
@@ -94,6 +94,53 @@ def test_typing_notices_travel_in_hints_that_each_fit_under_the_notify_limit():
     huge = {"to": "bob", "to_dev": "DEV1", "kind": "olm", "ct": "A" * 9000}
     assert [hints.parse(t)["e"] for t in hints.typing("node1", "alice", "DEV1",
                                                       [huge, notices[0]])] == [[notices[0]]]
+
+
+class Announcements:
+    """What a node's store is asked to NOTIFY (the channel's side is played by the test,
+    which hands the texts back in the order PostgreSQL would deliver them)."""
+
+    def __init__(self):
+        self.texts, self.failing = [], False
+
+    def announce(self, text):
+        if self.failing:
+            return defer.fail(ConnectionError("the database is down"))
+        self.texts.append(text)
+        return defer.succeed(None)
+
+
+def login_bus():
+    """A NodeBus whose relay records the devices it is told logged in elsewhere."""
+    ended = []
+    bus = NodeBus(Announcements(), reactor=None, node="nodeA")
+    bus._factory = SimpleNamespace(relay=SimpleNamespace(
+        logged_in_elsewhere=lambda user, device: ended.append((user, device))))
+    return bus, ended
+
+
+def hear(bus, text):
+    bus._received(SimpleNamespace(channel=hints.CHANNEL, payload=text))
+
+
+def test_another_nodes_login_hint_older_than_the_login_here_does_not_end_it():
+    """bob's device logs in here while node B's hint of its login there is still on its
+    way: that hint, arriving before this node's own hint comes back (NOTIFYs arrive in
+    commit order), is older and leaves the new connection alone; one arriving after it
+    ends the connection; a hint that could not be sent is not waited for."""
+    bus, ended = login_bus()
+    from_b = hints.encode({"n": "nodeB", "k": "login", "u": "bob", "d": "D1"})
+    bus.logged_in("bob", "D1")
+    (own,) = bus._store.texts
+    hear(bus, from_b)  # B's login committed before this one's hint: older
+    assert ended == []
+    hear(bus, own)
+    hear(bus, from_b)  # after this node's hint came back: a newer login on B
+    assert ended == [("bob", "D1")]
+    bus._store.failing = True
+    bus.logged_in("bob", "D1")  # its hint is lost: nothing to wait for
+    hear(bus, from_b)
+    assert ended == [("bob", "D1")] * 2 and bus._unechoed == {}
 
 
 def test_heard_lets_a_group_out_from_memory_only_when_every_earlier_one_was_heard_of():

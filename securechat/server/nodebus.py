@@ -143,6 +143,8 @@ class NodeBus(LoneNode):
         self._connection = None
         self._heartbeat = None
         self._own = hints.encode({"n": self.node})[:-1]  # how this node's hints begin
+        self._own_login = self._own + ',"k":"login","u":'
+        self._unechoed = {}  # (user, device) -> logins here whose hint has not come back
         self.heard = Heard()
 
     async def start(self, factory):
@@ -187,8 +189,31 @@ class NodeBus(LoneNode):
         return self._publish({"k": "user", "u": user, "e": event})
 
     def logged_in(self, user, device):
-        """``user``'s ``device`` logged in here: a connection of it elsewhere ends."""
-        return self._publish({"k": "login", "u": user, "d": device})
+        """``user``'s ``device`` logged in here: a connection of it elsewhere ends.
+
+        Until this hint comes back on the channel, another node's ``login`` hint for the
+        device is older than this login (NOTIFYs arrive in commit order, the same on
+        every node) and must not end it: a device that moves B -> A faster than A hears
+        B's hint keeps its new connection (``_on_login``)."""
+        key = (user, device)
+        self._unechoed[key] = self._unechoed.get(key, 0) + 1
+        d = self._store.announce(hints.encode({"n": self.node, "k": "login", "u": user,
+                                               "d": device}))
+        d.addErrback(self._not_echoed, key)
+        d.addErrback(self._not_told, "login")
+        return d
+
+    def _not_echoed(self, failure, key):
+        """A login hint that was not sent will not come back: stop waiting for it."""
+        self._echoed(key)
+        return failure
+
+    def _echoed(self, key):
+        left = self._unechoed.get(key, 0) - 1
+        if left > 0:
+            self._unechoed[key] = left
+        else:
+            self._unechoed.pop(key, None)
 
     def typing(self, sender, sender_device, envelopes):
         """Typing notices for devices not connected here: the node they are connected to
@@ -224,6 +249,7 @@ class NodeBus(LoneNode):
         self.log.info("Relay node {node}: the listening connection is back; every connected "
                       "device reads its queue again", node=self.node)
         self.heard.forget()
+        self._unechoed.clear()  # what was sent meanwhile will not come back
         try:
             await self._listen()
         except Exception as e:
@@ -267,8 +293,13 @@ class NodeBus(LoneNode):
     def _received(self, notify):
         """A hint from the channel (txpostgres hands them over one at a time, in order,
         waiting for a Deferred this returns)."""
-        if notify.channel != hints.CHANNEL or notify.payload.startswith(self._own):
-            return None  # this node's own hints come back to it too
+        if notify.channel != hints.CHANNEL:
+            return None
+        if notify.payload.startswith(self._own):  # this node's own hints come back to it too
+            if notify.payload.startswith(self._own_login):
+                hint = hints.parse(notify.payload)
+                self._echoed((hint["u"], hint["d"]))
+            return None
         try:
             hint = hints.parse(notify.payload)
             if hint["n"] == self.node:
@@ -342,4 +373,5 @@ class NodeBus(LoneNode):
         self._factory.relay.push_typing_here(hint["f"], hint["fd"], hint["e"])
 
     def _on_login(self, hint):
-        self._factory.relay.logged_in_elsewhere(hint["u"], hint["d"])
+        if (hint["u"], hint["d"]) not in self._unechoed:  # else it predates the login here
+            self._factory.relay.logged_in_elsewhere(hint["u"], hint["d"])
