@@ -63,7 +63,10 @@ def supervised(tmp_path, fresh_postgres_dsn):
     ``.http_port`` (worker i answers on it + i) and ``.endpoint``."""
     data_dir, port, http_port = tmp_path / "relay", free_port(), free_ports_in_a_row(WORKERS)
     config = write_config(str(data_dir), port=port, database=fresh_postgres_dsn,
-                          extra=f"[http]\nport = {http_port}\n")
+                          extra=f"[http]\nport = {http_port}\n"
+                          # every registration counts against one address, now on both
+                          # workers together (the limits are in the database)
+                          "[limits]\nlogin_failures_per_address = 1000\n")
     set_workers(config, WORKERS)
     proc = ServerProcess(tmp_path, config)
     proc.port, proc.http_port = port, http_port
