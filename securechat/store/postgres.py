@@ -132,6 +132,26 @@ class PostgresStore(SqlStore):
             body(_transaction(cursor, now_ms), *args)))
         return d.addErrback(_unreachable)
 
+    def _read(self, body, *args):
+        """One statement on its own, with no BEGIN and no COMMIT (psycopg2's asynchronous
+        connections commit every statement by themselves): one round trip to PostgreSQL
+        where a transaction takes two.  This is how a cursor reads what another node
+        committed for its device, on the way of every cross-node push."""
+        return defer.ensureDeferred(
+            body(_Statement(self._pool, self.now_ms()), *args)).addErrback(_unreachable)
+
+
+class _Statement(Txn):
+    """What a one-statement read (``PostgresStore._read``) sees as its transaction: its
+    ``execute`` runs on its own, on any connection of the pool, and gives the rows."""
+
+    def __init__(self, pool, now_ms):
+        super().__init__(POSTGRES, None, now_ms)
+        self._pool = pool
+
+    def execute(self, sql, args=()):
+        return self._pool.runQuery(self.engine.convert(sql), args)
+
 
 class PostgresTxn(Txn):
     def announce(self, hint):

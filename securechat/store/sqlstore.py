@@ -156,6 +156,13 @@ class SqlStore:
         ``now_ms()`` as it is submitted; a Deferred of its result."""
         raise NotImplementedError
 
+    def _read(self, body, *args):
+        """Run ``body(txn, *args)``, a read of one statement, whose result needs no
+        transaction around it; a Deferred of its result.  A store may spare it the
+        transaction's own work (PostgreSQL: the COMMIT's round trip); by default it is
+        one like any other."""
+        return self._run(body, *args)
+
     def now_ms(self):
         return int(self._clock.seconds() * 1000)
 
@@ -317,7 +324,7 @@ class SqlStore:
     def fetch_queue(self, user, device, after_seq, limit):
         if after_seq == 0:  # a device's first read since it logged in
             return self._first_reads.submit((user, device, after_seq, limit))
-        return self._run(queue_reads.txn_fetch_queue, user, device, after_seq, limit)
+        return self._read(queue_reads.txn_fetch_queue, user, device, after_seq, limit)
 
     def queue_length(self, user, device):
         return self._run(queue_reads.txn_queue_length, user, device)
