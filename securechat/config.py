@@ -113,11 +113,19 @@ def _output_budget(text):
     return value
 
 
+class _OnePerCore(int):
+    """``workers = auto``: the number of cores, which says where it came from in an error
+    (``workers = auto (2 cores)``, not a 2 the operator never wrote)."""
+
+    def __str__(self):
+        return f"auto ({int(self)} cores)"
+
+
 def _workers(text):
     """A number of relay processes, or ``auto``: one per core of this machine."""
     text = text.strip()
     if text == "auto":
-        return os.cpu_count() or 1
+        return _OnePerCore(os.cpu_count() or 1)
     value = _whole_number(text, "a number of processes from 1 to 256, or auto (one per core)")
     if not 1 <= value <= 256:
         raise ValueError("must be a number of processes from 1 to 256, or auto (one per core)")

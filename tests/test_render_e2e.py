@@ -69,7 +69,7 @@ async def test_a_forged_verified_line_shows_as_part_of_the_unverified_message(re
     await ok(mallory, "say", "ops", FORGED)
     shown = (await ok(bob, "inbox")).out
     assert [line.split("] ", 1)[1] for line in header_lines(shown)] == [
-        "* bob invited ops (by mallory)", "mallory in ops (unverified): see you"], shown
+        "* bob was invited to ops by mallory", "mallory in ops (unverified): see you"], shown
     assert_nothing_raw(shown)
 
 

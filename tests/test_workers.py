@@ -217,6 +217,17 @@ def test_several_workers_on_sqlite_are_refused_naming_the_option(tmp_path):
     assert FAILED not in out.stderr  # refused at the configuration, before any start
 
 
+def test_auto_workers_on_sqlite_are_refused_as_written(tmp_path, monkeypatch):
+    """workers = auto on a machine of several cores, with SQLite: the error says auto and
+    the count it came to, not a number the operator never wrote."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    path = write_config(str(tmp_path), port=7000)
+    set_workers(path, "auto")
+    with pytest.raises(config_module.ConfigError,
+                       match=r"\[server\] workers = auto \(4 cores\): the SQLite store"):
+        config_module.load(path)
+
+
 @pytest.mark.parametrize("text, expected", [
     ("1", 1), ("3", 3), ("auto", os.cpu_count()), ("0", None), ("many", None)])
 def test_workers_is_a_count_or_auto(tmp_path, text, expected):

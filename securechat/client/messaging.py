@@ -47,6 +47,12 @@ def padded(inner):
     return wire.canonical_json({**inner, "pad": " " * (-len(data) % PAD_BUCKET)})
 
 
+_MEMBERSHIP = {"joined": "{user} joined {room}", "left": "{user} left {room}",
+               "invited": "{user} was invited to {room}", "kicked": "{user} was kicked from {room}"}
+"""How a room's membership notice reads (``by`` the one who did it is added when it was
+someone else); an action a newer relay announces reads as ``user action room``."""
+
+
 class Sender:
     def __init__(self, client):
         self._client = client
@@ -239,7 +245,9 @@ class Receiver:
         """A server notice that someone joined or left a room (the server knows that anyway)."""
         event = env.get("event") or {}
         action, user, by = event.get("action"), event.get("user"), event.get("by")
-        text = f"{user} {action} {env['room']}" + (f" (by {by})" if by and by != user else "")
+        text = _MEMBERSHIP.get(action, "{user} {action} {room}").format(
+            user=user, action=action, room=env["room"]) + (
+            f" by {by}" if by and by != user else "")
         record = {"id": env["id"], "type": "membership", "from": None, "from_dev": None,
                   "room": env["room"], "text": text, "sent_at": iso(env["ts"]),
                   "received_at": iso(env["ts"]), "verified": False, "warning": None,
