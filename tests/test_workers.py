@@ -16,6 +16,7 @@ from securechat.bench.procfs import children
 from securechat.server.supervisor import BACKOFF_FIRST, BACKOFF_MAX, STABLE_SECONDS, Backoff
 from securechat.server.worker import worker_config
 from tests.processes import RelayEndpoint, ServerProcess, free_port, relay_fingerprint
+from tests.test_admin_api import admin_json
 from tests.support import ScriptedDevice, cleanup, poll_until, poll_until_async, write_config
 from tests.test_operator_http import get, samples
 from tests.test_startup import FAILED, STOP_DEADLINE, _alive, _start_in_foreground
@@ -166,6 +167,20 @@ async def test_sighup_to_the_supervisor_reloads_every_workers_certificate(superv
                    for line in _systems(supervised.new_log_text()))
     await poll_until(lambda: all(reloaded(i) for i in range(WORKERS)), timeout=30)
     assert relay_fingerprint(supervised.port) == fingerprint
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_tls_reload_reaches_every_worker(supervised):
+    """securechat-admin tls reload, which worker 0's operator port takes: it answers the
+    fingerprint, and every worker reloads its certificate (through the supervisor's
+    SIGHUP), not worker 0 alone."""
+    def reloaded(index):
+        return any(line.startswith(f"worker{index} ") and "TLS certificate reloaded" in line
+                   for line in _systems(supervised.new_log_text()))
+    assert not any(reloaded(i) for i in range(WORKERS))
+    done = admin_json(supervised.config_path, "tls", "reload")
+    assert done["fingerprint"] == relay_fingerprint(supervised.port)
+    await poll_until(lambda: all(reloaded(i) for i in range(WORKERS)), timeout=30)
 
 
 def _systems(log):

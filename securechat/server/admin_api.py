@@ -253,7 +253,7 @@ class AdminAPI(resource.Resource):
         return {"revoked": prefix[:ID_CHARS]}
 
     async def _tls_reload(self, request):
-        if not self._relay.reload_tls():
+        if not self._relay.reload_tls_everywhere():
             raise AdminError(409, "tls_reload_refused", "the certificate and key could not be "
                                                         "loaded; the current ones stay (see "
                                                         "the relay's log)")

@@ -57,13 +57,15 @@ class RelayService(service.Service):
 
     log = Logger()
 
-    def __init__(self, config, reactor, clock=None, adopted_fd=None, name="securechat relay"):
+    def __init__(self, config, reactor, clock=None, adopted_fd=None, name="securechat relay",
+                 supervisor_pid=None):
         self.config = config
         self.reactor = reactor
-        # A worker of [server] workers: the listening socket its supervisor opened, and
-        # the name its log lines carry ("securechat relay worker 1").
+        # A worker of [server] workers: the listening socket its supervisor opened, the
+        # name its log lines carry ("securechat relay worker 1") and its supervisor.
         self.adopted_fd = adopted_fd
         self.name = name
+        self.supervisor_pid = supervisor_pid
         # What stamps stored rows and prunes room history by them: the reactor, unless a
         # test drives that time with a task.Clock.
         self.clock = clock if clock is not None else reactor
@@ -89,6 +91,19 @@ class RelayService(service.Service):
         """Take a renewed ``[tls] certificate`` / ``private_key`` for new connections (SIGHUP);
         False if it cannot be loaded (logged; the current one stays)."""
         return self.tls is not None and self.tls.reload(self.config)
+
+    def reload_tls_everywhere(self):
+        """``reload_tls`` as the operator asks it (``securechat-admin tls reload``): in a
+        worker of ``[server] workers``, every worker reloads, not only the one whose
+        operator port took the request.  The supervisor is sent SIGHUP, which it passes to
+        every worker (this one included, which so reloads twice; harmless), once this one
+        has shown the files load."""
+        reloaded = self.reload_tls()
+        # Only while the supervisor is still the parent: a worker outliving it for a
+        # moment must not signal whatever adopted it (init takes SIGHUP as "reload").
+        if reloaded and self.supervisor_pid is not None and os.getppid() == self.supervisor_pid:
+            os.kill(self.supervisor_pid, signal.SIGHUP)
+        return reloaded
 
     @property
     def listening(self):

@@ -108,7 +108,7 @@ def make_worker_service(config, index, reactor, twistd_options):
     twistd_options["statusPipe"] = STATUS_FD  # taken by StartReport, as in daemon mode
     reactor.callWhenRunning(reactor.addReader, SupervisorGone(reactor))
     relay = RelayService(worker_config(config, index), reactor, adopted_fd=LISTEN_FD,
-                         name=f"securechat relay worker {index}")
+                         name=f"securechat relay worker {index}", supervisor_pid=os.getppid())
     return UnderTwistd(relay, StartReport(reactor, twistd_options))
 
 
