@@ -4,6 +4,8 @@ case, scripted devices over real TLS for the rest.  What one node commits reache
 connected to another at once (the node bus's hints), and what one node changes (a kick, a
 device removed, a login) holds on every node."""
 
+import signal
+
 import psycopg2
 import pytest
 import pytest_twisted
@@ -301,6 +303,61 @@ async def test_a_device_logging_in_on_node_2_replaces_its_connection_on_node_1(n
     await poll_until(lambda: len(received_ids(again)) >= len(after), timeout=15)
     assert received_ids(again) == [e["id"] for e in after]
     assert received_ids(bob) == [before["id"]]
+    await cleanup(alice, again)
+
+
+HELD_CHECK_SECONDS = 1.0
+"""How long the tests of a held device watch that nothing is pushed (well inside the new
+node's wait of nodebus.CLAIM_SECONDS, so that only a fault of the hold can push)."""
+
+
+async def logged_in_while_node_1_is_stopped(nodes):
+    """bob connected to node 1, which is then stopped (SIGSTOP: hung, its database session
+    open); his device logs in on node 2 and alice (node 2) sends him ``X``: bob's two
+    connections, and ``X``'s id.  Nothing reaches the new connection meanwhile."""
+    node1, node2, _ = nodes
+    (bob,), (alice,) = await online(node1, "bob"), await online(node2, "alice")
+    node1.process.process.send_signal(signal.SIGSTOP)
+    try:
+        again = await moved(bob, node2)
+        envelope = unicast("bob", "DEV1")
+        await alice.request("send", envelopes=[envelope])
+        await task.deferLater(reactor, HELD_CHECK_SECONDS, lambda: None)
+        assert received_ids(again) == [], "pushed while node 1 still had bob's connection"
+    except BaseException:
+        node1.process.process.send_signal(signal.SIGCONT)  # so that it can be stopped
+        raise
+    return alice, bob, again, envelope["id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_is_pushed_to_on_its_new_node_only_once_the_old_one_let_it_go(nodes):
+    """One device, one live connection: bob moves from node 1 (hung for a moment) to node
+    2.  Node 2 pushes nothing until node 1, running again, has closed bob's old connection
+    (`replaced`) and let the device go; then ``X`` reaches the new connection, once, and
+    never the old one."""
+    node1, node2, _ = nodes
+    alice, bob, again, sent = await logged_in_while_node_1_is_stopped(nodes)
+    node1.process.process.send_signal(signal.SIGCONT)
+    await poll_until(lambda: sent in received_ids(again), timeout=15)
+    await bob.protocol.closed_d
+    assert any(e.get("event") == "replaced" for e in bob.events)
+    assert received_ids(again) == [sent]
+    assert sent not in received_ids(bob)
+    assert "served here all the same" not in node2.process.new_log_text()
+    await cleanup(alice, again)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_node_lets_its_devices_go_at_once(nodes):
+    """bob's old node (hung) is killed with SIGKILL: PostgreSQL ends its session and the
+    device's lock with it, so node 2 pushes ``X`` without waiting out its deadline."""
+    node1, node2, _ = nodes
+    alice, bob, again, sent = await logged_in_while_node_1_is_stopped(nodes)
+    node1.process.kill()
+    await poll_until(lambda: sent in received_ids(again), timeout=15)
+    assert received_ids(again) == [sent]
+    assert "served here all the same" not in node2.process.new_log_text()
     await cleanup(alice, again)
 
 

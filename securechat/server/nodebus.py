@@ -13,6 +13,7 @@ what was sent meanwhile is lost: a missed hint delays a push, never loses it.
 With SQLite there is one node, whose ``LoneNode`` bus tells nobody anything.
 """
 
+import hashlib
 import secrets
 
 from twisted.internet import defer, task
@@ -32,6 +33,14 @@ vanished without closing it is noticed within about 25 s even while no query run
 
 MAX_AHEAD = 10_000
 """Ranges of numbers heard past a gap that ``Heard`` keeps (bounded; past it, it starts over)."""
+
+CLAIM_SECONDS = 5.0
+"""How long a login waits for the node that has the device's older connection to let it go
+(``NodeBus.claim``) before its pushes start anyway: that node is gone or hung (one whose
+process died lets go at once: PostgreSQL ends its session, and its locks with it)."""
+
+CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX = 0.005, 0.1
+"""How soon a waiting claim asks again at first, and at most (doubling in between)."""
 
 
 def new_node_id():
@@ -102,6 +111,14 @@ class Heard:
             self.last = max(self.last, ahead.pop(self.last + 1))
 
 
+def device_lock(user, device):
+    """The PostgreSQL advisory lock (a signed 64-bit key) a node holds while ``user``'s
+    ``device`` is connected to it (a hash: a collision only makes a login wait)."""
+    digest = hashlib.blake2b(f"{user}\0{device}".encode("utf-8"), digest_size=8,
+                             person=b"securechat-dev").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 class LoneNode:
     """The bus of the one node of a database (SQLite): nobody to tell, nothing to hear."""
 
@@ -110,6 +127,14 @@ class LoneNode:
 
     def start(self, factory):
         return defer.succeed(None)
+
+    def claim(self, user, device):
+        """A Deferred firing once this node may push to ``user``'s ``device``: at once here,
+        since no other node could have it."""
+        return defer.succeed(None)
+
+    def release(self, user, device):
+        """``user``'s ``device`` has no connection on this node any more."""
 
     def stop(self):
         return defer.succeed(None)
@@ -145,6 +170,8 @@ class NodeBus(LoneNode):
         self._own = hints.encode({"n": self.node})[:-1]  # how this node's hints begin
         self._own_login = self._own + ',"k":"login","u":'
         self._unechoed = {}  # (user, device) -> logins here whose hint has not come back
+        self._held = set()  # (user, device) whose advisory lock this node holds
+        self._claims = {}  # (user, device) -> _Claim waiting for another node to let go
         self.heard = Heard()
 
     async def start(self, factory):
@@ -171,6 +198,94 @@ class NodeBus(LoneNode):
             connection.detector.removeRecoveryHandler(self._on_reconnect)
             connection.close()
         return defer.succeed(None)
+
+    # -- one device, one live connection ------------------------------------
+
+    def claim(self, user, device):
+        """A Deferred firing once this node may push to ``user``'s ``device``, which just
+        logged in here: once it holds the device's advisory lock (``device_lock``), on its
+        listening connection.  The node that had the device's older connection lets go of
+        the lock only after that connection's cursor closed (``release``, on the ``login``
+        hint), so an envelope never goes out on two connections of one device at once.
+        Fires at once when nobody else had it, and after ``CLAIM_SECONDS`` at most."""
+        key = (user, device)
+        if key in self._held:  # its older connection was on this node, which keeps the lock
+            return defer.succeed(None)
+        claim = self._claims.get(key)
+        if claim is None:
+            claim = self._claims[key] = _Claim()
+            defer.ensureDeferred(self._take(key, claim))
+        claim.wanted = True
+        return claim.waiter()
+
+    async def _take(self, key, claim):
+        lock = device_lock(*key)
+        deadline = self._reactor.seconds() + CLAIM_SECONDS
+        delay = CLAIM_RETRY_FIRST
+        try:
+            while claim.wanted:
+                try:
+                    taken = await self._try_lock(lock)
+                except Exception:  # the database cannot be asked now: again until the deadline
+                    taken = False
+                if taken:
+                    if claim.wanted:
+                        self._held.add(key)
+                        return
+                    await self._unlock(lock)  # released meanwhile: let go (unless re-wanted)
+                    continue
+                if self._reactor.seconds() >= deadline:
+                    self.log.warn(
+                        "Relay node {node}: {user}/{device} stayed connected to another node "
+                        "for {seconds} s after logging in here (that node is hung or cut "
+                        "off); served here all the same", node=self.node, user=key[0],
+                        device=key[1], seconds=CLAIM_SECONDS)
+                    return
+                await task.deferLater(self._reactor, delay, lambda: None)
+                delay = min(delay * 2, CLAIM_RETRY_MAX)
+        finally:
+            if self._claims.get(key) is claim:
+                del self._claims[key]
+            claim.fire()
+
+    async def _try_lock(self, lock):
+        """Whether the lock was free (or already this node's), now taken; raises when the
+        database cannot be asked."""
+        connection = self._connection
+        if connection is None or connection.detector.connectionIsDead:
+            raise StoreUnavailable("the listening connection is down")
+        rows = await connection.runQuery("SELECT pg_try_advisory_lock(%s)", (lock,))
+        return bool(rows[0][0])
+
+    def _unlock(self, lock):
+        connection = self._connection
+        if connection is None or connection.detector.connectionIsDead:
+            return defer.succeed(None)  # the lock went with the connection
+        d = connection.runOperation("SELECT pg_advisory_unlock(%s)", (lock,))
+        return d.addErrback(lambda failure: None)  # likewise: the session ended
+
+    def release(self, user, device):
+        """``user``'s ``device`` has no connection here any more (its cursor is closed): let
+        go of its lock, for the node it logged in to next."""
+        key = (user, device)
+        claim = self._claims.get(key)
+        if claim is not None:
+            claim.wanted = False
+        if key in self._held:
+            self._held.discard(key)
+            self._unlock(device_lock(user, device))
+
+    async def _reclaim(self):
+        """After the listening connection came back its locks are gone: take them again for
+        the devices connected here.  One another node took meanwhile (the device logged in
+        there) has its connection here ended, as a ``login`` hint would."""
+        self._held.clear()
+        relay = self._factory.relay
+        for user, device in relay.online_devices():
+            if await self._try_lock(device_lock(user, device)):
+                self._held.add((user, device))
+            else:
+                relay.logged_in_elsewhere(user, device)
 
     # -- telling ----------------------------------------------------------
 
@@ -267,6 +382,7 @@ class NodeBus(LoneNode):
         factory.disabled.update(disabled)
         for user in disabled:
             factory.relay.end_all_sessions_of(user)
+        await self._reclaim()
         self.heard.reset(last)
         factory.relay.read_everything()
 
@@ -375,3 +491,22 @@ class NodeBus(LoneNode):
     def _on_login(self, hint):
         if (hint["u"], hint["d"]) not in self._unechoed:  # else it predates the login here
             self._factory.relay.logged_in_elsewhere(hint["u"], hint["d"])
+
+
+class _Claim:
+    """A claim of a device's lock in progress (``NodeBus.claim``): who waits for it, and
+    whether the device is still connected here (``wanted``)."""
+
+    def __init__(self):
+        self.wanted = True
+        self._waiters = []
+
+    def waiter(self):
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def fire(self):
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)

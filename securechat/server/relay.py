@@ -93,6 +93,7 @@ class DeliveryCursor:
         self._pumping = False
         self._dirty = False
         self._room_entries = {}  # envelope id -> (room, pos), oldest first
+        self._held = False  # nothing goes out until another node let the device go
         self.closed = False
 
     def notify(self, seq, body, envelope_id=None, room_entry=None):
@@ -170,8 +171,21 @@ class DeliveryCursor:
         self._metrics.delivered[kind] += 1
         self._push_line(delivery_line(self._pushed, body))
 
+    def hold_until(self, released):
+        """Push nothing until the Deferred ``released`` fires (the device's older connection,
+        on another node, is closed), then everything owed."""
+        self._held = True
+        released.addCallback(self._resume)
+
+    def _resume(self, _):
+        self._held = False
+        if not self.closed:
+            self.pump()
+
     def pump(self):
         """Read and push everything after the last pushed seq (one reader at a time)."""
+        if self._held:
+            return defer.succeed(None)
         if self._pumping:
             self._dirty = True
             return defer.succeed(None)
@@ -264,8 +278,15 @@ class Relay:
         if previous is not None:
             previous[1].closed = True
             previous[0].replaced()
+        claimed = self.bus.claim(user, device)
+        if not claimed.called:  # its older connection is on another node, not closed yet
+            cursor.hold_until(claimed)
         self.bus.logged_in(user, device)
         return cursor
+
+    def online_devices(self):
+        """``(user, device)`` of every device connected here."""
+        return list(self._online)
 
     def logged_in_elsewhere(self, user, device):
         """``device`` logged in on another node: its connection here ends (``replaced``, as
@@ -274,6 +295,7 @@ class Relay:
         if entry is not None:
             entry[1].closed = True
             self._forget_online(user, device)
+            self.bus.release(user, device)
             entry[0].replaced()
 
     def _forget_online(self, user, device):
@@ -296,6 +318,7 @@ class Relay:
         if current is not None and current[0] is session:
             current[1].closed = True
             self._forget_online(user, device)
+            self.bus.release(user, device)
             self._store.mark_seen(user, device).addErrback(self._not_marked_seen, user, device)
 
     def _not_marked_seen(self, failure, user, device):
