@@ -172,6 +172,8 @@ class NodeBus(LoneNode):
         self._unechoed = {}  # (user, device) -> logins here whose hint has not come back
         self._held = set()  # (user, device) whose advisory lock this node holds
         self._claims = {}  # (user, device) -> _Claim waiting for another node to let go
+        self._lock_queue = []  # (lock, Deferred) for the next query of _ask_for_locks
+        self._locking = False
         self.heard = Heard()
 
     async def start(self, factory):
@@ -248,14 +250,41 @@ class NodeBus(LoneNode):
                 del self._claims[key]
             claim.fire()
 
-    async def _try_lock(self, lock):
-        """Whether the lock was free (or already this node's), now taken; raises when the
-        database cannot be asked."""
+    def _try_lock(self, lock):
+        """A Deferred: whether the lock was free (or already this node's), now taken; fails
+        when the database cannot be asked.  The locks asked for while a query runs go
+        together in the next one (a reconnect storm's thousands of logins ask in a few
+        queries, not one each)."""
+        d = defer.Deferred()
+        self._lock_queue.append((lock, d))
+        if not self._locking:
+            defer.ensureDeferred(self._ask_for_locks())
+        return d
+
+    async def _ask_for_locks(self):
+        self._locking = True
+        try:
+            while self._lock_queue:
+                batch, self._lock_queue = self._lock_queue, []
+                try:
+                    rows = await self._listening_connection().runQuery(
+                        "SELECT pg_try_advisory_lock(lock) FROM unnest(%s::bigint[]) "
+                        "WITH ORDINALITY AS asked(lock, n) ORDER BY n",
+                        ([lock for lock, _ in batch],))
+                except Exception as e:
+                    for _, d in batch:
+                        d.errback(e)
+                else:
+                    for (_, d), (taken,) in zip(batch, rows):
+                        d.callback(bool(taken))
+        finally:
+            self._locking = False
+
+    def _listening_connection(self):
         connection = self._connection
         if connection is None or connection.detector.connectionIsDead:
             raise StoreUnavailable("the listening connection is down")
-        rows = await connection.runQuery("SELECT pg_try_advisory_lock(%s)", (lock,))
-        return bool(rows[0][0])
+        return connection
 
     def _unlock(self, lock):
         connection = self._connection
@@ -281,8 +310,12 @@ class NodeBus(LoneNode):
         there) has its connection here ended, as a ``login`` hint would."""
         self._held.clear()
         relay = self._factory.relay
-        for user, device in relay.online_devices():
-            if await self._try_lock(device_lock(user, device)):
+        devices = relay.online_devices()
+        taken = await defer.gatherResults(
+            [self._try_lock(device_lock(user, device)) for user, device in devices],
+            consumeErrors=True)
+        for (user, device), mine in zip(devices, taken):
+            if mine:
                 self._held.add((user, device))
             else:
                 relay.logged_in_elsewhere(user, device)
