@@ -20,6 +20,7 @@ from securechat.server.guards import (
 from securechat.server.recovery import Recovery
 from securechat.server.relay import Relay
 from securechat.server.rooms import Rooms
+from securechat.server.waiters import Waiters
 
 
 class RelayFactory(ServerFactory):
@@ -58,7 +59,7 @@ class RelayFactory(ServerFactory):
         self.files = Files(config, store)
         self.connections = set()
         self.disabled = set()  # accounts the operator disabled (the service loads them)
-        self._all_closed = []  # Deferreds waiting for the last connection to close
+        self._all_closed = Waiters()  # for the last connection to close
         self.unauthenticated = UnauthenticatedPerAddress(clock, config.unauthenticated_per_address)
 
     def prune_limits(self):
@@ -83,14 +84,10 @@ class RelayFactory(ServerFactory):
     def connection_closed(self, protocol):
         self.connections.discard(protocol)
         if not self.connections:
-            waiting, self._all_closed = self._all_closed, []
-            for d in waiting:
-                d.callback(None)
+            self._all_closed.fire()
 
     def all_closed(self):
         """A Deferred that fires once no connection is open (at once if none is)."""
         if not self.connections:
             return defer.succeed(None)
-        d = defer.Deferred()
-        self._all_closed.append(d)
-        return d
+        return self._all_closed.wait()

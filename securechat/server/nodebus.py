@@ -19,6 +19,7 @@ import secrets
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from securechat.server.waiters import Waiters
 from securechat.store import hints
 from securechat.store.errors import StoreUnavailable
 
@@ -218,7 +219,7 @@ class NodeBus(LoneNode):
             claim = self._claims[key] = _Claim()
             defer.ensureDeferred(self._take(key, claim))
         claim.wanted = True
-        return claim.waiter()
+        return claim.waiting.wait()
 
     async def _take(self, key, claim):
         lock = device_lock(*key)
@@ -248,7 +249,7 @@ class NodeBus(LoneNode):
         finally:
             if self._claims.get(key) is claim:
                 del self._claims[key]
-            claim.fire()
+            claim.waiting.fire()
 
     def _try_lock(self, lock):
         """A Deferred: whether the lock was free (or already this node's), now taken; fails
@@ -532,14 +533,4 @@ class _Claim:
 
     def __init__(self):
         self.wanted = True
-        self._waiters = []
-
-    def waiter(self):
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
-
-    def fire(self):
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        self.waiting = Waiters()

@@ -14,6 +14,7 @@ from zope.interface import implementer
 from securechat import wire
 from securechat.server.output import OutputBudget
 from securechat.server.session import CLOSED, HANDSHAKING, ConnectionSession
+from securechat.server.waiters import Waiters
 
 
 @implementer(IPushProducer)
@@ -29,7 +30,7 @@ class WriteGate:
     def __init__(self, on_open=None):
         self.open = True
         self.overflow = 0  # bytes pushed live since the transport last paused us
-        self._waiting = []
+        self._waiting = Waiters()
         self._on_open = on_open
 
     def pauseProducing(self):
@@ -40,9 +41,7 @@ class WriteGate:
         self.open = True
         if self._on_open is not None:
             self._on_open()
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(None)
+        self._waiting.fire()
 
     def stopProducing(self):
         self.resumeProducing()
@@ -50,9 +49,7 @@ class WriteGate:
     def wait(self):
         if self.open:
             return defer.succeed(None)
-        d = defer.Deferred()
-        self._waiting.append(d)
-        return d
+        return self._waiting.wait()
 
 
 NO_HOLDS = frozenset()

@@ -31,6 +31,7 @@ from securechat.server.listener import LISTEN_BACKLOG
 from securechat.server.service import SHUTDOWN_SECONDS, UnderTwistd
 from securechat.server.startup import StartFailed, StartReport, cannot_listen
 from securechat.server.tls import server_context_factory
+from securechat.server.waiters import Waiters
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
@@ -89,7 +90,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self._clock = clock
         self._status_bytes = b""
         self._partial = {1: b"", 2: b""}
-        self._waiting = []
+        self._waiting = Waiters()  # for the end of the process
 
     def connectionMade(self):
         self.pid = self.transport.pid
@@ -149,18 +150,13 @@ class WorkerProcess(protocol.ProcessProtocol):
         if not self.status.called:
             self.status.errback(StartFailed(
                 f"worker {self.index}: it ended ({self.exit}) before it listened"))
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            if not d.called:  # a stop that timed out cancelled it
-                d.callback(None)
+        self._waiting.fire()
 
     def when_ended(self):
         """A new Deferred that fires once the worker has ended (at once if it has)."""
         if not self.running:
             return defer.succeed(None)
-        d = defer.Deferred()
-        self._waiting.append(d)
-        return d
+        return self._waiting.wait()
 
     def signal(self, name):
         if self.running:
