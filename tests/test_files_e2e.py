@@ -253,6 +253,27 @@ async def test_a_target_directory_that_does_not_exist_is_named_before_anything_i
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_file_saved_before_is_shown_where_it_is_not_refused(relay, tmp_path):
+    """'files get ID' of a file this device saved: 'already saved ... to PATH', exit 0
+    (the relay let it go once fetched); with that copy deleted: exit 6 naming where it was
+    saved and why it cannot come again, not the relay's bare 'no file for you'."""
+    await relay.register("alice", "bob")
+    source = tmp_path / "notes.txt"
+    make_file(source, 10 * 1024)
+    await relay.ok("alice", "send-file", "bob", str(source))
+    ((file_id,),) = relay.sql("SELECT file_id FROM files")
+    await relay.ok("bob", "inbox")
+    saved = tmp_path / "saved.txt"
+    await relay.ok("bob", "files", "get", file_id, "--out", str(saved))
+    again = await relay.ok("bob", "files", "get", file_id)
+    assert again.out.strip() == f"already saved notes.txt (10.0 KiB) to {saved}", again
+    saved.unlink()
+    gone = await relay.run("bob", "files", "get", file_id)
+    assert gone.code == 6, gone
+    assert f"was saved to {saved} before, and it is no longer there" in gone.err, gone
+
+
+@pytest_twisted.ensureDeferred
 async def test_files_go_through_a_running_daemon_too(relay, tmp_path):
     """With alice's daemon running, send-file (a path relative to the command's directory)
     and bob's files get run on the daemons, not alone, and the file arrives byte-equal;

@@ -83,7 +83,8 @@ def show_file_result(args, result, out, say_sent=True):
             out(f"sent {safe(sent['name'])} ({human_size(sent['size'])}) to {safe(where)} "
                 f"as file {sent['id']}")
     elif args.command == "files" and args.files_command == "get":
-        out(f"saved {safe(result['file']['name'])} ({human_size(result['file']['size'])}) "
+        done = "already saved" if result.get("already_saved") else "saved"
+        out(f"{done} {safe(result['file']['name'])} ({human_size(result['file']['size'])}) "
             f"to {safe(result['path'])}")
     elif args.command == "files":
         for described in result["files"]:

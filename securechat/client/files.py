@@ -195,6 +195,12 @@ class FileTransfers:
         """Fetch, check and decrypt a received file to ``out`` (else a file named after it
         in ``directory``); fire with ``{"file": {"id", "name", "size"}, "path", "sha256"}``."""
         described = self.received(file_id)
+        saved = described.get("saved_to")
+        if saved and out is None and os.path.isfile(saved):
+            # Fetched and saved before: the relay let it go then (each device fetches a
+            # file once), so the answer is where it is, not a refusal from the relay.
+            return {"file": {k: described[k] for k in ("id", "name", "size")}, "path": saved,
+                    "sha256": described["sha256"], "already_saved": True}
         target = self._target(described, out, directory)
         folder = os.path.dirname(os.path.abspath(target))
         if not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
@@ -203,6 +209,14 @@ class FileTransfers:
         part = self._part_path(file_id)
         try:
             await self._download(described, part, progress)
+        except ClientError as e:
+            if saved and e.exit_code == EXIT_NOT_FOUND:
+                gone = "" if os.path.isfile(saved) else ", and it is no longer there"
+                raise ClientError(
+                    f"the file {file_id} was saved to {saved} before{gone}; the relay keeps a "
+                    "file only until each of its recipient devices has fetched it, so it "
+                    "cannot be fetched again", EXIT_NOT_FOUND) from None
+            raise
         except ConnectionClosed:
             raise ClientError(
                 f"the download of {file_id} stopped: the connection to the relay closed; run "
