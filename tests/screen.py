@@ -17,7 +17,8 @@ from tests.processes import cli_environment, executable
 ROWS, COLUMNS = 24, 100
 KEYS = {"enter": "\r", "up": "\x1b[A", "down": "\x1b[B", "left": "\x1b[D", "right": "\x1b[C",
         "home": "\x1b[H", "end": "\x1b[F", "backspace": "\x7f", "ctrl a": "\x01",
-        "ctrl e": "\x05", "ctrl u": "\x15", "ctrl w": "\x17", "ctrl c": "\x03", "esc": "\x1b"}
+        "ctrl e": "\x05", "ctrl u": "\x15", "ctrl w": "\x17", "ctrl c": "\x03", "esc": "\x1b",
+        "page up": "\x1b[5~", "page down": "\x1b[6~"}
 
 
 class ChatScreen:

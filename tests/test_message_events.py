@@ -189,6 +189,34 @@ async def test_the_chat_shows_receipts_replies_reactions_edits_and_deletes(liste
         chat.kill()
 
 
+@pytest_twisted.ensureDeferred
+async def test_receipts_arriving_while_scrolled_back_leave_the_screen_where_it_was(
+        listening_relay, tmp_path):
+    """alice sends 30 lines from her chat and scrolls back (PgUp); the receipts bob's
+    device then sends redraw those lines in place ('read' on the ones she is looking at)
+    and the screen stays scrolled back, instead of jumping to the last line."""
+    alice, bob = await users(tmp_path, listening_relay.port, "alice", "bob")
+    chat = ChatScreen(alice)
+    try:
+        await chat.wait_for("/help for help")
+        chat.line("/query bob")
+        for n in range(1, 31):
+            chat.line(f"line {n:02}")
+        await chat.wait_for("<alice> line 30 ✓")
+        chat.press("page up")
+        await chat.wait_for(lambda screen: "line 30" not in screen.text(), what="scrolled back")
+        seen = [row for row in chat.rows() if "<alice> line " in row]
+        assert seen, chat.text()
+        first = seen[0].split("<alice> ", 1)[1].split()[0:2]
+        await ok(bob, "inbox")
+        await chat.wait_for(f"<alice> {' '.join(first)} ✓✓ read")
+        assert "line 30" not in chat.text(), chat.text()
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
+
+
 async def _status_is(config, peer, text, status):
     return (await sent_status(config, peer)).get(text) == status
 

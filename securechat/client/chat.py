@@ -217,12 +217,12 @@ class Chat:
         if not mid:
             return
         for buffer in self.buffers.all:
-            lines = [line for line in buffer.lines
-                     if line.record is not None and line.record.get("mid") == mid]
-            for line in lines:
-                redraw(line, changes, self.me)
-            if lines and buffer is self.buffers.current:
-                self.view.show(buffer)
+            indexes = [index for index, line in enumerate(buffer.lines)
+                       if line.record is not None and line.record.get("mid") == mid]
+            for index in indexes:
+                redraw(buffer.lines[index], changes, self.me)
+            if indexes and buffer is self.buffers.current:
+                self.view.redraw(buffer, indexes)
 
     def _key(self, key):
         if key == "ctrl c":

@@ -214,6 +214,21 @@ class ChatView:
             self._lines.set_focus(len(self._lines) - 1)
         self.changed()
 
+    def redraw(self, buffer, indexes):
+        """Lines ``indexes`` of the shown ``buffer`` changed in place (a receipt, a reaction,
+        an edit): replace their widgets only, so that a person who scrolled back stays
+        where they were reading."""
+        position, positions = -1, {}
+        for index in range(max(indexes) + 1):
+            position += 2 if buffer.day_before(index) else 1
+            positions[index] = position
+        if buffer.lines[0] is not self._first or position >= len(self._lines):
+            self.show(buffer)  # not the lines on the screen: draw them all again
+            return
+        for index in indexes:
+            self._lines[positions[index]] = line_widget(buffer.lines[index])
+        self.changed()
+
     @staticmethod
     def _widgets(buffer, index):
         day = buffer.day_before(index)
