@@ -141,6 +141,28 @@ async def test_a_list_naming_a_device_without_keys_is_refused_and_changes_nothin
 
 
 @pytest_twisted.ensureDeferred
+async def test_rows_a_racing_send_left_for_a_removed_device_are_swept(
+        clocked, database):  # noqa: F811
+    """A send whose transaction counted alice's devices just before A2's removal committed
+    (PostgreSQL, read committed) commits A2's copy after the removal's own delete, as the
+    row written here stands for: the sweep of devices removed since a moment deletes it
+    (and only rows of removed devices); one removed before that moment is not looked at."""
+    store, clock = clocked
+    await device(store, "alice", "A1")
+    await device(store, "alice", "A2")
+    await store.set_device_list("alice", 1, "list", "sig", ["A1", "A2"], WINDOW_MS)
+    await store.enqueue([envelope("early", [("alice", "A1"), ("alice", "A2")])])
+    await store.set_device_list("alice", 2, "list", "sig", ["A1"], WINDOW_MS)
+    raw_sql(database, "INSERT INTO queue (user_id, device_id, seq, envelope_id, body, digest, "
+                      "created) VALUES ('alice', 'A2', 1000, 'late', '{}', 'x', 0)")
+
+    assert await store.sweep_removed_devices(store.now_ms() + 1) == 0  # removed before it
+    assert await store.sweep_removed_devices(store.now_ms()) == 1
+    assert raw_sql(database, "SELECT count(*) FROM queue WHERE device_id = 'A2'") == [(0,)]
+    assert await store.queue_length("alice", "A1") == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_deleting_an_account_forgets_its_removed_devices(store, database):  # noqa: F811
     """An account's deletion takes its removed-device records with it."""
     await device(store, "alice", "A1")

@@ -30,6 +30,10 @@ from securechat.store.errors import StoreUnavailable
 
 PRUNE_INTERVAL = 60
 
+SWEPT_REMOVALS_MS = 24 * 3600 * 1000
+"""How far back each prune looks for removed devices with rows left (a send racing a
+removal commits within its milliseconds; a day covers a relay stopped in between)."""
+
 SHUTDOWN_SECONDS = 10
 """How long a stopping relay waits for its connections to get the answers in flight and
 close; those still open then are aborted (their clients see a dropped connection)."""
@@ -244,16 +248,19 @@ class RelayService(service.Service):
                 f"{database_url.scrub(str(reason) or type(reason).__name__, database)}") from None
 
     def _prune(self):
-        """Forget the limits' expired rows, room history past its retention and files past
-        ``[files] keep_days``, the limits' on their own, so a slow prune of them never holds
-        back the others' next turn: the loop waits for the history's and the files', and
-        the limits' starts again once the last one has ended."""
+        """Forget the limits' expired rows, room history past its retention, files past
+        ``[files] keep_days`` and rows a send left for a device removed meanwhile, the
+        limits' on their own, so a slow prune of them never holds back the others' next
+        turn: the loop waits for the others, and the limits' starts again once the last
+        one has ended."""
         if self._pruning_limits is None:
             self._pruning_limits = self.factory.prune_limits()
             self._pruning_limits.addErrback(self._prune_failed)
             self._pruning_limits.addBoth(self._limits_pruned)
         d = defer.ensureDeferred(self.factory.rooms.prune())
         d.addCallback(lambda _: self.factory.files.expire())
+        d.addCallback(lambda _: self.store.sweep_removed_devices(
+            self.store.now_ms() - SWEPT_REMOVALS_MS))
         d.addErrback(self._prune_failed)
         return d
 
@@ -264,7 +271,8 @@ class RelayService(service.Service):
         if failure.check(StoreUnavailable):  # a database outage: logged as one, tried again
             self.factory.store_outage.refused(failure.value)
         else:
-            self.log.failure("pruning old limits, room history or files failed", failure)
+            self.log.failure("pruning old limits, room history, files or removed devices' "
+                             "rows failed", failure)
 
     async def _stop(self):
         for loop in (self._pruner, self._idle_sweep):

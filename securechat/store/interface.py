@@ -72,6 +72,10 @@ class IStore(Interface):
     def queued_total():
         """Fire with the number of envelopes in every device's 1:1 queue."""
 
+    def sweep_removed_devices(since_ms):
+        """Delete the rows left for devices removed since ``since_ms`` by sends that raced
+        their removal (see ``txn_sweep_removed_devices``); fire with how many went."""
+
     def remove_device(user, device):
         """Fire with True once ``user``'s ``device`` is removed for good, as a list leaving
         it out would (its keys, queue and cursors gone, ``removed_devices`` noting it);

@@ -222,6 +222,9 @@ class SqlStore:
     def remove_device(self, user, device):
         return self._run(devices.txn_remove_device, user, device)
 
+    def sweep_removed_devices(self, since_ms):
+        return self._run(devices.txn_sweep_removed_devices, since_ms)
+
     def removed_at(self, user, device):
         return self._run(devices.txn_removed_at, user, device)
 

@@ -195,6 +195,20 @@ async def _record_removed(txn, user, device):
         (user, device, txn.now_ms))
 
 
+async def txn_sweep_removed_devices(txn, since_ms):
+    """Delete what is left of the devices removed since ``since_ms``: a send that checked
+    a device list just before a removal commits its rows for the removed device after the
+    removal's own delete, and nothing would ever deliver or delete them (the id never
+    comes back).  Fires with how many rows went."""
+    removed = 0
+    for table in DEVICE_TABLES:
+        removed += await txn.count(
+            f"DELETE FROM {table} WHERE (user_id, device_id) IN "
+            "(SELECT user_id, device_id FROM removed_devices WHERE removed_at >= ?)",
+            (since_ms,))
+    return removed
+
+
 async def txn_remove_device(txn, user, device):
     """The relay's operator removes ``device`` from ``user``'s account (the owner's
     signed list may still name it: a device the list names and the relay has no keys
