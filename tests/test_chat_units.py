@@ -187,6 +187,9 @@ class RecordedScreen:
     def append(self, buffer, count):
         pass
 
+    def redraw(self, buffer, indexes):
+        pass
+
 
 def test_the_chat_says_each_state_change_once_and_shows_verification_requests():
     """Reconnect attempts (``connecting``, ``disconnected`` with a new delay) add no line;

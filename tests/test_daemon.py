@@ -507,6 +507,7 @@ def test_a_daemon_that_stops_answering_fails_the_command_instead_of_hanging_it(t
     """A socket that accepts the command but never answers (a suspended daemon) ends the
     call with exit code 4 once its patience is spent."""
     from securechat.client import rpc
+    from securechat.client.exit_codes import EXIT_UNREACHABLE
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(rpc.socket_path(str(tmp_path)))
@@ -516,7 +517,7 @@ def test_a_daemon_that_stops_answering_fails_the_command_instead_of_hanging_it(t
         try:
             with pytest.raises(rpc.CommandFailed, match="did not answer in time") as failed:
                 connection.call("status", patience=0.2)
-            assert failed.value.exit_code == rpc.EXIT_UNREACHABLE
+            assert failed.value.exit_code == EXIT_UNREACHABLE
         finally:
             connection.close()
     finally:

@@ -12,7 +12,8 @@ import argparse
 import shlex
 
 from securechat.client.commands import build_parser
-from securechat.client.rpc import EXIT_USAGE, CommandFailed
+from securechat.client.exit_codes import EXIT_USAGE
+from securechat.client.rpc import CommandFailed
 
 HELP = """\
 Type a line to send it to the current buffer's person or room (//text sends /text).

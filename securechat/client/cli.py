@@ -24,7 +24,8 @@ from securechat.client.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
 from securechat.client.file_commands import FILE_METHODS, FILE_PATIENCE
 from securechat.client.progress import ProgressBar
 from securechat.client.render import safe
-from securechat.client.rpc import EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection
+from securechat.client.exit_codes import EXIT_UNREACHABLE, EXIT_UNTRUSTED
+from securechat.client.rpc import CommandFailed, DaemonConnection
 from securechat.client.unlock import PasswordUnavailable
 from securechat.config import ConfigError
 

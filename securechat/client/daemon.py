@@ -29,7 +29,8 @@ from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from securechat.client import rpc
-from securechat.client.exit_codes import EXIT_AUTH
+from securechat.client.exit_codes import (
+    EXIT_AUTH, EXIT_ERROR, EXIT_RATE_LIMITED, EXIT_USAGE)
 from securechat.client.methods import (
     InvalidParams, Methods, UnknownMethod, Verifications, as_command_failed, public)
 from securechat.client.rpc import CommandFailed
@@ -89,7 +90,7 @@ class RpcConnection(LineReceiver):
             return
         if len(self._daemon.connections) >= MAX_CONNECTIONS:
             self._refuse(rpc.LIMIT, f"the daemon serves {MAX_CONNECTIONS} connections at most",
-                         rpc.EXIT_RATE_LIMITED)
+                         EXIT_RATE_LIMITED)
             return
         self._daemon.connections.add(self)
         self.transport.registerProducer(self, True)
@@ -149,25 +150,25 @@ class RpcConnection(LineReceiver):
 
     def lineLengthExceeded(self, line):
         self._write({"jsonrpc": "2.0", "id": None, "error": rpc.error_object(
-            rpc.LIMIT, f"request longer than {MAX_REQUEST_BYTES} bytes", rpc.EXIT_USAGE)})
+            rpc.LIMIT, f"request longer than {MAX_REQUEST_BYTES} bytes", EXIT_USAGE)})
         self.transport.loseConnection()
 
     def lineReceived(self, line):
         try:
             request = json.loads(line)
         except ValueError:
-            self._error(None, rpc.PARSE_ERROR, "not JSON", rpc.EXIT_USAGE)
+            self._error(None, rpc.PARSE_ERROR, "not JSON", EXIT_USAGE)
             return
         if (not isinstance(request, dict) or request.get("jsonrpc") != "2.0"
                 or not isinstance(request.get("method"), str)):
             self._error(request.get("id") if isinstance(request, dict) else None,
-                        rpc.INVALID_REQUEST, "not a JSON-RPC 2.0 request", rpc.EXIT_USAGE)
+                        rpc.INVALID_REQUEST, "not a JSON-RPC 2.0 request", EXIT_USAGE)
             return
         request_id = request.get("id")
         if self._in_flight >= MAX_IN_FLIGHT:
             self._error(request_id, rpc.LIMIT,
                         f"{MAX_IN_FLIGHT} requests in flight on this connection at most",
-                        rpc.EXIT_RATE_LIMITED)
+                        EXIT_RATE_LIMITED)
             return
         self._in_flight += 1
         d = defer.ensureDeferred(self._daemon.call(self, request["method"],
@@ -186,12 +187,12 @@ class RpcConnection(LineReceiver):
         if isinstance(error, CommandFailed):
             self._error(request_id, rpc.COMMAND_FAILED, str(error), error.exit_code)
         elif isinstance(error, (InvalidParams, UnknownMethod)):
-            self._error(request_id, error.code, str(error), rpc.EXIT_USAGE)
+            self._error(request_id, error.code, str(error), EXIT_USAGE)
         else:
             self.log.failure("a daemon method failed", failure)
             self._error(request_id, rpc.INTERNAL_ERROR, f"internal error: {error!r}")
 
-    def _error(self, request_id, code, message, exit_code=rpc.EXIT_ERROR):
+    def _error(self, request_id, code, message, exit_code=EXIT_ERROR):
         if request_id is not None or code in (rpc.PARSE_ERROR, rpc.INVALID_REQUEST):
             self._write({"jsonrpc": "2.0", "id": request_id,
                          "error": rpc.error_object(code, message, exit_code)})

@@ -8,6 +8,7 @@ from twisted.internet import defer, endpoints
 from twisted.protocols.basic import LineReceiver
 
 from securechat.client import rpc
+from securechat.client.exit_codes import EXIT_ERROR, EXIT_UNREACHABLE
 from securechat.client.message_size import check_message_size
 from securechat.client.rpc import CommandFailed
 
@@ -60,7 +61,7 @@ class DaemonClient(LineReceiver):
         if "error" in message:
             error = message["error"]
             d.errback(DaemonError(error["message"],
-                                  (error.get("data") or {}).get("exit_code", rpc.EXIT_ERROR),
+                                  (error.get("data") or {}).get("exit_code", EXIT_ERROR),
                                   error.get("code")))
         else:
             d.callback(message["result"])
@@ -68,7 +69,7 @@ class DaemonClient(LineReceiver):
     def connectionLost(self, reason):
         pending, self._pending = self._pending, {}
         for d in pending.values():
-            d.errback(CommandFailed("the daemon closed the connection", rpc.EXIT_UNREACHABLE))
+            d.errback(CommandFailed("the daemon closed the connection", EXIT_UNREACHABLE))
         self.closed.callback(None)
 
 

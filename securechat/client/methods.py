@@ -23,12 +23,12 @@ from securechat.client.messaging import new_id
 from securechat.client.protocol import ConnectionClosed, RemoteError
 from securechat.client.render import EVENT_KEYS, message_json
 from securechat.client.rooms import ROOM_MODES
-from securechat.client.exit_codes import EXIT_USAGE
-from securechat.client.rpc import (
-    EXIT_UNREACHABLE, INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed)
+from securechat.client.exit_codes import (
+    EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_UNTRUSTED, EXIT_USAGE)
+from securechat.client.rpc import INVALID_PARAMS, METHOD_NOT_FOUND, CommandFailed
 from securechat.client.sas_exchange import ExchangeFailed
 from securechat.client.session import (
-    EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNTRUSTED, FINAL_STATES, NO_OTHER_DEVICE, ClientError, Queued, refusal)
+    FINAL_STATES, NO_OTHER_DEVICE, ClientError, Queued, refusal)
 from securechat.client.settings import VERIFY_TIMEOUT
 from securechat.client.verification import (
     PendingRequests, Verification, is_request, request_message)

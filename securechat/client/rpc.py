@@ -16,8 +16,7 @@ import socket
 import struct
 import time
 
-from securechat.client.exit_codes import (  # noqa: F401 (for this side and importers)
-    EXIT_ERROR, EXIT_RATE_LIMITED, EXIT_UNREACHABLE, EXIT_UNTRUSTED, EXIT_USAGE)
+from securechat.client.exit_codes import EXIT_ERROR, EXIT_UNREACHABLE
 
 SOCKET_NAME = "daemon.sock"
 MAX_SOCKET_PATH = 107

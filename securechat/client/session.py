@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.client import device_list, protocol as client_protocol
 from securechat.client.contacts import Contacts, TrustError
-from securechat.client.exit_codes import (  # noqa: F401 (others import them from here)
+from securechat.client.exit_codes import (
     EXIT_AUTH, EXIT_CERTIFICATE, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_RATE_LIMITED,
     EXIT_UNAVAILABLE, EXIT_UNKNOWN_USER, EXIT_UNREACHABLE, EXIT_UNTRUSTED)
 from securechat.client.events import Events

@@ -18,9 +18,9 @@ from securechat.client import cli, commands, linking
 from securechat.client.methods import Methods, Verifications, as_command_failed
 from securechat.client.progress import ProgressBar
 from securechat.client.render import EscapingStream
-from securechat.client.exit_codes import EXIT_AUTH, EXIT_USAGE
-from securechat.client.rpc import (
-    EXIT_UNREACHABLE, EXIT_UNTRUSTED, CommandFailed, DaemonConnection)
+from securechat.client.exit_codes import (
+    EXIT_AUTH, EXIT_UNREACHABLE, EXIT_UNTRUSTED, EXIT_USAGE)
+from securechat.client.rpc import CommandFailed, DaemonConnection
 from securechat.client.session import Client, ClientError, require_empty
 from securechat.client.unlock import (
     UnlockingNotice, read_changed_password, read_new_password, read_password,
