@@ -166,6 +166,13 @@ def test_init_refuses_an_existing_config_without_force(relay, home):
                  "--fingerprint", relay_fingerprint(relay.port), "--no-register", "--force")
     assert forced.returncode == 0 and "securechat register" in forced.stdout, forced
     assert client_settings.load(str(home["ini"])).username == "alice"
+    # That ini names alice and no device was made yet (init stopped before registering,
+    # here by --no-register): init again says how to go on rather than only --force.
+    again = cli(home["env"], "init", "--server", relay.server, "--user", "alice",
+                "--fingerprint", relay_fingerprint(relay.port), "--no-register")
+    assert again.returncode == 1, again
+    assert (f"(for alice on {relay.server}, with no device yet: 'securechat register' "
+            "registers it") in again.stderr, again
 
 
 def test_init_with_an_unreachable_relay_exits_4_and_writes_nothing(home):

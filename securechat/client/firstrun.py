@@ -31,6 +31,23 @@ ASK_TRIES = 3
 """How many times a question is asked again after an answer that is not valid."""
 
 
+def _not_registered_yet(path):
+    """What to say of an existing client ini whose device was never made (an ``init``
+    stopped before it registered, say): the command that goes on from there."""
+    from securechat.crypto.keystore import KeyStore
+
+    try:
+        settings = client_settings.load(path)
+    except Exception:  # not ours to judge here: the next command names what is wrong
+        return ""
+    if KeyStore.exists(settings.data_dir):
+        return ""
+    config = "" if path == client_settings.default_config_path() else f" --config {path}"
+    return (f" (for {settings.username} on {settings.server}, with no device yet: "
+            f"'securechat{config} register' registers it, or 'securechat{config} devices "
+            "link' adds this machine to an account you have)")
+
+
 def run(args):
     """``securechat init`` with its parsed ``args``; the exit code."""
     if args.yes and not args.fingerprint:
@@ -44,8 +61,8 @@ def run(args):
             args.usage_error(f"--fingerprint: {e}")
     path = os.path.abspath(os.path.expanduser(args.config))
     if os.path.exists(path) and not args.force:
-        raise CommandFailed(f"{path} already exists: pass --force to replace it "
-                            "(or --config FILE to write another)")
+        raise CommandFailed(f"{path} already exists{_not_registered_yet(path)}: pass --force "
+                            "to replace it (or --config FILE to write another)")
     host, port = ask("Relay (host:port): ", args.server, "--server HOST:PORT",
                      client_settings.parse_server)
     user = ask("Your user name: ", args.user, "--user NAME", lowercase_username)
