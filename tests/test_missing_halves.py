@@ -23,6 +23,7 @@ from securechat.config import ConfigError
 from tests.processes import DaemonProcess, InteractiveCli, run_cli, write_client_config
 from tests.support import cleanup, poll_until, poll_until_async
 from tests.test_room_roles import staffed_room
+from tests.two_devices import add_device
 
 SHORT = 3
 """The ``verify_timeout`` (seconds) of a side whose wait a test lets run out."""
@@ -93,6 +94,26 @@ async def test_a_verify_request_shows_in_the_others_inbox_json_and_their_verify_
     initiator = await started
     assert initiator.code == 0 and responder.code == 0, (initiator, responder)
     assert "bob is verified" in initiator.out and "alice is verified" in responder.out
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_answered_on_one_device_no_longer_waits_on_the_other(server, tmp_path):
+    """bob asks alice to verify; her first device answers (`verify bob`).  Her second
+    device, which got the request too, drops it with the copy of that answer: its inbox
+    offers no request that is already answered."""
+    alice = await register(server, tmp_path, "alice")
+    bob = await register(server, tmp_path, "bob")
+    alice2 = write_client_config(str(tmp_path / "second"), "alice", server.port,
+                                 ca_file=server.cert_path)
+    await add_device(alice, alice2, "correct horse battery staple")
+    started = defer.ensureDeferred(run_cli(bob, "verify", "alice", stdin=b"y\n"))
+    await asked(server, "alice")
+    responder = await run_cli(alice, "verify", "bob", stdin=b"y\n")
+    initiator = await started
+    assert initiator.code == 0 and responder.code == 0, (initiator, responder)
+    offered = [m for m in (await ok(alice2, "inbox", "--json")).json_lines()
+               if m["type"] == "verify_request"]
+    assert offered == []
 
 
 @pytest_twisted.ensureDeferred

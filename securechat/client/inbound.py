@@ -24,7 +24,7 @@ from securechat.client.event_types import (
     CHANGES, EDIT, MESSAGE_TYPES, REACTION, RECEIPT, valid_mid)
 from securechat.client.file_messages import file_message, keep_received
 from securechat.client.protocol import RemoteError
-from securechat.client.verification import PendingRequests
+from securechat.client.verification import ANSWERS_A_REQUEST, PendingRequests
 from securechat.crypto.device import DecryptError
 
 
@@ -167,5 +167,5 @@ def _keep(client, record, replaces=None):
         if not (isinstance(replaces, str) and not record["error"]
                 and store.replace_failed(replaces, public(record))):
             store.add_message(record["id"], public(record))
-    elif record["type"] in ("verify.start", "verify.cancel") and record["room"] is None:
+    elif record["type"] in ANSWERS_A_REQUEST and record["room"] is None:
         PendingRequests(store).note(record)

@@ -972,9 +972,12 @@ class Client:
 
     @returns_deferred
     async def send_control(self, user, payload):
-        """An encrypted non-chat message (verification steps, dummies)."""
+        """An encrypted non-chat message (verification steps, dummies); ``peer`` names
+        ``user`` for the copies our other devices get, as ``send_event``'s do (a request
+        answered here is not theirs to answer any more: ``PendingRequests.note``)."""
         await self.sender.send([user], {"mid": new_id(), "room": None,
-                                        "ts": int(time.time() * 1000), **payload})
+                                        "ts": int(time.time() * 1000), **payload,
+                                        "peer": user})
 
     def unread(self):
         """Messages stored (by any command) but not yet shown: ``[(pos, record)]``.

@@ -38,6 +38,11 @@ MAX_TXN = 64
 """The longest transaction id taken from a request (ours are 16 hex digits)."""
 
 
+ANSWERS_A_REQUEST = ("verify.start", "verify.accept", "verify.cancel")
+"""The steps that make or end a pending request: a request; its sender calling it off;
+another device of this account answering it or turning it down (its copy)."""
+
+
 def is_request(record):
     """A decrypted 1:1 ``verify.start`` from someone else with a usable transaction id (not
     the copy of one this user sent from another device: every message goes to the
@@ -69,17 +74,24 @@ class PendingRequests:
             self._store.set_secret(self.KEY, requests[-PENDING_REQUESTS:])
 
     def note(self, record):
-        """A ``verify.start`` or ``verify.cancel`` from someone arrived (called inside the
-        transaction that marks its envelope seen: neither is lost nor counted twice)."""
-        user = record["from"]
-        if record.get("type") == "verify.cancel":
-            txn = (record.get("inner") or {}).get("txn")
-            self._save([r for r in self._load() if (r["user"], r["txn"]) != (user, txn)])
+        """A step of ``ANSWERS_A_REQUEST`` arrived: a request, or its end (called inside the
+        transaction that marks its envelope seen: none is lost nor counted twice)."""
+        user, txn = record["from"], (record.get("inner") or {}).get("txn")
+        kind = record.get("type")
+        if record.get("outgoing"):  # a copy: our other device answered or refused ``to``'s
+            if kind in ("verify.accept", "verify.cancel"):
+                self._forget((record.get("to"), txn))
+        elif kind == "verify.cancel":
+            self._forget((user, txn))
         elif is_request(record):
             request = {"id": record["id"], "user": user, "device": record["from_dev"],
                        "txn": record["inner"]["txn"], "sent_at": record["sent_at"],
                        "at": self._clock(), "shown": False}
             self._save([r for r in self._load() if r["user"] != user] + [request])
+
+    def _forget(self, asked):
+        """Drop the request ``(user, txn)``."""
+        self._save([r for r in self._load() if (r["user"], r["txn"]) != asked])
 
     def take(self, user):
         """``user``'s request (removed: it is being answered), or None."""
