@@ -311,7 +311,10 @@ class NodeBus(LoneNode):
         there) has its connection here ended, as a ``login`` hint would."""
         self._held.clear()
         relay = self._factory.relay
-        devices = relay.online_devices()
+        # A device whose claim is under way gets its lock from that claim: asked here too,
+        # it would be ended for the lock its older connection still holds, or take the
+        # lock twice over (one release would not let it go).
+        devices = [key for key in relay.online_devices() if key not in self._claims]
         taken = await defer.gatherResults(
             [self._try_lock(device_lock(user, device)) for user, device in devices],
             consumeErrors=True)
