@@ -10,8 +10,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from securechat import wire
 from securechat.client.exit_codes import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNTRUSTED
+from securechat.client.session import link_window_left
 from tests.processes import InteractiveCli, run_cli, write_client_config
 from tests.support import poll_until
 
@@ -176,6 +176,41 @@ async def test_an_approval_times_out_naming_the_new_device_which_can_link_later(
     assert refused.code == 1 and "is not linked to alice's account yet" in refused.err
     (codes, new_out, approver_out, again) = await link(alice, laptop)
     assert (codes, again) == ((0, 0), code), (new_out, approver_out)
+
+
+@pytest.fixture
+def short_window(start_relay):
+    return start_relay(extra="[accounts]\nlink_window_minutes = 3\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_devices_link_waits_as_long_as_the_relay_keeps_the_device_pending(
+        short_window, tmp_path):
+    """A relay whose link window is 3 minutes: ``devices link`` says it waits 3 minutes
+    (the relay's own window, from its ``ping``), not the default 10."""
+    server = short_window
+    alice = write_client_config(str(tmp_path / "clients"), "alice", server.port,
+                                ca_file=server.cert_path)
+    await ok(alice, "register")
+    laptop = write_client_config(str(tmp_path / "laptop"), "alice", server.port,
+                                 ca_file=server.cert_path)
+    new, code = await start_link(laptop)
+    try:
+        await new.wait_for(f"securechat devices approve {code}   (waiting 3 minutes)")
+    finally:
+        new.transport.signalProcess("KILL")
+        await new.finish()
+
+
+def test_the_wait_is_what_is_left_of_the_relays_window():
+    """From the keys' first upload; the default 600 s from a relay that does not say; from
+    now when an earlier client kept no time; never below a second."""
+    now = 1_800_000_000.0
+    uploaded = str(int((now - 100) * 1000))
+    assert link_window_left({"link_window_seconds": 180}, uploaded, now) == 80
+    assert link_window_left({"pong": True}, uploaded, now) == 500
+    assert link_window_left({"link_window_seconds": 180}, "1", now) == 180
+    assert link_window_left({"link_window_seconds": 60}, uploaded, now) == 1
 
 
 @pytest_twisted.ensureDeferred

@@ -203,7 +203,8 @@ def test_requests_wait_for_the_tls_handshake_state(factory):
     assert answer(transport, 1)["error"]["code"] == "not_logged_in"
     protocol.handshakeCompleted()
     send(protocol, {"op": "ping", "rid": 2}, {"op": "keys.count", "rid": 3})
-    assert answer(transport, 2)["result"] == {"pong": True, "relay": "unit-relay"}
+    assert answer(transport, 2)["result"] == {"pong": True, "relay": "unit-relay",
+                                              "link_window_seconds": 600}
     assert answer(transport, 3)["error"]["code"] == "not_logged_in"
 
 

@@ -39,9 +39,10 @@ from securechat.client.render import safe
 from securechat.client.sas_exchange import ExchangeFailed, SasExchange
 from securechat.client.session import ClientError
 
-LINK_WAIT = 600
-"""Seconds ``devices link`` waits for an approval to start: the relay's default link
-window (``[accounts] link_window_minutes``), after which it would refuse this device."""
+def how_long(seconds):
+    """``10 minutes``, or ``90 s`` under two minutes."""
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 120 else f"{round(seconds / 60)} minutes"
 
 
 class LinkFailed(ExchangeFailed):
@@ -156,17 +157,19 @@ async def link(client, links, confirm, show, timeout):
     waiter = Approvals(client.user)
     links.running.append(waiter)  # before the login: steps may wait on the relay
     try:
-        account_key = await client.join_account()
+        # Waits as long as the relay keeps this device pending (the rest of it, when
+        # this run goes on from an earlier one), after which it would refuse it.
+        account_key, wait = await client.join_account()
         show(f"link code: {client.device}")
         show(f"On a device of {safe(client.user)}'s account, run: securechat devices approve "
-             f"{client.device}   (waiting {LINK_WAIT // 60} minutes)")
+             f"{client.device}   (waiting {how_long(wait)})")
         await client.drain(timeout)  # what waited: approvals, and their cancellations
-        start = await waiter.first(client.reactor, LINK_WAIT)
+        start = await waiter.first(client.reactor, wait)
     finally:
         links.running.remove(waiter)
     if start is None:
         raise LinkFailed(f"no device of {client.user} approved this one within "
-                         f"{LINK_WAIT // 60} minutes: NOT linked")
+                         f"{how_long(wait)}: NOT linked")
     approver = start["from_dev"]
     approver_keys = (await client.trusted_devices(client.user, sending=False)).get(approver)
     if approver_keys is None:

@@ -124,6 +124,27 @@ def refusal(error, what="the server refused"):
     return ClientError(f"{what}: {error.message}")
 
 
+LINK_WINDOW = 600
+"""Seconds a new device may stay pending (to be linked) on a relay that does not say
+(``ping``'s ``link_window_seconds``): the default of ``[accounts] link_window_minutes``."""
+
+
+def link_window_left(ping, uploaded_at, now):
+    """Seconds left (at least 1) of the link window the relay's ``ping`` answer names, for a
+    device whose keys went up at ``uploaded_at`` (ms, as kept in the key store; an earlier
+    client kept no time there: counted from ``now``)."""
+    window = ping.get("link_window_seconds")
+    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+        window = LINK_WINDOW
+    try:
+        started = int(uploaded_at) / 1000
+    except (TypeError, ValueError):
+        started = now
+    if started < 1e9 or started > now:  # no time kept (an earlier client wrote "1")
+        started = now
+    return max(window - (now - started), 1)
+
+
 def relay_id(answer):
     """The relay's id from its answer to ``ping`` or ``login.challenge``; a ClientError when
     it gives none (a relay older than this client, or no securechat relay)."""
@@ -399,7 +420,8 @@ class Client:
         password proof, this device's keys uploaded (no device list: it has no account
         key yet, so it is a pending device), and the account key as the relay gives it
         (the link's SAS proves it is the one the approving device holds).  Fire with
-        that key."""
+        that key and the seconds left of the relay's link window (from the first upload
+        of this device's keys, which the relay counts it from)."""
         try:
             return await self._join_account()
         except LinkExpired:
@@ -427,14 +449,15 @@ class Client:
             self.crypto = DeviceCrypto.create(self.store)  # its identity seed is replaced
         try:
             await self._connect()
-            relay = relay_id(await self.request("ping"))
+            ping = await self.request("ping")
+            relay = relay_id(ping)
             with self.store.transaction():
                 self.store.set_meta(PASSWORD_KEY_AT, relay)  # an account moved long ago
             await self._login()
             if not self.store.meta(LINK_KEYS_UPLOADED):
                 await self._upload_device_keys()
                 with self.store.transaction():
-                    self.store.set_meta(LINK_KEYS_UPLOADED, "1")
+                    self.store.set_meta(LINK_KEYS_UPLOADED, str(int(time.time() * 1000)))
             if not self.store.meta(LINK_ACCOUNT_KEY):
                 account_key = (await device_list.own_entry(self))["identity_key"]
                 with self.store.transaction():
@@ -445,7 +468,8 @@ class Client:
                 self.discard_store()
             raise
         self._connected()
-        return self.store.meta(LINK_ACCOUNT_KEY)
+        return self.store.meta(LINK_ACCOUNT_KEY), link_window_left(
+            ping, self.store.meta(LINK_KEYS_UPLOADED), time.time())
 
     def become_linked(self, identity_seed, version):
         """The approving device handed over the account key (checked by the caller):

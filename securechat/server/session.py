@@ -209,7 +209,10 @@ class ConnectionSession:
     # -- anonymous ops ------------------------------------------------------
 
     async def op_ping(self, fields):
-        return {"pong": True, "relay": self._server.relay_id}
+        """Who the relay is, and how long a new device may wait to be linked (``devices
+        link`` waits that long, not a guess)."""
+        return {"pong": True, "relay": self._server.relay_id,
+                "link_window_seconds": self._server.config.link_window_minutes * 60}
 
     async def op_login_challenge(self, fields):
         """This connection's one login challenge: a fresh nonce, used by the next login."""
