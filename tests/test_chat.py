@@ -182,15 +182,16 @@ async def test_chat_serves_the_other_commands_while_it_runs(server, tmp_path):
     try:
         chat.line("/create lobby")
         await chat.wait_for("created lobby")
+        assert "2:#lobby" in chat.rows()[0] and "#lobby" in chat.status_row  # opened
         listed = await run_cli(alice, "rooms", "list", password=None)
         assert listed.code == 0 and listed.out.split() == ["lobby"], listed
         await ok(alice, "send", "bob", "from a script beside the chat", password=None)
         await ok(bob, "send", "alice", "to the chat")
-        await chat.wait_for(lambda c: "2:bob(1)" in c.rows()[0] or "bob(1)" in c.status_row,
+        await chat.wait_for(lambda c: "3:bob(1)" in c.rows()[0] or "bob(1)" in c.status_row,
                             what="bob's message")
         empty = await run_cli(alice, "inbox", password=None)
         assert empty.code == 0 and empty.out == "", empty
-        chat.press("\x1b2")
+        chat.press("\x1b3")
         await chat.wait_for("<bob?> to the chat")
         chat.line("/quit")
         assert await chat.finish() == 0

@@ -384,6 +384,12 @@ class Chat:
         if opened and opened[1]:
             await self._load_history(opened[0])
 
+    async def create(self, room, options):
+        """Create ``room`` and open its buffer (its creator is its first member), as
+        ``join`` opens the room joined."""
+        await self.command(["rooms", "create", room, *options],
+                           into=lambda: self._opened("room", room, switch=True)[0])
+
     async def part(self, room):
         """Leave ``room``: its buffer closes first, so what ``leave`` says shows where
         the person is then."""

@@ -20,15 +20,15 @@ Type a line to send it to the current buffer's person or room (//text sends /tex
 /query USER          open the conversation with USER (/query #ROOM: a room's buffer)
 /msg USER [TEXT]     send TEXT to USER without leaving this buffer (no TEXT: /query)
 /join ROOM           join ROOM (#ROOM too) and open its buffer; asks for a password if it has one
+/create ROOM         create ROOM and open its buffer (--password: asks for one to set)
 /part [ROOM]         leave ROOM (default: this buffer's room) and close its buffer
 /me ACTION           say ACTION as an action: * alice ACTION
 /file PATH           send the file PATH (encrypted) to this buffer's person or room
 /reply ID TEXT       answer message ID (its mid) here, shown with its context
 /names [ROOM]        ROOM's members (default: this buffer's room)
 /buffer N, /win N    go to buffer N (or Alt-N)
-/create ROOM [--password], /invite ROOM USER, /kick ROOM USER, /unban ROOM USER,
-/rooms list|bans|mode|admin, /members ROOM, /history USER|ROOM, /leave ROOM, /broadcast TEXT,
-/fingerprint [USER], /verify USER, /trust USER, /outbox [--drop ID],
+/invite ROOM USER, /kick ROOM USER, /unban ROOM USER, /rooms list|bans|mode|admin,
+/members ROOM, /history USER|ROOM, /leave ROOM, /broadcast TEXT, /fingerprint [USER], /verify USER, /trust USER, /outbox [--drop ID],
 /react ID EMOJI, /edit ID TEXT, /delete ID, /send USER TEXT --reply-to ID:
                      as the CLI commands of the same name (/COMMAND --help; ID: a
                      message's mid, as history --json shows it)
@@ -41,15 +41,11 @@ NOT_IN_CHAT = ("register", "chat", "daemon", "inbox", "password", "account", "re
 set up what the chat runs in (``password`` needs the key store the chat holds, ``recover``
 makes a new one)."""
 
-ALIASES = {"create": ["rooms", "create"]}
-"""Chat commands that are a CLI command under another name."""
-
-
 def cli_commands():
     """The chat's names of the CLI's commands (the subcommands of its parser)."""
     subcommands = next(action for action in build_parser()._actions
                        if isinstance(action, argparse._SubParsersAction))
-    return set(subcommands.choices) - set(NOT_IN_CHAT) | set(ALIASES)
+    return set(subcommands.choices) - set(NOT_IN_CHAT)
 
 
 class SlashCommands:
@@ -65,7 +61,7 @@ class SlashCommands:
         if handler is not None:
             await handler(rest.strip())
         elif name in self._cli:
-            await self._chat.command(ALIASES.get(name, [name]) + self._words(rest))
+            await self._chat.command([name] + self._words(rest))
         else:
             self._chat.warn(f"unknown command /{name}; /help lists them")
 
@@ -124,6 +120,13 @@ class SlashCommands:
             self._chat.warn("usage: /join ROOM (or #ROOM)")
             return
         await self._chat.join(words[0].lstrip("#"), words[1:])
+
+    async def do_create(self, rest):
+        words = self._words(rest)
+        if not words:
+            self._chat.warn("usage: /create ROOM [--password] (or #ROOM)")
+            return
+        await self._chat.create(words[0].lstrip("#"), words[1:])
 
     async def do_part(self, rest):
         room = self._room_or_current(rest, "/part ROOM")
