@@ -142,9 +142,9 @@ async def test_someone_elses_edit_or_delete_is_refused(listening_relay, tmp_path
     assert [(m["text"], m.get("edited")) for m in history] == [("the original", None)]
 
 
-async def mid_of(config, peer, text):
+async def mid_of(config, peer, text, **kwargs):
     """The mid of the message ``text`` in ``config``'s conversation with ``peer``."""
-    lines = (await ok(config, "history", peer, "--json")).json_lines()
+    lines = (await ok(config, "history", peer, "--json", **kwargs)).json_lines()
     (mid,) = [m["mid"] for m in lines if m["text"] == text]
     return mid
 
@@ -211,6 +211,31 @@ async def test_receipts_arriving_while_scrolled_back_leave_the_screen_where_it_w
         await ok(bob, "inbox")
         await chat.wait_for(f"<alice> {' '.join(first)} ✓✓ read")
         assert "line 30" not in chat.text(), chat.text()
+        chat.line("/quit")
+        assert await chat.finish() == 0
+    finally:
+        chat.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_edit_reaction_or_delete_typed_in_the_chat_shows_on_its_line_at_once(
+        listening_relay, tmp_path):
+    """alice's /edit, /react and /delete of her own line, typed in her chat, redraw that
+    line on her screen at once (not only when something else arrives)."""
+    alice, bob = await users(tmp_path, listening_relay.port, "alice", "bob")
+    chat = ChatScreen(alice)
+    try:
+        await chat.wait_for("/help for help")
+        chat.line("/query bob")
+        chat.line("lunch at 12?")
+        await chat.wait_for("<alice> lunch at 12? ✓")
+        mid = await mid_of(alice, "bob", "lunch at 12?", password=None)  # via the chat's daemon
+        chat.line(f"/edit {mid} lunch at 1?")
+        await chat.wait_for("<alice> lunch at 1? (edited)")
+        chat.line(f"/react {mid} +1")
+        await chat.wait_for("lunch at 1? (edited) [+1 1]")
+        chat.line(f"/delete {mid}")
+        await chat.wait_for("<alice> (deleted)")
         chat.line("/quit")
         assert await chat.finish() == 0
     finally:

@@ -20,6 +20,7 @@ from securechat.client.chat_buffers import Buffers
 from securechat.client.chat_commands import SlashCommands
 from securechat.client.chat_lines import message_lines, notice, own_line, redraw
 from securechat.client.chat_typing import TypingSent, TypingShown
+from securechat.client.commands import CHANGES as COMMAND_CHANGES
 from securechat.client.commands import (
     ParseStopped, QuietParser, build_parser, next_page, request_for, show_result)
 from securechat.client.exit_codes import (
@@ -332,6 +333,8 @@ class Chat:
                             say_sent=not quiet,
                             warn=lambda text: self.add(buffer, [notice(text, "warning")]))
                 if not result.get("more"):
+                    if args.command in COMMAND_CHANGES:  # its lines show it at once
+                        self._in_background(self._changed(args.id))
                     return result
                 params = next_page(params)
         except CommandFailed as e:
