@@ -242,6 +242,22 @@ async def test_an_edit_reaction_or_delete_typed_in_the_chat_shows_on_its_line_at
         chat.kill()
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_plain_inbox_prints_a_change_once(listening_relay, tmp_path):
+    """alice edits her message before bob's inbox runs: his inbox prints the message as it
+    is now, and not the edit again as a line of its own (--json still has both).  Her
+    reaction after that inbox is a line of its own in the next one."""
+    alice, bob = await users(tmp_path, listening_relay.port, "alice", "bob")
+    await ok(alice, "send", "bob", "lunch at 12?")
+    mid = await mid_of(alice, "bob", "lunch at 12?")
+    await ok(alice, "edit", mid, "lunch at 1?")
+    first = (await ok(bob, "inbox")).out.splitlines()
+    assert len(first) == 1 and first[0].endswith("alice (unverified): lunch at 1? (edited)"), first
+    await ok(alice, "react", mid, "+1")
+    second = (await ok(bob, "inbox")).out.splitlines()
+    assert len(second) == 1 and second[0].endswith(f"reacted +1 to {mid}"), second
+
+
 async def _status_is(config, peer, text, status):
     return (await sent_status(config, peer)).get(text) == status
 

@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 from securechat import wire
+from securechat.client.event_types import CHANGES as EVENT_CHANGES
 from securechat.client.exit_codes import EXIT_USAGE
 from securechat.client.file_commands import add_file_commands, file_request, show_file_result
 from securechat.client.message_size import check_message_size
@@ -600,7 +601,14 @@ def show_result(args, result, out=print, say_sent=None, warn=warn_on_stderr):
         elif sys.stdout.isatty() if say_sent is None else say_sent:
             out(changed(args, result))
     elif command == "inbox":
+        # A change of a message printed in the same batch is in that message's line
+        # already ("(edited) [+1 1]"): a person reads it once; a script gets every record.
+        printed = set() if args.json else {
+            record.get("mid") for record in result["messages"]
+            if record.get("type") not in EVENT_CHANGES}
         for record in result["messages"]:
+            if record.get("type") in EVENT_CHANGES and record.get("target") in printed:
+                continue
             out(message_json({**record, "from_dev": record["from_device"]}) if args.json
                 else format_message(record, width))
         sys.stdout.flush()
