@@ -115,18 +115,23 @@ class SlashCommands:
         await self._chat.send_here(text, reply_to=mid)
 
     async def do_join(self, rest):
-        words = self._words(rest)
-        if not words:
-            self._chat.warn("usage: /join ROOM (or #ROOM)")
-            return
-        await self._chat.join(words[0].lstrip("#"), words[1:])
+        given = self._room_and_options(rest, "/join ROOM (or #ROOM)")
+        if given is not None:
+            await self._chat.join(*given)
 
     async def do_create(self, rest):
+        given = self._room_and_options(rest, "/create ROOM [--password] (or #ROOM)")
+        if given is not None:
+            await self._chat.create(*given)
+
+    def _room_and_options(self, rest, usage):
+        """A room command's room (without its ``#``) and its other words; None, the usage
+        said, when it names no room."""
         words = self._words(rest)
         if not words:
-            self._chat.warn("usage: /create ROOM [--password] (or #ROOM)")
-            return
-        await self._chat.create(words[0].lstrip("#"), words[1:])
+            self._chat.warn(f"usage: {usage}")
+            return None
+        return words[0].lstrip("#"), words[1:]
 
     async def do_part(self, rest):
         room = self._room_or_current(rest, "/part ROOM")
