@@ -7,27 +7,11 @@ import json
 import psycopg2
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 
 from securechat.store import hints, make_store
 from securechat.store.errors import DuplicateEnvelope
 from tests.support import poll_until
-from tests.test_store_contract import device, envelope
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "store.sqlite3")
-    return request.getfixturevalue("fresh_postgres_dsn")
-
-
-@pytest.fixture
-def store(database, tmp_path):
-    store = make_store(database, str(tmp_path))
-    pytest_twisted.blockon(defer.ensureDeferred(store.start()))
-    yield store
-    pytest_twisted.blockon(defer.ensureDeferred(store.stop()))
+from tests.test_store_contract import database, device, envelope, store  # noqa: F401
 
 
 @pytest.fixture

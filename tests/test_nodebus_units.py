@@ -14,9 +14,10 @@ from securechat.server.nodebus import MAX_AHEAD, Heard, NodeBus
 from securechat.server.outage import OutageLog
 from securechat.server.protocol import WriteGate
 from securechat.server.relay import Relay
-from securechat.store import hints, make_store
+from securechat.store import hints
 from securechat.store.errors import DuplicateEnvelope
 from tests.support import poll_until
+from tests.test_delivery_cursor import store  # noqa: F401 (a fixture)
 
 
 def envelope(recipients=(), room=None, members=()):
@@ -186,12 +187,6 @@ def test_heard_keeps_a_bounded_number_of_ranges_past_a_gap():
     assert len(heard._ahead) == 0
 
 
-@pytest.fixture
-def store(tmp_path):
-    store = make_store(str(tmp_path / "store.sqlite3"), str(tmp_path))
-    pytest_twisted.blockon(defer.ensureDeferred(store.start()))
-    yield store
-    pytest_twisted.blockon(defer.ensureDeferred(store.stop()))
 
 
 @pytest_twisted.ensureDeferred

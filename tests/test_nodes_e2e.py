@@ -16,11 +16,12 @@ from securechat.client.protocol import ConnectionClosed, RemoteError
 from tests.pgserver import create_database
 from tests.processes import RelayEndpoint, ServerProcess, free_port, run_cli, write_client_config
 from tests.screen import ChatScreen
-from tests.support import (ScriptedDevice, cleanup, expect_error, new_envelope_id, poll_until,
+from tests.support import (cleanup, expect_error, new_envelope_id, poll_until,
                            poll_until_async, unicast, write_config)
 from tests.test_admin_api import admin
 from tests.test_device_removal import publish, second_device
-from tests.test_postgres_restart import RestartablePostgres
+from tests.test_postgres_restart import postgres  # noqa: F401 (a fixture)
+from tests.test_relay_tls import registered
 from tests.test_typing import notice, typing_events
 
 ROOM_MESSAGE = {"kind": "megolm", "sid": "bWVnb2xt", "ct": wire.b64encode(b"opaque")}
@@ -76,17 +77,6 @@ def nodes(tmp_path, fresh_postgres_dsn):
     yield running
     for node in running:
         node.stop()
-
-
-async def online(node, *names, device="DEV1"):
-    """Register ``names`` through ``node`` and log each one's device in there."""
-    devices = []
-    for name in names:
-        person = ScriptedDevice(name, device)
-        await person.register(node)
-        await person.login(node, otks=3)
-        devices.append(person)
-    return devices
 
 
 async def moved(person, node):
@@ -160,7 +150,7 @@ async def test_a_room_with_members_on_all_three_nodes_reaches_each_live(nodes):
     """alice (node 1), bob (node 2) and carol (node 3) share a room: a message each sends
     is pushed to the two others, on their nodes, once each."""
     node1, node2, node3 = nodes
-    (alice,), (bob,), (carol,) = [await online(n, name) for n, name in
+    (alice,), (bob,), (carol,) = [await registered(n, name) for n, name in
                                   zip(nodes, ("alice", "bob", "carol"))]
     await alice.request("room.create", room="ops")
     await bob.request("room.join", room="ops")
@@ -182,7 +172,7 @@ async def test_a_room_with_members_on_all_three_nodes_reaches_each_live(nodes):
 @pytest_twisted.ensureDeferred
 async def test_a_broadcast_reaches_every_node(nodes):
     """A broadcast sent through node 1 is pushed to the users connected to nodes 2 and 3."""
-    (alice,), (bob,), (carol,) = [await online(n, name) for n, name in
+    (alice,), (bob,), (carol,) = [await registered(n, name) for n, name in
                                   zip(nodes, ("alice", "bob", "carol"))]
     message = {"id": new_envelope_id(), **ROOM_MESSAGE}
     await alice.request("broadcast", **message)
@@ -198,9 +188,9 @@ async def test_a_typing_notice_reaches_a_device_on_another_node_and_is_never_sto
     """alice on node 1 types to bob on node 2 and carol on node 3: each gets the notice
     from alice's device, once; a notice for a device connected nowhere is dropped, and no
     notice's ciphertext is in the database."""
-    (alice,), (bob,), (carol,) = [await online(n, name) for n, name in
+    (alice,), (bob,), (carol,) = [await registered(n, name) for n, name in
                                   zip(nodes, ("alice", "bob", "carol"))]
-    await online(nodes[0], "dave")  # registered, then offline: its notice goes nowhere
+    await registered(nodes[0], "dave")  # registered, then offline: its notice goes nowhere
     secret = b"typing-across-the-nodes-0001"
     notices = [notice(name, "DEV1", secret) for name in ("bob", "carol", "dave")]
     assert await alice.request("typing", envelopes=notices) == {}
@@ -218,8 +208,8 @@ async def test_bob_offline_gets_his_messages_on_another_node_then_live_ones(node
     """bob leaves node 2; alice sends him two messages through node 1; bob logs in on
     node 3 and gets both, in order, once; a third one is pushed to him there live."""
     node1, node2, node3 = nodes
-    (alice,) = await online(node1, "alice")
-    (bob,) = await online(node2, "bob")
+    (alice,) = await registered(node1, "alice")
+    (bob,) = await registered(node2, "bob")
     await bob.close()
     first, second = unicast("bob", "DEV1"), unicast("bob", "DEV1")
     await alice.request("send", envelopes=[first])
@@ -241,8 +231,8 @@ async def test_a_kick_on_node_1_stops_pushes_on_node_2_at_once(nodes):
     message reaches alice, never bob (a unicast sent after it reaches bob: his stream went
     past it)."""
     node1, node2, _ = nodes
-    (alice,) = await online(node1, "alice")
-    bob, carol = await online(node2, "bob", "carol")
+    (alice,) = await registered(node1, "alice")
+    bob, carol = await registered(node2, "bob", "carol")
     await alice.request("room.create", room="ops")
     await bob.request("room.join", room="ops")
     await carol.request("room.join", room="ops")
@@ -267,7 +257,7 @@ async def test_a_device_removed_on_node_1_is_ended_on_node_2_and_refused_on_node
     leaves it out: node 2 tells it and closes it at once, and its login on node 3 is
     refused as `device_removed`."""
     node1, node2, node3 = nodes
-    (first,) = await online(node1, "alice")
+    (first,) = await registered(node1, "alice")
     await publish(first, 1, first)
     second = second_device(first, "DEV2")
     await second.login(node2)
@@ -289,7 +279,7 @@ async def test_a_device_logging_in_on_node_2_replaces_its_connection_on_node_1(n
     connection with `replaced`, and what alice sends afterwards reaches the new one only,
     each envelope once."""
     node1, node2, _ = nodes
-    alice, bob = await online(node1, "alice", "bob")
+    alice, bob = await registered(node1, "alice", "bob")
     before = unicast("bob", "DEV1")
     await alice.request("send", envelopes=[before])
     await poll_until(lambda: before["id"] in received_ids(bob), timeout=15)
@@ -316,7 +306,7 @@ async def logged_in_while_node_1_is_stopped(nodes):
     open); his device logs in on node 2 and alice (node 2) sends him ``X``: bob's two
     connections, and ``X``'s id.  Nothing reaches the new connection meanwhile."""
     node1, node2, _ = nodes
-    (bob,), (alice,) = await online(node1, "bob"), await online(node2, "alice")
+    (bob,), (alice,) = await registered(node1, "bob"), await registered(node2, "alice")
     node1.process.process.send_signal(signal.SIGSTOP)
     try:
         again = await moved(bob, node2)
@@ -367,7 +357,7 @@ async def test_disabling_an_account_on_node_1_closes_its_connections_on_every_no
     3 are told and closed within a second, her login on node 3 is refused; enabled again
     through node 2, she logs in on node 3."""
     node1, node2, node3 = nodes
-    (first,) = await online(node2, "alice")
+    (first,) = await registered(node2, "alice")
     second = second_device(first, "DEV2")
     await second.login(node3)
     done = admin(node1.config, "users", "disable", "alice")
@@ -441,9 +431,9 @@ async def test_kill_9_of_a_node_under_load_loses_and_repeats_nothing(nodes):
     killed with SIGKILL meanwhile and its clients reconnect to node 2: every accepted
     envelope reaches its recipient, and none is pushed again after its ack was answered."""
     node1, node2, node3 = nodes
-    (alice, carol), (dave,), (bob,) = (await online(node1, "alice", "carol"),
-                                       await online(node2, "dave"),
-                                       await online(node3, "bob"))
+    (alice, carol), (dave,), (bob,) = (await registered(node1, "alice", "carol"),
+                                       await registered(node2, "dave"),
+                                       await registered(node3, "bob"))
     receivers = {"bob": Receiver(bob), "carol": Receiver(carol)}
     accepted = {"bob": set(), "carol": set()}
     current = {"alice": alice}
@@ -498,32 +488,25 @@ async def once_available(action):
     return done[0]
 
 
-@pytest.fixture
-def restartable_postgres():
-    server = RestartablePostgres().start()
-    yield server
-    server.stop()
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_postgres_restart_brings_the_listeners_back_and_loses_nothing(
-        restartable_postgres, tmp_path):
+        postgres, tmp_path):
     """PostgreSQL restarts under two nodes: what alice (node 1) sent before it reaches bob
     (node 2) once he is back, and after it sends through either node are pushed live to
     the other one's device (both LISTEN connections came back)."""
-    database = create_database(restartable_postgres.dsn(), "relay")
+    database = create_database(postgres.dsn(), "relay")
     node1, node2 = await started_nodes(tmp_path, database, count=2)
     try:
-        (alice,) = await online(node1, "alice")
-        (bob,) = await online(node2, "bob")
+        (alice,) = await registered(node1, "alice")
+        (bob,) = await registered(node2, "bob")
         before = unicast("bob", "DEV1")
         await alice.request("send", envelopes=[before])
         await poll_until(lambda: before["id"] in received_ids(bob), timeout=15)
         await bob.close()
         waiting = unicast("bob", "DEV1")
         await alice.request("send", envelopes=[waiting])
-        restartable_postgres.halt("fast")
-        restartable_postgres.resume()
+        postgres.halt("fast")
+        postgres.resume()
         for node in (node1, node2):
             await poll_until(lambda n=node: "the listening connection is back"
                              in n.process.new_log_text(), timeout=60)
